@@ -1,0 +1,4 @@
+//! `vmlease-watchdog`, the per-host daemon.
+fn main() {
+    std::process::exit(vmlease::daemon::main(std::env::args().collect()));
+}

@@ -1,0 +1,88 @@
+//! Time, injected. Protocol code asks a [`Clock`] for the local monotonic
+//! time and never compares timestamps written by another host with it.
+//!
+//! The real clock is `CLOCK_BOOTTIME`: monotonic, shared by every process of
+//! this host (so the plugin can age the daemon's published status), and it
+//! keeps counting while the machine is suspended, so a host that wakes up
+//! from a suspend sees at once that its renewals are stale.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Milliseconds on the local monotonic clock.
+pub type MonoMs = u64;
+
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> MonoMs;
+    /// Wall-clock seconds since the epoch: informational only, never used
+    /// in a decision.
+    fn wall_secs(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+    fn sleep(&self, d: Duration);
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+/// Read `CLOCK_BOOTTIME` in milliseconds.
+pub fn boottime_ms() -> MonoMs {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes
+    // into it. CLOCK_BOOTTIME exists on every Linux since 2.6.39.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+}
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> MonoMs {
+        boottime_ms()
+    }
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d)
+    }
+}
+
+/// A clock for tests: time moves only when told to (or when code sleeps).
+#[derive(Debug, Clone, Default)]
+pub struct FakeClock {
+    now: Arc<AtomicU64>,
+    wall: Arc<AtomicU64>,
+}
+
+impl FakeClock {
+    pub fn new(start_ms: MonoMs) -> Self {
+        FakeClock {
+            now: Arc::new(AtomicU64::new(start_ms)),
+            wall: Arc::new(AtomicU64::new(1_700_000_000)),
+        }
+    }
+    pub fn advance(&self, ms: u64) {
+        self.now.fetch_add(ms, Ordering::SeqCst);
+    }
+    pub fn set_wall(&self, secs: u64) {
+        self.wall.store(secs, Ordering::SeqCst);
+    }
+}
+
+impl Clock for FakeClock {
+    fn now_ms(&self) -> MonoMs {
+        self.now.load(Ordering::SeqCst)
+    }
+    fn wall_secs(&self) -> u64 {
+        self.wall.load(Ordering::SeqCst)
+    }
+    fn sleep(&self, d: Duration) {
+        self.advance(d.as_millis() as u64);
+    }
+}

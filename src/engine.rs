@@ -1,0 +1,220 @@
+//! Acquire and release of resource leases: the read-modify-write of one
+//! lease record under its short serialising lock, with the takeover rule
+//! deciding about every current holder. Ownership is what the record says.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::hosts::{Slot, SLOT_SIZE};
+use crate::lease::{Holder, LeaseRecord, Mode};
+use crate::lockspace::Lockspace;
+use crate::process::ProcId;
+use crate::resource::Resource;
+use crate::status::Status;
+use crate::takeover::{Judge, Verdict};
+
+/// Everything an operation needs; cheap to clone into an I/O thread.
+#[derive(Clone)]
+pub struct Engine {
+    pub ls: Lockspace,
+    pub host_id: u16,
+    pub boot_id: String,
+    pub dead_ms: u64,
+    pub lock_timeout_ms: u64,
+    pub view: Option<Arc<Status>>,
+    pub process_alive: Arc<dyn Fn(ProcId) -> bool + Send + Sync>,
+}
+
+/// The result of a successful acquire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acquired {
+    pub version: u64,
+    /// False when this process already held it (idempotent re-acquire).
+    pub changed: bool,
+    /// Holders dropped by the takeover rule, with the reason.
+    pub took_over: Vec<(Holder, String)>,
+}
+
+impl Engine {
+    fn read_slot_raw(&self, host_id: u16) -> Result<Vec<u8>> {
+        let path = self.ls.hosts_path();
+        let f = std::fs::File::open(&path).map_err(|e| Error::io("read host record", &path, e))?;
+        let mut buf = vec![0u8; SLOT_SIZE];
+        use std::os::unix::fs::FileExt;
+        let mut done = 0;
+        while done < SLOT_SIZE {
+            match f.read_at(
+                &mut buf[done..],
+                (host_id as u64 - 1) * SLOT_SIZE as u64 + done as u64,
+            ) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("read host record", &path, e)),
+            }
+        }
+        Ok(buf)
+    }
+
+    fn judge(&self, h: &Holder) -> Result<(Verdict, Option<String>)> {
+        if h.host_id > self.ls.max_hosts {
+            return Ok((
+                Verdict::Held(format!("host id {} is outside this lockspace", h.host_id)),
+                None,
+            ));
+        }
+        let raw = self.read_slot_raw(h.host_id)?;
+        let alive = self.process_alive.clone();
+        let judge = Judge {
+            my_host_id: self.host_id,
+            my_boot_id: &self.boot_id,
+            my_dead_ms: self.dead_ms,
+            view: self.view.as_deref(),
+            process_alive: &move |p| alive(p),
+        };
+        let name = match crate::hosts::decode_slot(h.host_id, &raw) {
+            Slot::Record(r) => Some(r.host_name),
+            _ => None,
+        };
+        Ok((judge.judge(h, &raw), name))
+    }
+
+    /// Acquires `res` for `me`. With `expect_version` (a handover state),
+    /// an exclusive lease is only taken when its version is unchanged.
+    pub fn acquire(
+        &self,
+        res: &Resource,
+        me: &Holder,
+        expect_version: Option<u64>,
+    ) -> Result<Acquired> {
+        let key = res.key();
+        let _lock = self.ls.lock_record(&key, self.lock_timeout_ms)?;
+        let rec = self.ls.read_lease(&key, &res.name)?;
+
+        if let Some(cur) = rec.holders.iter().find(|h| h.same_process(me)) {
+            let _ = cur;
+            if rec.mode == Some(res.mode) {
+                return Ok(Acquired {
+                    version: rec.version,
+                    changed: false,
+                    took_over: Vec::new(),
+                });
+            }
+        }
+        if let Some(want) = expect_version {
+            if res.mode == Mode::Exclusive && rec.version != want {
+                return Err(Error::VersionMismatch {
+                    resource: res.to_string(),
+                    expected: want,
+                    found: rec.version,
+                });
+            }
+        }
+
+        let mut keep = Vec::new();
+        let mut took_over = Vec::new();
+        let mut blocker: Option<String> = None;
+        for h in &rec.holders {
+            if h.same_process(me) {
+                continue; // re-added below with the new mode
+            }
+            let (verdict, host_name) = self.judge(h)?;
+            match verdict {
+                Verdict::Free(why) => took_over.push((h.clone(), why.to_string())),
+                Verdict::Held(why) => {
+                    if blocker.is_none() {
+                        let host = match host_name {
+                            Some(n) => format!("host {} ({n})", h.host_id),
+                            None => format!("host {}", h.host_id),
+                        };
+                        blocker = Some(format!(
+                            "held by {host} for domain '{}' ({}), QEMU pid {}: {why}",
+                            h.domain_name, h.domain_uuid, h.pid
+                        ));
+                    }
+                    keep.push(h.clone());
+                }
+            }
+        }
+        let conflict = match res.mode {
+            Mode::Exclusive => !keep.is_empty(),
+            Mode::Shared => !keep.is_empty() && rec.mode == Some(Mode::Exclusive),
+        };
+        if conflict {
+            return Err(Error::Busy {
+                resource: res.to_string(),
+                reason: blocker.unwrap_or_else(|| "held by another owner".into()),
+            });
+        }
+        let mut new = rec.clone();
+        keep.push(me.clone());
+        new.holders = keep;
+        new.mode = Some(res.mode);
+        new.version = rec.version + 1;
+        self.ls.write_lease(&new, self.host_id)?;
+        Ok(Acquired {
+            version: new.version,
+            changed: true,
+            took_over,
+        })
+    }
+
+    /// Releases `key` if `me` (same process) holds it. Returns the record's
+    /// version (unchanged by a release) or `None` when `me` was not a holder.
+    pub fn release(&self, key: &str, resource: &str, me: &Holder) -> Result<Option<u64>> {
+        let _lock = self.ls.lock_record(key, self.lock_timeout_ms)?;
+        let rec = self.ls.read_lease(key, resource)?;
+        if !rec.holders.iter().any(|h| h.same_process(me)) {
+            return Ok(None);
+        }
+        let mut new = rec.clone();
+        new.holders.retain(|h| !h.same_process(me));
+        if new.holders.is_empty() {
+            new.mode = None;
+        }
+        self.ls.write_lease(&new, self.host_id)?;
+        Ok(Some(new.version))
+    }
+
+    /// The version of `key` if `me` holds it.
+    pub fn held_version(&self, key: &str, resource: &str, me: &Holder) -> Result<Option<u64>> {
+        let rec = self.ls.read_lease(key, resource)?;
+        Ok(rec
+            .holders
+            .iter()
+            .any(|h| h.same_process(me))
+            .then_some(rec.version))
+    }
+
+    /// Force-removes every holder of `key` that ran on `host_id` in boot
+    /// `boot_id` with the given pid (admin release, daemon cleanup).
+    pub fn release_matching(
+        &self,
+        key: &str,
+        pred: &dyn Fn(&Holder) -> bool,
+    ) -> Result<Vec<Holder>> {
+        let _lock = self.ls.lock_record(key, self.lock_timeout_ms)?;
+        let rec = self.ls.read_lease(key, "")?;
+        let (gone, kept): (Vec<Holder>, Vec<Holder>) =
+            rec.holders.iter().cloned().partition(|h| pred(h));
+        if gone.is_empty() {
+            return Ok(gone);
+        }
+        let mut new = rec;
+        new.holders = kept;
+        if new.holders.is_empty() {
+            new.mode = None;
+        }
+        self.ls.write_lease(&new, self.host_id)?;
+        Ok(gone)
+    }
+}
+
+/// Reads a lease record for display (no lock).
+pub fn peek(ls: &Lockspace, key: &str) -> Result<LeaseRecord> {
+    ls.read_lease(key, "")
+}
+
+#[cfg(test)]
+mod tests;

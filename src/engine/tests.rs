@@ -1,0 +1,354 @@
+use super::*;
+use crate::config::Timing;
+use crate::hosts::{HostRecord, HostState};
+use crate::lease::Mode;
+use crate::status::Observer;
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+const D: u64 = 4000;
+
+fn timing() -> Timing {
+    Timing {
+        renew_interval: 200,
+        renew_fail_timeout: 1500,
+        kill_timeout: 500,
+        watchdog_timeout: 1000,
+        host_dead_timeout: D,
+        host_dead_derived: false,
+    }
+}
+
+fn record(id: u16, boot: &str, counter: u64, state: HostState) -> HostRecord {
+    HostRecord {
+        host_id: id,
+        host_name: format!("host-{id}.test"),
+        boot_id: boot.into(),
+        incarnation: 1,
+        counter,
+        state,
+        timing: timing(),
+        unsafe_no_watchdog: true,
+        mono_ms: 0,
+        wall: 0,
+    }
+}
+
+struct World {
+    dir: std::path::PathBuf,
+    ls: Lockspace,
+    /// Local processes considered alive (pid).
+    alive: Arc<Mutex<HashSet<u32>>>,
+}
+
+impl World {
+    fn new(name: &str) -> World {
+        let dir = std::env::temp_dir().join(format!(
+            "vmlease-engine-{name}-{}",
+            crate::process::random_u64()
+        ));
+        Lockspace::init(&dir, 8).unwrap();
+        let ls = Lockspace::open(&dir).unwrap();
+        ls.write_host(&record(1, "boot-1", 1, HostState::Live))
+            .unwrap();
+        ls.write_host(&record(2, "boot-2", 1, HostState::Live))
+            .unwrap();
+        World {
+            dir,
+            ls,
+            alive: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// A status as host `id`'s daemon would publish it at `now`, having
+    /// observed the table at `seen` (list of (time, table read)).
+    fn view(&self, id: u16, reads: &[u64], now: u64) -> Status {
+        let mut obs = Observer::new(reads[0]);
+        for &t in reads {
+            let raw = std::fs::read(self.ls.hosts_path()).unwrap();
+            let slots = crate::hosts::decode_table(&raw);
+            obs.update(t, &raw, &slots);
+        }
+        Status {
+            daemon_pid: 1,
+            host_id: id,
+            boot_id: format!("boot-{id}"),
+            incarnation: 1,
+            written_ms: now,
+            last_renewal_ms: now,
+            state: HostState::Live,
+            reason: String::new(),
+            unsafe_no_watchdog: true,
+            observing_since_ms: obs.since_ms,
+            renew_interval_ms: 200,
+            renew_fail_timeout_ms: 1500,
+            host_dead_timeout_ms: D,
+            networks: vec![],
+            peers: obs.peers(),
+        }
+    }
+
+    fn engine(&self, id: u16, view: Option<Status>) -> Engine {
+        let alive = self.alive.clone();
+        Engine {
+            ls: self.ls.clone(),
+            host_id: id,
+            boot_id: format!("boot-{id}"),
+            dead_ms: D,
+            lock_timeout_ms: 500,
+            view: view.map(Arc::new),
+            process_alive: Arc::new(move |p: ProcId| alive.lock().unwrap().contains(&p.pid)),
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn holder(host: u16, pid: u32, dom: &str) -> Holder {
+    Holder {
+        host_id: host,
+        boot_id: format!("boot-{host}"),
+        pid,
+        pid_start: 100,
+        domain_uuid: format!("uuid-{dom}"),
+        domain_name: dom.into(),
+    }
+}
+
+#[test]
+fn exclusive_conflict_names_the_holder() {
+    let w = World::new("excl");
+    let disk = Resource::disk("/images/a.qcow2", false);
+    let a = w.engine(1, Some(w.view(1, &[0], 0)));
+    let got = a.acquire(&disk, &holder(1, 10, "web"), None).unwrap();
+    assert!(got.changed);
+    assert_eq!(got.version, 1);
+    let b = w.engine(2, Some(w.view(2, &[0, 100], 100)));
+    let e = b
+        .acquire(&disk, &holder(2, 20, "web-copy"), None)
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(e.is_busy(), "{msg}");
+    assert!(
+        msg.contains("host 1 (host-1.test)") && msg.contains("'web'"),
+        "{msg}"
+    );
+    assert!(msg.contains("QEMU pid 10"), "{msg}");
+}
+
+#[test]
+fn reacquire_by_same_process_is_idempotent() {
+    let w = World::new("idem");
+    let dom = Resource::domain("c7a5fdbd-edaf-9455-926a-d65c16db1809");
+    let a = w.engine(1, Some(w.view(1, &[0], 0)));
+    let me = holder(1, 10, "web");
+    let v1 = a.acquire(&dom, &me, None).unwrap();
+    let v2 = a.acquire(&dom, &me, None).unwrap();
+    assert!(!v2.changed);
+    assert_eq!(v1.version, v2.version);
+}
+
+#[test]
+fn shared_disks_coexist_but_exclude_writers() {
+    let w = World::new("shared");
+    let sh = Resource::disk("/images/shared.img", true);
+    let a = w.engine(1, Some(w.view(1, &[0], 0)));
+    let b = w.engine(2, Some(w.view(2, &[0], 0)));
+    a.acquire(&sh, &holder(1, 10, "a"), None).unwrap();
+    b.acquire(&sh, &holder(2, 20, "b"), None).unwrap();
+    let rec = w.ls.read_lease(&sh.key(), &sh.name).unwrap();
+    assert_eq!(rec.holders.len(), 2);
+    assert_eq!(rec.mode, Some(Mode::Shared));
+    let excl = Resource::disk("/images/shared.img", false);
+    assert!(b
+        .acquire(&excl, &holder(2, 21, "c"), None)
+        .unwrap_err()
+        .is_busy());
+}
+
+#[test]
+fn rule2_reboot_frees_at_once() {
+    let w = World::new("reboot");
+    let disk = Resource::disk("/images/a", false);
+    w.engine(1, Some(w.view(1, &[0], 0)))
+        .acquire(&disk, &holder(1, 10, "web"), None)
+        .unwrap();
+    w.ls.write_host(&record(1, "boot-1-new", 1, HostState::Live))
+        .unwrap();
+    let b = w.engine(2, Some(w.view(2, &[0], 0)));
+    let got = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap();
+    assert_eq!(got.took_over.len(), 1);
+    assert!(
+        got.took_over[0].1.contains("rebooted"),
+        "{:?}",
+        got.took_over
+    );
+}
+
+#[test]
+fn rule1_fenced_clean_frees_at_once_but_fencing_does_not() {
+    let w = World::new("fenced");
+    let disk = Resource::disk("/images/a", false);
+    w.engine(1, Some(w.view(1, &[0], 0)))
+        .acquire(&disk, &holder(1, 10, "web"), None)
+        .unwrap();
+    w.ls.write_host(&record(1, "boot-1", 2, HostState::Fencing))
+        .unwrap();
+    let b = w.engine(2, Some(w.view(2, &[0], 0)));
+    assert!(b
+        .acquire(&disk, &holder(2, 20, "web"), None)
+        .unwrap_err()
+        .is_busy());
+    w.ls.write_host(&record(1, "boot-1", 3, HostState::FencedClean))
+        .unwrap();
+    let got = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap();
+    assert!(got.took_over[0].1.contains("fenced-clean"));
+}
+
+#[test]
+fn rule3_local_process_gone() {
+    let w = World::new("local");
+    let disk = Resource::disk("/images/a", false);
+    let a = w.engine(1, Some(w.view(1, &[0], 0)));
+    w.alive.lock().unwrap().insert(10);
+    a.acquire(&disk, &holder(1, 10, "web"), None).unwrap();
+    // Another QEMU on the same host while the first is alive: busy.
+    let e = a.acquire(&disk, &holder(1, 11, "web"), None).unwrap_err();
+    assert!(e.to_string().contains("alive on this host"), "{e}");
+    // The first one died: free by rule 3.
+    w.alive.lock().unwrap().remove(&10);
+    let got = a.acquire(&disk, &holder(1, 11, "web"), None).unwrap();
+    assert!(got.took_over[0].1.contains("gone"));
+    // Rule 3 is only for this host: host 2 cannot judge host 1's pids.
+    let b = w.engine(2, Some(w.view(2, &[0], 0)));
+    assert!(b
+        .acquire(&disk, &holder(2, 20, "web"), None)
+        .unwrap_err()
+        .is_busy());
+}
+
+#[test]
+fn rule4_observed_dead_only_after_d_on_own_clock() {
+    let w = World::new("dead");
+    let disk = Resource::disk("/images/a", false);
+    w.engine(1, Some(w.view(1, &[0], 0)))
+        .acquire(&disk, &holder(1, 10, "web"), None)
+        .unwrap();
+    // Host 2 starts observing at t=1000 and host 1 never renews again.
+    let b_early = w.engine(2, Some(w.view(2, &[1000, 3000], 1000 + D - 1)));
+    let e = b_early
+        .acquire(&disk, &holder(2, 20, "web"), None)
+        .unwrap_err();
+    assert!(e.to_string().contains("may be taken over after 4s"), "{e}");
+    let b = w.engine(2, Some(w.view(2, &[1000, 3000], 1000 + D)));
+    let got = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap();
+    assert!(
+        got.took_over[0].1.contains("observed unchanged"),
+        "{:?}",
+        got.took_over
+    );
+}
+
+#[test]
+fn rule4_renewal_after_the_view_keeps_the_holder() {
+    let w = World::new("renewed");
+    let disk = Resource::disk("/images/a", false);
+    w.engine(1, Some(w.view(1, &[0], 0)))
+        .acquire(&disk, &holder(1, 10, "web"), None)
+        .unwrap();
+    let view = w.view(2, &[0, 1000], 10 * D);
+    // Host 1 renews after host 2's daemon wrote its view: the fresh slot
+    // read under the record lock differs from the view, so it is alive.
+    w.ls.write_host(&record(1, "boot-1", 2, HostState::Live))
+        .unwrap();
+    let b = w.engine(2, Some(view));
+    let e = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap_err();
+    assert!(e.to_string().contains("alive"), "{e}");
+}
+
+#[test]
+fn rule4_needs_an_observation() {
+    let w = World::new("noview");
+    let disk = Resource::disk("/images/a", false);
+    w.engine(1, Some(w.view(1, &[0], 0)))
+        .acquire(&disk, &holder(1, 10, "web"), None)
+        .unwrap();
+    let b = w.engine(2, None);
+    assert!(b
+        .acquire(&disk, &holder(2, 20, "web"), None)
+        .unwrap_err()
+        .is_busy());
+}
+
+#[test]
+fn handover_requires_matching_version() {
+    let w = World::new("version");
+    let disk = Resource::disk("/images/a", false);
+    let a = w.engine(1, Some(w.view(1, &[0], 0)));
+    let b = w.engine(2, Some(w.view(2, &[0], 0)));
+    let me = holder(1, 10, "web");
+    let v = a.acquire(&disk, &me, None).unwrap().version;
+    // Pause: release keeps the version, which goes into the state.
+    assert_eq!(a.release(&disk.key(), &disk.name, &me).unwrap(), Some(v));
+    assert_eq!(a.release(&disk.key(), &disk.name, &me).unwrap(), None);
+    // Someone else takes it and gives it back in between.
+    let other = holder(2, 20, "web");
+    b.acquire(&disk, &other, None).unwrap();
+    b.release(&disk.key(), &disk.name, &other).unwrap();
+    // Resume with the old state must fail: the disk may have changed.
+    let e = a.acquire(&disk, &me, Some(v)).unwrap_err();
+    assert!(matches!(e, Error::VersionMismatch { .. }), "{e}");
+    // With the current version it works (migration destination case).
+    let cur = w.ls.read_lease(&disk.key(), &disk.name).unwrap().version;
+    b.acquire(&disk, &holder(2, 22, "web"), Some(cur)).unwrap();
+}
+
+#[test]
+fn corrupt_record_is_never_free() {
+    let w = World::new("corrupt");
+    let disk = Resource::disk("/images/a", false);
+    let b = w.engine(2, Some(w.view(2, &[0], 0)));
+    std::fs::write(
+        w.ls.lease_path(&disk.key()),
+        b"vmlease-lease v1\nkey=x\ncrc=00000000\n",
+    )
+    .unwrap();
+    let e = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains(&disk.key()), "{e}");
+    // Truncated to nothing: still corrupt, not free.
+    std::fs::write(w.ls.lease_path(&disk.key()), b"").unwrap();
+    assert!(matches!(
+        b.acquire(&disk, &holder(2, 20, "web"), None),
+        Err(Error::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn concurrent_acquires_from_threads_have_one_winner() {
+    let w = World::new("race");
+    let disk = Resource::disk("/images/race", false);
+    let mut handles = Vec::new();
+    for i in 0..8u32 {
+        let e = w.engine(
+            1 + (i % 2) as u16,
+            Some(w.view(1 + (i % 2) as u16, &[0], 0)),
+        );
+        let d = disk.clone();
+        w.alive.lock().unwrap().insert(100 + i);
+        handles.push(std::thread::spawn(move || {
+            e.acquire(&d, &holder(1 + (i % 2) as u16, 100 + i, "race"), None)
+                .is_ok()
+        }));
+    }
+    let winners = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|&ok| ok)
+        .count();
+    assert_eq!(winners, 1);
+}

@@ -1,0 +1,36 @@
+//! vmlease: split-brain protection and self-fencing for libvirt/KVM hosts
+//! on shared storage.
+//!
+//! The crate is one library with three faces: the lock-driver plugin that
+//! libvirtd `dlopen`s (`ffi`, a thin shell over `plugin`), the per-host
+//! watchdog daemon (`daemon`) and the command-line tool (`cli`, `hook`).
+//! Everything that decides - the lease protocol, the takeover rules, the
+//! timing inequality, the fence policy - lives in safe Rust modules that
+//! tests drive with a fake clock and a temporary lockspace.
+
+pub mod checksum;
+pub mod clock;
+pub mod codec;
+pub mod config;
+pub mod deadline;
+pub mod error;
+pub mod hosts;
+pub mod lease;
+pub mod lockspace;
+pub mod logging;
+pub mod process;
+pub mod registry;
+pub mod resource;
+pub mod sha256;
+pub mod state_string;
+pub mod status;
+pub mod takeover;
+
+pub mod cli;
+pub mod daemon;
+pub mod engine;
+pub mod plugin;
+
+mod ffi;
+
+pub use error::{Error, Result};

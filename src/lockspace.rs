@@ -1,0 +1,427 @@
+//! The lockspace directory on shared storage:
+//!
+//! ```text
+//! <lockspace_dir>/
+//!   VMLEASE          header: magic, format, max_hosts (written by 'vmlease init')
+//!   hosts            max_hosts slots of 512 bytes: liveness records
+//!   leases/<key>     one lease record per resource (replaced by rename)
+//!   leases/<key>.lock  the short serialising lock of that record (OFD lock)
+//! ```
+//!
+//! Every read opens the file anew: CephFS clients that keep a file open
+//! may read stale data.
+#![deny(unsafe_code)]
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::hosts::{self, HostRecord, Slot, SLOT_SIZE};
+use crate::lease::LeaseRecord;
+
+const HEADER_MAGIC: &str = "vmlease-lockspace v1";
+pub const DEFAULT_MAX_HOSTS: u16 = 2000;
+
+#[derive(Debug, Clone)]
+pub struct Lockspace {
+    pub dir: PathBuf,
+    pub max_hosts: u16,
+}
+
+impl Lockspace {
+    /// Creates the layout. An already initialised lockspace is left alone
+    /// (returns Ok(false)); a damaged one is an error.
+    pub fn init(dir: &Path, max_hosts: u16) -> Result<bool> {
+        if max_hosts == 0 || max_hosts > crate::config::MAX_HOST_ID {
+            return Err(Error::Invalid(format!(
+                "max_hosts must be between 1 and {}, got {max_hosts}",
+                crate::config::MAX_HOST_ID
+            )));
+        }
+        if dir.join("VMLEASE").exists() {
+            Lockspace::open(dir)?;
+            return Ok(false);
+        }
+        fs::create_dir_all(dir.join("leases"))
+            .map_err(|e| Error::io("create lockspace", dir.join("leases"), e))?;
+        let hosts = dir.join("hosts");
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&hosts)
+            .map_err(|e| Error::io("create", &hosts, e))?;
+        f.set_len(max_hosts as u64 * SLOT_SIZE as u64)
+            .map_err(|e| Error::io("size", &hosts, e))?;
+        f.sync_all().map_err(|e| Error::io("fsync", &hosts, e))?;
+        let mut w = codec::Writer::new(HEADER_MAGIC);
+        w.field("max_hosts", max_hosts)
+            .field("slot_size", SLOT_SIZE);
+        write_atomic(&dir.join("VMLEASE"), &w.finish())?;
+        Ok(true)
+    }
+
+    /// Opens an initialised lockspace, checking its header.
+    pub fn open(dir: &Path) -> Result<Lockspace> {
+        let header = dir.join("VMLEASE");
+        let data = match fs::read(&header) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let reason = if dir.is_dir() {
+                    "not initialised (run 'vmlease init')".to_string()
+                } else {
+                    "directory missing (is the shared filesystem mounted?)".to_string()
+                };
+                return Err(Error::Lockspace {
+                    path: dir.to_path_buf(),
+                    reason,
+                });
+            }
+            Err(e) => return Err(Error::io("read", header, e)),
+        };
+        let f = codec::parse(&data, HEADER_MAGIC).map_err(|reason| Error::Corrupt {
+            path: header.clone(),
+            reason,
+        })?;
+        let bad = |reason: String| Error::Corrupt {
+            path: header.clone(),
+            reason,
+        };
+        let max_hosts = f.req_u64("max_hosts").map_err(bad)?;
+        let slot = f.req_u64("slot_size").map_err(bad)?;
+        if slot != SLOT_SIZE as u64 || max_hosts == 0 || max_hosts > 2000 {
+            return Err(bad(format!(
+                "unsupported layout (slot_size {slot}, max_hosts {max_hosts})"
+            )));
+        }
+        Ok(Lockspace {
+            dir: dir.to_path_buf(),
+            max_hosts: max_hosts as u16,
+        })
+    }
+
+    pub fn hosts_path(&self) -> PathBuf {
+        self.dir.join("hosts")
+    }
+
+    pub fn lease_path(&self, key: &str) -> PathBuf {
+        self.dir.join("leases").join(key)
+    }
+
+    fn check_host_id(&self, host_id: u16) -> Result<()> {
+        if host_id == 0 || host_id > self.max_hosts {
+            return Err(Error::Invalid(format!(
+                "host id {host_id} is outside this lockspace (1..{})",
+                self.max_hosts
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads the whole host table in one read.
+    pub fn read_hosts(&self) -> Result<Vec<Slot>> {
+        let path = self.hosts_path();
+        let mut data = Vec::with_capacity(self.max_hosts as usize * SLOT_SIZE);
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .map_err(|e| Error::io("read host table", &path, e))?;
+        data.resize(self.max_hosts as usize * SLOT_SIZE, 0);
+        Ok(hosts::decode_table(&data))
+    }
+
+    /// Reads one host's slot.
+    pub fn read_host(&self, host_id: u16) -> Result<Slot> {
+        self.check_host_id(host_id)?;
+        let path = self.hosts_path();
+        let mut buf = vec![0u8; SLOT_SIZE];
+        let f = File::open(&path).map_err(|e| Error::io("read host record", &path, e))?;
+        let n = read_full_at(&f, &mut buf, (host_id as u64 - 1) * SLOT_SIZE as u64)
+            .map_err(|e| Error::io("read host record", &path, e))?;
+        buf[n..].fill(0);
+        Ok(hosts::decode_slot(host_id, &buf))
+    }
+
+    /// Writes this host's slot and syncs it to storage.
+    pub fn write_host(&self, rec: &HostRecord) -> Result<()> {
+        self.check_host_id(rec.host_id)?;
+        let path = self.hosts_path();
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open host table", &path, e))?;
+        f.write_all_at(&rec.encode(), (rec.host_id as u64 - 1) * SLOT_SIZE as u64)
+            .map_err(|e| Error::io("write host record", &path, e))?;
+        f.sync_data()
+            .map_err(|e| Error::io("fsync host record", &path, e))?;
+        Ok(())
+    }
+
+    /// Reads a lease record; a missing file is a free lease.
+    pub fn read_lease(&self, key: &str, resource: &str) -> Result<LeaseRecord> {
+        let path = self.lease_path(key);
+        match fs::read(&path) {
+            Ok(data) => {
+                let rec = LeaseRecord::decode(&data).map_err(|reason| Error::Corrupt {
+                    path: path.clone(),
+                    reason,
+                })?;
+                if rec.key != key {
+                    return Err(Error::Corrupt {
+                        path,
+                        reason: format!("record names key '{}'", rec.key),
+                    });
+                }
+                if !resource.is_empty() && rec.resource != resource {
+                    return Err(Error::Corrupt {
+                        path,
+                        reason: format!(
+                            "record is for '{}', not '{resource}' (hash collision or damage)",
+                            rec.resource
+                        ),
+                    });
+                }
+                Ok(rec)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(LeaseRecord::free(key, resource)),
+            Err(e) => Err(Error::io("read lease", path, e)),
+        }
+    }
+
+    /// Replaces a lease record atomically (write temp, fsync, rename).
+    pub fn write_lease(&self, rec: &LeaseRecord, writer_host: u16) -> Result<()> {
+        let path = self.lease_path(&rec.key);
+        let tmp = self
+            .dir
+            .join("leases")
+            .join(format!(".{}.{writer_host}.tmp", rec.key));
+        write_file_synced(&tmp, &rec.encode())?;
+        fs::rename(&tmp, &path).map_err(|e| Error::io("rename lease", &path, e))?;
+        Ok(())
+    }
+
+    /// Takes the short serialising lock of a record, waiting at most
+    /// `timeout_ms`. The lock is an OFD lock: per open file, so two threads
+    /// of one libvirtd exclude each other too. Dropped with the guard.
+    pub fn lock_record(&self, key: &str, timeout_ms: u64) -> Result<RecordLock> {
+        let path = self.dir.join("leases").join(format!("{key}.lock"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&path)
+            .map_err(|e| Error::io("open record lock", &path, e))?;
+        let start = crate::clock::boottime_ms();
+        let mut pause = 1u64;
+        loop {
+            match ofd_lock::try_lock(&file) {
+                Ok(true) => return Ok(RecordLock { _file: file }),
+                Ok(false) => {}
+                Err(e) => return Err(Error::io("lock record", &path, e)),
+            }
+            if crate::clock::boottime_ms().saturating_sub(start) >= timeout_ms {
+                return Err(Error::Busy {
+                    resource: key.to_string(),
+                    reason: format!(
+                        "its record lock {} is held by another host or thread for more than {} ms",
+                        path.display(),
+                        timeout_ms
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(pause));
+            pause = (pause * 2).min(20);
+        }
+    }
+
+    /// Lists the keys of every lease record.
+    pub fn list_leases(&self) -> Result<Vec<String>> {
+        let dir = self.dir.join("leases");
+        let mut keys = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io("list leases", &dir, e))? {
+            let entry = entry.map_err(|e| Error::io("list leases", &dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name.ends_with(".lock") {
+                continue;
+            }
+            keys.push(name);
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+/// Holds a record lock until dropped (closing the file releases it).
+#[derive(Debug)]
+pub struct RecordLock {
+    _file: File,
+}
+
+fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Writes a file and fsyncs it (no rename).
+pub fn write_file_synced(path: &Path, data: &[u8]) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(path)
+        .map_err(|e| Error::io("create", path, e))?;
+    f.write_all(data).map_err(|e| Error::io("write", path, e))?;
+    f.sync_all().map_err(|e| Error::io("fsync", path, e))?;
+    Ok(())
+}
+
+/// Writes `path` atomically: a temp file beside it, fsync, rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    write_file_synced(&tmp, data)?;
+    fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))
+}
+
+/// Takes an exclusive OFD lock on `file`, waiting as long as it takes.
+/// Only for local files (the state dir), never for shared storage.
+pub fn ofd_lock_wait(file: &File) -> io::Result<()> {
+    ofd_lock::lock_wait(file)
+}
+
+mod ofd_lock {
+    //! Open-file-description locks (F_OFD_SETLK): per open file, not per
+    //! process, and honoured across CephFS clients.
+    #![allow(unsafe_code)]
+
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+
+    fn whole_file() -> libc::flock {
+        // SAFETY: an all-zero flock is a valid value of this plain C struct.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl
+    }
+
+    /// Takes an exclusive lock on the whole file, waiting.
+    pub fn lock_wait(file: &File) -> io::Result<()> {
+        let fl = whole_file();
+        loop {
+            // SAFETY: the fd is open for the lifetime of `file`, and `fl` is
+            // a valid flock the kernel reads for F_OFD_SETLKW.
+            let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLKW, &fl) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Tries to take an exclusive lock on the whole file without waiting.
+    pub fn try_lock(file: &File) -> io::Result<bool> {
+        let fl = whole_file();
+        // SAFETY: the fd is open for the lifetime of `file`, and `fl` is a
+        // valid flock the kernel reads for F_OFD_SETLK.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+            _ => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "vmlease-test-{name}-{}-{}",
+            std::process::id(),
+            crate::process::random_u64()
+        ));
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn init_open_and_errors() {
+        let d = tempdir("ls");
+        let ls_dir = d.join("ls");
+        let e = Lockspace::open(&ls_dir).unwrap_err().to_string();
+        assert!(e.contains("directory missing"), "{e}");
+        fs::create_dir_all(&ls_dir).unwrap();
+        let e = Lockspace::open(&ls_dir).unwrap_err().to_string();
+        assert!(e.contains("not initialised"), "{e}");
+        assert!(Lockspace::init(&ls_dir, 16).unwrap());
+        assert!(
+            !Lockspace::init(&ls_dir, 16).unwrap(),
+            "second init is a no-op"
+        );
+        let ls = Lockspace::open(&ls_dir).unwrap();
+        assert_eq!(ls.max_hosts, 16);
+        assert_eq!(ls.read_hosts().unwrap().len(), 16);
+        fs::write(ls_dir.join("VMLEASE"), b"junk").unwrap();
+        assert!(matches!(
+            Lockspace::open(&ls_dir),
+            Err(Error::Corrupt { .. })
+        ));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn record_lock_excludes_threads_of_one_process() {
+        let d = tempdir("lock");
+        Lockspace::init(&d, 4).unwrap();
+        let ls = Lockspace::open(&d).unwrap();
+        let g = ls.lock_record("k", 100).unwrap();
+        let ls2 = ls.clone();
+        let r = std::thread::spawn(move || ls2.lock_record("k", 50).map(|_| ()))
+            .join()
+            .unwrap();
+        assert!(matches!(r, Err(Error::Busy { .. })), "{r:?}");
+        drop(g);
+        ls.lock_record("k", 50).unwrap();
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn corrupt_lease_names_the_file() {
+        let d = tempdir("corrupt");
+        Lockspace::init(&d, 4).unwrap();
+        let ls = Lockspace::open(&d).unwrap();
+        fs::write(ls.lease_path("disk-x"), b"vmlease-lease v1\nkey=disk-x\n").unwrap();
+        let e = ls.read_lease("disk-x", "/a").unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }));
+        assert!(e.to_string().contains("leases/disk-x"), "{e}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

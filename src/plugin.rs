@@ -1,0 +1,469 @@
+//! What the lock-driver plugin does, in safe Rust. The FFI module turns
+//! libvirt's calls into calls on a [`Manager`]; everything it decides is
+//! here and can be driven by tests without libvirtd.
+//!
+//! libvirt builds a fresh manager per operation (New, AddResource..., one
+//! Acquire/Release/Inquire, Free), so nothing persists in memory: the
+//! lockspace, the local registry and the daemon's status carry the state.
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use log::{info, warn};
+
+use crate::clock::boottime_ms;
+use crate::config::Config;
+use crate::deadline;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::lease::Holder;
+use crate::lockspace::Lockspace;
+use crate::process::{self, ProcId};
+use crate::registry::{Entry, Registry};
+use crate::resource::{Kind, Resource};
+use crate::state_string::LockState;
+use crate::status::Status;
+
+/// libvirt flag values (lock_driver.h).
+pub const NEW_STARTED: u32 = 1;
+pub const RESOURCE_READONLY: u32 = 1;
+pub const RESOURCE_SHARED: u32 = 2;
+pub const ACQUIRE_REGISTER_ONLY: u32 = 1;
+pub const ACQUIRE_RESTRICT: u32 = 2;
+
+/// A typed parameter from libvirt (already copied out of C memory).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Str(Option<String>),
+    Int(i64),
+    UInt(u64),
+    Double(f64),
+    Uuid([u8; 16]),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    pub key: String,
+    pub value: Value,
+}
+
+/// The domain an operation is about, and its resources.
+#[derive(Debug, Clone, Default)]
+pub struct Manager {
+    pub uuid: String,
+    pub name: String,
+    pub id: u32,
+    pub pid: u32,
+    pub uri: Option<String>,
+    pub new_started: bool,
+    /// Leased resources (writable disks and `<lease>`s), in libvirt order.
+    pub resources: Vec<Resource>,
+    /// Writable, non-shared disks seen while disk leases are off.
+    pub unleased_rw_disks: Vec<String>,
+    /// Read-only disks seen (not leased), for logs.
+    pub readonly_disks: usize,
+}
+
+impl Manager {
+    /// drvNew: the object parameters (uuid, name, id, pid, uri).
+    pub fn new(obj_type: u32, params: &[Param], flags: u32) -> Result<Manager> {
+        if obj_type != 0 {
+            return Err(Error::Invalid(format!(
+                "unsupported lock object type {obj_type}"
+            )));
+        }
+        if flags & !NEW_STARTED != 0 {
+            return Err(Error::Invalid(format!(
+                "unsupported flags 0x{flags:x} for New"
+            )));
+        }
+        let mut m = Manager {
+            new_started: flags & NEW_STARTED != 0,
+            ..Manager::default()
+        };
+        let mut have_uuid = false;
+        for p in params {
+            match (p.key.as_str(), &p.value) {
+                ("uuid", Value::Uuid(u)) => {
+                    m.uuid = crate::resource::format_uuid(u);
+                    have_uuid = true;
+                }
+                ("name", Value::Str(Some(s))) => m.name = s.clone(),
+                ("id", v) => m.id = as_u32(v, "id")?,
+                ("pid", v) => m.pid = as_u32(v, "pid")?,
+                ("uri", Value::Str(s)) => m.uri = s.clone(),
+                (k, v) => {
+                    // Unknown parameters from a newer libvirt are logged,
+                    // not fatal: the ones we need are checked below.
+                    warn!("ignoring unknown lock manager parameter '{k}' ({v:?})");
+                }
+            }
+        }
+        if !have_uuid {
+            return Err(Error::Invalid("libvirt passed no domain UUID".into()));
+        }
+        if m.name.is_empty() {
+            return Err(Error::Invalid("libvirt passed no domain name".into()));
+        }
+        if m.pid == 0 {
+            return Err(Error::Invalid(format!(
+                "libvirt passed no QEMU pid for domain '{}'",
+                m.name
+            )));
+        }
+        Ok(m)
+    }
+
+    /// drvAddResource.
+    pub fn add_resource(
+        &mut self,
+        cfg: &Config,
+        kind: u32,
+        name: &str,
+        params: &[Param],
+        flags: u32,
+    ) -> Result<()> {
+        if flags & !(RESOURCE_READONLY | RESOURCE_SHARED) != 0 {
+            return Err(Error::Invalid(format!(
+                "unsupported resource flags 0x{flags:x}"
+            )));
+        }
+        if name.is_empty() {
+            return Err(Error::Invalid("empty resource name".into()));
+        }
+        match kind {
+            0 => {
+                if flags & RESOURCE_READONLY != 0 {
+                    self.readonly_disks += 1;
+                    return Ok(());
+                }
+                let shared = flags & RESOURCE_SHARED != 0;
+                if cfg.disk_leases {
+                    self.resources.push(Resource::disk(name, shared));
+                } else if !shared {
+                    self.unleased_rw_disks.push(name.to_string());
+                }
+                Ok(())
+            }
+            1 => {
+                let mut lockspace = None;
+                for p in params {
+                    match (p.key.as_str(), &p.value) {
+                        ("lockspace", Value::Str(Some(s))) => lockspace = Some(s.clone()),
+                        ("path", _) | ("offset", _) => {}
+                        (k, _) => warn!("ignoring unknown lease parameter '{k}'"),
+                    }
+                }
+                let ls = lockspace.ok_or_else(|| {
+                    Error::Invalid(format!("<lease> '{name}' has no <lockspace>"))
+                })?;
+                self.resources.push(Resource::lease(&ls, name));
+                Ok(())
+            }
+            k => Err(Error::Invalid(format!("unknown resource type {k}"))),
+        }
+    }
+
+    /// Every lease this operation is about: the domain lease (when enabled)
+    /// first, then the explicit ones.
+    pub fn all_resources(&self, cfg: &Config, with_domain: bool) -> Vec<Resource> {
+        let mut v = Vec::new();
+        if cfg.domain_lease && with_domain {
+            v.push(Resource::domain(&self.uuid));
+        }
+        v.extend(self.resources.iter().cloned());
+        v
+    }
+
+    fn base_entry(&self, p: ProcId) -> Entry {
+        Entry {
+            proc_id: p,
+            domain_uuid: self.uuid.clone(),
+            domain_name: self.name.clone(),
+            keys: Vec::new(),
+        }
+    }
+
+    fn holder(&self, host_id: u16, boot_id: &str, p: ProcId) -> Holder {
+        Holder {
+            host_id,
+            boot_id: boot_id.to_string(),
+            pid: p.pid,
+            pid_start: p.start,
+            domain_uuid: self.uuid.clone(),
+            domain_name: self.name.clone(),
+        }
+    }
+
+    fn check_disk_policy(&self, cfg: &Config) -> Result<()> {
+        if cfg.require_lease_for_disks
+            && !self.unleased_rw_disks.is_empty()
+            && !cfg.domain_lease
+            && !self.resources.iter().any(|r| r.kind == Kind::Lease)
+        {
+            return Err(Error::Config(format!(
+                "domain '{}' has writable disks ({}) but no lease covers them \
+                 (disk_leases and domain_lease are off and the domain has no <lease>)",
+                self.name,
+                self.unleased_rw_disks.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn as_u32(v: &Value, what: &str) -> Result<u32> {
+    match v {
+        Value::UInt(u) => u32::try_from(*u).ok(),
+        Value::Int(i) => u32::try_from(*i).ok(),
+        _ => None,
+    }
+    .ok_or_else(|| Error::Invalid(format!("bad '{what}' parameter {v:?}")))
+}
+
+/// Checks that this host may take leases now: configured, daemon alive,
+/// fresh, renewing, not fenced. Returns the daemon's status.
+pub fn protected_status(cfg: &Config) -> Result<(u16, String, Status)> {
+    let host_id = cfg.require_host_id()?;
+    let boot_id = process::boot_id()
+        .map_err(|e| Error::io("read boot id", "/proc/sys/kernel/random/boot_id", e))?;
+    let status = Status::read(&cfg.state_dir)?.ok_or_else(|| {
+        Error::Unprotected(format!(
+            "the vmlease-watchdog daemon is not running (no status in {}); \
+             a host that cannot fence itself must not run protected VMs",
+            cfg.state_dir.display()
+        ))
+    })?;
+    let daemon_alive = Path::new(&format!("/proc/{}", status.daemon_pid)).exists();
+    status
+        .check_protected(cfg, &boot_id, boottime_ms(), daemon_alive)
+        .map_err(|why| {
+            Error::Unprotected(format!(
+                "{why}; a host that cannot fence itself must not run protected VMs"
+            ))
+        })?;
+    Ok((host_id, boot_id, status))
+}
+
+/// The pre-exec child (REGISTER_ONLY): check protection and register the
+/// process that is about to become QEMU. No threads, no locks, no shared
+/// storage: local files only.
+pub fn register(cfg: &Config, m: &Manager) -> Result<()> {
+    protected_status(cfg)?;
+    m.check_disk_policy(cfg)?;
+    let p = ProcId::of(m.pid)
+        .map_err(|e| Error::io("identify process", format!("/proc/{}", m.pid), e))?;
+    let mut e = m.base_entry(p);
+    e.keys = m
+        .all_resources(cfg, true)
+        .iter()
+        .map(|r| (r.key(), r.name.clone()))
+        .collect();
+    Registry::new(&cfg.state_dir).write(&e)?;
+    Ok(())
+}
+
+fn engine(cfg: &Config, host_id: u16, boot_id: &str, status: Status) -> Result<Engine> {
+    let dir = cfg.lockspace_dir.clone();
+    let ls = deadline::run(cfg.io_timeout, "open lockspace", &dir.clone(), move || {
+        Lockspace::open(&dir)
+    })?;
+    Ok(Engine {
+        ls,
+        host_id,
+        boot_id: boot_id.to_string(),
+        dead_ms: cfg.timing.host_dead_timeout,
+        lock_timeout_ms: cfg.lock_timeout,
+        view: Some(Arc::new(status)),
+        process_alive: Arc::new(|p: ProcId| p.is_alive()),
+    })
+}
+
+/// The real acquire in libvirtd, on behalf of QEMU's pid: all resources or
+/// none.
+pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
+    let (host_id, boot_id, status) = protected_status(cfg)?;
+    m.check_disk_policy(cfg)?;
+    let expect = match state {
+        Some(s) => LockState::parse(s)?,
+        None => LockState::default(),
+    };
+    let p = ProcId::of(m.pid)
+        .map_err(|e| Error::io("identify QEMU process", format!("/proc/{}", m.pid), e))?;
+    let mut resources = m.all_resources(cfg, true);
+    resources.sort_by_key(|r| r.key());
+    resources.dedup_by_key(|r| r.key());
+    let reg = Registry::new(&cfg.state_dir);
+    let keys: Vec<(String, String)> = resources
+        .iter()
+        .map(|r| (r.key(), r.name.clone()))
+        .collect();
+    reg.add_keys(&m.base_entry(p), &keys)?;
+
+    let eng = engine(cfg, host_id, &boot_id, status)?;
+    let me = m.holder(host_id, &boot_id, p);
+    let budget = cfg.io_timeout + cfg.lock_timeout;
+    let mut newly = Vec::new();
+    for r in &resources {
+        let (e2, r2, me2) = (eng.clone(), r.clone(), me.clone());
+        let want = expect.versions.get(&r.key()).copied();
+        let path = eng.ls.lease_path(&r.key());
+        match deadline::run(budget, "acquire lease", &path, move || {
+            e2.acquire(&r2, &me2, want)
+        }) {
+            Ok(a) => {
+                for (h, why) in &a.took_over {
+                    info!(
+                        "took over {r} from host {} (domain '{}' pid {}): {why}",
+                        h.host_id, h.domain_name, h.pid
+                    );
+                }
+                if a.changed {
+                    info!(
+                        "acquired {r} ({}) for domain '{}' ({}) pid {} version {}",
+                        r.mode, m.name, m.uuid, m.pid, a.version
+                    );
+                    newly.push(r.clone());
+                }
+            }
+            Err(e) => {
+                warn!(
+                    "acquire of {r} for domain '{}' ({}) failed: {e}",
+                    m.name, m.uuid
+                );
+                rollback(&eng, budget, &newly, &me);
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rollback(eng: &Engine, budget: u64, newly: &[Resource], me: &Holder) {
+    for r in newly {
+        let (e2, key, name, me2) = (eng.clone(), r.key(), r.name.clone(), me.clone());
+        let path = eng.ls.lease_path(&key);
+        match deadline::run(budget, "release lease", &path, move || {
+            e2.release(&key, &name, &me2)
+        }) {
+            Ok(_) => info!("rolled back {r}"),
+            Err(e) => warn!(
+                "could not roll back {r}: {e}; the watchdog daemon releases it when QEMU exits"
+            ),
+        }
+    }
+}
+
+/// Finds the holder identity of `pid`: from /proc while it runs, else from
+/// the registry (a process that already died).
+fn proc_of(cfg: &Config, pid: u32) -> Result<ProcId> {
+    if let Ok(p) = ProcId::of(pid) {
+        return Ok(p);
+    }
+    let reg = Registry::new(&cfg.state_dir);
+    let found: Vec<ProcId> = reg
+        .list()?
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .map(|e| e.proc_id)
+        .filter(|p| p.pid == pid)
+        .collect();
+    match found.as_slice() {
+        [p] => Ok(*p),
+        [] => Err(Error::Invalid(format!(
+            "QEMU pid {pid} is neither running nor registered"
+        ))),
+        _ => Err(Error::Invalid(format!(
+            "QEMU pid {pid} is registered more than once"
+        ))),
+    }
+}
+
+/// Release: with `want_state` (pause, migration) every lease of the domain
+/// including the domain lease, returning the state; without (hot-unplug)
+/// only the listed resources.
+pub fn release(cfg: &Config, m: &Manager, want_state: bool) -> Result<Option<String>> {
+    let host_id = cfg.require_host_id()?;
+    let boot_id = process::boot_id()
+        .map_err(|e| Error::io("read boot id", "/proc/sys/kernel/random/boot_id", e))?;
+    let p = proc_of(cfg, m.pid)?;
+    let me = m.holder(host_id, &boot_id, p);
+    let dir = cfg.lockspace_dir.clone();
+    let ls = deadline::run(cfg.io_timeout, "open lockspace", &dir.clone(), move || {
+        Lockspace::open(&dir)
+    })?;
+    let eng = Engine {
+        ls,
+        host_id,
+        boot_id,
+        dead_ms: cfg.timing.host_dead_timeout,
+        lock_timeout_ms: cfg.lock_timeout,
+        view: None,
+        process_alive: Arc::new(|p: ProcId| p.is_alive()),
+    };
+    let budget = cfg.io_timeout + cfg.lock_timeout;
+    let mut state = LockState::default();
+    let mut released = Vec::new();
+    let mut first_err = None;
+    for r in m.all_resources(cfg, want_state) {
+        let (e2, key, name, me2) = (eng.clone(), r.key(), r.name.clone(), me.clone());
+        let path = eng.ls.lease_path(&key);
+        match deadline::run(budget, "release lease", &path, move || {
+            e2.release(&key, &name, &me2)
+        }) {
+            Ok(Some(v)) => {
+                info!(
+                    "released {r} of domain '{}' ({}) pid {} at version {v}",
+                    m.name, m.uuid, m.pid
+                );
+                state.versions.insert(r.key(), v);
+                released.push(r.key());
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!("release of {r} of domain '{}' failed: {e}", m.name);
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    let _ = Registry::new(&cfg.state_dir).remove_keys(p, &released);
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    Ok(want_state.then(|| state.encode()))
+}
+
+/// Inquire: the state of every lease the domain holds now.
+pub fn inquire(cfg: &Config, m: &Manager) -> Result<String> {
+    let host_id = cfg.require_host_id()?;
+    let boot_id = process::boot_id()
+        .map_err(|e| Error::io("read boot id", "/proc/sys/kernel/random/boot_id", e))?;
+    let p = proc_of(cfg, m.pid)?;
+    let me = m.holder(host_id, &boot_id, p);
+    let dir = cfg.lockspace_dir.clone();
+    let resources = m.all_resources(cfg, true);
+    let versions = deadline::run(cfg.io_timeout, "inquire leases", &dir.clone(), move || {
+        let ls = Lockspace::open(&dir)?;
+        let eng = Engine {
+            ls,
+            host_id,
+            boot_id: boot_id.clone(),
+            dead_ms: 0,
+            lock_timeout_ms: 0,
+            view: None,
+            process_alive: Arc::new(|p: ProcId| p.is_alive()),
+        };
+        let mut st = LockState::default();
+        for r in resources {
+            if let Some(v) = eng.held_version(&r.key(), &r.name, &me)? {
+                st.versions.insert(r.key(), v);
+            }
+        }
+        Ok(st)
+    })?;
+    Ok(versions.encode())
+}
+
+#[cfg(test)]
+mod tests;

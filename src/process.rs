@@ -1,0 +1,153 @@
+//! Process identity and liveness. A QEMU process is named by its pid and
+//! its start time, so that pid reuse can never keep a lease alive or make
+//! a live one look dead.
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::io;
+
+/// A process of this boot: pid + start time (clock ticks since boot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProcId {
+    pub pid: u32,
+    pub start: u64,
+}
+
+/// What /proc says about a pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Running (or stopped, or in uninterruptible sleep): may still write.
+    Alive,
+    /// Gone, a zombie, or the pid now names another process.
+    Dead,
+}
+
+/// Reads field 22 (starttime) and field 3 (state) of /proc/PID/stat.
+pub fn stat(pid: u32) -> io::Result<(u64, char)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat(&text).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unparsable /proc/{pid}/stat"),
+        )
+    })
+}
+
+fn parse_stat(text: &str) -> Option<(u64, char)> {
+    // The command name (field 2) is in parentheses and may contain spaces
+    // and parentheses: split after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); starttime is field 22.
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(22 - 3)?.parse().ok()?;
+    Some((start, state))
+}
+
+impl ProcId {
+    /// Identifies a running process now.
+    pub fn of(pid: u32) -> io::Result<ProcId> {
+        let (start, _) = stat(pid)?;
+        Ok(ProcId { pid, start })
+    }
+
+    pub fn liveness(&self) -> Liveness {
+        match stat(self.pid) {
+            Ok((start, state)) if start == self.start && state != 'Z' && state != 'X' => {
+                Liveness::Alive
+            }
+            Ok(_) => Liveness::Dead,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Liveness::Dead,
+            // ESRCH and friends while the process is being reaped.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Liveness::Dead,
+            // Anything else (EACCES, EMFILE, ...) is not proof of death.
+            Err(_) => Liveness::Alive,
+        }
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.liveness() == Liveness::Alive
+    }
+}
+
+/// The kernel's boot id: changes at every boot.
+pub fn boot_id() -> io::Result<String> {
+    Ok(fs::read_to_string("/proc/sys/kernel/random/boot_id")?
+        .trim()
+        .to_string())
+}
+
+/// The kernel host name.
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// A random u64 from the kernel.
+pub fn random_u64() -> u64 {
+    let mut buf = [0u8; 8];
+    if let Ok(mut f) = fs::File::open("/dev/urandom") {
+        use io::Read;
+        if f.read_exact(&mut buf).is_ok() {
+            return u64::from_le_bytes(buf);
+        }
+    }
+    // Fallback: time and pid mixed; only used as an incarnation number.
+    let t = crate::clock::boottime_ms();
+    t.rotate_left(17) ^ (std::process::id() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_odd_command_names() {
+        let line = "1234 (qemu) (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 4 0 987654 1000 200";
+        assert_eq!(parse_stat(line), Some((987654, 'S')));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn self_is_alive_and_pid_reuse_is_dead() {
+        let me = ProcId::of(std::process::id()).unwrap();
+        assert!(me.is_alive());
+        let other = ProcId {
+            pid: me.pid,
+            start: me.start + 1,
+        };
+        assert!(!other.is_alive(), "different start time must be dead");
+        let gone = ProcId {
+            pid: u32::MAX - 1,
+            start: 1,
+        };
+        assert!(!gone.is_alive());
+    }
+
+    #[test]
+    fn zombie_is_dead() {
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let id = ProcId::of(child.id()).unwrap_or(ProcId {
+            pid: child.id(),
+            start: 0,
+        });
+        // Wait until the child has exited but is not reaped.
+        for _ in 0..500 {
+            if !id.is_alive() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert!(
+            !id.is_alive(),
+            "an exited, unreaped child must count as dead"
+        );
+        drop(child);
+    }
+
+    #[test]
+    fn boot_id_is_a_uuid() {
+        assert!(crate::resource::is_uuid(&boot_id().unwrap()));
+    }
+}

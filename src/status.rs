@@ -1,0 +1,388 @@
+//! The watchdog daemon's published status: this host's health and its view
+//! of the other hosts, written to `<state_dir>/status` at every tick and
+//! read by the plugin (may this host lease? is that holder dead?), the hook
+//! and the CLI.
+//!
+//! All times are this host's `CLOCK_BOOTTIME` milliseconds.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::checksum::crc32c;
+use crate::codec;
+use crate::config::{secs, Config};
+use crate::error::{Error, Result};
+use crate::hosts::{HostState, Slot};
+
+const MAGIC: &str = "vmlease-status v1";
+
+/// What the daemon has observed of one host slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerView {
+    pub host_id: u16,
+    /// CRC of the slot's raw bytes at the last change.
+    pub fingerprint: u32,
+    /// When the daemon last saw the slot change (or started observing it).
+    pub last_change_ms: u64,
+    /// Decoded content, for display and for the holder's own D.
+    pub kind: PeerKind,
+    pub host_name: String,
+    pub boot_id: String,
+    pub counter: u64,
+    pub state: Option<HostState>,
+    /// The host's own host_dead_timeout from its last valid record.
+    pub dead_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerKind {
+    Record,
+    Empty,
+    Corrupt,
+}
+
+impl PeerKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            PeerKind::Record => "record",
+            PeerKind::Empty => "empty",
+            PeerKind::Corrupt => "corrupt",
+        }
+    }
+}
+
+/// A network's state as the daemon sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetView {
+    pub name: String,
+    /// "up", "down" (failing, not yet lost), "lost", or "unmonitored".
+    pub state: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub daemon_pid: u32,
+    pub host_id: u16,
+    pub boot_id: String,
+    pub incarnation: u64,
+    /// When this status was written.
+    pub written_ms: u64,
+    /// Last successful renewal (0: none yet).
+    pub last_renewal_ms: u64,
+    pub state: HostState,
+    /// Why the host is not protected / was fenced ("" when fine).
+    pub reason: String,
+    pub unsafe_no_watchdog: bool,
+    /// When the daemon began observing the host table.
+    pub observing_since_ms: u64,
+    pub renew_interval_ms: u64,
+    pub renew_fail_timeout_ms: u64,
+    pub host_dead_timeout_ms: u64,
+    pub networks: Vec<NetView>,
+    pub peers: Vec<PeerView>,
+}
+
+impl Status {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("status")
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = codec::Writer::new(MAGIC);
+        w.field("daemon_pid", self.daemon_pid)
+            .field("host_id", self.host_id)
+            .field("boot_id", &self.boot_id)
+            .field("incarnation", self.incarnation)
+            .field("written_ms", self.written_ms)
+            .field("last_renewal_ms", self.last_renewal_ms)
+            .field("state", self.state)
+            .field("reason", &self.reason)
+            .field("unsafe_no_watchdog", u8::from(self.unsafe_no_watchdog))
+            .field("observing_since_ms", self.observing_since_ms)
+            .field("renew_interval_ms", self.renew_interval_ms)
+            .field("renew_fail_timeout_ms", self.renew_fail_timeout_ms)
+            .field("host_dead_timeout_ms", self.host_dead_timeout_ms);
+        for n in &self.networks {
+            w.field(
+                "network",
+                format!(
+                    "{} {} {}",
+                    codec::encode(&n.name),
+                    codec::encode(&n.state),
+                    codec::encode(&n.detail)
+                ),
+            );
+        }
+        for p in &self.peers {
+            w.field(
+                "peer",
+                format!(
+                    "{} {:08x} {} {} {} {} {} {} {}",
+                    p.host_id,
+                    p.fingerprint,
+                    p.last_change_ms,
+                    p.kind.as_str(),
+                    codec::encode(if p.host_name.is_empty() {
+                        "-"
+                    } else {
+                        &p.host_name
+                    }),
+                    codec::encode(if p.boot_id.is_empty() {
+                        "-"
+                    } else {
+                        &p.boot_id
+                    }),
+                    p.counter,
+                    p.state.map(HostState::as_str).unwrap_or("-"),
+                    p.dead_timeout_ms
+                ),
+            );
+        }
+        w.finish()
+    }
+
+    pub fn decode(data: &[u8]) -> std::result::Result<Status, String> {
+        let f = codec::parse(data, MAGIC)?;
+        let mut networks = Vec::new();
+        for n in f.all("network") {
+            let p: Vec<&str> = n.split(' ').collect();
+            if p.len() != 3 {
+                return Err(format!("bad network line '{n}'"));
+            }
+            networks.push(NetView {
+                name: codec::decode(p[0])?,
+                state: codec::decode(p[1])?,
+                detail: codec::decode(p[2])?,
+            });
+        }
+        let mut peers = Vec::new();
+        for line in f.all("peer") {
+            let p: Vec<&str> = line.split(' ').collect();
+            if p.len() != 9 {
+                return Err(format!("bad peer line '{line}'"));
+            }
+            let n = |i: usize| {
+                p[i].parse::<u64>()
+                    .map_err(|_| format!("bad number in peer line '{line}'"))
+            };
+            let dash = |s: String| if s == "-" { String::new() } else { s };
+            peers.push(PeerView {
+                host_id: n(0)? as u16,
+                fingerprint: u32::from_str_radix(p[1], 16)
+                    .map_err(|_| format!("bad fingerprint in '{line}'"))?,
+                last_change_ms: n(2)?,
+                kind: match p[3] {
+                    "record" => PeerKind::Record,
+                    "empty" => PeerKind::Empty,
+                    "corrupt" => PeerKind::Corrupt,
+                    o => return Err(format!("bad peer kind '{o}'")),
+                },
+                host_name: dash(codec::decode(p[4])?),
+                boot_id: dash(codec::decode(p[5])?),
+                counter: n(6)?,
+                state: match p[7] {
+                    "-" => None,
+                    s => Some(s.parse()?),
+                },
+                dead_timeout_ms: n(8)?,
+            });
+        }
+        Ok(Status {
+            daemon_pid: f.req_u64("daemon_pid")? as u32,
+            host_id: f.req_u64("host_id")? as u16,
+            boot_id: f.req("boot_id")?.to_string(),
+            incarnation: f.req_u64("incarnation")?,
+            written_ms: f.req_u64("written_ms")?,
+            last_renewal_ms: f.req_u64("last_renewal_ms")?,
+            state: f.req("state")?.parse()?,
+            reason: f.req("reason")?.to_string(),
+            unsafe_no_watchdog: f.req_u64("unsafe_no_watchdog")? != 0,
+            observing_since_ms: f.req_u64("observing_since_ms")?,
+            renew_interval_ms: f.req_u64("renew_interval_ms")?,
+            renew_fail_timeout_ms: f.req_u64("renew_fail_timeout_ms")?,
+            host_dead_timeout_ms: f.req_u64("host_dead_timeout_ms")?,
+            networks,
+            peers,
+        })
+    }
+
+    /// Writes the status atomically into the (local) state dir.
+    pub fn write(&self, state_dir: &Path) -> Result<()> {
+        crate::lockspace::write_atomic(&Status::path(state_dir), &self.encode())
+    }
+
+    /// Reads the status; `Ok(None)` when no daemon has written one.
+    pub fn read(state_dir: &Path) -> Result<Option<Status>> {
+        let path = Status::path(state_dir);
+        match std::fs::read(&path) {
+            Ok(d) => Status::decode(&d)
+                .map(Some)
+                .map_err(|reason| Error::Corrupt { path, reason }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read daemon status", path, e)),
+        }
+    }
+
+    pub fn peer(&self, host_id: u16) -> Option<&PeerView> {
+        self.peers.iter().find(|p| p.host_id == host_id)
+    }
+
+    /// How long the daemon had seen `host_id`'s slot unchanged when it wrote
+    /// this status, given the slot's current raw bytes. `None` means "seen
+    /// to change since" (the holder is alive).
+    pub fn observed_unchanged_ms(&self, host_id: u16, current_slot: &[u8]) -> Option<u64> {
+        let fp = crc32c(current_slot);
+        match self.peer(host_id) {
+            Some(p) if p.fingerprint == fp => {
+                Some(self.written_ms.saturating_sub(p.last_change_ms))
+            }
+            Some(_) => None,
+            // Never listed: the slot has been empty since observation began.
+            None if current_slot.iter().all(|&b| b == 0) => {
+                Some(self.written_ms.saturating_sub(self.observing_since_ms))
+            }
+            None => None,
+        }
+    }
+
+    /// May this host take leases now? `Err` carries the reason for users.
+    pub fn check_protected(
+        &self,
+        cfg: &Config,
+        boot_id: &str,
+        now_ms: u64,
+        daemon_alive: bool,
+    ) -> std::result::Result<(), String> {
+        let r = cfg.timing.renew_interval;
+        if !daemon_alive {
+            return Err(format!(
+                "the vmlease-watchdog daemon (pid {}) is not running",
+                self.daemon_pid
+            ));
+        }
+        if Some(self.host_id) != cfg.host_id {
+            return Err(format!(
+                "the watchdog daemon runs as host id {}, the config says {:?}",
+                self.host_id, cfg.host_id
+            ));
+        }
+        if self.boot_id != boot_id {
+            return Err("the watchdog status is from another boot".into());
+        }
+        let age = now_ms.saturating_sub(self.written_ms);
+        let fresh = 2 * r + 1000;
+        if age > fresh {
+            return Err(format!(
+                "the watchdog daemon has not reported for {} (hung?)",
+                secs(age)
+            ));
+        }
+        if self.last_renewal_ms == 0 {
+            return Err(
+                "the watchdog daemon has not renewed this host's liveness lease yet".into(),
+            );
+        }
+        let renewal_age = now_ms.saturating_sub(self.last_renewal_ms);
+        if renewal_age > cfg.timing.renew_fail_timeout / 2 {
+            return Err(format!(
+                "the liveness lease was last renewed {} ago (storage trouble?)",
+                secs(renewal_age)
+            ));
+        }
+        if !self.state.is_running() {
+            let why = if self.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", self.reason)
+            };
+            return Err(format!("this host is {}{why}", self.state));
+        }
+        Ok(())
+    }
+}
+
+/// Tracks, on the local clock, when each slot of the host table last
+/// changed. The daemon feeds it every table read; it produces the peers of
+/// the status.
+#[derive(Debug, Clone)]
+pub struct Observer {
+    pub since_ms: u64,
+    seen: BTreeMap<u16, PeerView>,
+}
+
+impl Observer {
+    pub fn new(now_ms: u64) -> Observer {
+        Observer {
+            since_ms: now_ms,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// Feeds one read of the table: `raw` is the table bytes, `slots` its
+    /// decoding. A slot whose bytes differ from the last read has changed.
+    pub fn update(&mut self, now_ms: u64, raw: &[u8], slots: &[Slot]) {
+        for (i, slot) in slots.iter().enumerate() {
+            let host_id = i as u16 + 1;
+            let bytes = &raw[i * crate::hosts::SLOT_SIZE..(i + 1) * crate::hosts::SLOT_SIZE];
+            let empty = bytes.iter().all(|&b| b == 0);
+            let fp = crc32c(bytes);
+            let prev = self.seen.get(&host_id);
+            if empty && prev.is_none() {
+                continue;
+            }
+            let changed = prev.map(|p| p.fingerprint != fp).unwrap_or(true);
+            let last_change_ms = match prev {
+                // First sight: we know nothing older than our own start.
+                None => self.since_ms,
+                Some(p) if !changed => p.last_change_ms,
+                Some(_) => now_ms,
+            };
+            let prev_dead = prev.map(|p| p.dead_timeout_ms).unwrap_or(0);
+            let view = match slot {
+                Slot::Record(r) => PeerView {
+                    host_id,
+                    fingerprint: fp,
+                    last_change_ms,
+                    kind: PeerKind::Record,
+                    host_name: r.host_name.clone(),
+                    boot_id: r.boot_id.clone(),
+                    counter: r.counter,
+                    state: Some(r.state),
+                    dead_timeout_ms: r.timing.host_dead_timeout,
+                },
+                Slot::Empty | Slot::Corrupt(_) => {
+                    let (kind, keep) = if matches!(slot, Slot::Empty) {
+                        (PeerKind::Empty, None)
+                    } else {
+                        (PeerKind::Corrupt, prev)
+                    };
+                    PeerView {
+                        host_id,
+                        fingerprint: fp,
+                        last_change_ms,
+                        kind,
+                        host_name: keep.map(|p| p.host_name.clone()).unwrap_or_default(),
+                        boot_id: keep.map(|p| p.boot_id.clone()).unwrap_or_default(),
+                        counter: keep.map(|p| p.counter).unwrap_or(0),
+                        state: None,
+                        dead_timeout_ms: prev_dead,
+                    }
+                }
+            };
+            self.seen.insert(host_id, view);
+        }
+    }
+
+    pub fn peers(&self) -> Vec<PeerView> {
+        self.seen.values().cloned().collect()
+    }
+
+    pub fn get(&self, host_id: u16) -> Option<&PeerView> {
+        self.seen.get(&host_id)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,119 @@
+use super::*;
+use crate::config::Timing;
+use crate::hosts::{HostRecord, SLOT_SIZE};
+
+fn rec(counter: u64) -> HostRecord {
+    HostRecord {
+        host_id: 1,
+        host_name: "a b".into(),
+        boot_id: "boot".into(),
+        incarnation: 3,
+        counter,
+        state: HostState::Live,
+        timing: Timing {
+            renew_interval: 200,
+            renew_fail_timeout: 1500,
+            kill_timeout: 500,
+            watchdog_timeout: 1000,
+            host_dead_timeout: 4000,
+            host_dead_derived: false,
+        },
+        unsafe_no_watchdog: false,
+        mono_ms: 0,
+        wall: 0,
+    }
+}
+
+fn table(counter: Option<u64>) -> Vec<u8> {
+    let mut t = vec![0u8; 2 * SLOT_SIZE];
+    if let Some(c) = counter {
+        t[..SLOT_SIZE].copy_from_slice(&rec(c).encode());
+    }
+    t
+}
+
+fn status(obs: &Observer, written: u64) -> Status {
+    Status {
+        daemon_pid: 1,
+        host_id: 2,
+        boot_id: "b".into(),
+        incarnation: 1,
+        written_ms: written,
+        last_renewal_ms: written,
+        state: HostState::Live,
+        reason: String::new(),
+        unsafe_no_watchdog: false,
+        observing_since_ms: obs.since_ms,
+        renew_interval_ms: 200,
+        renew_fail_timeout_ms: 1500,
+        host_dead_timeout_ms: 4000,
+        networks: vec![NetView {
+            name: "management".into(),
+            state: "down".into(),
+            detail: "0/1 probes up".into(),
+        }],
+        peers: obs.peers(),
+    }
+}
+
+#[test]
+fn observer_tracks_changes_on_local_clock() {
+    let mut obs = Observer::new(100);
+    let t1 = table(Some(1));
+    obs.update(100, &t1, &crate::hosts::decode_table(&t1));
+    obs.update(500, &t1, &crate::hosts::decode_table(&t1));
+    assert_eq!(obs.get(1).unwrap().last_change_ms, 100);
+    let t2 = table(Some(2));
+    obs.update(700, &t2, &crate::hosts::decode_table(&t2));
+    assert_eq!(obs.get(1).unwrap().last_change_ms, 700);
+    assert!(obs.get(2).is_none(), "empty slots are not listed");
+    let st = status(&obs, 1000);
+    assert_eq!(st.observed_unchanged_ms(1, &t2[..SLOT_SIZE]), Some(300));
+    assert_eq!(st.observed_unchanged_ms(1, &t1[..SLOT_SIZE]), None);
+    // An empty, never-listed slot: unchanged since observation began.
+    assert_eq!(st.observed_unchanged_ms(2, &[0u8; SLOT_SIZE]), Some(900));
+}
+
+#[test]
+fn encode_decode_roundtrip() {
+    let mut obs = Observer::new(5);
+    let t = table(Some(9));
+    obs.update(5, &t, &crate::hosts::decode_table(&t));
+    let st = status(&obs, 10);
+    assert_eq!(Status::decode(&st.encode()).unwrap(), st);
+}
+
+#[test]
+fn protection_check_reasons() {
+    let cfg = crate::config::parse(
+        "host_id = 2\nrenew_interval = 0.2\nrenew_fail_timeout = 1.5\nkill_timeout = 0.5\nwatchdog_timeout = 1\n",
+        "t",
+    )
+    .unwrap();
+    let obs = Observer::new(0);
+    let st = status(&obs, 10_000);
+    assert!(st.check_protected(&cfg, "b", 10_100, true).is_ok());
+    assert!(st
+        .check_protected(&cfg, "b", 10_100, false)
+        .unwrap_err()
+        .contains("not running"));
+    assert!(st
+        .check_protected(&cfg, "other", 10_100, true)
+        .unwrap_err()
+        .contains("another boot"));
+    assert!(st
+        .check_protected(&cfg, "b", 20_000, true)
+        .unwrap_err()
+        .contains("not reported"));
+    let mut old = st.clone();
+    old.last_renewal_ms = 9_000;
+    assert!(old
+        .check_protected(&cfg, "b", 10_000, true)
+        .unwrap_err()
+        .contains("last renewed"));
+    let mut fenced = st.clone();
+    fenced.state = HostState::FencedClean;
+    fenced.reason = "storage lost".into();
+    let e = fenced.check_protected(&cfg, "b", 10_000, true).unwrap_err();
+    assert!(e.contains("fenced-clean: storage lost"), "{e}");
+}

@@ -1,0 +1,131 @@
+//! The takeover rule (SPEC section 2): when may a lease held by someone be
+//! treated as free? Exactly when one of these holds:
+//!
+//! 1. the holder's host published `fenced-clean` (or `leaving`) after
+//!    killing that QEMU (a released holder is simply absent);
+//! 2. the holder's host record shows a different boot id (it rebooted);
+//! 3. the holder is this host and that QEMU process is gone (pid + start);
+//! 4. this host's watchdog has observed the holder's record unchanged for at
+//!    least the holder's `host_dead_timeout` on its own monotonic clock.
+//!
+//! Everything else - including a damaged or missing host record that has
+//! not been observed unchanged for long enough - keeps the lease held.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+use crate::config::secs;
+use crate::hosts::{self, HostState, Slot};
+use crate::lease::Holder;
+use crate::process::ProcId;
+use crate::status::Status;
+
+/// Why a holder no longer counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FreeBecause {
+    FencedClean,
+    Leaving,
+    Rebooted { now: String },
+    ProcessGone,
+    ObservedDead { unchanged_ms: u64, dead_ms: u64 },
+}
+
+impl fmt::Display for FreeBecause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FreeBecause::FencedClean => write!(f, "its host published fenced-clean"),
+            FreeBecause::Leaving => write!(f, "its host left the lockspace cleanly"),
+            FreeBecause::Rebooted { now } => write!(f, "its host rebooted (boot id now {now})"),
+            FreeBecause::ProcessGone => write!(f, "its QEMU process on this host is gone"),
+            FreeBecause::ObservedDead {
+                unchanged_ms,
+                dead_ms,
+            } => write!(
+                f,
+                "its host's liveness record was observed unchanged for {} (host_dead_timeout {})",
+                secs(*unchanged_ms),
+                secs(*dead_ms)
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Free(FreeBecause),
+    /// Still held; the text explains why, for the user.
+    Held(String),
+}
+
+/// What the judge needs to know about the world.
+pub struct Judge<'a> {
+    pub my_host_id: u16,
+    pub my_boot_id: &'a str,
+    /// This host's own host_dead_timeout: a floor for every holder's D.
+    pub my_dead_ms: u64,
+    /// The local daemon's published view (None: no observation at all).
+    pub view: Option<&'a Status>,
+    /// Liveness of a local process.
+    pub process_alive: &'a dyn Fn(ProcId) -> bool,
+}
+
+impl Judge<'_> {
+    /// Judges one holder given the holder host's slot, read *now* under the
+    /// lease's record lock (raw bytes).
+    pub fn judge(&self, h: &Holder, raw_slot: &[u8]) -> Verdict {
+        let slot = hosts::decode_slot(h.host_id, raw_slot);
+        if let Slot::Record(r) = &slot {
+            if r.boot_id != h.boot_id {
+                return Verdict::Free(FreeBecause::Rebooted {
+                    now: r.boot_id.clone(),
+                });
+            }
+            match r.state {
+                HostState::FencedClean => return Verdict::Free(FreeBecause::FencedClean),
+                HostState::Leaving => return Verdict::Free(FreeBecause::Leaving),
+                _ => {}
+            }
+        }
+        if h.host_id == self.my_host_id && h.boot_id == self.my_boot_id {
+            let p = ProcId {
+                pid: h.pid,
+                start: h.pid_start,
+            };
+            return if (self.process_alive)(p) {
+                Verdict::Held(format!("its QEMU process {} is alive on this host", h.pid))
+            } else {
+                Verdict::Free(FreeBecause::ProcessGone)
+            };
+        }
+        let holder_dead_ms = match &slot {
+            Slot::Record(r) => r.timing.host_dead_timeout,
+            _ => self
+                .view
+                .and_then(|v| v.peer(h.host_id))
+                .map(|p| p.dead_timeout_ms)
+                .unwrap_or(0),
+        };
+        let dead_ms = holder_dead_ms.max(self.my_dead_ms);
+        let Some(view) = self.view else {
+            return Verdict::Held(
+                "this host has no observation of the holder (watchdog daemon not running)".into(),
+            );
+        };
+        match view.observed_unchanged_ms(h.host_id, raw_slot) {
+            None => Verdict::Held(match &slot {
+                Slot::Record(r) => format!("its host is alive (state {}, renewing)", r.state),
+                _ => "its host's record changed recently".into(),
+            }),
+            Some(unchanged) if unchanged >= dead_ms => Verdict::Free(FreeBecause::ObservedDead {
+                unchanged_ms: unchanged,
+                dead_ms,
+            }),
+            Some(unchanged) => Verdict::Held(format!(
+                "its host has not renewed for {} as observed here; it may be taken over after {} (in {})",
+                secs(unchanged),
+                secs(dead_ms),
+                secs(dead_ms - unchanged)
+            )),
+        }
+    }
+}

@@ -29,6 +29,7 @@ pub mod takeover;
 pub mod cli;
 pub mod daemon;
 pub mod engine;
+pub mod hook;
 pub mod plugin;
 
 mod ffi;

@@ -1,0 +1,1 @@
+//! The libvirt qemu hook (`vmlease hook qemu NAME OP SUBOP EXTRA`).

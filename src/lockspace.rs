@@ -13,7 +13,7 @@
 #![deny(unsafe_code)]
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -123,15 +123,22 @@ impl Lockspace {
         Ok(())
     }
 
-    /// Reads the whole host table in one read.
-    pub fn read_hosts(&self) -> Result<Vec<Slot>> {
+    /// Reads the whole host table in one read (raw bytes, always
+    /// `max_hosts * SLOT_SIZE` long).
+    pub fn read_hosts_raw(&self) -> Result<Vec<u8>> {
         let path = self.hosts_path();
-        let mut data = Vec::with_capacity(self.max_hosts as usize * SLOT_SIZE);
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut data))
-            .map_err(|e| Error::io("read host table", &path, e))?;
-        data.resize(self.max_hosts as usize * SLOT_SIZE, 0);
-        Ok(hosts::decode_table(&data))
+        let len = self.max_hosts as usize * SLOT_SIZE;
+        let mut data = vec![0u8; len];
+        let f = File::open(&path).map_err(|e| Error::io("read host table", &path, e))?;
+        let n =
+            read_full_at(&f, &mut data, 0).map_err(|e| Error::io("read host table", &path, e))?;
+        data[n..].fill(0);
+        Ok(data)
+    }
+
+    /// Reads and decodes the whole host table.
+    pub fn read_hosts(&self) -> Result<Vec<Slot>> {
+        Ok(hosts::decode_table(&self.read_hosts_raw()?))
     }
 
     /// Reads one host's slot.
@@ -299,6 +306,11 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     write_file_synced(&tmp, data)?;
     fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))
+}
+
+/// Tries to take an exclusive OFD lock on `file` without waiting.
+pub fn ofd_try_lock(file: &File) -> io::Result<bool> {
+    ofd_lock::try_lock(file)
 }
 
 /// Takes an exclusive OFD lock on `file`, waiting as long as it takes.

@@ -25,6 +25,22 @@ pub fn init(stderr: bool, level: LevelFilter) {
     log::set_max_level(level);
 }
 
+/// "vmlease" in the plugin and the CLI, the program name in the daemon.
+fn ident() -> &'static str {
+    if IDENT_DAEMON.load(Ordering::Relaxed) {
+        "vmlease-watchdog"
+    } else {
+        "vmlease"
+    }
+}
+
+static IDENT_DAEMON: AtomicBool = AtomicBool::new(false);
+
+/// Marks this process as the watchdog daemon (log identity).
+pub fn set_daemon_ident() {
+    IDENT_DAEMON.store(true, Ordering::Relaxed);
+}
+
 fn severity(l: Level) -> u8 {
     match l {
         Level::Error => 3,
@@ -38,8 +54,9 @@ fn severity(l: Level) -> u8 {
 pub fn syslog(level: Level, msg: &str) {
     const LOG_DAEMON: u8 = 3 << 3;
     let line = format!(
-        "<{}>vmlease[{}]: {}",
+        "<{}>{}[{}]: {}",
         LOG_DAEMON | severity(level),
+        ident(),
         std::process::id(),
         msg
     );
@@ -61,7 +78,7 @@ impl Log for Logger {
         let msg = r.args().to_string();
         syslog(r.level(), &msg);
         if STDERR.load(Ordering::Relaxed) {
-            let line = format!("vmlease: {}: {msg}\n", r.level().as_str().to_lowercase());
+            let line = format!("{}: {}: {msg}\n", ident(), r.level().as_str().to_lowercase());
             let _ = std::io::stderr().write_all(line.as_bytes());
         }
     }

@@ -1,7 +1,603 @@
-//! The per-host watchdog daemon (`vmlease-watchdog`).
+//! The per-host watchdog daemon (`vmlease-watchdog`): renews this host's
+//! liveness record, observes the other hosts, releases the leases of QEMU
+//! processes that died, watches the networks, and fences by policy.
+//!
+//! One main loop that never touches shared storage itself: renewals (one
+//! write + one table read per tick) run on a storage thread, lease releases
+//! on another, probes on a third. The loop only looks at their results, so
+//! a hung CephFS cannot stall fencing.
+
+pub mod actions;
+pub mod claim;
+pub mod fence;
+pub mod probes;
+pub mod reaper;
+pub mod signals;
+pub mod watchdog;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+
+use log::{error, info, warn, LevelFilter};
+
+use crate::clock::boottime_ms;
+use crate::config::{self, secs, Config};
+use crate::error::{Error, Result};
+use crate::hosts::{self, HostRecord, HostState, SLOT_SIZE};
+use crate::lockspace::Lockspace;
+use crate::process;
+use crate::status::{NetView, Observer, Status};
+
+use actions::{HostActions, RealHost};
+use fence::{Fence, Inputs, Phase};
+use probes::{NetState, Round};
+use reaper::Reaper;
+use watchdog::Watchdog;
+
+/// Exit codes of `vmlease-watchdog`.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const CONFIG: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const LOCKSPACE: i32 = 3;
+    pub const WATCHDOG: i32 = 4;
+    pub const RUNNING: i32 = 5;
+}
+
+const USAGE: &str = "usage: vmlease-watchdog [--config FILE] [--verbose]
+
+Renews this host's liveness lease in the vmlease lockspace, watches the
+networks and the other hosts, releases the leases of QEMU processes that
+exit, and fences this host (kills its leased VMs, then resets it through
+the hardware watchdog) when its storage or, by policy, its networks fail.
+Runs in the foreground; SIGTERM stops it.
+
+  --config FILE   configuration (default /etc/libvirt/qemu-vmlease.conf)
+  --verbose       log debug messages
+
+Exit codes: 0 clean stop, 1 bad configuration, 2 usage, 3 lockspace or
+host id problem, 4 watchdog device problem, 5 already running.";
 
 /// Entry point of the `vmlease-watchdog` binary; returns the exit code.
-pub fn main(_args: Vec<String>) -> i32 {
-    eprintln!("vmlease-watchdog: not implemented yet");
-    2
+pub fn main(args: Vec<String>) -> i32 {
+    let mut path = PathBuf::from(config::DEFAULT_PATH);
+    let mut level = LevelFilter::Info;
+    let mut it = args.into_iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" | "-c" => match it.next() {
+                Some(p) => path = PathBuf::from(p),
+                None => {
+                    eprintln!("{USAGE}");
+                    return exit::USAGE;
+                }
+            },
+            "--verbose" | "-v" => level = LevelFilter::Debug,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return exit::OK;
+            }
+            other => {
+                eprintln!("vmlease-watchdog: unknown argument '{other}'\n{USAGE}");
+                return exit::USAGE;
+            }
+        }
+    }
+    crate::logging::set_daemon_ident();
+    crate::logging::init(true, level);
+    let cfg = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    if !path.exists() {
+        error!("{}: no such file", path.display());
+        return exit::CONFIG;
+    }
+    match Daemon::start(cfg) {
+        Ok(mut d) => d.run(),
+        Err((code, e)) => {
+            error!("{e}");
+            code
+        }
+    }
 }
+
+/// Result of one renewal on the storage thread.
+struct Renewed {
+    issued_ms: u64,
+    result: Result<(Vec<u8>, bool)>,
+}
+
+pub struct Daemon {
+    cfg: Config,
+    ls: Lockspace,
+    host_id: u16,
+    host_name: String,
+    boot_id: String,
+    incarnation: u64,
+    counter: u64,
+    started_ms: u64,
+    last_renewal_ms: u64,
+    renew_inflight: Option<u64>,
+    next_renew_ms: u64,
+    last_written: Vec<u8>,
+    renew_tx: Sender<(HostRecord, u64)>,
+    renew_rx: Receiver<Renewed>,
+    observer: Observer,
+    fence: Fence,
+    reaper: Reaper,
+    watchdog: Box<dyn Watchdog>,
+    host: Box<dyn HostActions>,
+    nets: Vec<NetState>,
+    probe_out: Arc<Mutex<Vec<(&'static str, Round)>>>,
+    collision: bool,
+    reset_done: bool,
+    last_state: HostState,
+    last_renew_error: String,
+    _instance_lock: std::fs::File,
+}
+
+impl Daemon {
+    pub fn start(cfg: Config) -> std::result::Result<Daemon, (i32, Error)> {
+        let host_id = cfg.require_host_id().map_err(|e| (exit::CONFIG, e))?;
+        for w in cfg.warnings() {
+            warn!("{w}");
+        }
+        let state_dir = cfg.state_dir.clone();
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| (exit::CONFIG, Error::io("create state dir", &state_dir, e)))?;
+        let instance_lock = single_instance(&state_dir).map_err(|e| (exit::RUNNING, e))?;
+        let boot_id = process::boot_id().map_err(|e| {
+            (
+                exit::CONFIG,
+                Error::io("read boot id", "/proc/sys/kernel/random/boot_id", e),
+            )
+        })?;
+        let host_name = cfg.host_name.clone().unwrap_or_else(process::hostname);
+
+        let dir = cfg.lockspace_dir.clone();
+        let ls = crate::deadline::run(cfg.io_timeout, "open lockspace", &dir.clone(), move || {
+            Lockspace::open(&dir)
+        })
+        .map_err(|e| (exit::LOCKSPACE, e))?;
+        if host_id > ls.max_hosts {
+            return Err((
+                exit::CONFIG,
+                Error::Config(format!(
+                    "host_id {host_id} is larger than the lockspace's {} slots",
+                    ls.max_hosts
+                )),
+            ));
+        }
+        claim::claim(
+            &ls,
+            host_id,
+            &host_name,
+            &boot_id,
+            cfg.timing.host_dead_timeout,
+            cfg.io_timeout,
+        )
+        .map_err(|e| (exit::LOCKSPACE, e))?;
+
+        let watchdog: Box<dyn Watchdog> = if cfg.unsafe_no_watchdog {
+            warn!("RUNNING WITHOUT A HARDWARE WATCHDOG (unsafe_no_watchdog = true): a hung host will not be reset; for tests and demos only");
+            Box::new(watchdog::NoWatchdog)
+        } else {
+            watchdog::open(&cfg.watchdog_device, cfg.timing.watchdog_timeout).map_err(|e| {
+                (
+                    exit::WATCHDOG,
+                    Error::io("open hardware watchdog", &cfg.watchdog_device, e),
+                )
+            })?
+        };
+        info!("watchdog: {}", watchdog.describe());
+        signals::install();
+        try_realtime();
+
+        let (renew_tx, renew_rx) = spawn_renewer(ls.clone());
+        let reaper = Reaper::new(&cfg, ls.clone(), host_id, &boot_id);
+        let nets = vec![
+            NetState::new("storage", cfg.storage.clone()),
+            NetState::new("management", cfg.management.clone()),
+            NetState::new("service", cfg.service.clone()),
+        ];
+        let probe_out = Arc::new(Mutex::new(Vec::new()));
+        probes::spawn(
+            nets.iter().map(|n| (n.name, n.net.clone())).collect(),
+            cfg.timing.renew_interval,
+            probe_out.clone(),
+        )
+        .map_err(|e| (exit::CONFIG, Error::io("start prober", "-", e)))?;
+
+        let now = boottime_ms();
+        let fence = Fence::new(cfg.timing, cfg.management.policy, cfg.service.policy);
+        info!(
+            "host {host_id} ({host_name}) joined lockspace {}; renew every {}, fence after {}, takeover by others after {}",
+            cfg.lockspace_dir.display(),
+            secs(cfg.timing.renew_interval),
+            secs(cfg.timing.renew_fail_timeout),
+            secs(cfg.timing.host_dead_timeout)
+        );
+        Ok(Daemon {
+            ls,
+            host_id,
+            host_name,
+            boot_id,
+            incarnation: process::random_u64(),
+            counter: 0,
+            started_ms: now,
+            last_renewal_ms: 0,
+            renew_inflight: None,
+            next_renew_ms: now,
+            last_written: Vec::new(),
+            renew_tx,
+            renew_rx,
+            observer: Observer::new(now),
+            fence,
+            reaper,
+            watchdog,
+            host: Box::new(RealHost {
+                reset_action: cfg.reset_action.clone(),
+            }),
+            nets,
+            probe_out,
+            collision: false,
+            reset_done: false,
+            last_state: HostState::Live,
+            last_renew_error: String::new(),
+            _instance_lock: instance_lock,
+            cfg,
+        })
+    }
+
+    fn record(&self, state: HostState) -> HostRecord {
+        HostRecord {
+            host_id: self.host_id,
+            host_name: self.host_name.clone(),
+            boot_id: self.boot_id.clone(),
+            incarnation: self.incarnation,
+            counter: self.counter,
+            state,
+            timing: self.cfg.timing,
+            unsafe_no_watchdog: self.cfg.unsafe_no_watchdog,
+            mono_ms: boottime_ms(),
+            wall: crate::clock::SystemClock.wall_secs(),
+        }
+    }
+
+    /// The main loop; returns the exit code.
+    pub fn run(&mut self) -> i32 {
+        notify_systemd("READY=1");
+        let tick = self.cfg.timing.renew_interval.clamp(20, 100);
+        loop {
+            if signals::stop_requested() {
+                return self.stop();
+            }
+            let now = boottime_ms();
+            self.collect_renewal(now);
+            if self.reset_done {
+                // A recorded reset (tests): behave like a dead host.
+                self.reaper.wait(tick);
+                continue;
+            }
+            self.collect_probes();
+            self.reaper.scan();
+            let alive = self.reaper.alive_count();
+
+            let mgmt_lost = self.nets[1].lost(now);
+            let service_lost = self.nets[2].lost(now);
+            let clear = self.take_clear_request();
+            let inputs = Inputs {
+                now,
+                last_renewal: self.last_renewal_ms,
+                started: self.started_ms,
+                mgmt_lost,
+                service_lost,
+                collision: self.collision,
+                alive_leased: alive,
+                clear_requested: clear,
+            };
+            let act = self.fence.step(&inputs);
+            if let Some(l) = &act.log {
+                if act.kill_all || act.reset {
+                    error!("{l}");
+                } else {
+                    warn!("{l}");
+                }
+            }
+            if act.kill_all {
+                for (p, what) in self.reaper.alive_processes() {
+                    match self.host.kill(p) {
+                        Ok(true) => warn!("fence: killed QEMU pid {} ({what})", p.pid),
+                        Ok(false) => {}
+                        Err(e) => error!("fence: cannot kill QEMU pid {} ({what}): {e}", p.pid),
+                    }
+                }
+            }
+            if act.reset && !self.reset_done {
+                let why = match &self.fence.phase {
+                    Phase::Reset { cause } => cause.describe(),
+                    _ => "fence",
+                };
+                error!("resetting the host: {why}");
+                if let Err(e) = self.host.reset(why) {
+                    error!("reset failed: {e}; the hardware watchdog fires when it expires");
+                }
+                self.reset_done = true;
+                continue;
+            }
+            if act.pet {
+                if let Err(e) = self.watchdog.pet() {
+                    error!("cannot pet the watchdog {}: {e}", self.watchdog.describe());
+                }
+            }
+            if act.state != self.last_state {
+                info!("host state {} -> {}", self.last_state, act.state);
+                self.last_state = act.state;
+            }
+            self.maybe_renew(now, act.state);
+            self.reaper.release_dead();
+            self.write_status(now);
+            self.reaper.wait(tick);
+        }
+    }
+
+    fn maybe_renew(&mut self, now: u64, state: HostState) {
+        if self.renew_inflight.is_some() || now < self.next_renew_ms {
+            return;
+        }
+        self.counter += 1;
+        let rec = self.record(state);
+        self.last_written = rec.encode();
+        if self.renew_tx.send((rec, now)).is_ok() {
+            self.renew_inflight = Some(now);
+        }
+        self.next_renew_ms = now + self.cfg.timing.renew_interval;
+    }
+
+    fn collect_renewal(&mut self, now: u64) {
+        loop {
+            match self.renew_rx.try_recv() {
+                Ok(r) => {
+                    self.renew_inflight = None;
+                    match r.result {
+                        Ok((raw, _)) => {
+                            let off = (self.host_id as usize - 1) * SLOT_SIZE;
+                            let mine = &raw[off..off + SLOT_SIZE];
+                            if mine != self.last_written.as_slice() {
+                                // Someone else wrote our slot between our
+                                // write and our read.
+                                if !self.collision {
+                                    error!("host id {} collision: the slot holds {:?} right after our write", self.host_id,
+                                        hosts::decode_slot(self.host_id, mine).record().map(|r| r.host_name.clone()));
+                                }
+                                self.collision = true;
+                            } else {
+                                if self.last_renewal_ms == 0 || !self.last_renew_error.is_empty() {
+                                    info!("liveness lease renewed (counter {})", self.counter);
+                                    self.last_renew_error.clear();
+                                }
+                                self.last_renewal_ms = r.issued_ms;
+                            }
+                            let slots = hosts::decode_table(&raw);
+                            self.observer.update(now, &raw, &slots);
+                        }
+                        Err(e) => {
+                            let msg = e.to_string();
+                            if msg != self.last_renew_error {
+                                warn!("renewal failed: {msg}");
+                                self.last_renew_error = msg;
+                            }
+                        }
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        if let Some(issued) = self.renew_inflight {
+            let age = now.saturating_sub(issued);
+            if age > self.cfg.io_timeout {
+                let msg = format!(
+                    "renewal I/O has not completed for {} (storage hung?)",
+                    secs(age)
+                );
+                if msg.split(" for ").next() != self.last_renew_error.split(" for ").next() {
+                    warn!("{msg}");
+                }
+                self.last_renew_error = msg;
+            }
+        }
+    }
+
+    fn collect_probes(&mut self) {
+        let rounds = self
+            .probe_out
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
+        for (name, r) in rounds {
+            if let Some(n) = self.nets.iter_mut().find(|n| n.name == name) {
+                let was_up = n.down_since.is_none();
+                n.feed(r);
+                let is_up = n.down_since.is_none();
+                if was_up != is_up {
+                    let (s, d) = n.describe(boottime_ms());
+                    warn!("{} network is {s}: {d}", n.name);
+                }
+            }
+        }
+    }
+
+    fn take_clear_request(&self) -> bool {
+        let p = self.cfg.state_dir.join("clear-fence");
+        if p.exists() {
+            let _ = std::fs::remove_file(&p);
+            info!("operator asked to clear the fence");
+            true
+        } else {
+            false
+        }
+    }
+
+    fn write_status(&self, now: u64) {
+        let reason = match &self.fence.phase {
+            Phase::Healthy => self.last_renew_error.clone(),
+            Phase::Fencing { cause, .. } | Phase::Fenced { cause, .. } | Phase::Reset { cause } => {
+                cause.describe().to_string()
+            }
+        };
+        let st = Status {
+            daemon_pid: std::process::id(),
+            host_id: self.host_id,
+            boot_id: self.boot_id.clone(),
+            incarnation: self.incarnation,
+            written_ms: now,
+            last_renewal_ms: self.last_renewal_ms,
+            state: self.last_state,
+            reason,
+            unsafe_no_watchdog: self.cfg.unsafe_no_watchdog,
+            observing_since_ms: self.observer.since_ms,
+            renew_interval_ms: self.cfg.timing.renew_interval,
+            renew_fail_timeout_ms: self.cfg.timing.renew_fail_timeout,
+            host_dead_timeout_ms: self.cfg.timing.host_dead_timeout,
+            networks: self
+                .nets
+                .iter()
+                .map(|n| {
+                    let (state, detail) = n.describe(now);
+                    NetView {
+                        name: n.name.to_string(),
+                        state,
+                        detail,
+                    }
+                })
+                .collect(),
+            peers: self.observer.peers(),
+        };
+        if let Err(e) = st.write(&self.cfg.state_dir) {
+            warn!("cannot write status: {e}");
+        }
+    }
+
+    /// Clean stop on SIGTERM.
+    fn stop(&mut self) -> i32 {
+        let _ = std::fs::remove_file(Status::path(&self.cfg.state_dir));
+        let alive = self.reaper.alive_count();
+        if alive > 0 {
+            warn!(
+                "stopping with {alive} leased QEMU process(es) running: the hardware watchdog stays armed; \
+                 restart vmlease-watchdog within {} or the host resets",
+                secs(self.cfg.timing.watchdog_timeout)
+            );
+            return exit::OK;
+        }
+        // Nothing leased: leave cleanly so others need not wait for us.
+        if self.last_renewal_ms > 0 && self.renew_inflight.is_none() {
+            self.counter += 1;
+            let rec = self.record(HostState::Leaving);
+            let ls = self.ls.clone();
+            match crate::deadline::run(
+                self.cfg.io_timeout,
+                "write leaving record",
+                &ls.hosts_path(),
+                move || ls.write_host(&rec),
+            ) {
+                Ok(()) => info!("left the lockspace cleanly"),
+                Err(e) => warn!("could not publish 'leaving': {e}"),
+            }
+        }
+        if let Err(e) = self.watchdog.disarm() {
+            warn!("cannot disarm the watchdog: {e}");
+        }
+        info!("stopped");
+        exit::OK
+    }
+}
+
+fn spawn_renewer(ls: Lockspace) -> (Sender<(HostRecord, u64)>, Receiver<Renewed>) {
+    let (tx, rx) = mpsc::channel::<(HostRecord, u64)>();
+    let (rtx, rrx) = mpsc::channel::<Renewed>();
+    std::thread::Builder::new()
+        .name("vmlease-renew".into())
+        .spawn(move || {
+            for (rec, issued_ms) in rx {
+                let result = ls
+                    .write_host(&rec)
+                    .and_then(|()| ls.read_hosts_raw())
+                    .map(|raw| (raw, true));
+                if rtx.send(Renewed { issued_ms, result }).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("spawn the renewal thread");
+    (tx, rrx)
+}
+
+fn single_instance(state_dir: &Path) -> Result<std::fs::File> {
+    let path = state_dir.join("daemon.lock");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
+    let ls_lock = crate::lockspace::ofd_try_lock(&f).map_err(|e| Error::io("lock", &path, e))?;
+    if !ls_lock {
+        let pid = std::fs::read_to_string(&path).unwrap_or_default();
+        return Err(Error::Config(format!(
+            "another vmlease-watchdog is already running for {} (pid {})",
+            state_dir.display(),
+            pid.trim()
+        )));
+    }
+    let _ = f.set_len(0);
+    use std::io::Write;
+    let _ = (&f).write_all(format!("{}\n", std::process::id()).as_bytes());
+    Ok(f)
+}
+
+/// Locks memory and asks for a realtime priority; warns when not allowed.
+fn try_realtime() {
+    // SAFETY: mlockall has no memory preconditions.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+        warn!(
+            "mlockall failed ({}): the daemon may be paged out under memory pressure",
+            std::io::Error::last_os_error()
+        );
+    }
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: valid sched_param for this process (pid 0).
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) } != 0 {
+        warn!(
+            "no realtime priority ({}): heavy load may delay renewals",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET.
+fn notify_systemd(msg: &str) {
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    if let Some(abs) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        if let Ok(addr) = std::os::unix::net::SocketAddr::from_abstract_name(abs.as_bytes()) {
+            let _ = sock.send_to_addr(msg.as_bytes(), &addr);
+        }
+    } else {
+        let _ = sock.send_to(msg.as_bytes(), path);
+    }
+}
+
+use crate::clock::Clock as _;

@@ -1,0 +1,320 @@
+//! The fence decision, as a pure state machine: given the time, the age of
+//! the last successful renewal, the network states and which leased QEMU
+//! processes are still alive, it says what the host's state is, whom to
+//! kill, whether to reset, and whether the hardware watchdog may be petted.
+//! No I/O here: the daemon loop feeds it and carries out its actions, and
+//! tests drive it with made-up times.
+#![forbid(unsafe_code)]
+
+use crate::config::{secs, Policy, Timing};
+use crate::hosts::HostState;
+
+/// Why the host fenced itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// Lease renewals failed for renew_fail_timeout.
+    Storage,
+    /// Management network lost with policy "fence".
+    Management,
+    /// Service network lost with policy "fence".
+    Service,
+    /// Another machine writes this host id's slot.
+    HostIdCollision,
+}
+
+impl Cause {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Cause::Storage => "lease renewals failed (storage lost)",
+            Cause::Management => "management network lost",
+            Cause::Service => "service network lost",
+            Cause::HostIdCollision => "another machine writes this host id's liveness record",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    Healthy,
+    /// Killing since `since`.
+    Fencing {
+        cause: Cause,
+        since: u64,
+    },
+    /// Every leased QEMU is dead; starts none until cleared.
+    Fenced {
+        cause: Cause,
+        since: u64,
+    },
+    /// The reset was triggered (a real one never returns).
+    Reset {
+        cause: Cause,
+    },
+}
+
+/// What the loop observed this tick.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub now: u64,
+    /// Last successful renewal (0: none since start).
+    pub last_renewal: u64,
+    /// When the daemon started (renewal age counts from here before the
+    /// first success).
+    pub started: u64,
+    /// Management / service network down for longer than its timeout.
+    pub mgmt_lost: bool,
+    pub service_lost: bool,
+    pub collision: bool,
+    /// Leased (registered) QEMU processes still alive.
+    pub alive_leased: usize,
+    /// An operator asked to clear a fence.
+    pub clear_requested: bool,
+}
+
+/// What the loop must do this tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actions {
+    pub state: HostState,
+    pub kill_all: bool,
+    pub reset: bool,
+    pub pet: bool,
+    /// A line to log when something changed.
+    pub log: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub timing: Timing,
+    pub mgmt_policy: Policy,
+    pub service_policy: Policy,
+    pub phase: Phase,
+}
+
+impl Fence {
+    pub fn new(timing: Timing, mgmt_policy: Policy, service_policy: Policy) -> Fence {
+        Fence {
+            timing,
+            mgmt_policy,
+            service_policy,
+            phase: Phase::Healthy,
+        }
+    }
+
+    pub fn renewal_age(&self, i: &Inputs) -> u64 {
+        i.now.saturating_sub(i.last_renewal.max(i.started))
+    }
+
+    pub fn step(&mut self, i: &Inputs) -> Actions {
+        let age = self.renewal_age(i);
+        let storage_ok = age <= self.timing.renew_fail_timeout;
+        let mut log = None;
+
+        // Start a fence?
+        if self.phase == Phase::Healthy {
+            let cause = if i.collision {
+                Some(Cause::HostIdCollision)
+            } else if !storage_ok {
+                Some(Cause::Storage)
+            } else if i.mgmt_lost && self.mgmt_policy == Policy::Fence {
+                Some(Cause::Management)
+            } else if i.service_lost && self.service_policy == Policy::Fence {
+                Some(Cause::Service)
+            } else {
+                None
+            };
+            if let Some(cause) = cause {
+                log = Some(format!(
+                    "FENCING: {} (last successful renewal {} ago); killing {} leased QEMU process(es)",
+                    cause.describe(),
+                    secs(age),
+                    i.alive_leased
+                ));
+                self.phase = Phase::Fencing {
+                    cause,
+                    since: i.now,
+                };
+            }
+        }
+
+        // Progress a fence.
+        if let Phase::Fencing { cause, since } = self.phase.clone() {
+            if i.alive_leased == 0 {
+                log = Some(format!(
+                    "fence complete: every leased QEMU is dead ({}); no protected VM starts until the fence is cleared",
+                    cause.describe()
+                ));
+                self.phase = Phase::Fenced {
+                    cause,
+                    since: i.now,
+                };
+            } else if i.now.saturating_sub(since) >= self.timing.kill_timeout {
+                log = Some(format!(
+                    "RESET: {} leased QEMU process(es) survived kill_timeout ({}); resetting the host",
+                    i.alive_leased,
+                    secs(self.timing.kill_timeout)
+                ));
+                self.phase = Phase::Reset { cause };
+            }
+        }
+
+        // A fenced host keeps killing anything leased that appears, and
+        // may be cleared once the cause is gone.
+        if let Phase::Fenced { cause, .. } = self.phase.clone() {
+            if i.alive_leased > 0 {
+                self.phase = Phase::Fencing {
+                    cause,
+                    since: i.now,
+                };
+            } else if i.clear_requested {
+                let still_lost = match cause {
+                    Cause::Management => i.mgmt_lost,
+                    Cause::Service => i.service_lost,
+                    Cause::Storage | Cause::HostIdCollision => false,
+                };
+                let healed = storage_ok && !i.collision && !still_lost;
+                if healed {
+                    log = Some(format!(
+                        "fence cleared by the operator ({} is over)",
+                        cause.describe()
+                    ));
+                    self.phase = Phase::Healthy;
+                } else {
+                    log = Some(format!(
+                        "fence not cleared: {} still holds",
+                        cause.describe()
+                    ));
+                }
+            }
+        }
+
+        let (state, kill_all, reset, pet) = match &self.phase {
+            Phase::Healthy => {
+                let state = if i.mgmt_lost {
+                    HostState::MgmtIsolated
+                } else if i.service_lost {
+                    HostState::ServiceIsolated
+                } else {
+                    HostState::Live
+                };
+                (state, false, false, storage_ok)
+            }
+            // Petting stops while leased processes may still write and
+            // renewals are not healthy: a hung daemon then resets the host.
+            Phase::Fencing { .. } => (HostState::Fencing, true, false, storage_ok && !i.collision),
+            Phase::Fenced { .. } => (HostState::FencedClean, false, false, true),
+            Phase::Reset { .. } => (HostState::Fencing, true, true, false),
+        };
+        Actions {
+            state,
+            kill_all,
+            reset,
+            pet,
+            log,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing() -> Timing {
+        Timing {
+            renew_interval: 200,
+            renew_fail_timeout: 1500,
+            kill_timeout: 500,
+            watchdog_timeout: 1000,
+            host_dead_timeout: 4000,
+            host_dead_derived: false,
+        }
+    }
+
+    fn inputs(now: u64, last: u64, alive: usize) -> Inputs {
+        Inputs {
+            now,
+            last_renewal: last,
+            started: 0,
+            alive_leased: alive,
+            ..Inputs::default()
+        }
+    }
+
+    #[test]
+    fn storage_loss_fences_after_f_not_before() {
+        let mut f = Fence::new(timing(), Policy::Report, Policy::Report);
+        let a = f.step(&inputs(1500, 0, 2));
+        assert_eq!(a.state, HostState::Live);
+        assert!(a.pet && !a.kill_all);
+        let a = f.step(&inputs(1501, 0, 2));
+        assert_eq!(a.state, HostState::Fencing);
+        assert!(a.kill_all && !a.pet && !a.reset);
+        assert!(a.log.unwrap().contains("storage lost"));
+        // Kill succeeds: fenced-clean, petting again (no writer left).
+        let a = f.step(&inputs(1700, 0, 0));
+        assert_eq!(a.state, HostState::FencedClean);
+        assert!(a.pet && !a.kill_all);
+    }
+
+    #[test]
+    fn survivor_after_k_resets() {
+        let mut f = Fence::new(timing(), Policy::Report, Policy::Report);
+        f.step(&inputs(2000, 0, 1));
+        let a = f.step(&inputs(2499, 0, 1));
+        assert!(!a.reset);
+        let a = f.step(&inputs(2500, 0, 1));
+        assert!(a.reset && !a.pet);
+        // Stays reset.
+        assert!(f.step(&inputs(9000, 8000, 0)).reset);
+    }
+
+    #[test]
+    fn mgmt_loss_reports_or_fences_by_policy() {
+        let mut i = inputs(100, 100, 1);
+        i.mgmt_lost = true;
+        let mut report = Fence::new(timing(), Policy::Report, Policy::Report);
+        let a = report.step(&i);
+        assert_eq!(a.state, HostState::MgmtIsolated);
+        assert!(!a.kill_all && a.pet);
+        let mut fence = Fence::new(timing(), Policy::Fence, Policy::Report);
+        let a = fence.step(&i);
+        assert!(a.kill_all);
+        i.alive_leased = 0;
+        let a = fence.step(&i);
+        assert_eq!(a.state, HostState::FencedClean);
+        // Clearing is refused while the network is still lost...
+        i.clear_requested = true;
+        assert_eq!(fence.step(&i).state, HostState::FencedClean);
+        // ...and accepted once it is back.
+        i.mgmt_lost = false;
+        assert_eq!(fence.step(&i).state, HostState::Live);
+    }
+
+    #[test]
+    fn fenced_host_kills_new_leased_processes() {
+        let mut f = Fence::new(timing(), Policy::Report, Policy::Report);
+        f.step(&inputs(2000, 0, 0));
+        assert_eq!(f.step(&inputs(2100, 0, 0)).state, HostState::FencedClean);
+        let a = f.step(&inputs(2200, 0, 1));
+        assert!(a.kill_all);
+        assert_eq!(a.state, HostState::Fencing);
+    }
+
+    #[test]
+    fn collision_fences_at_once() {
+        let mut f = Fence::new(timing(), Policy::Report, Policy::Report);
+        let mut i = inputs(100, 100, 1);
+        i.collision = true;
+        let a = f.step(&i);
+        assert!(a.kill_all && !a.pet);
+    }
+
+    #[test]
+    fn no_renewal_since_start_counts_from_start() {
+        let mut f = Fence::new(timing(), Policy::Report, Policy::Report);
+        let mut i = inputs(10_000, 0, 0);
+        i.started = 9_000;
+        assert_eq!(f.step(&i).state, HostState::Live);
+        i.now = 10_501;
+        assert_eq!(f.step(&i).state, HostState::FencedClean);
+    }
+}

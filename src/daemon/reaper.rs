@@ -1,0 +1,306 @@
+//! Watches the QEMU processes in the local registry: notices their death
+//! at once through pidfds (no libvirt call exists for shutdown, destroy or
+//! crash), releases their leases on a worker thread, and lists the live ones
+//! for the fence.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::SystemTime;
+
+use log::{error, info, warn};
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::lockspace::Lockspace;
+use crate::process::ProcId;
+use crate::registry::{Entry, Registry};
+
+struct Tracked {
+    entry: Option<Entry>,
+    pidfd: Option<OwnedFd>,
+    dead: bool,
+    releasing: bool,
+    retry_at: u64,
+    last_error: String,
+}
+
+pub struct Reaper {
+    reg: Registry,
+    tracked: HashMap<ProcId, Tracked>,
+    dir_mtime: Option<SystemTime>,
+    last_full_scan: u64,
+    tx: Sender<(ProcId, Entry)>,
+    rx: Receiver<(ProcId, Result<Vec<String>>)>,
+}
+
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; returns an fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn parse_name(name: &str) -> Option<ProcId> {
+    let (p, s) = name.split_once('-')?;
+    Some(ProcId {
+        pid: p.parse().ok()?,
+        start: s.parse().ok()?,
+    })
+}
+
+impl Reaper {
+    pub fn new(cfg: &Config, ls: Lockspace, host_id: u16, boot_id: &str) -> Reaper {
+        let reg = Registry::new(&cfg.state_dir);
+        let _ = reg.ensure_dir();
+        let (tx, jobs) = mpsc::channel::<(ProcId, Entry)>();
+        let (done_tx, rx) = mpsc::channel();
+        let eng = Engine {
+            ls,
+            host_id,
+            boot_id: boot_id.to_string(),
+            dead_ms: cfg.timing.host_dead_timeout,
+            lock_timeout_ms: cfg.lock_timeout,
+            view: None,
+            process_alive: std::sync::Arc::new(|p: ProcId| p.is_alive()),
+        };
+        std::thread::Builder::new()
+            .name("vmlease-release".into())
+            .spawn(move || {
+                for (p, e) in jobs {
+                    let res = release_all(&eng, p, &e);
+                    if done_tx.send((p, res)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawn the release thread");
+        Reaper {
+            reg,
+            tracked: HashMap::new(),
+            dir_mtime: None,
+            last_full_scan: 0,
+            tx,
+            rx,
+        }
+    }
+
+    /// Picks up new and removed registry entries (cheap when nothing
+    /// changed: one stat of the directory).
+    pub fn scan(&mut self) {
+        let now = crate::clock::boottime_ms();
+        let mtime = std::fs::metadata(&self.reg.dir)
+            .and_then(|m| m.modified())
+            .ok();
+        if mtime == self.dir_mtime && now.saturating_sub(self.last_full_scan) < 1000 {
+            return;
+        }
+        self.dir_mtime = mtime;
+        self.last_full_scan = now;
+        let Ok(rd) = std::fs::read_dir(&self.reg.dir) else {
+            return;
+        };
+        let mut present = Vec::new();
+        for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let Some(p) = parse_name(&name) else {
+                continue;
+            };
+            present.push(p);
+            let entry = match self.reg.read(p) {
+                Ok(e) => e,
+                Err(e) => {
+                    warn!("registry entry {name}: {e}");
+                    None
+                }
+            };
+            match self.tracked.get_mut(&p) {
+                Some(t) => {
+                    if entry.is_some() {
+                        t.entry = entry;
+                    }
+                }
+                None => {
+                    let pidfd = pidfd_open(p.pid);
+                    // The pidfd pins the process; check it is the one
+                    // registered (pid reuse).
+                    let dead = pidfd.is_none() || !p.is_alive();
+                    if !dead {
+                        if let Some(e) = &entry {
+                            info!(
+                                "watching QEMU pid {} of domain '{}' ({})",
+                                p.pid, e.domain_name, e.domain_uuid
+                            );
+                        }
+                    }
+                    self.tracked.insert(
+                        p,
+                        Tracked {
+                            entry,
+                            pidfd: if dead { None } else { pidfd },
+                            dead,
+                            releasing: false,
+                            retry_at: 0,
+                            last_error: String::new(),
+                        },
+                    );
+                }
+            }
+        }
+        self.tracked
+            .retain(|p, t| present.contains(p) || t.releasing);
+    }
+
+    /// Waits up to `ms` for a watched process to exit.
+    pub fn wait(&mut self, ms: u64) {
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut ids = Vec::new();
+        for (p, t) in &self.tracked {
+            if let (false, Some(fd)) = (t.dead, &t.pidfd) {
+                fds.push(libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                ids.push(*p);
+            }
+        }
+        if fds.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            return;
+        }
+        // SAFETY: fds is a valid array of fds.len() pollfds.
+        let n = unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                ms as libc::c_int,
+            )
+        };
+        if n > 0 {
+            for (i, f) in fds.iter().enumerate() {
+                if f.revents != 0 {
+                    self.mark_dead(ids[i]);
+                }
+            }
+        }
+    }
+
+    fn mark_dead(&mut self, p: ProcId) {
+        if let Some(t) = self.tracked.get_mut(&p) {
+            if !t.dead {
+                t.dead = true;
+                t.pidfd = None;
+                let what = t
+                    .entry
+                    .as_ref()
+                    .map(|e| format!("domain '{}' ({})", e.domain_name, e.domain_uuid))
+                    .unwrap_or_else(|| "unknown domain".into());
+                info!("QEMU pid {} of {what} exited; releasing its leases", p.pid);
+            }
+        }
+    }
+
+    /// Live leased processes, re-checked against /proc.
+    pub fn alive_processes(&mut self) -> Vec<(ProcId, String)> {
+        let ids: Vec<ProcId> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| !t.dead)
+            .map(|(p, _)| *p)
+            .collect();
+        let mut out = Vec::new();
+        for p in ids {
+            if p.is_alive() {
+                let what = self.tracked[&p]
+                    .entry
+                    .as_ref()
+                    .map(|e| format!("domain '{}' ({})", e.domain_name, e.domain_uuid))
+                    .unwrap_or_else(|| "unknown domain".into());
+                out.push((p, what));
+            } else {
+                self.mark_dead(p);
+            }
+        }
+        out
+    }
+
+    pub fn alive_count(&self) -> usize {
+        self.tracked.values().filter(|t| !t.dead).count()
+    }
+
+    /// Hands dead processes to the release thread and collects results.
+    pub fn release_dead(&mut self) {
+        while let Ok((p, res)) = self.rx.try_recv() {
+            let Some(t) = self.tracked.get_mut(&p) else {
+                continue;
+            };
+            t.releasing = false;
+            match res {
+                Ok(keys) => {
+                    if !keys.is_empty() {
+                        info!(
+                            "released {} lease(s) of exited QEMU pid {}: {}",
+                            keys.len(),
+                            p.pid,
+                            keys.join(", ")
+                        );
+                    }
+                    if let Err(e) = self.reg.remove(p) {
+                        error!("{e}");
+                    }
+                    self.tracked.remove(&p);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if msg != t.last_error {
+                        error!(
+                            "cannot release the leases of exited QEMU pid {}: {msg} (retrying)",
+                            p.pid
+                        );
+                        t.last_error = msg;
+                    }
+                    t.retry_at = crate::clock::boottime_ms() + 1000;
+                }
+            }
+        }
+        let now = crate::clock::boottime_ms();
+        for (p, t) in self.tracked.iter_mut() {
+            if t.dead && !t.releasing && now >= t.retry_at {
+                match &t.entry {
+                    Some(e) => {
+                        if self.tx.send((*p, e.clone())).is_ok() {
+                            t.releasing = true;
+                        }
+                    }
+                    None => {
+                        if t.last_error.is_empty() {
+                            error!("exited QEMU pid {} has a damaged registry entry: its leases must be released by hand ('vmlease release')", p.pid);
+                            t.last_error = "damaged entry".into();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn release_all(eng: &Engine, p: ProcId, e: &Entry) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    for (key, _resource) in &e.keys {
+        let gone = eng.release_matching(key, &|h| {
+            h.host_id == eng.host_id
+                && h.boot_id == eng.boot_id
+                && h.pid == p.pid
+                && h.pid_start == p.start
+        })?;
+        if !gone.is_empty() {
+            done.push(key.clone());
+        }
+    }
+    Ok(done)
+}

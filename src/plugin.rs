@@ -7,7 +7,6 @@
 //! lockspace, the local registry and the daemon's status carry the state.
 #![forbid(unsafe_code)]
 
-use std::path::Path;
 use std::sync::Arc;
 
 use log::{info, warn};
@@ -235,7 +234,9 @@ pub fn protected_status(cfg: &Config) -> Result<(u16, String, Status)> {
             cfg.state_dir.display()
         ))
     })?;
-    let daemon_alive = Path::new(&format!("/proc/{}", status.daemon_pid)).exists();
+    // A zombie daemon (killed, not yet reaped) is dead.
+    let daemon_alive =
+        matches!(process::stat(status.daemon_pid), Ok((_, state)) if state != 'Z' && state != 'X');
     status
         .check_protected(cfg, &boot_id, boottime_ms(), daemon_alive)
         .map_err(|why| {

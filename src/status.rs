@@ -272,7 +272,8 @@ impl Status {
             return Err("the watchdog status is from another boot".into());
         }
         let age = now_ms.saturating_sub(self.written_ms);
-        let fresh = 2 * r + 1000;
+        // The daemon writes its status every tick (at most 100 ms apart).
+        let fresh = r + 500;
         if age > fresh {
             return Err(format!(
                 "the watchdog daemon has not reported for {} (hung?)",

@@ -486,8 +486,10 @@ impl Daemon {
 
     /// Clean stop on SIGTERM.
     fn stop(&mut self) -> i32 {
+        // First make the plugin refuse new leases, then look at what runs.
         let _ = std::fs::remove_file(Status::path(&self.cfg.state_dir));
-        let alive = self.reaper.alive_count();
+        self.reaper.scan_now();
+        let alive = self.reaper.alive_processes().len();
         if alive > 0 {
             warn!(
                 "stopping with {alive} leased QEMU process(es) running: the hardware watchdog stays armed; \

@@ -92,11 +92,21 @@ impl Reaper {
     /// Picks up new and removed registry entries (cheap when nothing
     /// changed: one stat of the directory).
     pub fn scan(&mut self) {
+        self.scan_inner(false)
+    }
+
+    /// Rereads the whole registry now (before decisions that must not
+    /// miss a process that registered a moment ago).
+    pub fn scan_now(&mut self) {
+        self.scan_inner(true)
+    }
+
+    fn scan_inner(&mut self, force: bool) {
         let now = crate::clock::boottime_ms();
         let mtime = std::fs::metadata(&self.reg.dir)
             .and_then(|m| m.modified())
             .ok();
-        if mtime == self.dir_mtime && now.saturating_sub(self.last_full_scan) < 1000 {
+        if !force && mtime == self.dir_mtime && now.saturating_sub(self.last_full_scan) < 1000 {
             return;
         }
         self.dir_mtime = mtime;
@@ -142,12 +152,16 @@ impl Reaper {
                         Tracked {
                             entry,
                             pidfd: if dead { None } else { pidfd },
-                            dead,
+                            dead: false,
                             releasing: false,
                             retry_at: 0,
                             last_error: String::new(),
                         },
                     );
+                    if dead {
+                        // Exited before we first saw it.
+                        self.mark_dead(p);
+                    }
                 }
             }
         }

@@ -1,0 +1,792 @@
+//! vmlease-watchdog for real: daemons as separate "hosts" on one lockspace,
+//! stand-in QEMU processes holding leases through the plugin's own code,
+//! and real faults (storage cut in a host's mount namespace, daemon
+//! SIGKILL/SIGSTOP, a management link down in a network namespace).
+//!
+//! Timings are small but satisfy the safety inequality: R=0.2 s, F=1.5 s,
+//! K=0.5 s, W=1 s, D=4 s.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vmlease::clock::boottime_ms;
+use vmlease::config::{self, Config};
+use vmlease::lockspace::Lockspace;
+use vmlease::plugin::{self, Manager, Param, Value};
+use vmlease::resource::Resource;
+use vmlease::status::Status;
+
+const R: u64 = 200;
+const F: u64 = 1500;
+const K: u64 = 500;
+const W: u64 = 1000;
+const D: u64 = 4000;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn bin(name: &str) -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_vmlease"));
+    exe.with_file_name(name)
+}
+
+/// Polls `f` until it returns Ok, at most `timeout_ms`.
+fn wait_until<T>(what: &str, timeout_ms: u64, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let start = boottime_ms();
+    let mut last;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        if boottime_ms() - start > timeout_ms {
+            panic!("timed out after {timeout_ms} ms waiting for {what}; last seen: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!(
+            "vmlease-wd-{name}-{}-{}",
+            std::process::id(),
+            vmlease::process::random_u64() % 100000
+        ));
+        fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process stopped by pid on drop (SIGCONT, SIGKILL, reap).
+struct Proc {
+    child: Child,
+    what: String,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill with a pid we own.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+    fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+        let _ = &self.what;
+    }
+}
+
+fn standin_qemu() -> Proc {
+    let child = Command::new("sleep")
+        .arg("1000")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        what: "stand-in QEMU".into(),
+    }
+}
+
+struct Host {
+    id: u16,
+    dir: PathBuf,
+    conf: PathBuf,
+    cfg: Config,
+    daemon: Option<Proc>,
+    log: PathBuf,
+}
+
+impl Host {
+    fn new(s: &Scratch, id: u16, lockspace: &Path, extra: &str) -> Host {
+        let dir = s.0.join(format!("host{id}"));
+        fs::create_dir_all(&dir).unwrap();
+        let text = format!(
+            "host_id = {id}\nhost_name = \"host-{id}.test\"\nlockspace_dir = \"{}\"\nstate_dir = \"{}\"\n\
+             renew_interval = {}\nrenew_fail_timeout = {}\nkill_timeout = {}\nwatchdog_timeout = {}\n\
+             host_dead_timeout = {}\nio_timeout = 0.5\nlock_timeout = 1\n\
+             reset_action = \"record\"\nreset_record_file = \"{}\"\n{extra}",
+            lockspace.display(),
+            dir.join("run").display(),
+            R as f64 / 1000.0,
+            F as f64 / 1000.0,
+            K as f64 / 1000.0,
+            W as f64 / 1000.0,
+            D as f64 / 1000.0,
+            dir.join("reset").display(),
+        );
+        let conf = dir.join("vmlease.conf");
+        fs::write(&conf, text).unwrap();
+        let cfg = config::load(&conf).unwrap();
+        Host {
+            id,
+            log: dir.join("daemon.log"),
+            dir,
+            conf,
+            cfg,
+            daemon: None,
+        }
+    }
+
+    /// Starts the daemon, optionally wrapped (unshare, ip netns exec).
+    fn start(&mut self, wrap: &[&str]) {
+        let log = fs::File::create(&self.log).unwrap();
+        let mut argv: Vec<String> = wrap.iter().map(|s| s.to_string()).collect();
+        argv.push(bin("vmlease-watchdog").display().to_string());
+        argv.push("--config".into());
+        argv.push(self.conf.display().to_string());
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(Proc {
+            child,
+            what: format!("vmlease-watchdog host {}", self.id),
+        });
+        let cfg = self.cfg.clone();
+        let log = self.log.clone();
+        wait_until(&format!("host {} to be protected", self.id), 10_000, || {
+            plugin::protected_status(&cfg)
+                .map(|_| ())
+                .map_err(|e| format!("{e}; log: {}", fs::read_to_string(&log).unwrap_or_default()))
+        });
+    }
+
+    fn status(&self) -> Status {
+        Status::read(&self.cfg.state_dir)
+            .unwrap()
+            .expect("daemon status")
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn reset_record(&self) -> Option<String> {
+        fs::read_to_string(self.dir.join("reset")).ok()
+    }
+}
+
+fn manager(uuid: [u8; 16], name: &str, pid: u32) -> Manager {
+    let params = vec![
+        Param {
+            key: "uuid".into(),
+            value: Value::Uuid(uuid),
+        },
+        Param {
+            key: "name".into(),
+            value: Value::Str(Some(name.into())),
+        },
+        Param {
+            key: "id".into(),
+            value: Value::UInt(1),
+        },
+        Param {
+            key: "pid".into(),
+            value: Value::UInt(pid as u64),
+        },
+        Param {
+            key: "uri".into(),
+            value: Value::Str(Some("qemu:///system".into())),
+        },
+    ];
+    Manager::new(0, &params, 0).unwrap()
+}
+
+/// Registers and leases a stand-in QEMU as libvirt would (register in the
+/// "child", acquire from the "parent").
+fn lease(h: &Host, uuid: [u8; 16], name: &str, q: &Proc, disk: Option<&str>) -> Result<(), String> {
+    let mut m = manager(uuid, name, q.pid());
+    if let Some(d) = disk {
+        m.add_resource(&h.cfg, 0, d, &[], 0).unwrap();
+    }
+    plugin::register(&h.cfg, &m).map_err(|e| e.to_string())?;
+    plugin::acquire(&h.cfg, &m, None).map_err(|e| e.to_string())
+}
+
+fn holders(ls: &Path, r: &Resource) -> Vec<u32> {
+    let ls = Lockspace::open(ls).unwrap();
+    ls.read_lease(&r.key(), &r.name)
+        .unwrap()
+        .holders
+        .iter()
+        .map(|h| h.pid)
+        .collect()
+}
+
+fn lockspace(s: &Scratch) -> PathBuf {
+    let p = s.0.join("ls");
+    Lockspace::init(&p, 16).unwrap();
+    p
+}
+
+const UUID_A: [u8; 16] = [0xaa; 16];
+
+#[test]
+fn dead_qemu_leases_are_released_within_one_second() {
+    let _g = serial();
+    let s = Scratch::new("reap");
+    let ls = lockspace(&s);
+    let mut a = Host::new(&s, 1, &ls, "unsafe_no_watchdog = true\n");
+    a.start(&[]);
+    let q = standin_qemu();
+    lease(&a, UUID_A, "web", &q, Some("/images/web.qcow2")).unwrap();
+    let dom = Resource::domain(&vmlease::resource::format_uuid(&UUID_A));
+    let disk = Resource::disk("/images/web.qcow2", false);
+    assert_eq!(holders(&ls, &dom), vec![q.pid()]);
+    assert_eq!(holders(&ls, &disk), vec![q.pid()]);
+
+    let pid = q.pid();
+    let killed = boottime_ms();
+    drop(q); // SIGKILL + reap
+    let took = wait_until("the daemon to release the dead QEMU's leases", 5000, || {
+        let (d, k) = (holders(&ls, &dom), holders(&ls, &disk));
+        if d.is_empty() && k.is_empty() {
+            Ok(boottime_ms() - killed)
+        } else {
+            Err(format!("domain holders {d:?}, disk holders {k:?}"))
+        }
+    });
+    eprintln!("leases of killed QEMU pid {pid} released after {took} ms");
+    assert!(
+        took < 1000,
+        "released after {took} ms, more than 1 s; log:\n{}",
+        a.log_text()
+    );
+    assert!(
+        a.log_text()
+            .contains(&format!("QEMU pid {pid} of domain 'web'")),
+        "{}",
+        a.log_text()
+    );
+    // The registry entry is gone too.
+    let reg = vmlease::registry::Registry::new(&a.cfg.state_dir);
+    wait_until("the registry entry to be removed", 2000, || {
+        let n = reg.list().unwrap().len();
+        if n == 0 {
+            Ok(())
+        } else {
+            Err(format!("{n} entries"))
+        }
+    });
+}
+
+#[test]
+fn daemon_restart_adopts_running_qemu() {
+    let _g = serial();
+    let s = Scratch::new("adopt");
+    let ls = lockspace(&s);
+    let mut a = Host::new(&s, 1, &ls, "unsafe_no_watchdog = true\n");
+    a.start(&[]);
+    let q = standin_qemu();
+    lease(&a, UUID_A, "web", &q, None).unwrap();
+    let dom = Resource::domain(&vmlease::resource::format_uuid(&UUID_A));
+    let before = Lockspace::open(&ls)
+        .unwrap()
+        .read_lease(&dom.key(), &dom.name)
+        .unwrap();
+    // Clean stop with a leased VM: no status (nothing new may start), the
+    // lease stays.
+    a.daemon.as_ref().unwrap().signal(libc::SIGTERM);
+    wait_until("the daemon to stop", 5000, || {
+        if a.daemon.as_mut().unwrap().exited() {
+            Ok(())
+        } else {
+            Err("running".into())
+        }
+    });
+    assert!(
+        a.log_text().contains("stopping with 1 leased QEMU"),
+        "{}",
+        a.log_text()
+    );
+    assert!(
+        plugin::protected_status(&a.cfg).is_err(),
+        "no daemon: no leases"
+    );
+    assert_eq!(
+        Lockspace::open(&ls)
+            .unwrap()
+            .read_lease(&dom.key(), &dom.name)
+            .unwrap(),
+        before
+    );
+    a.start(&[]);
+    assert_eq!(
+        holders(&ls, &dom),
+        vec![q.pid()],
+        "the lease survived the restart"
+    );
+    // Adopted: its death is still noticed.
+    drop(q);
+    wait_until("the restarted daemon to release the lease", 3000, || {
+        let h = holders(&ls, &dom);
+        if h.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("holders {h:?}"))
+        }
+    });
+}
+
+#[test]
+fn host_id_in_use_by_a_live_host_refuses_to_start() {
+    let _g = serial();
+    let s = Scratch::new("hostid");
+    let ls = lockspace(&s);
+    let mut a = Host::new(&s, 1, &ls, "unsafe_no_watchdog = true\n");
+    a.start(&[]);
+    // Same id, different name: must watch, see the renewals, and refuse.
+    let b_conf = s.0.join("other.conf");
+    let text = fs::read_to_string(&a.conf).unwrap();
+    fs::write(
+        &b_conf,
+        text.replace("host-1.test", "other.test")
+            .replace("/host1/run", "/host1/run-b"),
+    )
+    .unwrap();
+    let out = Command::new(bin("vmlease-watchdog"))
+        .args(["--config", b_conf.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("host id 1 is in use by live host 'host-1.test'"),
+        "{err}"
+    );
+}
+
+/// A FIFO watchdog stand-in: records pets and "fires" when none comes for W.
+struct FakeWatchdog {
+    path: PathBuf,
+    fired_at: Arc<AtomicU64>,
+    last_pet: Arc<AtomicU64>,
+    disarmed: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeWatchdog {
+    fn new(dir: &Path) -> FakeWatchdog {
+        let path = dir.join("watchdog");
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        let (fired_at, last_pet) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (disarmed, stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (fa, lp, da, st) = (
+            fired_at.clone(),
+            last_pet.clone(),
+            disarmed.clone(),
+            stop.clone(),
+        );
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while !st.load(Ordering::SeqCst) {
+                match f.read(&mut buf) {
+                    Ok(n) if n > 0 => {
+                        lp.store(boottime_ms(), Ordering::SeqCst);
+                        if buf[..n].ends_with(b"V") {
+                            da.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    _ => {}
+                }
+                let last = lp.load(Ordering::SeqCst);
+                if last > 0
+                    && !da.load(Ordering::SeqCst)
+                    && fa.load(Ordering::SeqCst) == 0
+                    && boottime_ms() - last > W
+                {
+                    fa.store(boottime_ms(), Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        FakeWatchdog {
+            path,
+            fired_at,
+            last_pet,
+            disarmed,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeWatchdog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn watchdog_fires_on(sig: i32, expect: &str) {
+    let s = Scratch::new("wdfire");
+    let ls = lockspace(&s);
+    let wd = FakeWatchdog::new(&s.0);
+    let mut a = Host::new(
+        &s,
+        1,
+        &ls,
+        &format!("watchdog_device = \"{}\"\n", wd.path.display()),
+    );
+    a.start(&[]);
+    wait_until("pets", 2000, || {
+        if wd.last_pet.load(Ordering::SeqCst) > 0 {
+            Ok(())
+        } else {
+            Err("no pet".into())
+        }
+    });
+    assert!(a.log_text().contains("(test stand-in)"), "{}", a.log_text());
+    let q = standin_qemu();
+    lease(&a, UUID_A, "web", &q, None).unwrap();
+    let hit = boottime_ms();
+    a.daemon.as_ref().unwrap().signal(sig);
+    let fired = wait_until("the watchdog stand-in to fire", 5000, || {
+        match wd.fired_at.load(Ordering::SeqCst) {
+            0 => Err(format!(
+                "last pet {} ms ago",
+                boottime_ms() - wd.last_pet.load(Ordering::SeqCst)
+            )),
+            t => Ok(t),
+        }
+    });
+    eprintln!(
+        "watchdog fired {} ms after the daemon got signal {sig}",
+        fired - hit
+    );
+    assert!(
+        fired - hit <= W + 500,
+        "fired {} ms after the fault",
+        fired - hit
+    );
+    assert!(!wd.disarmed.load(Ordering::SeqCst));
+    let q2 = standin_qemu();
+    let e = wait_until("the plugin to refuse acquires", 3000, || {
+        match lease(&a, [0xbb; 16], "db", &q2, None) {
+            Ok(()) => Err("acquire succeeded".into()),
+            Err(e) => Ok(e),
+        }
+    });
+    assert!(e.contains(expect), "{e}");
+}
+
+#[test]
+fn daemon_sigkill_fires_the_watchdog_and_refuses_acquires() {
+    let _g = serial();
+    watchdog_fires_on(libc::SIGKILL, "is not running");
+}
+
+#[test]
+fn daemon_sigstop_fires_the_watchdog_and_refuses_acquires() {
+    let _g = serial();
+    watchdog_fires_on(libc::SIGSTOP, "has not reported");
+}
+
+#[test]
+fn clean_stop_without_leases_disarms_and_leaves() {
+    let _g = serial();
+    let s = Scratch::new("leave");
+    let ls = lockspace(&s);
+    let wd = FakeWatchdog::new(&s.0);
+    let mut a = Host::new(
+        &s,
+        1,
+        &ls,
+        &format!("watchdog_device = \"{}\"\n", wd.path.display()),
+    );
+    a.start(&[]);
+    a.daemon.as_ref().unwrap().signal(libc::SIGTERM);
+    wait_until("the daemon to stop", 5000, || {
+        if a.daemon.as_mut().unwrap().exited() {
+            Ok(())
+        } else {
+            Err("running".into())
+        }
+    });
+    wait_until("magic close", 1000, || {
+        if wd.disarmed.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("not disarmed".into())
+        }
+    });
+    std::thread::sleep(Duration::from_millis(W + 200));
+    assert_eq!(
+        wd.fired_at.load(Ordering::SeqCst),
+        0,
+        "a disarmed watchdog must not fire"
+    );
+    let slot = Lockspace::open(&ls).unwrap().read_host(1).unwrap();
+    assert_eq!(
+        slot.record().unwrap().state,
+        vmlease::hosts::HostState::Leaving
+    );
+}
+
+/// Runs a command, panicking with its output on failure.
+fn sh(cmd: &str) {
+    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn storage_cut_fences_after_f_and_the_peer_takes_over_after_d() {
+    let _g = serial();
+    let s = Scratch::new("storage");
+    let ls = lockspace(&s);
+    // Host A's daemon sees the lockspace through a bind mount in its own
+    // mount namespace; cutting it makes every renewal fail.
+    let a_view = s.0.join("a-view");
+    fs::create_dir_all(&a_view).unwrap();
+    let mut a = Host::new(&s, 1, &a_view, "unsafe_no_watchdog = true\n");
+    let mut b = Host::new(&s, 2, &ls, "unsafe_no_watchdog = true\n");
+    let inner = format!(
+        "mount --bind '{}' '{}' && exec \"$0\" \"$@\"",
+        ls.display(),
+        a_view.display()
+    );
+    a.start(&[
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &inner,
+    ]);
+    b.start(&[]);
+    // Host A's plugin side writes the real lockspace path.
+    let mut a_plugin = a.cfg.clone();
+    a_plugin.lockspace_dir = ls.clone();
+    let a_host = Host {
+        cfg: a_plugin,
+        daemon: None,
+        ..Host::new(&s, 1, &a_view, "unsafe_no_watchdog = true\n")
+    };
+    let qa = standin_qemu();
+    lease(&a_host, UUID_A, "web", &qa, Some("/images/web.qcow2")).unwrap();
+
+    let qb = standin_qemu();
+    let e = lease(&b, UUID_A, "web", &qb, None).unwrap_err();
+    assert!(
+        e.contains("held by host 1 (host-1.test) for domain 'web'"),
+        "{e}"
+    );
+
+    let apid = a.daemon.as_ref().unwrap().pid();
+    sh(&format!(
+        "nsenter -t {apid} -m umount -l '{}'",
+        a_view.display()
+    ));
+    let cut = boottime_ms();
+    let a_last = wait_until("A's renewals to stop", 3000, || {
+        let st = a.status();
+        if boottime_ms() - st.last_renewal_ms > 3 * R {
+            Ok(st.last_renewal_ms)
+        } else {
+            Err(format!(
+                "renewed {} ms ago",
+                boottime_ms() - st.last_renewal_ms
+            ))
+        }
+    });
+    // Not before F: the stand-in is alive shortly before last renewal + F.
+    let mut qa = qa;
+    while boottime_ms() < a_last + F - 100 {
+        assert!(
+            !qa.exited(),
+            "killed before renew_fail_timeout: log\n{}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let killed_seen = wait_until("A to kill its QEMU", F + K + 3000, || {
+        if qa.exited() {
+            Ok(boottime_ms())
+        } else {
+            Err("alive".into())
+        }
+    });
+    eprintln!(
+        "storage cut -> A's QEMU killed after {} ms (last renewal {} ms before the cut)",
+        killed_seen - cut,
+        cut - a_last
+    );
+    assert!(
+        a.log_text().contains("FENCING: lease renewals failed"),
+        "{}",
+        a.log_text()
+    );
+    assert!(
+        a.reset_record().is_none(),
+        "no reset needed when the kill works"
+    );
+
+    // B takes over only after D as observed on its clock, then succeeds.
+    let mut last_err = String::new();
+    let took = loop {
+        match lease(&b, UUID_A, "web", &qb, Some("/images/web.qcow2")) {
+            Ok(()) => break boottime_ms(),
+            Err(e) => last_err = e,
+        }
+        assert!(
+            boottime_ms() < a_last + D + 5000,
+            "B never took over; last error: {last_err}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!(
+        "B acquired A's leases {} ms after A's last renewal (D = {D} ms); before that: {last_err}",
+        took - a_last
+    );
+    assert!(
+        took >= a_last + D,
+        "taken over {} ms after A's last renewal, before D",
+        took - a_last
+    );
+    assert!(last_err.contains("may be taken over after"), "{last_err}");
+}
+
+#[test]
+fn management_link_loss_reports_or_fences_by_policy() {
+    let _g = serial();
+    for policy in ["report", "fence"] {
+        let s = Scratch::new("mgmt");
+        let ls = lockspace(&s);
+        let tag = format!("{}{}", std::process::id() % 10000, &policy[..1]);
+        let (hns, sns) = (format!("vmlt-h{tag}"), format!("vmlt-s{tag}"));
+        let _cleanup = NetnsGuard(vec![hns.clone(), sns.clone()]);
+        sh(&format!(
+            "ip netns add {hns} && ip netns add {sns} && \
+             ip link add vmh{tag} netns {hns} type veth peer name vms{tag} netns {sns} && \
+             ip -n {hns} addr add 192.0.2.1/24 dev vmh{tag} && ip -n {sns} addr add 192.0.2.2/24 dev vms{tag} && \
+             ip -n {hns} link set vmh{tag} up && ip -n {sns} link set vms{tag} up && \
+             ip -n {hns} link set lo up && ip -n {sns} link set lo up"
+        ));
+        let extra = format!(
+            "unsafe_no_watchdog = true\n[management]\nprobes = [ {{ type = \"icmp\", target = \"192.0.2.2\" }}, {{ type = \"carrier\", interface = \"vmh{tag}\" }} ]\nmin_up = 1\ntimeout = 1\nprobe_timeout = 0.3\npolicy = \"{policy}\"\n"
+        );
+        let mut a = Host::new(&s, 1, &ls, &extra);
+        let mut b = Host::new(&s, 2, &ls, "unsafe_no_watchdog = true\n");
+        a.start(&["ip", "netns", "exec", &hns]);
+        b.start(&[]);
+        wait_until("A's management network to be up", 3000, || {
+            let st = a.status();
+            let n = st
+                .networks
+                .iter()
+                .find(|n| n.name == "management")
+                .unwrap()
+                .clone();
+            if n.state == "up" && n.detail.contains("2/2") {
+                Ok(())
+            } else {
+                Err(format!("{n:?}"))
+            }
+        });
+        let mut qa = standin_qemu();
+        lease(&a, UUID_A, "web", &qa, None).unwrap();
+        sh(&format!("ip -n {sns} link set vms{tag} down"));
+        let cut = boottime_ms();
+        let st = wait_until("A to report mgmt-isolated or fence", 5000, || {
+            let st = a.status();
+            match (policy, st.state) {
+                ("report", vmlease::hosts::HostState::MgmtIsolated) => Ok(st),
+                ("fence", vmlease::hosts::HostState::FencedClean) => Ok(st),
+                _ => Err(format!("state {}, networks {:?}", st.state, st.networks)),
+            }
+        });
+        let mgmt = st.networks.iter().find(|n| n.name == "management").unwrap();
+        assert_eq!(mgmt.state, "lost", "{mgmt:?}");
+        let qb = standin_qemu();
+        if policy == "report" {
+            assert!(!qa.exited(), "report policy must leave the VM running");
+            let slot = Lockspace::open(&ls).unwrap().read_host(1).unwrap();
+            wait_until("mgmt-isolated in the liveness record", 2000, || {
+                let slot = Lockspace::open(&ls).unwrap().read_host(1).unwrap();
+                match slot.record().map(|r| r.state) {
+                    Some(vmlease::hosts::HostState::MgmtIsolated) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            });
+            drop(slot);
+            assert!(
+                lease(&b, UUID_A, "web", &qb, None).is_err(),
+                "VMs of an isolated host keep their leases"
+            );
+        } else {
+            assert!(qa.exited(), "fence policy must kill the VM");
+            let took = wait_until("B to take over after the fence", 1000 + 2000 + 3000, || {
+                lease(&b, UUID_A, "web", &qb, None).map(|_| boottime_ms())
+            });
+            eprintln!(
+                "mgmt link cut -> B acquired after {} ms (mgmt timeout 1000 ms)",
+                took - cut
+            );
+            assert!(
+                took - cut <= 1000 + 2000,
+                "took {} ms, more than mgmt_timeout + 2 s",
+                took - cut
+            );
+        }
+    }
+}
+
+struct NetnsGuard(Vec<String>);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}

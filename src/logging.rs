@@ -78,7 +78,11 @@ impl Log for Logger {
         let msg = r.args().to_string();
         syslog(r.level(), &msg);
         if STDERR.load(Ordering::Relaxed) {
-            let line = format!("{}: {}: {msg}\n", ident(), r.level().as_str().to_lowercase());
+            let line = format!(
+                "{}: {}: {msg}\n",
+                ident(),
+                r.level().as_str().to_lowercase()
+            );
             let _ = std::io::stderr().write_all(line.as_bytes());
         }
     }

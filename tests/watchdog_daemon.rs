@@ -790,3 +790,144 @@ impl Drop for NetnsGuard {
         }
     }
 }
+
+/// A filesystem frozen with fsfreeze: writers block in uninterruptible
+/// sleep (D state) and SIGKILL cannot end them until it is thawed.
+struct Frozen {
+    mnt: PathBuf,
+    frozen: bool,
+}
+
+impl Frozen {
+    fn new(s: &Scratch) -> Frozen {
+        let img = s.0.join("fs.img");
+        let mnt = s.0.join("frozen");
+        fs::create_dir_all(&mnt).unwrap();
+        sh(&format!(
+            "truncate -s 16M '{0}' && mkfs.ext4 -q -F '{0}' && mount -o loop '{0}' '{1}'",
+            img.display(),
+            mnt.display()
+        ));
+        Frozen { mnt, frozen: false }
+    }
+    fn freeze(&mut self) {
+        sh(&format!("fsfreeze -f '{}'", self.mnt.display()));
+        self.frozen = true;
+    }
+    fn thaw(&mut self) {
+        if self.frozen {
+            let _ = Command::new("fsfreeze").arg("-u").arg(&self.mnt).status();
+            self.frozen = false;
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.thaw();
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+}
+
+fn proc_state(pid: u32) -> Option<char> {
+    vmlease::process::stat(pid).ok().map(|(_, s)| s)
+}
+
+#[test]
+fn qemu_stuck_in_uninterruptible_io_leads_to_the_recorded_reset() {
+    let _g = serial();
+    let s = Scratch::new("dstate");
+    let ls = lockspace(&s);
+    let mut frozen = Frozen::new(&s);
+    let a_view = s.0.join("a-view");
+    fs::create_dir_all(&a_view).unwrap();
+    let mut a = Host::new(&s, 1, &a_view, "unsafe_no_watchdog = true\n");
+    let inner = format!(
+        "mount --bind '{}' '{}' && exec \"$0\" \"$@\"",
+        ls.display(),
+        a_view.display()
+    );
+    a.start(&[
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &inner,
+    ]);
+    let mut a_plugin = Host::new(&s, 1, &a_view, "unsafe_no_watchdog = true\n");
+    a_plugin.cfg.lockspace_dir = ls.clone();
+    a_plugin.cfg.state_dir = a.cfg.state_dir.clone();
+
+    // The stand-in QEMU writes to its "disk" when told to.
+    let disk = frozen.mnt.join("disk");
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            &format!("read go; echo data > '{}'; sleep 1000", disk.display()),
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut q = Proc {
+        child,
+        what: "stuck stand-in QEMU".into(),
+    };
+    lease(&a_plugin, UUID_A, "web", &q, None).unwrap();
+    frozen.freeze();
+    use std::io::Write;
+    stdin.write_all(b"go\n").unwrap();
+    drop(stdin);
+    wait_until(
+        "the stand-in to block in D state",
+        3000,
+        || match proc_state(q.pid()) {
+            Some('D') => Ok(()),
+            other => Err(format!("state {other:?}")),
+        },
+    );
+
+    let apid = a.daemon.as_ref().unwrap().pid();
+    sh(&format!(
+        "nsenter -t {apid} -m umount -l '{}'",
+        a_view.display()
+    ));
+    let reset = wait_until("A to record a host reset", F + K + 4000, || {
+        a.reset_record()
+            .ok_or_else(|| format!("no reset yet; stand-in state {:?}", proc_state(q.pid())))
+    });
+    let st = a.status();
+    assert!(reset.contains("reason=lease renewals failed"), "{reset}");
+    let at: u64 = reset
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("boottime_ms="))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    eprintln!(
+        "stand-in stuck in D state: reset recorded {} ms after A's last renewal (F + K = {} ms)",
+        at - st.last_renewal_ms,
+        F + K
+    );
+    assert!(at >= st.last_renewal_ms + F + K, "reset before F + K");
+    assert!(
+        a.log_text().contains("survived kill_timeout"),
+        "{}",
+        a.log_text()
+    );
+    assert_eq!(
+        proc_state(q.pid()),
+        Some('D'),
+        "the kill really could not end it"
+    );
+    // Thawing lets the pending SIGKILL finish it.
+    frozen.thaw();
+    wait_until("the stand-in to die after the thaw", 3000, || {
+        if q.exited() {
+            Ok(())
+        } else {
+            Err("alive".into())
+        }
+    });
+}

@@ -271,6 +271,12 @@ impl Status {
         if self.boot_id != boot_id {
             return Err("the watchdog status is from another boot".into());
         }
+        if self.written_ms > now_ms + 1000 {
+            return Err(format!(
+                "the watchdog status is {} in the future of this host's clock (another clock domain?)",
+                secs(self.written_ms - now_ms)
+            ));
+        }
         let age = now_ms.saturating_sub(self.written_ms);
         // The daemon writes its status every tick (at most 100 ms apart).
         let fresh = r + 500;

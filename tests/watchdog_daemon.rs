@@ -931,3 +931,105 @@ fn qemu_stuck_in_uninterruptible_io_leads_to_the_recorded_reset() {
         }
     });
 }
+
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[test]
+fn wall_clocks_hours_apart_do_not_change_the_judgement() {
+    let _g = serial();
+    assert!(
+        Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} missing: scripts/setup-test-env.sh installs the faketime package"
+    );
+    let s = Scratch::new("skew");
+    let ls = lockspace(&s);
+    let mut a = Host::new(&s, 1, &ls, "unsafe_no_watchdog = true\n");
+    let mut b = Host::new(&s, 2, &ls, "unsafe_no_watchdog = true\n");
+    // Host A's wall clock is 5 hours ahead, host B's 7 hours behind; their
+    // monotonic clocks are their own.
+    let fake = |offset: &str| {
+        vec![
+            "env".to_string(),
+            format!("LD_PRELOAD={LIBFAKETIME}"),
+            format!("FAKETIME={offset}"),
+            "FAKETIME_DONT_FAKE_MONOTONIC=1".to_string(),
+        ]
+    };
+    let fa = fake("+5h");
+    let fb = fake("-7h");
+    a.start(&fa.iter().map(String::as_str).collect::<Vec<_>>());
+    b.start(&fb.iter().map(String::as_str).collect::<Vec<_>>());
+    let wall_a = wait_until("A's record", 2000, || {
+        Lockspace::open(&ls)
+            .unwrap()
+            .read_host(1)
+            .unwrap()
+            .record()
+            .map(|r| r.wall)
+            .ok_or("no record".to_string())
+    });
+    let wall_b = wait_until("B's record", 2000, || {
+        Lockspace::open(&ls)
+            .unwrap()
+            .read_host(2)
+            .unwrap()
+            .record()
+            .map(|r| r.wall)
+            .ok_or("no record".to_string())
+    });
+    let apart = wall_a.abs_diff(wall_b);
+    eprintln!(
+        "wall clocks in the liveness records are {} h apart",
+        apart / 3600
+    );
+    assert!(
+        apart > 11 * 3600,
+        "faketime did not skew the wall clocks ({apart} s)"
+    );
+
+    let qa = standin_qemu();
+    lease(&a, UUID_A, "web", &qa, None).unwrap();
+    let qb = standin_qemu();
+    // While A renews, B must not take over, whatever the wall clocks say.
+    let e = lease(&b, UUID_A, "web", &qb, None).unwrap_err();
+    assert!(e.contains("its host is alive"), "{e}");
+    // A's daemon hangs: B takes over after D on its own clock, not before.
+    a.daemon.as_ref().unwrap().signal(libc::SIGSTOP);
+    let stopped = boottime_ms();
+    let a_last = Lockspace::open(&ls)
+        .unwrap()
+        .read_host(1)
+        .unwrap()
+        .record()
+        .unwrap()
+        .counter;
+    let mut last_err = String::new();
+    let took = loop {
+        match lease(&b, UUID_A, "web", &qb, None) {
+            Ok(()) => break boottime_ms(),
+            Err(e) => last_err = e,
+        }
+        assert!(
+            boottime_ms() < stopped + D + 5000,
+            "B never took over: {last_err}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let counter_now = Lockspace::open(&ls)
+        .unwrap()
+        .read_host(1)
+        .unwrap()
+        .record()
+        .unwrap()
+        .counter;
+    assert_eq!(a_last, counter_now, "A renewed while stopped?");
+    eprintln!(
+        "B took over {} ms after A's daemon stopped (D = {D} ms)",
+        took - stopped
+    );
+    assert!(
+        took - stopped >= D - R,
+        "took over {} ms after the stop, before D",
+        took - stopped
+    );
+}

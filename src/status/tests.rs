@@ -105,6 +105,8 @@ fn protection_check_reasons() {
         .check_protected(&cfg, "b", 20_000, true)
         .unwrap_err()
         .contains("not reported"));
+    let e = st.check_protected(&cfg, "b", 5_000, true).unwrap_err();
+    assert!(e.contains("in the future"), "{e}");
     let mut old = st.clone();
     old.last_renewal_ms = 9_000;
     assert!(old

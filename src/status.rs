@@ -286,6 +286,14 @@ impl Status {
                 secs(age)
             ));
         }
+        if !self.state.is_running() {
+            let why = if self.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", self.reason)
+            };
+            return Err(format!("this host is {}{why}", self.state));
+        }
         if self.last_renewal_ms == 0 {
             return Err(
                 "the watchdog daemon has not renewed this host's liveness lease yet".into(),
@@ -297,14 +305,6 @@ impl Status {
                 "the liveness lease was last renewed {} ago (storage trouble?)",
                 secs(renewal_age)
             ));
-        }
-        if !self.state.is_running() {
-            let why = if self.reason.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", self.reason)
-            };
-            return Err(format!("this host is {}{why}", self.state));
         }
         Ok(())
     }

@@ -155,9 +155,26 @@ impl Host {
         }
     }
 
-    /// Starts the daemon, optionally wrapped (unshare, ip netns exec).
+    /// Starts the daemon, optionally wrapped (unshare, ip netns exec), and
+    /// waits until the host is protected.
     fn start(&mut self, wrap: &[&str]) {
-        let log = fs::File::create(&self.log).unwrap();
+        self.spawn(wrap);
+        let cfg = self.cfg.clone();
+        let log = self.log.clone();
+        wait_until(&format!("host {} to be protected", self.id), 10_000, || {
+            plugin::protected_status(&cfg)
+                .map(|_| ())
+                .map_err(|e| format!("{e}; log: {}", fs::read_to_string(&log).unwrap_or_default()))
+        });
+    }
+
+    /// Starts the daemon without waiting for anything.
+    fn spawn(&mut self, wrap: &[&str]) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let mut argv: Vec<String> = wrap.iter().map(|s| s.to_string()).collect();
         argv.push(bin("vmlease-watchdog").display().to_string());
         argv.push("--config".into());
@@ -173,12 +190,17 @@ impl Host {
             child,
             what: format!("vmlease-watchdog host {}", self.id),
         });
-        let cfg = self.cfg.clone();
-        let log = self.log.clone();
-        wait_until(&format!("host {} to be protected", self.id), 10_000, || {
-            plugin::protected_status(&cfg)
-                .map(|_| ())
-                .map_err(|e| format!("{e}; log: {}", fs::read_to_string(&log).unwrap_or_default()))
+    }
+
+    fn stop(&mut self) {
+        let d = self.daemon.as_mut().unwrap();
+        d.signal(libc::SIGTERM);
+        wait_until("the daemon to stop", 5000, || {
+            if d.exited() {
+                Ok(())
+            } else {
+                Err("running".into())
+            }
         });
     }
 
@@ -777,6 +799,61 @@ fn management_link_loss_reports_or_fences_by_policy() {
                 "took {} ms, more than mgmt_timeout + 2 s",
                 took - cut
             );
+            // The fence survives a daemon restart and holds until the
+            // network is back and the operator clears it.
+            a.stop();
+            a.spawn(&["ip", "netns", "exec", &hns]);
+            wait_until(
+                "A to come back fenced-clean",
+                5000,
+                || match Status::read(&a.cfg.state_dir).ok().flatten() {
+                    Some(st) if st.state == vmlease::hosts::HostState::FencedClean => Ok(()),
+                    other => Err(format!("{:?}", other.map(|s| s.state))),
+                },
+            );
+            let q3 = standin_qemu();
+            let e = lease(&a, [0xcc; 16], "other", &q3, None).unwrap_err();
+            assert!(
+                e.contains("this host is fenced-clean: management network lost"),
+                "{e}"
+            );
+            fs::write(a.cfg.state_dir.join("clear-fence"), "").unwrap();
+            wait_until("A to refuse clearing while the link is down", 3000, || {
+                if a.log_text().contains("fence not cleared") {
+                    Ok(())
+                } else {
+                    Err("no refusal logged".into())
+                }
+            });
+            sh(&format!("ip -n {sns} link set vms{tag} up"));
+            wait_until("A's management network to be up again", 5000, || {
+                let st = a.status();
+                let n = st
+                    .networks
+                    .iter()
+                    .find(|n| n.name == "management")
+                    .unwrap()
+                    .clone();
+                if n.state == "up" {
+                    Ok(())
+                } else {
+                    Err(format!("{n:?}"))
+                }
+            });
+            fs::write(a.cfg.state_dir.join("clear-fence"), "").unwrap();
+            wait_until(
+                "A to be live after the operator cleared the fence",
+                3000,
+                || {
+                    let st = a.status();
+                    if st.state == vmlease::hosts::HostState::Live {
+                        Ok(())
+                    } else {
+                        Err(format!("{}", st.state))
+                    }
+                },
+            );
+            lease(&a, [0xcc; 16], "other", &q3, None).unwrap();
         }
     }
 }

@@ -23,6 +23,15 @@ pub enum Cause {
 }
 
 impl Cause {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Cause::Storage => "storage",
+            Cause::Management => "management",
+            Cause::Service => "service",
+            Cause::HostIdCollision => "host-id-collision",
+        }
+    }
+
     pub fn describe(&self) -> &'static str {
         match self {
             Cause::Storage => "lease renewals failed (storage lost)",
@@ -31,6 +40,35 @@ impl Cause {
             Cause::HostIdCollision => "another machine writes this host id's liveness record",
         }
     }
+}
+
+/// The marker file that keeps a fence across daemon restarts.
+pub fn marker_path(state_dir: &std::path::Path) -> std::path::PathBuf {
+    state_dir.join("fenced")
+}
+
+/// Writes (fenced) or removes (healthy) the marker.
+pub fn store_marker(state_dir: &std::path::Path, phase: &Phase) {
+    let p = marker_path(state_dir);
+    match phase {
+        Phase::Healthy => {
+            let _ = std::fs::remove_file(p);
+        }
+        Phase::Fencing { cause, .. } | Phase::Fenced { cause, .. } | Phase::Reset { cause } => {
+            let _ = std::fs::write(p, format!("{}\n", cause.as_str()));
+        }
+    }
+}
+
+pub fn load_marker(state_dir: &std::path::Path) -> Option<Cause> {
+    let text = std::fs::read_to_string(marker_path(state_dir)).ok()?;
+    Some(match text.trim() {
+        "management" => Cause::Management,
+        "service" => Cause::Service,
+        "host-id-collision" => Cause::HostIdCollision,
+        // "storage" and anything unreadable: the strictest cause.
+        _ => Cause::Storage,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +102,10 @@ pub struct Inputs {
     /// Management / service network down for longer than its timeout.
     pub mgmt_lost: bool,
     pub service_lost: bool,
+    /// Management / service network not (yet) seen up: a fence they caused
+    /// is not cleared then.
+    pub mgmt_down: bool,
+    pub service_down: bool,
     pub collision: bool,
     /// Leased (registered) QEMU processes still alive.
     pub alive_leased: usize,
@@ -167,8 +209,8 @@ impl Fence {
                 };
             } else if i.clear_requested {
                 let still_lost = match cause {
-                    Cause::Management => i.mgmt_lost,
-                    Cause::Service => i.service_lost,
+                    Cause::Management => i.mgmt_lost || i.mgmt_down,
+                    Cause::Service => i.service_lost || i.service_down,
                     Cause::Storage | Cause::HostIdCollision => false,
                 };
                 let healed = storage_ok && !i.collision && !still_lost;

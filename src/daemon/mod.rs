@@ -214,7 +214,16 @@ impl Daemon {
         .map_err(|e| (exit::CONFIG, Error::io("start prober", "-", e)))?;
 
         let now = boottime_ms();
-        let fence = Fence::new(cfg.timing, cfg.management.policy, cfg.service.policy);
+        let mut fence = Fence::new(cfg.timing, cfg.management.policy, cfg.service.policy);
+        // A fence survives a daemon restart (not a reboot: the state dir is
+        // on tmpfs); only the operator clears it.
+        if let Some(cause) = fence::load_marker(&cfg.state_dir) {
+            warn!(
+                "this host was fenced before the restart ({}); it starts no protected VM until 'vmlease clear-fence'",
+                cause.describe()
+            );
+            fence.phase = Phase::Fenced { cause, since: now };
+        }
         info!(
             "host {host_id} ({host_name}) joined lockspace {}; renew every {}, fence after {}, takeover by others after {}",
             cfg.lockspace_dir.display(),
@@ -297,6 +306,8 @@ impl Daemon {
                 started: self.started_ms,
                 mgmt_lost,
                 service_lost,
+                mgmt_down: self.nets[1].down(),
+                service_down: self.nets[2].down(),
                 collision: self.collision,
                 alive_leased: alive,
                 clear_requested: clear,
@@ -338,6 +349,7 @@ impl Daemon {
             if act.state != self.last_state {
                 info!("host state {} -> {}", self.last_state, act.state);
                 self.last_state = act.state;
+                fence::store_marker(&self.cfg.state_dir, &self.fence.phase);
             }
             self.maybe_renew(now, act.state);
             self.reaper.release_dead();

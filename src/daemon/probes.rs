@@ -205,6 +205,11 @@ impl NetState {
         self.last = Some(r);
     }
 
+    /// Failing now, or not probed yet.
+    pub fn down(&self) -> bool {
+        self.monitored() && (self.down_since.is_some() || self.last.is_none())
+    }
+
     pub fn lost(&self, now: u64) -> bool {
         self.down_since
             .map(|s| now.saturating_sub(s) >= self.net.timeout)

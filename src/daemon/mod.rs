@@ -138,6 +138,9 @@ pub struct Daemon {
     reset_done: bool,
     last_state: HostState,
     last_renew_error: String,
+    /// When the status was last written, and what it said.
+    status_written_ms: u64,
+    status_key: (HostState, u64, String),
     _instance_lock: std::fs::File,
 }
 
@@ -258,6 +261,8 @@ impl Daemon {
             reset_done: false,
             last_state: HostState::Live,
             last_renew_error: String::new(),
+            status_written_ms: 0,
+            status_key: (HostState::Live, 0, String::new()),
             _instance_lock: instance_lock,
             cfg,
         })
@@ -353,7 +358,19 @@ impl Daemon {
             }
             self.maybe_renew(now, act.state);
             self.reaper.release_dead();
-            self.write_status(now);
+            // The status is rewritten when it changes and at least every
+            // R/2 (the plugin wants it younger than R + 0.5 s).
+            let key = (
+                self.last_state,
+                self.last_renewal_ms,
+                self.last_renew_error.clone(),
+            );
+            let every = (self.cfg.timing.renew_interval / 2).clamp(50, 1000);
+            if key != self.status_key || now.saturating_sub(self.status_written_ms) >= every {
+                self.write_status(now);
+                self.status_written_ms = now;
+                self.status_key = key;
+            }
             self.reaper.wait(tick);
         }
     }

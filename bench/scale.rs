@@ -1,0 +1,262 @@
+//! Scale benchmark: one lockspace with many hosts and many leases.
+//!
+//! - N-1 lightweight simulated hosts renew their liveness slots while one
+//!   real `vmlease-watchdog` (host N) runs: its CPU time, RSS and the bytes
+//!   it moves per tick;
+//! - lease acquire + release latency through the engine on a local
+//!   directory, against a baseline of the raw file operations one acquire
+//!   needs (lock, read, write, fsync, rename), measured in the same run.
+//!
+//! `cargo bench --bench scale` (full: 1000 hosts, 100,000 leases);
+//! `cargo bench --bench scale -- --tiny` (CI).
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vmlease::config::Timing;
+use vmlease::engine::Engine;
+use vmlease::hosts::{HostRecord, HostState, SLOT_SIZE};
+use vmlease::lease::Holder;
+use vmlease::lockspace::Lockspace;
+use vmlease::process::ProcId;
+use vmlease::resource::Resource;
+
+struct Params {
+    hosts: u16,
+    leases: usize,
+    samples: usize,
+    run_secs: u64,
+}
+
+fn timing() -> Timing {
+    Timing {
+        renew_interval: 2000,
+        renew_fail_timeout: 20000,
+        kill_timeout: 10000,
+        watchdog_timeout: 15000,
+        host_dead_timeout: 41000,
+        host_dead_derived: false,
+    }
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = &s[s.rfind(')').map(|i| i + 2).unwrap_or(0)..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn daemon_at_scale(p: &Params, dir: &Path) -> (f64, u64, f64) {
+    let ls_dir = dir.join("ls");
+    Lockspace::init(&ls_dir, p.hosts).unwrap();
+    let ls = Lockspace::open(&ls_dir).unwrap();
+    let conf = dir.join("daemon.conf");
+    fs::write(
+        &conf,
+        format!(
+            "host_id = {}\nlockspace_dir = \"{}\"\nstate_dir = \"{}\"\nunsafe_no_watchdog = true\n",
+            p.hosts,
+            ls_dir.display(),
+            dir.join("run").display()
+        ),
+    )
+    .unwrap();
+    // Simulated hosts 1..N-1: one writer thread renews every slot each R.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ls2, stop2, n) = (ls.clone(), stop.clone(), p.hosts);
+    let writer = std::thread::spawn(move || {
+        let mut counter = 0u64;
+        while !stop2.load(Ordering::SeqCst) {
+            counter += 1;
+            let start = Instant::now();
+            for id in 1..n {
+                let rec = HostRecord {
+                    host_id: id,
+                    host_name: format!("sim-{id}.bench"),
+                    boot_id: "sim-boot".into(),
+                    incarnation: 1,
+                    counter,
+                    state: HostState::Live,
+                    timing: timing(),
+                    unsafe_no_watchdog: true,
+                    mono_ms: 0,
+                    wall: 0,
+                };
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .open(ls2.hosts_path())
+                    .unwrap();
+                f.write_all_at(&rec.encode(), (id as u64 - 1) * SLOT_SIZE as u64)
+                    .unwrap();
+            }
+            let spent = start.elapsed();
+            std::thread::sleep(Duration::from_millis(2000).saturating_sub(spent));
+        }
+    });
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_vmlease-watchdog"));
+    let mut child = Command::new(&exe)
+        .args(["--config", conf.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", exe.display()));
+    std::thread::sleep(Duration::from_secs(3));
+    let (t0, c0) = (Instant::now(), cpu_ticks(child.id()));
+    std::thread::sleep(Duration::from_secs(p.run_secs));
+    let (secs, c1) = (t0.elapsed().as_secs_f64(), cpu_ticks(child.id()));
+    let rss = rss_kb(child.id());
+    // The daemon must have observed every simulated host.
+    let st = vmlease::status::Status::read(&dir.join("run"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(st.peers.len(), p.hosts as usize, "daemon sees every host");
+    let _ = child.kill();
+    let _ = child.wait();
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let cpu_pct = (c1 - c0) as f64 / 100.0 / secs * 100.0;
+    let read_kb = (p.hosts as usize * SLOT_SIZE) as f64 / 1024.0;
+    (cpu_pct, rss, read_kb)
+}
+
+fn acquire_latency(p: &Params, dir: &Path) -> (f64, f64, f64, f64) {
+    let ls_dir = dir.join("ls-acq");
+    Lockspace::init(&ls_dir, 4).unwrap();
+    let ls = Lockspace::open(&ls_dir).unwrap();
+    let eng = Engine {
+        ls: ls.clone(),
+        host_id: 1,
+        boot_id: "b".into(),
+        dead_ms: 41000,
+        lock_timeout_ms: 1000,
+        view: None,
+        process_alive: Arc::new(|_: ProcId| true),
+    };
+    let me = Holder {
+        host_id: 1,
+        boot_id: "b".into(),
+        pid: 1,
+        pid_start: 1,
+        domain_uuid: "u".into(),
+        domain_name: "bench".into(),
+    };
+    let mut ours = Vec::new();
+    let mut raw = Vec::new();
+    for i in 0..p.samples {
+        let r = Resource::disk(&format!("/images/{i}.qcow2"), false);
+        let t = Instant::now();
+        eng.acquire(&r, &me, None).unwrap();
+        eng.release(&r.key(), &r.name, &me).unwrap();
+        ours.push(t.elapsed().as_secs_f64() * 1e6);
+        // Baseline: the same file operations with no protocol.
+        let key = format!("raw-{i}");
+        let t = Instant::now();
+        for _ in 0..2 {
+            let _g = ls.lock_record(&key, 1000).unwrap();
+            let _ = fs::read(ls.lease_path(&key));
+            vmlease::lockspace::write_atomic(&ls.lease_path(&key), &[b'x'; 200]).unwrap();
+        }
+        raw.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    (
+        percentile(&mut ours.clone(), 0.5),
+        percentile(&mut ours, 0.99),
+        percentile(&mut raw.clone(), 0.5),
+        percentile(&mut raw, 0.99),
+    )
+}
+
+fn leases_listing(p: &Params, dir: &Path) -> (usize, f64) {
+    let ls_dir = dir.join("ls-many");
+    Lockspace::init(&ls_dir, 4).unwrap();
+    let ls = Lockspace::open(&ls_dir).unwrap();
+    for i in 0..p.leases {
+        let mut rec =
+            vmlease::lease::LeaseRecord::free(&format!("disk-{i:064x}"), &format!("/images/{i}"));
+        rec.version = 1;
+        fs::write(ls.lease_path(&rec.key), rec.encode()).unwrap();
+    }
+    let t = Instant::now();
+    let keys = ls.list_leases().unwrap();
+    let mut n = 0;
+    for k in &keys {
+        if ls.read_lease(k, "").is_ok() {
+            n += 1;
+        }
+    }
+    (n, t.elapsed().as_secs_f64())
+}
+
+fn main() {
+    let tiny = std::env::args().any(|a| a == "--tiny");
+    let p = if tiny {
+        Params {
+            hosts: 50,
+            leases: 500,
+            samples: 100,
+            run_secs: 4,
+        }
+    } else {
+        Params {
+            hosts: 1000,
+            leases: 100_000,
+            samples: 1000,
+            run_secs: 30,
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("vmlease-bench-scale-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+
+    let (cpu, rss, read_kb) = daemon_at_scale(&p, &dir);
+    let (med, p99, raw_med, raw_p99) = acquire_latency(&p, &dir);
+    let (n, list_s) = leases_listing(&p, &dir);
+    let _ = fs::remove_dir_all(&dir);
+
+    println!(
+        "## Scale ({} hosts, {} leases{})\n",
+        p.hosts,
+        p.leases,
+        if tiny { ", tiny run" } else { "" }
+    );
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| watchdog daemon CPU with {} hosts renewing (R = 2 s) | {cpu:.2} % of one core |",
+        p.hosts
+    );
+    println!("| watchdog daemon RSS | {} KiB |", rss);
+    println!("| lockspace operations per tick per host | 1 write (512 B + fsync) + 1 read ({read_kb:.0} KiB) |");
+    println!("| read and decode {n} lease records | {list_s:.2} s |");
+    println!();
+    println!(
+        "## Acquire + release of one disk lease, local directory ({} samples)\n",
+        p.samples
+    );
+    println!("| path | median µs | p99 µs | ratio to raw file ops (median) |");
+    println!("|---|---|---|---|");
+    println!("| raw: 2 x (lock, read, write+fsync, rename) | {raw_med:.0} | {raw_p99:.0} | 1.00 |");
+    println!(
+        "| vmlease engine acquire + release | {med:.0} | {p99:.0} | {:.2} |",
+        med / raw_med
+    );
+}

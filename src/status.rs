@@ -56,7 +56,8 @@ impl PeerKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetView {
     pub name: String,
-    /// "up", "down" (failing, not yet lost), "lost", or "unmonitored".
+    /// "up", "down" (failing, not yet lost), "lost", "unknown" (not probed
+    /// yet) or "unmonitored".
     pub state: String,
     pub detail: String,
 }

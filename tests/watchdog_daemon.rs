@@ -834,7 +834,7 @@ fn management_link_loss_reports_or_fences_by_policy() {
                     .find(|n| n.name == "management")
                     .unwrap()
                     .clone();
-                if n.state == "up" {
+                if n.state == "up" && n.detail.starts_with("2/2") {
                     Ok(())
                 } else {
                     Err(format!("{n:?}"))
@@ -849,7 +849,12 @@ fn management_link_loss_reports_or_fences_by_policy() {
                     if st.state == vmlease::hosts::HostState::Live {
                         Ok(())
                     } else {
-                        Err(format!("{}", st.state))
+                        Err(format!(
+                            "{}; networks {:?}; log:\n{}",
+                            st.state,
+                            st.networks,
+                            a.log_text()
+                        ))
                     }
                 },
             );

@@ -216,13 +216,13 @@ impl NetState {
             .unwrap_or(false)
     }
 
-    /// ("up"|"down"|"lost"|"unmonitored", detail)
+    /// ("up"|"down"|"lost"|"unknown"|"unmonitored", detail)
     pub fn describe(&self, now: u64) -> (String, String) {
         if !self.monitored() {
             return ("unmonitored".into(), "no probes configured".into());
         }
         let Some(r) = &self.last else {
-            return ("up".into(), "no probe round yet".into());
+            return ("unknown".into(), "no probe round yet".into());
         };
         let counts = format!("{}/{} probes up (need {})", r.up, r.total, self.net.min_up);
         match self.down_since {

@@ -225,8 +225,7 @@ fn as_u32(v: &Value, what: &str) -> Result<u32> {
 /// fresh, renewing, not fenced. Returns the daemon's status.
 pub fn protected_status(cfg: &Config) -> Result<(u16, String, Status)> {
     let host_id = cfg.require_host_id()?;
-    let boot_id = process::boot_id()
-        .map_err(|e| Error::io("read boot id", "/proc/sys/kernel/random/boot_id", e))?;
+    let boot_id = local_boot_id()?;
     let status = Status::read(&cfg.state_dir)?.ok_or_else(|| {
         Error::Unprotected(format!(
             "the vmlease-watchdog daemon is not running (no status in {}); \
@@ -265,7 +264,13 @@ pub fn register(cfg: &Config, m: &Manager) -> Result<()> {
     Ok(())
 }
 
-fn engine(cfg: &Config, host_id: u16, boot_id: &str, status: Status) -> Result<Engine> {
+fn local_boot_id() -> Result<String> {
+    process::boot_id().map_err(|e| Error::io("read boot id", "/proc/sys/kernel/random/boot_id", e))
+}
+
+/// An engine on the configured lockspace (opened with a deadline). `view`:
+/// the daemon's observations, needed only to judge other holders.
+fn engine(cfg: &Config, host_id: u16, boot_id: &str, view: Option<Status>) -> Result<Engine> {
     let dir = cfg.lockspace_dir.clone();
     let ls = deadline::run(cfg.io_timeout, "open lockspace", &dir.clone(), move || {
         Lockspace::open(&dir)
@@ -276,7 +281,7 @@ fn engine(cfg: &Config, host_id: u16, boot_id: &str, status: Status) -> Result<E
         boot_id: boot_id.to_string(),
         dead_ms: cfg.timing.host_dead_timeout,
         lock_timeout_ms: cfg.lock_timeout,
-        view: Some(Arc::new(status)),
+        view: view.map(Arc::new),
         process_alive: Arc::new(|p: ProcId| p.is_alive()),
     })
 }
@@ -302,7 +307,7 @@ pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
         .collect();
     reg.add_keys(&m.base_entry(p), &keys)?;
 
-    let eng = engine(cfg, host_id, &boot_id, status)?;
+    let eng = engine(cfg, host_id, &boot_id, Some(status))?;
     let me = m.holder(host_id, &boot_id, p);
     let budget = cfg.io_timeout + cfg.lock_timeout;
     let mut newly = Vec::new();
@@ -386,23 +391,10 @@ fn proc_of(cfg: &Config, pid: u32) -> Result<ProcId> {
 /// only the listed resources.
 pub fn release(cfg: &Config, m: &Manager, want_state: bool) -> Result<Option<String>> {
     let host_id = cfg.require_host_id()?;
-    let boot_id = process::boot_id()
-        .map_err(|e| Error::io("read boot id", "/proc/sys/kernel/random/boot_id", e))?;
+    let boot_id = local_boot_id()?;
     let p = proc_of(cfg, m.pid)?;
     let me = m.holder(host_id, &boot_id, p);
-    let dir = cfg.lockspace_dir.clone();
-    let ls = deadline::run(cfg.io_timeout, "open lockspace", &dir.clone(), move || {
-        Lockspace::open(&dir)
-    })?;
-    let eng = Engine {
-        ls,
-        host_id,
-        boot_id,
-        dead_ms: cfg.timing.host_dead_timeout,
-        lock_timeout_ms: cfg.lock_timeout,
-        view: None,
-        process_alive: Arc::new(|p: ProcId| p.is_alive()),
-    };
+    let eng = engine(cfg, host_id, &boot_id, None)?;
     let budget = cfg.io_timeout + cfg.lock_timeout;
     let mut state = LockState::default();
     let mut released = Vec::new();
@@ -438,23 +430,13 @@ pub fn release(cfg: &Config, m: &Manager, want_state: bool) -> Result<Option<Str
 /// Inquire: the state of every lease the domain holds now.
 pub fn inquire(cfg: &Config, m: &Manager) -> Result<String> {
     let host_id = cfg.require_host_id()?;
-    let boot_id = process::boot_id()
-        .map_err(|e| Error::io("read boot id", "/proc/sys/kernel/random/boot_id", e))?;
+    let boot_id = local_boot_id()?;
     let p = proc_of(cfg, m.pid)?;
     let me = m.holder(host_id, &boot_id, p);
-    let dir = cfg.lockspace_dir.clone();
     let resources = m.all_resources(cfg, true);
-    let versions = deadline::run(cfg.io_timeout, "inquire leases", &dir.clone(), move || {
-        let ls = Lockspace::open(&dir)?;
-        let eng = Engine {
-            ls,
-            host_id,
-            boot_id: boot_id.clone(),
-            dead_ms: 0,
-            lock_timeout_ms: 0,
-            view: None,
-            process_alive: Arc::new(|p: ProcId| p.is_alive()),
-        };
+    let eng = engine(cfg, host_id, &boot_id, None)?;
+    let dir = cfg.lockspace_dir.clone();
+    let versions = deadline::run(cfg.io_timeout, "inquire leases", &dir, move || {
         let mut st = LockState::default();
         for r in resources {
             if let Some(v) = eng.held_version(&r.key(), &r.name, &me)? {

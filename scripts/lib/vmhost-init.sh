@@ -1,0 +1,23 @@
+#!/bin/sh
+# Runs inside a new mount + UTS namespace (see vmhosts.sh): makes libvirt's
+# directories and vmlease's state private to this "host", shares only the
+# lockspace, and starts virtlogd, vmlease-watchdog and libvirtd.
+# Usage: vmhost-init.sh NAME HOSTDIR BINDIR LOCKSPACE
+set -eu
+name=$1 h=$2 bin=$3 ls=$4
+hostname "host-$name.test"
+for d in /run/libvirt /var/lib/libvirt /var/log/libvirt /var/cache/libvirt /etc/libvirt /run/vmlease /var/lib/vmlease/lockspace; do
+    [ -d "$d" ] || mkdir -p "$d"
+done
+mount --bind "$h/run" /run/libvirt
+mount --bind "$h/lib" /var/lib/libvirt
+mount --bind "$h/log" /var/log/libvirt
+mount --bind "$h/cache" /var/cache/libvirt
+mount --bind "$h/etc" /etc/libvirt
+mount --bind "$h/state" /run/vmlease
+mount --bind "$ls" /var/lib/vmlease/lockspace
+virtlogd -d -p /run/libvirt/virtlogd.pid
+sh "$(dirname "$0")/vmhost-ctl.sh" watchdog-start "$h" "$bin"
+sh "$(dirname "$0")/vmhost-ctl.sh" libvirtd-start "$h" "$bin"
+# The namespace's anchor: lives until the host is taken down.
+exec sleep 1000000

@@ -1,0 +1,155 @@
+# shellcheck shell=sh
+# Several libvirt "hypervisor hosts" on one machine, for the demo and the
+# end-to-end tests. Each host is a libvirtd with the vmlease plugin, a
+# virtlogd and a vmlease-watchdog in its own mount + UTS namespace, under a
+# child subreaper; hosts share only the lockspace directory. Every process
+# is tracked by pid and stopped by vmh_cleanup.
+#
+# Before sourcing, set:
+#   VMH_DIR   scratch directory (removed by vmh_cleanup)
+#   VMH_BIN   directory with vmlease, vmlease-watchdog and libvmlease.so
+#   VMH_LIBDIR  the directory of this file
+# Timing of the test hosts: vmh_host_up writes it into each config.
+
+VMH_HOSTS=""
+VMH_MADE=""
+
+vmh_now_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
+
+# vmh_wait WHAT TIMEOUT_MS CMD...: polls CMD (every 50 ms) until it
+# succeeds; on timeout prints what it waited for and CMD's last output.
+vmh_wait() {
+    what=$1 limit=$2
+    shift 2
+    start=$(vmh_now_ms)
+    while :; do
+        if out=$("$@" 2>&1); then
+            return 0
+        fi
+        if [ $(($(vmh_now_ms) - start)) -gt "$limit" ]; then
+            echo "timed out after $limit ms waiting for $what; last seen: $out" >&2
+            return 1
+        fi
+        sleep 0.05
+    done
+}
+
+vmh_init() {
+    for d in /var/lib/vmlease/lockspace /var/lib/vmlease /run/vmlease; do
+        [ -e "$d" ] || VMH_MADE="$VMH_MADE $d"
+    done
+    rm -rf "$VMH_DIR"
+    mkdir -p "$VMH_DIR/lockspace"
+    cc -O2 -o "$VMH_DIR/subreaper" "$VMH_LIBDIR/subreaper.c"
+    printf 'lockspace_dir = "%s"\n' "$VMH_DIR/lockspace" >"$VMH_DIR/init.conf"
+    "$VMH_BIN/vmlease" --config "$VMH_DIR/init.conf" init >/dev/null
+}
+
+vmh_cleanup() {
+    set +e
+    for n in $VMH_HOSTS; do
+        h="$VMH_DIR/host-$n"
+        for f in "$h/run/libvirtd.pid" "$h/run/virtlogd.pid" "$h/watchdog.pid" "$h"/run/qemu/*.pid "$h/anchor.pid"; do
+            [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null
+        done
+    done
+    sleep 0.2
+    rm -rf "$VMH_DIR"
+    for d in $VMH_MADE; do rmdir "$d" 2>/dev/null; done
+    VMH_HOSTS=""
+}
+
+# vmh_host_up NAME HOST_ID [EXTRA_CONFIG]: starts a host and waits until
+# libvirtd answers and the watchdog protects it.
+vmh_host_up() {
+    n=$1 id=$2 extra=${3:-}
+    h="$VMH_DIR/host-$n"
+    mkdir -p "$h/run" "$h/lib/images" "$h/lib/qemu" "$h/log/qemu" "$h/cache" "$h/etc" "$h/state" "$h/plugins"
+    cp -a /etc/libvirt/. "$h/etc/"
+    if [ -d /var/cache/libvirt/qemu ]; then cp -a /var/cache/libvirt/qemu "$h/cache/"; fi
+    cat >"$h/etc/qemu.conf" <<EOC
+user = "root"
+group = "root"
+dynamic_ownership = 0
+security_driver = "none"
+cgroup_controllers = [ ]
+namespaces = [ ]
+lock_manager = "vmlease"
+EOC
+    # Live migration needs a distinct host UUID per libvirtd.
+    printf 'host_uuid = "%08d-0000-4000-8000-00000000000%d"\n' "$id" "$id" >>"$h/etc/libvirtd.conf"
+    cat >"$h/etc/qemu-vmlease.conf" <<EOC
+host_id = $id
+host_name = "host-$n.test"
+lockspace_dir = "/var/lib/vmlease/lockspace"
+state_dir = "/run/vmlease"
+renew_interval = ${VMH_R:-0.5}
+renew_fail_timeout = ${VMH_F:-3}
+kill_timeout = ${VMH_K:-1}
+watchdog_timeout = ${VMH_W:-2}
+# No hardware watchdog in this sandbox: UNSAFE outside tests and demos.
+unsafe_no_watchdog = true
+$extra
+EOC
+    cp "$VMH_BIN/libvmlease.so" "$h/plugins/vmlease.so"
+    unshare --mount --uts --propagation private "$VMH_DIR/subreaper" \
+        sh "$VMH_LIBDIR/vmhost-init.sh" "$n" "$h" "$VMH_BIN" "$VMH_DIR/lockspace" >"$h/init.log" 2>&1 &
+    echo $! >"$h/anchor.pid"
+    VMH_HOSTS="$VMH_HOSTS $n"
+    if ! vmh_wait "libvirtd on host $n" 15000 vmh_virsh "$n" hostname; then
+        tail -n 20 "$h/init.log" "$h/log/libvirtd.log" "$h/watchdog.log" >&2 2>/dev/null
+        return 1
+    fi
+    vmh_wait "host $n to be protected" 10000 vmh_protected "$n"
+}
+
+vmh_sock() { echo "$VMH_DIR/host-$1/run/libvirt-sock"; }
+vmh_uri() { echo "qemu+unix:///system?socket=$(vmh_sock "$1")"; }
+vmh_virsh() { n=$1; shift; virsh -q -c "$(vmh_uri "$n")" "$@"; }
+# Runs a command in host NAME's namespaces (anchor = the subreaper).
+vmh_in() { n=$1; shift; nsenter -t "$(cat "$VMH_DIR/host-$n/anchor.pid")" -m -u "$@"; }
+vmh_vmlease() { n=$1; shift; vmh_in "$n" "$VMH_BIN/vmlease" --config /etc/libvirt/qemu-vmlease.conf "$@"; }
+vmh_ctl() { n=$1 a=$2; vmh_in "$n" sh "$VMH_LIBDIR/vmhost-ctl.sh" "$a" "$VMH_DIR/host-$n" "$VMH_BIN"; }
+# Protected = the daemon's status is fresh and live (what the plugin checks).
+vmh_protected() {
+    grep -q '^state=live$' "$VMH_DIR/host-$1/state/status" 2>/dev/null
+}
+vmh_qemu_pid() { cat "$VMH_DIR/host-$1/run/qemu/$2.pid"; }
+vmh_lease() { echo "$VMH_DIR/lockspace/leases/$1"; }
+# vmh_holder KEY: prints "host pid" of each holder of a lease record.
+vmh_holders() {
+    f=$(vmh_lease "$1")
+    [ -f "$f" ] || return 0
+    sed -n 's/^holder=\([0-9]*\)%20[^%]*%20\([0-9]*\)%20.*/\1 \2/p' "$f"
+}
+vmh_disk_key() { printf 'disk-%s' "$(printf '%s' "$1" | sha256sum | cut -d' ' -f1)"; }
+
+# vmh_image HOST FILE [FORMAT]: an image private to HOST at the shared path
+# /var/lib/libvirt/images/FILE (same lease key on every host, own inode).
+vmh_image() {
+    qemu-img create -q -f "${3:-qcow2}" "$VMH_DIR/host-$1/lib/images/$2" 64M
+}
+
+# vmh_domain NAME UUID DISK...: domain XML; a DISK is FILE[:ro|:shared].
+vmh_domain() {
+    name=$1 uuid=$2
+    shift 2
+    type=qemu
+    [ -e /dev/kvm ] && type=kvm
+    printf "<domain type='%s'>\n  <name>%s</name>\n  <uuid>%s</uuid>\n" "$type" "$name" "$uuid"
+    printf "  <memory unit='MiB'>64</memory>\n  <os><type arch='x86_64' machine='pc'>hvm</type></os>\n  <devices>\n"
+    dev=a
+    for d in "$@"; do
+        file=${d%%:*} mode=${d#*:}
+        [ "$mode" = "$d" ] && mode=rw
+        fmt=qcow2 extra=""
+        case "$mode" in
+            ro) fmt=raw extra="<readonly/>" ;;
+            shared) fmt=raw extra="<shareable/>" ;;
+        esac
+        printf "    <disk type='file' device='disk'><driver name='qemu' type='%s'/><source file='/var/lib/libvirt/images/%s'/><target dev='vd%s' bus='virtio'/>%s</disk>\n" \
+            "$fmt" "$file" "$dev" "$extra"
+        dev=$(echo "$dev" | tr 'a-y' 'b-z')
+    done
+    printf "  </devices>\n</domain>\n"
+}

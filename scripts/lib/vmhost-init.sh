@@ -19,5 +19,7 @@ mount --bind "$ls" /var/lib/vmlease/lockspace
 virtlogd -d -p /run/libvirt/virtlogd.pid
 sh "$(dirname "$0")/vmhost-ctl.sh" watchdog-start "$h" "$bin"
 sh "$(dirname "$0")/vmhost-ctl.sh" libvirtd-start "$h" "$bin"
-# The namespace's anchor: lives until the host is taken down.
+# Keeps the subreaper (the namespace's anchor) alive until the host is
+# taken down; its pid is recorded for the cleanup.
+echo $$ >"$h/sleep.pid"
 exec sleep 1000000

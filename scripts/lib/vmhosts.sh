@@ -49,7 +49,7 @@ vmh_cleanup() {
     set +e
     for n in $VMH_HOSTS; do
         h="$VMH_DIR/host-$n"
-        for f in "$h/run/libvirtd.pid" "$h/run/virtlogd.pid" "$h/watchdog.pid" "$h"/run/qemu/*.pid "$h/anchor.pid"; do
+        for f in "$h/run/libvirtd.pid" "$h/run/virtlogd.pid" "$h/watchdog.pid" "$h"/run/qemu/*.pid "$h/sleep.pid" "$h/anchor.pid"; do
             [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null
         done
     done

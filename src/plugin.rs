@@ -181,6 +181,7 @@ impl Manager {
             domain_uuid: self.uuid.clone(),
             domain_name: self.name.clone(),
             keys: Vec::new(),
+            released: Vec::new(),
         }
     }
 
@@ -343,6 +344,8 @@ pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
             }
         }
     }
+    // A fresh acquisition makes any earlier release state obsolete.
+    let _ = reg.set_released(p, &[]);
     Ok(())
 }
 
@@ -396,6 +399,13 @@ pub fn release(cfg: &Config, m: &Manager, want_state: bool) -> Result<Option<Str
     let me = m.holder(host_id, &boot_id, p);
     let eng = engine(cfg, host_id, &boot_id, None)?;
     let budget = cfg.io_timeout + cfg.lock_timeout;
+    let reg = Registry::new(&cfg.state_dir);
+    let earlier: Vec<(String, u64)> = reg
+        .read(p)
+        .ok()
+        .flatten()
+        .map(|e| e.released)
+        .unwrap_or_default();
     let mut state = LockState::default();
     let mut released = Vec::new();
     let mut first_err = None;
@@ -413,14 +423,33 @@ pub fn release(cfg: &Config, m: &Manager, want_state: bool) -> Result<Option<Str
                 state.versions.insert(r.key(), v);
                 released.push(r.key());
             }
-            Ok(None) => {}
+            Ok(None) => {
+                // Released a moment ago by this process (libvirt releases
+                // twice on some pauses): hand out the same version again.
+                if let Some((_, v)) = earlier.iter().find(|(k, _)| *k == r.key()) {
+                    state.versions.insert(r.key(), *v);
+                }
+            }
             Err(e) => {
                 warn!("release of {r} of domain '{}' failed: {e}", m.name);
                 first_err.get_or_insert(e);
             }
         }
     }
-    let _ = Registry::new(&cfg.state_dir).remove_keys(p, &released);
+    let _ = reg.remove_keys(p, &released);
+    if want_state {
+        let versions: Vec<(String, u64)> = state
+            .versions
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        if let Err(e) = reg.set_released(p, &versions) {
+            warn!(
+                "cannot remember the released lease versions of pid {}: {e}",
+                m.pid
+            );
+        }
+    }
     if let Some(e) = first_err {
         return Err(e);
     }

@@ -25,6 +25,11 @@ pub struct Entry {
     pub domain_name: String,
     /// (key, resource name) of every lease this process may hold.
     pub keys: Vec<(String, String)>,
+    /// (key, version) handed to libvirt by the last release with a state:
+    /// libvirt may release twice on one pause (the STOP event and the
+    /// pause itself) and keeps the second state, so the second release
+    /// must return the same versions.
+    pub released: Vec<(String, u64)>,
 }
 
 impl Entry {
@@ -41,6 +46,9 @@ impl Entry {
         for (k, r) in &self.keys {
             w.field("key", format!("{} {}", codec::encode(k), codec::encode(r)));
         }
+        for (k, v) in &self.released {
+            w.field("released", format!("{} {v}", codec::encode(k)));
+        }
         w.finish()
     }
 
@@ -53,6 +61,16 @@ impl Entry {
                 .ok_or_else(|| format!("bad key line '{k}'"))?;
             keys.push((codec::decode(a)?, codec::decode(b)?));
         }
+        let mut released = Vec::new();
+        for r in f.all("released") {
+            let (a, b) = r
+                .split_once(' ')
+                .ok_or_else(|| format!("bad released line '{r}'"))?;
+            let v = b
+                .parse::<u64>()
+                .map_err(|_| format!("bad released version '{b}'"))?;
+            released.push((codec::decode(a)?, v));
+        }
         Ok(Entry {
             proc_id: ProcId {
                 pid: u32::try_from(f.req_u64("pid")?).map_err(|_| "pid out of range")?,
@@ -61,6 +79,7 @@ impl Entry {
             domain_uuid: f.req("domain_uuid")?.to_string(),
             domain_name: f.req("domain_name")?.to_string(),
             keys,
+            released,
         })
     }
 }
@@ -150,6 +169,16 @@ impl Registry {
         self.write(&e)
     }
 
+    /// Remembers the versions a release handed to libvirt (see `released`).
+    pub fn set_released(&self, p: ProcId, versions: &[(String, u64)]) -> Result<()> {
+        let _g = self.lock()?;
+        if let Some(mut e) = self.read(p)? {
+            e.released = versions.to_vec();
+            self.write(&e)?;
+        }
+        Ok(())
+    }
+
     /// Removes keys after a confirmed release.
     pub fn remove_keys(&self, p: ProcId, keys: &[String]) -> Result<()> {
         let _g = self.lock()?;
@@ -195,6 +224,7 @@ mod tests {
             domain_uuid: "u".into(),
             domain_name: "my vm".into(),
             keys: vec![],
+            released: vec![("domain-u".into(), 4)],
         };
         reg.write(&e).unwrap();
         reg.add_keys(&e, &[("disk-a".into(), "/a b".into())])
@@ -209,6 +239,7 @@ mod tests {
         .unwrap();
         let got = reg.read(e.proc_id).unwrap().unwrap();
         assert_eq!(got.keys.len(), 2);
+        assert_eq!(got.released, vec![("domain-u".to_string(), 4)]);
         reg.remove_keys(e.proc_id, &["disk-a".into()]).unwrap();
         assert_eq!(reg.read(e.proc_id).unwrap().unwrap().keys.len(), 1);
         fs::write(reg.dir.join("9-9"), b"junk").unwrap();

@@ -112,7 +112,8 @@ vmh_vmlease() { n=$1; shift; vmh_in "$n" "$VMH_BIN/vmlease" --config /etc/libvir
 vmh_ctl() { n=$1 a=$2; vmh_in "$n" sh "$VMH_LIBDIR/vmhost-ctl.sh" "$a" "$VMH_DIR/host-$n" "$VMH_BIN"; }
 # Protected = the daemon's status is fresh and live (what the plugin checks).
 vmh_protected() {
-    grep -q '^state=live$' "$VMH_DIR/host-$1/state/status" 2>/dev/null
+    st="$VMH_DIR/host-$1/state/status"
+    grep -q '^state=live$' "$st" 2>/dev/null && ! grep -q '^last_renewal_ms=0$' "$st"
 }
 vmh_qemu_pid() { cat "$VMH_DIR/host-$1/run/qemu/$2.pid"; }
 vmh_lease() { echo "$VMH_DIR/lockspace/leases/$1"; }
@@ -137,7 +138,11 @@ vmh_domain() {
     type=qemu
     [ -e /dev/kvm ] && type=kvm
     printf "<domain type='%s'>\n  <name>%s</name>\n  <uuid>%s</uuid>\n" "$type" "$name" "$uuid"
-    printf "  <memory unit='MiB'>64</memory>\n  <os><type arch='x86_64' machine='pc'>hvm</type></os>\n  <devices>\n"
+    printf "  <memory unit='MiB'>64</memory>\n  <os><type arch='x86_64' machine='pc'>hvm</type></os>\n"
+    # ACPI: PCI hotplug on the pc machine needs it.
+    printf "  <features><acpi/></features>\n  <devices>\n"
+    # virtio-scsi: disks on it hot-unplug at once, without guest help.
+    printf "    <controller type='scsi' model='virtio-scsi'/>\n"
     dev=a
     for d in "$@"; do
         file=${d%%:*} mode=${d#*:}

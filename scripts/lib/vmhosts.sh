@@ -92,6 +92,11 @@ unsafe_no_watchdog = true
 $extra
 EOC
     cp "$VMH_BIN/libvmlease.so" "$h/plugins/vmlease.so"
+    # The qemu hook, as the package installs it.
+    mkdir -p "$h/etc/hooks/qemu.d"
+    cp "$VMH_LIBDIR/../../hooks/qemu" "$h/etc/hooks/qemu.d/vmlease"
+    chmod 755 "$h/etc/hooks/qemu.d/vmlease"
+    printf 'VMLEASE_BIN=%s/vmlease\n' "$VMH_BIN" >"$h/etc/hooks/vmlease.env"
     unshare --mount --uts --propagation private "$VMH_DIR/subreaper" \
         sh "$VMH_LIBDIR/vmhost-init.sh" "$n" "$h" "$VMH_BIN" "$VMH_DIR/lockspace" >"$h/init.log" 2>&1 &
     echo $! >"$h/anchor.pid"

@@ -207,11 +207,60 @@ s8_unprotected_host_refuses() {
     vmh_image b s8.qcow2
     define_on b s8 "$(uuid_of 8)" s8.qcow2
     vmh_ctl b watchdog-stop
+    # The hook's prepare refuses first...
     ! start_on b s8 || fail "host b started s8 without its watchdog"
-    out_has "vmlease: host not protected: the vmlease-watchdog daemon is not running"
+    out_has "Hook script execution failed.*vmlease: refusing to start 's8': host not protected: the vmlease-watchdog daemon is not running"
+    # ...and without the hook the plugin itself refuses (in QEMU's pre-exec child).
+    chmod -x "$VMH_DIR/host-b/etc/hooks/qemu.d/vmlease"
+    kill -HUP "$(cat "$VMH_DIR/host-b/run/libvirtd.pid")"
+    vmh_wait "libvirtd on host b to reload" 10000 vmh_virsh b hostname
+    ! start_on b s8 || fail "host b started s8 without its watchdog (no hook)"
+    out_has "Process exited prior to exec: vmlease: host not protected: the vmlease-watchdog daemon is not running"
+    chmod +x "$VMH_DIR/host-b/etc/hooks/qemu.d/vmlease"
+    kill -HUP "$(cat "$VMH_DIR/host-b/run/libvirtd.pid")"
+    vmh_wait "libvirtd on host b to reload" 10000 vmh_virsh b hostname
     vmh_ctl b watchdog-start
     vmh_wait "host b to be protected again" 10000 vmh_protected b
     start_on b s8 || fail "host b: s8 did not start once protected: $(cat "$VMH_DIR/last.out")"
+}
+
+s10_reconnect_after_takeover_kills_qemu() {
+    u=$(uuid_of 10)
+    vmh_image a s10.qcow2; vmh_image b s10.qcow2
+    define_on a s10 "$u" s10.qcow2; define_on b s10 "$u" s10.qcow2
+    start_on a s10 || fail "host a: s10 did not start"
+    pa=$(vmh_qemu_pid a s10)
+    # A's watchdog hangs and libvirtd is down: B takes the VM over after D.
+    vmh_ctl a libvirtd-stop
+    kill -STOP "$(cat "$VMH_DIR/host-a/watchdog.pid")"
+    t0=$(vmh_now_ms)
+    while ! start_on b s10; do
+        [ $(($(vmh_now_ms) - t0)) -lt 10000 ] || { kill -CONT "$(cat "$VMH_DIR/host-a/watchdog.pid")"; fail "b never took s10: $(cat "$VMH_DIR/last.out")"; }
+        sleep 0.1
+    done
+    held_by "domain-$u" 2 "$(vmh_qemu_pid b s10)"
+    # Control: without the hook, libvirtd comes back and keeps the stale
+    # QEMU (libvirt never asks the lock manager on reconnect).
+    chmod -x "$VMH_DIR/host-a/etc/hooks/qemu.d/vmlease"
+    vmh_ctl a libvirtd-start
+    vmh_wait "libvirtd on host a" 15000 vmh_virsh a hostname
+    running_on a s10 || fail "without the hook, libvirt on a did not keep s10"
+    qemu_gone "$pa" && fail "a's QEMU died without the hook"
+    vmh_ctl a libvirtd-stop
+    # With the hook, reconnect sees the lease now names host b and libvirt
+    # kills the stale QEMU.
+    chmod +x "$VMH_DIR/host-a/etc/hooks/qemu.d/vmlease"
+    vmh_ctl a libvirtd-start
+    vmh_wait "libvirt on host a to kill its stale QEMU $pa" 15000 qemu_gone "$pa" ||
+        { kill -CONT "$(cat "$VMH_DIR/host-a/watchdog.pid")"; fail "host a's stale s10 QEMU survived the reconnect"; }
+    # A's watchdog wakes up long past renew_fail_timeout: it fences itself
+    # and stays fenced until the operator clears it.
+    kill -CONT "$(cat "$VMH_DIR/host-a/watchdog.pid")"
+    vmh_wait "host a to report fenced-clean" 5000 grep -q '^state=fenced-clean$' "$VMH_DIR/host-a/state/status"
+    vmh_vmlease a clear-fence >/dev/null || fail "clear-fence on host a failed"
+    vmh_wait "host a to be protected again" 5000 vmh_protected a
+    vmh_wait "libvirtd on host a" 10000 vmh_virsh a hostname
+    note "b took s10 over $(($(vmh_now_ms) - t0)) ms after a's watchdog hung; a's stale QEMU was killed on reconnect"
 }
 
 s9_storage_fence() {
@@ -247,7 +296,8 @@ vmh_host_up a 1
 vmh_host_up b 2
 
 all="s1_same_uuid_refused s2_shared_and_readonly_disks s3_stop_paths_release_within_1s s4_suspend_resume
-s5_hotplug s6_libvirtd_restart s7_live_migration s8_unprotected_host_refuses s9_storage_fence"
+s5_hotplug s6_libvirtd_restart s7_live_migration s8_unprotected_host_refuses s10_reconnect_after_takeover_kills_qemu
+s9_storage_fence"
 list=${*:-$all}
 for s in $list; do
     t0=$(vmh_now_ms)

@@ -1,7 +1,4 @@
-//! Shared support for the integration tests: real processes tracked by pid,
-//! bounded polling, and the multi-host libvirt and Ceph harnesses.
+//! Shared support for the integration tests.
 #![allow(dead_code)]
 
-pub mod ceph;
-pub mod libvirt;
-pub mod util;
+pub mod daemons;

@@ -1,0 +1,297 @@
+//! Shared harness for the daemon and CLI suites: vmlease-watchdog
+//! processes as "hosts" on one lockspace, stand-in QEMU processes leased
+//! through the plugin's own code, tracked by pid and stopped on drop.
+//!
+//! Timings are small but satisfy the safety inequality: R=0.2 s, F=1.5 s,
+//! K=0.5 s, W=1 s, D=4 s.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use vmlease::clock::boottime_ms;
+use vmlease::config::{self, Config};
+use vmlease::lockspace::Lockspace;
+use vmlease::plugin::{self, Manager, Param, Value};
+use vmlease::resource::Resource;
+use vmlease::status::Status;
+
+pub const R: u64 = 200;
+pub const F: u64 = 1500;
+pub const K: u64 = 500;
+pub const W: u64 = 1000;
+pub const D: u64 = 4000;
+
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_vmlease"));
+    exe.with_file_name(name)
+}
+
+/// Polls `f` until it returns Ok, at most `timeout_ms`.
+pub fn wait_until<T>(what: &str, timeout_ms: u64, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let start = boottime_ms();
+    let mut last;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        if boottime_ms() - start > timeout_ms {
+            panic!("timed out after {timeout_ms} ms waiting for {what}; last seen: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!(
+            "vmlease-wd-{name}-{}-{}",
+            std::process::id(),
+            vmlease::process::random_u64() % 100000
+        ));
+        fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process stopped by pid on drop (SIGCONT, SIGKILL, reap).
+pub struct Proc {
+    pub child: Child,
+    pub what: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill with a pid we own.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+        let _ = &self.what;
+    }
+}
+
+pub fn standin_qemu() -> Proc {
+    let child = Command::new("sleep")
+        .arg("1000")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        what: "stand-in QEMU".into(),
+    }
+}
+
+pub struct Host {
+    pub id: u16,
+    pub dir: PathBuf,
+    pub conf: PathBuf,
+    pub cfg: Config,
+    pub daemon: Option<Proc>,
+    pub log: PathBuf,
+}
+
+impl Host {
+    pub fn new(s: &Scratch, id: u16, lockspace: &Path, extra: &str) -> Host {
+        let dir = s.0.join(format!("host{id}"));
+        fs::create_dir_all(&dir).unwrap();
+        let text = format!(
+            "host_id = {id}\nhost_name = \"host-{id}.test\"\nlockspace_dir = \"{}\"\nstate_dir = \"{}\"\n\
+             renew_interval = {}\nrenew_fail_timeout = {}\nkill_timeout = {}\nwatchdog_timeout = {}\n\
+             host_dead_timeout = {}\nio_timeout = 0.5\nlock_timeout = 1\n\
+             reset_action = \"record\"\nreset_record_file = \"{}\"\n{extra}",
+            lockspace.display(),
+            dir.join("run").display(),
+            R as f64 / 1000.0,
+            F as f64 / 1000.0,
+            K as f64 / 1000.0,
+            W as f64 / 1000.0,
+            D as f64 / 1000.0,
+            dir.join("reset").display(),
+        );
+        let conf = dir.join("vmlease.conf");
+        fs::write(&conf, text).unwrap();
+        let cfg = config::load(&conf).unwrap();
+        Host {
+            id,
+            log: dir.join("daemon.log"),
+            dir,
+            conf,
+            cfg,
+            daemon: None,
+        }
+    }
+
+    /// Starts the daemon, optionally wrapped (unshare, ip netns exec), and
+    /// waits until the host is protected.
+    pub fn start(&mut self, wrap: &[&str]) {
+        self.spawn(wrap);
+        let cfg = self.cfg.clone();
+        let log = self.log.clone();
+        wait_until(&format!("host {} to be protected", self.id), 10_000, || {
+            plugin::protected_status(&cfg)
+                .map(|_| ())
+                .map_err(|e| format!("{e}; log: {}", fs::read_to_string(&log).unwrap_or_default()))
+        });
+    }
+
+    /// Starts the daemon without waiting for anything.
+    pub fn spawn(&mut self, wrap: &[&str]) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut argv: Vec<String> = wrap.iter().map(|s| s.to_string()).collect();
+        argv.push(bin("vmlease-watchdog").display().to_string());
+        argv.push("--config".into());
+        argv.push(self.conf.display().to_string());
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(Proc {
+            child,
+            what: format!("vmlease-watchdog host {}", self.id),
+        });
+    }
+
+    pub fn stop(&mut self) {
+        let d = self.daemon.as_mut().unwrap();
+        d.signal(libc::SIGTERM);
+        wait_until("the daemon to stop", 5000, || {
+            if d.exited() {
+                Ok(())
+            } else {
+                Err("running".into())
+            }
+        });
+    }
+
+    pub fn status(&self) -> Status {
+        Status::read(&self.cfg.state_dir)
+            .unwrap()
+            .expect("daemon status")
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn reset_record(&self) -> Option<String> {
+        fs::read_to_string(self.dir.join("reset")).ok()
+    }
+}
+
+pub fn manager(uuid: [u8; 16], name: &str, pid: u32) -> Manager {
+    let params = vec![
+        Param {
+            key: "uuid".into(),
+            value: Value::Uuid(uuid),
+        },
+        Param {
+            key: "name".into(),
+            value: Value::Str(Some(name.into())),
+        },
+        Param {
+            key: "id".into(),
+            value: Value::UInt(1),
+        },
+        Param {
+            key: "pid".into(),
+            value: Value::UInt(pid as u64),
+        },
+        Param {
+            key: "uri".into(),
+            value: Value::Str(Some("qemu:///system".into())),
+        },
+    ];
+    Manager::new(0, &params, 0).unwrap()
+}
+
+/// Registers and leases a stand-in QEMU as libvirt would (register in the
+/// "child", acquire from the "parent").
+pub fn lease(
+    h: &Host,
+    uuid: [u8; 16],
+    name: &str,
+    q: &Proc,
+    disk: Option<&str>,
+) -> Result<(), String> {
+    let mut m = manager(uuid, name, q.pid());
+    if let Some(d) = disk {
+        m.add_resource(&h.cfg, 0, d, &[], 0).unwrap();
+    }
+    plugin::register(&h.cfg, &m).map_err(|e| e.to_string())?;
+    plugin::acquire(&h.cfg, &m, None).map_err(|e| e.to_string())
+}
+
+pub fn holders(ls: &Path, r: &Resource) -> Vec<u32> {
+    let ls = Lockspace::open(ls).unwrap();
+    ls.read_lease(&r.key(), &r.name)
+        .unwrap()
+        .holders
+        .iter()
+        .map(|h| h.pid)
+        .collect()
+}
+
+pub fn lockspace(s: &Scratch) -> PathBuf {
+    let p = s.0.join("ls");
+    Lockspace::init(&p, 16).unwrap();
+    p
+}
+
+/// Runs a command, panicking with its output on failure.
+pub fn sh(cmd: &str) {
+    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub struct NetnsGuard(pub Vec<String>);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}

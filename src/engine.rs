@@ -6,18 +6,23 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::hosts::{Slot, SLOT_SIZE};
+use crate::hosts::Slot;
 use crate::lease::{Holder, LeaseRecord, Mode};
 use crate::lockspace::Lockspace;
 use crate::process::ProcId;
 use crate::resource::Resource;
 use crate::status::Status;
+use crate::store::Store;
 use crate::takeover::{Judge, Verdict};
 
 /// Everything an operation needs; cheap to clone into an I/O thread.
+///
+/// Generic over the shared store (the real [`Lockspace`] by default, a
+/// simulated one in `tests/sim`). The engine reads no clock: the only time
+/// it uses is the one in `view` (when the daemon wrote its observations).
 #[derive(Clone)]
-pub struct Engine {
-    pub ls: Lockspace,
+pub struct Engine<S: Store = Lockspace> {
+    pub ls: S,
     pub host_id: u16,
     pub boot_id: String,
     pub dead_ms: u64,
@@ -36,35 +41,15 @@ pub struct Acquired {
     pub took_over: Vec<(Holder, String)>,
 }
 
-impl Engine {
-    fn read_slot_raw(&self, host_id: u16) -> Result<Vec<u8>> {
-        let path = self.ls.hosts_path();
-        let f = std::fs::File::open(&path).map_err(|e| Error::io("read host record", &path, e))?;
-        let mut buf = vec![0u8; SLOT_SIZE];
-        use std::os::unix::fs::FileExt;
-        let mut done = 0;
-        while done < SLOT_SIZE {
-            match f.read_at(
-                &mut buf[done..],
-                (host_id as u64 - 1) * SLOT_SIZE as u64 + done as u64,
-            ) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("read host record", &path, e)),
-            }
-        }
-        Ok(buf)
-    }
-
+impl<S: Store> Engine<S> {
     fn judge(&self, h: &Holder) -> Result<(Verdict, Option<String>)> {
-        if h.host_id > self.ls.max_hosts {
+        if h.host_id > self.ls.max_hosts() {
             return Ok((
                 Verdict::Held(format!("host id {} is outside this lockspace", h.host_id)),
                 None,
             ));
         }
-        let raw = self.read_slot_raw(h.host_id)?;
+        let raw = self.ls.read_slot_raw(h.host_id)?;
         let alive = self.process_alive.clone();
         let judge = Judge {
             my_host_id: self.host_id,

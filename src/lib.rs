@@ -24,6 +24,7 @@ pub mod resource;
 pub mod sha256;
 pub mod state_string;
 pub mod status;
+pub mod store;
 pub mod takeover;
 
 pub mod cli;

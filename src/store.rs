@@ -1,0 +1,160 @@
+//! The shared store as the lease engine sees it: a few operations on the
+//! host table and on lease records, with the semantics the protocol relies
+//! on. [`Lockspace`] (a directory on CephFS) is the real one; the
+//! deterministic simulator (`tests/sim`) has another.
+//!
+//! What an implementation must guarantee:
+//!
+//! - a record write is atomic: readers see the old record or the new one,
+//!   never a mix (the lockspace writes a temp file and renames it);
+//! - a read of a lease record made while holding its record lock sees the
+//!   last write made under that lock;
+//! - the record lock excludes every other holder until the guard is
+//!   dropped, or until the storage drops it (CephFS evicts a partitioned
+//!   client); a write issued under a lock that was dropped never lands;
+//! - host table reads need not be under any lock: they may be a little
+//!   stale, and the protocol never relies on them being fresh except
+//!   through the changes it observes.
+#![forbid(unsafe_code)]
+
+use crate::error::{Error, Result};
+use crate::hosts::{HostRecord, SLOT_SIZE};
+use crate::lease::LeaseRecord;
+use crate::lockspace::{Lockspace, RecordLock};
+
+/// The operations of one lockspace, as the engine and the daemon use them.
+pub trait Store {
+    /// Held while a lease record is read, modified and written.
+    type Guard;
+
+    /// Number of host slots in the table.
+    fn max_hosts(&self) -> u16;
+
+    /// One host's slot, raw (`SLOT_SIZE` bytes; zeros past the end of the
+    /// table). The caller checks `host_id` against [`Store::max_hosts`].
+    fn read_slot_raw(&self, host_id: u16) -> Result<Vec<u8>>;
+
+    /// The whole host table in one read (`max_hosts * SLOT_SIZE` bytes).
+    fn read_hosts_raw(&self) -> Result<Vec<u8>>;
+
+    /// Takes the serialising lock of a record, waiting at most `timeout_ms`.
+    fn lock_record(&self, key: &str, timeout_ms: u64) -> Result<Self::Guard>;
+
+    /// Reads a lease record; a missing one is free. `resource` (when not
+    /// empty) must match the record's.
+    fn read_lease(&self, key: &str, resource: &str) -> Result<LeaseRecord>;
+
+    /// Replaces a lease record atomically.
+    fn write_lease(&self, rec: &LeaseRecord, writer_host: u16) -> Result<()>;
+
+    /// Writes one host's slot (its liveness record).
+    fn write_host(&self, rec: &HostRecord) -> Result<()>;
+}
+
+impl Store for Lockspace {
+    type Guard = RecordLock;
+
+    fn max_hosts(&self) -> u16 {
+        self.max_hosts
+    }
+
+    fn read_slot_raw(&self, host_id: u16) -> Result<Vec<u8>> {
+        let path = self.hosts_path();
+        let f = std::fs::File::open(&path).map_err(|e| Error::io("read host record", &path, e))?;
+        let mut buf = vec![0u8; SLOT_SIZE];
+        use std::os::unix::fs::FileExt;
+        let mut done = 0;
+        while done < SLOT_SIZE {
+            match f.read_at(
+                &mut buf[done..],
+                (host_id as u64 - 1) * SLOT_SIZE as u64 + done as u64,
+            ) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("read host record", &path, e)),
+            }
+        }
+        Ok(buf)
+    }
+
+    fn read_hosts_raw(&self) -> Result<Vec<u8>> {
+        Lockspace::read_hosts_raw(self)
+    }
+
+    fn lock_record(&self, key: &str, timeout_ms: u64) -> Result<RecordLock> {
+        Lockspace::lock_record(self, key, timeout_ms)
+    }
+
+    fn read_lease(&self, key: &str, resource: &str) -> Result<LeaseRecord> {
+        Lockspace::read_lease(self, key, resource)
+    }
+
+    fn write_lease(&self, rec: &LeaseRecord, writer_host: u16) -> Result<()> {
+        Lockspace::write_lease(self, rec, writer_host)
+    }
+
+    fn write_host(&self, rec: &HostRecord) -> Result<()> {
+        Lockspace::write_host(self, rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Timing;
+    use crate::hosts::HostState;
+
+    fn store() -> (std::path::PathBuf, Lockspace) {
+        let dir = std::env::temp_dir().join(format!(
+            "vmlease-store-{}-{}",
+            std::process::id(),
+            crate::process::random_u64()
+        ));
+        Lockspace::init(&dir, 4).unwrap();
+        let ls = Lockspace::open(&dir).unwrap();
+        (dir, ls)
+    }
+
+    /// Goes through the trait only, as the generic engine does.
+    fn roundtrip<S: Store>(s: &S) {
+        assert_eq!(s.max_hosts(), 4);
+        let rec = HostRecord {
+            host_id: 3,
+            host_name: "h3".into(),
+            boot_id: "b".into(),
+            incarnation: 1,
+            counter: 7,
+            state: HostState::Live,
+            timing: Timing {
+                renew_interval: 200,
+                renew_fail_timeout: 1500,
+                kill_timeout: 500,
+                watchdog_timeout: 1000,
+                host_dead_timeout: 4000,
+                host_dead_derived: false,
+            },
+            unsafe_no_watchdog: false,
+            mono_ms: 1,
+            wall: 2,
+        };
+        s.write_host(&rec).unwrap();
+        assert_eq!(s.read_slot_raw(3).unwrap(), rec.encode());
+        let table = s.read_hosts_raw().unwrap();
+        assert_eq!(table.len(), 4 * SLOT_SIZE);
+        assert_eq!(&table[2 * SLOT_SIZE..3 * SLOT_SIZE], &rec.encode()[..]);
+        let _g = s.lock_record("k", 100).unwrap();
+        let mut l = s.read_lease("k", "r").unwrap();
+        assert!(l.is_free());
+        l.version = 3;
+        s.write_lease(&l, 3).unwrap();
+        assert_eq!(s.read_lease("k", "r").unwrap().version, 3);
+    }
+
+    #[test]
+    fn lockspace_implements_the_store() {
+        let (dir, ls) = store();
+        roundtrip(&ls);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,843 @@
+//! The ABI harness: loads the built vmlease.so exactly as libvirtd does
+//! (dlopen RTLD_NOW|RTLD_LOCAL, dlsym "virLockDriverImpl", drvInit) and
+//! replays libvirt's call sequences with real processes: fork, register in
+//! the single-threaded child, exec a stand-in QEMU, acquire from the parent
+//! on its pid; pause/resume with state, migration handover, fake reboot,
+//! hotplug, shared and read-only disks, bad arguments, no watchdog.
+//!
+//! Each "host" is a separate copy of the .so (its own statics, its own
+//! config) next to a real vmlease-watchdog. libvirt's error reporter is
+//! stood in by tests/abi/report.c, found by the plugin with dlsym.
+
+mod support;
+
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use support::daemons::*;
+use vmlease::clock::boottime_ms;
+use vmlease::resource::{format_uuid, Resource};
+
+// --- the ABI, restated from include/vmlease.h --------------------------------
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+union Value {
+    iv: c_int,
+    l: i64,
+    ui: c_uint,
+    ul: u64,
+    d: f64,
+    s: *const c_char,
+    uuid: [u8; 16],
+}
+
+#[repr(C)]
+struct Param {
+    type_: c_int,
+    key: *const c_char,
+    value: Value,
+}
+
+#[repr(C)]
+struct Manager {
+    driver: *const Driver,
+    private: *mut c_void,
+}
+
+#[repr(C)]
+struct Driver {
+    version: c_uint,
+    flags: c_uint,
+    init: unsafe extern "C" fn(c_uint, *const c_char, c_uint) -> c_int,
+    deinit: unsafe extern "C" fn() -> c_int,
+    new: unsafe extern "C" fn(*mut Manager, c_uint, usize, *mut Param, c_uint) -> c_int,
+    free: unsafe extern "C" fn(*mut Manager),
+    add: unsafe extern "C" fn(
+        *mut Manager,
+        c_uint,
+        *const c_char,
+        usize,
+        *mut Param,
+        c_uint,
+    ) -> c_int,
+    acquire: unsafe extern "C" fn(*mut Manager, *const c_char, c_uint, c_int, *mut c_int) -> c_int,
+    release: unsafe extern "C" fn(*mut Manager, *mut *mut c_char, c_uint) -> c_int,
+    inquire: unsafe extern "C" fn(*mut Manager, *mut *mut c_char, c_uint) -> c_int,
+}
+
+const NEW_STARTED: c_uint = 1;
+const REGISTER_ONLY: c_uint = 1;
+const RESTRICT: c_uint = 2;
+const READONLY: c_uint = 1;
+const SHARED: c_uint = 2;
+
+// --- libvirt's error reporter stand-in ----------------------------------------
+
+struct Reporter {
+    last: unsafe extern "C" fn() -> *const c_char,
+    code: unsafe extern "C" fn() -> c_int,
+    clear: unsafe extern "C" fn(),
+}
+
+fn reporter() -> &'static Reporter {
+    static R: OnceLock<Reporter> = OnceLock::new();
+    R.get_or_init(|| {
+        let out = std::env::temp_dir().join(format!("vmlease-report-{}.so", std::process::id()));
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/abi/report.c");
+        let st = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("cc");
+        assert!(st.success(), "cannot build the reporter stand-in");
+        let c = CString::new(out.to_str().unwrap()).unwrap();
+        // SAFETY: loading our own small C library; RTLD_GLOBAL puts its
+        // virReportErrorHelper where dlsym(RTLD_DEFAULT) finds it.
+        let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        assert!(!h.is_null(), "dlopen reporter");
+        let sym = |n: &CStr| {
+            // SAFETY: h is a valid handle; the names exist in report.c.
+            let p = unsafe { libc::dlsym(h, n.as_ptr()) };
+            assert!(!p.is_null());
+            p
+        };
+        // SAFETY: the symbols have exactly these C signatures (report.c).
+        unsafe {
+            Reporter {
+                last: std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> *const c_char>(
+                    sym(c"harness_last_error"),
+                ),
+                code: std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> c_int>(sym(
+                    c"harness_last_code",
+                )),
+                clear: std::mem::transmute::<*mut c_void, unsafe extern "C" fn()>(sym(
+                    c"harness_clear_error",
+                )),
+            }
+        }
+    })
+}
+
+fn last_error() -> String {
+    // SAFETY: returns a pointer to a NUL-terminated static buffer.
+    unsafe {
+        CStr::from_ptr((reporter().last)())
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+fn last_code() -> i32 {
+    // SAFETY: plain getter.
+    unsafe { (reporter().code)() }
+}
+
+fn clear_error() {
+    // SAFETY: plain setter.
+    unsafe { (reporter().clear)() }
+}
+
+// --- a loaded plugin (one per host) -------------------------------------------
+
+struct Plugin {
+    d: &'static Driver,
+}
+
+fn so_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vmlease")).with_file_name("libvmlease.so")
+}
+
+/// Loads a private copy of vmlease.so and initialises it with `conf`.
+fn load(dir: &Path, conf: &Path) -> (Plugin, c_int) {
+    reporter();
+    let copy = dir.join(format!("vmlease-{}.so", vmlease::process::random_u64()));
+    fs::copy(so_path(), &copy).unwrap();
+    let c = CString::new(copy.to_str().unwrap()).unwrap();
+    // SAFETY: dlopen/dlsym as libvirtd does (lock_manager.c).
+    let table = unsafe {
+        let h = libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        assert!(!h.is_null(), "dlopen {}", copy.display());
+        libc::dlsym(h, c"virLockDriverImpl".as_ptr())
+    };
+    assert!(!table.is_null(), "virLockDriverImpl missing");
+    // SAFETY: the symbol is the plugin's static driver table.
+    let d: &'static Driver = unsafe { &*(table as *const Driver) };
+    assert_eq!(d.version, 1_000_000);
+    assert_eq!(d.flags, 1, "USES_STATE");
+    let cc = CString::new(conf.to_str().unwrap()).unwrap();
+    clear_error();
+    // SAFETY: version, a valid path, flags 0: libvirt's call.
+    let rc = unsafe { (d.init)(1_000_000, cc.as_ptr(), 0) };
+    (Plugin { d }, rc)
+}
+
+struct Dom {
+    uuid: [u8; 16],
+    name: CString,
+    disks: Vec<(CString, c_uint)>,
+}
+
+impl Dom {
+    fn new(uuid: [u8; 16], name: &str, disks: &[(&str, c_uint)]) -> Dom {
+        Dom {
+            uuid,
+            name: CString::new(name).unwrap(),
+            disks: disks
+                .iter()
+                .map(|(p, f)| (CString::new(*p).unwrap(), *f))
+                .collect(),
+        }
+    }
+}
+
+const URI: &CStr = c"qemu:///system";
+
+fn obj_params(dom: &Dom, pid: u32, uri: bool) -> Vec<Param> {
+    vec![
+        Param {
+            type_: 7,
+            key: c"uuid".as_ptr(),
+            value: Value { uuid: dom.uuid },
+        },
+        Param {
+            type_: 0,
+            key: c"name".as_ptr(),
+            value: Value {
+                s: dom.name.as_ptr(),
+            },
+        },
+        Param {
+            type_: 4,
+            key: c"id".as_ptr(),
+            value: Value { ui: 3 },
+        },
+        Param {
+            type_: 4,
+            key: c"pid".as_ptr(),
+            value: Value { ui: pid },
+        },
+        Param {
+            type_: 1,
+            key: c"uri".as_ptr(),
+            value: Value {
+                s: if uri { URI.as_ptr() } else { std::ptr::null() },
+            },
+        },
+    ]
+}
+
+impl Plugin {
+    /// drvNew + AddResource for `disks` (None: all of dom's). Err: message.
+    fn manager(
+        &self,
+        dom: &Dom,
+        pid: u32,
+        flags: c_uint,
+        uri: bool,
+        disks: Option<&[usize]>,
+    ) -> Result<Box<Manager>, String> {
+        let mut m = Box::new(Manager {
+            driver: self.d,
+            private: std::ptr::null_mut(),
+        });
+        let mut p = obj_params(dom, pid, uri);
+        clear_error();
+        // SAFETY: libvirt's drvNew call with 5 valid params.
+        if unsafe { (self.d.new)(&mut *m, 0, p.len(), p.as_mut_ptr(), flags) } != 0 {
+            return Err(last_error());
+        }
+        let all: Vec<usize> = (0..dom.disks.len()).collect();
+        for &i in disks.unwrap_or(&all) {
+            let (path, f) = &dom.disks[i];
+            // SAFETY: valid manager and NUL-terminated path, no params.
+            if unsafe { (self.d.add)(&mut *m, 0, path.as_ptr(), 0, std::ptr::null_mut(), *f) } != 0
+            {
+                let e = last_error();
+                self.free(m);
+                return Err(e);
+            }
+        }
+        Ok(m)
+    }
+
+    fn free(&self, mut m: Box<Manager>) {
+        // SAFETY: a manager drvNew succeeded on.
+        unsafe { (self.d.free)(&mut *m) };
+    }
+
+    fn acquire(
+        &self,
+        dom: &Dom,
+        pid: u32,
+        state: Option<&str>,
+        disks: Option<&[usize]>,
+    ) -> Result<(), String> {
+        let mut m = self.manager(dom, pid, 0, true, disks)?;
+        let st = state.map(|s| CString::new(s).unwrap());
+        clear_error();
+        // SAFETY: valid manager; state NULL or NUL-terminated; fd NULL as
+        // in the daemon-side calls.
+        let rc = unsafe {
+            (self.d.acquire)(
+                &mut *m,
+                st.as_ref().map(|s| s.as_ptr()).unwrap_or(std::ptr::null()),
+                0,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        let e = last_error();
+        self.free(m);
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }
+
+    /// Release; `with_state`: pause/migration (returns the state).
+    fn release(
+        &self,
+        dom: &Dom,
+        pid: u32,
+        with_state: bool,
+        disks: Option<&[usize]>,
+    ) -> Result<Option<String>, String> {
+        let mut m = self.manager(dom, pid, 0, false, disks)?;
+        let mut out: *mut c_char = std::ptr::null_mut();
+        let slot: *mut *mut c_char = if with_state {
+            &mut out
+        } else {
+            std::ptr::null_mut()
+        };
+        clear_error();
+        // SAFETY: valid manager; slot NULL or a valid char* slot.
+        let rc = unsafe { (self.d.release)(&mut *m, slot, 0) };
+        let e = last_error();
+        self.free(m);
+        if rc != 0 {
+            return Err(e);
+        }
+        Ok(take_c_string(out))
+    }
+
+    fn inquire(&self, dom: &Dom, pid: u32) -> Result<String, String> {
+        let mut m = self.manager(dom, pid, 0, false, None)?;
+        let mut out: *mut c_char = std::ptr::null_mut();
+        clear_error();
+        // SAFETY: valid manager and state slot.
+        let rc = unsafe { (self.d.inquire)(&mut *m, &mut out, 0) };
+        let e = last_error();
+        self.free(m);
+        if rc != 0 {
+            return Err(e);
+        }
+        Ok(take_c_string(out).unwrap_or_default())
+    }
+
+    /// libvirt's start: fork; the child registers (REGISTER_ONLY|RESTRICT)
+    /// and execs a stand-in QEMU; then the parent acquires on its pid.
+    fn start(&self, dom: &Dom) -> Result<Qemu, String> {
+        let q = self.spawn_registered(dom)?;
+        self.acquire(dom, q.pid, None, None).map(|_| q)
+    }
+
+    fn spawn_registered(&self, dom: &Dom) -> Result<Qemu, String> {
+        let mut fds = [0 as c_int; 2];
+        // SAFETY: a pipe for the child's stderr; CLOEXEC so exec closes it.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fork; the child only calls the plugin (as libvirt's
+        // pre-exec hook does), dup2, exec and _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: in the child: stderr to the pipe, then the hook call.
+            unsafe {
+                let saved = libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 10);
+                libc::dup2(fds[1], 2);
+                let me = libc::getpid() as u32;
+                let mut m = Manager {
+                    driver: self.d,
+                    private: std::ptr::null_mut(),
+                };
+                let mut p = obj_params(dom, me, true);
+                let mut ok = (self.d.new)(&mut m, 0, p.len(), p.as_mut_ptr(), NEW_STARTED) == 0;
+                for (path, f) in &dom.disks {
+                    ok = ok
+                        && (self.d.add)(&mut m, 0, path.as_ptr(), 0, std::ptr::null_mut(), *f) == 0;
+                }
+                let mut fd: c_int = -1;
+                ok = ok
+                    && (self.d.acquire)(
+                        &mut m,
+                        std::ptr::null(),
+                        REGISTER_ONLY | RESTRICT,
+                        0,
+                        &mut fd,
+                    ) == 0;
+                (self.d.free)(&mut m);
+                if !ok {
+                    libc::_exit(3);
+                }
+                // Registered: QEMU gets the real stderr back, and exec
+                // closes the pipe, which tells the parent.
+                libc::dup2(saved, 2);
+                let argv = [c"sleep".as_ptr(), c"1000".as_ptr(), std::ptr::null()];
+                libc::execv(c"/bin/sleep".as_ptr(), argv.as_ptr());
+                libc::_exit(4);
+            }
+        }
+        // SAFETY: parent closes its copy of the write end.
+        unsafe { libc::close(fds[1]) };
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            // SAFETY: reading into a valid buffer from our pipe.
+            let n = unsafe { libc::read(fds[0], chunk.as_mut_ptr().cast(), chunk.len()) };
+            if n <= 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n as usize]);
+        }
+        // SAFETY: our fd.
+        unsafe { libc::close(fds[0]) };
+        let q = Qemu { pid: pid as u32 };
+        if buf.is_empty() {
+            Ok(q)
+        } else {
+            Err(String::from_utf8_lossy(&buf).into_owned())
+        }
+    }
+}
+
+fn take_c_string(p: *mut c_char) -> Option<String> {
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: the plugin returned a malloc'd NUL-terminated string that
+    // is ours to free, as libvirt does.
+    let s = unsafe { CStr::from_ptr(p).to_string_lossy().into_owned() };
+    // SAFETY: allocated with malloc by the plugin.
+    unsafe { libc::free(p.cast()) };
+    Some(s)
+}
+
+/// A stand-in QEMU started by fork; killed and reaped on drop.
+struct Qemu {
+    pid: u32,
+}
+
+impl Qemu {
+    fn kill(&self) {
+        // SAFETY: our child.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGKILL);
+            libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn key_holders(ls: &Path, key: &str) -> Vec<(u16, u32)> {
+    vmlease::lockspace::Lockspace::open(ls)
+        .unwrap()
+        .read_lease(key, "")
+        .map(|r| r.holders.iter().map(|h| (h.host_id, h.pid)).collect())
+        .unwrap_or_default()
+}
+
+fn dom_key(d: &Dom) -> String {
+    Resource::domain(&format_uuid(&d.uuid)).key()
+}
+
+fn disk_key(p: &str) -> String {
+    Resource::disk(p, false).key()
+}
+
+struct Cluster {
+    s: Scratch,
+    ls: PathBuf,
+    a: Host,
+    _b: Host,
+    pa: Plugin,
+    pb: Plugin,
+}
+
+fn cluster(name: &str) -> Cluster {
+    let s = Scratch::new(name);
+    let ls = lockspace(&s);
+    let mut a = Host::new(&s, 1, &ls, "unsafe_no_watchdog = true\n");
+    let mut b = Host::new(&s, 2, &ls, "unsafe_no_watchdog = true\n");
+    a.start(&[]);
+    b.start(&[]);
+    let (pa, rc) = load(&s.0, &a.conf);
+    assert_eq!(rc, 0, "{}", last_error());
+    let (pb, rc) = load(&s.0, &b.conf);
+    assert_eq!(rc, 0, "{}", last_error());
+    Cluster {
+        s,
+        ls,
+        a,
+        _b: b,
+        pa,
+        pb,
+    }
+}
+
+#[test]
+fn start_conflict_fake_reboot_pause_resume() {
+    let _g = serial();
+    let c = cluster("abi-start");
+    let web = Dom::new(
+        [0x11; 16],
+        "web",
+        &[("/images/web.qcow2", 0), ("/images/web.iso", READONLY)],
+    );
+    let qa = c.pa.start(&web).unwrap();
+    assert_eq!(key_holders(&c.ls, &dom_key(&web)), vec![(1, qa.pid)]);
+    assert_eq!(
+        key_holders(&c.ls, &disk_key("/images/web.qcow2")),
+        vec![(1, qa.pid)]
+    );
+    assert!(
+        key_holders(&c.ls, &disk_key("/images/web.iso")).is_empty(),
+        "read-only disk leased"
+    );
+
+    // The same domain on host B: the child registers (B is protected),
+    // the real acquire is refused with a message naming A and the domain.
+    let e = c.pb.start(&web).err().expect("host B must be refused");
+    assert!(
+        e.contains("vmlease:") && e.contains("host 1 (host-1.test)") && e.contains("'web'"),
+        "{e}"
+    );
+    assert_eq!(last_code(), 87, "VIR_ERR_RESOURCE_BUSY");
+
+    // Fake reboot: a second acquire by the same pid is idempotent.
+    c.pa.acquire(&web, qa.pid, None, None).unwrap();
+    assert_eq!(key_holders(&c.ls, &dom_key(&web)), vec![(1, qa.pid)]);
+
+    // Pause: release with state; resume with that state.
+    let st =
+        c.pa.release(&web, qa.pid, true, None)
+            .unwrap()
+            .expect("a state");
+    assert!(
+        st.starts_with("vmlease1 ") && st.contains(&dom_key(&web)),
+        "{st}"
+    );
+    assert!(!st.contains(['<', '>', '&']));
+    assert!(key_holders(&c.ls, &dom_key(&web)).is_empty());
+    // libvirt may release twice on one pause: same state again.
+    let st2 = c.pa.release(&web, qa.pid, true, None).unwrap().unwrap();
+    assert_eq!(st, st2);
+    c.pa.acquire(&web, qa.pid, Some(&st), None).unwrap();
+    assert_eq!(key_holders(&c.ls, &dom_key(&web)), vec![(1, qa.pid)]);
+
+    // Paused again; B starts and stops the domain in between: A's resume
+    // with its old state must fail.
+    let st = c.pa.release(&web, qa.pid, true, None).unwrap().unwrap();
+    let qb = c.pb.start(&web).unwrap();
+    c.pb.release(&web, qb.pid, true, None).unwrap();
+    let e = c.pa.acquire(&web, qa.pid, Some(&st), None).unwrap_err();
+    assert!(
+        e.contains("lease version is") && e.contains("another owner held it"),
+        "{e}"
+    );
+    assert!(
+        key_holders(&c.ls, &dom_key(&web)).is_empty(),
+        "a refused resume holds nothing"
+    );
+    drop((qa, qb));
+}
+
+#[test]
+fn migration_handover_with_state() {
+    let _g = serial();
+    let c = cluster("abi-migrate");
+    let m = Dom::new([0x22; 16], "db", &[("/images/db.qcow2", 0)]);
+    let qa = c.pa.start(&m).unwrap();
+    // Source: Begin inquires, the switch-over releases with state.
+    let inq = c.pa.inquire(&m, qa.pid).unwrap();
+    let st = c.pa.release(&m, qa.pid, true, None).unwrap().unwrap();
+    assert_eq!(inq, st, "inquire and release report the same versions");
+    // Destination: QEMU -incoming registers in the child, Finish acquires
+    // with the source's state.
+    let qb = c.pb.spawn_registered(&m).unwrap();
+    c.pb.acquire(&m, qb.pid, Some(&st), None).unwrap();
+    assert_eq!(key_holders(&c.ls, &dom_key(&m)), vec![(2, qb.pid)]);
+    // The source's stale state cannot take it back (failed-migration
+    // recovery after someone else took over).
+    let e = c.pa.acquire(&m, qa.pid, Some(&st), None).unwrap_err();
+    assert!(e.contains("leased") || e.contains("lease version"), "{e}");
+}
+
+#[test]
+fn hotplug_shared_and_readonly_disks() {
+    let _g = serial();
+    let c = cluster("abi-hotplug");
+    let d = Dom::new(
+        [0x33; 16],
+        "app",
+        &[
+            ("/images/app.qcow2", 0),
+            ("/images/hot.qcow2", 0),
+            ("/images/shared.img", SHARED),
+        ],
+    );
+    let base = Dom::new(
+        [0x33; 16],
+        "app",
+        &[("/images/app.qcow2", 0), ("/images/shared.img", SHARED)],
+    );
+    let qa = c.pa.start(&base).unwrap();
+    // ImageAttach: a manager with only the new image, acquire(NULL).
+    c.pa.acquire(&d, qa.pid, None, Some(&[1])).unwrap();
+    assert_eq!(
+        key_holders(&c.ls, &disk_key("/images/hot.qcow2")),
+        vec![(1, qa.pid)]
+    );
+    // ImageDetach: release(NULL) with only that image; the domain lease stays.
+    assert_eq!(c.pa.release(&d, qa.pid, false, Some(&[1])).unwrap(), None);
+    assert!(key_holders(&c.ls, &disk_key("/images/hot.qcow2")).is_empty());
+    assert_eq!(key_holders(&c.ls, &dom_key(&d)), vec![(1, qa.pid)]);
+    // A shareable disk is shared with another domain on host B.
+    let other = Dom::new([0x34; 16], "app2", &[("/images/shared.img", SHARED)]);
+    let qb = c.pb.start(&other).unwrap();
+    let mut h = key_holders(&c.ls, &Resource::disk("/images/shared.img", true).key());
+    h.sort();
+    assert_eq!(h, vec![(1, qa.pid), (2, qb.pid)]);
+    // ...but a writer of that disk is refused.
+    let writer = Dom::new([0x35; 16], "writer", &[("/images/shared.img", 0)]);
+    assert!(c.pb.start(&writer).is_err());
+    // A disk leased by B cannot be hot-plugged on A.
+    let qb2 =
+        c.pb.start(&Dom::new([0x36; 16], "b2", &[("/images/b2.qcow2", 0)]))
+            .unwrap();
+    let plug = Dom::new([0x33; 16], "app", &[("/images/b2.qcow2", 0)]);
+    let e = c.pa.acquire(&plug, qa.pid, None, Some(&[0])).unwrap_err();
+    assert!(
+        e.contains("held by host 2 (host-2.test) for domain 'b2'"),
+        "{e}"
+    );
+    drop(qb2);
+}
+
+#[test]
+fn bad_arguments_fail_cleanly() {
+    let _g = serial();
+    let c = cluster("abi-bad");
+    let d = c.pa.d;
+    let web = Dom::new([0x44; 16], "bad", &[]);
+    // SAFETY: each call passes what libvirt might pass by mistake; the
+    // plugin must answer -1 without crashing or writing out-params.
+    unsafe {
+        assert_eq!(
+            (d.new)(std::ptr::null_mut(), 0, 0, std::ptr::null_mut(), 0),
+            -1
+        );
+        let mut m = Manager {
+            driver: d,
+            private: std::ptr::null_mut(),
+        };
+        assert_eq!((d.new)(&mut m, 0, 3, std::ptr::null_mut(), 0), -1);
+        assert!(m.private.is_null());
+        let mut p = obj_params(&web, 1, true);
+        p[2].type_ = 99;
+        assert_eq!((d.new)(&mut m, 0, p.len(), p.as_mut_ptr(), 0), -1);
+        assert!(last_error().contains("unknown type 99"), "{}", last_error());
+        let bad_name = [0xffu8, 0xfe, 0];
+        let mut p = obj_params(&web, 1, true);
+        p[1].value = Value {
+            s: bad_name.as_ptr().cast(),
+        };
+        assert_eq!((d.new)(&mut m, 0, p.len(), p.as_mut_ptr(), 0), -1);
+        assert!(last_error().contains("UTF-8"), "{}", last_error());
+        assert_eq!((d.new)(&mut m, 7, 0, std::ptr::null_mut(), 0), -1);
+        (d.free)(std::ptr::null_mut());
+        assert_eq!(
+            (d.add)(
+                std::ptr::null_mut(),
+                0,
+                c"/x".as_ptr(),
+                0,
+                std::ptr::null_mut(),
+                0
+            ),
+            -1
+        );
+        assert_eq!(
+            (d.acquire)(
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                0,
+                0,
+                std::ptr::null_mut()
+            ),
+            -1
+        );
+        assert_eq!(
+            (d.release)(std::ptr::null_mut(), std::ptr::null_mut(), 0),
+            -1
+        );
+        assert_eq!(
+            (d.inquire)(std::ptr::null_mut(), std::ptr::null_mut(), 0),
+            -1
+        );
+    }
+    let q = c.pa.start(&web).unwrap();
+    let mut m = c.pa.manager(&web, q.pid, 0, true, Some(&[])).unwrap();
+    // SAFETY: bad flags, unknown resource type, NULL name, NULL inquire slot.
+    unsafe {
+        assert_eq!(
+            (d.acquire)(&mut *m, std::ptr::null(), 0x80, 0, std::ptr::null_mut()),
+            -1
+        );
+        assert_eq!(
+            (d.add)(&mut *m, 5, c"/x".as_ptr(), 0, std::ptr::null_mut(), 0),
+            -1
+        );
+        assert_eq!(
+            (d.add)(&mut *m, 0, std::ptr::null(), 0, std::ptr::null_mut(), 0),
+            -1
+        );
+        assert_eq!(
+            (d.add)(&mut *m, 1, c"key".as_ptr(), 0, std::ptr::null_mut(), 0),
+            -1,
+            "<lease> without lockspace"
+        );
+        assert_eq!((d.inquire)(&mut *m, std::ptr::null_mut(), 0), -1);
+        assert_eq!((d.release)(&mut *m, std::ptr::null_mut(), 9), -1);
+    }
+    c.pa.free(m);
+    for bad in [
+        "<x>&",
+        "__LIBVIRT__DISKS__:abc:/x:0:5",
+        "vmlease1 disk-a:notanumber",
+    ] {
+        let e = c.pa.acquire(&web, q.pid, Some(bad), None).unwrap_err();
+        assert!(e.contains("lock state"), "{bad}: {e}");
+    }
+
+    // drvInit with a malformed config fails, naming the key and line.
+    let badconf = c.s.0.join("bad.conf");
+    fs::write(&badconf, "host_id = 1\nrenew_interval = \"fast\"\n").unwrap();
+    let (_p, rc) = load(&c.s.0, &badconf);
+    assert_eq!(rc, -1);
+    assert!(last_error().contains("bad.conf:2"), "{}", last_error());
+    // A missing config file loads (libvirtd must start), acquires fail.
+    let (p, rc) = load(&c.s.0, &c.s.0.join("missing.conf"));
+    assert_eq!(rc, 0);
+    let e = p.acquire(&web, q.pid, None, None).unwrap_err();
+    assert!(e.contains("host_id is not set"), "{e}");
+    // A missing lockspace: the acquire fails naming it.
+    let noconf = c.s.0.join("nols.conf");
+    let text = fs::read_to_string(&c.a.conf)
+        .unwrap()
+        .replace(c.ls.to_str().unwrap(), "/nonexistent/vmlease-ls");
+    fs::write(&noconf, text).unwrap();
+    let (p, rc) = load(&c.s.0, &noconf);
+    assert_eq!(rc, 0);
+    let e = p.acquire(&web, q.pid, None, None).unwrap_err();
+    assert!(e.contains("/nonexistent/vmlease-ls"), "{e}");
+}
+
+#[test]
+fn no_watchdog_no_leases() {
+    let _g = serial();
+    let s = Scratch::new("abi-nowd");
+    let ls = lockspace(&s);
+    let h = Host::new(&s, 3, &ls, "unsafe_no_watchdog = true\n");
+    let (p, rc) = load(&s.0, &h.conf);
+    assert_eq!(rc, 0);
+    let d = Dom::new([0x55; 16], "lonely", &[("/images/l.qcow2", 0)]);
+    // In the child: one line on stderr, the start never reaches exec.
+    let e = p.spawn_registered(&d).err().expect("refused in the child");
+    assert!(
+        e.starts_with("vmlease: host not protected: the vmlease-watchdog daemon is not running"),
+        "{e}"
+    );
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    // From libvirtd (e.g. resume, hotplug): refused as well.
+    let me = std::process::id();
+    let e = p.acquire(&d, me, None, None).unwrap_err();
+    assert!(e.contains("not running"), "{e}");
+    assert_eq!(last_code(), 9, "VIR_ERR_OPERATION_FAILED");
+    assert!(
+        fs::read_dir(ls.join("leases")).unwrap().next().is_none(),
+        "nothing was leased"
+    );
+}
+
+#[test]
+fn sigkill_of_qemu_what_the_plugin_and_the_daemon_guarantee() {
+    let _g = serial();
+    let c = cluster("abi-kill");
+    let d = Dom::new([0x66; 16], "victim", &[("/images/v.qcow2", 0)]);
+    // Plugin alone (daemon frozen): the record still names the dead pid;
+    // this host may re-acquire for a new QEMU (rule 3), others may not.
+    c.a.daemon.as_ref().unwrap().signal(libc::SIGSTOP);
+    let q1 = c.pa.start(&d).unwrap();
+    let dead = q1.pid;
+    q1.kill();
+    assert_eq!(key_holders(&c.ls, &dom_key(&d)), vec![(1, dead)]);
+    let q2 = c.pa.spawn_registered(&d);
+    c.a.daemon.as_ref().unwrap().signal(libc::SIGCONT);
+    let q2 = q2.unwrap();
+    c.pa.acquire(&d, q2.pid, None, None).unwrap();
+    assert_eq!(key_holders(&c.ls, &dom_key(&d)), vec![(1, q2.pid)]);
+    assert!(c.pb.start(&d).is_err(), "host B sees host A alive");
+    // With the daemon: released within 1 s of SIGKILL.
+    let t = boottime_ms();
+    q2.kill();
+    let took = wait_until(
+        "the daemon to release the killed QEMU's leases",
+        3000,
+        || {
+            let h = key_holders(&c.ls, &dom_key(&d));
+            if h.is_empty() {
+                Ok(boottime_ms() - t)
+            } else {
+                Err(format!("{h:?}"))
+            }
+        },
+    );
+    eprintln!("SIGKILL of the stand-in QEMU -> leases released after {took} ms");
+    assert!(took < 1000, "{took} ms");
+    let qb = c.pb.start(&d).unwrap();
+    drop(qb);
+}
+
+#[test]
+fn acquire_latency_per_resource() {
+    let _g = serial();
+    let c = cluster("abi-latency");
+    let d = Dom::new([0x77; 16], "fast", &[("/images/fast.qcow2", 0)]);
+    let q = c.pa.start(&d).unwrap();
+    let n = 1000;
+    let mut acq = Vec::with_capacity(n);
+    for _ in 0..n {
+        c.pa.release(&d, q.pid, true, None).unwrap();
+        let t = Instant::now();
+        c.pa.acquire(&d, q.pid, None, None).unwrap();
+        acq.push(t.elapsed().as_secs_f64() * 1e6 / 2.0);
+    }
+    acq.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    eprintln!(
+        "acquire through the ABI, local lockspace, per resource ({n} acquires of 2 resources): median {:.0} µs, p99 {:.0} µs",
+        acq[n / 2],
+        acq[n * 99 / 100]
+    );
+    assert_eq!(key_holders(&c.ls, &dom_key(&d)), vec![(1, q.pid)]);
+}

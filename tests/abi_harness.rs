@@ -266,6 +266,9 @@ impl Plugin {
         Ok(m)
     }
 
+    // Boxed on purpose: libvirt allocates the manager on the heap and the
+    // plugin keeps pointers into it between calls.
+    #[allow(clippy::boxed_local)]
     fn free(&self, mut m: Box<Manager>) {
         // SAFETY: a manager drvNew succeeded on.
         unsafe { (self.d.free)(&mut *m) };

@@ -17,6 +17,10 @@ mount --bind "$h/etc" /etc/libvirt
 mount --bind "$h/state" /run/vmlease
 mount --bind "$ls" /var/lib/vmlease/lockspace
 virtlogd -d -p /run/libvirt/virtlogd.pid
+# libvirt's own lock daemon, for the "lockd" baseline of the benchmarks.
+if grep -q '^lock_manager = "lockd"' /etc/libvirt/qemu.conf; then
+    virtlockd -d -p /run/libvirt/virtlockd.pid
+fi
 sh "$(dirname "$0")/vmhost-ctl.sh" watchdog-start "$h" "$bin"
 sh "$(dirname "$0")/vmhost-ctl.sh" libvirtd-start "$h" "$bin"
 # Keeps the subreaper (the namespace's anchor) alive until the host is

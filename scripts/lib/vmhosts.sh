@@ -49,7 +49,7 @@ vmh_cleanup() {
     set +e
     for n in $VMH_HOSTS; do
         h="$VMH_DIR/host-$n"
-        for f in "$h/run/libvirtd.pid" "$h/run/virtlogd.pid" "$h/watchdog.pid" "$h"/run/qemu/*.pid "$h/sleep.pid" "$h/anchor.pid"; do
+        for f in "$h/run/libvirtd.pid" "$h/run/virtlogd.pid" "$h/run/virtlockd.pid" "$h/watchdog.pid" "$h"/run/qemu/*.pid "$h/sleep.pid" "$h/anchor.pid"; do
             [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null
         done
     done
@@ -74,7 +74,7 @@ dynamic_ownership = 0
 security_driver = "none"
 cgroup_controllers = [ ]
 namespaces = [ ]
-lock_manager = "vmlease"
+lock_manager = "${VMH_LOCK_MANAGER:-vmlease}"
 EOC
     # Live migration needs a distinct host UUID per libvirtd.
     printf 'host_uuid = "%08d-0000-4000-8000-00000000000%d"\n' "$id" "$id" >>"$h/etc/libvirtd.conf"

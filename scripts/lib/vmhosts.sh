@@ -92,6 +92,10 @@ unsafe_no_watchdog = true
 $extra
 EOC
     cp "$VMH_BIN/libvmlease.so" "$h/plugins/vmlease.so"
+    # libvirt's own plugins stay reachable for the baselines.
+    for p in /usr/lib/x86_64-linux-gnu/libvirt/lock-driver/*.so; do
+        [ -e "$p" ] && ln -sf "$p" "$h/plugins/"
+    done
     # The qemu hook, as the package installs it.
     mkdir -p "$h/etc/hooks/qemu.d"
     cp "$VMH_LIBDIR/../../hooks/qemu" "$h/etc/hooks/qemu.d/vmlease"

@@ -123,20 +123,28 @@ pub struct Host {
 
 impl Host {
     pub fn new(s: &Scratch, id: u16, lockspace: &Path, extra: &str) -> Host {
+        Host::with_timing(s, id, lockspace, extra, [R, F, K, W, D])
+    }
+
+    /// A host with its own timing [R, F, K, W, D] in ms (must satisfy the
+    /// inequality: the config loader checks it).
+    pub fn with_timing(s: &Scratch, id: u16, lockspace: &Path, extra: &str, t: [u64; 5]) -> Host {
+        let [r, f, k, w, d] = t;
         let dir = s.0.join(format!("host{id}"));
         fs::create_dir_all(&dir).unwrap();
         let text = format!(
             "host_id = {id}\nhost_name = \"host-{id}.test\"\nlockspace_dir = \"{}\"\nstate_dir = \"{}\"\n\
              renew_interval = {}\nrenew_fail_timeout = {}\nkill_timeout = {}\nwatchdog_timeout = {}\n\
-             host_dead_timeout = {}\nio_timeout = 0.5\nlock_timeout = 1\n\
+             host_dead_timeout = {}\nio_timeout = {}\nlock_timeout = 1\n\
              reset_action = \"record\"\nreset_record_file = \"{}\"\n{extra}",
             lockspace.display(),
             dir.join("run").display(),
-            R as f64 / 1000.0,
-            F as f64 / 1000.0,
-            K as f64 / 1000.0,
-            W as f64 / 1000.0,
-            D as f64 / 1000.0,
+            r as f64 / 1000.0,
+            f as f64 / 1000.0,
+            k as f64 / 1000.0,
+            w as f64 / 1000.0,
+            d as f64 / 1000.0,
+            (f / 3) as f64 / 1000.0,
             dir.join("reset").display(),
         );
         let conf = dir.join("vmlease.conf");

@@ -1,4 +1,5 @@
 //! Shared support for the integration tests.
 #![allow(dead_code)]
 
+pub mod ceph;
 pub mod daemons;

@@ -1,0 +1,184 @@
+//! vmlease on a real CephFS: a Ceph cluster on loopback, each "host" with
+//! its own ceph-fuse client (its own MDS session), real watchdog daemons,
+//! and a real storage fault: the host's ceph-fuse frozen (SIGSTOP), so its
+//! lockspace calls hang as on a partitioned CephFS client.
+
+mod support;
+
+use std::fs;
+use std::time::Instant;
+
+use support::ceph::CephCluster;
+use support::daemons::*;
+use vmlease::clock::boottime_ms;
+use vmlease::hosts::{HostRecord, HostState};
+use vmlease::lockspace::Lockspace;
+
+const UUID_A: [u8; 16] = [0xca; 16];
+// R, F, K, W, D for the CephFS hosts (D > max(F+K, F+W) + 2R = 6 s).
+const CR: u64 = 500;
+const CF: u64 = 4000;
+const CK: u64 = 1000;
+const CW: u64 = 1000;
+const CD: u64 = 7000;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[test]
+fn cephfs_behaviour_and_a_storage_hang_fence() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let ceph = CephCluster::up("fence");
+    eprintln!("ceph cluster up in {:.1} s", t0.elapsed().as_secs_f64());
+    let ma = ceph.mount("hosta");
+    let mb = ceph.mount("hostb");
+    let ls_a = ma.path.join("vmlease");
+    let ls_b = mb.path.join("vmlease");
+    Lockspace::init(&ls_a, 16).unwrap();
+    let la = Lockspace::open(&ls_a).unwrap();
+    let lb = Lockspace::open(&ls_b).unwrap();
+
+    // 1. A renewal written and fsynced through A is seen by B's next read.
+    let mut rec = HostRecord {
+        host_id: 1,
+        host_name: "a".into(),
+        boot_id: "b".into(),
+        incarnation: 1,
+        counter: 0,
+        state: HostState::Live,
+        timing: vmlease::config::parse("", "x").unwrap().timing,
+        unsafe_no_watchdog: true,
+        mono_ms: 0,
+        wall: 0,
+    };
+    let (mut w, mut r) = (Vec::new(), Vec::new());
+    for i in 1..=100u64 {
+        rec.counter = i;
+        let t = Instant::now();
+        la.write_host(&rec).unwrap();
+        w.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let slots = lb.read_hosts().unwrap();
+        r.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(
+            slots[0].record().map(|x| x.counter),
+            Some(i),
+            "B read a stale renewal"
+        );
+    }
+    eprintln!(
+        "cephfs: renewal write+fsync median {:.2} ms, table read by the other client median {:.2} ms, 0/100 stale",
+        median(&mut w),
+        median(&mut r)
+    );
+    // 2. The record lock serialises across clients.
+    let g = la.lock_record("k", 100).unwrap();
+    assert!(lb.lock_record("k", 200).is_err(), "B got A's record lock");
+    drop(g);
+    let t = Instant::now();
+    drop(lb.lock_record("k", 2000).unwrap());
+    eprintln!(
+        "cephfs: record lock handed over across clients in {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let _ = fs::remove_file(ls_a.join("hosts"));
+    drop((la, lb));
+    let _ = fs::remove_dir_all(&ls_a);
+    Lockspace::init(&ls_a, 16).unwrap();
+
+    // 3. Two hosts on CephFS; A's client freezes: A fences after F, B takes
+    //    over only after D.
+    let s = Scratch::new("cephfs");
+    // CephFS timing: the MDS evicts a client that does not return its
+    // capabilities after 1 s (tests/ceph/cluster.sh), well inside F, so a
+    // frozen client never stalls the other hosts' renewals for long.
+    let timing = [CR, CF, CK, CW, CD];
+    let mut a = Host::with_timing(&s, 1, &ls_a, "unsafe_no_watchdog = true\n", timing);
+    let mut b = Host::with_timing(&s, 2, &ls_b, "unsafe_no_watchdog = true\n", timing);
+    a.start(&[]);
+    b.start(&[]);
+    let mut qa = standin_qemu();
+    lease(&a, UUID_A, "web", &qa, Some("/images/web.qcow2")).unwrap();
+    let qb = standin_qemu();
+    let e = lease(&b, UUID_A, "web", &qb, None).unwrap_err();
+    assert!(e.contains("held by host 1 (host-1.test)"), "{e}");
+
+    ma.hang();
+    let hung = boottime_ms();
+    let killed = wait_until(
+        "A to kill its QEMU after its CephFS client hung",
+        CF + CK + 5000,
+        || {
+            if qa.exited() {
+                Ok(boottime_ms())
+            } else {
+                Err(format!("alive; A's log: {}", a.log_text()))
+            }
+        },
+    );
+    let a_last = a.status().last_renewal_ms;
+    assert!(
+        killed >= a_last + CF,
+        "killed {} ms after A's last renewal, before F",
+        killed - a_last
+    );
+    assert!(
+        a.log_text().contains("renewal I/O has not completed"),
+        "{}",
+        a.log_text()
+    );
+    let mut last_err = String::new();
+    let took = loop {
+        match lease(&b, UUID_A, "web", &qb, Some("/images/web.qcow2")) {
+            Ok(()) => break boottime_ms(),
+            Err(e) => last_err = e,
+        }
+        assert!(
+            boottime_ms() < a_last + CD + 8000,
+            "B never took over: {last_err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        took >= a_last + CD,
+        "B took over {} ms after A's last renewal, before D",
+        took - a_last
+    );
+    // Refused until then: "may be taken over after ..." once A's client was
+    // evicted, or a storage timeout while the MDS was still revoking A's
+    // capabilities on the record.
+    assert!(
+        last_err.contains("may be taken over after") || last_err.contains("no answer from storage"),
+        "{last_err}"
+    );
+    eprintln!(
+        "cephfs storage hang: A's QEMU killed {} ms after the hang ({} ms after its last renewal), B acquired {} ms after it (D = {CD} ms)",
+        killed - hung,
+        killed - a_last,
+        took - a_last
+    );
+    ma.resume();
+    // The MDS evicted and blocklisted A's frozen client (it did not give
+    // back its capabilities), so A's mount stays dead after the resume:
+    // A's fence holds, and nothing A does reaches the lockspace any more.
+    let counter = |ls: &std::path::Path| {
+        Lockspace::open(ls)
+            .and_then(|l| l.read_host(1))
+            .ok()
+            .and_then(|s| s.record().map(|r| r.counter))
+    };
+    let frozen_at = counter(&ls_b);
+    wait_until("A to report itself fenced", 5000, || {
+        let st = a.status();
+        if st.state == HostState::FencedClean || st.state == HostState::Fencing {
+            Ok(())
+        } else {
+            Err(format!("{}", st.state))
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(3 * CR));
+    assert_eq!(counter(&ls_b), frozen_at, "an evicted client still renewed");
+}

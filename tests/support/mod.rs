@@ -3,3 +3,4 @@
 
 pub mod ceph;
 pub mod daemons;
+pub mod util;

@@ -3,4 +3,5 @@
 
 pub mod ceph;
 pub mod daemons;
+pub mod libvirt;
 pub mod util;

@@ -6,6 +6,9 @@
 set -eu
 name=$1 h=$2 bin=$3 ls=$4
 hostname "host-$name.test"
+# /run/netns is a shared mount: drop it here, or this host would pin every
+# other test network namespace.
+umount -l /run/netns 2>/dev/null || true
 for d in /run/libvirt /var/lib/libvirt /var/log/libvirt /var/cache/libvirt /etc/libvirt /run/vmlease /var/lib/vmlease/lockspace; do
     [ -d "$d" ] || mkdir -p "$d"
 done

@@ -34,7 +34,18 @@ vmh_wait() {
     done
 }
 
+# Network: every host has its own network namespace with one link
+# (192.0.2.10+ID/24) to a bridge in a "switch" namespace the harness makes;
+# nothing is routed anywhere else.
+VMH_TAG=$$
+vmh_switch() { echo "vmh-sw-$VMH_TAG"; }
+vmh_netns() { echo "vmh-$1-$VMH_TAG"; }
+vmh_addr() { echo "192.0.2.$((10 + $1))"; }
+
 vmh_init() {
+    ip netns add "$(vmh_switch)"
+    ip -n "$(vmh_switch)" link add br0 type bridge
+    ip -n "$(vmh_switch)" link set br0 up
     for d in /var/lib/vmlease/lockspace /var/lib/vmlease /run/vmlease; do
         [ -e "$d" ] || VMH_MADE="$VMH_MADE $d"
     done
@@ -54,6 +65,8 @@ vmh_cleanup() {
         done
     done
     sleep 0.2
+    for n in $VMH_HOSTS; do ip netns del "$(vmh_netns "$n")" 2>/dev/null; done
+    ip netns del "$(vmh_switch)" 2>/dev/null
     rm -rf "$VMH_DIR"
     for d in $VMH_MADE; do rmdir "$d" 2>/dev/null; done
     VMH_HOSTS=""
@@ -101,7 +114,16 @@ EOC
     cp "$VMH_LIBDIR/../../hooks/qemu" "$h/etc/hooks/qemu.d/vmlease"
     chmod 755 "$h/etc/hooks/qemu.d/vmlease"
     printf 'VMLEASE_BIN=%s/vmlease\n' "$VMH_BIN" >"$h/etc/hooks/vmlease.env"
-    unshare --mount --uts --propagation private "$VMH_DIR/subreaper" \
+    ns=$(vmh_netns "$n")
+    ip netns add "$ns"
+    ip link add "vh$id-$VMH_TAG" netns "$ns" type veth peer name "vs$id-$VMH_TAG" netns "$(vmh_switch)"
+    ip -n "$ns" link set "vh$id-$VMH_TAG" name eth0
+    ip -n "$ns" addr add "$(vmh_addr "$id")/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" link set lo up
+    ip -n "$(vmh_switch)" link set "vs$id-$VMH_TAG" master br0 up
+    echo "$id" >"$h/id"
+    ip netns exec "$ns" unshare --mount --uts --propagation private "$VMH_DIR/subreaper" \
         sh "$VMH_LIBDIR/vmhost-init.sh" "$n" "$h" "$VMH_BIN" "$VMH_DIR/lockspace" >"$h/init.log" 2>&1 &
     echo $! >"$h/anchor.pid"
     VMH_HOSTS="$VMH_HOSTS $n"
@@ -116,7 +138,9 @@ vmh_sock() { echo "$VMH_DIR/host-$1/run/libvirt-sock"; }
 vmh_uri() { echo "qemu+unix:///system?socket=$(vmh_sock "$1")"; }
 vmh_virsh() { n=$1; shift; virsh -q -c "$(vmh_uri "$n")" "$@"; }
 # Runs a command in host NAME's namespaces (anchor = the subreaper).
-vmh_in() { n=$1; shift; nsenter -t "$(cat "$VMH_DIR/host-$n/anchor.pid")" -m -u "$@"; }
+vmh_in() { n=$1; shift; nsenter -t "$(cat "$VMH_DIR/host-$n/anchor.pid")" -m -u -n "$@"; }
+# The address of host NAME on the test network.
+vmh_host_addr() { vmh_addr "$(cat "$VMH_DIR/host-$1/id")"; }
 vmh_vmlease() { n=$1; shift; vmh_in "$n" "$VMH_BIN/vmlease" --config /etc/libvirt/qemu-vmlease.conf "$@"; }
 vmh_ctl() { n=$1 a=$2; vmh_in "$n" sh "$VMH_LIBDIR/vmhost-ctl.sh" "$a" "$VMH_DIR/host-$n" "$VMH_BIN"; }
 # Protected = the daemon's status is fresh and live (what the plugin checks).

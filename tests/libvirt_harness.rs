@@ -343,9 +343,15 @@ fn a_panicking_test_leaves_nothing_behind() {
     let list = support::util::run_ok(&["ip", "netns", "list"]);
     for ns in &seen.netns {
         assert!(
-            !list.lines().any(|l| l.split_whitespace().next() == Some(ns)),
+            !list
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(ns)),
             "netns {ns} survived the panic"
         );
     }
-    assert!(!seen.scratch.exists(), "{} survived", seen.scratch.display());
+    assert!(
+        !seen.scratch.exists(),
+        "{} survived",
+        seen.scratch.display()
+    );
 }

@@ -207,6 +207,67 @@ fn leases_listing(p: &Params, dir: &Path) -> (usize, f64) {
     (n, t.elapsed().as_secs_f64())
 }
 
+/// `vmlease hosts` and `vmlease leases` on a lockspace with `hosts` host
+/// records and `leases` lease records, against reading the same files raw
+/// (cat) in the same run.
+fn cli_at_scale(p: &Params, dir: &Path) -> (f64, f64, f64) {
+    let ls_dir = dir.join("ls-cli");
+    Lockspace::init(&ls_dir, p.hosts).unwrap();
+    let ls = Lockspace::open(&ls_dir).unwrap();
+    for id in 1..=p.hosts {
+        ls.write_host(&HostRecord {
+            host_id: id,
+            host_name: format!("hv{id}.bench"),
+            boot_id: "b".into(),
+            incarnation: 1,
+            counter: 1,
+            state: HostState::Live,
+            timing: timing(),
+            unsafe_no_watchdog: false,
+            mono_ms: 0,
+            wall: 0,
+        })
+        .unwrap();
+    }
+    for i in 0..p.leases {
+        let mut rec =
+            vmlease::lease::LeaseRecord::free(&format!("disk-{i:064x}"), &format!("/images/{i}"));
+        rec.version = 1;
+        fs::write(ls.lease_path(&rec.key), rec.encode()).unwrap();
+    }
+    let conf = dir.join("cli.conf");
+    fs::write(
+        &conf,
+        format!(
+            "host_id = 1\nlockspace_dir = \"{}\"\nstate_dir = \"{}\"\nio_timeout = 5\n",
+            ls_dir.display(),
+            dir.join("cli-run").display()
+        ),
+    )
+    .unwrap();
+    let exe = env!("CARGO_BIN_EXE_vmlease");
+    let time = |args: &[&str]| {
+        let t = Instant::now();
+        let out = Command::new(exe).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        t.elapsed().as_secs_f64()
+    };
+    let c = conf.to_str().unwrap();
+    let hosts = time(&["--config", c, "hosts"]);
+    let leases = time(&["--config", c, "leases"]);
+    let t = Instant::now();
+    let out = Command::new("sh")
+        .args(["-c", &format!("cat {}/hosts > /dev/null && find {}/leases -type f ! -name '*.lock' -exec cat {{}} + > /dev/null", ls_dir.display(), ls_dir.display())])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    (hosts, leases, t.elapsed().as_secs_f64())
+}
+
 fn main() {
     let tiny = std::env::args().any(|a| a == "--tiny");
     let p = if tiny {
@@ -230,6 +291,7 @@ fn main() {
     let (cpu, rss, read_kb) = daemon_at_scale(&p, &dir);
     let (med, p99, raw_med, raw_p99) = acquire_latency(&p, &dir);
     let (n, list_s) = leases_listing(&p, &dir);
+    let (cli_hosts, cli_leases, raw_cat) = cli_at_scale(&p, &dir);
     let _ = fs::remove_dir_all(&dir);
 
     println!(
@@ -247,6 +309,15 @@ fn main() {
     println!("| watchdog daemon RSS | {} KiB |", rss);
     println!("| lockspace operations per tick per host | 1 write (512 B + fsync) + 1 read ({read_kb:.0} KiB) |");
     println!("| read and decode {n} lease records | {list_s:.2} s |");
+    println!(
+        "| `vmlease hosts` with {} hosts | {cli_hosts:.2} s |",
+        p.hosts
+    );
+    println!(
+        "| `vmlease leases` with {} records | {cli_leases:.2} s ({:.2} x `cat` of the same files: {raw_cat:.2} s) |",
+        p.leases,
+        cli_leases / raw_cat
+    );
     println!();
     println!(
         "## Acquire + release of one disk lease, local directory ({} samples)\n",

@@ -15,12 +15,14 @@ use vmlease::hosts::{HostRecord, HostState};
 use vmlease::lockspace::Lockspace;
 
 const UUID_A: [u8; 16] = [0xca; 16];
-// R, F, K, W, D for the CephFS hosts (D > max(F+K, F+W) + 2R = 6 s).
+// R, F, K, W, D for the CephFS hosts (D > max(F+K, F+W) + 2R = 10 s).
+// F leaves room for the MDS to evict a frozen client: its cap-revoke
+// timeout (1 s) plus up to one MDS tick (5 s by default) plus blocklisting.
 const CR: u64 = 500;
-const CF: u64 = 4000;
+const CF: u64 = 8000;
 const CK: u64 = 1000;
 const CW: u64 = 1000;
-const CD: u64 = 7000;
+const CD: u64 = 11000;
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -32,6 +34,25 @@ fn cephfs_behaviour_and_a_storage_hang_fence() {
     let _g = serial();
     let t0 = Instant::now();
     let ceph = CephCluster::up("fence");
+    // Evict a client that keeps capabilities others need after 1 s (the
+    // production rule: well below renew_fail_timeout, see docs/cephfs.md).
+    for (opt, val) in [
+        ("mds_cap_revoke_eviction_timeout", "1"),
+        ("mds_tick_interval", "1"),
+    ] {
+        let out = std::process::Command::new("ceph")
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .arg("-c")
+            .arg(ceph.dir.join("ceph.conf"))
+            .args(["config", "set", "mds", opt, val])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ceph config set {opt}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     eprintln!("ceph cluster up in {:.1} s", t0.elapsed().as_secs_f64());
     let ma = ceph.mount("hosta");
     let mb = ceph.mount("hostb");

@@ -49,15 +49,15 @@ pub fn main(config_path: &Path, args: &[String]) -> i32 {
         return 0;
     }
     let sub = args.get(3).map(String::as_str).unwrap_or("-");
+    // libvirt writes the domain XML to every hook: read it all, so that
+    // libvirt never writes into a closed pipe.
+    let xml = read_stdin();
     match (op.as_str(), sub) {
         ("prepare", "begin") => protected(config_path, name, "start"),
-        ("migrate", "begin") => {
-            // Empty stdout keeps libvirt's XML unchanged.
-            let _ = read_stdin();
-            protected(config_path, name, "accept an incoming migration of")
-        }
-        ("release", "end") => release(config_path, name),
-        ("reconnect", "begin") => reconnect(config_path, name),
+        // Empty stdout keeps libvirt's XML unchanged.
+        ("migrate", "begin") => protected(config_path, name, "accept an incoming migration of"),
+        ("release", "end") => release(config_path, name, xml),
+        ("reconnect", "begin") => reconnect(config_path, name, xml),
         _ => 0,
     }
 }
@@ -94,13 +94,12 @@ fn protected(config_path: &Path, name: &str, what: &str) -> i32 {
     0
 }
 
-fn uuid_from_stdin(name: &str) -> Result<String, String> {
-    let xml = read_stdin()?;
-    domain_uuid(&xml).map_err(|e| format!("domain '{name}': {e}"))
+fn uuid_of(name: &str, xml: Result<String, String>) -> Result<String, String> {
+    domain_uuid(&xml?).map_err(|e| format!("domain '{name}': {e}"))
 }
 
-fn release(config_path: &Path, name: &str) -> i32 {
-    let uuid = match uuid_from_stdin(name) {
+fn release(config_path: &Path, name: &str, xml: Result<String, String>) -> i32 {
+    let uuid = match uuid_of(name, xml) {
         Ok(u) => u,
         Err(e) => {
             say(&e);
@@ -168,8 +167,8 @@ fn release(config_path: &Path, name: &str) -> i32 {
     0
 }
 
-fn reconnect(config_path: &Path, name: &str) -> i32 {
-    let uuid = match uuid_from_stdin(name) {
+fn reconnect(config_path: &Path, name: &str, xml: Result<String, String>) -> i32 {
+    let uuid = match uuid_of(name, xml) {
         Ok(u) => u,
         Err(e) => {
             say(&e);

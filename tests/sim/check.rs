@@ -1,0 +1,340 @@
+//! The invariants, checked as the world changes (docs/simulation.md):
+//!
+//! 1. single-writer: at most one QEMU of a VM runs its CPUs at any
+//!    instant, and a running QEMU is always named by its lease records;
+//! 2. fresh-liveness: a QEMU writes only while its host's liveness record
+//!    landed within max(F + K, F + W) (plus two daemon ticks and clock
+//!    drift) - the premise of the safety inequality;
+//! 3. safe-takeover: a holder is dropped by rule 4 only once the holder's
+//!    host has not renewed for D (on the taker's clock, real time), and by
+//!    rules 1-3 only if its QEMU is really dead;
+//! 4. fenced-before-writes: once a QEMU begins writing a disk, no write of
+//!    an earlier owner lands on it (writes in flight count);
+//! 5. handover: a resumed or migrated VM writes only if nobody else wrote
+//!    its disk since it stopped (what the lease version protects);
+//! 6. liveness (at the end): every VM runs somewhere once the faults have
+//!    healed for the promised time.
+
+use std::fmt;
+
+use vmlease::lease::Holder;
+use vmlease::resource::Resource;
+
+use crate::params::{Us, MS};
+use crate::world::World;
+
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub at: Us,
+    pub text: String,
+    /// A protocol bug already reported (docs/simulation.md, "Findings"):
+    /// the violation matches its precise signature.
+    pub known: Option<&'static str>,
+}
+
+/// KB1: a restarted watchdog daemon counts renew_fail_timeout from its
+/// own start (src/daemon/mod.rs: `started_ms: now`, `last_renewal_ms: 0`)
+/// and pets the watchdog meanwhile, so a host whose renewals keep failing
+/// fences up to one daemon lifetime late.
+pub const KB1: &str = "KB1 daemon restart resets the fence clock";
+/// KB2: the observer dates a slot it sees for the first time to its own
+/// creation (src/status.rs `Observer::update`: `None => self.since_ms`),
+/// not to the read that saw it: when the slot was empty in its earlier
+/// reads (a host that joined later) or its first reads failed (storage
+/// trouble at daemon start), the slot looks unchanged since before it was
+/// seen, and rule 4 frees its leases up to that much early.
+pub const KB2: &str = "KB2 observer dates a first sight to its own start";
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at {:.3}s: {}{}",
+            self.invariant,
+            self.at as f64 / 1e6,
+            self.text,
+            self.known
+                .map(|k| format!(" [known bug {k}]"))
+                .unwrap_or_default()
+        )
+    }
+}
+
+impl World {
+    /// Real microseconds that `ms` of some host's clock can take at most.
+    fn slow_real(&self, ms: u64) -> Us {
+        ms * MS + ms * MS * 2 * self.p.drift_ppm as u64 / 1_000_000
+    }
+
+    /// Real microseconds that `ms` of some host's clock take at least.
+    fn fast_real(&self, ms: u64) -> Us {
+        (ms * MS) * 1_000_000 / (1_000_000 + self.p.drift_ppm as u64)
+    }
+
+    fn qemu_name(&self, q: usize) -> String {
+        let qm = &self.qemus[q];
+        format!(
+            "QEMU pid {} of vm{} on h{} ({:?})",
+            qm.proc_id.pid, qm.vm, qm.host, qm.state
+        )
+    }
+
+    fn names(&self, q: usize, rec: &vmlease::lease::LeaseRecord) -> bool {
+        let qm = &self.qemus[q];
+        let boot = &self.host(qm.host).boot_id;
+        rec.holders.iter().any(|h| {
+            h.host_id == qm.host
+                && &h.boot_id == boot
+                && h.pid == qm.proc_id.pid
+                && h.pid_start == qm.proc_id.start
+        })
+    }
+
+    pub fn check_running_start(&mut self, q: usize) {
+        let vm = self.qemus[q].vm;
+        let other = self
+            .qemus
+            .iter()
+            .find(|o| o.vm == vm && o.id != q && o.running())
+            .map(|o| o.id);
+        if let Some(o) = other {
+            let text = format!(
+                "{} starts its CPUs while {} runs",
+                self.qemu_name(q),
+                self.qemu_name(o)
+            );
+            let hosts = [self.qemus[q].host, self.qemus[o].host];
+            self.violate_on("single-writer", text, &hosts);
+        }
+        for r in self.vms[vm].resources.clone() {
+            let ok = self
+                .store
+                .lease(&r.key())
+                .map(|rec| self.names(q, rec))
+                .unwrap_or(false);
+            if !ok {
+                let text = format!(
+                    "{} runs but the record of {r} does not name it",
+                    self.qemu_name(q)
+                );
+                self.violate_on("single-writer", text, &[]);
+            }
+        }
+        let l = self.qemus[q].lineage;
+        let gen = self.vms[vm].disk_gen;
+        if self.qemus[q].continues {
+            let want = self.lineages[l].expect_gen;
+            if gen != want {
+                let text = format!(
+                    "{} resumes from memory that predates {} write(s) to its disk by another QEMU",
+                    self.qemu_name(q),
+                    gen - want
+                );
+                self.violate_on("handover", text, &[]);
+            }
+        } else {
+            self.lineages[l].expect_gen = gen;
+        }
+        let v = &mut self.vms[vm];
+        v.epoch_owner = Some(q);
+        v.epoch_start = self.now;
+    }
+
+    pub fn check_write_issue(&mut self, q: usize) {
+        let h = self.qemus[q].host;
+        let t = self.p.cfg.timing;
+        let bound_ms =
+            t.renew_fail_timeout + t.kill_timeout.max(t.watchdog_timeout) + 2 * self.p.tick_ms;
+        let bound = self.slow_real(bound_ms) + MS;
+        let last = self.host(h).last_landed;
+        if last == 0 || self.now > last + bound {
+            let text = format!(
+                "{} writes {} ms after its host's liveness record last landed (bound {} ms = max(F + K, F + W) + 2 ticks)",
+                self.qemu_name(q),
+                (self.now - last) / MS,
+                bound_ms
+            );
+            self.violate_on("fresh-liveness", text, &[h]);
+        }
+    }
+
+    pub fn check_write_landed(&mut self, q: usize) {
+        let vm = self.qemus[q].vm;
+        if let Some(owner) = self.vms[vm].epoch_owner {
+            if owner != q && self.vms[vm].epoch_start <= self.now {
+                let text = format!(
+                    "a write of {} lands {} ms after {} began writing the disk",
+                    self.qemu_name(q),
+                    (self.now - self.vms[vm].epoch_start) / MS,
+                    self.qemu_name(owner)
+                );
+                let hosts = [self.qemus[q].host, self.qemus[owner].host];
+                self.violate_on("fenced-before-writes", text, &hosts);
+                return;
+            }
+        }
+        let v = &mut self.vms[vm];
+        v.disk_gen += 1;
+        let l = self.qemus[q].lineage;
+        self.lineages[l].expect_gen = self.vms[vm].disk_gen;
+    }
+
+    /// `holder` was dropped from `res` by `me`'s acquire on `h`, for `why`.
+    ///
+    /// Whatever the rule, the holder's QEMU must be dead (a process that
+    /// still exists may still write). Rule 4 must also wait D after the
+    /// last liveness record the holder's host wrote while that QEMU lived
+    /// (records written after its death do not extend its life).
+    pub fn check_takeover(
+        &mut self,
+        h: u16,
+        res: &Resource,
+        me: &Holder,
+        holder: &Holder,
+        why: &str,
+    ) {
+        let hq = self.qemus.iter().find(|q| {
+            q.host == holder.host_id
+                && self.host(q.host).boot_id == holder.boot_id
+                && q.proc_id.pid == holder.pid
+                && q.proc_id.start == holder.pid_start
+        });
+        let alive = hq.map(|q| q.alive()).unwrap_or(false);
+        let who = hq
+            .map(|q| self.qemu_name(q.id))
+            .unwrap_or_else(|| format!("{holder}"));
+        let last = match hq {
+            Some(q) if !q.alive() => q.host_landed_at_death,
+            _ => self.landed.get(&holder.boot_id).copied().unwrap_or(0),
+        };
+        self.log(
+            &format!("h{h}"),
+            format!("takes over {res} from {who} for pid {}: {why}", me.pid),
+        );
+        let kb2 = why.contains("observed unchanged") && self.kb2(h, holder.host_id);
+        if alive {
+            let text = format!("h{h} takes {res} from {who}, which is alive: {why}");
+            self.violate_known("safe-takeover", text, kb2.then_some(KB2), &[holder.host_id]);
+        } else if why.contains("observed unchanged") {
+            let d = self.p.cfg.timing.host_dead_timeout;
+            let safe = last + self.fast_real(d);
+            if self.now + MS < safe {
+                let text = format!(
+                    "h{h} takes {res} from {who} {} ms after the holder's liveness record last landed (D = {d} ms): {why}",
+                    (self.now - last) / MS
+                );
+                self.violate_known("safe-takeover", text, kb2.then_some(KB2), &[holder.host_id]);
+            }
+        }
+    }
+
+    /// KB2's signature: the taker's observer dates the holder's slot to its
+    /// own creation, but first saw it later.
+    fn kb2(&self, taker: u16, holder: u16) -> bool {
+        let Some(d) = self.host(taker).daemon.as_ref() else {
+            return false;
+        };
+        let first = d.first_sight.get(&holder).copied().unwrap_or(0);
+        let dated_to_start = d
+            .observer
+            .get(holder)
+            .map(|p| p.last_change_ms == d.observer.since_ms)
+            .unwrap_or(false);
+        dated_to_start && first > d.observer_since_real
+    }
+
+    /// KB1's signature: a host the violation is about (any host, if it
+    /// names none) runs a daemon restarted while its leased QEMUs ran, and
+    /// none of its renewals has landed since.
+    pub fn known_bug(&self, invariant: &'static str, hosts: &[u16]) -> Option<&'static str> {
+        if invariant == "liveness" || invariant == "simulator" {
+            return None;
+        }
+        let hit = if hosts.is_empty() {
+            self.hosts.iter().any(|h| h.kb1_since.is_some())
+        } else {
+            hosts.iter().any(|h| self.host(*h).kb1_since.is_some())
+        };
+        hit.then_some(KB1)
+    }
+
+    /// A lease record landed: every running QEMU must still hold its own.
+    pub fn check_lease_landed(&mut self, writer: u16, key: &str) {
+        let rec = self.store.lease(key).cloned();
+        let mut bad = None;
+        for q in self.qemus.iter().filter(|q| q.running()) {
+            if self.vms[q.vm].keys.iter().any(|k| k == key) {
+                let named = rec.as_ref().map(|r| self.names(q.id, r)).unwrap_or(false);
+                if !named {
+                    bad = Some(q.id);
+                    break;
+                }
+            }
+        }
+        if let Some(q) = bad {
+            let holders = rec
+                .map(|r| {
+                    r.holders
+                        .iter()
+                        .map(|h| format!("{h}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_default();
+            let text = format!(
+                "a write by h{writer} left {key} naming [{holders}] while {} runs",
+                self.qemu_name(q)
+            );
+            let hosts = [writer, self.qemus[q].host];
+            self.violate_on("single-writer", text, &hosts);
+        }
+    }
+
+    pub fn check_liveness(&mut self) {
+        let mut worst = 0;
+        for vm in 0..self.vms.len() {
+            match self.running_qemu_of(vm) {
+                Some(q) => {
+                    let since = self.qemus[q].running_since;
+                    worst = worst.max(since.saturating_sub(self.heal));
+                }
+                None => {
+                    let mut why = Vec::new();
+                    for r in &self.vms[vm].resources {
+                        let holders = self
+                            .store
+                            .lease(&r.key())
+                            .map(|rec| {
+                                rec.holders
+                                    .iter()
+                                    .map(|h| format!("{h}"))
+                                    .collect::<Vec<_>>()
+                                    .join("; ")
+                            })
+                            .unwrap_or_default();
+                        why.push(format!("{r}: [{holders}]"));
+                    }
+                    for h in &self.hosts {
+                        why.push(format!(
+                            "h{}: up {} daemon {} status {:?}",
+                            h.id,
+                            h.up,
+                            h.daemon.is_some(),
+                            h.status.as_ref().map(|s| (s.state, s.reason.clone()))
+                        ));
+                    }
+                    let text = format!(
+                        "vm{vm} does not run {} ms after the faults healed (promised {} ms); {}",
+                        (self.now - self.heal) / MS,
+                        self.p.settle_ms,
+                        why.join(", ")
+                    );
+                    self.violate_on("liveness", text, &[]);
+                    return;
+                }
+            }
+        }
+        self.stats.recovery_ms = worst / MS;
+    }
+}

@@ -1,0 +1,1135 @@
+//! libvirt and the lock-driver plugin on one simulated host, and the QEMU
+//! stand-ins.
+//!
+//! The plugin's calls are `plugin::acquire`, `plugin::release` and
+//! `plugin::inquire` step by step (src/plugin.rs): the protected check is
+//! the real `Status::check_protected`, the lock state is the real
+//! `LockState`, every lockspace operation is a storage call with the
+//! plugin's deadline that runs the real `Engine`. libvirt's side follows
+//! the call sequences in reference/libvirt-lock-abi.md: a start is the
+//! prepare hook, the pre-exec registration and the acquire when the CPUs
+//! start; a pause releases with a state after the CPUs stop (a failed
+//! release leaves libvirt with no state); a migration inquires on the
+//! source, releases at switch-over and acquires on the destination with
+//! the source's state, and resumes the source if that fails.
+//!
+//! A QEMU "writes" its disk while its CPUs run; each write lands after the
+//! storage latency, or when a stalled data path comes back, or never if
+//! the host resets first. A QEMU with writes in flight dies only once
+//! they complete (SIGKILL waits for I/O in the kernel).
+
+use std::sync::Arc;
+
+use vmlease::lease::Holder;
+use vmlease::process::ProcId;
+use vmlease::registry::Entry as RegEntry;
+use vmlease::resource::Resource;
+use vmlease::state_string::LockState;
+use vmlease::status::Status;
+
+use crate::mutation::Mutation;
+use crate::params::{Us, MS};
+use crate::schedule::Link;
+use crate::world::{pk, Ev, Job, Lineage, Outcome, Owner, World};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QState {
+    /// Exec'ed, CPUs not started (incoming migration, before acquire).
+    Spawned,
+    Running,
+    Paused,
+    /// Killed, waiting for its I/O to complete.
+    Dying,
+    Dead,
+}
+
+pub struct Qemu {
+    pub id: usize,
+    pub vm: usize,
+    pub host: u16,
+    pub boot: u32,
+    pub proc_id: ProcId,
+    pub state: QState,
+    pub lineage: usize,
+    /// Continues a VM's memory (migration destination); a fresh boot
+    /// reads the disk as it finds it.
+    pub continues: bool,
+    pub ran: bool,
+    pub pending: u32,
+    pub write_seq: u64,
+    pub io_stuck_until: Us,
+    pub writing: bool,
+    pub drain_waiter: Option<u64>,
+    /// libvirt's `priv->lockState`.
+    pub lock_state: Option<String>,
+    pub resume_failed: bool,
+    pub running_since: Us,
+    /// When its host's liveness record had last landed as it died.
+    pub host_landed_at_death: Us,
+}
+
+impl Qemu {
+    pub fn alive(&self) -> bool {
+        self.state != QState::Dead
+    }
+    pub fn running(&self) -> bool {
+        self.state == QState::Running
+    }
+}
+
+/// A plugin call in progress.
+pub enum Proc {
+    Acquire(AcqProc),
+    Release(RelProc),
+    Inquire(InqProc),
+    /// The hook's protected check opens the lockspace.
+    HookOpen,
+}
+
+pub struct AcqProc {
+    pub q: usize,
+    pub res: Vec<Resource>,
+    pub idx: usize,
+    pub newly: Vec<Resource>,
+    pub me: Holder,
+    pub expect: LockState,
+    pub view: Arc<Status>,
+    pub opened: bool,
+    pub rollback: Option<usize>,
+    pub error: Option<String>,
+}
+
+pub struct RelProc {
+    pub q: usize,
+    pub res: Vec<Resource>,
+    pub idx: usize,
+    pub me: Holder,
+    pub want_state: bool,
+    pub opened: bool,
+    pub state: LockState,
+    pub released: Vec<String>,
+    pub earlier: Vec<(String, u64)>,
+    pub first_err: Option<String>,
+}
+
+pub struct InqProc {
+    pub opened: bool,
+    pub keys: Vec<(String, String)>,
+    pub me: Holder,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Prepare,
+    Register,
+    Acquire,
+    Stop,
+    Release,
+    Wait,
+    Resume,
+    Begin,
+    DstPrepare,
+    DstRegister,
+    Copy,
+    Switch,
+    Finish,
+    SrcResume,
+}
+
+pub enum Kind {
+    Start,
+    Pause {
+        dur: Us,
+    },
+    Resume,
+    Migrate {
+        src: usize,
+        src_host: u16,
+        dst_host: u16,
+        dst: Option<usize>,
+        begin_state: String,
+    },
+}
+
+pub struct Op {
+    /// The host whose libvirtd runs the current step.
+    pub host: u16,
+    pub vm: usize,
+    pub kind: Kind,
+    pub phase: Phase,
+    pub q: Option<usize>,
+    pub proc_: Option<Proc>,
+}
+
+pub type ProcResult = std::result::Result<Option<String>, String>;
+
+impl World {
+    // ---------------------------------------------------------------
+    // QEMU.
+
+    fn spawn_qemu(&mut self, h: u16, vm: usize, lineage: Option<usize>) -> usize {
+        let local = self.local(h);
+        let hs = self.host_mut(h);
+        hs.next_pid += 1;
+        let pid = hs.next_pid;
+        let boot = hs.boot_no;
+        let id = self.qemus.len();
+        let (lineage, continues) = match lineage {
+            Some(l) => (l, true),
+            None => {
+                self.lineages.push(Lineage { expect_gen: 0 });
+                (self.lineages.len() - 1, false)
+            }
+        };
+        self.qemus.push(Qemu {
+            id,
+            vm,
+            host: h,
+            boot,
+            proc_id: ProcId {
+                pid,
+                start: local / 10,
+            },
+            state: QState::Spawned,
+            lineage,
+            continues,
+            ran: false,
+            pending: 0,
+            write_seq: 0,
+            io_stuck_until: 0,
+            writing: false,
+            drain_waiter: None,
+            lock_state: None,
+            resume_failed: false,
+            running_since: 0,
+            host_landed_at_death: 0,
+        });
+        self.host_mut(h).domains.insert(vm, id);
+        id
+    }
+
+    pub fn set_running(&mut self, q: usize) {
+        self.qemus[q].state = QState::Running;
+        self.check_running_start(q);
+        let now = self.now;
+        let qm = &mut self.qemus[q];
+        qm.ran = true;
+        qm.continues = true;
+        qm.running_since = now;
+        if !qm.writing {
+            qm.writing = true;
+            self.at(self.now, Ev::QemuWrite(q));
+        }
+    }
+
+    pub fn qemu_write(&mut self, q: usize) {
+        if !self.qemus[q].running() {
+            self.qemus[q].writing = false;
+            return;
+        }
+        self.check_write_issue(q);
+        self.stats.qemu_writes += 1;
+        let h = self.qemus[q].host;
+        let lat = self.io_rng.range(self.p.io_us.0, self.p.io_us.1);
+        let mut land = match self.sched.link(h, self.now) {
+            Link::Cut {
+                until, data: true, ..
+            } => until + lat,
+            Link::WritesHang { until } => until + lat,
+            Link::Up { extra_us } => self.now + lat + extra_us,
+            _ => self.now + lat,
+        };
+        let qm = &mut self.qemus[q];
+        land = land.max(qm.io_stuck_until);
+        qm.pending += 1;
+        let seq = qm.write_seq;
+        self.at(land, Ev::WriteLand { q, seq });
+        let every = self.p.qemu_write_ms * MS;
+        let d = self.io_rng.range(every / 2, every * 3 / 2);
+        self.after(d, Ev::QemuWrite(q));
+    }
+
+    pub fn write_land(&mut self, q: usize, seq: u64) {
+        if self.qemus[q].write_seq != seq {
+            return; // lost with its host
+        }
+        self.qemus[q].pending -= 1;
+        self.check_write_landed(q);
+        let qm = &self.qemus[q];
+        if qm.pending == 0 {
+            if qm.state == QState::Dying {
+                self.qemu_reap(q);
+            }
+            if let Some(op) = self.qemus[q].drain_waiter.take() {
+                self.at(self.now, Ev::OpStep(op));
+            }
+        }
+    }
+
+    /// SIGKILL (the fence, libvirt's destroy). False if already dead.
+    pub fn kill_qemu(&mut self, q: usize) -> bool {
+        let qm = &mut self.qemus[q];
+        match qm.state {
+            QState::Dead => false,
+            QState::Dying => true,
+            _ => {
+                qm.state = QState::Dying;
+                let stuck = qm.io_stuck_until;
+                let (h, p) = (qm.host, qm.proc_id);
+                if self.mutation == Mutation::DeadOnKill {
+                    self.daemon_notice_exit(h, p);
+                }
+                let qm = &mut self.qemus[q];
+                if qm.pending == 0 {
+                    if stuck > self.now {
+                        self.at(stuck, Ev::QemuReap(q));
+                    } else {
+                        self.qemu_dead(q, false);
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    pub fn qemu_exit(&mut self, q: usize, why: &str) {
+        let h = self.qemus[q].host;
+        let vm = self.qemus[q].vm;
+        self.log(&format!("h{h}"), format!("QEMU of vm{vm}: {why}"));
+        self.kill_qemu(q);
+    }
+
+    pub fn qemu_reap(&mut self, q: usize) {
+        let qm = &self.qemus[q];
+        if qm.state == QState::Dying && qm.pending == 0 {
+            if qm.io_stuck_until > self.now {
+                let t = qm.io_stuck_until;
+                self.at(t, Ev::QemuReap(q));
+            } else {
+                self.qemu_dead(q, false);
+            }
+        }
+    }
+
+    /// The process is gone. With `reset`, its writes in flight are lost.
+    pub fn qemu_dead(&mut self, q: usize, reset: bool) {
+        let qm = &mut self.qemus[q];
+        if qm.state == QState::Dead {
+            return;
+        }
+        qm.state = QState::Dead;
+        let landed = self.hosts[qm.host as usize - 1].last_landed;
+        qm.host_landed_at_death = landed;
+        if reset {
+            qm.write_seq += 1;
+            qm.pending = 0;
+        }
+        let (h, vm, p) = (qm.host, qm.vm, qm.proc_id);
+        if self.host(h).domains.get(&vm) == Some(&q) {
+            self.host_mut(h).domains.remove(&vm);
+        }
+        self.log(
+            &format!("h{h}"),
+            format!("QEMU pid {} of vm{vm} is dead", p.pid),
+        );
+        if !reset {
+            self.daemon_notice_exit(h, p);
+        }
+    }
+
+    // ---------------------------------------------------------------
+    // The plugin's protected check.
+
+    /// `plugin::protected_status`: the daemon's status, checked.
+    fn protected(&self, h: u16) -> std::result::Result<Status, String> {
+        let hs = self.host(h);
+        let status = hs.status.clone();
+        if self.mutation == Mutation::NoProtectedCheck {
+            return Ok(status.unwrap_or_else(|| empty_status(h, &hs.boot_id)));
+        }
+        let Some(st) = status else {
+            return Err("the vmlease-watchdog daemon is not running (no status)".into());
+        };
+        let daemon_alive = hs.daemon.as_ref().map(|d| d.pid) == Some(st.daemon_pid);
+        let now = if self.mutation == Mutation::StaleStatusAccepted {
+            st.written_ms
+        } else {
+            hs.local_ms(self.now)
+        };
+        st.check_protected(&hs.cfg, &hs.boot_id, now, daemon_alive)?;
+        Ok(st)
+    }
+
+    fn holder(&self, q: usize) -> Holder {
+        let qm = &self.qemus[q];
+        let vm = &self.vms[qm.vm];
+        Holder {
+            host_id: qm.host,
+            boot_id: self.host(qm.host).boot_id.clone(),
+            pid: qm.proc_id.pid,
+            pid_start: qm.proc_id.start,
+            domain_uuid: vm.uuid.clone(),
+            domain_name: vm.name.clone(),
+        }
+    }
+
+    fn keys_of(&self, vm: usize) -> Vec<(String, String)> {
+        let v = &self.vms[vm];
+        v.keys
+            .iter()
+            .zip(&v.resources)
+            .map(|(k, r)| (k.clone(), r.name.clone()))
+            .collect()
+    }
+
+    fn base_entry(&self, q: usize) -> RegEntry {
+        let qm = &self.qemus[q];
+        let vm = &self.vms[qm.vm];
+        RegEntry {
+            proc_id: qm.proc_id,
+            domain_uuid: vm.uuid.clone(),
+            domain_name: vm.name.clone(),
+            keys: Vec::new(),
+            released: Vec::new(),
+        }
+    }
+
+    // ---------------------------------------------------------------
+    // Operations.
+
+    fn new_op(&mut self, h: u16, vm: usize, kind: Kind, phase: Phase, ctl: bool) -> u64 {
+        let id = self.id();
+        self.ops.insert(
+            id,
+            Op {
+                host: h,
+                vm,
+                kind,
+                phase,
+                q: None,
+                proc_: None,
+            },
+        );
+        if ctl {
+            self.vms[vm].busy = Some(id);
+        }
+        id
+    }
+
+    fn op_done(&mut self, id: u64, ok: bool, why: &str) {
+        let Some(op) = self.ops.remove(&id) else {
+            return;
+        };
+        if self.vms[op.vm].busy == Some(id) {
+            self.vms[op.vm].busy = None;
+        }
+        let what = match op.kind {
+            Kind::Start => "start",
+            Kind::Pause { .. } => "pause/resume",
+            Kind::Resume => "resume",
+            Kind::Migrate { .. } => "migration",
+        };
+        let vm = op.vm;
+        self.log(
+            &format!("h{}", op.host),
+            format!(
+                "{what} of vm{vm} {}{}",
+                if ok { "done" } else { "failed" },
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {why}")
+                }
+            ),
+        );
+    }
+
+    /// The op's host went down.
+    pub fn op_abort(&mut self, id: u64) {
+        if let Some(op) = self.ops.get(&id) {
+            if let Kind::Migrate { src, dst, .. } = op.kind {
+                // The other side's libvirt notices and cleans up.
+                if let Some(d) = dst {
+                    if self.qemus[d].alive() && !self.qemus[d].running() {
+                        self.kill_qemu(d);
+                    }
+                }
+                if self.qemus[src].state == QState::Paused && !self.qemus[src].ran {
+                    self.kill_qemu(src);
+                }
+            }
+        }
+        self.op_done(id, false, "host went down");
+    }
+
+    /// libvirt starts `vm` on `h` (`virsh start`).
+    pub fn start_vm(&mut self, vm: usize, h: u16, ctl: bool) {
+        self.log(&format!("h{h}"), format!("virsh start vm{vm}"));
+        let id = self.new_op(h, vm, Kind::Start, Phase::Prepare, ctl);
+        self.at(self.now, Ev::OpStep(id));
+    }
+
+    pub fn chaos_pause(&mut self, vm: usize, dur: Us) {
+        let Some(q) = self.running_qemu_of(vm) else {
+            return;
+        };
+        let h = self.qemus[q].host;
+        if !self.reachable(h) || self.vms[vm].busy.is_some() {
+            return;
+        }
+        self.log(&format!("h{h}"), format!("virsh suspend vm{vm}"));
+        // Not marked busy: the controller sees a paused VM as not running
+        // and may start it elsewhere meanwhile (the resume must then fail).
+        let id = self.new_op(h, vm, Kind::Pause { dur }, Phase::Stop, false);
+        self.ops.get_mut(&id).unwrap().q = Some(q);
+        self.at(self.now, Ev::OpStep(id));
+    }
+
+    pub fn resume_vm(&mut self, q: usize) {
+        let (h, vm) = (self.qemus[q].host, self.qemus[q].vm);
+        self.log(&format!("h{h}"), format!("virsh resume vm{vm}"));
+        let id = self.new_op(h, vm, Kind::Resume, Phase::Resume, true);
+        self.ops.get_mut(&id).unwrap().q = Some(q);
+        self.at(self.now, Ev::OpStep(id));
+    }
+
+    pub fn chaos_migrate(&mut self, vm: usize, to: u16) {
+        let Some(src) = self.running_qemu_of(vm) else {
+            return;
+        };
+        let src_host = self.qemus[src].host;
+        let mut dst_host = to;
+        if dst_host == src_host {
+            dst_host = dst_host % self.p.hosts + 1;
+        }
+        if dst_host == src_host
+            || !self.reachable(src_host)
+            || !self.reachable(dst_host)
+            || self.host(dst_host).domains.contains_key(&vm)
+            || self.vms[vm].busy.is_some()
+        {
+            return;
+        }
+        self.log(
+            &format!("h{src_host}"),
+            format!("virsh migrate vm{vm} to h{dst_host}"),
+        );
+        let id = self.new_op(
+            src_host,
+            vm,
+            Kind::Migrate {
+                src,
+                src_host,
+                dst_host,
+                dst: None,
+                begin_state: String::new(),
+            },
+            Phase::Begin,
+            true,
+        );
+        self.ops.get_mut(&id).unwrap().q = Some(src);
+        self.at(self.now, Ev::OpStep(id));
+    }
+
+    fn libvirt_delay(&mut self) -> Us {
+        self.rng.range(5, 60) * MS
+    }
+
+    /// Runs the next step of an operation.
+    pub fn op_step(&mut self, id: u64) {
+        let Some(op) = self.ops.get(&id) else {
+            return;
+        };
+        let (h, vm, phase, q) = (op.host, op.vm, op.phase, op.q);
+        if !self.host(h).up {
+            self.op_abort(id);
+            return;
+        }
+        match phase {
+            Phase::Prepare => {
+                // The prepare hook: refuse on an unprotected host.
+                if let Err(e) = self.protected(h) {
+                    self.op_done(id, false, &format!("prepare hook: {e}"));
+                    return;
+                }
+                self.op_proc(id, Proc::HookOpen);
+            }
+            Phase::Register | Phase::DstRegister => {
+                // The pre-exec child: protected check, register, exec.
+                if let Err(e) = self.protected(h) {
+                    self.op_done(id, false, &format!("register: {e}"));
+                    self.migrate_cleanup_on_fail(id);
+                    return;
+                }
+                let lineage = match self.ops.get(&id).map(|o| &o.kind) {
+                    Some(Kind::Migrate { src, .. }) => Some(self.qemus[*src].lineage),
+                    _ => None,
+                };
+                let nq = self.spawn_qemu(h, vm, lineage);
+                let mut e = self.base_entry(nq);
+                e.keys = self.keys_of(vm);
+                let hs = self.host_mut(h);
+                hs.registry.insert(pk(e.proc_id), e);
+                hs.registry_version += 1;
+                let d = self.libvirt_delay();
+                let op = self.ops.get_mut(&id).unwrap();
+                if phase == Phase::Register {
+                    op.q = Some(nq);
+                    op.phase = Phase::Acquire;
+                } else {
+                    if let Kind::Migrate { dst, .. } = &mut op.kind {
+                        *dst = Some(nq);
+                    }
+                    op.phase = Phase::Copy;
+                    let copy = self.rng.range(100, 1000) * MS;
+                    self.after(copy, Ev::OpStep(id));
+                    return;
+                }
+                self.after(d, Ev::OpStep(id));
+            }
+            Phase::Acquire => {
+                let q = q.unwrap();
+                self.begin_acquire(id, q, None);
+            }
+            Phase::Stop | Phase::Switch => {
+                let q = q.unwrap();
+                if !self.qemus[q].alive() || self.qemus[q].state != QState::Running {
+                    self.op_done(id, false, "the domain is not running");
+                    self.migrate_cleanup_on_fail(id);
+                    return;
+                }
+                self.qemus[q].state = QState::Paused;
+                self.qemus[q].lock_state = None;
+                self.ops.get_mut(&id).unwrap().phase = Phase::Release;
+                if self.qemus[q].pending > 0 {
+                    self.qemus[q].drain_waiter = Some(id);
+                } else {
+                    self.at(self.now, Ev::OpStep(id));
+                }
+            }
+            Phase::Release => {
+                let q = q.unwrap();
+                self.begin_release(id, q, true);
+            }
+            Phase::Wait => {
+                let dur = match self.ops[&id].kind {
+                    Kind::Pause { dur } => dur,
+                    _ => 0,
+                };
+                self.ops.get_mut(&id).unwrap().phase = Phase::Resume;
+                self.after(dur, Ev::OpStep(id));
+            }
+            Phase::Resume | Phase::SrcResume => {
+                let q = q.unwrap();
+                if self.qemus[q].state != QState::Paused {
+                    self.op_done(id, false, "the domain is not paused");
+                    return;
+                }
+                let st = self.qemus[q].lock_state.clone();
+                self.begin_acquire(id, q, st);
+            }
+            Phase::Begin => {
+                let q = q.unwrap();
+                if !self.qemus[q].running() {
+                    self.op_done(id, false, "the domain is not running");
+                    return;
+                }
+                let keys = self.keys_of(vm);
+                let me = self.holder(q);
+                self.op_proc(
+                    id,
+                    Proc::Inquire(InqProc {
+                        opened: false,
+                        keys,
+                        me,
+                    }),
+                );
+            }
+            Phase::DstPrepare => {
+                if let Err(e) = self.protected(h) {
+                    self.op_done(id, false, &format!("migrate hook on the destination: {e}"));
+                    return;
+                }
+                self.op_proc(id, Proc::HookOpen);
+            }
+            Phase::Copy => {
+                let Kind::Migrate {
+                    src, dst, src_host, ..
+                } = self.ops[&id].kind
+                else {
+                    unreachable!()
+                };
+                let dst = dst.unwrap();
+                if !self.qemus[src].running() || !self.qemus[dst].alive() {
+                    self.op_done(id, false, "a side died during the copy");
+                    self.migrate_cleanup_on_fail(id);
+                    return;
+                }
+                let op = self.ops.get_mut(&id).unwrap();
+                op.host = src_host;
+                op.phase = Phase::Switch;
+                self.at(self.now, Ev::OpStep(id));
+            }
+            Phase::Finish => {
+                let Kind::Migrate {
+                    dst,
+                    dst_host,
+                    ref begin_state,
+                    ..
+                } = self.ops[&id].kind
+                else {
+                    unreachable!()
+                };
+                let st = begin_state.clone();
+                let dst = dst.unwrap();
+                self.ops.get_mut(&id).unwrap().host = dst_host;
+                if !self.qemus[dst].alive() {
+                    self.migrate_src_resume(id);
+                    return;
+                }
+                self.begin_acquire(id, dst, Some(st));
+            }
+        }
+    }
+
+    fn migrate_cleanup_on_fail(&mut self, id: u64) {
+        // Called after op_done: the op is gone; nothing else to undo for
+        // a start. For a migration the destination QEMU is killed.
+        let _ = id;
+        let dsts: Vec<usize> = self
+            .qemus
+            .iter()
+            .filter(|q| q.state == QState::Spawned && q.continues && !q.ran)
+            .filter(|q| {
+                !self
+                    .ops
+                    .values()
+                    .any(|o| matches!(o.kind, Kind::Migrate { dst: Some(d), .. } if d == q.id))
+            })
+            .map(|q| q.id)
+            .collect();
+        for d in dsts {
+            self.kill_qemu(d);
+        }
+    }
+
+    fn migrate_src_resume(&mut self, id: u64) {
+        let Some(op) = self.ops.get_mut(&id) else {
+            return;
+        };
+        let Kind::Migrate { src, src_host, .. } = op.kind else {
+            return;
+        };
+        op.host = src_host;
+        op.q = Some(src);
+        op.phase = Phase::SrcResume;
+        self.at(self.now, Ev::OpStep(id));
+    }
+
+    fn op_proc(&mut self, id: u64, p: Proc) {
+        let h = self.ops[&id].host;
+        let io = self.p.cfg.io_timeout;
+        match &p {
+            Proc::HookOpen => {
+                self.issue(h, Job::Open, Owner::Op(id), Some(io));
+            }
+            Proc::Inquire(_) => {
+                self.issue(h, Job::Open, Owner::Op(id), Some(io));
+            }
+            _ => unreachable!(),
+        }
+        self.ops.get_mut(&id).unwrap().proc_ = Some(p);
+    }
+
+    /// `plugin::acquire` with `state`, for the QEMU `q`.
+    fn begin_acquire(&mut self, id: u64, q: usize, state: Option<String>) {
+        let h = self.qemus[q].host;
+        let status = match self.protected(h) {
+            Ok(s) => s,
+            Err(e) => return self.acquire_finished(id, Err(format!("host not protected: {e}"))),
+        };
+        let expect = match state.as_deref().map(LockState::parse) {
+            None => LockState::default(),
+            Some(Ok(s)) => s,
+            Some(Err(e)) => return self.acquire_finished(id, Err(e.to_string())),
+        };
+        if !self.qemus[q].alive() {
+            return self.acquire_finished(id, Err("identify QEMU process: gone".into()));
+        }
+        let vm = self.qemus[q].vm;
+        let mut res = self.vms[vm].resources.clone();
+        res.sort_by_key(|r| r.key());
+        res.dedup_by_key(|r| r.key());
+        let keys: Vec<(String, String)> = res.iter().map(|r| (r.key(), r.name.clone())).collect();
+        let base = self.base_entry(q);
+        let hs = self.host_mut(h);
+        hs.registry_version += 1;
+        let e = hs.registry.entry(pk(base.proc_id)).or_insert(base);
+        for k in keys {
+            if !e.keys.contains(&k) {
+                e.keys.push(k);
+            }
+        }
+        let mut view = status;
+        if self.mutation == Mutation::TakeoverAtHalfD {
+            view.written_ms += self.p.cfg.timing.host_dead_timeout / 2;
+        }
+        let me = self.holder(q);
+        self.ops.get_mut(&id).unwrap().proc_ = Some(Proc::Acquire(AcqProc {
+            q,
+            res,
+            idx: 0,
+            newly: Vec::new(),
+            me,
+            expect,
+            view: Arc::new(view),
+            opened: false,
+            rollback: None,
+            error: None,
+        }));
+        let io = self.p.cfg.io_timeout;
+        self.issue(h, Job::Open, Owner::Op(id), Some(io));
+    }
+
+    /// `plugin::release` with or without a state, for `q`.
+    fn begin_release(&mut self, id: u64, q: usize, want_state: bool) {
+        let h = self.qemus[q].host;
+        let p = self.qemus[q].proc_id;
+        if !self.qemus[q].alive() && !self.host(h).registry.contains_key(&pk(p)) {
+            return self.release_finished(id, Err("QEMU is neither running nor registered".into()));
+        }
+        let vm = self.qemus[q].vm;
+        let res: Vec<Resource> = self.vms[vm]
+            .resources
+            .iter()
+            .filter(|r| want_state || r.kind != vmlease::resource::Kind::Domain)
+            .cloned()
+            .collect();
+        let me = self.holder(q);
+        self.ops.get_mut(&id).unwrap().proc_ = Some(Proc::Release(RelProc {
+            q,
+            res,
+            idx: 0,
+            me,
+            want_state,
+            opened: false,
+            state: LockState::default(),
+            released: Vec::new(),
+            earlier: Vec::new(),
+            first_err: None,
+        }));
+        let io = self.p.cfg.io_timeout;
+        self.issue(h, Job::Open, Owner::Op(id), Some(io));
+    }
+
+    pub fn op_result(&mut self, id: u64, out: Outcome) {
+        let Some(op) = self.ops.get_mut(&id) else {
+            return;
+        };
+        let h = op.host;
+        let budget = self.p.cfg.io_timeout + self.p.cfg.lock_timeout;
+        let Some(proc_) = op.proc_.as_mut() else {
+            return;
+        };
+        match proc_ {
+            Proc::HookOpen => {
+                op.proc_ = None;
+                match out {
+                    Outcome::Unit(Ok(())) => {
+                        let phase = op.phase;
+                        op.phase = if phase == Phase::Prepare {
+                            Phase::Register
+                        } else {
+                            Phase::DstRegister
+                        };
+                        let d = self.libvirt_delay();
+                        self.after(d, Ev::OpStep(id));
+                    }
+                    Outcome::Unit(Err(e)) => {
+                        self.op_done(id, false, &format!("hook: {e}"));
+                    }
+                    _ => unreachable!(),
+                }
+            }
+            Proc::Inquire(ip) => match out {
+                Outcome::Unit(Ok(())) if !ip.opened => {
+                    ip.opened = true;
+                    let job = Job::Inquire {
+                        keys: ip.keys.clone(),
+                        me: ip.me.clone(),
+                    };
+                    let io = self.p.cfg.io_timeout;
+                    self.issue(h, job, Owner::Op(id), Some(io));
+                }
+                Outcome::Versions(Ok(v)) => {
+                    op.proc_ = None;
+                    let st = LockState { versions: v };
+                    if let Kind::Migrate {
+                        begin_state,
+                        dst_host,
+                        ..
+                    } = &mut op.kind
+                    {
+                        *begin_state = st.encode();
+                        op.host = *dst_host;
+                    }
+                    op.phase = Phase::DstPrepare;
+                    let d = self.libvirt_delay();
+                    self.after(d, Ev::OpStep(id));
+                }
+                Outcome::Unit(Err(e)) | Outcome::Versions(Err(e)) => {
+                    op.proc_ = None;
+                    self.op_done(id, false, &format!("inquire: {e}"));
+                }
+                _ => unreachable!(),
+            },
+            Proc::Acquire(ap) => {
+                match out {
+                    Outcome::Unit(Ok(())) if !ap.opened => {
+                        ap.opened = true;
+                    }
+                    Outcome::Unit(Err(e)) => {
+                        return self.acquire_finished(id, Err(e.to_string()));
+                    }
+                    Outcome::Acquired(r) => match r {
+                        Ok(a) => {
+                            self.stats.takeovers += a.took_over.len() as u64;
+                            if a.changed {
+                                ap.newly.push(ap.res[ap.idx].clone());
+                            }
+                            ap.idx += 1;
+                        }
+                        Err(e) => {
+                            if ap.error.is_none() {
+                                ap.error = Some(e.to_string());
+                                ap.rollback = Some(0);
+                            }
+                        }
+                    },
+                    Outcome::Released(_) => {
+                        if let Some(i) = ap.rollback.as_mut() {
+                            *i += 1;
+                        }
+                    }
+                    _ => unreachable!(),
+                }
+                // Next call.
+                if let Some(i) = ap.rollback {
+                    if i < ap.newly.len() {
+                        let r = &ap.newly[i];
+                        let job = Job::Release {
+                            key: r.key(),
+                            name: r.name.clone(),
+                            me: ap.me.clone(),
+                        };
+                        self.issue(h, job, Owner::Op(id), Some(budget));
+                    } else {
+                        let e = ap.error.clone().unwrap();
+                        self.acquire_finished(id, Err(e));
+                    }
+                    return;
+                }
+                if ap.idx < ap.res.len() {
+                    let r = ap.res[ap.idx].clone();
+                    let mut want = ap.expect.versions.get(&r.key()).copied();
+                    if self.mutation == Mutation::NoVersionCheckOnHandover {
+                        want = None;
+                    }
+                    let job = Job::Acquire {
+                        res: r,
+                        me: ap.me.clone(),
+                        want,
+                        view: Some(ap.view.clone()),
+                    };
+                    self.issue(h, job, Owner::Op(id), Some(budget));
+                } else {
+                    let q = ap.q;
+                    let p = self.qemus[q].proc_id;
+                    let hs = self.host_mut(h);
+                    hs.registry_version += 1;
+                    if let Some(e) = hs.registry.get_mut(&pk(p)) {
+                        e.released.clear();
+                    }
+                    self.acquire_finished(id, Ok(None));
+                }
+            }
+            Proc::Release(rp) => {
+                match out {
+                    Outcome::Unit(Ok(())) if !rp.opened => {
+                        rp.opened = true;
+                        let p = self.qemus[rp.q].proc_id;
+                        rp.earlier = self.hosts[h as usize - 1]
+                            .registry
+                            .get(&pk(p))
+                            .map(|e| e.released.clone())
+                            .unwrap_or_default();
+                    }
+                    Outcome::Unit(Err(e)) => {
+                        return self.release_finished(id, Err(e.to_string()));
+                    }
+                    Outcome::Released(r) => {
+                        let r_key = rp.res[rp.idx].key();
+                        match r {
+                            Ok(Some(v)) => {
+                                rp.state.versions.insert(r_key.clone(), v);
+                                rp.released.push(r_key);
+                            }
+                            Ok(None) => {
+                                if let Some((_, v)) = rp.earlier.iter().find(|(k, _)| *k == r_key) {
+                                    rp.state.versions.insert(r_key, *v);
+                                }
+                            }
+                            Err(e) => {
+                                rp.first_err.get_or_insert(e.to_string());
+                            }
+                        }
+                        rp.idx += 1;
+                    }
+                    _ => unreachable!(),
+                }
+                if rp.idx < rp.res.len() {
+                    let r = &rp.res[rp.idx];
+                    let job = Job::Release {
+                        key: r.key(),
+                        name: r.name.clone(),
+                        me: rp.me.clone(),
+                    };
+                    self.issue(h, job, Owner::Op(id), Some(budget));
+                    return;
+                }
+                let p = self.qemus[rp.q].proc_id;
+                let released = std::mem::take(&mut rp.released);
+                let versions: Vec<(String, u64)> = rp
+                    .state
+                    .versions
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect();
+                let want = rp.want_state;
+                let res = match rp.first_err.take() {
+                    Some(e) => Err(e),
+                    None => Ok(want.then(|| rp.state.encode())),
+                };
+                let hs = self.host_mut(h);
+                hs.registry_version += 1;
+                if let Some(e) = hs.registry.get_mut(&pk(p)) {
+                    e.keys.retain(|(k, _)| !released.contains(k));
+                    if want {
+                        e.released = versions;
+                    }
+                }
+                self.release_finished(id, res);
+            }
+        }
+    }
+
+    fn acquire_finished(&mut self, id: u64, r: ProcResult) {
+        let Some(op) = self.ops.get_mut(&id) else {
+            return;
+        };
+        let q = match op.proc_.take() {
+            Some(Proc::Acquire(ap)) => Some(ap.q),
+            _ => op.q,
+        };
+        let phase = op.phase;
+        let h = op.host;
+        let vm = op.vm;
+        match r {
+            Ok(_) => {
+                self.stats.acquires_ok += 1;
+                let q = q.unwrap();
+                if !self.qemus[q].alive() {
+                    self.op_done(id, false, "QEMU died during the acquire");
+                    return;
+                }
+                self.log(
+                    &format!("h{h}"),
+                    format!("vm{vm} acquired its leases; CPUs start"),
+                );
+                self.set_running(q);
+                if phase == Phase::Finish {
+                    if let Kind::Migrate { src, .. } = self.ops[&id].kind {
+                        // Confirm: the source QEMU is destroyed.
+                        self.kill_qemu(src);
+                    }
+                }
+                self.op_done(id, true, "");
+            }
+            Err(e) => {
+                self.stats.acquires_refused += 1;
+                match phase {
+                    Phase::Acquire => {
+                        if let Some(q) = q {
+                            self.kill_qemu(q);
+                        }
+                        self.op_done(id, false, &e);
+                    }
+                    Phase::Finish => {
+                        self.log(&format!("h{h}"), format!("migration finish failed: {e}"));
+                        if let Some(q) = q {
+                            self.kill_qemu(q);
+                        }
+                        self.migrate_src_resume(id);
+                    }
+                    _ => {
+                        if let Some(q) = q {
+                            self.qemus[q].resume_failed = true;
+                        }
+                        self.op_done(id, false, &e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn release_finished(&mut self, id: u64, r: ProcResult) {
+        let Some(op) = self.ops.get_mut(&id) else {
+            return;
+        };
+        let q = match op.proc_.take() {
+            Some(Proc::Release(rp)) => rp.q,
+            _ => op.q.unwrap(),
+        };
+        let h = op.host;
+        // libvirt keeps the state only on success ("Unable to release
+        // lease" is just a warning).
+        self.qemus[q].lock_state = r.clone().ok().flatten();
+        if let Err(e) = &r {
+            self.log(&format!("h{h}"), format!("Unable to release lease: {e}"));
+        }
+        let op = self.ops.get_mut(&id).unwrap();
+        match op.kind {
+            Kind::Pause { .. } => {
+                op.phase = Phase::Wait;
+                self.at(self.now, Ev::OpStep(id));
+            }
+            Kind::Migrate { dst_host, .. } => {
+                op.host = dst_host;
+                op.phase = Phase::Finish;
+                let d = self.libvirt_delay();
+                self.after(d, Ev::OpStep(id));
+            }
+            _ => self.op_done(id, r.is_ok(), ""),
+        }
+    }
+}
+
+fn empty_status(h: u16, boot: &str) -> Status {
+    Status {
+        daemon_pid: 0,
+        host_id: h,
+        boot_id: boot.to_string(),
+        incarnation: 0,
+        written_ms: 0,
+        last_renewal_ms: 0,
+        state: vmlease::hosts::HostState::Live,
+        reason: String::new(),
+        unsafe_no_watchdog: false,
+        observing_since_ms: 0,
+        renew_interval_ms: 0,
+        renew_fail_timeout_ms: 0,
+        host_dead_timeout_ms: 0,
+        networks: Vec::new(),
+        peers: Vec::new(),
+    }
+}

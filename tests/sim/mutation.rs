@@ -1,0 +1,80 @@
+//! Safety rules the simulator can switch off, one at a time, to show that
+//! it notices. Every mutation lives in the simulator (a view, a store or a
+//! check that lies); production code has no knob for any of them.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    None,
+    /// "No watchdog, no leases" off: the plugin's protected check
+    /// (`Status::check_protected`) always passes.
+    NoProtectedCheck,
+    /// The protected check judges the daemon's status as of the moment it
+    /// was written, so a stale status from a hung daemon looks fresh.
+    StaleStatusAccepted,
+    /// Rule 4 at D/2: the engine's view claims twice the observed time.
+    TakeoverAtHalfD,
+    /// Resume and migration finish acquire without the handed-over lease
+    /// versions.
+    NoVersionCheckOnHandover,
+    /// The record lock does not exclude anyone.
+    NoRecordLock,
+    /// The judge's slot read under the lock is answered from the daemon's
+    /// last observation instead of the store.
+    NoFreshSlotRead,
+    /// The daemon publishes fenced-clean as soon as it starts fencing,
+    /// before its leased QEMUs are dead.
+    FencedCleanBeforeKill,
+    /// The fence never kills (only the watchdog and the reset remain).
+    NoKillOnFence,
+    /// The daemon pets the hardware watchdog on every tick.
+    AlwaysPetWatchdog,
+    /// The daemon counts a QEMU as dead once SIGKILL is sent, not once it
+    /// has exited (a QEMU in uninterruptible I/O may still write).
+    DeadOnKill,
+}
+
+impl Mutation {
+    pub const ALL: [Mutation; 10] = [
+        Mutation::NoProtectedCheck,
+        Mutation::StaleStatusAccepted,
+        Mutation::TakeoverAtHalfD,
+        Mutation::NoVersionCheckOnHandover,
+        Mutation::NoRecordLock,
+        Mutation::NoFreshSlotRead,
+        Mutation::FencedCleanBeforeKill,
+        Mutation::NoKillOnFence,
+        Mutation::AlwaysPetWatchdog,
+        Mutation::DeadOnKill,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutation::None => "none",
+            Mutation::NoProtectedCheck => "no-protected-check",
+            Mutation::StaleStatusAccepted => "stale-status-accepted",
+            Mutation::TakeoverAtHalfD => "takeover-at-half-d",
+            Mutation::NoVersionCheckOnHandover => "no-version-check-on-handover",
+            Mutation::NoRecordLock => "no-record-lock",
+            Mutation::NoFreshSlotRead => "no-fresh-slot-read",
+            Mutation::FencedCleanBeforeKill => "fenced-clean-before-kill",
+            Mutation::NoKillOnFence => "no-kill-on-fence",
+            Mutation::AlwaysPetWatchdog => "always-pet-watchdog",
+            Mutation::DeadOnKill => "dead-on-kill",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mutation> {
+        if s == "none" {
+            return Some(Mutation::None);
+        }
+        Mutation::ALL.iter().copied().find(|m| m.name() == s)
+    }
+}
+
+impl fmt::Display for Mutation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -1,0 +1,1491 @@
+//! The simulated world: an event queue on one real (simulated) time line,
+//! hosts with their own drifting clocks, the shared store and the storage
+//! operations in flight, and the dispatch of every event.
+//!
+//! A storage operation (a [`Call`]) is issued by a host, waits for its
+//! record lock, runs the real engine on a [`SimIo`] at the instant it got
+//! the lock, and lands (its writes are applied, its lock is released) when
+//! its latency has passed - or later, if the host's storage link stalls
+//! meanwhile, or never, if the client is evicted first. The caller sees
+//! the result when it lands, or a timeout at its deadline.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use vmlease::config::Config;
+use vmlease::daemon::fence::Cause;
+use vmlease::engine::{Acquired, Engine};
+use vmlease::error::{Error, Result};
+use vmlease::hosts::{HostRecord, Slot, SLOT_SIZE};
+use vmlease::lease::Holder;
+use vmlease::process::ProcId;
+use vmlease::registry::Entry as RegEntry;
+use vmlease::resource::Resource;
+use vmlease::status::Status;
+
+use crate::check::Violation;
+use crate::daemon::Daemon;
+use crate::libvirt::{Op, Qemu};
+use crate::mutation::Mutation;
+use crate::params::{Params, Profile, Us, MS};
+use crate::rng::Rng;
+use crate::schedule::{Fault, Link, Schedule};
+use crate::store::{SimIo, StoreState, Write};
+
+#[derive(Debug)]
+pub enum Ev {
+    Fault(usize),
+    FaultEnd(usize),
+    Boot(u16),
+    DaemonSpawn {
+        h: u16,
+        boot: u32,
+    },
+    Tick {
+        h: u16,
+        gen: u64,
+        seq: u64,
+    },
+    Probe {
+        h: u16,
+        gen: u64,
+    },
+    ProbeDone {
+        h: u16,
+        gen: u64,
+        at_ms: u64,
+        up: bool,
+    },
+    ClaimPoll {
+        h: u16,
+        gen: u64,
+    },
+    WdCheck(u16),
+    CallRun(u64),
+    CallLand(u64),
+    CallTimeout(u64),
+    CallEvict(u64),
+    CallFail(u64),
+    LockWaitTimeout(u64),
+    LockFree {
+        key: String,
+        call: u64,
+    },
+    Deliver {
+        owner: Owner,
+        out: Outcome,
+    },
+    QemuWrite(usize),
+    WriteLand {
+        q: usize,
+        seq: u64,
+    },
+    QemuReap(usize),
+    OpStep(u64),
+    Controller,
+    Operator,
+}
+
+struct Queued {
+    t: Us,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        self.t == o.t && self.seq == o.seq
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> Ordering {
+        // BinaryHeap is a max-heap: the earliest event is the greatest.
+        (o.t, o.seq).cmp(&(self.t, self.seq))
+    }
+}
+
+/// One hypervisor host.
+pub struct Host {
+    pub id: u16,
+    pub name: String,
+    pub cfg: Config,
+    pub boot_no: u32,
+    pub boot_id: String,
+    pub up: bool,
+    /// Real time of this boot; the host's CLOCK_BOOTTIME counts from it.
+    pub boot_real: Us,
+    pub clock_base_ms: u64,
+    pub drift_ppm: i64,
+    pub wd_drift_ppm: i64,
+    pub frozen_until: Us,
+    /// The hardware watchdog: armed since a daemon opened it, fires at
+    /// `wd_expires` unless petted.
+    pub wd_armed: bool,
+    pub wd_expires: Us,
+    pub wd_check_at: Us,
+    pub daemon: Option<Daemon>,
+    pub daemon_gen: u64,
+    pub daemon_hung_until: Us,
+    /// `<state_dir>` (tmpfs: gone at reboot).
+    pub status: Option<Status>,
+    pub registry: BTreeMap<Pk, RegEntry>,
+    /// Bumped at every change of the registry (its directory's mtime).
+    pub registry_version: u64,
+    pub marker: Option<Cause>,
+    pub clear_request: bool,
+    pub next_pid: u32,
+    /// libvirt's active domains: vm -> QEMU.
+    pub domains: BTreeMap<usize, usize>,
+    /// When this boot's liveness record last landed in the store.
+    pub last_landed: Us,
+    pub wall_skew_s: i64,
+    /// Daemons that joined during this boot.
+    pub daemons_this_boot: u32,
+    /// Known bug KB1 (see `known_bug`): a daemon restarted while leased
+    /// QEMUs ran and has not had a renewal land since.
+    pub kb1_since: Option<Us>,
+}
+
+impl Host {
+    /// CLOCK_BOOTTIME of this host at real time `t`, in ms.
+    pub fn local_ms(&self, t: Us) -> u64 {
+        let el = t.saturating_sub(self.boot_real) as u128;
+        self.clock_base_ms + (el * (1_000_000i64 + self.drift_ppm) as u128 / 1_000_000_000) as u64
+    }
+
+    /// The real duration of `ms` on this host's clock.
+    pub fn real(&self, ms: u64) -> Us {
+        let r = ms as u128 * 1_000_000_000 / (1_000_000i64 + self.drift_ppm) as u128;
+        r as Us + 1
+    }
+
+    pub fn wd_real(&self, ms: u64) -> Us {
+        let r = ms as u128 * 1_000_000_000 / (1_000_000i64 + self.wd_drift_ppm) as u128;
+        r as Us
+    }
+
+    pub fn frozen(&self, now: Us) -> bool {
+        self.frozen_until > now
+    }
+}
+
+/// One VM the HA controller wants running.
+pub struct Vm {
+    pub name: String,
+    pub uuid: String,
+    pub resources: Vec<Resource>,
+    /// `resources[i].key()`, computed once.
+    pub keys: Vec<String>,
+    /// The disk as the checker sees it.
+    pub disk_gen: u64,
+    /// The QEMU that last began writing the disk, and when.
+    pub epoch_owner: Option<usize>,
+    pub epoch_start: Us,
+    /// A controller or chaos operation is in progress on this VM.
+    pub busy: Option<u64>,
+}
+
+/// A VM's memory and the disk state it expects (a migrated or resumed
+/// QEMU continues its lineage).
+pub struct Lineage {
+    pub expect_gen: u64,
+}
+
+#[derive(Debug)]
+pub enum Job {
+    Open,
+    ReadSlot(u16),
+    Renew(HostRecord),
+    RenewRead,
+    WriteHost(HostRecord),
+    Acquire {
+        res: Resource,
+        me: Holder,
+        want: Option<u64>,
+        view: Option<Arc<Status>>,
+    },
+    Release {
+        key: String,
+        name: String,
+        me: Holder,
+    },
+    ReleaseMatching {
+        key: String,
+        me: Holder,
+    },
+    Inquire {
+        keys: Vec<(String, String)>,
+        me: Holder,
+    },
+}
+
+impl Job {
+    fn lock(&self) -> Option<String> {
+        match self {
+            Job::Acquire { res, .. } => Some(res.key()),
+            Job::Release { key, .. } | Job::ReleaseMatching { key, .. } => Some(key.clone()),
+            _ => None,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Job::Open => "open lockspace",
+            Job::ReadSlot(_) => "read host record",
+            Job::Renew(_) => "renew",
+            Job::RenewRead => "read host table",
+            Job::WriteHost(_) => "write leaving record",
+            Job::Acquire { .. } => "acquire lease",
+            Job::Release { .. } => "release lease",
+            Job::ReleaseMatching { .. } => "release lease",
+            Job::Inquire { .. } => "inquire leases",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Unit(Result<()>),
+    Bytes(Result<Vec<u8>>),
+    /// A table read and the slot versions it returned.
+    Table(Result<(Vec<u8>, Vec<u64>)>),
+    Acquired(Result<Acquired>),
+    Released(Result<Option<u64>>),
+    Matched(Result<Vec<Holder>>),
+    Versions(Result<BTreeMap<String, u64>>),
+}
+
+impl Outcome {
+    fn err(job: &Job, e: Error) -> Outcome {
+        match job {
+            Job::Open | Job::WriteHost(_) => Outcome::Unit(Err(e)),
+            Job::ReadSlot(_) => Outcome::Bytes(Err(e)),
+            Job::Renew(_) | Job::RenewRead => Outcome::Table(Err(e)),
+            Job::Acquire { .. } => Outcome::Acquired(Err(e)),
+            Job::Release { .. } => Outcome::Released(Err(e)),
+            Job::ReleaseMatching { .. } => Outcome::Matched(Err(e)),
+            Job::Inquire { .. } => Outcome::Versions(Err(e)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaemonCall {
+    Open,
+    Claim,
+    Renew { issued_ms: u64 },
+    Release,
+    Leave,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Daemon { h: u16, gen: u64, what: DaemonCall },
+    Op(u64),
+}
+
+pub struct Call {
+    pub host: u16,
+    pub boot: u32,
+    pub job: Job,
+    pub owner: Owner,
+    pub deadline_ms: u64,
+    pub lock: Option<String>,
+    pub has_lock: bool,
+    pub waiting: bool,
+    pub writes: Vec<Write>,
+    pub pending: Option<Outcome>,
+    pub timed_out: bool,
+}
+
+#[derive(Default)]
+pub struct LockCell {
+    pub holder: Option<u64>,
+    pub waiters: VecDeque<u64>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub events: u64,
+    pub acquires_ok: u64,
+    pub acquires_refused: u64,
+    pub takeovers: u64,
+    pub fences: u64,
+    pub resets: u64,
+    pub qemu_writes: u64,
+    pub recovery_ms: u64,
+}
+
+pub struct World {
+    pub p: Params,
+    pub sched: Schedule,
+    pub mutation: Mutation,
+    pub now: Us,
+    seq: u64,
+    queue: BinaryHeap<Queued>,
+    pub rng: Rng,
+    pub io_rng: Rng,
+    pub hosts: Vec<Host>,
+    pub vms: Vec<Vm>,
+    pub qemus: Vec<Qemu>,
+    pub lineages: Vec<Lineage>,
+    pub store: StoreState,
+    pub calls: BTreeMap<u64, Call>,
+    pub locks: BTreeMap<String, LockCell>,
+    pub ops: BTreeMap<u64, Op>,
+    next_id: u64,
+    pub tracing: bool,
+    pub trace: Vec<String>,
+    pub violation: Option<Violation>,
+    /// Scenario tests: record every violation and go on.
+    pub keep_going: bool,
+    pub violations: Vec<Violation>,
+    pub heal: Us,
+    pub end: Us,
+    pub stats: Stats,
+    decode_cache: HashMap<(usize, u64), Slot>,
+    /// When a liveness record of each boot last landed.
+    pub landed: HashMap<String, Us>,
+}
+
+pub const STEP_CAP: u64 = 3_000_000;
+
+/// A process as a map key (`ProcId` is not ordered).
+pub type Pk = (u32, u64);
+
+pub fn pk(p: ProcId) -> Pk {
+    (p.pid, p.start)
+}
+
+pub fn proc_id(k: Pk) -> ProcId {
+    ProcId {
+        pid: k.0,
+        start: k.1,
+    }
+}
+
+impl World {
+    pub fn new(
+        seed: u64,
+        profile: Profile,
+        mutation: Mutation,
+        keep: Option<&[usize]>,
+        tracing: bool,
+    ) -> World {
+        let mut root = Rng::new(seed);
+        let mut prng = root.fork(1);
+        let p = Params::generate(&mut prng, profile);
+        let mut srng = root.fork(2);
+        let full = Schedule::generate(&mut srng, &p);
+        let sched = match keep {
+            Some(k) => full.subset(k, &p),
+            None => full,
+        };
+        World::build(seed, p, sched, mutation, tracing, None, true)
+    }
+
+    /// A hand-written world (scenario tests): fixed parameters, faults and
+    /// boot times; the controller and the operator only if asked.
+    pub fn custom(
+        seed: u64,
+        p: Params,
+        faults: Vec<Fault>,
+        boot_at: &[Us],
+        controller: bool,
+        tracing: bool,
+    ) -> World {
+        World::custom_mutated(
+            seed,
+            p,
+            faults,
+            boot_at,
+            controller,
+            tracing,
+            Mutation::None,
+        )
+    }
+
+    pub fn custom_mutated(
+        seed: u64,
+        p: Params,
+        faults: Vec<Fault>,
+        boot_at: &[Us],
+        controller: bool,
+        tracing: bool,
+        mutation: Mutation,
+    ) -> World {
+        let sched = Schedule::from_faults(faults, &p);
+        World::build(seed, p, sched, mutation, tracing, Some(boot_at), controller)
+    }
+
+    fn build(
+        seed: u64,
+        p: Params,
+        sched: Schedule,
+        mutation: Mutation,
+        tracing: bool,
+        boot_at: Option<&[Us]>,
+        controller: bool,
+    ) -> World {
+        let mut root = Rng::new(seed);
+        let _ = (root.fork(1), root.fork(2));
+        let mut rng = root.fork(3);
+        let io_rng = root.fork(4);
+        let max_hosts = p.hosts + 2;
+        let mut hosts = Vec::new();
+        for id in 1..=p.hosts {
+            let mut cfg = p.cfg.clone();
+            cfg.host_id = Some(id);
+            let drift = |rng: &mut Rng| {
+                if p.drift_ppm == 0 {
+                    0
+                } else {
+                    rng.range(0, 2 * p.drift_ppm as u64) as i64 - p.drift_ppm
+                }
+            };
+            hosts.push(Host {
+                id,
+                name: format!("host-{id}.sim"),
+                cfg,
+                boot_no: 0,
+                boot_id: String::new(),
+                up: false,
+                boot_real: 0,
+                clock_base_ms: 0,
+                drift_ppm: drift(&mut rng),
+                wd_drift_ppm: drift(&mut rng),
+                frozen_until: 0,
+                wd_armed: false,
+                wd_expires: 0,
+                wd_check_at: 0,
+                daemon: None,
+                daemon_gen: 0,
+                daemon_hung_until: 0,
+                status: None,
+                registry: BTreeMap::new(),
+                registry_version: 0,
+                marker: None,
+                clear_request: false,
+                next_pid: 1000,
+                domains: BTreeMap::new(),
+                last_landed: 0,
+                wall_skew_s: rng.range(0, 7200) as i64 - 3600,
+                daemons_this_boot: 0,
+                kb1_since: None,
+            });
+        }
+        let vms = (0..p.vms)
+            .map(|i| {
+                let uuid = format!("5a5a5a5a-0000-4000-8000-{:012x}", i + 1);
+                let resources = vec![
+                    Resource::domain(&uuid),
+                    Resource::disk(&format!("/images/vm{i}.qcow2"), false),
+                ];
+                Vm {
+                    name: format!("vm{i}"),
+                    uuid: uuid.clone(),
+                    keys: resources.iter().map(|r| r.key()).collect(),
+                    resources,
+                    disk_gen: 0,
+                    epoch_owner: None,
+                    epoch_start: 0,
+                    busy: None,
+                }
+            })
+            .collect();
+        let heal = sched.heal_time(&p);
+        let end = heal + p.settle_ms * MS;
+        let mut w = World {
+            store: StoreState::new(max_hosts),
+            p,
+            sched,
+            mutation,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            rng,
+            io_rng,
+            hosts,
+            vms,
+            qemus: Vec::new(),
+            lineages: Vec::new(),
+            calls: BTreeMap::new(),
+            locks: BTreeMap::new(),
+            ops: BTreeMap::new(),
+            next_id: 1,
+            tracing,
+            trace: Vec::new(),
+            violation: None,
+            keep_going: false,
+            violations: Vec::new(),
+            heal,
+            end,
+            stats: Stats::default(),
+            decode_cache: HashMap::new(),
+            landed: HashMap::new(),
+        };
+        for h in 1..=w.p.hosts {
+            let t = match boot_at {
+                Some(b) => b[h as usize - 1],
+                None => w.rng.range(0, 200) * MS,
+            };
+            w.at(t, Ev::Boot(h));
+        }
+        for i in 0..w.sched.faults.len() {
+            let f = &w.sched.faults[i];
+            let (at, dur) = (f.at(), f.dur());
+            w.at(at, Ev::Fault(i));
+            if dur > 0 {
+                w.at(at + dur, Ev::FaultEnd(i));
+            }
+        }
+        if controller {
+            w.at(500 * MS, Ev::Controller);
+            w.at(700 * MS, Ev::Operator);
+        }
+        w
+    }
+
+    /// Processes every event up to `t` (scenario tests).
+    pub fn run_until(&mut self, t: Us) -> Option<Violation> {
+        while let Some(q) = self.queue.peek() {
+            if q.t > t || self.violation.is_some() {
+                break;
+            }
+            let q = self.queue.pop().unwrap();
+            self.now = q.t;
+            self.stats.events += 1;
+            self.dispatch(q.ev);
+        }
+        self.now = self.now.max(t);
+        self.violation.clone()
+    }
+
+    pub fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub fn at(&mut self, t: Us, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Queued {
+            t: t.max(self.now),
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    pub fn after(&mut self, d: Us, ev: Ev) {
+        self.at(self.now + d, ev);
+    }
+
+    pub fn host(&self, h: u16) -> &Host {
+        &self.hosts[h as usize - 1]
+    }
+
+    pub fn host_mut(&mut self, h: u16) -> &mut Host {
+        &mut self.hosts[h as usize - 1]
+    }
+
+    pub fn local(&self, h: u16) -> u64 {
+        self.host(h).local_ms(self.now)
+    }
+
+    pub fn log(&mut self, who: &str, text: String) {
+        if self.tracing {
+            self.trace
+                .push(format!("{:>9.3}s {who:<5} {text}", self.now as f64 / 1e6));
+        }
+    }
+
+    pub fn violate(&mut self, invariant: &'static str, text: String) {
+        self.violate_known(invariant, text, None, &[]);
+    }
+
+    /// A violation about these hosts (for the known-bug signatures).
+    pub fn violate_on(&mut self, invariant: &'static str, text: String, hosts: &[u16]) {
+        self.violate_known(invariant, text, None, hosts);
+    }
+
+    pub fn violate_known(
+        &mut self,
+        invariant: &'static str,
+        text: String,
+        known: Option<&'static str>,
+        hosts: &[u16],
+    ) {
+        if self.keep_going {
+            let known = known.or_else(|| self.known_bug(invariant, hosts));
+            self.log("CHECK", format!("VIOLATION of {invariant}: {text}"));
+            self.violations.push(Violation {
+                invariant,
+                at: self.now,
+                text,
+                known,
+            });
+            return;
+        }
+        if self.violation.is_none() {
+            let known = known.or_else(|| self.known_bug(invariant, hosts));
+            self.log(
+                "CHECK",
+                format!(
+                    "VIOLATION of {invariant}{}: {text}",
+                    known
+                        .map(|k| format!(" (known bug {k})"))
+                        .unwrap_or_default()
+                ),
+            );
+            self.violation = Some(Violation {
+                invariant,
+                at: self.now,
+                text,
+                known,
+            });
+        }
+    }
+
+    /// Runs the schedule to its end; returns the first violation.
+    pub fn run(&mut self) -> Option<Violation> {
+        while let Some(q) = self.queue.pop() {
+            if q.t > self.end {
+                break;
+            }
+            self.now = q.t;
+            self.stats.events += 1;
+            if self.stats.events > STEP_CAP {
+                self.violate("simulator", "step cap reached (an event loop?)".into());
+                break;
+            }
+            let controller = matches!(q.ev, Ev::Controller);
+            self.dispatch(q.ev);
+            if self.violation.is_some() {
+                return self.violation.clone();
+            }
+            if controller && self.quiescent() {
+                // Recovered and steady: nothing can change any more.
+                break;
+            }
+        }
+        self.now = self.now.max(self.heal);
+        self.check_liveness();
+        self.violation.clone()
+    }
+
+    /// After the faults healed (and D + F more, for late effects): every VM
+    /// runs, every host is up and renewing, nothing is in progress.
+    fn quiescent(&self) -> bool {
+        let t = self.p.cfg.timing;
+        if self.now < self.heal + (t.host_dead_timeout + t.renew_fail_timeout) * MS {
+            return false;
+        }
+        if !self.ops.is_empty()
+            || self
+                .qemus
+                .iter()
+                .any(|q| q.state == crate::libvirt::QState::Dying)
+            || (0..self.vms.len()).any(|vm| self.running_qemu_of(vm).is_none())
+        {
+            return false;
+        }
+        let fresh = 2 * t.renew_interval * MS;
+        let hosts_ok = self.hosts.iter().all(|h| {
+            h.up && !h.frozen(self.now)
+                && h.daemon.as_ref().is_some_and(|d| {
+                    d.phase == crate::daemon::DPhase::Running
+                        && d.jobs.is_empty()
+                        && d.job.is_none()
+                })
+                && h.last_landed + fresh >= self.now
+        });
+        hosts_ok
+            && self
+                .calls
+                .values()
+                .all(|c| matches!(c.job, Job::Renew(_) | Job::RenewRead) && !c.has_lock)
+    }
+
+    /// Host-side events wait while their host is frozen, daemon events
+    /// while the daemon is stopped.
+    fn deferred(&self, ev: &Ev) -> Option<Us> {
+        let (h, daemon) = match ev {
+            Ev::Tick { h, .. }
+            | Ev::Probe { h, .. }
+            | Ev::ProbeDone { h, .. }
+            | Ev::ClaimPoll { h, .. } => (*h, true),
+            Ev::DaemonSpawn { h, .. } => (*h, false),
+            Ev::QemuWrite(q) => (self.qemus[*q].host, false),
+            Ev::OpStep(id) => (self.ops.get(id)?.host, false),
+            Ev::Deliver { owner, .. } => match owner {
+                Owner::Daemon { h, .. } => (*h, true),
+                Owner::Op(op) => (self.ops.get(op)?.host, false),
+            },
+            _ => return None,
+        };
+        let host = self.host(h);
+        if host.frozen(self.now) {
+            return Some(host.frozen_until);
+        }
+        if daemon && host.daemon_hung_until > self.now {
+            return Some(host.daemon_hung_until);
+        }
+        None
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        if let Some(t) = self.deferred(&ev) {
+            self.at(t, ev);
+            return;
+        }
+        match ev {
+            Ev::Fault(i) => self.fault(i),
+            Ev::FaultEnd(i) => self.fault_end(i),
+            Ev::Boot(h) => self.boot(h),
+            Ev::DaemonSpawn { h, boot } => {
+                let hs = self.host(h);
+                if hs.up && hs.boot_no == boot {
+                    match hs.daemon.as_ref().map(|d| d.phase.clone()) {
+                        None => self.daemon_spawn(h),
+                        // systemd waits for the old one to exit.
+                        Some(crate::daemon::DPhase::Stopping) => {
+                            self.after(50 * MS, Ev::DaemonSpawn { h, boot })
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            Ev::Tick { h, gen, seq } => self.daemon_tick(h, gen, seq),
+            Ev::Probe { h, gen } => self.probe_start(h, gen),
+            Ev::ProbeDone { h, gen, at_ms, up } => self.probe_done(h, gen, at_ms, up),
+            Ev::ClaimPoll { h, gen } => self.claim_poll(h, gen),
+            Ev::WdCheck(h) => self.wd_check(h),
+            Ev::CallRun(id) => self.call_run(id),
+            Ev::CallLand(id) => self.call_land(id),
+            Ev::CallTimeout(id) => self.call_timeout(id),
+            Ev::CallEvict(id) => self.call_evict(id),
+            Ev::CallFail(id) => self.call_fail(id),
+            Ev::LockWaitTimeout(id) => self.lock_wait_timeout(id),
+            Ev::LockFree { key, call } => self.lock_release(&key, call),
+            Ev::Deliver { owner, out } => self.deliver(owner, out),
+            Ev::QemuWrite(q) => self.qemu_write(q),
+            Ev::WriteLand { q, seq } => self.write_land(q, seq),
+            Ev::QemuReap(q) => self.qemu_reap(q),
+            Ev::OpStep(id) => self.op_step(id),
+            Ev::Controller => self.controller(),
+            Ev::Operator => self.operator(),
+        }
+    }
+
+    // ---------------------------------------------------------------
+    // Faults.
+
+    fn fault(&mut self, i: usize) {
+        let f = self.sched.faults[i].clone();
+        self.log("FAULT", format!("{f}"));
+        match f {
+            Fault::HostCrash { host, .. } => {
+                if self.host(host).up {
+                    self.reset(host, "power loss");
+                }
+            }
+            Fault::HostFreeze { host, dur, .. } => {
+                if self.host(host).up {
+                    let until = self.now + dur;
+                    let hs = self.host_mut(host);
+                    hs.frozen_until = hs.frozen_until.max(until);
+                }
+            }
+            Fault::DaemonKill { host, restart, .. } => self.daemon_kill(host, restart),
+            Fault::DaemonHang { host, dur, .. } => {
+                if self.host(host).daemon.is_some() && !self.host(host).frozen(self.now) {
+                    let until = self.now + dur;
+                    self.host_mut(host).daemon_hung_until = until;
+                }
+            }
+            Fault::DaemonRestart { host, .. } => self.daemon_sigterm(host, true),
+            Fault::QemuExit { vm, .. } => {
+                if let Some(q) = self.running_qemu_of(vm) {
+                    self.qemu_exit(q, "QEMU exited");
+                }
+            }
+            Fault::QemuStuck { vm, dur, .. } => {
+                if let Some(q) = self.any_qemu_of(vm) {
+                    let until = self.now + dur;
+                    let qm = &mut self.qemus[q];
+                    qm.io_stuck_until = qm.io_stuck_until.max(until);
+                }
+            }
+            Fault::Migrate { vm, to, .. } => self.chaos_migrate(vm, to),
+            Fault::Pause { vm, dur, .. } => self.chaos_pause(vm, dur),
+            Fault::RogueStart { vm, host, .. } => {
+                if self.reachable(host) && !self.host(host).domains.contains_key(&vm) {
+                    self.start_vm(vm, host, false);
+                }
+            }
+            Fault::Destroy { vm, .. } => {
+                if let Some(q) = self.any_qemu_of(vm) {
+                    let h = self.qemus[q].host;
+                    if self.reachable(h) {
+                        self.log(&format!("h{h}"), format!("virsh destroy vm{vm}"));
+                        self.kill_qemu(q);
+                    }
+                }
+            }
+            Fault::StorageCut { .. }
+            | Fault::SlowIo { .. }
+            | Fault::SlowHostTable { .. }
+            | Fault::IoErrors { .. }
+            | Fault::ClusterFull { .. }
+            | Fault::LockspaceReadOnly { .. }
+            | Fault::MgmtCut { .. } => {
+                // Intervals the storage and probe models consult.
+            }
+        }
+    }
+
+    fn fault_end(&mut self, i: usize) {
+        let f = &self.sched.faults[i];
+        if self.tracing {
+            let s = format!("healed: {f}");
+            self.log("FAULT", s);
+        }
+    }
+
+    // ---------------------------------------------------------------
+    // Hosts: boot, reset, watchdog.
+
+    fn boot(&mut self, h: u16) {
+        let now = self.now;
+        let base = self.rng.range(2_000, 8_000);
+        let hs = self.host_mut(h);
+        hs.boot_no += 1;
+        hs.boot_id = format!("boot-h{h}-{}", hs.boot_no);
+        hs.up = true;
+        hs.boot_real = now;
+        hs.clock_base_ms = base;
+        hs.frozen_until = 0;
+        hs.daemon_hung_until = 0;
+        hs.last_landed = 0;
+        hs.next_pid = 1000;
+        hs.daemons_this_boot = 0;
+        hs.kb1_since = None;
+        let boot = hs.boot_no;
+        self.log(
+            &format!("h{h}"),
+            format!("boots (boot id boot-h{h}-{boot})"),
+        );
+        let d = self.rng.range(self.p.restart_ms.0, self.p.restart_ms.1) * MS;
+        self.after(d, Ev::DaemonSpawn { h, boot });
+    }
+
+    /// The host goes down at once: every process dies, tmpfs is gone, the
+    /// storage sessions die with whatever was in flight.
+    pub fn reset(&mut self, h: u16, why: &str) {
+        self.log(&format!("h{h}"), format!("RESET ({why})"));
+        self.stats.resets += 1;
+        let qs: Vec<usize> = self
+            .qemus
+            .iter()
+            .filter(|q| q.host == h && q.alive())
+            .map(|q| q.id)
+            .collect();
+        for q in qs {
+            self.qemu_dead(q, true);
+        }
+        let calls: Vec<u64> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.host == h)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in calls {
+            self.abandon_call(id, true);
+        }
+        let ops: Vec<u64> = self
+            .ops
+            .iter()
+            .filter(|(_, o)| o.host == h)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ops {
+            self.op_abort(id);
+        }
+        let now = self.now;
+        let hs = self.host_mut(h);
+        hs.up = false;
+        hs.daemon = None;
+        hs.status = None;
+        hs.registry.clear();
+        hs.registry_version += 1;
+        hs.marker = None;
+        hs.clear_request = false;
+        hs.domains.clear();
+        hs.wd_armed = false;
+        hs.frozen_until = 0;
+        hs.daemon_hung_until = 0;
+        let _ = now;
+        let d = self.rng.range(self.p.reboot_ms.0, self.p.reboot_ms.1) * MS;
+        self.after(d, Ev::Boot(h));
+    }
+
+    pub fn wd_arm(&mut self, h: u16) {
+        let now = self.now;
+        let w = self.p.cfg.timing.watchdog_timeout;
+        let hs = self.host_mut(h);
+        hs.wd_armed = true;
+        hs.wd_expires = now + hs.wd_real(w);
+        let at = hs.wd_expires;
+        if hs.wd_check_at <= now || hs.wd_check_at > at {
+            hs.wd_check_at = at;
+            self.at(at, Ev::WdCheck(h));
+        }
+    }
+
+    pub fn wd_pet(&mut self, h: u16) {
+        if self.host(h).wd_armed {
+            let now = self.now;
+            let w = self.p.cfg.timing.watchdog_timeout;
+            let hs = self.host_mut(h);
+            hs.wd_expires = now + hs.wd_real(w);
+        }
+    }
+
+    fn wd_check(&mut self, h: u16) {
+        let now = self.now;
+        let hs = self.host(h);
+        if !hs.up || !hs.wd_armed {
+            self.host_mut(h).wd_check_at = 0;
+            return;
+        }
+        if hs.wd_expires > now {
+            let at = hs.wd_expires;
+            self.host_mut(h).wd_check_at = at;
+            self.at(at, Ev::WdCheck(h));
+            return;
+        }
+        self.host_mut(h).wd_check_at = 0;
+        self.reset(h, "hardware watchdog fired");
+    }
+
+    /// The controller (and the operator) reach a host's libvirtd.
+    pub fn reachable(&self, h: u16) -> bool {
+        let hs = self.host(h);
+        hs.up && !hs.frozen(self.now) && self.sched.mgmt_up(h, self.now)
+    }
+
+    /// Decodes a table read, caching each slot's decoding by its version
+    /// (`hosts::decode_table` is a pure function of the bytes).
+    pub fn decode_table(&mut self, raw: &[u8], versions: &[u64]) -> Vec<Slot> {
+        let mut out = Vec::with_capacity(versions.len());
+        for (i, &v) in versions.iter().enumerate() {
+            let bytes = &raw[i * SLOT_SIZE..(i + 1) * SLOT_SIZE];
+            let slot = self
+                .decode_cache
+                .entry((i, v))
+                .or_insert_with(|| vmlease::hosts::decode_slot(i as u16 + 1, bytes))
+                .clone();
+            out.push(slot);
+        }
+        out
+    }
+
+    // ---------------------------------------------------------------
+    // Storage operations.
+
+    pub fn issue(&mut self, h: u16, job: Job, owner: Owner, deadline_ms: Option<u64>) -> u64 {
+        let id = self.id();
+        let boot = self.host(h).boot_no;
+        let deadline = deadline_ms.map(|ms| self.now + self.host(h).real(ms));
+        let lock = job.lock();
+        self.calls.insert(
+            id,
+            Call {
+                host: h,
+                boot,
+                job,
+                owner,
+                deadline_ms: deadline_ms.unwrap_or(0),
+                lock,
+                has_lock: false,
+                waiting: false,
+                writes: Vec::new(),
+                pending: None,
+                timed_out: false,
+            },
+        );
+        if let Some(d) = deadline {
+            self.at(d, Ev::CallTimeout(id));
+        }
+        self.call_run(id);
+        id
+    }
+
+    fn lat(&mut self, extra: u64) -> Us {
+        let (lo, hi) = self.p.io_us;
+        self.io_rng.range(lo, hi) + extra
+    }
+
+    fn call_run(&mut self, id: u64) {
+        let Some(c) = self.calls.get(&id) else { return };
+        let h = c.host;
+        if !self.host(h).up || self.host(h).boot_no != c.boot {
+            self.calls.remove(&id);
+            return;
+        }
+        let link = self.sched.link(h, self.now);
+        let extra = match link {
+            Link::Cut {
+                until, evict_at, ..
+            } => {
+                // The request hangs in the client until the link returns;
+                // an evicted client's requests then fail.
+                if evict_at.is_some() {
+                    self.at(until, Ev::CallFail(id));
+                } else {
+                    self.at(until, Ev::CallRun(id));
+                }
+                return;
+            }
+            Link::Errors => {
+                let lat = self.lat(0);
+                let c = self.calls.get_mut(&id).unwrap();
+                let e = Error::io(
+                    c.job.name(),
+                    "/sim/lockspace",
+                    std::io::Error::from_raw_os_error(5),
+                );
+                c.pending = Some(Outcome::err(&c.job, e));
+                self.after(lat, Ev::CallLand(id));
+                return;
+            }
+            Link::WritesHang { .. } | Link::ReadOnly => 0,
+            Link::Up { extra_us } => extra_us,
+        };
+        // The record lock.
+        let c = self.calls.get(&id).unwrap();
+        if let (Some(key), false) = (c.lock.clone(), c.has_lock) {
+            let cell = self.locks.entry(key.clone()).or_default();
+            let busy = cell.holder.is_some() && self.mutation != Mutation::NoRecordLock;
+            if busy {
+                cell.waiters.push_back(id);
+                let lt = self.p.cfg.lock_timeout;
+                let d = self.host(h).real(lt);
+                let c = self.calls.get_mut(&id).unwrap();
+                c.waiting = true;
+                self.after(d, Ev::LockWaitTimeout(id));
+                return;
+            }
+            cell.holder = Some(id);
+            self.calls.get_mut(&id).unwrap().has_lock = true;
+        }
+        self.execute(id, extra, link);
+    }
+
+    /// Runs the operation at this instant (its reads see the store now),
+    /// and schedules its landing.
+    fn execute(&mut self, id: u64, extra: u64, link: Link) {
+        let c = self.calls.remove(&id).unwrap();
+        let h = c.host;
+        let seed = self.io_rng.next_u64();
+        let mutation = self.mutation;
+        let host = &self.hosts[h as usize - 1];
+        let stale = self.p.stale_ms;
+        let mut io = SimIo::new(&self.store, h, self.now, stale, seed);
+        io.locked = c.lock.is_some();
+        io.read_only = link == Link::ReadOnly;
+        let daemon_table = host.daemon.as_ref().map(|d| d.last_table.clone());
+        if mutation == Mutation::NoFreshSlotRead {
+            if let Some(Some(t)) = daemon_table.as_ref() {
+                io.answer_slots_from = Some(t.as_slice());
+            }
+        }
+        let outcome = match &c.job {
+            Job::Open => Outcome::Unit(Ok(())),
+            Job::ReadSlot(id) => Outcome::Bytes(io.read_slot(*id)),
+            Job::Renew(rec) => Outcome::Unit(vmlease::store::Store::write_host(&io, rec)),
+            Job::RenewRead => Outcome::Bytes(vmlease::store::Store::read_hosts_raw(&io)),
+            Job::WriteHost(rec) => Outcome::Unit(vmlease::store::Store::write_host(&io, rec)),
+            Job::Acquire {
+                res,
+                me,
+                want,
+                view,
+            } => {
+                let eng = self.engine(h, io, view.clone());
+                let r = eng.acquire(res, me, *want);
+                io = eng.ls;
+                Outcome::Acquired(r)
+            }
+            Job::Release { key, name, me } => {
+                let eng = self.engine(h, io, None);
+                let r = eng.release(key, name, me);
+                io = eng.ls;
+                Outcome::Released(r)
+            }
+            Job::ReleaseMatching { key, me } => {
+                let eng = self.engine(h, io, None);
+                let m = me.clone();
+                let r = eng.release_matching(key, &move |x: &Holder| {
+                    x.host_id == m.host_id
+                        && x.boot_id == m.boot_id
+                        && x.pid == m.pid
+                        && x.pid_start == m.pid_start
+                });
+                io = eng.ls;
+                Outcome::Matched(r)
+            }
+            Job::Inquire { keys, me } => {
+                let eng = self.engine(h, io, None);
+                let mut out = Ok(BTreeMap::new());
+                for (k, name) in keys {
+                    match eng.held_version(k, name, me) {
+                        Ok(Some(v)) => {
+                            if let Ok(m) = out.as_mut() {
+                                m.insert(k.clone(), v);
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            out = Err(e);
+                            break;
+                        }
+                    }
+                }
+                io = eng.ls;
+                Outcome::Versions(out)
+            }
+        };
+        let nops = io.ops.get().max(1);
+        let table_ops = io.table_ops.get() as u64;
+        let writes = io.writes.into_inner();
+        let versions = io.table_versions.into_inner();
+        let mut c = c;
+        if let Outcome::Acquired(Ok(a)) = &outcome {
+            if let Job::Acquire { res, me, .. } = &c.job {
+                let took = a.took_over.clone();
+                let (res, me) = (res.clone(), me.clone());
+                for (holder, why) in took {
+                    self.check_takeover(h, &res, &me, &holder, &why);
+                }
+            }
+        }
+        let mut dur = table_ops * self.sched.table_extra(h, self.now);
+        for _ in 0..nops {
+            dur += self.lat(extra);
+        }
+        let mut land = self.now + dur;
+        let has_writes = !writes.is_empty();
+        // A stall before the operation completes delays it (or, if the
+        // client gets evicted, its writes never land).
+        let mut evict = None;
+        if let Link::WritesHang { until } = link {
+            if has_writes {
+                land = until + self.lat(extra);
+            }
+        } else if let Some(s) = self.sched.next_stall(h, self.now, land, has_writes) {
+            match self.sched.link(h, s) {
+                Link::Cut {
+                    until, evict_at, ..
+                } => {
+                    if let Some(e) = evict_at {
+                        evict = Some((e, until));
+                    } else {
+                        land = until + self.lat(extra);
+                    }
+                }
+                Link::WritesHang { until } => land = until + self.lat(extra),
+                _ => {}
+            }
+        }
+        c.writes = writes;
+        c.pending = Some(match outcome {
+            Outcome::Bytes(Ok(raw)) if matches!(c.job, Job::RenewRead) => {
+                Outcome::Table(Ok((raw, versions)))
+            }
+            Outcome::Bytes(Err(e)) if matches!(c.job, Job::RenewRead) => Outcome::Table(Err(e)),
+            o => o,
+        });
+        self.calls.insert(id, c);
+        match evict {
+            Some((e, until)) => {
+                self.at(e, Ev::CallEvict(id));
+                self.at(until, Ev::CallFail(id));
+            }
+            None => self.at(land, Ev::CallLand(id)),
+        }
+    }
+
+    fn engine<'a>(&self, h: u16, io: SimIo<'a>, view: Option<Arc<Status>>) -> Engine<SimIo<'a>> {
+        let hs = self.host(h);
+        let alive: Vec<ProcId> = self
+            .qemus
+            .iter()
+            .filter(|q| q.host == h && q.boot == hs.boot_no && q.alive())
+            .map(|q| q.proc_id)
+            .collect();
+        let alive = Arc::new(alive);
+        Engine {
+            ls: io,
+            host_id: h,
+            boot_id: hs.boot_id.clone(),
+            dead_ms: hs.cfg.timing.host_dead_timeout,
+            lock_timeout_ms: hs.cfg.lock_timeout,
+            view,
+            process_alive: Arc::new(move |p: ProcId| alive.contains(&p)),
+        }
+    }
+
+    fn call_land(&mut self, id: u64) {
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let writes = std::mem::take(&mut c.writes);
+        let h = c.host;
+        for w in &writes {
+            self.land_write(h, w);
+        }
+        self.free_lock_of(id);
+        let c = self.calls.get_mut(&id).unwrap();
+        if matches!(c.job, Job::Renew(_)) && matches!(c.pending, Some(Outcome::Unit(Ok(())))) {
+            // The renewal thread reads the table right after its write.
+            c.job = Job::RenewRead;
+            c.pending = None;
+            self.call_run(id);
+            return;
+        }
+        let c = self.calls.remove(&id).unwrap();
+        if c.timed_out {
+            return;
+        }
+        let out = match c.pending {
+            Some(Outcome::Unit(Err(e))) if matches!(c.job, Job::Renew(_)) => Outcome::Table(Err(e)),
+            Some(o) => o,
+            None => return,
+        };
+        self.at(
+            self.now,
+            Ev::Deliver {
+                owner: c.owner,
+                out,
+            },
+        );
+    }
+
+    pub fn land_write(&mut self, h: u16, w: &Write) {
+        self.store.apply(w, self.now);
+        match w {
+            Write::Host {
+                host_id, boot_id, ..
+            } => {
+                let hs = self.host(*host_id);
+                if *boot_id == hs.boot_id && hs.up {
+                    let now = self.now;
+                    let hs = self.host_mut(*host_id);
+                    hs.last_landed = now;
+                    hs.kb1_since = None;
+                }
+                self.landed.insert(boot_id.clone(), self.now);
+            }
+            Write::Lease { key, .. } => {
+                let key = key.clone();
+                self.check_lease_landed(h, &key);
+            }
+        }
+    }
+
+    fn free_lock_of(&mut self, id: u64) {
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if !c.has_lock {
+            return;
+        }
+        c.has_lock = false;
+        let key = c.lock.clone().unwrap();
+        self.lock_release(&key, id);
+    }
+
+    fn lock_release(&mut self, key: &str, id: u64) {
+        let Some(cell) = self.locks.get_mut(key) else {
+            return;
+        };
+        if cell.holder != Some(id) {
+            return;
+        }
+        cell.holder = None;
+        while let Some(next) = cell.waiters.pop_front() {
+            if let Some(n) = self.calls.get_mut(&next) {
+                if n.waiting {
+                    n.waiting = false;
+                    n.has_lock = true;
+                    cell.holder = Some(next);
+                    self.at(self.now, Ev::CallRun(next));
+                    break;
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, id: u64, e: Error) {
+        let Some(c) = self.calls.remove(&id) else {
+            return;
+        };
+        if let (true, Some(key)) = (c.waiting, c.lock.as_ref()) {
+            if let Some(cell) = self.locks.get_mut(key) {
+                cell.waiters.retain(|&w| w != id);
+            }
+        }
+        if c.has_lock {
+            let key = c.lock.clone().unwrap();
+            self.calls.insert(id, c);
+            self.lock_release(&key, id);
+            let c = self.calls.remove(&id).unwrap();
+            if !c.timed_out {
+                let out = Outcome::err(&c.job, e);
+                self.at(
+                    self.now,
+                    Ev::Deliver {
+                        owner: c.owner,
+                        out,
+                    },
+                );
+            }
+            return;
+        }
+        if !c.timed_out {
+            let out = Outcome::err(&c.job, e);
+            self.at(
+                self.now,
+                Ev::Deliver {
+                    owner: c.owner,
+                    out,
+                },
+            );
+        }
+    }
+
+    fn lock_wait_timeout(&mut self, id: u64) {
+        let Some(c) = self.calls.get(&id) else {
+            return;
+        };
+        if !c.waiting {
+            return;
+        }
+        let e = Error::Busy {
+            resource: c.lock.clone().unwrap_or_default(),
+            reason: format!(
+                "its record lock is held by another host or thread for more than {} ms",
+                self.p.cfg.lock_timeout
+            ),
+        };
+        self.fail(id, e);
+    }
+
+    fn call_timeout(&mut self, id: u64) {
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if c.timed_out {
+            return;
+        }
+        // The caller gives up; the operation goes on in its thread.
+        let e = Error::Timeout {
+            op: c.job.name(),
+            path: "/sim/lockspace".into(),
+            after_ms: c.deadline_ms,
+        };
+        if c.waiting {
+            self.fail(id, e);
+            return;
+        }
+        c.timed_out = true;
+        let out = Outcome::err(&c.job, e);
+        let owner = c.owner;
+        self.at(self.now, Ev::Deliver { owner, out });
+    }
+
+    /// Eviction: the client's locks are dropped and its pending writes
+    /// will never land.
+    fn call_evict(&mut self, id: u64) {
+        if let Some(c) = self.calls.get_mut(&id) {
+            c.writes.clear();
+        }
+        self.free_lock_of(id);
+    }
+
+    fn call_fail(&mut self, id: u64) {
+        let e = Error::io(
+            "storage operation",
+            "/sim/lockspace",
+            std::io::Error::other("client evicted (blocklisted)"),
+        );
+        self.fail(id, e);
+    }
+
+    /// The process that issued `id` died (or its host was reset): what it
+    /// had in flight reached the server or not; its lock goes with its
+    /// session (at once for a process, after the eviction delay for a
+    /// host).
+    pub fn abandon_call(&mut self, id: u64, host_reset: bool) {
+        let Some(mut c) = self.calls.remove(&id) else {
+            return;
+        };
+        if c.waiting {
+            if let Some(cell) = self.locks.get_mut(c.lock.as_ref().unwrap()) {
+                cell.waiters.retain(|&w| w != id);
+            }
+            return;
+        }
+        let up = matches!(self.sched.link(c.host, self.now), Link::Up { .. });
+        if up && self.rng.chance(0.5) {
+            for w in std::mem::take(&mut c.writes) {
+                self.land_write(c.host, &w);
+            }
+        }
+        if c.has_lock {
+            let key = c.lock.clone().unwrap();
+            if host_reset {
+                let d = self.p.evict_ms * MS;
+                self.after(d, Ev::LockFree { key, call: id });
+            } else {
+                self.lock_release(&key, id);
+            }
+        }
+    }
+
+    fn deliver(&mut self, owner: Owner, out: Outcome) {
+        match owner {
+            Owner::Daemon { h, gen, what } => self.daemon_result(h, gen, what, out),
+            Owner::Op(op) => self.op_result(op, out),
+        }
+    }
+
+    pub fn running_qemu_of(&self, vm: usize) -> Option<usize> {
+        self.qemus
+            .iter()
+            .find(|q| q.vm == vm && q.running())
+            .map(|q| q.id)
+    }
+
+    pub fn any_qemu_of(&self, vm: usize) -> Option<usize> {
+        self.running_qemu_of(vm).or_else(|| {
+            self.qemus
+                .iter()
+                .find(|q| q.vm == vm && q.alive())
+                .map(|q| q.id)
+        })
+    }
+}
+
+impl SimIo<'_> {
+    fn read_slot(&self, host_id: u16) -> Result<Vec<u8>> {
+        vmlease::store::Store::read_slot_raw(self, host_id)
+    }
+}

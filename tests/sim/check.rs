@@ -149,12 +149,19 @@ impl World {
         let bound = self.slow_real(bound_ms) + MS;
         let last = self.host(h).last_landed;
         if last == 0 || self.now > last + bound {
-            let text = format!(
-                "{} writes {} ms after its host's liveness record last landed (bound {} ms = max(F + K, F + W) + 2 ticks)",
-                self.qemu_name(q),
-                (self.now - last) / MS,
-                bound_ms
-            );
+            let text = if last == 0 {
+                format!(
+                    "{} writes but its host has no liveness record of this boot",
+                    self.qemu_name(q)
+                )
+            } else {
+                format!(
+                    "{} writes {} ms after its host's liveness record last landed (bound {} ms = max(F + K, F + W) + 2 ticks)",
+                    self.qemu_name(q),
+                    (self.now - last) / MS,
+                    bound_ms
+                )
+            };
             self.violate_on("fresh-liveness", text, &[h]);
         }
     }

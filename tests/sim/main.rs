@@ -105,13 +105,15 @@ fn run_range(
     progress: bool,
 ) -> Summary {
     let next = Arc::new(AtomicU64::new(start));
+    let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let total = Arc::new(Mutex::new(Summary::default()));
     let t0 = Instant::now();
     let end = start + count;
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let (next, stop, total) = (next.clone(), stop.clone(), total.clone());
+            let (next, done, stop, total) =
+                (next.clone(), done.clone(), stop.clone(), total.clone());
             std::thread::spawn(move || {
                 let mut local = Summary::default();
                 loop {
@@ -141,12 +143,13 @@ fn run_range(
                             }
                         }
                     }
-                    if progress && local.runs % 20_000 == 0 {
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    if progress && n % 50_000 == 0 {
                         let t = total.lock().unwrap();
-                        let done = next.load(Ordering::Relaxed) - start;
+                        let secs = t0.elapsed().as_secs_f64();
                         eprintln!(
-                            "sim: ~{done} schedules in {:.0} s, {} failure(s) so far",
-                            t0.elapsed().as_secs_f64(),
+                            "sim: {n} schedules in {secs:.0} s ({:.0}/s), {} violation(s) so far",
+                            n as f64 / secs,
                             t.failures.len() + local.failures.len()
                         );
                     }

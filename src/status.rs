@@ -316,7 +316,10 @@ impl Status {
 /// the status.
 #[derive(Debug, Clone)]
 pub struct Observer {
+    /// The first successful read of the table: empty slots are known to
+    /// have been empty since then, not since the observer was made.
     pub since_ms: u64,
+    read_once: bool,
     seen: BTreeMap<u16, PeerView>,
 }
 
@@ -325,12 +328,17 @@ impl Observer {
         Observer {
             since_ms: now_ms,
             seen: BTreeMap::new(),
+            read_once: false,
         }
     }
 
     /// Feeds one read of the table: `raw` is the table bytes, `slots` its
     /// decoding. A slot whose bytes differ from the last read has changed.
     pub fn update(&mut self, now_ms: u64, raw: &[u8], slots: &[Slot]) {
+        if !self.read_once {
+            self.read_once = true;
+            self.since_ms = now_ms;
+        }
         for (i, slot) in slots.iter().enumerate() {
             let host_id = i as u16 + 1;
             let bytes = &raw[i * crate::hosts::SLOT_SIZE..(i + 1) * crate::hosts::SLOT_SIZE];
@@ -342,8 +350,11 @@ impl Observer {
             }
             let changed = prev.map(|p| p.fingerprint != fp).unwrap_or(true);
             let last_change_ms = match prev {
-                // First sight: we know nothing older than our own start.
-                None => self.since_ms,
+                // First sight: date it to the read that saw it. Anything
+                // older (the observer's start, an earlier read that saw an
+                // empty slot) would make a host that just joined look
+                // silent for longer than it has been.
+                None => now_ms,
                 Some(p) if !changed => p.last_change_ms,
                 Some(_) => now_ms,
             };

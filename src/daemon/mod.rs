@@ -185,6 +185,29 @@ impl Daemon {
             cfg.io_timeout,
         )
         .map_err(|e| (exit::LOCKSPACE, e))?;
+        // A restart on the same boot continues the fence clock of the
+        // daemon before it: its last renewal is the mono_ms of our own
+        // record (written on this boot's clock), not our start, or a host
+        // whose renewals keep failing would fence a daemon lifetime late.
+        let now0 = boottime_ms();
+        let mut fence_clock = now0;
+        let (ls2, hid) = (ls.clone(), host_id);
+        if let Ok(crate::hosts::Slot::Record(r)) = crate::deadline::run(
+            cfg.io_timeout,
+            "read own record",
+            &ls.hosts_path(),
+            move || ls2.read_host(hid),
+        ) {
+            if r.boot_id == boot_id && r.host_name == host_name && r.state != HostState::Leaving {
+                fence_clock = r.mono_ms.min(now0);
+                if fence_clock < now0 {
+                    info!(
+                        "continuing the previous daemon's fence clock: last renewal {} ago",
+                        secs(now0 - fence_clock)
+                    );
+                }
+            }
+        }
 
         let watchdog: Box<dyn Watchdog> = if cfg.unsafe_no_watchdog {
             warn!("RUNNING WITHOUT A HARDWARE WATCHDOG (unsafe_no_watchdog = true): a hung host will not be reset; for tests and demos only");
@@ -241,7 +264,7 @@ impl Daemon {
             boot_id,
             incarnation: process::random_u64(),
             counter: 0,
-            started_ms: now,
+            started_ms: fence_clock,
             last_renewal_ms: 0,
             renew_inflight: None,
             next_renew_ms: now,

@@ -23,9 +23,10 @@ use vmlease::process::ProcId;
 use vmlease::registry::Entry as RegEntry;
 use vmlease::status::{Observer, Status};
 
+use crate::calls::{DaemonCall, Job, Outcome, Owner};
 use crate::mutation::Mutation;
 use crate::params::MS;
-use crate::world::{pk, proc_id, DaemonCall, Ev, Job, Outcome, Owner, Pk, World};
+use crate::world::{pk, proc_id, Ev, Pk, World};
 
 /// A renewal's table read and its slot versions.
 pub type RenewResult = Result<(Vec<u8>, Vec<u64>)>;

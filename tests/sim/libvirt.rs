@@ -27,10 +27,11 @@ use vmlease::resource::Resource;
 use vmlease::state_string::LockState;
 use vmlease::status::Status;
 
+use crate::calls::{Job, Outcome, Owner};
 use crate::mutation::Mutation;
 use crate::params::{Us, MS};
 use crate::schedule::Link;
-use crate::world::{pk, Ev, Job, Lineage, Outcome, Owner, World};
+use crate::world::{pk, Ev, Lineage, World};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QState {

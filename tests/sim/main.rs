@@ -12,6 +12,7 @@
 //!   `VMLEASE_SIM_PROFILE=long` select the variant);
 //! - `bench/sim-long`: a million schedules in release mode.
 
+mod calls;
 mod check;
 mod controller;
 mod daemon;

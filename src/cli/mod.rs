@@ -1,22 +1,39 @@
-//! The `vmlease` command-line tool: status of this host, the cluster as
+//! The `vmlease` command-line tool: this host's status, the cluster as
 //! seen from the lockspace, leases, the evacuation signal for HA
 //! controllers, config check, lockspace init, admin release, fence clear,
 //! record dump, and the qemu hook's entry point.
+//!
+//! One file per command; `args` parses, `help` is the manual, `view` is
+//! what every cluster command knows, `json` writes `--json` output.
 #![forbid(unsafe_code)]
 
-mod commands;
+mod args;
+mod dump;
+mod evacuate;
+mod fence;
+mod fs;
+pub mod help;
+mod hosts;
 pub mod json;
+mod leases;
+mod release;
+mod setup;
+mod status;
 pub mod view;
 
-use std::path::PathBuf;
+use std::fmt::Display;
 
-use crate::config;
+pub use args::Opts;
+use args::{Args, Parsed};
+use json::Json;
+
+use crate::config::{self, Config};
 
 /// Exit codes of `vmlease`.
 pub mod exit {
     /// Success; for can-evacuate: safe now.
     pub const OK: i32 = 0;
-    /// The answer is no (not safe yet, refused, damaged record found).
+    /// The answer is no (not safe yet, refused, not protected, corrupt).
     pub const NO: i32 = 1;
     /// Usage or configuration error.
     pub const USAGE: i32 = 2;
@@ -24,94 +41,82 @@ pub mod exit {
     pub const UNKNOWN: i32 = 3;
 }
 
-pub const USAGE: &str = "usage: vmlease [--config FILE] [--json] COMMAND [ARGS]
-
-Commands:
-  status                 this host: watchdog health, host id, renewal age,
-                         networks, fence state, the leases it holds
-  hosts                  every host in the lockspace: state, observed age of
-                         its last renewal, what a controller may do
-  leases [--host N] [--domain UUID]
-                         lease records and their holders
-  can-evacuate HOST      exit 0 only if restarting HOST's VMs elsewhere is
-                         split-brain safe now (HOST: host id or name);
-                         else exit 1 with the reason and the time until safe
-  check-config           validate the configuration, print the fence timeline
-  init                   create the lockspace layout (once per lockspace)
-  release --domain UUID  admin: free this host's leases of a domain whose
-                         QEMU is not running here
-  clear-fence            let a fenced host run protected VMs again once the
-                         cause is gone
-  dump FILE              decode a lease record, host table, status or
-                         registry entry
-  hook qemu NAME OP SUBOP EXTRA
-                         the libvirt qemu hook (installed as
-                         /etc/libvirt/hooks/qemu.d/vmlease)
-
-Options:
-  --config FILE          default /etc/libvirt/qemu-vmlease.conf
-  --json                 machine-readable output (see docs/cli.md)
-
-Exit codes: 0 yes/success, 1 no (not safe yet, refused, damaged record),
-2 usage or configuration error, 3 cannot tell (lockspace unreachable, no
-watchdog view on this host).";
-
-pub struct Opts {
-    pub config: PathBuf,
-    pub json: bool,
-}
-
 /// Entry point of the `vmlease` binary; returns the exit code.
-pub fn main(args: Vec<String>) -> i32 {
-    let mut opts = Opts {
-        config: PathBuf::from(config::DEFAULT_PATH),
-        json: false,
-    };
-    let mut rest = Vec::new();
-    let mut it = args.into_iter().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--config" | "-c" => match it.next() {
-                Some(p) => opts.config = PathBuf::from(p),
-                None => {
-                    eprintln!("vmlease: --config needs a path\n{USAGE}");
-                    return exit::USAGE;
-                }
-            },
-            "--json" => opts.json = true,
-            "--help" | "-h" | "help" if rest.is_empty() => {
-                println!("{USAGE}");
-                return exit::OK;
+pub fn main(argv: Vec<String>) -> i32 {
+    let parsed = match args::parse(argv.get(1..).unwrap_or_default()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vmlease: {}", e.message);
+            match e.command.and_then(help::find) {
+                Some(c) if c.name != "help" => eprintln!(
+                    "usage: vmlease [--config FILE] [--json] {} {}\n(see 'vmlease help {}')",
+                    c.name, c.synopsis, c.name
+                ),
+                _ => eprintln!("see 'vmlease --help'"),
             }
-            _ => rest.push(a),
+            return exit::USAGE;
         }
-    }
-    let Some(cmd) = rest.first().cloned() else {
-        eprintln!("{USAGE}");
-        return exit::USAGE;
     };
-    let args = &rest[1..];
-    match cmd.as_str() {
-        "check-config" => commands::check_config(&opts),
-        "init" => commands::init(&opts),
-        "status" => commands::status(&opts),
-        "hosts" => commands::hosts(&opts),
-        "leases" => commands::leases(&opts, args),
-        "can-evacuate" => commands::can_evacuate(&opts, args),
-        "release" => commands::release(&opts, args),
-        "clear-fence" => commands::clear_fence(&opts),
-        "dump" => commands::dump(&opts, args),
-        "hook" => crate::hook::main(&opts.config, args),
-        other => {
-            eprintln!("vmlease: unknown command '{other}'\n{USAGE}");
-            exit::USAGE
+    let (opts, command, args) = match parsed {
+        Parsed::Print(text) => {
+            println!("{text}");
+            return exit::OK;
         }
+        Parsed::Run {
+            opts,
+            command,
+            args,
+        } => (opts, command, args),
+    };
+    // Syslog only: admin actions (release) are logged there.
+    crate::logging::init(false, log::LevelFilter::Info);
+    run(&opts, command.name, &args)
+}
+
+fn run(opts: &Opts, command: &str, args: &Args) -> i32 {
+    match command {
+        "status" => status::run(opts),
+        "hosts" => hosts::run(opts),
+        "leases" => leases::run(opts, args),
+        "can-evacuate" => evacuate::run(opts, &args.positional[0]),
+        "check-config" => setup::check_config(opts),
+        "init" => setup::init(opts, args),
+        "release" => release::run(opts, args),
+        "clear-fence" => fence::clear(opts),
+        "dump" => dump::run(opts, &args.positional[0]),
+        "hook" => crate::hook::main(&opts.config, &args.positional),
+        other => unreachable!("command '{other}' is in the help table but not dispatched"),
     }
 }
 
-/// Prints rows as aligned columns.
-pub fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+/// Loads the configuration; on error prints it and gives the exit code.
+fn load(opts: &Opts) -> Result<Config, i32> {
+    config::load(&opts.config).map_err(|e| fail(exit::USAGE, e))
+}
+
+/// Loads the configuration and opens the lockspace with its deadline.
+fn open(opts: &Opts) -> Result<view::Ctx, i32> {
+    let cfg = load(opts)?;
+    view::Ctx::open(cfg).map_err(|e| fail(exit::UNKNOWN, e))
+}
+
+/// Prints an error line and returns `code`.
+fn fail(code: i32, e: impl Display) -> i32 {
+    eprintln!("vmlease: {e}");
+    code
+}
+
+fn print_json(j: Json) {
+    println!("{}", j.render());
+}
+
+/// Prints rows as aligned columns (the last column is not padded).
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    print!("{}", format_table(header, rows));
+}
+
+fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
             if i < w.len() {
@@ -119,19 +124,51 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
             }
         }
     }
-    let line = |cells: Vec<String>| {
+    let line = |cells: &[String]| {
         let mut s = String::new();
         for (i, c) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
                 s.push_str(c);
             } else {
-                s.push_str(&format!("{c:<width$}  ", width = w[i]));
+                let pad = w[i].saturating_sub(c.chars().count());
+                s.push_str(c);
+                s.push_str(&" ".repeat(pad + 2));
             }
         }
-        println!("{}", s.trim_end());
+        format!("{}\n", s.trim_end())
     };
-    line(header.iter().map(|h| h.to_string()).collect());
+    let mut out = line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
     for r in rows {
-        line(r.clone());
+        out.push_str(&line(r));
+    }
+    out
+}
+
+/// Makes a value safe to print in a table cell (one line, no control
+/// characters): names and reasons come from shared storage.
+fn cell(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_on_characters() {
+        let t = format_table(
+            &["ID", "NAME", "STATE"],
+            &[
+                vec!["1".into(), "hôte-1".into(), "live".into()],
+                vec!["12".into(), "h2".into(), "fenced-clean".into()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "ID  NAME    STATE\n1   hôte-1  live\n12  h2      fenced-clean\n"
+        );
+        assert_eq!(cell("a\nb\x1b"), "a?b?");
     }
 }

@@ -1,8 +1,14 @@
-//! What the CLI knows about the cluster: the lockspace, this host's daemon
-//! view, and the verdicts an HA controller acts on.
+//! What the CLI knows about the cluster: the lockspace (every read with a
+//! deadline), this host's watchdog view, and the host-level verdict a
+//! controller acts on.
+//!
+//! Silence is this host's daemon's observation, carried forward to the
+//! moment the CLI read the host table: the daemon recorded when it first
+//! saw a slot's current bytes; a record's counter never repeats, so when
+//! the CLI reads the same bytes again, the slot has not changed from that
+//! moment until the read. That holds even when the daemon has stopped
+//! writing its status, as long as it ran in this boot (one clock).
 #![forbid(unsafe_code)]
-
-use std::sync::Arc;
 
 use crate::clock::boottime_ms;
 use crate::config::{secs, Config};
@@ -18,32 +24,97 @@ use crate::takeover::{Judge, Verdict};
 pub struct Ctx {
     pub cfg: Config,
     pub ls: Lockspace,
-    /// This host's daemon status, if any.
-    pub status: Option<Status>,
-    pub now: u64,
+    /// This host's daemon status, if it is usable as a view (this boot,
+    /// this host id).
+    pub view: Option<Status>,
+    /// Why there is no usable view, or why it is old (for messages).
+    pub view_note: Option<String>,
     pub boot_id: String,
+}
+
+/// The host table as read once, with the local time taken just before.
+pub struct Table {
+    pub raw: Vec<u8>,
+    pub slots: Vec<Slot>,
+    pub read_at: u64,
+}
+
+impl Table {
+    pub fn slot_raw(&self, host_id: u16) -> &[u8] {
+        let i = host_id as usize - 1;
+        &self.raw[i * SLOT_SIZE..(i + 1) * SLOT_SIZE]
+    }
+
+    pub fn slot(&self, host_id: u16) -> &Slot {
+        &self.slots[host_id as usize - 1]
+    }
+
+    /// Finds a host by id or by the name in its liveness record.
+    pub fn find_host(&self, want: &str) -> std::result::Result<u16, String> {
+        if let Ok(id) = want.parse::<u16>() {
+            if id >= 1 && (id as usize) <= self.slots.len() {
+                return Ok(id);
+            }
+            return Err(format!(
+                "host id {id} is outside this lockspace (1..{})",
+                self.slots.len()
+            ));
+        }
+        let ids: Vec<u16> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, Slot::Record(r) if r.host_name == want))
+            .map(|(i, _)| i as u16 + 1)
+            .collect();
+        match ids.as_slice() {
+            [id] => Ok(*id),
+            [] => Err(format!("no host named '{want}' in the lockspace")),
+            many => Err(format!(
+                "host name '{want}' is used by host ids {}: give the id",
+                many.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+}
+
+/// How long this host has seen a slot unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Silence {
+    /// Seen to change since the daemon's last observation: renewing.
+    Renewing,
+    /// Unchanged for this long, up to the table read.
+    Silent(u64),
+    /// No watchdog view on this host.
+    Unknown,
 }
 
 impl Ctx {
     /// Opens the lockspace (with a deadline) and reads the daemon status.
     pub fn open(cfg: Config) -> Result<Ctx> {
+        let boot_id = process::boot_id()
+            .map_err(|e| Error::io("read boot id", "/proc/sys/kernel/random/boot_id", e))?;
+        let (view, view_note) = usable_view(&cfg, &boot_id);
         let dir = cfg.lockspace_dir.clone();
         let ls = deadline::run(cfg.io_timeout, "open lockspace", &dir.clone(), move || {
             Lockspace::open(&dir)
         })?;
-        let status = Status::read(&cfg.state_dir).ok().flatten();
         Ok(Ctx {
-            boot_id: process::boot_id().unwrap_or_default(),
-            now: boottime_ms(),
             cfg,
             ls,
-            status,
+            view,
+            view_note,
+            boot_id,
         })
     }
 
-    /// The host table, raw and decoded, read with a deadline.
-    pub fn hosts(&self) -> Result<(Vec<u8>, Vec<Slot>)> {
+    /// The host table, read in one piece with a deadline.
+    pub fn table(&self) -> Result<Table> {
         let ls = self.ls.clone();
+        let read_at = boottime_ms();
         let raw = deadline::run(
             self.cfg.io_timeout,
             "read host table",
@@ -51,66 +122,164 @@ impl Ctx {
             move || ls.read_hosts_raw(),
         )?;
         let slots = hosts::decode_table(&raw);
-        Ok((raw, slots))
+        Ok(Table {
+            raw,
+            slots,
+            read_at,
+        })
     }
 
-    /// Every lease record (damaged ones as errors naming the file).
+    /// Every lease record (damaged ones as errors naming the file). The
+    /// records are read one by one on an I/O thread; the deadline is per
+    /// record (io_timeout without progress), so a large lockspace may take
+    /// as long as it takes while a hung one gives up after io_timeout.
     pub fn leases(&self) -> Result<Vec<(String, std::result::Result<LeaseRecord, Error>)>> {
         let ls = self.ls.clone();
-        deadline::run(
-            self.cfg.io_timeout.max(5_000) * 4,
-            "read lease records",
-            &ls.dir.join("leases"),
-            move || {
-                let keys = ls.list_leases()?;
-                Ok(keys
-                    .into_iter()
-                    .map(|k| {
-                        let r = ls.read_lease(&k, "");
-                        (k, r)
+        let io = self.cfg.io_timeout;
+        let dir = ls.dir.join("leases");
+        let keys = deadline::run(4 * io, "list leases", &dir, move || ls.list_leases())?;
+        let n = keys.len();
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        let ls = self.ls.clone();
+        let work = keys.clone();
+        std::thread::Builder::new()
+            .name("vmlease-io".into())
+            .spawn(move || {
+                for k in work {
+                    let r = ls.read_lease(&k, "");
+                    if tx.send((k, r)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::io("read lease records", &dir, e))?;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match rx.recv_timeout(std::time::Duration::from_millis(io)) {
+                Ok(x) => out.push(x),
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        op: "read lease record",
+                        path: self.ls.lease_path(&keys[out.len()]),
+                        after_ms: io,
                     })
-                    .collect())
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The daemon's view carried forward to the table read (see the module
+    /// documentation).
+    pub fn view_at(&self, t: &Table) -> Option<Status> {
+        self.view.clone().map(|mut s| {
+            s.written_ms = s.written_ms.max(t.read_at);
+            s
+        })
+    }
+
+    pub fn silence(&self, t: &Table, host_id: u16) -> Silence {
+        match self.view_at(t) {
+            None => Silence::Unknown,
+            Some(v) => match v.observed_unchanged_ms(host_id, t.slot_raw(host_id)) {
+                Some(ms) => Silence::Silent(ms),
+                None => Silence::Renewing,
             },
-        )
+        }
     }
 
-    /// Milliseconds since the daemon last saw `host_id`'s slot change,
-    /// as of now (None: it changed since, or no daemon view).
-    pub fn observed_age(&self, host_id: u16, slot_raw: &[u8]) -> Option<u64> {
-        let st = self.status.as_ref()?;
-        let unchanged = st.observed_unchanged_ms(host_id, slot_raw)?;
-        Some(unchanged + self.now.saturating_sub(st.written_ms))
-    }
-
-    pub fn judge(&self, h: &Holder, slot_raw: &[u8]) -> Verdict {
+    /// The takeover rule for one holder, exactly as the plugin applies it
+    /// when this host acquires (with the view carried forward).
+    pub fn judge(&self, t: &Table, h: &Holder) -> Verdict {
+        if h.host_id == 0 || h.host_id as usize > t.slots.len() {
+            return Verdict::Held(format!("host id {} is outside this lockspace", h.host_id));
+        }
+        let view = self.view_at(t);
         let alive = |p: ProcId| p.is_alive();
         Judge {
             my_host_id: self.cfg.host_id.unwrap_or(0),
             my_boot_id: &self.boot_id,
             my_dead_ms: self.cfg.timing.host_dead_timeout,
-            view: self.status.as_ref(),
+            view: view.as_ref(),
             process_alive: &alive,
         }
-        .judge(h, slot_raw)
+        .judge(h, t.slot_raw(h.host_id))
     }
 
-    pub fn slot_raw<'a>(&self, raw: &'a [u8], host_id: u16) -> &'a [u8] {
-        let i = host_id as usize - 1;
-        &raw[i * SLOT_SIZE..(i + 1) * SLOT_SIZE]
+    /// The host_dead_timeout that applies to `host_id` (the larger of its
+    /// own and this host's), as in the takeover rule.
+    pub fn dead_ms(&self, t: &Table, host_id: u16) -> u64 {
+        let own = match t.slot(host_id) {
+            Slot::Record(r) => r.timing.host_dead_timeout,
+            _ => self
+                .view
+                .as_ref()
+                .and_then(|v| v.peer(host_id))
+                .map(|p| p.dead_timeout_ms)
+                .unwrap_or(0),
+        };
+        own.max(self.cfg.timing.host_dead_timeout)
     }
 }
 
-/// What a controller may do about a host's VMs.
+/// The daemon status as a view of the other hosts: it must be from this
+/// boot and this host id. An old one still counts (see the module
+/// documentation); the note says how old.
+pub fn usable_view(cfg: &Config, boot_id: &str) -> (Option<Status>, Option<String>) {
+    let st = match Status::read(&cfg.state_dir) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return (
+                None,
+                Some(format!(
+                    "no vmlease-watchdog status in {}: this host observes no other host",
+                    cfg.state_dir.display()
+                )),
+            )
+        }
+        Err(e) => return (None, Some(format!("unusable watchdog status: {e}"))),
+    };
+    if st.boot_id != boot_id {
+        return (
+            None,
+            Some("the watchdog status is from another boot of this host".into()),
+        );
+    }
+    if Some(st.host_id) != cfg.host_id {
+        return (
+            None,
+            Some(format!(
+                "the watchdog status is for host id {}, the configuration says {:?}",
+                st.host_id, cfg.host_id
+            )),
+        );
+    }
+    let age = boottime_ms().saturating_sub(st.written_ms);
+    let note = (age > cfg.timing.renew_interval + 500).then(|| {
+        format!(
+            "this host's watchdog last reported {} ago (not running?); its observations end there",
+            secs(age)
+        )
+    });
+    (Some(st), note)
+}
+
+/// What a controller may do about a host's VMs, from its liveness record
+/// and this host's observation alone (no leases).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostVerdict {
     ThisHost,
-    /// Renewing: its VMs run; do not evacuate.
+    /// Renewing (or fencing): its VMs may run; do not evacuate. The state
+    /// as published ("live", "mgmt-isolated", "fencing", ...).
     Alive(String),
-    /// Restarting its VMs elsewhere is safe now.
+    /// Known to be down: restarting its VMs elsewhere is safe. Why.
     Safe(String),
-    /// Not yet; safe in this many ms if nothing changes (None: unknown).
-    NotYet(String, Option<u64>),
-    /// This host cannot tell (no daemon view).
+    /// Silent for `silent` ms, not yet for its host_dead_timeout `dead`.
+    NotYet {
+        silent: u64,
+        dead: u64,
+    },
+    /// No watchdog view here: cannot measure silence.
     Unknown(String),
 }
 
@@ -120,90 +289,90 @@ impl HostVerdict {
             HostVerdict::ThisHost => "this-host",
             HostVerdict::Alive(_) => "alive",
             HostVerdict::Safe(_) => "safe",
-            HostVerdict::NotYet(..) => "not-yet",
+            HostVerdict::NotYet { .. } => "not-yet",
             HostVerdict::Unknown(_) => "unknown",
         }
     }
+
+    /// Milliseconds until safe, for a silent host.
+    pub fn safe_in(&self) -> Option<u64> {
+        match self {
+            HostVerdict::NotYet { silent, dead } => Some(dead - silent),
+            _ => None,
+        }
+    }
+
+    /// The facts, without advice (for sentences).
+    pub fn reason(&self) -> String {
+        match self {
+            HostVerdict::ThisHost => "this host".into(),
+            HostVerdict::Alive(s) => format!("{s}, renewing"),
+            HostVerdict::Safe(w) | HostVerdict::Unknown(w) => w.clone(),
+            HostVerdict::NotYet { silent, dead } => format!(
+                "silent {} of host_dead_timeout {}",
+                secs(*silent),
+                secs(*dead)
+            ),
+        }
+    }
+
+    /// What `hosts` shows: the facts and what a controller may do.
     pub fn text(&self) -> String {
         match self {
             HostVerdict::ThisHost => "this host".into(),
-            HostVerdict::Alive(w) | HostVerdict::Safe(w) | HostVerdict::Unknown(w) => w.clone(),
-            HostVerdict::NotYet(w, Some(ms)) => format!("{w}; safe in {}", secs(*ms)),
-            HostVerdict::NotYet(w, None) => w.clone(),
+            HostVerdict::Alive(s) if s == "live" => "live: do not evacuate".into(),
+            HostVerdict::Alive(s) if s == "fencing" => "fencing: wait".into(),
+            HostVerdict::Alive(s) => format!("{s}: its VMs still run; do not evacuate"),
+            HostVerdict::Safe(w) => match w.split_once(' ') {
+                Some((head, rest)) => format!("{head}: evacuate {rest}"),
+                None => format!("{w}: evacuate"),
+            },
+            HostVerdict::NotYet { silent, dead } => format!(
+                "not yet: silent {} of host_dead_timeout {}; safe in {}",
+                secs(*silent),
+                secs(*dead),
+                secs(dead - silent)
+            ),
+            HostVerdict::Unknown(w) => format!("unknown: {w}"),
         }
     }
 }
 
-pub fn host_verdict(ctx: &Ctx, host_id: u16, slot: &Slot, raw: &[u8]) -> HostVerdict {
+pub fn host_verdict(ctx: &Ctx, t: &Table, host_id: u16) -> HostVerdict {
+    let slot = t.slot(host_id);
+    let state = slot.record().map(|r| r.state);
+    match state {
+        Some(HostState::FencedClean) => return HostVerdict::Safe("fenced-clean".into()),
+        Some(HostState::Leaving) => return HostVerdict::Safe("left".into()),
+        _ => {}
+    }
     if ctx.cfg.host_id == Some(host_id) {
         return HostVerdict::ThisHost;
     }
-    let dead_ms = |own: u64| own.max(ctx.cfg.timing.host_dead_timeout);
-    let (d, state, fail_ms) = match slot {
-        Slot::Record(r) => {
-            match r.state {
-                HostState::FencedClean => {
-                    return HostVerdict::Safe("fenced-clean: it killed its VMs".into())
-                }
-                HostState::Leaving => {
-                    return HostVerdict::Safe("left the lockspace with no VM running".into())
-                }
-                _ => {}
-            }
-            (
-                dead_ms(r.timing.host_dead_timeout),
-                Some(r.state),
-                r.timing.renew_fail_timeout,
-            )
-        }
-        Slot::Empty => return HostVerdict::Safe("no such host in the lockspace".into()),
-        Slot::Corrupt(_) => (dead_ms(0), None, 0),
-    };
-    if ctx.status.is_none() {
-        return HostVerdict::Unknown(
-            "no vmlease-watchdog view on this host: cannot tell how long it has been silent".into(),
-        );
-    }
-    let alive = |state: Option<HostState>| {
+    let alive = || {
         HostVerdict::Alive(match state {
-            Some(HostState::MgmtIsolated) => {
-                "mgmt-isolated: its VMs still run and write; do not evacuate".into()
-            }
-            Some(HostState::Fencing) => "fencing: it is killing its VMs".into(),
-            Some(s) => format!("{s}: renewing; do not evacuate"),
-            None => "its record changed recently".into(),
+            Some(s) => s.to_string(),
+            None => "damaged record that changed recently".into(),
         })
     };
-    match ctx.observed_age(host_id, raw) {
-        // Silent for less than its renew_fail_timeout: a renewal may just
-        // be due; it has not even started to fence itself.
-        Some(age) if age < fail_ms => alive(state),
-        None => alive(state),
-        Some(age) if age >= d => HostVerdict::Safe(format!(
-            "dead: no renewal seen for {} (host_dead_timeout {})",
-            secs(age),
-            secs(d)
-        )),
-        Some(age) => HostVerdict::NotYet(
-            format!("silent for {} of host_dead_timeout {}", secs(age), secs(d)),
-            Some(d - age),
+    let fail_ms = slot
+        .record()
+        .map(|r| r.timing.renew_fail_timeout)
+        .unwrap_or(0);
+    let dead = ctx.dead_ms(t, host_id);
+    match ctx.silence(t, host_id) {
+        Silence::Unknown => HostVerdict::Unknown(
+            ctx.view_note
+                .clone()
+                .unwrap_or_else(|| "no watchdog view on this host".into()),
         ),
+        Silence::Renewing => alive(),
+        Silence::Silent(ms) if ms < fail_ms => alive(),
+        Silence::Silent(ms) if ms >= dead => HostVerdict::Safe(format!(
+            "dead (silent {} >= host_dead_timeout {})",
+            secs(ms),
+            secs(dead)
+        )),
+        Silence::Silent(ms) => HostVerdict::NotYet { silent: ms, dead },
     }
-}
-
-/// Finds a host by id or by the name in its liveness record.
-pub fn find_host(slots: &[Slot], want: &str) -> Option<u16> {
-    if let Ok(id) = want.parse::<u16>() {
-        if id >= 1 && (id as usize) <= slots.len() {
-            return Some(id);
-        }
-    }
-    slots.iter().enumerate().find_map(|(i, s)| match s {
-        Slot::Record(r) if r.host_name == want => Some(i as u16 + 1),
-        _ => None,
-    })
-}
-
-pub fn arc_status(s: &Option<Status>) -> Option<Arc<Status>> {
-    s.clone().map(Arc::new)
 }

@@ -1,0 +1,243 @@
+//! `vmlease dump FILE`: decode and check any vmlease file, for debugging
+//! (a lease record, the host table, the lockspace header, the watchdog's
+//! status, a registry entry).
+#![forbid(unsafe_code)]
+
+use super::json::Json;
+use super::leases::holder_json;
+use super::{cell, exit, fail, print_json, table, Opts};
+use crate::codec;
+use crate::error::Error;
+use crate::hosts::{self, Slot, SLOT_SIZE};
+use crate::lease::LeaseRecord;
+use crate::registry::Entry;
+use crate::status::Status;
+
+const HEADER_MAGIC: &str = "vmlease-lockspace v1";
+
+/// What a file turned out to be.
+struct Decoded {
+    kind: &'static str,
+    json: Json,
+    /// Human form: (key, value) lines, or a table for the host table.
+    lines: Vec<(String, String)>,
+    rows: Option<Vec<Vec<String>>>,
+}
+
+fn fields_of(data: &[u8], magic: &str) -> Vec<(String, String)> {
+    codec::parse(data, magic)
+        .map(|f| f.fields)
+        .unwrap_or_default()
+}
+
+fn decode(data: &[u8]) -> Result<Decoded, (&'static str, String)> {
+    let head = String::from_utf8_lossy(&data[..data.len().min(32)]).to_string();
+    if head.starts_with("vmlease-lease ") {
+        let r = LeaseRecord::decode(data).map_err(|e| ("lease record", e))?;
+        Ok(Decoded {
+            kind: "lease record",
+            lines: fields_of(data, "vmlease-lease v1"),
+            rows: None,
+            json: Json::obj(vec![
+                ("kind", Json::str("lease")),
+                ("key", Json::str(r.key)),
+                ("resource", Json::str(r.resource)),
+                ("version", Json::num(r.version)),
+                (
+                    "mode",
+                    Json::str(r.mode.map(|m| m.as_str()).unwrap_or("free")),
+                ),
+                (
+                    "holders",
+                    Json::Arr(r.holders.iter().map(holder_json).collect()),
+                ),
+            ]),
+        })
+    } else if head.starts_with("vmlease-status ") {
+        let s = Status::decode(data).map_err(|e| ("watchdog status", e))?;
+        Ok(Decoded {
+            kind: "watchdog status",
+            lines: fields_of(data, "vmlease-status v1"),
+            rows: None,
+            json: Json::obj(vec![
+                ("kind", Json::str("status")),
+                ("daemon_pid", Json::num(s.daemon_pid)),
+                ("host_id", Json::num(s.host_id)),
+                ("boot_id", Json::str(s.boot_id)),
+                ("state", Json::str(s.state.as_str())),
+                ("reason", Json::str(s.reason)),
+                ("written_ms", Json::num(s.written_ms)),
+                ("last_renewal_ms", Json::num(s.last_renewal_ms)),
+                (
+                    "peers",
+                    Json::Arr(
+                        s.peers
+                            .iter()
+                            .map(|p| {
+                                Json::obj(vec![
+                                    ("host_id", Json::num(p.host_id)),
+                                    ("last_change_ms", Json::num(p.last_change_ms)),
+                                    ("counter", Json::num(p.counter)),
+                                    (
+                                        "state",
+                                        p.state
+                                            .map(|s| Json::str(s.as_str()))
+                                            .unwrap_or(Json::Null),
+                                    ),
+                                ])
+                            })
+                            .collect(),
+                    ),
+                ),
+            ]),
+        })
+    } else if head.starts_with("vmlease-proc ") {
+        let e = Entry::decode(data).map_err(|e| ("registry entry", e))?;
+        Ok(Decoded {
+            kind: "registry entry",
+            lines: fields_of(data, "vmlease-proc v1"),
+            rows: None,
+            json: Json::obj(vec![
+                ("kind", Json::str("registry entry")),
+                ("pid", Json::num(e.proc_id.pid)),
+                ("pid_start", Json::num(e.proc_id.start)),
+                ("domain_uuid", Json::str(e.domain_uuid)),
+                ("domain_name", Json::str(e.domain_name)),
+                (
+                    "keys",
+                    Json::Arr(e.keys.into_iter().map(|(k, _)| Json::str(k)).collect()),
+                ),
+            ]),
+        })
+    } else if head.starts_with("vmlease-lockspace ") {
+        let f = codec::parse(data, HEADER_MAGIC).map_err(|e| ("lockspace header", e))?;
+        let n = |k: &str| f.req_u64(k).map_err(|e| ("lockspace header", e));
+        let (max_hosts, slot_size) = (n("max_hosts")?, n("slot_size")?);
+        Ok(Decoded {
+            kind: "lockspace header",
+            lines: f.fields.clone(),
+            rows: None,
+            json: Json::obj(vec![
+                ("kind", Json::str("lockspace header")),
+                ("max_hosts", Json::num(max_hosts)),
+                ("slot_size", Json::num(slot_size)),
+            ]),
+        })
+    } else if !data.is_empty() && data.len() % SLOT_SIZE == 0 {
+        let slots = hosts::decode_table(data);
+        let bad = slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Corrupt(_)))
+            .count();
+        let mut rows = Vec::new();
+        let mut js = Vec::new();
+        for (i, s) in slots.iter().enumerate() {
+            let id = i as u64 + 1;
+            match s {
+                Slot::Empty => {}
+                Slot::Record(r) => {
+                    rows.push(vec![
+                        id.to_string(),
+                        cell(&r.host_name),
+                        r.state.to_string(),
+                        cell(&r.boot_id),
+                        r.counter.to_string(),
+                        r.timing.host_dead_timeout.to_string(),
+                    ]);
+                    js.push(Json::obj(vec![
+                        ("host_id", Json::num(id)),
+                        ("host_name", Json::str(r.host_name.clone())),
+                        ("boot_id", Json::str(r.boot_id.clone())),
+                        // Random 64 bits: a string, as JSON readers may hold only
+                        // 53-bit integers.
+                        ("incarnation", Json::str(format!("{:016x}", r.incarnation))),
+                        ("counter", Json::num(r.counter)),
+                        ("state", Json::str(r.state.as_str())),
+                        (
+                            "host_dead_timeout_ms",
+                            Json::num(r.timing.host_dead_timeout),
+                        ),
+                    ]));
+                }
+                Slot::Corrupt(why) => {
+                    rows.push(vec![
+                        id.to_string(),
+                        "?".into(),
+                        "CORRUPT".into(),
+                        cell(why),
+                        "-".into(),
+                        "-".into(),
+                    ]);
+                    js.push(Json::obj(vec![
+                        ("host_id", Json::num(id)),
+                        ("error", Json::str(why.clone())),
+                    ]));
+                }
+            }
+        }
+        Ok(Decoded {
+            kind: if bad > 0 {
+                "host table with CORRUPT slots"
+            } else {
+                "host table"
+            },
+            lines: Vec::new(),
+            rows: Some(rows),
+            json: Json::obj(vec![
+                ("kind", Json::str("host table")),
+                ("slots", Json::num(slots.len() as u64)),
+                ("hosts", Json::Arr(js)),
+            ]),
+        })
+    } else {
+        Err(("file", "not a vmlease file (unknown format)".into()))
+    }
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    table(&["ID", "NAME", "STATE", "BOOT", "COUNTER", "DEAD_MS"], rows);
+}
+
+pub fn run(opts: &Opts, path: &str) -> i32 {
+    let data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) => return fail(exit::USAGE, Error::io("read", path, e)),
+    };
+    match decode(&data) {
+        Ok(d) => {
+            let corrupt = d.kind.contains("CORRUPT");
+            if opts.json {
+                print_json(d.json);
+            } else {
+                if let Some(rows) = &d.rows {
+                    print_table(rows);
+                }
+                for (k, v) in &d.lines {
+                    println!("{k}: {}", cell(v));
+                }
+                if !corrupt {
+                    println!("-- {path}: valid {}", d.kind);
+                }
+            }
+            if corrupt {
+                fail(exit::NO, format!("{path}: {}", d.kind))
+            } else {
+                exit::OK
+            }
+        }
+        Err((kind, why)) => {
+            if opts.json {
+                print_json(Json::obj(vec![
+                    ("kind", Json::str(kind)),
+                    ("error", Json::str(why.clone())),
+                ]));
+            } else {
+                let text = String::from_utf8_lossy(&data);
+                for line in text.trim_end_matches('\0').lines() {
+                    println!("{}", cell(line));
+                }
+            }
+            fail(exit::NO, format!("{path}: CORRUPT {kind}: {why}"))
+        }
+    }
+}

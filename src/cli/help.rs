@@ -1,0 +1,375 @@
+//! The `vmlease` manual: the overview (`vmlease --help`) and one page per
+//! command (`vmlease help COMMAND`, `vmlease COMMAND --help`). docs/cli.md
+//! carries the same text plus the JSON schemas; a test keeps them in step.
+#![forbid(unsafe_code)]
+
+/// One command: how it is called and what it does.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CommandHelp {
+    pub name: &'static str,
+    /// The arguments after the command name.
+    pub synopsis: &'static str,
+    /// One line for the overview.
+    pub summary: &'static str,
+    /// The full description, wrapped at 76 columns.
+    pub body: &'static str,
+    /// Options that take a value.
+    pub flags: &'static [&'static str],
+    /// How many positional arguments (min, max).
+    pub positional: (usize, usize),
+}
+
+pub const COMMANDS: &[CommandHelp] = &[
+    CommandHelp {
+        name: "status",
+        synopsis: "",
+        summary: "this host: protection, watchdog, renewal, networks, fence, its leases",
+        body: "\
+Shows whether this host may run protected VMs now and, if not, why; the
+vmlease-watchdog daemon's pid, state and the age of its last status; the
+age of the last liveness renewal; each network's probe state (up, down,
+lost, unknown, unmonitored); a fence in force; and every QEMU process this
+host tracks, with each of its leases as the lockspace records it now (held,
+not held, or unknown when the lockspace does not answer within io_timeout).
+
+Exit status: 0 protected, 1 not protected, 2 configuration error.",
+        flags: &[],
+        positional: (0, 0),
+    },
+    CommandHelp {
+        name: "hosts",
+        synopsis: "",
+        summary: "every host in the lockspace: state, silence, what a controller may do",
+        body: "\
+Lists every host with a liveness record in the lockspace: its id, name,
+state (live, mgmt-isolated, service-isolated, fencing, fenced-clean,
+leaving), for how long this host's watchdog has seen its record unchanged
+(SILENT: a healthy host shows less than its renew_interval; \"-\" when the
+record changed after the watchdog last looked, \"?\" without a watchdog
+view on this host), the start of its boot id, and what an HA controller
+may do with its VMs:
+
+  this host                       the host you ask on
+  live: do not evacuate           renewing (also mgmt-isolated and
+                                  service-isolated: their VMs still run)
+  fencing: wait                   killing its VMs after a fence
+  not yet: safe in N s            silent, but not yet for host_dead_timeout
+  dead: evacuate                  silent for at least host_dead_timeout
+  fenced-clean: evacuate          killed its VMs and starts none
+  left: evacuate                  its daemon stopped with no VM leased
+  unknown                         no watchdog view on this host
+
+A host silent for less than its renew_fail_timeout counts as renewing (a
+renewal may just be due). 'vmlease can-evacuate HOST' is the authoritative
+answer for one host: it also checks every lease that host holds.
+
+Exit status: 0 listed, 2 configuration error, 3 lockspace unreachable
+within io_timeout.",
+        flags: &[],
+        positional: (0, 0),
+    },
+    CommandHelp {
+        name: "leases",
+        synopsis: "[--host HOST] [--domain UUID]",
+        summary: "lease records and their holders",
+        body: "\
+Lists the lease records in the lockspace: the resource (a domain UUID, a
+disk path, or LOCKSPACE/KEY of a <lease>), the mode (exclusive, shared,
+free), the version (it changes on every change of ownership) and the
+holders (host id, QEMU pid, domain name and UUID). --host (a host id or
+name) and --domain keep the records that have a matching holder.
+
+A record that cannot be decoded is listed as CORRUPT with the reason: it is
+never treated as free, by the plugin or by this listing. Inspect it with
+'vmlease dump FILE'.
+
+A record that cannot be read at all (an I/O error) is listed as
+UNREADABLE.
+
+Exit status: 0 listed, 1 at least one CORRUPT record, 2 usage or
+configuration error, 3 the lockspace or a record unreadable within its
+deadline.",
+        flags: &["--host", "--domain"],
+        positional: (0, 0),
+    },
+    CommandHelp {
+        name: "can-evacuate",
+        synopsis: "HOST",
+        summary: "exit 0 only if restarting HOST's VMs elsewhere is split-brain safe now",
+        body: "\
+Answers whether restarting HOST's VMs on other hosts is split-brain safe
+now, as seen from this host. HOST is a host id or the host name in its
+liveness record. This is the signal an HA controller (Masakari, a Nova
+evacuation script) waits for before it evacuates: poll it.
+
+The rule, in this order:
+ 1. Every lease record must be readable. A CORRUPT record may be one of
+    HOST's: the answer is \"cannot tell\".
+ 2. If HOST holds leases, it is safe exactly when every one of them may be
+    taken over now under the takeover rules the plugin applies when
+    another host acquires: HOST published fenced-clean or left cleanly;
+    HOST's record shows another boot id than the lease (it rebooted); HOST
+    is this host and that QEMU process is gone; or this host's watchdog has
+    seen HOST's liveness record unchanged for at least host_dead_timeout
+    (the larger of HOST's and this host's).
+ 3. If HOST holds no lease, vmlease protects none of its VMs. Knowing
+    nothing about unleased VMs, it says yes only when HOST itself is known
+    to be down: fenced-clean, left cleanly, or silent for at least
+    host_dead_timeout. A renewing host (live, mgmt-isolated, fencing) is
+    never safe to evacuate: its VMs may still run.
+ 4. Anything else is \"not yet\", with the reason and, once HOST has stopped
+    renewing, how long until it becomes safe if it stays silent.
+
+Silence is measured by this host's vmlease-watchdog on this host's
+monotonic clock, never by comparing timestamps other hosts wrote. Without a
+watchdog daemon on this host only the rules that need no observation apply
+(fenced-clean, left, rebooted); otherwise the answer is \"cannot tell\". A
+host whose watchdog started observing later may need longer before its own
+acquire succeeds: the plugin there decides for itself.
+
+Exit status: 0 safe now, 1 not safe (yet), 2 usage or configuration error
+(including an unknown HOST), 3 cannot tell (lockspace unreachable within
+its deadline, a corrupt record, no watchdog view on this host).",
+        flags: &[],
+        positional: (1, 1),
+    },
+    CommandHelp {
+        name: "check-config",
+        synopsis: "",
+        summary: "validate the configuration and print the fence timeline",
+        body: "\
+Loads and validates the configuration (unknown keys, types, ranges, and
+the safety inequality host_dead_timeout > max(F + K, F + W) + 2R) and
+prints the fence timeline derived from it, the warnings (no hardware
+watchdog, a recorded reset, no host_id), and whether the lockspace is
+reachable and initialised and on which filesystem. The lockspace line is
+information only: it does not change the exit status.
+
+Exit status: 0 valid with host_id set, 1 valid but host_id not set (this
+host cannot take leases), 2 invalid or missing file.",
+        flags: &[],
+        positional: (0, 0),
+    },
+    CommandHelp {
+        name: "init",
+        synopsis: "[--max-hosts N]",
+        summary: "create the lockspace layout (once per lockspace)",
+        body: "\
+Creates the lockspace in lockspace_dir, once per lockspace: the VMLEASE
+header, the host table (N slots of 512 bytes; N defaults to 2000, the
+largest host id) and leases/. An initialised lockspace is left alone. The
+parent of lockspace_dir must exist: a missing parent usually means the
+shared filesystem is not mounted, and a lockspace on a local disk would
+protect nothing. Prints the filesystem it is on and warns when that is a
+local one.
+
+Exit status: 0 created or already initialised, 1 failed, 2 usage or
+configuration error, 3 no answer from storage within io_timeout.",
+        flags: &["--max-hosts"],
+        positional: (0, 0),
+    },
+    CommandHelp {
+        name: "release",
+        synopsis: "--domain UUID",
+        summary: "admin: free this host's leases of a domain whose QEMU is gone",
+        body: "\
+Administrative release: removes this host's holders (this host id, this
+boot) of the domain from every lease record, and the domain's entries from
+this host's process registry. Refuses while a QEMU process of that domain
+that holds or may hold its leases runs on this host: stop the domain
+first. Rarely needed: the watchdog daemon and the qemu hook release the
+leases of a QEMU that exits. Every release is logged to syslog.
+
+Exit status: 0 released or nothing to release, 1 refused or failed, 2
+usage or configuration error, 3 lockspace unreachable.",
+        flags: &["--domain"],
+        positional: (0, 0),
+    },
+    CommandHelp {
+        name: "clear-fence",
+        synopsis: "",
+        summary: "let a fenced host run protected VMs again once the cause is gone",
+        body: "\
+After a fence this host starts no protected VM until the cause is over and
+an operator runs this command. It asks the watchdog daemon, which clears
+the fence only when the cause is gone (renewals succeed, the network is
+back), and waits up to 5 s for its answer.
+
+Exit status: 0 cleared or not fenced, 1 not cleared (the cause persists or
+no watchdog daemon runs), 2 configuration error.",
+        flags: &[],
+        positional: (0, 0),
+    },
+    CommandHelp {
+        name: "dump",
+        synopsis: "FILE",
+        summary: "decode and check a vmlease record, table, status or registry entry",
+        body: "\
+Decodes and checks one vmlease file: a lease record (leases/KEY), the host
+table (hosts), the lockspace header (VMLEASE), the watchdog's status
+(STATE_DIR/status) or a process registry entry (STATE_DIR/procs/*). Prints
+its content and whether it is valid; --json prints the decoded fields.
+
+Exit status: 0 valid, 1 corrupt or not a vmlease file, 2 unreadable.",
+        flags: &[],
+        positional: (1, 1),
+    },
+    CommandHelp {
+        name: "hook",
+        synopsis: "qemu NAME OPERATION SUB-OPERATION [EXTRA...]",
+        summary: "the libvirt qemu hook (installed as /etc/libvirt/hooks/qemu.d/vmlease)",
+        body: "\
+The libvirt qemu hook, run by /etc/libvirt/hooks/qemu.d/vmlease with the
+domain XML on stdin. It acts only while libvirt uses vmlease (lock_manager
+= \"vmlease\" in /etc/libvirt/qemu.conf, or in the file VMLEASE_QEMU_CONF
+names); otherwise every operation succeeds at once.
+
+  prepare begin    refuse (exit 1) to start a domain on a host that is not
+                   protected: no watchdog daemon, a hung or unhealthy one,
+                   late renewals, the host fenced, the lockspace missing.
+                   The one line on stderr is what virsh shows.
+  migrate begin    the same on the destination of an incoming migration;
+                   the XML is left unchanged (nothing on stdout).
+  release end      release this host's leases of the stopped domain at
+                   once (those of its QEMU processes that have exited).
+                   Exit 0 even when that fails: libvirt ignores it, and the
+                   watchdog daemon releases them later.
+  reconnect begin  libvirtd restarted with the domain running: exit 1, so
+                   that libvirt kills this QEMU, only when one of the
+                   domain's leases now belongs to another host. Exit 0 when
+                   they are still this QEMU's or released, and when the
+                   lockspace does not answer in time: slow storage is no
+                   reason to kill a VM (the watchdog fences if it is gone).
+  anything else    exit 0 at once; an operation this version does not know
+                   is named on stderr.
+
+Every lockspace access has a deadline (io_timeout, plus lock_timeout for a
+record lock), and the whole hook gives up after io_timeout + lock_timeout
++ 2 s with the safe status of its operation (refuse a start or migration,
+keep a running VM): libvirt runs hooks under the domain lock with no
+timeout. Malformed XML is reported on stderr; release and reconnect then
+exit 0.
+
+Exit status: 0 go on, 1 refuse (prepare, migrate) or kill (reconnect),
+2 usage error.",
+        flags: &[],
+        positional: (2, usize::MAX),
+    },
+    CommandHelp {
+        name: "help",
+        synopsis: "[COMMAND|all]",
+        summary: "this overview, the manual of one command, or all of it",
+        body: "Prints the overview, the full description of COMMAND, or with
+'all' the overview followed by every command's description.",
+        flags: &[],
+        positional: (0, 1),
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static CommandHelp> {
+    COMMANDS.iter().find(|c| c.name == name)
+}
+
+/// `vmlease --help`.
+pub fn overview() -> String {
+    let mut s = String::from(
+        "vmlease: split-brain protection for libvirt/KVM hosts on shared storage
+
+usage: vmlease [--config FILE] [--json] COMMAND [ARGS]
+       vmlease help COMMAND    (or 'vmlease help all': the whole manual)
+
+Commands:
+",
+    );
+    for c in COMMANDS {
+        let head = format!("{} {}", c.name, c.synopsis);
+        let head = head.trim_end();
+        let lines = wrap(c.summary, 80 - 25);
+        if head.len() > 21 {
+            s.push_str(&format!("  {head}\n"));
+        }
+        for (i, l) in lines.iter().enumerate() {
+            let left = if i == 0 && head.len() <= 21 { head } else { "" };
+            s.push_str(&format!("  {left:<21}  {l}\n"));
+        }
+    }
+    s.push_str(
+        "
+Options (before or after the command, except after hook):
+  -c, --config FILE      the configuration file (default
+                         /etc/libvirt/qemu-vmlease.conf)
+  --json                 machine-readable output on stdout (the schemas are
+                         in docs/cli.md)
+  -h, --help             this text, or with a command its manual
+  --version              the version
+
+Exit status: 0 yes / success; 1 no (not safe yet, refused, not protected,
+a corrupt record); 2 usage or configuration error; 3 cannot tell (the
+lockspace did not answer within its deadline, no watchdog view here).
+Each command's manual gives its exact meaning.
+
+Files: /etc/libvirt/qemu-vmlease.conf (configuration), lockspace_dir
+(shared: VMLEASE, hosts, leases/), state_dir (local, default /run/vmlease:
+the watchdog's status, procs/ registry, fence marker),
+/etc/libvirt/hooks/qemu.d/vmlease and /etc/libvirt/hooks/vmlease.env (the
+hook and its optional settings).",
+    );
+    s
+}
+
+/// Splits text into lines of at most `width` characters, at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split(' ') {
+        let cur = lines.last_mut().expect("never empty");
+        if !cur.is_empty() && cur.chars().count() + 1 + word.chars().count() > width {
+            lines.push(word.to_string());
+        } else {
+            if !cur.is_empty() {
+                cur.push(' ');
+            }
+            cur.push_str(word);
+        }
+    }
+    lines
+}
+
+/// `vmlease help all`: the overview and every command's page (what the
+/// vmlease(8) man page holds).
+pub fn full() -> String {
+    let mut s = overview();
+    s.push_str("\n\nCOMMANDS IN DETAIL\n");
+    for c in COMMANDS.iter().filter(|c| c.name != "help") {
+        s.push_str(&format!("\n{}\n", command(c)));
+    }
+    s
+}
+
+/// `vmlease help COMMAND`.
+pub fn command(c: &CommandHelp) -> String {
+    let usage = format!(
+        "usage: vmlease [--config FILE] [--json] {} {}",
+        c.name, c.synopsis
+    );
+    format!("{}\n\n{}\n\n{}", usage.trim_end(), c.summary, c.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_page_is_wrapped_and_has_an_exit_status() {
+        for c in COMMANDS {
+            for line in command(c).lines().skip(1) {
+                assert!(line.chars().count() <= 76, "{}: long line {line:?}", c.name);
+            }
+            if c.name != "help" {
+                assert!(c.body.contains("Exit status"), "{}", c.name);
+            }
+        }
+        for line in overview().lines() {
+            assert!(line.chars().count() <= 80, "long line {line:?}");
+        }
+    }
+}

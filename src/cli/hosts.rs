@@ -1,0 +1,89 @@
+//! `vmlease hosts`: every host in the lockspace, its state, how long this
+//! host has seen it silent, and what a controller may do with its VMs.
+#![forbid(unsafe_code)]
+
+use super::json::Json;
+use super::view::{host_verdict, Silence};
+use super::{cell, exit, fail, open, print_json, table, Opts};
+use crate::config::secs;
+use crate::hosts::Slot;
+
+pub fn run(opts: &Opts) -> i32 {
+    let ctx = match open(opts) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let t = match ctx.table() {
+        Ok(t) => t,
+        Err(e) => return fail(exit::UNKNOWN, e),
+    };
+    let mut rows = Vec::new();
+    let mut js = Vec::new();
+    for (i, slot) in t.slots.iter().enumerate() {
+        if matches!(slot, Slot::Empty) {
+            continue;
+        }
+        let id = i as u16 + 1;
+        let v = host_verdict(&ctx, &t, id);
+        let silence = ctx.silence(&t, id);
+        let (name, state, boot, counter) = match slot {
+            Slot::Record(r) => (
+                r.host_name.clone(),
+                r.state.to_string(),
+                r.boot_id.clone(),
+                Some(r.counter),
+            ),
+            Slot::Corrupt(why) => ("?".into(), format!("CORRUPT ({why})"), String::new(), None),
+            Slot::Empty => unreachable!("skipped above"),
+        };
+        let silent_text = match silence {
+            Silence::Unknown => "?".into(),
+            Silence::Renewing => "-".into(),
+            Silence::Silent(ms) => secs(ms),
+        };
+        rows.push(vec![
+            id.to_string(),
+            cell(&name),
+            cell(&state),
+            silent_text,
+            cell(&boot.chars().take(8).collect::<String>()),
+            cell(&v.text()),
+        ]);
+        let silent_ms = match silence {
+            Silence::Silent(ms) => Json::num(ms),
+            _ => Json::Null,
+        };
+        let safe_in = Json::opt_num(v.safe_in());
+        js.push(Json::obj(vec![
+            ("host_id", Json::num(id)),
+            ("host_name", Json::str(name)),
+            ("state", Json::str(state)),
+            ("boot_id", Json::str(boot)),
+            ("counter", Json::opt_num(counter)),
+            ("observed", Json::Bool(silence != Silence::Unknown)),
+            ("silent_for_ms", silent_ms),
+            ("verdict", Json::str(v.word())),
+            ("safe_in_ms", safe_in),
+            ("detail", Json::str(v.text())),
+        ]));
+    }
+    if opts.json {
+        print_json(Json::Arr(js));
+        return exit::OK;
+    }
+    if let Some(note) = &ctx.view_note {
+        eprintln!("vmlease: note: {note}");
+    }
+    if rows.is_empty() {
+        println!(
+            "no host has joined lockspace {}",
+            ctx.cfg.lockspace_dir.display()
+        );
+    } else {
+        table(
+            &["ID", "NAME", "STATE", "SILENT", "BOOT", "VMS ELSEWHERE?"],
+            &rows,
+        );
+    }
+    exit::OK
+}

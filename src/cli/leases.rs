@@ -1,0 +1,149 @@
+//! `vmlease leases`: the lease records and their holders. A record that
+//! cannot be decoded is shown as CORRUPT, never as free.
+#![forbid(unsafe_code)]
+
+use super::args::Args;
+use super::json::Json;
+use super::{cell, exit, fail, open, print_json, table, Opts};
+use crate::error::Error;
+use crate::lease::Holder;
+use crate::resource::is_uuid;
+
+pub fn holder_text(h: &Holder) -> String {
+    format!(
+        "host {} pid {} domain {} ({})",
+        h.host_id,
+        h.pid,
+        cell(&h.domain_name),
+        cell(&h.domain_uuid)
+    )
+}
+
+pub fn holder_json(h: &Holder) -> Json {
+    Json::obj(vec![
+        ("host_id", Json::num(h.host_id)),
+        ("boot_id", Json::str(h.boot_id.clone())),
+        ("pid", Json::num(h.pid)),
+        ("pid_start", Json::num(h.pid_start)),
+        ("domain_uuid", Json::str(h.domain_uuid.clone())),
+        ("domain_name", Json::str(h.domain_name.clone())),
+    ])
+}
+
+pub fn run(opts: &Opts, args: &Args) -> i32 {
+    let domain = match args.flag("--domain") {
+        Some(d) if is_uuid(d) => Some(d.to_ascii_lowercase()),
+        Some(d) => return fail(exit::USAGE, format!("--domain takes a UUID, got '{d}'")),
+        None => None,
+    };
+    let ctx = match open(opts) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let host = match args.flag("--host") {
+        None => None,
+        Some(h) => {
+            let t = match ctx.table() {
+                Ok(t) => t,
+                Err(e) => return fail(exit::UNKNOWN, e),
+            };
+            match t.find_host(h) {
+                Ok(id) => Some(id),
+                Err(why) => return fail(exit::USAGE, why),
+            }
+        }
+    };
+    let all = match ctx.leases() {
+        Ok(a) => a,
+        Err(e) => return fail(exit::UNKNOWN, e),
+    };
+    let keep = |h: &Holder| {
+        host.map(|x| h.host_id == x).unwrap_or(true)
+            && domain
+                .as_ref()
+                .map(|d| h.domain_uuid.eq_ignore_ascii_case(d))
+                .unwrap_or(true)
+    };
+    let filtered = host.is_some() || domain.is_some();
+    let (mut corrupt, mut unreadable) = (0, 0);
+    let mut rows = Vec::new();
+    let mut js = Vec::new();
+    for (key, rec) in all {
+        match rec {
+            Ok(r) => {
+                if filtered && !r.holders.iter().any(keep) {
+                    continue;
+                }
+                let mode = r
+                    .mode
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "free".into());
+                let holders = if r.holders.is_empty() {
+                    "-".to_string()
+                } else {
+                    r.holders
+                        .iter()
+                        .map(holder_text)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                };
+                rows.push(vec![
+                    cell(&r.resource),
+                    mode.clone(),
+                    r.version.to_string(),
+                    holders,
+                ]);
+                js.push(Json::obj(vec![
+                    ("key", Json::str(key)),
+                    ("resource", Json::str(r.resource.clone())),
+                    ("mode", Json::str(mode)),
+                    ("version", Json::num(r.version)),
+                    (
+                        "holders",
+                        Json::Arr(r.holders.iter().map(holder_json).collect()),
+                    ),
+                ]));
+            }
+            // Shown even when filtering: it may be one of the wanted ones.
+            Err(e) => {
+                let is_corrupt = matches!(e, Error::Corrupt { .. });
+                if is_corrupt {
+                    corrupt += 1;
+                } else {
+                    unreadable += 1;
+                }
+                rows.push(vec![
+                    key.clone(),
+                    if is_corrupt { "CORRUPT" } else { "UNREADABLE" }.into(),
+                    "-".into(),
+                    cell(&e.to_string()),
+                ]);
+                js.push(Json::obj(vec![
+                    ("key", Json::str(key)),
+                    ("corrupt", Json::Bool(is_corrupt)),
+                    ("error", Json::str(e.to_string())),
+                ]));
+            }
+        }
+    }
+    if opts.json {
+        print_json(Json::Arr(js));
+    } else if rows.is_empty() {
+        println!("no lease records");
+    } else {
+        table(&["RESOURCE", "MODE", "VERSION", "HOLDERS"], &rows);
+    }
+    if corrupt > 0 {
+        eprintln!(
+            "vmlease: {corrupt} CORRUPT lease record(s): never treated as free; inspect with 'vmlease dump'"
+        );
+    }
+    if unreadable > 0 {
+        eprintln!("vmlease: {unreadable} lease record(s) could not be read");
+        exit::UNKNOWN
+    } else if corrupt > 0 {
+        exit::NO
+    } else {
+        exit::OK
+    }
+}

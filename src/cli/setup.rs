@@ -1,0 +1,253 @@
+//! `check-config` and `init`: the two commands an operator runs before a
+//! host may lease anything.
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+
+use super::args::Args;
+use super::fs::{mount_of, Mount};
+use super::json::Json;
+use super::{exit, fail, load, print_json, Opts};
+use crate::config::{Config, MAX_HOST_ID};
+use crate::deadline;
+use crate::error::Error;
+use crate::lockspace::{Lockspace, DEFAULT_MAX_HOSTS};
+
+/// What `check-config` found at lockspace_dir.
+struct Probe {
+    state: &'static str,
+    detail: String,
+    mount: Option<Mount>,
+}
+
+fn probe_lockspace(cfg: &Config) -> Probe {
+    let dir = cfg.lockspace_dir.clone();
+    let r = deadline::run(cfg.io_timeout, "open lockspace", &dir.clone(), move || {
+        let mount = mount_of(&dir);
+        Ok((Lockspace::open(&dir), mount))
+    });
+    match r {
+        Ok((Ok(ls), mount)) => Probe {
+            state: "ok",
+            detail: format!("initialised, {} host slots", ls.max_hosts),
+            mount,
+        },
+        Ok((Err(e), mount)) => {
+            let state = match &e {
+                Error::Lockspace { reason, .. } if reason.starts_with("not initialised") => {
+                    "not-initialised"
+                }
+                Error::Lockspace { .. } => "missing",
+                Error::Corrupt { .. } => "corrupt",
+                _ => "error",
+            };
+            Probe {
+                state,
+                detail: e.to_string(),
+                mount,
+            }
+        }
+        Err(e) => Probe {
+            state: "unreachable",
+            detail: e.to_string(),
+            mount: None,
+        },
+    }
+}
+
+fn mount_json(m: &Option<Mount>) -> (Json, Json) {
+    match m {
+        Some(m) => (
+            Json::obj(vec![
+                ("type", Json::str(m.fstype.clone())),
+                ("source", Json::str(m.source.clone())),
+                (
+                    "mount_point",
+                    Json::str(m.mount_point.display().to_string()),
+                ),
+            ]),
+            Json::Bool(m.is_shared()),
+        ),
+        None => (Json::Null, Json::Null),
+    }
+}
+
+fn local_warning(dir: &Path, m: &Option<Mount>) -> Option<String> {
+    match m {
+        Some(m) if !m.is_shared() => Some(format!(
+            "lockspace {} is on a local filesystem ({}): only this machine sees it, \
+             so it protects nothing across hosts (tests and single-host demos only)",
+            dir.display(),
+            m.describe()
+        )),
+        _ => None,
+    }
+}
+
+pub fn check_config(opts: &Opts) -> i32 {
+    if !opts.config.exists() {
+        return fail(
+            exit::USAGE,
+            format!("{}: no such file", opts.config.display()),
+        );
+    }
+    let c = match load(opts) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let ok = c.host_id.is_some();
+    let probe = probe_lockspace(&c);
+    let mut warnings = c.warnings();
+    warnings.extend(local_warning(&c.lockspace_dir, &probe.mount));
+    if opts.json {
+        let t = c.timing;
+        let (fs, shared) = mount_json(&probe.mount);
+        print_json(Json::obj(vec![
+            ("config", Json::str(opts.config.display().to_string())),
+            ("valid", Json::Bool(ok)),
+            ("host_id", Json::opt_num(c.host_id.map(u64::from))),
+            (
+                "warnings",
+                Json::Arr(warnings.into_iter().map(Json::Str).collect()),
+            ),
+            ("renew_interval_ms", Json::num(t.renew_interval)),
+            ("renew_fail_timeout_ms", Json::num(t.renew_fail_timeout)),
+            ("kill_timeout_ms", Json::num(t.kill_timeout)),
+            ("watchdog_timeout_ms", Json::num(t.watchdog_timeout)),
+            ("host_dead_timeout_ms", Json::num(t.host_dead_timeout)),
+            ("last_write_bound_ms", Json::num(t.last_write_bound())),
+            ("io_timeout_ms", Json::num(c.io_timeout)),
+            ("lock_timeout_ms", Json::num(c.lock_timeout)),
+            (
+                "lockspace",
+                Json::obj(vec![
+                    ("dir", Json::str(c.lockspace_dir.display().to_string())),
+                    ("state", Json::str(probe.state)),
+                    ("detail", Json::str(probe.detail)),
+                    ("filesystem", fs),
+                    ("shared", shared),
+                ]),
+            ),
+        ]));
+    } else {
+        for w in &warnings {
+            println!("warning: {w}");
+        }
+        print!("{}", c.timing.timeline());
+        let on = probe
+            .mount
+            .as_ref()
+            .map(|m| format!(" on {}", m.describe()))
+            .unwrap_or_default();
+        println!(
+            "lockspace {}: {}{on}",
+            c.lockspace_dir.display(),
+            match probe.state {
+                "ok" => probe.detail,
+                s => format!("{s}: {}", probe.detail),
+            }
+        );
+        if ok {
+            println!("{}: OK", opts.config.display());
+        } else {
+            println!(
+                "{}: valid, but host_id is not set: this host cannot take leases",
+                opts.config.display()
+            );
+        }
+    }
+    if ok {
+        exit::OK
+    } else {
+        exit::NO
+    }
+}
+
+pub fn init(opts: &Opts, args: &Args) -> i32 {
+    let max_hosts = match args.flag("--max-hosts") {
+        None => None,
+        Some(v) => match v.parse::<u16>() {
+            Ok(n) if (1..=MAX_HOST_ID).contains(&n) => Some(n),
+            _ => {
+                return fail(
+                    exit::USAGE,
+                    format!("--max-hosts must be between 1 and {MAX_HOST_ID}, got '{v}'"),
+                )
+            }
+        },
+    };
+    let c = match load(opts) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let dir = c.lockspace_dir.clone();
+    let want = max_hosts.unwrap_or(DEFAULT_MAX_HOSTS);
+    let d2 = dir.clone();
+    let res = deadline::run(4 * c.io_timeout, "initialise lockspace", &dir, move || {
+        let parent = d2
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| "/".into());
+        if !parent.is_dir() {
+            return Ok(Err(format!(
+                "{} does not exist: is the shared filesystem mounted? \
+                 (init creates only the lockspace directory itself)",
+                parent.display()
+            )));
+        }
+        let created = Lockspace::init(&d2, want)?;
+        let ls = Lockspace::open(&d2)?;
+        Ok(Ok((created, ls.max_hosts, mount_of(&d2))))
+    });
+    let (created, slots, mount) = match res {
+        Ok(Ok(x)) => x,
+        Ok(Err(why)) => {
+            return fail(
+                exit::NO,
+                format!("cannot initialise {}: {why}", dir.display()),
+            )
+        }
+        Err(e @ Error::Timeout { .. }) => return fail(exit::UNKNOWN, e),
+        Err(e) => return fail(exit::NO, e),
+    };
+    let mut warnings: Vec<String> = local_warning(&dir, &mount).into_iter().collect();
+    if !created && max_hosts.is_some_and(|n| n != slots) {
+        warnings.push(format!(
+            "the lockspace was initialised before with {slots} host slots; --max-hosts {want} is ignored"
+        ));
+    }
+    if opts.json {
+        let (fs, shared) = mount_json(&mount);
+        print_json(Json::obj(vec![
+            ("lockspace", Json::str(dir.display().to_string())),
+            ("created", Json::Bool(created)),
+            ("max_hosts", Json::num(slots)),
+            ("filesystem", fs),
+            ("shared", shared),
+            (
+                "warnings",
+                Json::Arr(warnings.into_iter().map(Json::Str).collect()),
+            ),
+        ]));
+    } else {
+        for w in &warnings {
+            println!("warning: {w}");
+        }
+        let on = mount
+            .as_ref()
+            .map(|m| format!(" on {}", m.describe()))
+            .unwrap_or_default();
+        if created {
+            println!(
+                "initialised lockspace {} ({slots} host slots){on}",
+                dir.display()
+            );
+        } else {
+            println!(
+                "lockspace {} is already initialised ({slots} host slots){on}",
+                dir.display()
+            );
+        }
+    }
+    exit::OK
+}

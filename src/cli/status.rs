@@ -1,0 +1,378 @@
+//! `vmlease status`: this host's protection, its watchdog daemon, and the
+//! leases of the QEMU processes it tracks.
+#![forbid(unsafe_code)]
+
+use super::json::Json;
+use super::{cell, exit, load, print_json, table, Opts};
+use crate::clock::boottime_ms;
+use crate::config::{secs, Config};
+use crate::deadline;
+use crate::error::{Error, Result};
+use crate::hosts::Slot;
+use crate::lease::Holder;
+use crate::lockspace::Lockspace;
+use crate::process;
+use crate::registry::{Entry, Registry};
+use crate::status::Status;
+
+/// One lease of a tracked process, as the lockspace records it now.
+#[derive(Clone)]
+struct LeaseState {
+    key: String,
+    resource: String,
+    /// "held", "not-held", "other-holder", "corrupt" or "unknown".
+    state: &'static str,
+    version: Option<u64>,
+    detail: String,
+}
+
+/// What the lockspace says about this host, read with one deadline.
+struct Shared {
+    host_name: Option<String>,
+    host_state: Option<String>,
+    leases: Vec<Vec<LeaseState>>,
+}
+
+fn resource_text(key: &str, resource: &str) -> String {
+    let kind = key.split('-').next().unwrap_or("");
+    match kind {
+        "domain" | "disk" | "lease" => format!("{kind} {resource}"),
+        _ => resource.to_string(),
+    }
+}
+
+/// `me`: this host's id; without one only the lockspace is checked (the
+/// registry is empty then: nothing can be leased).
+fn read_shared(cfg: &Config, me: Option<u16>, boot: &str, entries: &[Entry]) -> Result<Shared> {
+    let dir = cfg.lockspace_dir.clone();
+    let keys: Vec<(Entry, Vec<(String, String)>)> = entries
+        .iter()
+        .map(|e| (e.clone(), e.keys.clone()))
+        .collect();
+    let n: usize = keys.iter().map(|(_, k)| k.len()).sum();
+    let boot = boot.to_string();
+    deadline::run(
+        cfg.io_timeout + n as u64 * 10,
+        "read this host's leases",
+        &dir.clone(),
+        move || {
+            let ls = Lockspace::open(&dir)?;
+            let (host_name, host_state) = match me.map(|id| ls.read_host(id)).transpose()? {
+                Some(Slot::Record(r)) => (Some(r.host_name), Some(r.state.to_string())),
+                Some(Slot::Corrupt(why)) => (None, Some(format!("corrupt ({why})"))),
+                Some(Slot::Empty) | None => (None, None),
+            };
+            let me = me.unwrap_or(0);
+            let leases = keys
+                .into_iter()
+                .map(|(e, keys)| {
+                    let me = Holder {
+                        host_id: me,
+                        boot_id: boot.clone(),
+                        pid: e.proc_id.pid,
+                        pid_start: e.proc_id.start,
+                        domain_uuid: e.domain_uuid.clone(),
+                        domain_name: e.domain_name.clone(),
+                    };
+                    keys.into_iter()
+                        .map(|(key, resource)| lease_state(&ls, key, resource, &me))
+                        .collect()
+                })
+                .collect();
+            Ok(Shared {
+                host_name,
+                host_state,
+                leases,
+            })
+        },
+    )
+}
+
+fn lease_state(ls: &Lockspace, key: String, resource: String, me: &Holder) -> LeaseState {
+    let (state, version, detail) = match ls.read_lease(&key, &resource) {
+        Ok(r) if r.holders.iter().any(|h| h.same_process(me)) => {
+            ("held", Some(r.version), String::new())
+        }
+        Ok(r) => match r.holders.first() {
+            Some(h) => ("other-holder", Some(r.version), h.to_string()),
+            None => ("not-held", Some(r.version), String::new()),
+        },
+        Err(e @ Error::Corrupt { .. }) => ("corrupt", None, e.to_string()),
+        Err(e) => ("unknown", None, e.to_string()),
+    };
+    LeaseState {
+        key,
+        resource,
+        state,
+        version,
+        detail,
+    }
+}
+
+pub fn run(opts: &Opts) -> i32 {
+    let cfg = match load(opts) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let protected = crate::plugin::protected_status(&cfg);
+    let now = boottime_ms();
+    let st = Status::read(&cfg.state_dir);
+    let reg = Registry::new(&cfg.state_dir);
+    let mut reg_errors = Vec::new();
+    let entries: Vec<Entry> = match reg.list() {
+        Ok(list) => list
+            .into_iter()
+            .filter_map(|e| e.map_err(|e| reg_errors.push(e.to_string())).ok())
+            .collect(),
+        Err(e) => {
+            reg_errors.push(e.to_string());
+            Vec::new()
+        }
+    };
+    let fenced = crate::daemon::fence::load_marker(&cfg.state_dir);
+    let boot = process::boot_id().unwrap_or_default();
+    let shared = read_shared(&cfg, cfg.host_id, &boot, &entries);
+    let lease_of = |i: usize| -> Vec<LeaseState> {
+        match &shared {
+            Ok(s) => s.leases[i].clone(),
+            Err(e) => entries[i]
+                .keys
+                .iter()
+                .map(|(k, r)| LeaseState {
+                    key: k.clone(),
+                    resource: r.clone(),
+                    state: "unknown",
+                    version: None,
+                    detail: e.to_string(),
+                })
+                .collect(),
+        }
+    };
+    let code = if protected.is_ok() {
+        exit::OK
+    } else {
+        exit::NO
+    };
+    let daemon = match &st {
+        Ok(Some(s)) => Some(s),
+        _ => None,
+    };
+    if opts.json {
+        let daemon_json = match daemon {
+            None => Json::Null,
+            Some(s) => Json::obj(vec![
+                ("daemon_pid", Json::num(s.daemon_pid)),
+                ("state", Json::str(s.state.as_str())),
+                ("reason", Json::str(s.reason.clone())),
+                ("status_age_ms", Json::num(now.saturating_sub(s.written_ms))),
+                (
+                    "renewal_age_ms",
+                    if s.last_renewal_ms == 0 {
+                        Json::Null
+                    } else {
+                        Json::num(now.saturating_sub(s.last_renewal_ms))
+                    },
+                ),
+                ("unsafe_no_watchdog", Json::Bool(s.unsafe_no_watchdog)),
+                (
+                    "networks",
+                    Json::Arr(
+                        s.networks
+                            .iter()
+                            .map(|n| {
+                                Json::obj(vec![
+                                    ("name", Json::str(n.name.clone())),
+                                    ("state", Json::str(n.state.clone())),
+                                    ("detail", Json::str(n.detail.clone())),
+                                ])
+                            })
+                            .collect(),
+                    ),
+                ),
+            ]),
+        };
+        let processes = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                Json::obj(vec![
+                    ("pid", Json::num(e.proc_id.pid)),
+                    ("alive", Json::Bool(e.proc_id.is_alive())),
+                    ("domain_uuid", Json::str(e.domain_uuid.clone())),
+                    ("domain_name", Json::str(e.domain_name.clone())),
+                    (
+                        "leases",
+                        Json::Arr(e.keys.iter().map(|(k, _)| Json::str(k.clone())).collect()),
+                    ),
+                    (
+                        "lease_records",
+                        Json::Arr(
+                            lease_of(i)
+                                .into_iter()
+                                .map(|l| {
+                                    Json::obj(vec![
+                                        ("key", Json::str(l.key)),
+                                        ("resource", Json::str(l.resource)),
+                                        ("state", Json::str(l.state)),
+                                        ("version", Json::opt_num(l.version)),
+                                        ("detail", Json::str(l.detail)),
+                                    ])
+                                })
+                                .collect(),
+                        ),
+                    ),
+                ])
+            })
+            .collect();
+        let (host_name, host_state) = match &shared {
+            Ok(s) => (s.host_name.clone(), s.host_state.clone()),
+            Err(_) => (None, None),
+        };
+        let opt_str = |s: Option<String>| s.map(Json::Str).unwrap_or(Json::Null);
+        print_json(Json::obj(vec![
+            ("host_id", Json::opt_num(cfg.host_id.map(u64::from))),
+            ("host_name", opt_str(host_name)),
+            ("host_state", opt_str(host_state)),
+            ("protected", Json::Bool(protected.is_ok())),
+            (
+                "not_protected_because",
+                opt_str(protected.as_ref().err().map(|e| e.to_string())),
+            ),
+            (
+                "fenced",
+                opt_str(fenced.as_ref().map(|c| c.as_str().into())),
+            ),
+            ("daemon", daemon_json),
+            (
+                "lockspace",
+                Json::obj(vec![
+                    ("dir", Json::str(cfg.lockspace_dir.display().to_string())),
+                    ("reachable", Json::Bool(shared.is_ok())),
+                    (
+                        "error",
+                        opt_str(shared.as_ref().err().map(|e| e.to_string())),
+                    ),
+                ]),
+            ),
+            ("processes", Json::Arr(processes)),
+            (
+                "registry_errors",
+                Json::Arr(reg_errors.iter().cloned().map(Json::Str).collect()),
+            ),
+        ]));
+        return code;
+    }
+
+    let name = match &shared {
+        Ok(Shared {
+            host_name: Some(n), ..
+        }) => format!(" ({})", cell(n)),
+        _ => String::new(),
+    };
+    match cfg.host_id {
+        Some(h) => println!("host:        {h}{name}"),
+        None => println!("host:        host_id not set in {}", opts.config.display()),
+    }
+    match &protected {
+        Ok(_) => println!("protected:   yes"),
+        Err(e) => println!("protected:   NO - {e}"),
+    }
+    match &st {
+        Ok(None) => println!(
+            "watchdog:    not running (no status in {})",
+            cfg.state_dir.display()
+        ),
+        Err(e) => println!("watchdog:    unusable status: {e}"),
+        Ok(Some(s)) => {
+            let why = if s.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", cell(&s.reason))
+            };
+            println!(
+                "watchdog:    pid {}, state {}{why}, last report {} ago",
+                s.daemon_pid,
+                s.state,
+                secs(now.saturating_sub(s.written_ms))
+            );
+            if s.last_renewal_ms == 0 {
+                println!("renewal:     none yet");
+            } else {
+                println!(
+                    "renewal:     {} ago (every {}; fencing starts after {} without one)",
+                    secs(now.saturating_sub(s.last_renewal_ms)),
+                    secs(s.renew_interval_ms),
+                    secs(s.renew_fail_timeout_ms)
+                );
+            }
+            if s.unsafe_no_watchdog {
+                println!("WARNING:     no hardware watchdog (unsafe_no_watchdog = true)");
+            }
+            for n in &s.networks {
+                println!(
+                    "network:     {:<11} {:<11} {}",
+                    cell(&n.name),
+                    cell(&n.state),
+                    cell(&n.detail)
+                );
+            }
+        }
+    }
+    match &fenced {
+        Some(c) => println!(
+            "fence:       {} (after the cause is over: 'vmlease clear-fence')",
+            c.describe()
+        ),
+        None => println!("fence:       none"),
+    }
+    match &shared {
+        Ok(s) => println!(
+            "lockspace:   {} (reachable; this host's record: {})",
+            cfg.lockspace_dir.display(),
+            s.host_state.as_deref().unwrap_or("none yet")
+        ),
+        Err(e) => println!("lockspace:   {}: {e}", cfg.lockspace_dir.display()),
+    }
+    for e in &reg_errors {
+        println!("registry:    {e}");
+    }
+    println!();
+    let mut rows = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let qemu = if e.proc_id.is_alive() {
+            "running"
+        } else {
+            "exited"
+        };
+        for l in lease_of(i) {
+            let lease = match (l.state, l.version) {
+                ("held", Some(v)) => format!("held (version {v})"),
+                ("other-holder", _) => format!("NOT held: {}", cell(&l.detail)),
+                ("not-held", _) => "not held".to_string(),
+                (s, _) => format!("{s}: {}", cell(&l.detail)),
+            };
+            rows.push(vec![
+                e.proc_id.pid.to_string(),
+                qemu.into(),
+                cell(&e.domain_name),
+                cell(&resource_text(&l.key, &l.resource)),
+                lease,
+            ]);
+        }
+        if e.keys.is_empty() {
+            rows.push(vec![
+                e.proc_id.pid.to_string(),
+                qemu.into(),
+                cell(&e.domain_name),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
+    }
+    if rows.is_empty() {
+        println!("no leased QEMU processes on this host");
+    } else {
+        table(&["PID", "QEMU", "DOMAIN", "RESOURCE", "LEASE"], &rows);
+    }
+    code
+}

@@ -84,7 +84,11 @@ pub struct MountOptions {
     pub mntns: Option<PathBuf>,
     /// Where to mount; `DIR/mnt/CLIENT` unless set.
     pub mountpoint: Option<PathBuf>,
-    /// More ceph-fuse arguments, e.g. `--fuse_disable_pagecache=true`.
+    /// Mount with `--fuse_disable_pagecache=true` (no kernel page cache).
+    /// Off by default: the tests run vmlease on ceph-fuse's defaults, which
+    /// vmlease must be safe on (it reads the lockspace with O_DIRECT).
+    pub no_page_cache: bool,
+    /// More ceph-fuse arguments.
     pub args: Vec<String>,
 }
 
@@ -371,6 +375,9 @@ impl CephCluster {
             os(client),
             path.clone().into(),
         ];
+        if opts.no_page_cache {
+            args.push(os("--fuse_disable_pagecache=true"));
+        }
         args.extend(opts.args.iter().map(os));
         let mut env = Vec::new();
         if let Some(ns) = &opts.netns {

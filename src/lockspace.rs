@@ -8,8 +8,12 @@
 //!   leases/<key>.lock  the short serialising lock of that record (OFD lock)
 //! ```
 //!
-//! Every read opens the file anew: CephFS clients that keep a file open
-//! may read stale data.
+//! Every read of the host table and of lease records opens the file anew
+//! and bypasses this host's page cache (O_DIRECT, [`read_uncached`]): on
+//! CephFS through ceph-fuse with its default kernel page cache, a plain
+//! read on one host was seen returning another host's renewal of more
+//! than 50 s ago while that host renewed every 2 s - a live host would
+//! look dead for longer than host_dead_timeout (docs/cephfs.md).
 #![deny(unsafe_code)]
 
 use std::fs::{self, File, OpenOptions};
@@ -128,11 +132,9 @@ impl Lockspace {
     pub fn read_hosts_raw(&self) -> Result<Vec<u8>> {
         let path = self.hosts_path();
         let len = self.max_hosts as usize * SLOT_SIZE;
-        let mut data = vec![0u8; len];
-        let f = File::open(&path).map_err(|e| Error::io("read host table", &path, e))?;
-        let n =
-            read_full_at(&f, &mut data, 0).map_err(|e| Error::io("read host table", &path, e))?;
-        data[n..].fill(0);
+        let mut data =
+            read_uncached(&path, 0, len).map_err(|e| Error::io("read host table", &path, e))?;
+        data.resize(len, 0);
         Ok(data)
     }
 
@@ -145,11 +147,10 @@ impl Lockspace {
     pub fn read_host(&self, host_id: u16) -> Result<Slot> {
         self.check_host_id(host_id)?;
         let path = self.hosts_path();
-        let mut buf = vec![0u8; SLOT_SIZE];
-        let f = File::open(&path).map_err(|e| Error::io("read host record", &path, e))?;
-        let n = read_full_at(&f, &mut buf, (host_id as u64 - 1) * SLOT_SIZE as u64)
+        let offset = (host_id as u64 - 1) * SLOT_SIZE as u64;
+        let mut buf = read_uncached(&path, offset, SLOT_SIZE)
             .map_err(|e| Error::io("read host record", &path, e))?;
-        buf[n..].fill(0);
+        buf.resize(SLOT_SIZE, 0);
         Ok(hosts::decode_slot(host_id, &buf))
     }
 
@@ -171,7 +172,7 @@ impl Lockspace {
     /// Reads a lease record; a missing file is a free lease.
     pub fn read_lease(&self, key: &str, resource: &str) -> Result<LeaseRecord> {
         let path = self.lease_path(key);
-        match fs::read(&path) {
+        match read_uncached_whole(&path) {
             Ok(data) => {
                 let rec = LeaseRecord::decode(&data).map_err(|reason| Error::Corrupt {
                     path: path.clone(),
@@ -270,17 +271,110 @@ pub struct RecordLock {
     _file: File,
 }
 
-fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+/// Alignment of uncached reads: buffer address, file offset and length
+/// are multiples of it (covers 512-byte and 4 KiB logical blocks).
+const DIRECT_ALIGN: usize = 4096;
+
+/// Largest lease record [`read_uncached_whole`] accepts (a record is a few
+/// hundred bytes plus the resource name).
+const MAX_RECORD: usize = 1 << 20;
+
+/// Reads up to `len` bytes at `offset` of `path` from the storage, not from
+/// this host's page cache: the file is opened with O_DIRECT, so a read
+/// returns what other hosts' completed writes left on shared storage.
+/// Shorter than `len` only at the end of the file.
+///
+/// A filesystem that refuses O_DIRECT (EINVAL) is read through the page
+/// cache only if it is a local one (tmpfs, ext4, xfs, btrfs, ...), where
+/// the page cache is the storage's only view; on any other filesystem
+/// that is an error, never a silent fallback to reads that may be stale.
+pub fn read_uncached(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            return read_cached_if_local(path, offset, len)
+        }
+        Err(e) => return Err(e),
+    };
+    let align = DIRECT_ALIGN as u64;
+    let start = offset - offset % align;
+    let end = (offset + len as u64).div_ceil(align) * align;
+    let span = (end - start) as usize;
+    let mut raw = vec![0u8; span + DIRECT_ALIGN];
+    let skip = raw.as_ptr().align_offset(DIRECT_ALIGN);
+    let buf = &mut raw[skip..skip + span];
     let mut done = 0;
-    while done < buf.len() {
-        match f.read_at(&mut buf[done..], offset + done as u64) {
+    while done < span {
+        match file.read_at(&mut buf[done..], start + done as u64) {
+            Ok(0) => break,
+            Ok(n) => {
+                done += n;
+                if done % DIRECT_ALIGN != 0 {
+                    break; // a short read ends at the end of the file
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && done == 0 => {
+                return read_cached_if_local(path, offset, len)
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let from = (offset - start) as usize;
+    let to = done.min(from + len);
+    Ok(if to > from {
+        buf[from..to].to_vec()
+    } else {
+        Vec::new()
+    })
+}
+
+/// Reads a whole (small) file with [`read_uncached`].
+pub fn read_uncached_whole(path: &Path) -> io::Result<Vec<u8>> {
+    let mut len = 4 * DIRECT_ALIGN;
+    loop {
+        let data = read_uncached(path, 0, len)?;
+        if data.len() < len {
+            return Ok(data);
+        }
+        if len >= MAX_RECORD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("larger than {MAX_RECORD} bytes: not a lockspace record"),
+            ));
+        }
+        len *= 4;
+    }
+}
+
+fn read_cached_if_local(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let fs_type = uncached::fs_type(path)?;
+    if !uncached::is_local(fs_type) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "the filesystem (type {fs_type:#x}) refuses O_DIRECT reads; on shared storage \
+                 vmlease must read around the page cache (a cached read may be stale)"
+            ),
+        ));
+    }
+    let file = File::open(path)?;
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(done)
+    buf.truncate(done);
+    Ok(buf)
 }
 
 /// Writes a file and fsyncs it (no rename).
@@ -317,6 +411,47 @@ pub fn ofd_try_lock(file: &File) -> io::Result<bool> {
 /// Only for local files (the state dir), never for shared storage.
 pub fn ofd_lock_wait(file: &File) -> io::Result<()> {
     ofd_lock::lock_wait(file)
+}
+
+mod uncached {
+    //! The filesystem type, to tell local filesystems from shared ones.
+    #![allow(unsafe_code)]
+
+    use std::ffi::CString;
+    use std::io;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    /// statfs(2)'s f_type of the filesystem holding `path`.
+    pub fn fs_type(path: &Path) -> io::Result<i64> {
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+        // SAFETY: an all-zero statfs is a valid value of this plain C struct.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a NUL-terminated path and `st` a writable statfs
+        // the kernel fills.
+        if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        #[allow(clippy::unnecessary_cast)] // f_type's C type differs by arch
+        Ok(st.f_type as i64)
+    }
+
+    /// Filesystems of one machine: their page cache is the only view of
+    /// the data, so it cannot be stale.
+    pub fn is_local(fs_type: i64) -> bool {
+        const LOCAL: [i64; 8] = [
+            0x0102_1994, // tmpfs
+            0x8584_58f6, // ramfs
+            0xef53,      // ext2/3/4
+            0x5846_5342, // xfs
+            0x9123_683e, // btrfs
+            0x794c_7630, // overlayfs
+            0xf2f5_2010, // f2fs
+            0x2fc1_2fc1, // zfs
+        ];
+        LOCAL.contains(&fs_type)
+    }
 }
 
 mod ofd_lock {
@@ -382,6 +517,59 @@ mod tests {
         ));
         fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn uncached_reads_any_offset_and_length() {
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        // ext4 under temp_dir (O_DIRECT) and tmpfs (O_DIRECT or the local
+        // fallback, by kernel version).
+        let dirs = [tempdir("uncached"), PathBuf::from("/dev/shm")];
+        for dir in dirs.iter().filter(|d| d.is_dir()) {
+            let path = dir.join(format!("vmlease-uncached-{}", std::process::id()));
+            fs::write(&path, &data).unwrap();
+            for (off, len) in [
+                (0, 512),
+                (512, 512),
+                (511, 3),
+                (4095, 2),
+                (1000, 9000),
+                (19_990, 100),
+                (20_000, 10),
+                (30_000, 512),
+            ] {
+                let got = read_uncached(&path, off, len).unwrap();
+                let from = (off as usize).min(data.len());
+                let to = (off as usize + len).min(data.len());
+                assert_eq!(got, &data[from..to], "{} at {off}+{len}", path.display());
+            }
+            assert_eq!(read_uncached_whole(&path).unwrap(), data);
+            fs::write(&path, b"").unwrap();
+            assert!(read_uncached_whole(&path).unwrap().is_empty());
+            fs::remove_file(&path).unwrap();
+            let e = read_uncached(&path, 0, 512).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        }
+    }
+
+    #[test]
+    fn uncached_fallback_only_on_local_filesystems() {
+        assert!(uncached::is_local(0xef53));
+        assert!(uncached::is_local(0x0102_1994));
+        assert!(!uncached::is_local(0x0065_735546)); // fuse
+        assert!(!uncached::is_local(0x00c3_6400)); // ceph
+        assert!(!uncached::is_local(0x6969)); // nfs
+        let t = uncached::fs_type(&std::env::temp_dir()).unwrap();
+        assert!(uncached::is_local(t), "temp dir on {t:#x}");
+    }
+
+    #[test]
+    fn a_record_larger_than_any_record_is_refused() {
+        let d = tempdir("big");
+        let path = d.join("big");
+        fs::write(&path, vec![b'x'; MAX_RECORD + 1]).unwrap();
+        let e = read_uncached_whole(&path).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
     }
 
     #[test]

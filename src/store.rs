@@ -12,9 +12,11 @@
 //! - the record lock excludes every other holder until the guard is
 //!   dropped, or until the storage drops it (CephFS evicts a partitioned
 //!   client); a write issued under a lock that was dropped never lands;
-//! - host table reads need not be under any lock: they may be a little
-//!   stale, and the protocol never relies on them being fresh except
-//!   through the changes it observes.
+//! - a read (of the host table or of a record) returns what the writes
+//!   that completed before it began left, whichever host made them: a
+//!   host that renews is never seen standing still. Host table reads need
+//!   no lock. The lockspace reads around this host's page cache (O_DIRECT),
+//!   which ceph-fuse's default mounts would otherwise serve stale.
 #![forbid(unsafe_code)]
 
 use crate::error::{Error, Result};
@@ -60,21 +62,10 @@ impl Store for Lockspace {
 
     fn read_slot_raw(&self, host_id: u16) -> Result<Vec<u8>> {
         let path = self.hosts_path();
-        let f = std::fs::File::open(&path).map_err(|e| Error::io("read host record", &path, e))?;
-        let mut buf = vec![0u8; SLOT_SIZE];
-        use std::os::unix::fs::FileExt;
-        let mut done = 0;
-        while done < SLOT_SIZE {
-            match f.read_at(
-                &mut buf[done..],
-                (host_id as u64 - 1) * SLOT_SIZE as u64 + done as u64,
-            ) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io("read host record", &path, e)),
-            }
-        }
+        let offset = (host_id as u64 - 1) * SLOT_SIZE as u64;
+        let mut buf = crate::lockspace::read_uncached(&path, offset, SLOT_SIZE)
+            .map_err(|e| Error::io("read host record", &path, e))?;
+        buf.resize(SLOT_SIZE, 0);
         Ok(buf)
     }
 

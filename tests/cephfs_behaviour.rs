@@ -356,9 +356,10 @@ fn protocol_ticks(p: &Pair, table: &str, ticks: u64) {
 /// How B reads the table in (a).
 #[derive(Clone, Copy, Debug)]
 enum ReadMode {
-    /// open + read through the kernel page cache (vmlease today).
+    /// open + read through the kernel page cache.
     Plain,
-    /// open(O_DIRECT) + read: bypasses the kernel page cache.
+    /// vmlease's own read of the lockspace (`read_uncached`: open with
+    /// O_DIRECT, around the kernel page cache).
     Direct,
 }
 
@@ -369,25 +370,9 @@ fn read_table(path: &Path, mode: ReadMode) -> io::Result<Vec<u8>> {
     }
 }
 
-#[repr(C, align(4096))]
-struct Page([u8; 4096]);
-
-/// Reads a whole file with O_DIRECT, page by page into aligned buffers.
+/// Reads a whole file as vmlease reads the lockspace (O_DIRECT).
 fn read_direct(path: &Path) -> io::Result<Vec<u8>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)?;
-    let mut page = Box::new(Page([0; 4096]));
-    let mut out = Vec::new();
-    loop {
-        let n = f.read_at(&mut page.0, out.len() as u64)?;
-        out.extend_from_slice(&page.0[..n]);
-        if n < page.0.len() {
-            return Ok(out);
-        }
-    }
+    vmlease::lockspace::read_uncached_whole(path)
 }
 
 /// Keeps every CPU busy while alive: the load under which ceph-fuse's

@@ -24,6 +24,95 @@ const CK: u64 = 1000;
 const CW: u64 = 1000;
 const CD: u64 = 11000;
 
+/// `vmlease check-config` on a CephFS lockspace: asks the cluster for the
+/// MDS settings and warns exactly when they do not fit the timing.
+fn check_config_reads_the_mds_settings(ceph: &CephCluster, ls: &std::path::Path) {
+    let s = Scratch::new("cephfs-check");
+    let conf = s.0.join("vmlease.conf");
+    let write_conf = |d: u64| {
+        fs::write(
+            &conf,
+            format!(
+                "host_id = 1\nlockspace_dir = \"{}\"\nunsafe_no_watchdog = true\n\
+                 renew_interval = 0.5\nrenew_fail_timeout = 8\nkill_timeout = 1\n\
+                 watchdog_timeout = 1\nhost_dead_timeout = {d}\n",
+                ls.display()
+            ),
+        )
+        .unwrap()
+    };
+    let ceph_args = format!("-c {}", ceph.dir.join("ceph.conf").display());
+    let check = || {
+        let out = std::process::Command::new(bin("vmlease"))
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CEPH_ARGS", &ceph_args)
+            .args(["--config", conf.to_str().unwrap(), "check-config"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "check-config: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let warnings: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("warning: CephFS"))
+            .map(String::from)
+            .collect();
+        (text, warnings)
+    };
+    let set = |opt: &str, val: &str| ceph.ceph(&["config", "set", "mds", opt, val]);
+
+    // This cluster: cap revoke 1 s + tick 1 s fit F - 2R = 7 s; the
+    // default session_autoclose (300 s) exceeds D = 11 s.
+    write_conf(11);
+    let (text, w) = check();
+    assert!(
+        text.contains("CephFS: mds_cap_revoke_eviction_timeout 1s, mds_tick_interval 1s"),
+        "{text}"
+    );
+    assert_eq!(w.len(), 1, "{text}");
+    assert!(
+        w[0].contains("session_autoclose 300s exceeds host_dead_timeout 11s"),
+        "{text}"
+    );
+
+    // Session timers within D: no CephFS warning.
+    ceph.set_session_timeouts(30, 30);
+    write_conf(40);
+    let (text, w) = check();
+    assert!(w.is_empty(), "{text}");
+
+    // Ceph's default (eviction for unreturned capabilities off) is flagged,
+    // and so is an eviction too slow for F.
+    set("mds_cap_revoke_eviction_timeout", "0");
+    let (text, w) = check();
+    assert_eq!(w.len(), 1, "{text}");
+    assert!(
+        w[0].contains("mds_cap_revoke_eviction_timeout is 0 (off)"),
+        "{text}"
+    );
+    set("mds_cap_revoke_eviction_timeout", "6.5");
+    let (text, w) = check();
+    assert_eq!(w.len(), 1, "{text}");
+    assert!(
+        w[0].contains("exceeds renew_fail_timeout - 2 * renew_interval = 7s"),
+        "{text}"
+    );
+    set("mds_cap_revoke_eviction_timeout", "1");
+
+    // The cluster cannot be asked: a warning saying so, never silence.
+    let out = std::process::Command::new(bin("vmlease"))
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CEPH_ARGS", "-c /nonexistent/ceph.conf")
+        .args(["--config", conf.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("warning: CephFS: could not read the cluster's MDS settings"),
+        "{text}"
+    );
+    eprintln!("cephfs: check-config read the MDS settings and warned as expected");
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -85,27 +174,17 @@ fn cephfs_behaviour_and_a_storage_hang_fence() {
         let t = Instant::now();
         let slots = lb.read_hosts().unwrap();
         r.push(t.elapsed().as_secs_f64() * 1e3);
-        // A read may lag the other client's write for a moment (seen once
-        // in many runs); the protocol only needs the renewal to show up
-        // soon, never a damaged or future value.
+        // vmlease reads around the page cache (O_DIRECT): on these default
+        // ceph-fuse mounts B must see every renewal A completed.
         let seen = slots[0].record().map(|x| x.counter);
         if seen != Some(i) {
-            assert!(
-                seen.map(|c| c < i).unwrap_or(false),
-                "B read {seen:?} after write {i}"
-            );
             stale += 1;
-            wait_until("B to see A's renewal", 2000, || {
-                match lb.read_hosts().map(|s| s[0].record().map(|x| x.counter)) {
-                    Ok(Some(c)) if c == i => Ok(()),
-                    other => Err(format!("{other:?}")),
-                }
-            });
+            eprintln!("cephfs: B read counter {seen:?} right after A wrote {i}");
         }
     }
-    assert!(stale <= 10, "{stale}/100 reads were stale");
+    assert_eq!(stale, 0, "B read {stale}/100 stale renewals");
     eprintln!(
-        "cephfs: renewal write+fsync median {:.2} ms, table read by the other client median {:.2} ms, {stale}/100 stale (seen at the next read)",
+        "cephfs: renewal write+fsync median {:.2} ms, table read by the other client median {:.2} ms, {stale}/100 stale ",
         median(&mut w),
         median(&mut r)
     );
@@ -119,6 +198,7 @@ fn cephfs_behaviour_and_a_storage_hang_fence() {
         "cephfs: record lock handed over across clients in {:.1} ms",
         t.elapsed().as_secs_f64() * 1e3
     );
+    check_config_reads_the_mds_settings(&ceph, &ls_a);
     let _ = fs::remove_file(ls_a.join("hosts"));
     drop((la, lb));
     let _ = fs::remove_dir_all(&ls_a);

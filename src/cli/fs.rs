@@ -25,6 +25,11 @@ impl Mount {
             || t == "fuse"
     }
 
+    /// CephFS: the kernel client or ceph-fuse.
+    pub fn is_cephfs(&self) -> bool {
+        self.fstype == "ceph" || self.fstype.starts_with("fuse.ceph")
+    }
+
     pub fn describe(&self) -> String {
         format!(
             "{} ({} mounted on {})",

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod cephfs;
 mod dump;
 mod evacuate;
 mod fence;

@@ -4,7 +4,10 @@
 
 use std::path::Path;
 
+use std::time::Duration;
+
 use super::args::Args;
+use super::cephfs;
 use super::fs::{mount_of, Mount};
 use super::json::Json;
 use super::{exit, fail, load, print_json, Opts};
@@ -12,6 +15,9 @@ use crate::config::{Config, MAX_HOST_ID};
 use crate::deadline;
 use crate::error::Error;
 use crate::lockspace::{Lockspace, DEFAULT_MAX_HOSTS};
+
+/// How long `check-config` waits for the Ceph cluster's answers.
+const CEPH_QUERY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What `check-config` found at lockspace_dir.
 struct Probe {
@@ -99,6 +105,18 @@ pub fn check_config(opts: &Opts) -> i32 {
     let probe = probe_lockspace(&c);
     let mut warnings = c.warnings();
     warnings.extend(local_warning(&c.lockspace_dir, &probe.mount));
+    // On CephFS: the MDS settings that decide how long a hung client can
+    // hold up the other hosts must fit the timing.
+    let ceph = probe
+        .mount
+        .as_ref()
+        .filter(|m| m.is_cephfs())
+        .map(|_| cephfs::query(CEPH_QUERY_TIMEOUT));
+    match &ceph {
+        Some(Ok(s)) => warnings.extend(cephfs::warnings(&c.timing, s)),
+        Some(Err(why)) => warnings.push(cephfs::unknown_warning(why)),
+        None => {}
+    }
     if opts.json {
         let t = c.timing;
         let (fs, shared) = mount_json(&probe.mount);
@@ -128,6 +146,10 @@ pub fn check_config(opts: &Opts) -> i32 {
                     ("shared", shared),
                 ]),
             ),
+            (
+                "cephfs",
+                ceph.as_ref().map(cephfs::json).unwrap_or(Json::Null),
+            ),
         ]));
     } else {
         for w in &warnings {
@@ -147,6 +169,9 @@ pub fn check_config(opts: &Opts) -> i32 {
                 s => format!("{s}: {}", probe.detail),
             }
         );
+        if let Some(Ok(s)) = &ceph {
+            println!("{}", cephfs::describe(s));
+        }
         if ok {
             println!("{}: OK", opts.config.display());
         } else {

@@ -1,0 +1,344 @@
+//! `check-config` on a CephFS lockspace: reads the cluster's MDS settings
+//! that decide how long a hung or partitioned client can hold up the other
+//! hosts (docs/cephfs.md) and warns when they do not fit vmlease's timing.
+//!
+//! The settings come from the `ceph` CLI as this host's default client
+//! (`CEPH_ARGS`, e.g. `--id vmlease -c /etc/ceph/ceph.conf`, selects
+//! another); when it cannot be asked, that is a warning too, with the
+//! commands to check by hand.
+#![forbid(unsafe_code)]
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::json::Json;
+use crate::config::{secs, Timing};
+
+/// One CephFS file system's session timers, in seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSystem {
+    pub name: String,
+    pub session_timeout: f64,
+    pub session_autoclose: f64,
+}
+
+/// The MDS settings vmlease's timing depends on, in seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// 0: off (a client that keeps capabilities is never evicted for it).
+    pub cap_revoke_eviction_timeout: f64,
+    pub tick_interval: f64,
+    pub blocklist_on_timeout: bool,
+    pub file_systems: Vec<FileSystem>,
+}
+
+/// Runs `ceph ARGS` with a deadline; stdout, or why not.
+fn ceph(args: &[&str], deadline: Instant) -> Result<String, String> {
+    let what = format!("ceph {}", args.join(" "));
+    let left = deadline.saturating_duration_since(Instant::now());
+    let connect = left.as_secs().max(1).to_string();
+    let mut child = Command::new("ceph")
+        .args(["--connect-timeout", &connect])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{what}: {e}"))?;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let mut out = String::new();
+                let mut err = String::new();
+                if let Some(mut o) = child.stdout.take() {
+                    let _ = o.read_to_string(&mut out);
+                }
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                if status.success() {
+                    return Ok(out);
+                }
+                let err = err.lines().last().unwrap_or("").trim().to_string();
+                return Err(format!("{what}: {status}: {err}"));
+            }
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{what}: no answer in time"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("{what}: {e}")),
+        }
+    }
+}
+
+fn number(out: &str, what: &str) -> Result<f64, String> {
+    out.trim()
+        .parse::<f64>()
+        .map_err(|_| format!("{what}: not a number: {:?}", out.trim()))
+}
+
+/// The names in `ceph fs ls` output ("name: NAME, metadata pool: ...").
+pub fn parse_fs_ls(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("name: "))
+        .filter_map(|l| l.split(',').next())
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// A key's value in `ceph fs get NAME` output ("key<whitespace>value").
+pub fn parse_fs_get(out: &str, key: &str) -> Option<f64> {
+    out.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        (w.next() == Some(key))
+            .then(|| w.next()?.parse().ok())
+            .flatten()
+    })
+}
+
+/// Asks the cluster, within `timeout`.
+pub fn query(timeout: Duration) -> Result<Settings, String> {
+    let deadline = Instant::now() + timeout;
+    let get = |name: &str| ceph(&["config", "get", "mds", name], deadline);
+    let cap = number(
+        &get("mds_cap_revoke_eviction_timeout")?,
+        "mds_cap_revoke_eviction_timeout",
+    )?;
+    let tick = number(&get("mds_tick_interval")?, "mds_tick_interval")?;
+    let blocklist = get("mds_session_blocklist_on_timeout")?.trim() == "true";
+    let mut file_systems = Vec::new();
+    for name in parse_fs_ls(&ceph(&["fs", "ls"], deadline)?) {
+        let out = ceph(&["fs", "get", &name], deadline)?;
+        let val =
+            |k: &str| parse_fs_get(&out, k).ok_or_else(|| format!("ceph fs get {name}: no {k}"));
+        file_systems.push(FileSystem {
+            session_timeout: val("session_timeout")?,
+            session_autoclose: val("session_autoclose")?,
+            name,
+        });
+    }
+    Ok(Settings {
+        cap_revoke_eviction_timeout: cap,
+        tick_interval: tick,
+        blocklist_on_timeout: blocklist,
+        file_systems,
+    })
+}
+
+fn s(v: f64) -> String {
+    secs((v * 1000.0).round() as u64)
+}
+
+/// What does not fit vmlease's timing (R, F, D). Pure: unit-tested.
+pub fn warnings(t: &Timing, c: &Settings) -> Vec<String> {
+    let mut w = Vec::new();
+    let (r, f, d) = (
+        t.renew_interval as f64 / 1000.0,
+        t.renew_fail_timeout as f64 / 1000.0,
+        t.host_dead_timeout as f64 / 1000.0,
+    );
+    // A healthy host whose renewal waits for a hung client's capabilities
+    // fences itself if the wait plus one renew interval reaches F.
+    let budget = f - 2.0 * r;
+    if c.cap_revoke_eviction_timeout <= 0.0 {
+        w.push(format!(
+            "CephFS: mds_cap_revoke_eviction_timeout is 0 (off): a hung host keeps its capabilities \
+             on the hosts table until its session is closed, and healthy hosts whose renewals wait \
+             for it fence themselves after renew_fail_timeout ({}); set it to at most {} \
+             (renew_fail_timeout - 2 * renew_interval - mds_tick_interval {})",
+            secs(t.renew_fail_timeout),
+            s((budget - c.tick_interval).max(0.0)),
+            s(c.tick_interval)
+        ));
+    } else if c.cap_revoke_eviction_timeout + c.tick_interval > budget {
+        w.push(format!(
+            "CephFS: mds_cap_revoke_eviction_timeout {} + mds_tick_interval {} exceeds \
+             renew_fail_timeout - 2 * renew_interval = {}: a hung host can hold up healthy hosts' \
+             renewals until they fence themselves",
+            s(c.cap_revoke_eviction_timeout),
+            s(c.tick_interval),
+            s(budget)
+        ));
+    }
+    if !c.blocklist_on_timeout {
+        w.push(
+            "CephFS: mds_session_blocklist_on_timeout is false: an evicted host could come back \
+             and write without noticing; set it to true"
+                .into(),
+        );
+    }
+    for fs in &c.file_systems {
+        if fs.session_autoclose > d {
+            w.push(format!(
+                "CephFS {}: session_autoclose {} exceeds host_dead_timeout {}: the record locks of a \
+                 dead host stay held until its session is closed, so takeovers of its leases wait \
+                 (safely) up to {}",
+                fs.name,
+                s(fs.session_autoclose),
+                secs(t.host_dead_timeout),
+                s(fs.session_autoclose)
+            ));
+        }
+        if fs.session_timeout > fs.session_autoclose {
+            w.push(format!(
+                "CephFS {}: session_timeout {} exceeds session_autoclose {}",
+                fs.name,
+                s(fs.session_timeout),
+                s(fs.session_autoclose)
+            ));
+        }
+    }
+    w
+}
+
+pub fn json(r: &Result<Settings, String>) -> Json {
+    match r {
+        Ok(c) => Json::obj(vec![
+            (
+                "mds_cap_revoke_eviction_timeout_ms",
+                Json::num((c.cap_revoke_eviction_timeout * 1000.0).round() as u64),
+            ),
+            (
+                "mds_tick_interval_ms",
+                Json::num((c.tick_interval * 1000.0).round() as u64),
+            ),
+            (
+                "mds_session_blocklist_on_timeout",
+                Json::Bool(c.blocklist_on_timeout),
+            ),
+            (
+                "file_systems",
+                Json::Arr(
+                    c.file_systems
+                        .iter()
+                        .map(|f| {
+                            Json::obj(vec![
+                                ("name", Json::str(f.name.clone())),
+                                (
+                                    "session_timeout_ms",
+                                    Json::num((f.session_timeout * 1000.0).round() as u64),
+                                ),
+                                (
+                                    "session_autoclose_ms",
+                                    Json::num((f.session_autoclose * 1000.0).round() as u64),
+                                ),
+                            ])
+                        })
+                        .collect(),
+                ),
+            ),
+            ("error", Json::Null),
+        ]),
+        Err(e) => Json::obj(vec![("error", Json::str(e.clone()))]),
+    }
+}
+
+/// One line for the text output.
+pub fn describe(c: &Settings) -> String {
+    let mut line = format!(
+        "CephFS: mds_cap_revoke_eviction_timeout {}, mds_tick_interval {}, blocklist on timeout {}",
+        s(c.cap_revoke_eviction_timeout),
+        s(c.tick_interval),
+        c.blocklist_on_timeout
+    );
+    for f in &c.file_systems {
+        line.push_str(&format!(
+            "; {}: session_timeout {}, session_autoclose {}",
+            f.name,
+            s(f.session_timeout),
+            s(f.session_autoclose)
+        ));
+    }
+    line
+}
+
+pub fn unknown_warning(why: &str) -> String {
+    format!(
+        "CephFS: could not read the cluster's MDS settings ({why}); check by hand that \
+         mds_cap_revoke_eviction_timeout + mds_tick_interval < renew_fail_timeout - \
+         2 * renew_interval and session_autoclose <= host_dead_timeout: \
+         'ceph config get mds mds_cap_revoke_eviction_timeout', 'ceph fs get NAME' \
+         (docs/cephfs.md)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing(r: u64, f: u64, d: u64) -> Timing {
+        Timing {
+            renew_interval: r,
+            renew_fail_timeout: f,
+            kill_timeout: 1000,
+            watchdog_timeout: 2000,
+            host_dead_timeout: d,
+            host_dead_derived: false,
+        }
+    }
+
+    fn settings(cap: f64, tick: f64, autoclose: f64) -> Settings {
+        Settings {
+            cap_revoke_eviction_timeout: cap,
+            tick_interval: tick,
+            blocklist_on_timeout: true,
+            file_systems: vec![FileSystem {
+                name: "cephfs".into(),
+                session_timeout: 30.0,
+                session_autoclose: autoclose,
+            }],
+        }
+    }
+
+    #[test]
+    fn ceph_defaults_do_not_fit_the_default_timing() {
+        // Ceph's defaults: cap revoke off, tick 5 s, autoclose 300 s.
+        let w = warnings(&timing(2000, 20000, 41000), &settings(0.0, 5.0, 300.0));
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("mds_cap_revoke_eviction_timeout is 0"),
+            "{w:?}"
+        );
+        assert!(w[0].contains("at most 11s"), "{w:?}");
+        assert!(w[1].contains("session_autoclose 300s exceeds host_dead_timeout 41s"));
+    }
+
+    #[test]
+    fn a_fitting_cluster_gets_no_warning() {
+        let t = timing(2000, 20000, 41000);
+        assert!(warnings(&t, &settings(5.0, 5.0, 40.0)).is_empty());
+        // The boundary: cap + tick == F - 2R is fine, a bit more is not.
+        assert!(warnings(&t, &settings(11.0, 5.0, 41.0)).is_empty());
+        let w = warnings(&t, &settings(11.5, 5.0, 41.0));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("exceeds renew_fail_timeout - 2 * renew_interval = 16s"));
+    }
+
+    #[test]
+    fn blocklisting_off_and_inverted_session_timers_are_flagged() {
+        let mut c = settings(1.0, 1.0, 20.0);
+        c.blocklist_on_timeout = false;
+        c.file_systems[0].session_timeout = 25.0;
+        let w = warnings(&timing(500, 8000, 21000), &c);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("blocklist_on_timeout is false"));
+        assert!(w[1].contains("session_timeout 25s exceeds session_autoclose 20s"));
+    }
+
+    #[test]
+    fn parses_the_ceph_cli_output() {
+        let ls = "name: cephfs, metadata pool: cephfs_metadata, data pools: [cephfs_data ]\n\
+                  name: other, metadata pool: m2, data pools: [d2 ]\n";
+        assert_eq!(parse_fs_ls(ls), ["cephfs", "other"]);
+        assert!(parse_fs_ls("No filesystems enabled\n").is_empty());
+        let get = "Filesystem 'cephfs' (1)\nfs_name\tcephfs\nepoch\t12\n\
+                   session_timeout\t60\nsession_autoclose\t300\nmax_file_size\t1099511627776\n";
+        assert_eq!(parse_fs_get(get, "session_timeout"), Some(60.0));
+        assert_eq!(parse_fs_get(get, "session_autoclose"), Some(300.0));
+        assert_eq!(parse_fs_get(get, "session"), None);
+    }
+}

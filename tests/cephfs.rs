@@ -297,3 +297,110 @@ fn cephfs_behaviour_and_a_storage_hang_fence() {
     std::thread::sleep(std::time::Duration::from_millis(3 * CR));
     assert_eq!(counter(&ls_b), frozen_at, "an evicted client still renewed");
 }
+
+/// How host A loses its CephFS client in [`a_host_whose_client_is_gone_fences`].
+#[derive(Clone, Copy, Debug)]
+enum ClientLoss {
+    /// The MDS evicts and blocklists A's session (`ceph tell mds evict`).
+    Evicted,
+    /// A's ceph-fuse dies (SIGKILL): its mount answers ENOTCONN.
+    Crashed,
+}
+
+/// Host A's CephFS client is evicted or dies while A holds a lease: A's
+/// renewals fail at once, its QEMU is killed F after its last renewal, and
+/// B acquires the lease D after it, not before. Returns (killed, taken) in
+/// ms after A's last renewal.
+fn client_loss_fences(ceph: &CephCluster, loss: ClientLoss) -> (u64, u64) {
+    let tag = format!("{loss:?}").to_lowercase();
+    let ma = ceph.mount(&format!("a-{tag}"));
+    let mb = ceph.mount(&format!("b-{tag}"));
+    let ls_a = ma.path.join(format!("vmlease-{tag}"));
+    let ls_b = mb.path.join(format!("vmlease-{tag}"));
+    Lockspace::init(&ls_a, 16).unwrap();
+    let s = Scratch::new(&format!("cephfs-{tag}"));
+    let timing = [CR, CF, CK, CW, CD];
+    let mut a = Host::with_timing(&s, 1, &ls_a, "unsafe_no_watchdog = true\n", timing);
+    let mut b = Host::with_timing(&s, 2, &ls_b, "unsafe_no_watchdog = true\n", timing);
+    a.start(&[]);
+    b.start(&[]);
+    let mut qa = standin_qemu();
+    lease(&a, UUID_A, "web", &qa, Some("/images/web.qcow2")).unwrap();
+    let qb = standin_qemu();
+    let e = lease(&b, UUID_A, "web", &qb, None).unwrap_err();
+    assert!(e.contains("held by host 1"), "{e}");
+
+    match loss {
+        ClientLoss::Evicted => ceph.evict(&format!("a-{tag}")),
+        ClientLoss::Crashed => ma.kill(),
+    }
+    // The fault happened: A's mount no longer answers.
+    wait_until("A's mount to fail", 10_000, || {
+        match fs::metadata(ls_a.join("hosts")) {
+            Err(e) => Ok(e),
+            Ok(_) => Err("A's mount still works".into()),
+        }
+    });
+    let killed = wait_until(
+        &format!("A to kill its QEMU after its CephFS client was {tag}"),
+        CF + CK + 5000,
+        || {
+            if qa.exited() {
+                Ok(boottime_ms())
+            } else {
+                Err(format!("alive; A's status {:?}", a.status().state))
+            }
+        },
+    );
+    let a_last = a.status().last_renewal_ms;
+    assert!(
+        killed >= a_last + CF,
+        "{tag}: killed {} ms after A's last renewal, before F",
+        killed - a_last
+    );
+    let took = loop {
+        match lease(&b, UUID_A, "web", &qb, Some("/images/web.qcow2")) {
+            Ok(()) => break boottime_ms(),
+            Err(e) => assert!(
+                boottime_ms() < a_last + CD + 8000,
+                "{tag}: B never took over: {e}"
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        took >= a_last + CD,
+        "{tag}: B took over {} ms after A's last renewal, before D",
+        took - a_last
+    );
+    let st = a.status();
+    assert!(
+        matches!(st.state, HostState::Fencing | HostState::FencedClean),
+        "{tag}: A is {} after losing its storage",
+        st.state
+    );
+    a.stop();
+    b.stop();
+    ma.umount_hard();
+    drop(mb);
+    (killed - a_last, took - a_last)
+}
+
+#[test]
+fn a_host_whose_client_is_gone_fences() {
+    let _g = serial();
+    let ceph = CephCluster::up("loss");
+    for (opt, val) in [
+        ("mds_cap_revoke_eviction_timeout", "1"),
+        ("mds_tick_interval", "1"),
+    ] {
+        ceph.ceph(&["config", "set", "mds", opt, val]);
+    }
+    for loss in [ClientLoss::Evicted, ClientLoss::Crashed] {
+        let (killed, taken) = client_loss_fences(&ceph, loss);
+        eprintln!(
+            "cephfs client {loss:?}: A's QEMU killed {killed} ms after its last renewal (F = {CF}), \
+             B acquired {taken} ms after it (D = {CD})"
+        );
+    }
+}

@@ -1167,45 +1167,64 @@ fn storage_link_cut() {
     let wchan = a_renew.expect_hanging();
     eprintln!("link cut: A's renewal hangs (asleep in {wchan})");
     // A process whose request ceph-fuse has taken cannot be killed: after
-    // SIGKILL it waits in D until ceph-fuse answers.
-    let mut victim = std::process::Command::new("dd")
-        .arg("if=/dev/zero")
-        .arg(format!("of={}", p.a.join("hosts").display()))
-        .args([
-            "bs=512",
-            "count=1",
-            "seek=5",
-            "conv=notrunc,fsync",
-            "status=none",
-        ])
-        .spawn()
-        .expect("spawn dd");
-    let vpid = victim.id() as i32;
-    let vstate = || {
-        fs::read_to_string(format!("/proc/{vpid}/stat"))
-            .ok()
-            .and_then(|s| s.rsplit_once(") ").and_then(|r| r.1.chars().next()))
-    };
-    poll_until("dd to wait for ceph-fuse", BOUND, || {
-        let w = fs::read_to_string(format!("/proc/{vpid}/wchan")).unwrap_or_default();
-        Ok(vstate() == Some('S') && w.contains("request_wait_answer"))
-    });
-    victim.kill().expect("SIGKILL dd");
-    let t = Instant::now();
-    poll_until("the killed dd to be in D", BOUND, || {
-        Ok(vstate() == Some('D'))
-    });
-    assert!(
-        victim.try_wait().unwrap().is_none() && {
-            thread::sleep(HANG_PROOF);
-            victim.try_wait().unwrap().is_none()
-        },
-        "dd exited after SIGKILL while A's storage link was down"
-    );
-    eprintln!(
-        "link cut: a dd writing to A's mount, SIGKILLed, still waits in state {:?} after {:.1} s",
-        vstate(),
-        t.elapsed().as_secs_f64()
+    // SIGKILL it waits in D until ceph-fuse answers. (A request the kernel
+    // has not handed to ceph-fuse yet is abandoned on SIGKILL instead, and
+    // the process exits: that is a race, so up to three writers are tried.)
+    let mut stuck = None;
+    for attempt in 1..=3 {
+        let mut victim = std::process::Command::new("dd")
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", p.a.join("hosts").display()))
+            .args([
+                "bs=512",
+                "count=1",
+                &format!("seek={}", 4 + attempt),
+                "conv=notrunc,fsync",
+                "status=none",
+            ])
+            .spawn()
+            .expect("spawn dd");
+        let vpid = victim.id() as i32;
+        let vstate = move || {
+            fs::read_to_string(format!("/proc/{vpid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").and_then(|r| r.1.chars().next()))
+        };
+        poll_until("dd to wait for ceph-fuse", BOUND, || {
+            let w = fs::read_to_string(format!("/proc/{vpid}/wchan")).unwrap_or_default();
+            Ok(vstate() == Some('S') && w.contains("request_wait_answer"))
+        });
+        victim.kill().expect("SIGKILL dd");
+        let t = Instant::now();
+        let mut exited = false;
+        poll_until("the killed dd to be in D or gone", BOUND, || {
+            exited = victim.try_wait().unwrap().is_some();
+            Ok(exited || vstate() == Some('D'))
+        });
+        if exited {
+            eprintln!(
+                "link cut: dd #{attempt} exited on SIGKILL (its request had not reached \
+                 ceph-fuse yet); trying another"
+            );
+            continue;
+        }
+        assert!(
+            victim.try_wait().unwrap().is_none() && {
+                thread::sleep(HANG_PROOF);
+                victim.try_wait().unwrap().is_none()
+            },
+            "dd exited after SIGKILL while A's storage link was down"
+        );
+        eprintln!(
+            "link cut: a dd writing to A's mount, SIGKILLed, still waits in state {:?} after {:.1} s",
+            vstate(),
+            t.elapsed().as_secs_f64()
+        );
+        stuck = Some(victim);
+        break;
+    }
+    let mut victim = stuck.expect(
+        "no SIGKILLed writer stayed in D: three times ceph-fuse had not taken the request yet",
     );
     let tb = p.b.join("hosts");
     let b_renew = spawn_op("B renew (cut)", move || {

@@ -7,7 +7,7 @@
 #![forbid(unsafe_code)]
 
 use crate::config::{secs, Policy, Timing};
-use crate::hosts::HostState;
+use crate::hosts::{HostState, Slot};
 
 /// Why the host fenced itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +69,31 @@ pub fn load_marker(state_dir: &std::path::Path) -> Option<Cause> {
         // "storage" and anything unreadable: the strictest cause.
         _ => Cause::Storage,
     })
+}
+
+/// Where a starting daemon's fence clock begins (`Inputs::started`): the
+/// last renewal of the daemon before it on this boot, if there was one.
+///
+/// `own` is this host's slot, read after the claim (`None`: the read
+/// failed). A record of this boot and this host that is not `leaving` was
+/// written by an earlier daemon that may have left leased QEMU processes
+/// running; its `mono_ms` is on this boot's clock, so F counts on from it.
+/// Counting from our own start instead would let a daemon restarted while
+/// renewals fail (a read-only or full lockspace) pet the watchdog for up to
+/// another F, and each restart push the fence further (KB1,
+/// docs/simulation.md). Anything else (another boot, another host, a clean
+/// leave, an empty or unreadable slot) starts the clock now.
+pub fn clock_start(own: Option<&Slot>, host_name: &str, boot_id: &str, now: u64) -> u64 {
+    match own {
+        Some(Slot::Record(r))
+            if r.boot_id == boot_id
+                && r.host_name == host_name
+                && r.state != HostState::Leaving =>
+        {
+            r.mono_ms.min(now)
+        }
+        _ => now,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,6 +372,61 @@ mod tests {
         let mut i = inputs(100, 100, 1);
         i.collision = true;
         let a = f.step(&i);
+        assert!(a.kill_all && !a.pet);
+    }
+
+    fn own(boot: &str, name: &str, state: HostState, mono_ms: u64) -> Slot {
+        Slot::Record(crate::hosts::HostRecord {
+            host_id: 1,
+            host_name: name.into(),
+            boot_id: boot.into(),
+            incarnation: 7,
+            counter: 3,
+            state,
+            timing: timing(),
+            unsafe_no_watchdog: false,
+            mono_ms,
+            wall: 1_700_000_000,
+        })
+    }
+
+    #[test]
+    fn restart_continues_the_fence_clock_of_this_boot() {
+        let rec = own("b1", "h1", HostState::Live, 4_000);
+        assert_eq!(clock_start(Some(&rec), "h1", "b1", 5_000), 4_000);
+        let fencing = own("b1", "h1", HostState::Fencing, 4_000);
+        assert_eq!(clock_start(Some(&fencing), "h1", "b1", 5_000), 4_000);
+        // A record from the future of this clock cannot be ours: now.
+        assert_eq!(clock_start(Some(&rec), "h1", "b1", 3_000), 3_000);
+    }
+
+    #[test]
+    fn fence_clock_starts_now_without_a_record_of_this_boot() {
+        let now = 5_000;
+        let other_boot = own("b0", "h1", HostState::Live, 4_000);
+        let other_host = own("b1", "h9", HostState::Live, 4_000);
+        let left = own("b1", "h1", HostState::Leaving, 4_000);
+        for s in [&other_boot, &other_host, &left, &Slot::Empty] {
+            assert_eq!(clock_start(Some(s), "h1", "b1", now), now, "{s:?}");
+        }
+        assert_eq!(clock_start(None, "h1", "b1", now), now);
+    }
+
+    /// KB1: the previous daemon last renewed at 4.0 s, renewals fail since,
+    /// and the daemon is restarted at 4.9 s: it fences at 4.0 s + F, not at
+    /// 4.9 s + F, and does not pet the watchdog past 4.0 s + F.
+    #[test]
+    fn kb1_a_restarted_daemon_fences_f_after_the_last_renewal() {
+        let rec = own("b1", "h1", HostState::Live, 4_000);
+        let started = clock_start(Some(&rec), "h1", "b1", 4_900);
+        let mut f = Fence::new(timing(), Policy::Report, Policy::Report);
+        let mut i = inputs(5_500, 0, 1);
+        i.started = started;
+        let a = f.step(&i);
+        assert!(a.pet && !a.kill_all);
+        i.now = 5_501;
+        let a = f.step(&i);
+        assert_eq!(a.state, HostState::Fencing);
         assert!(a.kill_all && !a.pet);
     }
 

@@ -33,10 +33,17 @@ pub enum Mutation {
     /// The daemon counts a QEMU as dead once SIGKILL is sent, not once it
     /// has exited (a QEMU in uninterruptible I/O may still write).
     DeadOnKill,
+    /// KB1's old behaviour: a restarted daemon counts F from its own start
+    /// instead of its own record's last renewal (`fence::clock_start`).
+    RestartResetsFenceClock,
+    /// KB2's old behaviour: a slot seen for the first time (and unchanged
+    /// since) is dated to the observer's creation, not to the read that
+    /// saw it; "empty since" likewise.
+    FirstSightDatedToStart,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 10] = [
+    pub const ALL: [Mutation; 12] = [
         Mutation::NoProtectedCheck,
         Mutation::StaleStatusAccepted,
         Mutation::TakeoverAtHalfD,
@@ -47,6 +54,8 @@ impl Mutation {
         Mutation::NoKillOnFence,
         Mutation::AlwaysPetWatchdog,
         Mutation::DeadOnKill,
+        Mutation::RestartResetsFenceClock,
+        Mutation::FirstSightDatedToStart,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +71,8 @@ impl Mutation {
             Mutation::NoKillOnFence => "no-kill-on-fence",
             Mutation::AlwaysPetWatchdog => "always-pet-watchdog",
             Mutation::DeadOnKill => "dead-on-kill",
+            Mutation::RestartResetsFenceClock => "restart-resets-fence-clock",
+            Mutation::FirstSightDatedToStart => "first-sight-dated-to-start",
         }
     }
 

@@ -747,6 +747,7 @@ impl World {
             d.tracked.values().filter(|t| !t.dead).count()
         };
         let clear = std::mem::take(&mut self.host_mut(h).clear_request);
+        let mutation = self.mutation;
         let d = self.host_mut(h).daemon.as_mut().unwrap();
         let inputs = Inputs {
             now,
@@ -760,7 +761,11 @@ impl World {
             alive_leased: alive,
             clear_requested: clear,
         };
+        let was_fencing = matches!(d.fence.phase, Phase::Fencing { .. });
         let mut act = d.fence.step(&inputs);
+        if mutation == Mutation::KillTimeoutFromNow && !was_fencing {
+            kill_timeout_from_now(&mut d.fence, &inputs, &mut act);
+        }
         if self.mutation == Mutation::FencedCleanBeforeKill && act.state == HostState::Fencing {
             act.state = HostState::FencedClean;
         }
@@ -939,6 +944,26 @@ fn first_sight_dated_to_start(mut st: Status, d: &Daemon) -> Status {
         }
     }
     st
+}
+
+/// The mutation `kill-timeout-from-now`: the fence as it was before KB4's
+/// fix started K when it began killing - a tick late, or a whole daemon
+/// lifetime late for a daemon restarted in the middle of a fence - and
+/// never reset in the step that (re)started it.
+fn kill_timeout_from_now(fence: &mut Fence, i: &Inputs, act: &mut fence::Actions) {
+    let cause = match &fence.phase {
+        Phase::Fencing { cause, .. } | Phase::Reset { cause } => cause.clone(),
+        _ => return,
+    };
+    fence.phase = Phase::Fencing {
+        cause,
+        since: i.now,
+    };
+    let storage_ok = fence.renewal_age(i) <= fence.timing.renew_fail_timeout;
+    act.state = HostState::Fencing;
+    act.kill_all = true;
+    act.reset = false;
+    act.pet = storage_ok && !i.collision;
 }
 
 #[allow(dead_code)]

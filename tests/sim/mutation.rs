@@ -40,10 +40,13 @@ pub enum Mutation {
     /// since) is dated to the observer's creation, not to the read that
     /// saw it; "empty since" likewise.
     FirstSightDatedToStart,
+    /// KB4's old behaviour: a fence that starts (or a restarted daemon that
+    /// finds its fence again) counts K from now, not from when F ran out.
+    KillTimeoutFromNow,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 12] = [
+    pub const ALL: [Mutation; 13] = [
         Mutation::NoProtectedCheck,
         Mutation::StaleStatusAccepted,
         Mutation::TakeoverAtHalfD,
@@ -56,6 +59,7 @@ impl Mutation {
         Mutation::DeadOnKill,
         Mutation::RestartResetsFenceClock,
         Mutation::FirstSightDatedToStart,
+        Mutation::KillTimeoutFromNow,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +77,7 @@ impl Mutation {
             Mutation::DeadOnKill => "dead-on-kill",
             Mutation::RestartResetsFenceClock => "restart-resets-fence-clock",
             Mutation::FirstSightDatedToStart => "first-sight-dated-to-start",
+            Mutation::KillTimeoutFromNow => "kill-timeout-from-now",
         }
     }
 

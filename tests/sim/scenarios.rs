@@ -278,3 +278,66 @@ fn kb3_is_reproduced() {
         "{reasons:?}"
     );
 }
+
+/// KB4. h1's lockspace turns read-only at 3 s and its VM's disk I/O is
+/// stuck in the kernel from 3.5 s to 6.5 s, so SIGKILL cannot take effect:
+/// h1 fences at F and must reset by its last renewal + F + K. Its watchdog
+/// daemon crashes every 0.4 s meanwhile (systemd restarts it at once); h2
+/// keeps trying to start the VM. Before the fix each new daemon found its
+/// fence again (the marker) and gave the stuck QEMU another K (and the
+/// watchdog, re-opened, another W): h1 never reset, and h2 took the VM
+/// over at D while h1's QEMU lived. Now K counts from when F ran out.
+pub fn kb4_world(mutation: Mutation) -> World {
+    let p = Params::fixed(2, 1, 200, 1000, 400, 600);
+    let mut faults = vec![
+        Fault::LockspaceReadOnly {
+            host: 1,
+            at: 3000 * MS,
+            dur: 6000 * MS,
+        },
+        Fault::QemuStuck {
+            vm: 0,
+            at: 3500 * MS,
+            dur: 3000 * MS,
+        },
+    ];
+    for i in 0..5 {
+        faults.push(Fault::DaemonKill {
+            host: 1,
+            at: (4300 + 400 * i) * MS,
+            restart: true,
+        });
+    }
+    for i in 0..15 {
+        faults.push(Fault::RogueStart {
+            vm: 0,
+            host: 2,
+            at: (4000 + 200 * i) * MS,
+        });
+    }
+    World::custom_mutated(15, p, faults, &[0, 1500 * MS], true, true, mutation)
+}
+
+/// KB4 is fixed: h1 resets F + K after its last renewal, crashes or not.
+#[test]
+fn kb4_daemon_crashes_during_a_fence_do_not_delay_the_reset() {
+    let mut w = kb4_world(Mutation::None);
+    w.keep_going = true;
+    w.run_until(10_000 * MS);
+    print_trace(&w);
+    assert!(w.violations.is_empty(), "{}", w.violations[0]);
+    assert!(w
+        .trace
+        .iter()
+        .any(|l| l.contains("h1") && l.contains("RESET")));
+}
+
+/// The old kill clock (the mutation `kill-timeout-from-now`) fails it.
+#[test]
+fn kb4_is_caught_with_the_old_kill_clock() {
+    let mut w = kb4_world(Mutation::KillTimeoutFromNow);
+    w.keep_going = true;
+    w.run_until(10_000 * MS);
+    let kinds: Vec<&str> = w.violations.iter().map(|v| v.invariant).collect();
+    assert!(kinds.contains(&"safe-takeover"), "{kinds:?}");
+}

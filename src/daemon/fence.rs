@@ -7,7 +7,7 @@
 #![forbid(unsafe_code)]
 
 use crate::config::{secs, Policy, Timing};
-use crate::hosts::HostState;
+use crate::hosts::{HostState, Slot};
 
 /// Why the host fenced itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +69,31 @@ pub fn load_marker(state_dir: &std::path::Path) -> Option<Cause> {
         // "storage" and anything unreadable: the strictest cause.
         _ => Cause::Storage,
     })
+}
+
+/// Where a starting daemon's fence clock begins (`Inputs::started`): the
+/// last renewal of the daemon before it on this boot, if there was one.
+///
+/// `own` is this host's slot, read after the claim (`None`: the read
+/// failed). A record of this boot and this host that is not `leaving` was
+/// written by an earlier daemon that may have left leased QEMU processes
+/// running; its `mono_ms` is on this boot's clock, so F counts on from it.
+/// Counting from our own start instead would let a daemon restarted while
+/// renewals fail (a read-only or full lockspace) pet the watchdog for up to
+/// another F, and each restart push the fence further (KB1,
+/// docs/simulation.md). Anything else (another boot, another host, a clean
+/// leave, an empty or unreadable slot) starts the clock now.
+pub fn clock_start(own: Option<&Slot>, host_name: &str, boot_id: &str, now: u64) -> u64 {
+    match own {
+        Some(Slot::Record(r))
+            if r.boot_id == boot_id
+                && r.host_name == host_name
+                && r.state != HostState::Leaving =>
+        {
+            r.mono_ms.min(now)
+        }
+        _ => now,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,9 +171,43 @@ impl Fence {
         i.now.saturating_sub(i.last_renewal.max(i.started))
     }
 
+    /// When a fence that kills starts counting K. While renewals are
+    /// healthy, now. Once they are not, the moment F ran out (the last
+    /// renewal + F), if that was earlier: the safety inequality promises
+    /// that a host writes no later than its last renewal + F + K, however
+    /// late this daemon noticed - a daemon restarted in the middle of a
+    /// fence (crash, `systemctl restart`; the marker brings it back as
+    /// fenced) must not grant the survivors another K (KB4,
+    /// docs/simulation.md).
+    pub fn kill_clock(&self, i: &Inputs) -> u64 {
+        let base = i.last_renewal.max(i.started);
+        if self.renewal_age(i) <= self.timing.renew_fail_timeout {
+            i.now
+        } else {
+            i.now.min(base + self.timing.renew_fail_timeout)
+        }
+    }
+
+    /// Fencing, and K has passed since the kill clock started: reset.
+    fn reset_if_overdue(&mut self, i: &Inputs, log: &mut Option<String>) {
+        if let Phase::Fencing { cause, since } = &self.phase {
+            if i.now.saturating_sub(*since) >= self.timing.kill_timeout {
+                *log = Some(format!(
+                    "RESET: {} leased QEMU process(es) survived kill_timeout ({}); resetting the host",
+                    i.alive_leased,
+                    secs(self.timing.kill_timeout)
+                ));
+                self.phase = Phase::Reset {
+                    cause: cause.clone(),
+                };
+            }
+        }
+    }
+
     pub fn step(&mut self, i: &Inputs) -> Actions {
         let age = self.renewal_age(i);
         let storage_ok = age <= self.timing.renew_fail_timeout;
+        let kill_since = self.kill_clock(i);
         let mut log = None;
 
         // Start a fence?
@@ -173,13 +232,13 @@ impl Fence {
                 ));
                 self.phase = Phase::Fencing {
                     cause,
-                    since: i.now,
+                    since: kill_since,
                 };
             }
         }
 
         // Progress a fence.
-        if let Phase::Fencing { cause, since } = self.phase.clone() {
+        if let Phase::Fencing { cause, .. } = self.phase.clone() {
             if i.alive_leased == 0 {
                 log = Some(format!(
                     "fence complete: every leased QEMU is dead ({}); no protected VM starts until the fence is cleared",
@@ -189,13 +248,8 @@ impl Fence {
                     cause,
                     since: i.now,
                 };
-            } else if i.now.saturating_sub(since) >= self.timing.kill_timeout {
-                log = Some(format!(
-                    "RESET: {} leased QEMU process(es) survived kill_timeout ({}); resetting the host",
-                    i.alive_leased,
-                    secs(self.timing.kill_timeout)
-                ));
-                self.phase = Phase::Reset { cause };
+            } else {
+                self.reset_if_overdue(i, &mut log);
             }
         }
 
@@ -205,8 +259,11 @@ impl Fence {
             if i.alive_leased > 0 {
                 self.phase = Phase::Fencing {
                     cause,
-                    since: i.now,
+                    since: kill_since,
                 };
+                // A restarted daemon continuing a storage fence may be
+                // past K already: reset now, not a tick later.
+                self.reset_if_overdue(i, &mut log);
             } else if i.clear_requested {
                 let still_lost = match cause {
                     Cause::Management => i.mgmt_lost || i.mgmt_down,
@@ -300,10 +357,12 @@ mod tests {
     #[test]
     fn survivor_after_k_resets() {
         let mut f = Fence::new(timing(), Policy::Report, Policy::Report);
-        f.step(&inputs(2000, 0, 1));
-        let a = f.step(&inputs(2499, 0, 1));
+        // F ran out at 1500: K counts from there, however late the fence
+        // was noticed (a tick, a stalled loop).
+        f.step(&inputs(1600, 0, 1));
+        let a = f.step(&inputs(1999, 0, 1));
         assert!(!a.reset);
-        let a = f.step(&inputs(2500, 0, 1));
+        let a = f.step(&inputs(2000, 0, 1));
         assert!(a.reset && !a.pet);
         // Stays reset.
         assert!(f.step(&inputs(9000, 8000, 0)).reset);
@@ -348,6 +407,103 @@ mod tests {
         i.collision = true;
         let a = f.step(&i);
         assert!(a.kill_all && !a.pet);
+    }
+
+    fn own(boot: &str, name: &str, state: HostState, mono_ms: u64) -> Slot {
+        Slot::Record(crate::hosts::HostRecord {
+            host_id: 1,
+            host_name: name.into(),
+            boot_id: boot.into(),
+            incarnation: 7,
+            counter: 3,
+            state,
+            timing: timing(),
+            unsafe_no_watchdog: false,
+            mono_ms,
+            wall: 1_700_000_000,
+        })
+    }
+
+    #[test]
+    fn restart_continues_the_fence_clock_of_this_boot() {
+        let rec = own("b1", "h1", HostState::Live, 4_000);
+        assert_eq!(clock_start(Some(&rec), "h1", "b1", 5_000), 4_000);
+        let fencing = own("b1", "h1", HostState::Fencing, 4_000);
+        assert_eq!(clock_start(Some(&fencing), "h1", "b1", 5_000), 4_000);
+        // A record from the future of this clock cannot be ours: now.
+        assert_eq!(clock_start(Some(&rec), "h1", "b1", 3_000), 3_000);
+    }
+
+    #[test]
+    fn fence_clock_starts_now_without_a_record_of_this_boot() {
+        let now = 5_000;
+        let other_boot = own("b0", "h1", HostState::Live, 4_000);
+        let other_host = own("b1", "h9", HostState::Live, 4_000);
+        let left = own("b1", "h1", HostState::Leaving, 4_000);
+        for s in [&other_boot, &other_host, &left, &Slot::Empty] {
+            assert_eq!(clock_start(Some(s), "h1", "b1", now), now, "{s:?}");
+        }
+        assert_eq!(clock_start(None, "h1", "b1", now), now);
+    }
+
+    /// KB1: the previous daemon last renewed at 4.0 s, renewals fail since,
+    /// and the daemon is restarted at 4.9 s: it fences at 4.0 s + F, not at
+    /// 4.9 s + F, and does not pet the watchdog past 4.0 s + F.
+    #[test]
+    fn kb1_a_restarted_daemon_fences_f_after_the_last_renewal() {
+        let rec = own("b1", "h1", HostState::Live, 4_000);
+        let started = clock_start(Some(&rec), "h1", "b1", 4_900);
+        let mut f = Fence::new(timing(), Policy::Report, Policy::Report);
+        let mut i = inputs(5_500, 0, 1);
+        i.started = started;
+        let a = f.step(&i);
+        assert!(a.pet && !a.kill_all);
+        i.now = 5_501;
+        let a = f.step(&i);
+        assert_eq!(a.state, HostState::Fencing);
+        assert!(a.kill_all && !a.pet);
+    }
+
+    /// KB4: a daemon restarted during a fence (the marker brings the fence
+    /// back) resets at the last renewal + F + K, not K after its start.
+    #[test]
+    fn kb4_a_restart_during_a_fence_does_not_restart_k() {
+        // The last renewal at 1.0 s: F ran out at 2.5 s, K at 3.0 s. The
+        // first daemon fenced at 2.55 s (a tick late) and died at 2.9 s
+        // with a QEMU stuck in the kernel; the new one starts at 3.2 s.
+        let mut first = Fence::new(timing(), Policy::Report, Policy::Report);
+        let a = first.step(&inputs(2_550, 1_000, 1));
+        assert!(a.kill_all);
+        assert_eq!(
+            first.phase,
+            Phase::Fencing {
+                cause: Cause::Storage,
+                since: 2_500
+            }
+        );
+        assert!(first.step(&inputs(3_000, 1_000, 1)).reset);
+        let mut f = Fence::new(timing(), Policy::Report, Policy::Report);
+        f.phase = Phase::Fenced {
+            cause: Cause::Storage,
+            since: 3_200,
+        };
+        let mut i = inputs(3_200, 0, 1);
+        i.started = 1_000;
+        let a = f.step(&i);
+        assert!(a.reset && !a.pet, "{a:?}");
+    }
+
+    /// A fence by policy (renewals healthy) gives the processes K from now.
+    #[test]
+    fn mgmt_fence_counts_k_from_its_start() {
+        let mut f = Fence::new(timing(), Policy::Fence, Policy::Report);
+        let mut i = inputs(5_000, 4_900, 1);
+        i.mgmt_lost = true;
+        f.step(&i);
+        i.now = 5_499;
+        assert!(!f.step(&i).reset);
+        i.now = 5_500;
+        assert!(f.step(&i).reset);
     }
 
     #[test]

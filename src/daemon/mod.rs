@@ -186,27 +186,22 @@ impl Daemon {
         )
         .map_err(|e| (exit::LOCKSPACE, e))?;
         // A restart on the same boot continues the fence clock of the
-        // daemon before it: its last renewal is the mono_ms of our own
-        // record (written on this boot's clock), not our start, or a host
-        // whose renewals keep failing would fence a daemon lifetime late.
+        // daemon before it (fence::clock_start, KB1).
         let now0 = boottime_ms();
-        let mut fence_clock = now0;
         let (ls2, hid) = (ls.clone(), host_id);
-        if let Ok(crate::hosts::Slot::Record(r)) = crate::deadline::run(
+        let own = crate::deadline::run(
             cfg.io_timeout,
             "read own record",
             &ls.hosts_path(),
             move || ls2.read_host(hid),
-        ) {
-            if r.boot_id == boot_id && r.host_name == host_name && r.state != HostState::Leaving {
-                fence_clock = r.mono_ms.min(now0);
-                if fence_clock < now0 {
-                    info!(
-                        "continuing the previous daemon's fence clock: last renewal {} ago",
-                        secs(now0 - fence_clock)
-                    );
-                }
-            }
+        )
+        .ok();
+        let fence_clock = fence::clock_start(own.as_ref(), &host_name, &boot_id, now0);
+        if fence_clock < now0 {
+            info!(
+                "continuing the previous daemon's fence clock: last renewal {} ago",
+                secs(now0 - fence_clock)
+            );
         }
 
         let watchdog: Box<dyn Watchdog> = if cfg.unsafe_no_watchdog {

@@ -104,7 +104,11 @@ impl Outcome {
 pub enum DaemonCall {
     Open,
     Claim,
-    Renew { issued_ms: u64 },
+    /// `Daemon::start` reads its own record after the claim (KB1's fix).
+    ReadOwn,
+    Renew {
+        issued_ms: u64,
+    },
     Release,
     Leave,
 }
@@ -429,7 +433,6 @@ impl World {
                     let now = self.now;
                     let hs = self.host_mut(*host_id);
                     hs.last_landed = now;
-                    hs.kb1_since = None;
                 }
                 self.landed.insert(boot_id.clone(), self.now);
             }

@@ -86,9 +86,9 @@ pub struct Daemon {
     pub tick_seq: u64,
     /// The last table read fed to the observer (for a mutation).
     pub last_table: Option<Vec<u8>>,
-    /// Real time at which the observer started, and at which it first
-    /// saw each slot (for KB2's signature).
-    pub observer_since_real: u64,
+    /// When the observer was made, and when (local ms) it first saw each
+    /// slot: the mutation `first-sight-dated-to-start` (KB2) uses them.
+    pub observer_made_ms: u64,
     pub first_sight: BTreeMap<u16, u64>,
     pub registry_seen: Option<u64>,
     pub last_full_scan: u64,
@@ -139,7 +139,7 @@ impl World {
             inbox_release: Vec::new(),
             tick_seq: 0,
             last_table: None,
-            observer_since_real: 0,
+            observer_made_ms: now,
             first_sight: BTreeMap::new(),
             registry_seen: None,
             last_full_scan: 0,
@@ -182,6 +182,10 @@ impl World {
                 Ok(raw) => self.claim_step(h, &raw),
                 Err(e) => self.daemon_exit(h, &format!("claim: {e}"), true),
             },
+            (DaemonCall::ReadOwn, Outcome::Bytes(r)) => {
+                let own = r.ok().map(|raw| vmlease::hosts::decode_slot(h, &raw));
+                self.daemon_run(h, own);
+            }
             (DaemonCall::Renew { issued_ms }, Outcome::Table(r)) => {
                 let d = self.host_mut(h).daemon.as_mut().unwrap();
                 d.inbox_renew.push((issued_ms, r));
@@ -228,7 +232,7 @@ impl World {
         match phase {
             DPhase::Claiming { first: None, .. } => {
                 match watch_time(&slot, &name, &boot, d_ms, io) {
-                    None => self.daemon_run(h),
+                    None => self.read_own(h, gen),
                     Some((wait, why)) => {
                         self.log(
                             &format!("h{h}"),
@@ -257,7 +261,7 @@ impl World {
                         true,
                     );
                 } else if now.saturating_sub(start_ms) >= wait {
-                    self.daemon_run(h);
+                    self.read_own(h, gen);
                 } else {
                     let pause = 200.min(wait.max(10));
                     let d = self.host(h).real(pause);
@@ -274,31 +278,53 @@ impl World {
         }
     }
 
-    /// The end of `Daemon::start` and the start of `run`.
-    fn daemon_run(&mut self, h: u16) {
+    /// `Daemon::start` after the claim: read our own record, under the I/O
+    /// deadline, for the fence clock.
+    fn read_own(&mut self, h: u16, gen: u64) {
+        let io = self.p.cfg.io_timeout;
+        self.issue(
+            h,
+            Job::ReadSlot(h),
+            Owner::Daemon {
+                h,
+                gen,
+                what: DaemonCall::ReadOwn,
+            },
+            Some(io),
+        );
+    }
+
+    /// The end of `Daemon::start` and the start of `run`: `own` is our
+    /// slot as read after the claim (None: the read failed or timed out).
+    fn daemon_run(&mut self, h: u16, own: Option<vmlease::hosts::Slot>) {
+        let now = self.local(h);
+        let (name, boot) = (self.host(h).name.clone(), self.host(h).boot_id.clone());
+        let mut clock = fence::clock_start(own.as_ref(), &name, &boot, now);
+        if self.mutation == Mutation::RestartResetsFenceClock {
+            clock = now;
+        }
+        if clock < now {
+            self.log(
+                &format!("h{h}"),
+                format!(
+                    "continuing the previous daemon's fence clock: last renewal {} ms ago",
+                    now - clock
+                ),
+            );
+        }
         // Opening the watchdog sets its timeout, which pings it.
         self.wd_arm(h);
-        let now = self.local(h);
-        let real_now = self.now;
-        let leased = self
-            .qemus
-            .iter()
-            .any(|q| q.host == h && q.boot == self.host(h).boot_no && q.alive());
-        let hs = self.host_mut(h);
-        if hs.daemons_this_boot > 0 && leased && hs.last_landed < real_now {
-            hs.kb1_since = Some(real_now);
-        }
-        hs.daemons_this_boot += 1;
         let marker = self.host(h).marker.clone();
         let d = self.host_mut(h).daemon.as_mut().unwrap();
         if let Some(cause) = marker {
             d.fence.phase = Phase::Fenced { cause, since: now };
         }
         d.phase = DPhase::Running;
-        d.started_ms = now;
+        d.started_ms = clock;
         d.next_renew_ms = now;
         d.observer = Observer::new(now);
-        d.observer_since_real = real_now;
+        d.observer_made_ms = now;
+        d.first_sight.clear();
         let gen = d.gen;
         d.tick_seq += 1;
         let seq = d.tick_seq;
@@ -721,6 +747,7 @@ impl World {
             d.tracked.values().filter(|t| !t.dead).count()
         };
         let clear = std::mem::take(&mut self.host_mut(h).clear_request);
+        let mutation = self.mutation;
         let d = self.host_mut(h).daemon.as_mut().unwrap();
         let inputs = Inputs {
             now,
@@ -734,7 +761,11 @@ impl World {
             alive_leased: alive,
             clear_requested: clear,
         };
+        let was_fencing = matches!(d.fence.phase, Phase::Fencing { .. });
         let mut act = d.fence.step(&inputs);
+        if mutation == Mutation::KillTimeoutFromNow && !was_fencing {
+            kill_timeout_from_now(&mut d.fence, &inputs, &mut act);
+        }
         if self.mutation == Mutation::FencedCleanBeforeKill && act.state == HostState::Fencing {
             act.state = HostState::FencedClean;
         }
@@ -800,7 +831,6 @@ impl World {
     }
 
     fn collect_renewal(&mut self, h: u16, now: u64) {
-        let real_now = self.now;
         let inbox = std::mem::take(&mut self.host_mut(h).daemon.as_mut().unwrap().inbox_renew);
         for (issued, r) in inbox {
             match r {
@@ -819,7 +849,7 @@ impl World {
                         let id = i as u16 + 1;
                         if d.observer.get(id).is_none() && !matches!(s, vmlease::hosts::Slot::Empty)
                         {
-                            d.first_sight.insert(id, real_now);
+                            d.first_sight.insert(id, now);
                         }
                     }
                     d.observer.update(now, &raw, &slots);
@@ -894,8 +924,46 @@ impl World {
             networks: Vec::new(),
             peers: d.observer.peers(),
         };
+        let st = if self.mutation == Mutation::FirstSightDatedToStart {
+            first_sight_dated_to_start(st, d)
+        } else {
+            st
+        };
         self.host_mut(h).status = Some(st);
     }
+}
+
+/// The mutation `first-sight-dated-to-start`: the observer as it was before
+/// KB2's fix dated a slot it listed for the first time to its own creation
+/// (and "empty since" too), not to the read that saw it.
+fn first_sight_dated_to_start(mut st: Status, d: &Daemon) -> Status {
+    st.observing_since_ms = d.observer_made_ms;
+    for p in &mut st.peers {
+        if d.first_sight.get(&p.host_id) == Some(&p.last_change_ms) {
+            p.last_change_ms = d.observer_made_ms;
+        }
+    }
+    st
+}
+
+/// The mutation `kill-timeout-from-now`: the fence as it was before KB4's
+/// fix started K when it began killing - a tick late, or a whole daemon
+/// lifetime late for a daemon restarted in the middle of a fence - and
+/// never reset in the step that (re)started it.
+fn kill_timeout_from_now(fence: &mut Fence, i: &Inputs, act: &mut fence::Actions) {
+    let cause = match &fence.phase {
+        Phase::Fencing { cause, .. } | Phase::Reset { cause } => cause.clone(),
+        _ => return,
+    };
+    fence.phase = Phase::Fencing {
+        cause,
+        since: i.now,
+    };
+    let storage_ok = fence.renewal_age(i) <= fence.timing.renew_fail_timeout;
+    act.state = HostState::Fencing;
+    act.kill_all = true;
+    act.reset = false;
+    act.pet = storage_ok && !i.collision;
 }
 
 #[allow(dead_code)]

@@ -33,10 +33,20 @@ pub enum Mutation {
     /// The daemon counts a QEMU as dead once SIGKILL is sent, not once it
     /// has exited (a QEMU in uninterruptible I/O may still write).
     DeadOnKill,
+    /// KB1's old behaviour: a restarted daemon counts F from its own start
+    /// instead of its own record's last renewal (`fence::clock_start`).
+    RestartResetsFenceClock,
+    /// KB2's old behaviour: a slot seen for the first time (and unchanged
+    /// since) is dated to the observer's creation, not to the read that
+    /// saw it; "empty since" likewise.
+    FirstSightDatedToStart,
+    /// KB4's old behaviour: a fence that starts (or a restarted daemon that
+    /// finds its fence again) counts K from now, not from when F ran out.
+    KillTimeoutFromNow,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 10] = [
+    pub const ALL: [Mutation; 13] = [
         Mutation::NoProtectedCheck,
         Mutation::StaleStatusAccepted,
         Mutation::TakeoverAtHalfD,
@@ -47,6 +57,9 @@ impl Mutation {
         Mutation::NoKillOnFence,
         Mutation::AlwaysPetWatchdog,
         Mutation::DeadOnKill,
+        Mutation::RestartResetsFenceClock,
+        Mutation::FirstSightDatedToStart,
+        Mutation::KillTimeoutFromNow,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +75,9 @@ impl Mutation {
             Mutation::NoKillOnFence => "no-kill-on-fence",
             Mutation::AlwaysPetWatchdog => "always-pet-watchdog",
             Mutation::DeadOnKill => "dead-on-kill",
+            Mutation::RestartResetsFenceClock => "restart-resets-fence-clock",
+            Mutation::FirstSightDatedToStart => "first-sight-dated-to-start",
+            Mutation::KillTimeoutFromNow => "kill-timeout-from-now",
         }
     }
 

@@ -1,11 +1,13 @@
 //! Hand-written scenarios: the protocol bugs the random schedules found,
 //! reduced to a few steps each, plus a sanity run of the happy path.
 //!
-//! The bug scenarios assert what the protocol promises, so they fail
-//! until the bug is fixed; they are `#[ignore]`d so that CI stays usable
-//! meanwhile (`cargo test --test sim -- --ignored kb` runs them).
+//! The bug scenarios assert what the protocol promises. Those of fixed
+//! bugs (KB1, KB2) are regression tests, and each is also run with the
+//! mutation that restores the old behaviour, which must fail it. Those of
+//! open issues are `#[ignore]`d so that CI stays usable meanwhile
+//! (`cargo test --test sim -- --ignored kb` runs them).
 
-use crate::check::{Violation, KB1};
+use crate::check::Violation;
 use crate::mutation::Mutation;
 use crate::params::{Params, MS};
 use crate::schedule::Fault;
@@ -32,10 +34,11 @@ fn happy_path_runs_every_vm() {
 /// KB1. h1's lockspace turns read-only at 3 s (its renewals fail; its VM's
 /// disk, on RBD, works). Before h1 fences (F = 1 s after its last renewal)
 /// the operator restarts the watchdog daemon, twice. Each new daemon reads
-/// the lockspace fine, re-opens the watchdog (which pings it) and counts F
-/// from its own start, so h1 fences ~1.9 s late - after D, when h2 may
-/// already take the VM over: two writers.
-pub fn kb1_world() -> World {
+/// the lockspace fine and re-opens the watchdog (which pings it). Before
+/// the fix it counted F from its own start, so h1 fenced ~1.9 s late -
+/// after D, when h2 may already take the VM over: two writers. Now it
+/// continues from its own record's last renewal (`fence::clock_start`).
+pub fn kb1_world(mutation: Mutation) -> World {
     let p = Params::fixed(2, 1, 200, 1000, 400, 600);
     let mut faults = vec![
         Fault::LockspaceReadOnly {
@@ -61,43 +64,50 @@ pub fn kb1_world() -> World {
         });
     }
     // h1 boots first so the controller places the VM there.
-    World::custom(11, p, faults, &[0, 1500 * MS], true, true)
+    World::custom_mutated(11, p, faults, &[0, 1500 * MS], true, true, mutation)
 }
 
+/// KB1 is fixed: h1 fences F after its last renewal whatever the restarts.
 #[test]
-#[ignore = "known protocol bug KB1 (docs/simulation.md): a restarted daemon counts F from its own start"]
-fn kb1_daemon_restart_must_not_delay_the_fence() {
-    let mut w = kb1_world();
+fn kb1_a_daemon_restart_does_not_delay_the_fence() {
+    let mut w = kb1_world(Mutation::None);
     w.keep_going = true;
     w.run_until(9000 * MS);
     print_trace(&w);
     assert!(w.violations.is_empty(), "{}", w.violations[0]);
+    // The restarts did happen and continued the clock; h1 fenced.
+    let continued = w
+        .trace
+        .iter()
+        .filter(|l| l.contains("continuing the previous daemon's fence clock"))
+        .count();
+    assert_eq!(continued, 2, "both restarted daemons continue the clock");
+    assert!(w
+        .trace
+        .iter()
+        .any(|l| l.contains("h1") && l.contains("FENCING")));
 }
 
-/// The scenario does produce the bug today, up to two live writers
-/// (documents it, and checks that the simulator still finds it).
+/// The old behaviour (the mutation `restart-resets-fence-clock`) still
+/// fails the scenario, up to two live writers: the simulator catches KB1.
 #[test]
-fn kb1_is_reproduced() {
-    let mut w = kb1_world();
+fn kb1_is_caught_with_the_old_fence_clock() {
+    let mut w = kb1_world(Mutation::RestartResetsFenceClock);
     w.keep_going = true;
     w.run_until(9000 * MS);
     let kinds: Vec<&str> = w.violations.iter().map(|v| v.invariant).collect();
-    assert!(
-        w.violations.iter().all(|v| v.known == Some(KB1)),
-        "{kinds:?}"
-    );
     assert!(kinds.contains(&"fresh-liveness"), "{kinds:?}");
     assert!(kinds.contains(&"single-writer"), "{kinds:?}");
 }
 
 /// KB2. h2 joins the lockspace 6 s after h1 (its slot was empty until
 /// then), starts a VM right after its first renewal, and its daemon hangs
-/// before the second. h1's observer dates h2's slot to h1's own start, so
-/// h2 looks unchanged for 6 s > D: h1 takes the VM over at once, while
-/// h2's QEMU runs until h2's watchdog fires.
-pub fn kb2_world() -> (World, Option<crate::check::Violation>) {
+/// before the second. Before the fix h1's observer dated h2's slot to h1's
+/// own start, so h2 looked unchanged for 6 s > D: h1 took the VM over at
+/// once, while h2's QEMU ran until h2's watchdog fired.
+pub fn kb2_world(mutation: Mutation) -> (World, Option<crate::check::Violation>) {
     let p = Params::fixed(2, 1, 200, 1000, 400, 600);
-    let mut w = World::custom(12, p, Vec::new(), &[0, 6000 * MS], false, true);
+    let mut w = World::custom_mutated(12, p, Vec::new(), &[0, 6000 * MS], false, true, mutation);
     // Until h2's daemon has published its first renewal.
     while w
         .host(2)
@@ -129,9 +139,17 @@ pub fn kb2_world() -> (World, Option<crate::check::Violation>) {
 /// KB2 is fixed: the observer dates a first sight to the read that saw it.
 #[test]
 fn kb2_a_late_joiner_keeps_its_leases_for_d() {
-    let (w, v) = kb2_world();
+    let (w, v) = kb2_world(Mutation::None);
     print_trace(&w);
     assert!(v.is_none(), "{}", v.unwrap());
+}
+
+/// The old observer (the mutation `first-sight-dated-to-start`) fails it.
+#[test]
+fn kb2_is_caught_with_the_old_observer() {
+    let (_, v) = kb2_world(Mutation::FirstSightDatedToStart);
+    let v = v.expect("the old observer lets h1 take h2's VM early");
+    assert_eq!(v.invariant, "safe-takeover", "{v}");
 }
 
 /// The fresh slot read under the record lock. h1 runs the VM; its
@@ -259,4 +277,67 @@ fn kb3_is_reproduced() {
             .all(|r| r.contains("liveness lease was last renewed")),
         "{reasons:?}"
     );
+}
+
+/// KB4. h1's lockspace turns read-only at 3 s and its VM's disk I/O is
+/// stuck in the kernel from 3.5 s to 6.5 s, so SIGKILL cannot take effect:
+/// h1 fences at F and must reset by its last renewal + F + K. Its watchdog
+/// daemon crashes every 0.4 s meanwhile (systemd restarts it at once); h2
+/// keeps trying to start the VM. Before the fix each new daemon found its
+/// fence again (the marker) and gave the stuck QEMU another K (and the
+/// watchdog, re-opened, another W): h1 never reset, and h2 took the VM
+/// over at D while h1's QEMU lived. Now K counts from when F ran out.
+pub fn kb4_world(mutation: Mutation) -> World {
+    let p = Params::fixed(2, 1, 200, 1000, 400, 600);
+    let mut faults = vec![
+        Fault::LockspaceReadOnly {
+            host: 1,
+            at: 3000 * MS,
+            dur: 6000 * MS,
+        },
+        Fault::QemuStuck {
+            vm: 0,
+            at: 3500 * MS,
+            dur: 3000 * MS,
+        },
+    ];
+    for i in 0..5 {
+        faults.push(Fault::DaemonKill {
+            host: 1,
+            at: (4300 + 400 * i) * MS,
+            restart: true,
+        });
+    }
+    for i in 0..15 {
+        faults.push(Fault::RogueStart {
+            vm: 0,
+            host: 2,
+            at: (4000 + 200 * i) * MS,
+        });
+    }
+    World::custom_mutated(15, p, faults, &[0, 1500 * MS], true, true, mutation)
+}
+
+/// KB4 is fixed: h1 resets F + K after its last renewal, crashes or not.
+#[test]
+fn kb4_daemon_crashes_during_a_fence_do_not_delay_the_reset() {
+    let mut w = kb4_world(Mutation::None);
+    w.keep_going = true;
+    w.run_until(10_000 * MS);
+    print_trace(&w);
+    assert!(w.violations.is_empty(), "{}", w.violations[0]);
+    assert!(w
+        .trace
+        .iter()
+        .any(|l| l.contains("h1") && l.contains("RESET")));
+}
+
+/// The old kill clock (the mutation `kill-timeout-from-now`) fails it.
+#[test]
+fn kb4_is_caught_with_the_old_kill_clock() {
+    let mut w = kb4_world(Mutation::KillTimeoutFromNow);
+    w.keep_going = true;
+    w.run_until(10_000 * MS);
+    let kinds: Vec<&str> = w.violations.iter().map(|v| v.invariant).collect();
+    assert!(kinds.contains(&"safe-takeover"), "{kinds:?}");
 }

@@ -143,11 +143,6 @@ pub struct Host {
     /// When this boot's liveness record last landed in the store.
     pub last_landed: Us,
     pub wall_skew_s: i64,
-    /// Daemons that joined during this boot.
-    pub daemons_this_boot: u32,
-    /// Known bug KB1 (see `known_bug`): a daemon restarted while leased
-    /// QEMUs ran and has not had a renewal land since.
-    pub kb1_since: Option<Us>,
 }
 
 impl Host {
@@ -361,8 +356,6 @@ impl World {
                 domains: BTreeMap::new(),
                 last_landed: 0,
                 wall_skew_s: rng.range(0, 7200) as i64 - 3600,
-                daemons_this_boot: 0,
-                kb1_since: None,
             });
         }
         let vms = (0..p.vms)
@@ -758,8 +751,6 @@ impl World {
         hs.daemon_hung_until = 0;
         hs.last_landed = 0;
         hs.next_pid = 1000;
-        hs.daemons_this_boot = 0;
-        hs.kb1_since = None;
         let boot = hs.boot_no;
         self.log(
             &format!("h{h}"),

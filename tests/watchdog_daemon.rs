@@ -848,3 +848,139 @@ fn wall_clocks_hours_apart_do_not_change_the_judgement() {
     );
     assert!(last_err.contains("may be taken over after"), "{last_err}");
 }
+
+/// Runs shell commands when dropped (declared after the processes they
+/// unblock, so that it runs before their drops wait for them).
+struct OnDrop(Vec<String>);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        for c in &self.0 {
+            let _ = Command::new("sh").args(["-c", c]).status();
+        }
+    }
+}
+
+/// A daemon restarted in the middle of a storage fence, with a leased QEMU
+/// that the kill cannot end (stuck in D), must not re-arm the hardware
+/// watchdog its predecessor left running (opening a watchdog pings it):
+/// the watchdog fires W after the last pet, and the new daemon records the
+/// reset at once (its fence continues from the last renewal, KB4).
+#[test]
+fn a_restart_during_a_fence_does_not_rearm_the_watchdog() {
+    let _g = serial();
+    let s = Scratch::new("refence");
+    let ls = lockspace(&s);
+    let wd = FakeWatchdog::new(&s.0);
+    let mut a = Host::new(
+        &s,
+        1,
+        &ls,
+        &format!("watchdog_device = \"{}\"\n", wd.path.display()),
+    );
+    a.start(&[]);
+    // The QEMU's disk on a filesystem that is then frozen: it blocks in D.
+    let mut frozen = Frozen::new(&s);
+    let disk = frozen.mnt.join("disk");
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            &format!("read go; echo data > '{}'; sleep 1000", disk.display()),
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut q = Proc {
+        child,
+        what: "stuck stand-in QEMU".into(),
+    };
+    lease(&a, UUID_A, "web", &q, None).unwrap();
+    let hosts = ls.join("hosts");
+    let _undo = OnDrop(vec![
+        format!("fsfreeze -u '{}' 2>/dev/null", frozen.mnt.display()),
+        format!("chattr -i '{}'", hosts.display()),
+    ]);
+    frozen.freeze();
+    use std::io::Write;
+    stdin.write_all(b"go\n").unwrap();
+    drop(stdin);
+    wait_until(
+        "the stand-in to block in D state",
+        3000,
+        || match proc_state(q.pid()) {
+            Some('D') => Ok(()),
+            other => Err(format!("state {other:?}")),
+        },
+    );
+    // Renewals fail (the host table is immutable), reads still work: a
+    // restarted daemon gets through its start.
+    sh(&format!("chattr +i '{}'", hosts.display()));
+    wait_until("A to start fencing", F + 3000, || {
+        let st = a.status();
+        if st.state == vmlease::hosts::HostState::Fencing {
+            Ok(())
+        } else {
+            Err(format!("{}", st.state))
+        }
+    });
+    // Kill the daemon before K runs out, and start a new one at once.
+    a.daemon.as_ref().unwrap().signal(libc::SIGKILL);
+    wait_until("the daemon to die", 3000, || {
+        if a.daemon.as_mut().unwrap().exited() {
+            Ok(())
+        } else {
+            Err("alive".into())
+        }
+    });
+    let killed = boottime_ms();
+    let last_pet = wd.last_pet.load(Ordering::SeqCst);
+    assert!(
+        a.reset_record().is_none(),
+        "the first daemon reset already: kill it earlier"
+    );
+    a.spawn(&[]);
+    let reset = wait_until("the new daemon to record the reset", 5000, || {
+        a.reset_record()
+            .ok_or_else(|| format!("no reset yet; log: {}", a.log_text()))
+    });
+    let fired = wait_until("the watchdog stand-in to fire", W + 3000, || {
+        match wd.fired_at.load(Ordering::SeqCst) {
+            0 => Err(format!(
+                "last pet {} ms ago",
+                boottime_ms() - wd.last_pet.load(Ordering::SeqCst)
+            )),
+            t => Ok(t),
+        }
+    });
+    let log = a.log_text();
+    eprintln!(
+        "restart during a fence: last pet {} ms before the daemon's SIGKILL, the watchdog fired \
+         {} ms after the last pet (W = {W} ms); the new daemon: {}",
+        killed - last_pet,
+        fired - last_pet,
+        reset.trim()
+    );
+    assert_eq!(
+        wd.last_pet.load(Ordering::SeqCst),
+        last_pet,
+        "the restarted daemon pinged the watchdog; log: {log}"
+    );
+    assert!(fired - last_pet <= W + 500, "fired late");
+    assert!(log.contains("opened (armed) only once it is safe"), "{log}");
+    assert!(reset.contains("reason=lease renewals failed"), "{reset}");
+    assert_eq!(
+        proc_state(q.pid()),
+        Some('D'),
+        "the stand-in is still stuck"
+    );
+    // Thaw: the pending SIGKILL ends the stand-in.
+    frozen.thaw();
+    wait_until("the stand-in to die after the thaw", 3000, || {
+        if q.exited() {
+            Ok(())
+        } else {
+            Err("alive".into())
+        }
+    });
+}

@@ -204,9 +204,30 @@ impl Daemon {
             );
         }
 
+        // Opening a watchdog device pings it. A daemon restarted while its
+        // host's renewals had already failed for F, or while it is fenced,
+        // must not extend a watchdog its predecessor left running: it
+        // opens the device at its first pet, which the fence allows only
+        // once it is safe again.
+        let late = now0.saturating_sub(fence_clock) > cfg.timing.renew_fail_timeout;
+        let defer = late || fence::load_marker(&cfg.state_dir).is_some();
         let watchdog: Box<dyn Watchdog> = if cfg.unsafe_no_watchdog {
             warn!("RUNNING WITHOUT A HARDWARE WATCHDOG (unsafe_no_watchdog = true): a hung host will not be reset; for tests and demos only");
             Box::new(watchdog::NoWatchdog)
+        } else if defer {
+            warn!(
+                "restarted while this host is fencing or fenced: the watchdog {} is opened (armed) only once it is safe to pet it",
+                cfg.watchdog_device.display()
+            );
+            Box::new(
+                watchdog::Deferred::new(&cfg.watchdog_device, cfg.timing.watchdog_timeout)
+                    .map_err(|e| {
+                        (
+                            exit::WATCHDOG,
+                            Error::io("check hardware watchdog", &cfg.watchdog_device, e),
+                        )
+                    })?,
+            )
         } else {
             watchdog::open(&cfg.watchdog_device, cfg.timing.watchdog_timeout).map_err(|e| {
                 (
@@ -367,6 +388,13 @@ impl Daemon {
             if act.pet {
                 if let Err(e) = self.watchdog.pet() {
                     error!("cannot pet the watchdog {}: {e}", self.watchdog.describe());
+                    if !self.watchdog.is_open() {
+                        // A deferred open failed: without a watchdog this
+                        // host must not run protected VMs; stopping makes
+                        // the plugin refuse.
+                        error!("no hardware watchdog: stopping");
+                        return exit::WATCHDOG;
+                    }
                 }
             }
             if act.state != self.last_state {

@@ -19,6 +19,10 @@ pub trait Watchdog: Send {
     /// Disarms on a clean stop (magic close). Not called while leases run.
     fn disarm(&mut self) -> io::Result<()>;
     fn describe(&self) -> String;
+    /// False only for a [`Deferred`] device not opened yet.
+    fn is_open(&self) -> bool {
+        true
+    }
 }
 
 pub struct Device {
@@ -32,11 +36,13 @@ pub fn open(path: &Path, timeout_ms: u64) -> io::Result<Box<dyn Watchdog>> {
     let meta = std::fs::metadata(path)?;
     let ft = meta.file_type();
     if ft.is_fifo() {
-        // Test stand-in: fails with ENXIO when nobody listens.
-        let file = OpenOptions::new()
+        // Test stand-in: fails with ENXIO when nobody listens. Like a
+        // device, opening it arms and pings it: the listener sees an 'o'.
+        let mut file = OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path)?;
+        file.write_all(b"o")?;
         return Ok(Box::new(Device {
             file: Some(file),
             path: path.display().to_string(),
@@ -114,6 +120,58 @@ impl Watchdog for Device {
         } else {
             self.path.clone()
         }
+    }
+}
+
+/// A device opened at its first pet. Opening a watchdog pings it (and
+/// WDIOC_SETTIMEOUT does too): a daemon restarted during a fence must not
+/// extend the watchdog its predecessor left running before the fence lets
+/// it pet. The path is checked at once, so a wrong path still fails at
+/// start.
+pub struct Deferred {
+    path: std::path::PathBuf,
+    timeout_ms: u64,
+    dev: Option<Box<dyn Watchdog>>,
+}
+
+impl Deferred {
+    pub fn new(path: &Path, timeout_ms: u64) -> io::Result<Deferred> {
+        let ft = std::fs::metadata(path)?.file_type();
+        if !ft.is_fifo() && !ft.is_char_device() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a watchdog device", path.display()),
+            ));
+        }
+        Ok(Deferred {
+            path: path.to_path_buf(),
+            timeout_ms,
+            dev: None,
+        })
+    }
+}
+
+impl Watchdog for Deferred {
+    fn pet(&mut self) -> io::Result<()> {
+        if self.dev.is_none() {
+            self.dev = Some(open(&self.path, self.timeout_ms)?);
+        }
+        self.dev.as_mut().map_or(Ok(()), |d| d.pet())
+    }
+
+    fn disarm(&mut self) -> io::Result<()> {
+        self.dev.as_mut().map_or(Ok(()), |d| d.disarm())
+    }
+
+    fn describe(&self) -> String {
+        match &self.dev {
+            Some(d) => d.describe(),
+            None => format!("{} (not opened yet)", self.path.display()),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.dev.is_some()
     }
 }
 

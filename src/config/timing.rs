@@ -49,10 +49,12 @@ impl Timing {
         if t.renew_interval == 0 {
             return Err("renew_interval must be greater than 0".into());
         }
-        if t.renew_fail_timeout < 2 * t.renew_interval {
+        if t.renew_fail_timeout < 4 * t.renew_interval {
             return Err(format!(
-                "renew_fail_timeout ({}) must be at least twice renew_interval ({}): \
-                 one slow renewal would fence the host",
+                "renew_fail_timeout ({}) must be at least 4 * renew_interval ({}): the plugin \
+                 takes leases only while the last renewal is younger than renew_fail_timeout / 2, \
+                 and a healthy host's last renewal is up to one renew_interval (plus a tick and \
+                 the write) old, so healthy hosts would refuse VM starts",
                 secs(t.renew_fail_timeout),
                 secs(t.renew_interval)
             ));
@@ -159,7 +161,7 @@ mod tests {
     #[test]
     fn derived_dead_always_satisfies_the_inequality() {
         for r in [50, 200, 1000, 2000, 5000] {
-            for f in [2 * r, 5 * r, 10 * r] {
+            for f in [4 * r, 5 * r, 10 * r] {
                 for k in [100, 1000, 10000] {
                     for w in [100, 1000, 60000] {
                         let d = Timing::derive_dead(r, f, k, w);
@@ -171,9 +173,10 @@ mod tests {
     }
 
     #[test]
-    fn rejects_fail_timeout_below_two_renewals() {
-        let e = t(2000, 3000, 1000, 1000, 100000).check().unwrap_err();
-        assert!(e.contains("renew_fail_timeout"), "{e}");
+    fn rejects_fail_timeout_below_four_renewals() {
+        let e = t(2000, 7999, 1000, 1000, 100000).check().unwrap_err();
+        assert!(e.contains("at least 4 * renew_interval"), "{e}");
+        t(2000, 8000, 1000, 1000, 100000).check().unwrap();
     }
 
     #[test]

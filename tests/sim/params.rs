@@ -67,7 +67,7 @@ impl Params {
         // stale its view can be, and the slot read under the record lock
         // becomes the only guard (see the no-fresh-slot-read mutation).
         let f = r * if rng.chance(0.7) {
-            rng.range(f_min.max(3), 8)
+            rng.range(f_min.max(4), 8)
         } else {
             rng.range(9, 20)
         };

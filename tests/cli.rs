@@ -446,14 +446,23 @@ fn can_evacuate_answers_not_yet_then_yes_across_a_storage_fence() {
     let mut q = standin_qemu();
     lease(&a_plugin, UUID_A, "web", &q, None).unwrap();
 
-    let o = vmlease(&b.conf, &["can-evacuate", "host-1.test"]);
-    assert_eq!(code(&o), 1, "{}", text(&o));
-    assert!(
-        text(&o).contains("not yet: 1 of 1 lease(s) of host 1 (host-1.test) are held")
-            && text(&o).contains("its host is alive"),
-        "{}",
-        text(&o)
-    );
+    // Never "yes" while A renews; "its host is alive" once B's daemon has
+    // seen A's record change (right after B's start it has seen it once,
+    // and counts from that read).
+    wait_until("B's can-evacuate to call host 1 alive", 3000, || {
+        let o = vmlease(&b.conf, &["can-evacuate", "host-1.test"]);
+        assert_eq!(code(&o), 1, "{}", text(&o));
+        assert!(
+            text(&o).contains("not yet: 1 of 1 lease(s) of host 1 (host-1.test) are held"),
+            "{}",
+            text(&o)
+        );
+        if text(&o).contains("its host is alive") {
+            Ok(())
+        } else {
+            Err(text(&o))
+        }
+    });
     let o = vmlease(&b.conf, &["can-evacuate", "nosuchhost"]);
     assert_eq!(code(&o), 2, "{}", text(&o));
     assert!(

@@ -250,6 +250,7 @@ impl World {
                 io.answer_slots_from = Some(t.as_slice());
             }
         }
+        io.timeless_clean = mutation == Mutation::FencedCleanVouchesForAll;
         let outcome = match &c.job {
             Job::Open => Outcome::Unit(Ok(())),
             Job::ReadSlot(id) => Outcome::Bytes(io.read_slot(*id)),

@@ -104,11 +104,7 @@ impl Outcome {
 pub enum DaemonCall {
     Open,
     Claim,
-    /// `Daemon::start` reads its own record after the claim (KB1's fix).
-    ReadOwn,
-    Renew {
-        issued_ms: u64,
-    },
+    Renew { issued_ms: u64 },
     Release,
     Leave,
 }

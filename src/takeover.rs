@@ -2,7 +2,11 @@
 //! treated as free? Exactly when one of these holds:
 //!
 //! 1. the holder's host published `fenced-clean` (or `leaving`) after
-//!    killing that QEMU (a released holder is simply absent);
+//!    killing that QEMU (a released holder is simply absent): the record
+//!    must have been written after that QEMU started, both times on the
+//!    holder host's boot clock - a record read before the host cleared its
+//!    fence (or while a read still shows the previous version) says
+//!    nothing about a QEMU started after the clear;
 //! 2. the holder's host record shows a different boot id (it rebooted);
 //! 3. the holder is this host and that QEMU process is gone (pid + start);
 //! 4. this host's watchdog has observed the holder's record unchanged for at
@@ -57,6 +61,20 @@ pub enum Verdict {
     Held(String),
 }
 
+/// Clock ticks per second of `/proc/PID/stat`'s starttime (USER_HZ, 100
+/// on every Linux architecture vmlease runs on).
+pub const USER_HZ: u64 = 100;
+
+/// Did the holder's QEMU certainly start before its host wrote a record
+/// stamped `mono_ms`? Both are on the holder host's CLOCK_BOOTTIME of the
+/// same boot (the caller has checked the boot id); the start time is
+/// truncated to a tick, so one tick is added. A QEMU that started later
+/// was not killed by the fence that record reports (KB5,
+/// docs/simulation.md).
+pub fn started_before(h: &Holder, mono_ms: u64) -> bool {
+    (h.pid_start + 1).saturating_mul(1000 / USER_HZ) <= mono_ms
+}
+
 /// What the judge needs to know about the world.
 pub struct Judge<'a> {
     pub my_host_id: u16,
@@ -80,9 +98,10 @@ impl Judge<'_> {
                     now: r.boot_id.clone(),
                 });
             }
+            let before = started_before(h, r.mono_ms);
             match r.state {
-                HostState::FencedClean => return Verdict::Free(FreeBecause::FencedClean),
-                HostState::Leaving => return Verdict::Free(FreeBecause::Leaving),
+                HostState::FencedClean if before => return Verdict::Free(FreeBecause::FencedClean),
+                HostState::Leaving if before => return Verdict::Free(FreeBecause::Leaving),
                 _ => {}
             }
         }

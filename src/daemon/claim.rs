@@ -50,6 +50,8 @@ pub fn watch_time(
 }
 
 /// Waits as long as `watch_time` says, failing if the slot changes.
+/// Returns the slot as read (unchanged while watched): a restarted daemon
+/// continues its fence clock from it (`fence::clock_start`).
 pub fn claim(
     ls: &Lockspace,
     host_id: u16,
@@ -57,10 +59,10 @@ pub fn claim(
     my_boot: &str,
     my_dead_ms: u64,
     io_ms: u64,
-) -> Result<()> {
+) -> Result<Slot> {
     let first = ls.read_host(host_id)?;
     let Some((wait, why)) = watch_time(&first, my_name, my_boot, my_dead_ms, io_ms) else {
-        return Ok(());
+        return Ok(first);
     };
     warn!(
         "host id {host_id}: {why}; watching the slot for {} before claiming it",
@@ -85,7 +87,7 @@ pub fn claim(
                 "host id {host_id}: slot unchanged for {}, claiming it",
                 secs(wait)
             );
-            return Ok(());
+            return Ok(first);
         }
     }
 }

@@ -176,7 +176,7 @@ impl Daemon {
                 )),
             ));
         }
-        claim::claim(
+        let own = claim::claim(
             &ls,
             host_id,
             &host_name,
@@ -186,17 +186,10 @@ impl Daemon {
         )
         .map_err(|e| (exit::LOCKSPACE, e))?;
         // A restart on the same boot continues the fence clock of the
-        // daemon before it (fence::clock_start, KB1).
+        // daemon before it, from our own record as the claim read it
+        // (fence::clock_start, KB1).
         let now0 = boottime_ms();
-        let (ls2, hid) = (ls.clone(), host_id);
-        let own = crate::deadline::run(
-            cfg.io_timeout,
-            "read own record",
-            &ls.hosts_path(),
-            move || ls2.read_host(hid),
-        )
-        .ok();
-        let fence_clock = fence::clock_start(own.as_ref(), &host_name, &boot_id, now0);
+        let fence_clock = fence::clock_start(Some(&own), &host_name, &boot_id, now0);
         if fence_clock < now0 {
             info!(
                 "continuing the previous daemon's fence clock: last renewal {} ago",

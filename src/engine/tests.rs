@@ -29,7 +29,9 @@ fn record(id: u16, boot: &str, counter: u64, state: HostState) -> HostRecord {
         state,
         timing: timing(),
         unsafe_no_watchdog: true,
-        mono_ms: 0,
+        // Written long after the test holders started (pid_start 100
+        // ticks = 1 s): fenced-clean and leaving vouch for them.
+        mono_ms: 1_000_000,
         wall: 0,
     }
 }
@@ -205,6 +207,36 @@ fn rule1_fenced_clean_frees_at_once_but_fencing_does_not() {
         .is_busy());
     w.ls.write_host(&record(1, "boot-1", 3, HostState::FencedClean))
         .unwrap();
+    let got = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap();
+    assert!(got.took_over[0].1.contains("fenced-clean"));
+}
+
+/// KB5: a fenced-clean record written before the holder's QEMU started
+/// (the host cleared its fence and started a VM before its next renewal
+/// landed, or a read still shows the previous record) does not free it.
+#[test]
+fn rule1_fenced_clean_frees_only_qemus_started_before_the_record() {
+    let w = World::new("fenced-old");
+    let disk = Resource::disk("/images/a", false);
+    w.engine(1, Some(w.view(1, &[0], 0)))
+        .acquire(&disk, &holder(1, 10, "web"), None)
+        .unwrap();
+    // The holder started at tick 100 (1.0 s); the record is from 0.99 s.
+    let mut old = record(1, "boot-1", 3, HostState::FencedClean);
+    old.mono_ms = 990;
+    w.ls.write_host(&old).unwrap();
+    let b = w.engine(2, Some(w.view(2, &[0], 0)));
+    let err = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap_err();
+    assert!(err.is_busy(), "{err}");
+    // Within the tick the holder started in: still not certain.
+    old.mono_ms = 1_005;
+    w.ls.write_host(&old).unwrap();
+    assert!(b
+        .acquire(&disk, &holder(2, 20, "web"), None)
+        .unwrap_err()
+        .is_busy());
+    old.mono_ms = 1_010;
+    w.ls.write_host(&old).unwrap();
     let got = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap();
     assert!(got.took_over[0].1.contains("fenced-clean"));
 }

@@ -104,11 +104,7 @@ impl Outcome {
 pub enum DaemonCall {
     Open,
     Claim,
-    /// `Daemon::start` reads its own record after the claim (KB1's fix).
-    ReadOwn,
-    Renew {
-        issued_ms: u64,
-    },
+    Renew { issued_ms: u64 },
     Release,
     Leave,
 }
@@ -250,6 +246,7 @@ impl World {
                 io.answer_slots_from = Some(t.as_slice());
             }
         }
+        io.timeless_clean = mutation == Mutation::FencedCleanVouchesForAll;
         let outcome = match &c.job {
             Job::Open => Outcome::Unit(Ok(())),
             Job::ReadSlot(id) => Outcome::Bytes(io.read_slot(*id)),

@@ -182,10 +182,6 @@ impl World {
                 Ok(raw) => self.claim_step(h, &raw),
                 Err(e) => self.daemon_exit(h, &format!("claim: {e}"), true),
             },
-            (DaemonCall::ReadOwn, Outcome::Bytes(r)) => {
-                let own = r.ok().map(|raw| vmlease::hosts::decode_slot(h, &raw));
-                self.daemon_run(h, own);
-            }
             (DaemonCall::Renew { issued_ms }, Outcome::Table(r)) => {
                 let d = self.host_mut(h).daemon.as_mut().unwrap();
                 d.inbox_renew.push((issued_ms, r));
@@ -232,7 +228,7 @@ impl World {
         match phase {
             DPhase::Claiming { first: None, .. } => {
                 match watch_time(&slot, &name, &boot, d_ms, io) {
-                    None => self.read_own(h, gen),
+                    None => self.daemon_run(h, Some(slot)),
                     Some((wait, why)) => {
                         self.log(
                             &format!("h{h}"),
@@ -261,7 +257,7 @@ impl World {
                         true,
                     );
                 } else if now.saturating_sub(start_ms) >= wait {
-                    self.read_own(h, gen);
+                    self.daemon_run(h, Some(slot));
                 } else {
                     let pause = 200.min(wait.max(10));
                     let d = self.host(h).real(pause);
@@ -278,24 +274,8 @@ impl World {
         }
     }
 
-    /// `Daemon::start` after the claim: read our own record, under the I/O
-    /// deadline, for the fence clock.
-    fn read_own(&mut self, h: u16, gen: u64) {
-        let io = self.p.cfg.io_timeout;
-        self.issue(
-            h,
-            Job::ReadSlot(h),
-            Owner::Daemon {
-                h,
-                gen,
-                what: DaemonCall::ReadOwn,
-            },
-            Some(io),
-        );
-    }
-
     /// The end of `Daemon::start` and the start of `run`: `own` is our
-    /// slot as read after the claim (None: the read failed or timed out).
+    /// slot as the claim read it (unchanged while watched).
     fn daemon_run(&mut self, h: u16, own: Option<vmlease::hosts::Slot>) {
         let now = self.local(h);
         let (name, boot) = (self.host(h).name.clone(), self.host(h).boot_id.clone());

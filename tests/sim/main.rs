@@ -387,7 +387,8 @@ fn mutations_are_caught() {
         if cfg!(debug_assertions) { 3000 } else { 20_000 },
     );
     // Not expected to be caught: defence in depth (see docs/simulation.md),
-    // or caught only by long searches and the scenario tests.
+    // or caught only by long searches and the scenario tests (KB4's and
+    // KB5's old behaviour: scenarios kb4_*, kb5_*).
     let side_budget = env_u64("VMLEASE_SIM_SIDE_SEEDS", budget.min(300));
     let must = [
         Mutation::NoProtectedCheck,
@@ -396,6 +397,8 @@ fn mutations_are_caught() {
         Mutation::NoRecordLock,
         Mutation::FencedCleanBeforeKill,
         Mutation::DeadOnKill,
+        Mutation::RestartResetsFenceClock,
+        Mutation::FirstSightDatedToStart,
     ];
     // VMLEASE_SIM_MUTATIONS=a,b: only these.
     let only: Option<Vec<Mutation>> = std::env::var("VMLEASE_SIM_MUTATIONS").ok().map(|v| {

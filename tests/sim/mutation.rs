@@ -43,10 +43,14 @@ pub enum Mutation {
     /// KB4's old behaviour: a fence that starts (or a restarted daemon that
     /// finds its fence again) counts K from now, not from when F ran out.
     KillTimeoutFromNow,
+    /// KB5's old behaviour: a fenced-clean (or leaving) record frees every
+    /// holder on its host, even a QEMU started after it was written (the
+    /// judge's slot read shows the record as newer than any QEMU).
+    FencedCleanVouchesForAll,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 13] = [
+    pub const ALL: [Mutation; 14] = [
         Mutation::NoProtectedCheck,
         Mutation::StaleStatusAccepted,
         Mutation::TakeoverAtHalfD,
@@ -60,6 +64,7 @@ impl Mutation {
         Mutation::RestartResetsFenceClock,
         Mutation::FirstSightDatedToStart,
         Mutation::KillTimeoutFromNow,
+        Mutation::FencedCleanVouchesForAll,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +83,7 @@ impl Mutation {
             Mutation::RestartResetsFenceClock => "restart-resets-fence-clock",
             Mutation::FirstSightDatedToStart => "first-sight-dated-to-start",
             Mutation::KillTimeoutFromNow => "kill-timeout-from-now",
+            Mutation::FencedCleanVouchesForAll => "fenced-clean-vouches-for-all",
         }
     }
 

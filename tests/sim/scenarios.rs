@@ -12,6 +12,7 @@ use crate::mutation::Mutation;
 use crate::params::{Params, MS};
 use crate::schedule::Fault;
 use crate::world::World;
+use vmlease::hosts::HostState;
 
 fn print_trace(w: &World) {
     for l in &w.trace {
@@ -336,4 +337,86 @@ fn kb4_is_caught_with_the_old_kill_clock() {
     w.run_until(10_000 * MS);
     let kinds: Vec<&str> = w.violations.iter().map(|v| v.invariant).collect();
     assert!(kinds.contains(&"safe-takeover"), "{kinds:?}");
+}
+
+/// Adds a fault that starts now (scenarios that react to the world).
+fn inject(w: &mut World, f: Fault) {
+    let mut faults = w.sched.faults.clone();
+    let (at, dur) = (f.at(), f.dur());
+    faults.push(f);
+    w.sched = crate::schedule::Schedule::from_faults(faults, &w.p);
+    let i = w.sched.faults.len() - 1;
+    w.at(at, crate::world::Ev::Fault(i));
+    if dur > 0 {
+        w.at(at + dur, crate::world::Ev::FaultEnd(i));
+    }
+}
+
+/// Runs until `cond` holds (1 ms steps), at most until `limit`.
+fn run_while(w: &mut World, limit: u64, cond: impl Fn(&World) -> bool) {
+    while !cond(w) && w.now < limit {
+        let t = w.now + MS;
+        w.run_until(t);
+    }
+}
+
+/// KB5 (found by long-run seed 1000088187). h1 runs the VM; its lockspace
+/// turns read-only for 1.5 s, it fences (kills the VM) and, once writes
+/// work again, publishes fenced-clean. The operator clears the fence; h1
+/// starts the VM again at once, and its storage is cut right after the
+/// acquire - before a renewal saying `live` lands. The lockspace still
+/// says fenced-clean. Before the fix h2 took the VM over by rule 1 at
+/// once, while h1's new QEMU ran. Now a fenced-clean record vouches only
+/// for QEMUs started before it was written.
+pub fn kb5_world(mutation: Mutation) -> (World, Option<Violation>) {
+    let p = Params::fixed(2, 1, 200, 1000, 400, 600);
+    let faults = vec![Fault::LockspaceReadOnly {
+        host: 1,
+        at: 2000 * MS,
+        dur: 1500 * MS,
+    }];
+    let mut w = World::custom_mutated(16, p, faults, &[0, 0], false, true, mutation);
+    w.run_until(500 * MS);
+    w.start_vm(0, 1, false);
+    w.run_until(5000 * MS);
+    let state = |w: &World| w.host(1).status.as_ref().map(|s| s.state);
+    assert_eq!(state(&w), Some(HostState::FencedClean), "h1 fenced");
+    assert!(w.running_qemu_of(0).is_none());
+    w.host_mut(1).clear_request = true;
+    run_while(&mut w, 6000 * MS, |w| state(w) == Some(HostState::Live));
+    assert_eq!(state(&w), Some(HostState::Live), "fence cleared");
+    w.start_vm(0, 1, false);
+    run_while(&mut w, 7000 * MS, |w| w.running_qemu_of(0).is_some());
+    assert!(w.running_qemu_of(0).is_some(), "vm0 runs on h1 again");
+    let now = w.now;
+    inject(
+        &mut w,
+        Fault::StorageCut {
+            hosts: vec![1],
+            at: now,
+            dur: 4000 * MS,
+            data: false,
+        },
+    );
+    let t = w.now + 20 * MS;
+    w.run_until(t);
+    w.start_vm(0, 2, false);
+    let t = w.now + 3000 * MS;
+    let v = w.run_until(t);
+    (w, v)
+}
+
+#[test]
+fn kb5_a_fenced_clean_record_does_not_vouch_for_a_later_qemu() {
+    let (w, v) = kb5_world(Mutation::None);
+    print_trace(&w);
+    assert!(v.is_none(), "{}", v.unwrap());
+}
+
+/// The old rule 1 (the mutation `fenced-clean-vouches-for-all`) fails it.
+#[test]
+fn kb5_is_caught_with_the_old_rule_1() {
+    let (_, v) = kb5_world(Mutation::FencedCleanVouchesForAll);
+    let v = v.expect("the old rule 1 lets h2 take the VM from h1's new QEMU");
+    assert_eq!(v.invariant, "safe-takeover", "{v}");
 }

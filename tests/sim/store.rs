@@ -15,7 +15,7 @@ use std::io;
 use std::path::PathBuf;
 
 use vmlease::error::{Error, Result};
-use vmlease::hosts::{HostRecord, SLOT_SIZE};
+use vmlease::hosts::{HostRecord, HostState, SLOT_SIZE};
 use vmlease::lease::LeaseRecord;
 use vmlease::store::Store;
 
@@ -136,6 +136,9 @@ pub struct SimIo<'a> {
     /// Mutation "no fresh slot read": slot reads answered from the
     /// daemon's own last table read instead of the store.
     pub answer_slots_from: Option<&'a [u8]>,
+    /// Mutation "fenced-clean-vouches-for-all": slot reads show a
+    /// fenced-clean or leaving record as written after every QEMU.
+    pub timeless_clean: bool,
     /// The slot versions a table read returned (decode cache key).
     pub table_versions: RefCell<Vec<u64>>,
 }
@@ -155,6 +158,7 @@ impl<'a> SimIo<'a> {
             fail_at: None,
             read_only: false,
             answer_slots_from: None,
+            timeless_clean: false,
             table_versions: RefCell::new(Vec::new()),
         }
     }
@@ -217,7 +221,16 @@ impl Store for SimIo<'_> {
         if i >= self.st.slots.len() {
             return Ok(vec![0; SLOT_SIZE]);
         }
-        Ok(self.slot(i).0.to_vec())
+        let raw = self.slot(i).0;
+        if self.timeless_clean {
+            if let vmlease::hosts::Slot::Record(mut r) = vmlease::hosts::decode_slot(host_id, raw) {
+                if matches!(r.state, HostState::FencedClean | HostState::Leaving) {
+                    r.mono_ms = u64::MAX / 2;
+                    return Ok(r.encode());
+                }
+            }
+        }
+        Ok(raw.to_vec())
     }
 
     fn read_hosts_raw(&self) -> Result<Vec<u8>> {

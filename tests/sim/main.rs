@@ -134,6 +134,17 @@ fn run_range(
                     local.resets += stats.resets;
                     local.worst_recovery_ms = local.worst_recovery_ms.max(stats.recovery_ms);
                     if let Some(v) = v {
+                        if progress {
+                            // Said at once: a long run may be stopped.
+                            eprintln!(
+                                "sim: seed {seed}: {} violated at {} us{}",
+                                v.invariant,
+                                v.at,
+                                v.known
+                                    .map(|k| format!(" (known: {k})"))
+                                    .unwrap_or_default()
+                            );
+                        }
                         let counts = v.known.is_none() || strict();
                         local.failures.push((seed, v));
                         if counts {

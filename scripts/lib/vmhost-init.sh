@@ -19,6 +19,10 @@ mount --bind "$h/cache" /var/cache/libvirt
 mount --bind "$h/etc" /etc/libvirt
 mount --bind "$h/state" /run/vmlease
 mount --bind "$ls" /var/lib/vmlease/lockspace
+# A host "rebooted" by vmh_host_boot has a boot id of its own.
+if [ -f "$h/boot_id" ]; then
+    mount --bind "$h/boot_id" /proc/sys/kernel/random/boot_id
+fi
 virtlogd -d -p /run/libvirt/virtlogd.pid
 # libvirt's own lock daemon, for the "lockd" baseline of the benchmarks.
 if grep -q '^lock_manager = "lockd"' /etc/libvirt/qemu.conf; then

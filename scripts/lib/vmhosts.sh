@@ -157,6 +157,36 @@ EOC
     vmh_wait "host $n to be protected" 10000 vmh_protected "$n"
 }
 
+# vmh_host_crash NAME: host NAME loses power: every process of it (QEMU,
+# libvirtd, virtlogd, the watchdog, the namespace's anchor) is SIGKILLed at
+# once; nothing releases anything. Its network namespace stays (the NIC).
+vmh_host_crash() {
+    h="$VMH_DIR/host-$1"
+    for f in "$h"/run/qemu/*.pid "$h/run/libvirtd.pid" "$h/run/virtlogd.pid" "$h/run/virtlockd.pid" \
+        "$h/sanlock/sanlock.pid" "$h/watchdog.pid" "$h/sleep.pid" "$h/anchor.pid"; do
+        [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null
+    done
+    return 0
+}
+
+# vmh_host_boot NAME: host NAME boots again after vmh_host_crash, with a
+# new kernel boot id (bind-mounted over /proc/sys/kernel/random/boot_id in
+# its mount namespace) and empty /run/libvirt and /run/vmlease (tmpfs on a
+# real host); waits until libvirtd answers and the host is protected.
+vmh_host_boot() {
+    n=$1
+    h="$VMH_DIR/host-$n"
+    rm -rf "$h/run" "$h/state"
+    mkdir -p "$h/run" "$h/state"
+    cat /proc/sys/kernel/random/uuid >"$h/boot_id"
+    VMH_SANLOCK_LEASES=$VMH_SANLOCK_LEASES VMH_SANLOCK_PRELOAD=${VMH_SANLOCK_PRELOAD:-} \
+        ip netns exec "$(vmh_netns "$n")" unshare --mount --uts --propagation private "$VMH_DIR/subreaper" \
+        sh "$VMH_LIBDIR/vmhost-init.sh" "$n" "$h" "$VMH_BIN" "$VMH_LOCKSPACE" >>"$h/init.log" 2>&1 &
+    echo $! >"$h/anchor.pid"
+    vmh_wait "libvirtd on host $n" "${VMH_UP_TIMEOUT_MS:-15000}" vmh_virsh "$n" hostname &&
+        vmh_wait "host $n to be protected" 10000 vmh_protected "$n"
+}
+
 vmh_sock() { echo "$VMH_DIR/host-$1/run/libvirt-sock"; }
 vmh_uri() { echo "qemu+unix:///system?socket=$(vmh_sock "$1")"; }
 vmh_virsh() { n=$1; shift; virsh -q -c "$(vmh_uri "$n")" "$@"; }

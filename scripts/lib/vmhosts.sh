@@ -164,9 +164,9 @@ vmh_host_crash() {
     h="$VMH_DIR/host-$1"
     for f in "$h"/run/qemu/*.pid "$h/run/libvirtd.pid" "$h/run/virtlogd.pid" "$h/run/virtlockd.pid" \
         "$h/sanlock/sanlock.pid" "$h/watchdog.pid" "$h/sleep.pid" "$h/anchor.pid"; do
-        [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null
+        # (a pid may be listed twice, e.g. libvirtd as driver.pid)
+        if [ -f "$f" ]; then kill -9 "$(cat "$f")" 2>/dev/null || true; fi
     done
-    return 0
 }
 
 # vmh_host_boot NAME: host NAME boots again after vmh_host_crash, with a

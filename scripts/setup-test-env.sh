@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what the vmlease test suite and demo need, as root on Debian 12:
 # libvirt + QEMU, a Ceph cluster's daemons and ceph-fuse, sanlock (an
-# anchor), and the tools the tests call (ip, ping, cc, shellcheck, rpm...).
+# anchor, with libvirt-sanlock, its libvirt plugin, for the benchmarks),
+# and the tools the tests call (ip, ping, cc, shellcheck, rpm...).
 #
 # Idempotent and quiet: when every package is installed it does not run
 # apt at all. apt's output goes to a log; on failure its tail is printed.
@@ -14,7 +15,7 @@ set -eu
 PACKAGES="libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
 qemu-system-x86 qemu-utils
 iproute2 iputils-ping util-linux mount e2fsprogs
-gcc libc6-dev shellcheck rpm dpkg-dev sanlock faketime
+gcc libc6-dev shellcheck rpm dpkg-dev sanlock libvirt-sanlock faketime
 ceph-mon ceph-mgr ceph-osd ceph-mds ceph-fuse ceph-common"
 
 log=${TMPDIR:-/tmp}/vmlease-setup.log

@@ -19,10 +19,24 @@ mount --bind "$h/cache" /var/cache/libvirt
 mount --bind "$h/etc" /etc/libvirt
 mount --bind "$h/state" /run/vmlease
 mount --bind "$ls" /var/lib/vmlease/lockspace
+# A host "rebooted" by vmh_host_boot has a boot id of its own.
+if [ -f "$h/boot_id" ]; then
+    mount --bind "$h/boot_id" /proc/sys/kernel/random/boot_id
+fi
 virtlogd -d -p /run/libvirt/virtlogd.pid
 # libvirt's own lock daemon, for the "lockd" baseline of the benchmarks.
 if grep -q '^lock_manager = "lockd"' /etc/libvirt/qemu.conf; then
     virtlockd -d -p /run/libvirt/virtlockd.pid
+fi
+# sanlock, the "sanlock" baseline: a daemon of this host's own (private
+# /run/sanlock: its socket and pid file), disk leases in a directory all
+# hosts share. No watchdog (-w 0) and no mlockall here; VMH_SANLOCK_PRELOAD
+# (bench/lib/rlimit-shim.c) lets it start without CAP_SYS_RESOURCE.
+if grep -q '^lock_manager = "sanlock"' /etc/libvirt/qemu.conf; then
+    mkdir -p "$h/sanlock" /run/sanlock /var/lib/libvirt/sanlock
+    mount --bind "$h/sanlock" /run/sanlock
+    mount --bind "$VMH_SANLOCK_LEASES" /var/lib/libvirt/sanlock
+    LD_PRELOAD=${VMH_SANLOCK_PRELOAD:-} sanlock daemon -w 0 -l 0 -h 0 -U root -G root
 fi
 sh "$(dirname "$0")/vmhost-ctl.sh" watchdog-start "$h" "$bin"
 sh "$(dirname "$0")/vmhost-ctl.sh" libvirtd-start "$h" "$bin"

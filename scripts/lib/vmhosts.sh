@@ -9,6 +9,15 @@
 #   VMH_DIR   scratch directory (removed by vmh_cleanup)
 #   VMH_BIN   directory with vmlease, vmlease-watchdog and libvmlease.so
 #   VMH_LIBDIR  the directory of this file
+# Optional:
+#   VMH_LOCKSPACE  the shared lockspace directory (default VMH_DIR/lockspace;
+#               e.g. a directory on a CephFS mounted before vmh_init: the
+#               hosts' mount namespaces are copies of ours)
+#   VMH_LOCK_MANAGER  qemu.conf's lock_manager for the next vmh_host_up
+#               (vmlease, nop, lockd or sanlock)
+#   VMH_SANLOCK_LEASES  sanlock's shared disk_lease_dir (default
+#               VMH_DIR/sanlock-leases); VMH_SANLOCK_PRELOAD: an LD_PRELOAD
+#               for the sanlock daemon
 # Timing of the test hosts: vmh_host_up writes it into each config.
 
 VMH_HOSTS=""
@@ -46,13 +55,15 @@ vmh_init() {
     ip netns add "$(vmh_switch)"
     ip -n "$(vmh_switch)" link add br0 type bridge
     ip -n "$(vmh_switch)" link set br0 up
-    for d in /var/lib/vmlease/lockspace /var/lib/vmlease /run/vmlease; do
+    for d in /var/lib/vmlease/lockspace /var/lib/vmlease /run/vmlease /run/sanlock; do
         [ -e "$d" ] || VMH_MADE="$VMH_MADE $d"
     done
     rm -rf "$VMH_DIR"
-    mkdir -p "$VMH_DIR/lockspace"
+    VMH_LOCKSPACE=${VMH_LOCKSPACE:-$VMH_DIR/lockspace}
+    VMH_SANLOCK_LEASES=${VMH_SANLOCK_LEASES:-$VMH_DIR/sanlock-leases}
+    mkdir -p "$VMH_DIR" "$VMH_LOCKSPACE"
     cc -O2 -o "$VMH_DIR/subreaper" "$VMH_LIBDIR/subreaper.c"
-    printf 'lockspace_dir = "%s"\n' "$VMH_DIR/lockspace" >"$VMH_DIR/init.conf"
+    printf 'lockspace_dir = "%s"\n' "$VMH_LOCKSPACE" >"$VMH_DIR/init.conf"
     "$VMH_BIN/vmlease" --config "$VMH_DIR/init.conf" init >/dev/null
 }
 
@@ -60,7 +71,7 @@ vmh_cleanup() {
     set +e
     for n in $VMH_HOSTS; do
         h="$VMH_DIR/host-$n"
-        for f in "$h/run/libvirtd.pid" "$h/run/virtlogd.pid" "$h/run/virtlockd.pid" "$h/watchdog.pid" "$h"/run/qemu/*.pid "$h/sleep.pid" "$h/anchor.pid"; do
+        for f in "$h/run/libvirtd.pid" "$h/run/virtlogd.pid" "$h/run/virtlockd.pid" "$h/sanlock/sanlock.pid" "$h/watchdog.pid" "$h"/run/qemu/*.pid "$h/sleep.pid" "$h/anchor.pid"; do
             [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null
         done
     done
@@ -104,6 +115,15 @@ watchdog_timeout = ${VMH_W:-2}
 unsafe_no_watchdog = true
 $extra
 EOC
+    if [ "${VMH_LOCK_MANAGER:-}" = sanlock ]; then
+        mkdir -p "$VMH_SANLOCK_LEASES"
+        cat >"$h/etc/qemu-sanlock.conf" <<EOC
+auto_disk_leases = 1
+disk_lease_dir = "/var/lib/libvirt/sanlock"
+host_id = $id
+require_lease_for_disks = 1
+EOC
+    fi
     cp "$VMH_BIN/libvmlease.so" "$h/plugins/vmlease.so"
     # libvirt's own plugins stay reachable for the baselines.
     for p in /usr/lib/x86_64-linux-gnu/libvirt/lock-driver/*.so; do
@@ -123,15 +143,48 @@ EOC
     ip -n "$ns" link set lo up
     ip -n "$(vmh_switch)" link set "vs$id-$VMH_TAG" master br0 up
     echo "$id" >"$h/id"
-    ip netns exec "$ns" unshare --mount --uts --propagation private "$VMH_DIR/subreaper" \
-        sh "$VMH_LIBDIR/vmhost-init.sh" "$n" "$h" "$VMH_BIN" "$VMH_DIR/lockspace" >"$h/init.log" 2>&1 &
+    VMH_SANLOCK_LEASES=$VMH_SANLOCK_LEASES VMH_SANLOCK_PRELOAD=${VMH_SANLOCK_PRELOAD:-} \
+        ip netns exec "$ns" unshare --mount --uts --propagation private "$VMH_DIR/subreaper" \
+        sh "$VMH_LIBDIR/vmhost-init.sh" "$n" "$h" "$VMH_BIN" "$VMH_LOCKSPACE" >"$h/init.log" 2>&1 &
     echo $! >"$h/anchor.pid"
     VMH_HOSTS="$VMH_HOSTS $n"
-    if ! vmh_wait "libvirtd on host $n" 15000 vmh_virsh "$n" hostname; then
+    # VMH_UP_TIMEOUT_MS: sanlock's plugin joins its lockspace in libvirtd's
+    # init, which takes ~21 s.
+    if ! vmh_wait "libvirtd on host $n" "${VMH_UP_TIMEOUT_MS:-15000}" vmh_virsh "$n" hostname; then
         tail -n 20 "$h/init.log" "$h/log/libvirtd.log" "$h/watchdog.log" >&2 2>/dev/null
         return 1
     fi
     vmh_wait "host $n to be protected" 10000 vmh_protected "$n"
+}
+
+# vmh_host_crash NAME: host NAME loses power: every process of it (QEMU,
+# libvirtd, virtlogd, the watchdog, the namespace's anchor) is SIGKILLed at
+# once; nothing releases anything. Its network namespace stays (the NIC).
+vmh_host_crash() {
+    h="$VMH_DIR/host-$1"
+    for f in "$h"/run/qemu/*.pid "$h/run/libvirtd.pid" "$h/run/virtlogd.pid" "$h/run/virtlockd.pid" \
+        "$h/sanlock/sanlock.pid" "$h/watchdog.pid" "$h/sleep.pid" "$h/anchor.pid"; do
+        # (a pid may be listed twice, e.g. libvirtd as driver.pid)
+        if [ -f "$f" ]; then kill -9 "$(cat "$f")" 2>/dev/null || true; fi
+    done
+}
+
+# vmh_host_boot NAME: host NAME boots again after vmh_host_crash, with a
+# new kernel boot id (bind-mounted over /proc/sys/kernel/random/boot_id in
+# its mount namespace) and empty /run/libvirt and /run/vmlease (tmpfs on a
+# real host); waits until libvirtd answers and the host is protected.
+vmh_host_boot() {
+    n=$1
+    h="$VMH_DIR/host-$n"
+    rm -rf "$h/run" "$h/state"
+    mkdir -p "$h/run" "$h/state"
+    cat /proc/sys/kernel/random/uuid >"$h/boot_id"
+    VMH_SANLOCK_LEASES=$VMH_SANLOCK_LEASES VMH_SANLOCK_PRELOAD=${VMH_SANLOCK_PRELOAD:-} \
+        ip netns exec "$(vmh_netns "$n")" unshare --mount --uts --propagation private "$VMH_DIR/subreaper" \
+        sh "$VMH_LIBDIR/vmhost-init.sh" "$n" "$h" "$VMH_BIN" "$VMH_LOCKSPACE" >>"$h/init.log" 2>&1 &
+    echo $! >"$h/anchor.pid"
+    vmh_wait "libvirtd on host $n" "${VMH_UP_TIMEOUT_MS:-15000}" vmh_virsh "$n" hostname &&
+        vmh_wait "host $n to be protected" 10000 vmh_protected "$n"
 }
 
 vmh_sock() { echo "$VMH_DIR/host-$1/run/libvirt-sock"; }
@@ -149,7 +202,7 @@ vmh_protected() {
     grep -q '^state=live$' "$st" 2>/dev/null && ! grep -q '^last_renewal_ms=0$' "$st"
 }
 vmh_qemu_pid() { cat "$VMH_DIR/host-$1/run/qemu/$2.pid"; }
-vmh_lease() { echo "$VMH_DIR/lockspace/leases/$1"; }
+vmh_lease() { echo "$VMH_LOCKSPACE/leases/$1"; }
 # vmh_holder KEY: prints "host pid" of each holder of a lease record.
 vmh_holders() {
     f=$(vmh_lease "$1")

@@ -229,14 +229,27 @@ fn can_evacuate(sh: &Shared, from: usize, h: usize, stragglers: &mut Vec<Child>)
     false
 }
 
+/// Where the controller believes VM `v` runs: its newest instance's host
+/// while that instance is alive, or while its host is unreachable (a
+/// controller cannot see a VM die on a host it cannot reach; it must ask
+/// `vmlease can-evacuate`).
 fn alive_host(sh: &Shared, v: usize) -> Option<usize> {
-    sh.instances
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|i| i.vm == v && i.exited_ms.is_none())
-        .map(|i| i.host)
-        .last()
+    let insts = sh.instances.lock().unwrap();
+    let i = insts.iter().filter(|i| i.vm == v).max_by_key(|i| i.inc)?;
+    let alive = insts.iter().any(|j| j.vm == v && j.exited_ms.is_none());
+    if alive {
+        return insts
+            .iter()
+            .filter(|j| j.vm == v && j.exited_ms.is_none())
+            .map(|j| j.host)
+            .last();
+    }
+    sh.unreachable.lock().unwrap()[i.host].then_some(i.host)
+}
+
+/// A host the controller may start VMs on.
+fn reachable(sh: &Shared, h: usize) -> bool {
+    up(sh, h) && !sh.unreachable.lock().unwrap()[h]
 }
 
 fn up(sh: &Shared, h: usize) -> bool {
@@ -292,7 +305,12 @@ fn controller(
                     continue;
                 }
                 last_try[v] = now;
-                let h = rng.below(HOSTS as u64) as usize;
+                let ok: Vec<usize> = (0..HOSTS).filter(|&h| reachable(&sh, h)).collect();
+                let h = if ok.is_empty() {
+                    rng.below(HOSTS as u64) as usize
+                } else {
+                    ok[rng.below(ok.len() as u64) as usize]
+                };
                 let (sh, stats, busy_vm) = (sh.clone(), stats.clone(), busy_vm.clone());
                 threads.push(std::thread::spawn(move || {
                     start(&sh, v, h, &stats);
@@ -307,7 +325,9 @@ fn controller(
             let vms: Vec<usize> = (0..VMS)
                 .filter(|&v| alive_host(&sh, v) == Some(h))
                 .collect();
-            let others: Vec<usize> = (0..HOSTS).filter(|&o| o != h && up(&sh, o)).collect();
+            let others: Vec<usize> = (0..HOSTS)
+                .filter(|&o| o != h && reachable(&sh, o))
+                .collect();
             if vms.is_empty()
                 || others.is_empty()
                 || std::mem::replace(&mut busy_host.lock().unwrap()[h], true)
@@ -482,6 +502,12 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
                 }
             }
         }
+        // What the controller can reach: no fault on the host's storage
+        // or daemon, not down.
+        for h in 0..HOSTS {
+            let cut = active.iter().any(|a| a.host == h) || !up(&sh, h);
+            sh.unreachable.lock().unwrap()[h] = cut;
+        }
         // The operator: power-cycle a fenced host once its faults are
         // healed; bring a reset host back.
         for h in 0..HOSTS {
@@ -509,6 +535,7 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
     }
     stop.store(true, Ordering::SeqCst);
     let stragglers = ctl.join().expect("the controller thread");
+    *sh.unreachable.lock().unwrap() = [false; HOSTS];
     for a in active.drain(..) {
         heal(w, &a);
     }

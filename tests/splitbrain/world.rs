@@ -87,6 +87,8 @@ pub struct Shared {
     pub disks: Mutex<String>,
     /// Fencing disabled: writers escape every kill but a host reset.
     pub fencing_disabled: AtomicBool,
+    /// Hosts the controller cannot reach (a fault on them, or down).
+    pub unreachable: Mutex<[bool; HOSTS]>,
 }
 
 fn kill(pid: i32, sig: i32) {
@@ -389,6 +391,7 @@ impl World {
             next_inc: AtomicU32::new(1),
             disks: Mutex::new(String::new()),
             fencing_disabled: AtomicBool::new(false),
+            unreachable: Mutex::new([false; HOSTS]),
         });
         let monitors = (0..HOSTS)
             .map(|h| {

@@ -160,7 +160,11 @@ fn start(sh: &Shared, v: usize, h: usize, stats: &Mutex<Stats>) -> bool {
             });
             let now = boottime_ms();
             let mut insts = sh.instances.lock().unwrap();
-            let prev = insts.iter().filter(|i| i.vm == v).map(|i| i.host).last();
+            let prev = insts
+                .iter()
+                .filter(|i| i.vm == v)
+                .map(|i| i.host)
+                .next_back();
             insts.push(Instance {
                 vm: v,
                 inc,
@@ -242,7 +246,7 @@ fn alive_host(sh: &Shared, v: usize) -> Option<usize> {
             .iter()
             .filter(|j| j.vm == v && j.exited_ms.is_none())
             .map(|j| j.host)
-            .last();
+            .next_back();
     }
     sh.unreachable.lock().unwrap()[i.host].then_some(i.host)
 }
@@ -262,6 +266,8 @@ fn up(sh: &Shared, h: usize) -> bool {
 /// the lease is held. Every start and every can-evacuate runs in a thread
 /// of its own, so that a host whose storage hangs does not hold up the
 /// others (each call is bounded by the plugin's and the CLI's deadlines).
+// Hosts and VMs index several arrays at once.
+#[allow(clippy::needless_range_loop)]
 fn controller(
     sh: Arc<Shared>,
     seed: u64,
@@ -382,6 +388,7 @@ struct Active {
 }
 
 /// Runs one schedule of `secs` seconds; returns its stats.
+#[allow(clippy::needless_range_loop)]
 pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Stats {
     let sh = w.sh.clone();
     eprintln!(

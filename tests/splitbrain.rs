@@ -135,7 +135,7 @@ fn splitbrain_ci() {
         );
     }
     if !replay || !off {
-        let n = env_u64("VMLEASE_SPLITBRAIN_SCHEDULES", 12);
+        let n = env_u64("VMLEASE_SPLITBRAIN_SCHEDULES", 11);
         let secs = env_u64("VMLEASE_SPLITBRAIN_SECS", 25);
         let st = run(&mut w, n, secs, false);
         assert!(

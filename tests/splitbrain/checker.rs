@@ -82,11 +82,23 @@ pub fn parse(line: &str) -> Option<Record> {
     (seen == 5).then_some(r)
 }
 
-/// The records of a disk file, and the lines that do not parse.
-pub fn records(data: &[u8]) -> (Vec<Record>, Vec<Violation>) {
+/// The records of a disk file, the lines that do not parse, and the
+/// number of all-zero records ("holes").
+///
+/// A hole is an append whose new file size reached the MDS while its data
+/// never reached the OSDs: seen once, as the last write of a host whose
+/// storage link was cut and which was then reset (its FUSE connection
+/// aborted). It carries no data, so it cannot be a second live writer's
+/// write; it is counted and shown, not reported as a violation.
+pub fn records(data: &[u8]) -> (Vec<Record>, Vec<Violation>, usize) {
     let mut recs = Vec::new();
     let mut bad = Vec::new();
+    let mut holes = 0;
     for (i, chunk) in data.chunks(64).enumerate() {
+        if chunk.len() == 64 && chunk.iter().all(|&b| b == 0) {
+            holes += 1;
+            continue;
+        }
         let text = String::from_utf8_lossy(chunk);
         match (chunk.len() == 64 && chunk[63] == b'\n')
             .then(|| parse(&text))
@@ -99,7 +111,7 @@ pub fn records(data: &[u8]) -> (Vec<Record>, Vec<Violation>) {
             }),
         }
     }
-    (recs, bad)
+    (recs, bad, holes)
 }
 
 /// Every write by an instance after a later instance's first write, by
@@ -115,7 +127,7 @@ pub fn records(data: &[u8]) -> (Vec<Record>, Vec<Violation>) {
 ///   No false alarm is possible: a record exists only if its writer was
 ///   alive and writing at its timestamp.
 pub fn check(data: &[u8]) -> (usize, Vec<Violation>) {
-    let (recs, mut out) = records(data);
+    let (recs, mut out, _) = records(data);
     // (host, inc) identifies an instance: index of its first record.
     let mut first: Vec<((u32, u32), usize)> = Vec::new();
     for (i, r) in recs.iter().enumerate() {
@@ -160,7 +172,7 @@ pub fn check(data: &[u8]) -> (usize, Vec<Violation>) {
 /// Per instance, in order of first write: host, incarnation, number of
 /// records, first and last record number in the file.
 pub fn summary(data: &[u8]) -> String {
-    let (recs, _) = records(data);
+    let (recs, _, holes) = records(data);
     let mut v: Vec<((u32, u32), usize, usize, usize)> = Vec::new();
     for (i, r) in recs.iter().enumerate() {
         match v.iter_mut().find(|x| x.0 == (r.host, r.inc)) {
@@ -171,10 +183,14 @@ pub fn summary(data: &[u8]) -> String {
             None => v.push(((r.host, r.inc), 1, i, i)),
         }
     }
-    v.iter()
+    let mut out: Vec<String> = v
+        .iter()
         .map(|((h, inc), n, a, b)| format!("host {h} inc {inc}: {n} records #{a}..#{b}"))
-        .collect::<Vec<_>>()
-        .join("; ")
+        .collect();
+    if holes > 0 {
+        out.push(format!("{holes} all-zero record(s) (lost appends)"));
+    }
+    out.join("; ")
 }
 
 #[cfg(test)]
@@ -216,6 +232,9 @@ mod tests {
         let (_, v) = check(&held);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].to_string().contains("seq 1 t=30"), "{}", v[0]);
+        let hole = [rec(1, 1, 0, 10), vec![0; 64], rec(2, 2, 0, 20)].concat();
+        assert_eq!(check(&hole).1.len(), 0);
+        assert_eq!(records(&hole).2, 1);
         let mut torn = rec(1, 1, 0, 10);
         torn.extend_from_slice(b"h=2 vm=0");
         assert_eq!(check(&torn).1.len(), 1);

@@ -76,6 +76,8 @@ pub struct Stats {
     pub reboots: u32,
     pub killed: BTreeMap<&'static str, u32>,
     pub records: usize,
+    /// All-zero records: appends that lost their data (see checker.rs).
+    pub holes: usize,
     pub violations: Vec<String>,
     /// (storage fault -> VM killed, -> VM running elsewhere) in ms.
     pub failovers: Vec<(u64, Option<u64>)>,
@@ -97,6 +99,7 @@ impl Stats {
         self.resets += o.resets;
         self.reboots += o.reboots;
         self.records += o.records;
+        self.holes += o.holes;
         self.violations.extend(o.violations.iter().cloned());
         self.failovers.extend(o.failovers.iter().cloned());
     }
@@ -105,7 +108,7 @@ impl Stats {
         format!(
             "faults {:?}; VMs started {} (refused {}, moved to another host {}), killed {:?}, \
              can-evacuate yes {}, concurrent starts both ok {}, host resets {}, reboots {}, \
-             records {}, violations {}",
+             records {} (all-zero {}), violations {}",
             self.faults,
             self.started,
             self.refused,
@@ -116,6 +119,7 @@ impl Stats {
             self.resets,
             self.reboots,
             self.records,
+            self.holes,
             self.violations.len()
         )
     }
@@ -579,16 +583,20 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
             .filter(|i| i.host == h && i.started_ms < t && i.exited_ms.is_some_and(|e| e > t))
         {
             let killed = i.exited_ms.unwrap();
-            if i.killed_by.is_some() {
-                continue;
-            }
+            // Killed by the host's own fence: its daemon's SIGKILL, or the
+            // reset it (or the watchdog) played when that was not enough.
+            let how = match i.killed_by {
+                None => "killed by the daemon",
+                Some("reset") => "killed by the host reset",
+                Some(_) => continue,
+            };
             let again = insts
                 .iter()
                 .filter(|j| j.vm == i.vm && j.host != h && j.started_ms > t)
                 .map(|j| j.started_ms - t)
                 .min();
             eprintln!(
-                "  failover: host {} storage fault -> vm{} (incarnation {}) killed after {} ms -> running on another host after {}",
+                "  failover: host {} storage fault -> vm{} (incarnation {}) {how} after {} ms -> running on another host after {}",
                 h + 1,
                 i.vm,
                 i.inc,
@@ -604,6 +612,7 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
         let data = fs::read(&p).unwrap_or_default();
         let (n, viol) = checker::check(&data);
         st.records += n;
+        st.holes += checker::records(&data).2;
         eprintln!("  vm{v}: {}", checker::summary(&data));
         for (k, x) in viol.iter().enumerate() {
             let msg = format!("seed {seed} disk {}: {x}", p.display());

@@ -384,6 +384,34 @@ fn controller(
     v
 }
 
+/// The controller thread, stopped and joined also when the schedule
+/// panics (before the world's drop kills the stand-ins, so that none is
+/// started after that).
+struct Controller {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<Child>>>,
+}
+
+impl Controller {
+    fn stop(&mut self) -> Vec<Child> {
+        self.stop.store(true, Ordering::SeqCst);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(v)) => v,
+            Some(Err(_)) => panic!("the controller thread panicked"),
+            None => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 struct Active {
     kind: Kind,
     host: usize,
@@ -434,9 +462,12 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
     let stats = Arc::new(Mutex::new(Stats::default()));
     let dup = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let ctl = {
-        let (sh, stats, dup, stop) = (sh.clone(), stats.clone(), dup.clone(), stop.clone());
-        std::thread::spawn(move || controller(sh, seed, stats, dup, stop))
+    let mut ctl = Controller {
+        stop: stop.clone(),
+        thread: Some({
+            let (sh, stats, dup, stop) = (sh.clone(), stats.clone(), dup.clone(), stop.clone());
+            std::thread::spawn(move || controller(sh, seed, stats, dup, stop))
+        }),
     };
     let t0 = boottime_ms();
     let end = t0 + secs * 1000;
@@ -525,7 +556,8 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
             let faulty = active.iter().any(|a| a.host == h);
             let down = sh.hosts[h].lock().unwrap().down_since;
             if let Some(t) = down {
-                if !faulty && now - t > 1000 {
+                // The monitor may have set it after `now` was read.
+                if !faulty && now.saturating_sub(t) > 1000 {
                     w.reboot(h);
                     stats.lock().unwrap().reboots += 1;
                     fenced_since[h] = None;
@@ -544,8 +576,7 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    stop.store(true, Ordering::SeqCst);
-    let stragglers = ctl.join().expect("the controller thread");
+    let stragglers = ctl.stop();
     *sh.unreachable.lock().unwrap() = [false; HOSTS];
     for a in active.drain(..) {
         heal(w, &a);

@@ -7,6 +7,9 @@
  *
  * usage: sb_writer DISK HOST VM INCARNATION INTERVAL_MS [now]
  * ("now": do not wait for the byte on fd 0)
+ *
+ * It exits when the test process that started it is gone (reparented), so
+ * that a test killed without running its destructors leaves no writer.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +25,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: sb_writer DISK HOST VM INC INTERVAL_MS [now]\n");
         return 2;
     }
+    pid_t parent = getppid();
     const char *disk = argv[1];
     int host = atoi(argv[2]), vm = atoi(argv[3]), inc = atoi(argv[4]);
     long interval = atol(argv[5]);
@@ -37,6 +41,8 @@ int main(int argc, char **argv)
     struct timespec pause = {interval / 1000, (interval % 1000) * 1000000L};
     int fd = -1;
     for (unsigned long long seq = 0;; seq++) {
+        if (getppid() != parent)
+            return 0;
         if (fd < 0)
             fd = open(disk, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
         if (fd >= 0) {

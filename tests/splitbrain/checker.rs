@@ -19,6 +19,8 @@ pub struct Record {
     pub seq: u64,
     /// CLOCK_BOOTTIME of the writer, in ms (one machine: comparable).
     pub t_ms: u64,
+    /// Its place in the file (record number, 64 bytes each).
+    pub pos: usize,
 }
 
 impl fmt::Display for Record {
@@ -65,6 +67,7 @@ pub fn parse(line: &str) -> Option<Record> {
         inc: 0,
         seq: 0,
         t_ms: 0,
+        pos: 0,
     };
     let mut seen = 0;
     for w in line.split_whitespace() {
@@ -104,7 +107,7 @@ pub fn records(data: &[u8]) -> (Vec<Record>, Vec<Violation>, usize) {
             .then(|| parse(&text))
             .flatten()
         {
-            Some(r) => recs.push(r),
+            Some(r) => recs.push(Record { pos: i, ..r }),
             None => bad.push(Violation::Damaged {
                 at: i,
                 text: text.into_owned(),
@@ -160,7 +163,7 @@ pub fn check(data: &[u8]) -> (usize, Vec<Violation>) {
             .max_by_key(|&j| recs[j].t_ms);
         if let Some(n) = by_order.or(by_clock) {
             out.push(Violation::LateWrite {
-                at: i,
+                at: r.pos,
                 late: r.clone(),
                 newer: recs[n].clone(),
             });
@@ -173,14 +176,20 @@ pub fn check(data: &[u8]) -> (usize, Vec<Violation>) {
 /// records, first and last record number in the file.
 pub fn summary(data: &[u8]) -> String {
     let (recs, _, holes) = records(data);
+    let zero: Vec<String> = data
+        .chunks(64)
+        .enumerate()
+        .filter(|(_, c)| c.len() == 64 && c.iter().all(|&b| b == 0))
+        .map(|(i, _)| format!("#{i}"))
+        .collect();
     let mut v: Vec<((u32, u32), usize, usize, usize)> = Vec::new();
-    for (i, r) in recs.iter().enumerate() {
+    for r in &recs {
         match v.iter_mut().find(|x| x.0 == (r.host, r.inc)) {
             Some(x) => {
                 x.1 += 1;
-                x.3 = i;
+                x.3 = r.pos;
             }
-            None => v.push(((r.host, r.inc), 1, i, i)),
+            None => v.push(((r.host, r.inc), 1, r.pos, r.pos)),
         }
     }
     let mut out: Vec<String> = v
@@ -188,7 +197,10 @@ pub fn summary(data: &[u8]) -> String {
         .map(|((h, inc), n, a, b)| format!("host {h} inc {inc}: {n} records #{a}..#{b}"))
         .collect();
     if holes > 0 {
-        out.push(format!("{holes} all-zero record(s) (lost appends)"));
+        out.push(format!(
+            "{holes} all-zero record(s) (lost appends) at {}",
+            zero.join(", ")
+        ));
     }
     out.join("; ")
 }

@@ -1,0 +1,164 @@
+//! The split-brain checker under random faults, on a real Ceph cluster.
+//!
+//! Three hosts, each with its own ceph-fuse client (in its own network
+//! namespace, so its storage link can be cut), its own vmlease-watchdog
+//! with a FIFO watchdog stand-in, and its own copy of vmlease.so. Stand-in
+//! VMs are started through the plugin ABI exactly as libvirt does and
+//! append sequence records to their disk file on CephFS through their
+//! host's mount. An HA controller keeps every VM running (restarting dead
+//! ones, evacuating hosts `vmlease can-evacuate` calls safe, and sometimes
+//! starting one VM on two hosts at once); a seeded fault scheduler hangs
+//! ceph-fuse, cuts storage links, SIGKILLs and SIGSTOPs daemons and kills
+//! QEMUs. Afterwards every disk is checked for two live writers.
+//!
+//! - `cargo test --test splitbrain splitbrain_ci`: a run with fencing
+//!   disabled (must report violations), then the CI-sized fenced run
+//!   (must report none). `VMLEASE_SPLITBRAIN_SCHEDULES` and
+//!   `VMLEASE_SPLITBRAIN_SECS` size it.
+//! - `VMLEASE_SPLITBRAIN_SEED=N` replays one schedule's fault choices
+//!   (`VMLEASE_SPLITBRAIN_FENCING=off` for a disabled-fencing one); the
+//!   timing of a replay differs, the faults and their order do not.
+//! - `bench/splitbrain-long` runs `splitbrain_long` (ignored) for many
+//!   schedules.
+
+mod support;
+
+#[path = "splitbrain/abi.rs"]
+mod abi;
+#[path = "splitbrain/checker.rs"]
+mod checker;
+#[path = "splitbrain/schedule.rs"]
+mod schedule;
+#[path = "splitbrain/world.rs"]
+mod world;
+
+use schedule::Stats;
+use support::daemons;
+use world::World;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v}: not a number"))
+        })
+        .unwrap_or(default)
+}
+
+fn world() -> World {
+    let writer = support::util::c_helper("sb_writer");
+    let w = World::up(writer);
+    eprintln!(
+        "splitbrain: R {} F {} K {} W {} D {} ms; ceph-fuse {}",
+        world::R,
+        world::F,
+        world::K,
+        world::W,
+        world::D,
+        if w.no_page_cache {
+            "with --fuse_disable_pagecache=true"
+        } else {
+            "with its default mount options (kernel page cache on)"
+        }
+    );
+    w
+}
+
+/// Runs `n` schedules from `base` (or the one replayed seed); the totals.
+fn run(w: &mut World, n: u64, secs: u64, disabled: bool) -> Stats {
+    let base = match std::env::var("VMLEASE_SPLITBRAIN_SEED") {
+        Ok(s) => Some(s.parse::<u64>().expect("VMLEASE_SPLITBRAIN_SEED")),
+        Err(_) => None,
+    };
+    let n = if base.is_some() { 1 } else { n };
+    let base = base.unwrap_or_else(|| vmlease::process::random_u64() >> 16);
+    eprintln!("splitbrain: {n} schedule(s) of {secs} s from seed {base}");
+    let mut total = Stats::default();
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let st = schedule::run(w, i as usize, base + i, secs, disabled);
+        total.add(&st);
+    }
+    eprintln!(
+        "=== {} {n} schedule(s) in {:.0} s: {}",
+        if disabled {
+            "FENCING DISABLED"
+        } else {
+            "fencing on"
+        },
+        t.elapsed().as_secs_f64(),
+        total.line()
+    );
+    let mut killed: Vec<u64> = total.failovers.iter().map(|f| f.0).collect();
+    let mut moved: Vec<u64> = total.failovers.iter().filter_map(|f| f.1).collect();
+    killed.sort();
+    moved.sort();
+    let q = |v: &[u64]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            format!(
+                "n={} min {} median {} max {} ms",
+                v.len(),
+                v[0],
+                v[v.len() / 2],
+                v[v.len() - 1]
+            )
+        }
+    };
+    eprintln!(
+        "=== failover on CephFS: storage fault -> VM killed: {}; -> VM running on another host: {}",
+        q(&killed),
+        q(&moved)
+    );
+    total
+}
+
+#[test]
+fn splitbrain_ci() {
+    let _g = daemons::serial();
+    let t = std::time::Instant::now();
+    let mut w = world();
+    let replay = std::env::var_os("VMLEASE_SPLITBRAIN_SEED").is_some();
+    let off = std::env::var("VMLEASE_SPLITBRAIN_FENCING").as_deref() == Ok("off");
+    if !replay || off {
+        let st = run(&mut w, 1, 15, true);
+        assert!(
+            !st.violations.is_empty(),
+            "with fencing disabled the checker found no violation: it cannot be trusted ({})",
+            st.line()
+        );
+        eprintln!(
+            "fencing disabled: the checker reported {} violation(s), as it must",
+            st.violations.len()
+        );
+    }
+    if !replay || !off {
+        let n = env_u64("VMLEASE_SPLITBRAIN_SCHEDULES", 11);
+        let secs = env_u64("VMLEASE_SPLITBRAIN_SECS", 25);
+        let st = run(&mut w, n, secs, false);
+        assert!(
+            st.violations.is_empty(),
+            "split brain with fencing on ({} violations; the first ones):\n{}",
+            st.violations.len(),
+            st.violations[..st.violations.len().min(20)].join("\n")
+        );
+    }
+    eprintln!("splitbrain_ci took {:.0} s", t.elapsed().as_secs_f64());
+}
+
+#[test]
+#[ignore = "long: bench/splitbrain-long runs it"]
+fn splitbrain_long() {
+    let _g = daemons::serial();
+    let mut w = world();
+    let n = env_u64("VMLEASE_SPLITBRAIN_SCHEDULES", 500);
+    let secs = env_u64("VMLEASE_SPLITBRAIN_SECS", 30);
+    let st = run(&mut w, n, secs, false);
+    assert!(
+        st.violations.is_empty(),
+        "split brain with fencing on:\n{}",
+        st.violations.join("\n")
+    );
+}

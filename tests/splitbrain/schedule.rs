@@ -1,0 +1,771 @@
+//! One schedule: start the three daemons on a fresh lockspace, run the HA
+//! controller, inject random faults from a seeded RNG, heal them, then
+//! stop everything and check every disk for two live writers.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::checker;
+use crate::support::daemons;
+use crate::world::{Instance, Shared, World, HOSTS, VMS, WRITE_INTERVAL_MS};
+use vmlease::clock::boottime_ms;
+use vmlease::lockspace::Lockspace;
+
+/// SplitMix64: small, seedable, good enough to pick faults.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    CephHang,
+    LinkDown,
+    DaemonKill,
+    DaemonStop,
+    QemuKill,
+    DupStart,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::CephHang => "ceph-fuse-hang",
+            Kind::LinkDown => "storage-link-down",
+            Kind::DaemonKill => "daemon-sigkill",
+            Kind::DaemonStop => "daemon-sigstop",
+            Kind::QemuKill => "qemu-kill",
+            Kind::DupStart => "concurrent-start",
+        }
+    }
+    fn storage(self) -> bool {
+        matches!(self, Kind::CephHang | Kind::LinkDown)
+    }
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub faults: BTreeMap<&'static str, u32>,
+    pub started: u32,
+    pub refused: u32,
+    pub moved: u32,
+    pub evacuate_yes: u32,
+    pub dup_both: u32,
+    pub resets: u32,
+    pub reboots: u32,
+    pub killed: BTreeMap<&'static str, u32>,
+    pub records: usize,
+    /// All-zero records: appends that lost their data (see checker.rs).
+    pub holes: usize,
+    pub violations: Vec<String>,
+    /// (storage fault -> VM killed, -> VM running elsewhere) in ms.
+    pub failovers: Vec<(u64, Option<u64>)>,
+}
+
+impl Stats {
+    pub fn add(&mut self, o: &Stats) {
+        for (k, v) in &o.faults {
+            *self.faults.entry(k).or_default() += v;
+        }
+        for (k, v) in &o.killed {
+            *self.killed.entry(k).or_default() += v;
+        }
+        self.started += o.started;
+        self.refused += o.refused;
+        self.moved += o.moved;
+        self.evacuate_yes += o.evacuate_yes;
+        self.dup_both += o.dup_both;
+        self.resets += o.resets;
+        self.reboots += o.reboots;
+        self.records += o.records;
+        self.holes += o.holes;
+        self.violations.extend(o.violations.iter().cloned());
+        self.failovers.extend(o.failovers.iter().cloned());
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "faults {:?}; VMs started {} (refused {}, moved to another host {}), killed {:?}, \
+             can-evacuate yes {}, concurrent starts both ok {}, host resets {}, reboots {}, \
+             records {} (all-zero {}), violations {}",
+            self.faults,
+            self.started,
+            self.refused,
+            self.moved,
+            self.killed,
+            self.evacuate_yes,
+            self.dup_both,
+            self.resets,
+            self.reboots,
+            self.records,
+            self.holes,
+            self.violations.len()
+        )
+    }
+}
+
+/// libvirt's start of VM `v` on host `h` through the plugin ABI; Ok when
+/// the lease was acquired and the stand-in runs.
+fn start(sh: &Shared, v: usize, h: usize, stats: &Mutex<Stats>) -> bool {
+    if sh.hosts[h].lock().unwrap().down_since.is_some() {
+        return false;
+    }
+    let inc = sh.next_inc.fetch_add(1, Ordering::SeqCst);
+    let disk = sh.disk_path(h, v);
+    let disabled = sh.fencing_disabled.load(Ordering::SeqCst);
+    let args: Vec<String> = vec![
+        disk.display().to_string(),
+        (h + 1).to_string(),
+        v.to_string(),
+        inc.to_string(),
+        WRITE_INTERVAL_MS.to_string(),
+    ];
+    let argv: Vec<CString> = if disabled {
+        // The registered "QEMU" is not the writer: the writer escapes the
+        // daemon's kill (fencing disabled).
+        vec![c"/bin/sleep".into(), c"100000".into()]
+    } else {
+        std::iter::once(sh.writer.display().to_string())
+            .chain(args.iter().cloned())
+            .map(|s| CString::new(s).unwrap())
+            .collect()
+    };
+    match sh.plugins[h].start(&sh.doms[v], &argv) {
+        Ok(st) => {
+            let escaped = disabled.then(|| {
+                Command::new(&sh.writer)
+                    .args(&args)
+                    .arg("now")
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .expect("spawn the escaped writer")
+                    .id() as i32
+            });
+            let now = boottime_ms();
+            let mut insts = sh.instances.lock().unwrap();
+            let prev = insts
+                .iter()
+                .filter(|i| i.vm == v)
+                .map(|i| i.host)
+                .next_back();
+            insts.push(Instance {
+                vm: v,
+                inc,
+                host: h,
+                pid: st.pid,
+                escaped,
+                started_ms: now,
+                exited_ms: None,
+                escaped_exited: false,
+                killed_by: None,
+            });
+            drop(insts);
+            // A reset that came during the start missed this one: play it.
+            if sh.hosts[h].lock().unwrap().down_since.is_some() {
+                for p in [Some(st.pid), escaped].into_iter().flatten() {
+                    // SAFETY: our own unreaped children.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+            }
+            st.go();
+            let mut s = stats.lock().unwrap();
+            s.started += 1;
+            if prev.is_some_and(|p| p != h) {
+                s.moved += 1;
+            }
+            eprintln!(
+                "  [{now}] vm{v} started on host {} (incarnation {inc})",
+                h + 1
+            );
+            true
+        }
+        Err((pid, _)) => {
+            if let Some(p) = pid {
+                // SAFETY: waitpid on our own SIGKILLed child.
+                unsafe { libc::waitpid(p, std::ptr::null_mut(), 0) };
+            }
+            stats.lock().unwrap().refused += 1;
+            false
+        }
+    }
+}
+
+/// `vmlease --config CONF(from) can-evacuate HOST`: exit 0 = yes. The
+/// CLI answers within its deadline even on a hung mount, but its I/O
+/// thread may stay in uninterruptible sleep there, so that the process
+/// cannot be reaped until the mount answers: such a straggler counts as
+/// "no" and is reaped after the faults are healed.
+fn can_evacuate(sh: &Shared, from: usize, h: usize, stragglers: &mut Vec<Child>) -> bool {
+    let mut c = Command::new(daemons::bin("vmlease"))
+        .arg("--config")
+        .arg(&sh.confs[from])
+        .args(["can-evacuate", &(h + 1).to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vmlease can-evacuate");
+    let t = boottime_ms();
+    while boottime_ms() - t < 8000 {
+        if let Ok(Some(st)) = c.try_wait() {
+            return st.success();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stragglers.push(c);
+    false
+}
+
+/// Where the controller believes VM `v` runs: its newest instance's host
+/// while that instance is alive, or while its host is unreachable (a
+/// controller cannot see a VM die on a host it cannot reach; it must ask
+/// `vmlease can-evacuate`).
+fn alive_host(sh: &Shared, v: usize) -> Option<usize> {
+    let insts = sh.instances.lock().unwrap();
+    let i = insts.iter().filter(|i| i.vm == v).max_by_key(|i| i.inc)?;
+    let alive = insts.iter().any(|j| j.vm == v && j.exited_ms.is_none());
+    if alive {
+        return insts
+            .iter()
+            .filter(|j| j.vm == v && j.exited_ms.is_none())
+            .map(|j| j.host)
+            .next_back();
+    }
+    sh.unreachable.lock().unwrap()[i.host].then_some(i.host)
+}
+
+/// A host the controller may start VMs on.
+fn reachable(sh: &Shared, h: usize) -> bool {
+    up(sh, h) && !sh.unreachable.lock().unwrap()[h]
+}
+
+fn up(sh: &Shared, h: usize) -> bool {
+    sh.hosts[h].lock().unwrap().down_since.is_none()
+}
+
+/// The HA controller: restarts VMs that are not running (on a random
+/// host), and evacuates the VMs of a host `vmlease can-evacuate` calls
+/// safe. The plugin is the final guard: it must refuse every start while
+/// the lease is held. Every start and every can-evacuate runs in a thread
+/// of its own, so that a host whose storage hangs does not hold up the
+/// others (each call is bounded by the plugin's and the CLI's deadlines).
+// Hosts and VMs index several arrays at once.
+#[allow(clippy::needless_range_loop)]
+fn controller(
+    sh: Arc<Shared>,
+    seed: u64,
+    stats: Arc<Mutex<Stats>>,
+    dup: Arc<Mutex<Vec<usize>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<Child> {
+    let stragglers = Arc::new(Mutex::new(Vec::new()));
+    let busy_vm = Arc::new(Mutex::new([false; VMS]));
+    let busy_host = Arc::new(Mutex::new([false; HOSTS]));
+    let mut rng = Rng::new(seed ^ 0xC0_47_20_11);
+    let mut last_try = [0u64; VMS];
+    let mut last_evac = [0u64; HOSTS];
+    let mut threads = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let now = boottime_ms();
+        let requests: Vec<usize> = dup.lock().unwrap().drain(..).collect();
+        for v in requests {
+            let a = rng.below(HOSTS as u64) as usize;
+            let b = (a + 1 + rng.below(HOSTS as u64 - 1) as usize) % HOSTS;
+            let (sh, stats) = (sh.clone(), stats.clone());
+            threads.push(std::thread::spawn(move || {
+                let (ra, rb) = std::thread::scope(|s| {
+                    let ta = s.spawn(|| start(&sh, v, a, &stats));
+                    let tb = s.spawn(|| start(&sh, v, b, &stats));
+                    (ta.join().unwrap(), tb.join().unwrap())
+                });
+                eprintln!(
+                    "  [{now}] concurrent start of vm{v} on hosts {} and {}: {ra} / {rb}",
+                    a + 1,
+                    b + 1
+                );
+                if ra && rb {
+                    stats.lock().unwrap().dup_both += 1;
+                }
+            }));
+        }
+        for v in 0..VMS {
+            if alive_host(&sh, v).is_none() && now - last_try[v] > 300 {
+                if std::mem::replace(&mut busy_vm.lock().unwrap()[v], true) {
+                    continue;
+                }
+                last_try[v] = now;
+                let ok: Vec<usize> = (0..HOSTS).filter(|&h| reachable(&sh, h)).collect();
+                let h = if ok.is_empty() {
+                    rng.below(HOSTS as u64) as usize
+                } else {
+                    ok[rng.below(ok.len() as u64) as usize]
+                };
+                let (sh, stats, busy_vm) = (sh.clone(), stats.clone(), busy_vm.clone());
+                threads.push(std::thread::spawn(move || {
+                    start(&sh, v, h, &stats);
+                    busy_vm.lock().unwrap()[v] = false;
+                }));
+            }
+        }
+        for h in 0..HOSTS {
+            if now - last_evac[h] < 1000 {
+                continue;
+            }
+            let vms: Vec<usize> = (0..VMS)
+                .filter(|&v| alive_host(&sh, v) == Some(h))
+                .collect();
+            let others: Vec<usize> = (0..HOSTS)
+                .filter(|&o| o != h && reachable(&sh, o))
+                .collect();
+            if vms.is_empty()
+                || others.is_empty()
+                || std::mem::replace(&mut busy_host.lock().unwrap()[h], true)
+            {
+                continue;
+            }
+            last_evac[h] = now;
+            let o = others[rng.below(others.len() as u64) as usize];
+            let (sh, stats, busy_host, busy_vm, stragglers) = (
+                sh.clone(),
+                stats.clone(),
+                busy_host.clone(),
+                busy_vm.clone(),
+                stragglers.clone(),
+            );
+            threads.push(std::thread::spawn(move || {
+                let mut st = Vec::new();
+                if can_evacuate(&sh, o, h, &mut st) {
+                    stats.lock().unwrap().evacuate_yes += 1;
+                    eprintln!(
+                        "  [{}] host {} says host {} may be evacuated: {vms:?}",
+                        boottime_ms(),
+                        o + 1,
+                        h + 1
+                    );
+                    for v in vms {
+                        if !std::mem::replace(&mut busy_vm.lock().unwrap()[v], true) {
+                            start(&sh, v, o, &stats);
+                            busy_vm.lock().unwrap()[v] = false;
+                        }
+                    }
+                }
+                stragglers.lock().unwrap().extend(st);
+                busy_host.lock().unwrap()[h] = false;
+            }));
+        }
+        threads.retain(|t| !t.is_finished());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for t in threads {
+        t.join().expect("a controller thread");
+    }
+    let v = std::mem::take(&mut *stragglers.lock().unwrap());
+    v
+}
+
+/// The controller thread, stopped and joined also when the schedule
+/// panics (before the world's drop kills the stand-ins, so that none is
+/// started after that).
+struct Controller {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<Child>>>,
+}
+
+impl Controller {
+    fn stop(&mut self) -> Vec<Child> {
+        self.stop.store(true, Ordering::SeqCst);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(v)) => v,
+            Some(Err(_)) => panic!("the controller thread panicked"),
+            None => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Active {
+    kind: Kind,
+    host: usize,
+    heal_at: u64,
+    pid: i32,
+}
+
+/// Runs one schedule of `secs` seconds; returns its stats.
+#[allow(clippy::needless_range_loop)]
+pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Stats {
+    let sh = w.sh.clone();
+    eprintln!(
+        "=== schedule {n} seed={seed} fencing={} (replay: VMLEASE_SPLITBRAIN_SEED={seed}{})",
+        if disabled { "DISABLED" } else { "on" },
+        if disabled {
+            " VMLEASE_SPLITBRAIN_FENCING=off"
+        } else {
+            ""
+        }
+    );
+    let mut rng = Rng::new(seed);
+    sh.fencing_disabled.store(disabled, Ordering::SeqCst);
+    // A fresh lockspace and disk directory, through the checker's client.
+    let ls = w.check_mount.path.join("ls");
+    let _ = fs::remove_dir_all(&ls);
+    Lockspace::init(&ls, 16).unwrap();
+    let disks = format!("disks-{n}-{seed}");
+    fs::create_dir_all(w.check_mount.path.join(&disks)).unwrap();
+    *sh.disks.lock().unwrap() = disks.clone();
+    sh.instances.lock().unwrap().clear();
+    for h in 0..HOSTS {
+        // A client that lived through a storage fault may have been
+        // evicted (blocklisted): give the host a fresh one.
+        if std::mem::take(&mut w.suspect[h]) {
+            w.remount(h);
+        }
+        w.start_daemon(h);
+    }
+    for h in 0..HOSTS {
+        let cfg = w.hosts[h].cfg.clone();
+        let log = w.hosts[h].log.clone();
+        daemons::wait_until(&format!("host {} to be protected", h + 1), 30_000, || {
+            vmlease::plugin::protected_status(&cfg)
+                .map(|_| ())
+                .map_err(|e| format!("{e}; daemon log:\n{}", support_tail(&log)))
+        });
+    }
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let dup = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut ctl = Controller {
+        stop: stop.clone(),
+        thread: Some({
+            let (sh, stats, dup, stop) = (sh.clone(), stats.clone(), dup.clone(), stop.clone());
+            std::thread::spawn(move || controller(sh, seed, stats, dup, stop))
+        }),
+    };
+    let t0 = boottime_ms();
+    let end = t0 + secs * 1000;
+    // Give the controller a moment to start every VM before the first fault.
+    let mut next_fault = t0 + 3000;
+    let mut active: Vec<Active> = Vec::new();
+    let mut storage_events: Vec<(usize, u64)> = Vec::new();
+    let mut fenced_since = [None::<u64>; HOSTS];
+    let mut first_kill = disabled;
+    let kinds = [
+        (Kind::CephHang, 3),
+        (Kind::LinkDown, 3),
+        (Kind::DaemonKill, 2),
+        (Kind::DaemonStop, 2),
+        (Kind::QemuKill, 3),
+        (Kind::DupStart, 2),
+    ];
+    let total: u64 = kinds.iter().map(|k| k.1).sum();
+    loop {
+        let now = boottime_ms();
+        if now >= end {
+            break;
+        }
+        // Heal what is due.
+        let mut i = 0;
+        while i < active.len() {
+            if active[i].heal_at <= now {
+                let a = active.remove(i);
+                heal(w, &a);
+            } else {
+                i += 1;
+            }
+        }
+        if now >= next_fault {
+            next_fault = now + rng.range(1000, 6000);
+            let mut r = rng.below(total);
+            let mut kind = kinds[0].0;
+            for (k, wgt) in kinds {
+                if r < wgt {
+                    kind = k;
+                    break;
+                }
+                r -= wgt;
+            }
+            let mut h = rng.below(HOSTS as u64) as usize;
+            if first_kill {
+                // Fencing disabled: make sure a QEMU is killed and restarted.
+                kind = Kind::QemuKill;
+                if let Some(i) = sh
+                    .instances
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|i| i.exited_ms.is_none())
+                {
+                    h = i.host;
+                    first_kill = false;
+                }
+            }
+            let busy = active
+                .iter()
+                .any(|a| a.host == h && a.kind.storage() == kind.storage())
+                || !up(&sh, h);
+            if !busy {
+                if let Some(a) = inject(w, &mut rng, kind, h, &dup) {
+                    *stats.lock().unwrap().faults.entry(kind.name()).or_default() += 1;
+                    if kind.storage() {
+                        w.suspect[h] = true;
+                        storage_events.push((h, now));
+                    }
+                    if a.heal_at > 0 {
+                        active.push(a);
+                    }
+                }
+            }
+        }
+        // What the controller can reach: no fault on the host's storage
+        // or daemon, not down.
+        for h in 0..HOSTS {
+            let cut = active.iter().any(|a| a.host == h) || !up(&sh, h);
+            sh.unreachable.lock().unwrap()[h] = cut;
+        }
+        // The operator: power-cycle a fenced host once its faults are
+        // healed; bring a reset host back.
+        for h in 0..HOSTS {
+            let faulty = active.iter().any(|a| a.host == h);
+            let down = sh.hosts[h].lock().unwrap().down_since;
+            if let Some(t) = down {
+                // The monitor may have set it after `now` was read.
+                if !faulty && now.saturating_sub(t) > 1000 {
+                    w.reboot(h);
+                    stats.lock().unwrap().reboots += 1;
+                    fenced_since[h] = None;
+                    eprintln!("  [{}] host {} rebooted", boottime_ms(), h + 1);
+                }
+                continue;
+            }
+            if !faulty && w.fenced(h) {
+                let t = *fenced_since[h].get_or_insert(now);
+                if now - t > 2000 {
+                    sh.reset(h, "operator: power-cycling the fenced host");
+                }
+            } else {
+                fenced_since[h] = None;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stragglers = ctl.stop();
+    *sh.unreachable.lock().unwrap() = [false; HOSTS];
+    for a in active.drain(..) {
+        heal(w, &a);
+    }
+    for mut c in stragglers {
+        let pid = c.id();
+        let t = boottime_ms();
+        while !matches!(c.try_wait(), Ok(Some(_))) {
+            assert!(
+                boottime_ms() - t < 60_000,
+                "vmlease can-evacuate (pid {pid}) still not reapable 60 s after the faults were healed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    sh.kill_all("end");
+    w.stop_daemons();
+    let mut st = std::mem::take(&mut *stats.lock().unwrap());
+    st.resets = sh
+        .hosts
+        .iter()
+        .map(|h| h.lock().unwrap().resets.drain(..).count() as u32)
+        .sum();
+    let insts = sh.instances.lock().unwrap().clone();
+    for i in &insts {
+        let why = i.killed_by.unwrap_or("fence/exit");
+        if why != "end" {
+            *st.killed.entry(why).or_default() += 1;
+        }
+    }
+    // Failover: storage fault on h at t -> h's VMs killed -> running elsewhere.
+    for (h, t) in storage_events {
+        for i in insts
+            .iter()
+            .filter(|i| i.host == h && i.started_ms < t && i.exited_ms.is_some_and(|e| e > t))
+        {
+            let killed = i.exited_ms.unwrap();
+            // Killed by the host's own fence: its daemon's SIGKILL, or the
+            // reset it (or the watchdog) played when that was not enough.
+            let how = match i.killed_by {
+                None => "killed by the daemon",
+                Some("reset") => "killed by the host reset",
+                Some(_) => continue,
+            };
+            let again = insts
+                .iter()
+                .filter(|j| j.vm == i.vm && j.host != h && j.started_ms > t)
+                .map(|j| j.started_ms - t)
+                .min();
+            eprintln!(
+                "  failover: host {} storage fault -> vm{} (incarnation {}) {how} after {} ms -> running on another host after {}",
+                h + 1,
+                i.vm,
+                i.inc,
+                killed - t,
+                again.map(|a| format!("{a} ms")).unwrap_or("(not within the schedule)".into())
+            );
+            st.failovers.push((killed - t, again));
+        }
+    }
+    // The checker.
+    for v in 0..VMS {
+        let p = w.check_mount.path.join(&disks).join(format!("vm{v}"));
+        let data = fs::read(&p).unwrap_or_default();
+        let (n, viol) = checker::check(&data);
+        st.records += n;
+        st.holes += checker::records(&data).2;
+        eprintln!("  vm{v}: {}", checker::summary(&data));
+        for (k, x) in viol.iter().enumerate() {
+            let msg = format!("seed {seed} disk {}: {x}", p.display());
+            if k < 5 {
+                eprintln!("  VIOLATION {msg}");
+            } else if k == 5 {
+                eprintln!("  ... {} more violations on this disk", viol.len() - 5);
+            }
+            st.violations.push(msg);
+        }
+    }
+    if st.violations.is_empty() && !disabled {
+        let _ = fs::remove_dir_all(w.check_mount.path.join(&disks));
+    } else {
+        eprintln!(
+            "  disks kept in {}",
+            w.check_mount.path.join(&disks).display()
+        );
+    }
+    eprintln!("--- schedule {n} seed={seed}: {}", st.line());
+    st
+}
+
+fn inject(
+    w: &mut World,
+    rng: &mut Rng,
+    kind: Kind,
+    h: usize,
+    dup: &Mutex<Vec<usize>>,
+) -> Option<Active> {
+    let sh = w.sh.clone();
+    let now = boottime_ms();
+    let mut a = Active {
+        kind,
+        host: h,
+        heal_at: 0,
+        pid: 0,
+    };
+    match kind {
+        Kind::CephHang => {
+            w.mounts[h].as_ref()?.hang();
+            a.heal_at = now + rng.range(1000, 14000);
+        }
+        Kind::LinkDown => {
+            set_link(w, h, "down");
+            a.heal_at = now + rng.range(1000, 14000);
+        }
+        Kind::DaemonKill | Kind::DaemonStop => {
+            let pid = sh.hosts[h].lock().unwrap().daemon_pid?;
+            let sig = if kind == Kind::DaemonKill {
+                libc::SIGKILL
+            } else {
+                libc::SIGSTOP
+            };
+            // SAFETY: our own child (the daemon), not reaped yet.
+            unsafe { libc::kill(pid, sig) };
+            a.pid = pid;
+            a.heal_at = now
+                + if kind == Kind::DaemonKill {
+                    rng.range(200, 3000)
+                } else {
+                    rng.range(300, 4000)
+                };
+        }
+        Kind::QemuKill => {
+            let mut insts = sh.instances.lock().unwrap();
+            let live: Vec<usize> = (0..insts.len())
+                .filter(|&i| insts[i].host == h && insts[i].exited_ms.is_none())
+                .collect();
+            let i = *live.get(rng.below(live.len().max(1) as u64) as usize)?;
+            insts[i].killed_by = Some("fault");
+            // SAFETY: our own unreaped child.
+            unsafe { libc::kill(insts[i].pid, libc::SIGKILL) };
+        }
+        Kind::DupStart => {
+            dup.lock().unwrap().push(rng.below(VMS as u64) as usize);
+        }
+    }
+    eprintln!("  [{now}] FAULT {} on host {}", kind.name(), h + 1);
+    Some(a)
+}
+
+fn support_tail(p: &std::path::Path) -> String {
+    crate::support::util::tail(p, 15)
+}
+
+fn set_link(w: &World, h: usize, state: &str) {
+    let ok = Command::new("ip")
+        .args(["-n", &w.netns[h], "link", "set", "storage", state])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "ip link set storage {state} on host {}", h + 1);
+}
+
+fn heal(w: &mut World, a: &Active) {
+    let h = a.host;
+    let down = !up(&w.sh, h);
+    match a.kind {
+        Kind::CephHang => {
+            if let Some(m) = &w.mounts[h] {
+                m.signal(libc::SIGCONT);
+            }
+        }
+        Kind::LinkDown => set_link(w, h, "up"),
+        Kind::DaemonKill => {
+            if !down && w.sh.hosts[h].lock().unwrap().daemon_pid == Some(a.pid) {
+                w.restart_daemon(h);
+            }
+        }
+        Kind::DaemonStop => {
+            if w.sh.hosts[h].lock().unwrap().daemon_pid == Some(a.pid) {
+                // SAFETY: our own child, not reaped yet.
+                unsafe { libc::kill(a.pid, libc::SIGCONT) };
+            }
+        }
+        Kind::QemuKill | Kind::DupStart => {}
+    }
+    eprintln!(
+        "  [{}] healed {} on host {}",
+        boottime_ms(),
+        a.kind.name(),
+        h + 1
+    );
+}

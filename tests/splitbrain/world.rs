@@ -1,0 +1,516 @@
+//! The split-brain rig: a Ceph cluster in its own network namespace
+//! ("the storage switch"), three hosts each in a network namespace of its
+//! own with a veth to the switch, each with its own ceph-fuse client of
+//! the one CephFS, its own vmlease-watchdog with a FIFO watchdog stand-in,
+//! and its own private copy of vmlease.so. A monitor thread per host
+//! reads the watchdog stand-in, reaps the host's stand-in VMs, and plays
+//! the host reset (watchdog fired, or the daemon recorded a reset): every
+//! stand-in VM of the host is killed, the daemon too, and the host's FUSE
+//! connection is aborted (a rebooted host's CephFS client is gone).
+//! The scheduler then brings the host back like a rebooted one (remount,
+//! empty state directory, daemon restart); the boot id stays the same,
+//! since all hosts share this machine's kernel.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::abi::{self, Dom};
+use crate::support::ceph::{CephCluster, CephMount, CephOptions, MountOptions};
+use crate::support::daemons::{self, Host, NetnsGuard};
+use vmlease::clock::boottime_ms;
+use vmlease::hosts::HostState;
+use vmlease::status::Status;
+
+// R, F, K, W, D in ms. D > max(F + K, F + W) + 2R = 9 s; F well above the
+// MDS's cap-revoke eviction (1 s + a 1 s MDS tick), see docs/cephfs.md.
+pub const R: u64 = 500;
+pub const F: u64 = 6000;
+pub const K: u64 = 1000;
+pub const W: u64 = 2000;
+pub const D: u64 = 10000;
+pub const HOSTS: usize = 3;
+pub const VMS: usize = 4;
+/// A stand-in VM appends a record this often.
+pub const WRITE_INTERVAL_MS: u64 = 50;
+
+/// One VM instance: a stand-in started on a host by the controller.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub vm: usize,
+    pub inc: u32,
+    pub host: usize,
+    pub pid: i32,
+    /// Fencing disabled: the writer that escapes the kill.
+    pub escaped: Option<i32>,
+    pub started_ms: u64,
+    pub exited_ms: Option<u64>,
+    pub escaped_exited: bool,
+    /// Who killed it, when the test did ("fault", "reset", "end").
+    pub killed_by: Option<&'static str>,
+}
+
+/// What the monitor, the controller and the scheduler share about a host.
+#[derive(Default)]
+pub struct HostState2 {
+    pub daemon_pid: Option<i32>,
+    pub fuse_conn: Option<u32>,
+    /// Set by a reset; cleared when the host is back.
+    pub down_since: Option<u64>,
+    pub resets: Vec<String>,
+    /// The watchdog stand-in: last pet, magic close seen, armed.
+    pub last_pet: u64,
+    pub disarmed: bool,
+    pub armed: bool,
+    pub reset_seen: u64,
+}
+
+pub struct Shared {
+    pub plugins: Vec<abi::Plugin>,
+    pub confs: Vec<PathBuf>,
+    pub state_dirs: Vec<PathBuf>,
+    pub host_dirs: Vec<PathBuf>,
+    pub mountpoints: Vec<PathBuf>,
+    pub hosts: Vec<Mutex<HostState2>>,
+    pub instances: Mutex<Vec<Instance>>,
+    pub doms: Vec<Dom>,
+    pub writer: PathBuf,
+    pub stop: AtomicBool,
+    pub next_inc: AtomicU32,
+    /// The current schedule's disk directory name (under each mount).
+    pub disks: Mutex<String>,
+    /// Fencing disabled: writers escape every kill but a host reset.
+    pub fencing_disabled: AtomicBool,
+    /// Hosts the controller cannot reach (a fault on them, or down).
+    pub unreachable: Mutex<[bool; HOSTS]>,
+}
+
+fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) of a process this test started and has not reaped
+    // (our child), so the pid cannot have been reused.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Reaps our child `pid` if it has exited; true then.
+pub fn reaped(pid: i32) -> bool {
+    let mut st = 0;
+    // SAFETY: waitpid on our own child, WNOHANG.
+    let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+    r == pid || r < 0
+}
+
+impl Shared {
+    pub fn disk_path(&self, host: usize, vm: usize) -> PathBuf {
+        self.mountpoints[host]
+            .join(&*self.disks.lock().unwrap())
+            .join(format!("vm{vm}"))
+    }
+
+    /// Plays a host reset: kills every stand-in VM of `h` and its daemon,
+    /// aborts its FUSE connection. Idempotent while the host is down.
+    pub fn reset(&self, h: usize, why: &str) {
+        let mut hs = self.hosts[h].lock().unwrap();
+        if hs.down_since.is_some() {
+            return;
+        }
+        let now = boottime_ms();
+        let mut insts = self.instances.lock().unwrap();
+        for i in insts.iter_mut().filter(|i| i.host == h) {
+            if i.exited_ms.is_none() {
+                i.killed_by.get_or_insert("reset");
+                kill(i.pid, libc::SIGCONT);
+                kill(i.pid, libc::SIGKILL);
+            }
+            if let (Some(p), false) = (i.escaped, i.escaped_exited) {
+                kill(p, libc::SIGKILL);
+            }
+        }
+        drop(insts);
+        if let Some(p) = hs.daemon_pid.take() {
+            kill(p, libc::SIGCONT);
+            kill(p, libc::SIGKILL);
+        }
+        if let Some(c) = hs.fuse_conn {
+            let _ = fs::write(format!("/sys/fs/fuse/connections/{c}/abort"), "1");
+        }
+        hs.down_since = Some(now);
+        hs.last_pet = 0;
+        hs.resets.push(why.to_string());
+        eprintln!("  [{now}] host {} RESET: {why}", h + 1);
+    }
+
+    /// Reaps the host's exited stand-ins.
+    fn reap(&self, h: usize) {
+        let now = boottime_ms();
+        let mut insts = self.instances.lock().unwrap();
+        for i in insts.iter_mut().filter(|i| i.host == h) {
+            if i.exited_ms.is_none() && reaped(i.pid) {
+                i.exited_ms = Some(now);
+            }
+            if let (Some(p), false) = (i.escaped, i.escaped_exited) {
+                if reaped(p) {
+                    i.escaped_exited = true;
+                }
+            }
+        }
+    }
+
+    /// Kills every live stand-in (and escaped writer) and reaps them.
+    pub fn kill_all(&self, why: &'static str) {
+        let mut insts = self.instances.lock().unwrap();
+        let mut live = Vec::new();
+        for i in insts.iter_mut() {
+            if i.exited_ms.is_none() {
+                i.killed_by.get_or_insert(why);
+                live.push(i.pid);
+            }
+            if let (Some(p), false) = (i.escaped, i.escaped_exited) {
+                live.push(p);
+            }
+        }
+        for &p in &live {
+            kill(p, libc::SIGCONT);
+            kill(p, libc::SIGKILL);
+        }
+        for &p in &live {
+            // SAFETY: waitpid on our own SIGKILLed, unreaped child; blocks
+            // until it is gone (a D-state one waits for its mount).
+            unsafe { libc::waitpid(p, std::ptr::null_mut(), 0) };
+        }
+        let now = boottime_ms();
+        for i in insts.iter_mut() {
+            i.exited_ms.get_or_insert(now);
+            i.escaped_exited = true;
+        }
+    }
+}
+
+/// The monitor of host `h`: watchdog stand-in, reset record, reaping.
+fn monitor(sh: Arc<Shared>, h: usize) {
+    let fifo = sh.host_dirs[h].join("watchdog");
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap_or_else(|e| panic!("open {}: {e}", fifo.display()));
+    let reset_file = sh.host_dirs[h].join("reset");
+    let mut buf = [0u8; 256];
+    while !sh.stop.load(Ordering::SeqCst) {
+        let now = boottime_ms();
+        let mut fire = None;
+        {
+            let mut hs = sh.hosts[h].lock().unwrap();
+            if let Ok(n @ 1..) = f.read(&mut buf) {
+                hs.last_pet = now;
+                hs.disarmed = buf[..n].ends_with(b"V");
+            }
+            if hs.armed
+                && hs.down_since.is_none()
+                && hs.last_pet > 0
+                && !hs.disarmed
+                && now - hs.last_pet > W
+            {
+                fire = Some(format!(
+                    "watchdog stand-in fired ({} ms without a pet)",
+                    now - hs.last_pet
+                ));
+            }
+            let len = fs::metadata(&reset_file).map(|m| m.len()).unwrap_or(0);
+            if len > hs.reset_seen {
+                hs.reset_seen = len;
+                if hs.armed && fire.is_none() {
+                    let text = fs::read_to_string(&reset_file).unwrap_or_default();
+                    fire = Some(format!(
+                        "daemon recorded a reset: {}",
+                        text.lines().last().unwrap_or("")
+                    ));
+                }
+            }
+        }
+        if let Some(why) = fire {
+            sh.reset(h, &why);
+        }
+        sh.reap(h);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub struct World {
+    pub sh: Arc<Shared>,
+    monitors: Vec<JoinHandle<()>>,
+    pub hosts: Vec<Host>,
+    pub mounts: Vec<Option<CephMount>>,
+    pub check_mount: CephMount,
+    pub netns: Vec<String>,
+    pub no_page_cache: bool,
+    /// Had a storage fault: remount before the next schedule.
+    pub suspect: [bool; HOSTS],
+    pub ceph: CephCluster,
+    _scratch: daemons::Scratch,
+    _ns: NetnsGuard,
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("ip {}: {e}", args.join(" ")));
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The storage network: a bridge in the switch namespace (the cluster's,
+/// 192.0.2.62) and one veth per host namespace (192.0.2.1-3), each
+/// called `storage` inside the host's namespace.
+fn storage_network() -> (NetnsGuard, String, Vec<String>) {
+    let pid = std::process::id();
+    let sw = format!("vlsb-{pid}-sw");
+    let hosts: Vec<String> = (1..=HOSTS).map(|i| format!("vlsb-{pid}-{i}")).collect();
+    let mut all = hosts.clone();
+    all.push(sw.clone());
+    let guard = NetnsGuard(all.clone());
+    for ns in &all {
+        ip(&["netns", "add", ns]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+    ip(&["-n", &sw, "link", "add", "br-storage", "type", "bridge"]);
+    ip(&[
+        "-n",
+        &sw,
+        "addr",
+        "add",
+        "192.0.2.62/26",
+        "dev",
+        "br-storage",
+    ]);
+    ip(&["-n", &sw, "link", "set", "br-storage", "up"]);
+    for (i, ns) in hosts.iter().enumerate() {
+        let peer = format!("sb{}-storage", i + 1);
+        let addr = format!("192.0.2.{}/26", i + 1);
+        ip(&[
+            "-n", ns, "link", "add", "storage", "type", "veth", "peer", "name", &peer, "netns", &sw,
+        ]);
+        ip(&["-n", ns, "addr", "add", &addr, "dev", "storage"]);
+        ip(&["-n", ns, "link", "set", "storage", "up"]);
+        ip(&["-n", &sw, "link", "set", &peer, "master", "br-storage"]);
+        ip(&["-n", &sw, "link", "set", &peer, "up"]);
+    }
+    (guard, sw, hosts)
+}
+
+impl World {
+    pub fn up(writer: PathBuf) -> World {
+        let no_page_cache = std::env::var_os("VMLEASE_SPLITBRAIN_NO_PAGECACHE").is_some();
+        let (ns_guard, sw, netns) = storage_network();
+        let ceph = CephCluster::up_with(CephOptions {
+            netns: Some(sw.clone()),
+            addr: Some("192.0.2.62".parse().unwrap()),
+            name: "splitbrain".into(),
+            ..CephOptions::default()
+        });
+        // A client that keeps capabilities others need is evicted after
+        // 1 s (acted on at the next 1 s MDS tick): well below F.
+        ceph.set_mds_option("mds_cap_revoke_eviction_timeout", "1");
+        ceph.set_mds_option("mds_tick_interval", "1");
+        ceph.set_session_timeouts(30, 30);
+        let check_mount = ceph.mount_with(
+            "sbcheck",
+            MountOptions {
+                netns: Some(sw.clone()),
+                ..MountOptions::default()
+            },
+        );
+        let scratch = daemons::Scratch::new("splitbrain");
+        let mut hosts = Vec::new();
+        let mut mounts = Vec::new();
+        let so = daemons::bin("libvmlease.so");
+        assert!(
+            so.exists(),
+            "{} is missing: `cargo build` first (cargo build --tests does not build the cdylib)",
+            so.display()
+        );
+        let mut plugins = Vec::new();
+        for (i, ns) in netns.iter().enumerate() {
+            let m = mount_host(&ceph, i, ns, no_page_cache);
+            let hdir = scratch.0.join(format!("host{}", i + 1));
+            fs::create_dir_all(&hdir).unwrap();
+            let fifo = hdir.join("watchdog");
+            let c = CString::new(fifo.to_str().unwrap()).unwrap();
+            // SAFETY: a valid NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+            let h = Host::with_timing(
+                &scratch,
+                (i + 1) as u16,
+                &m.path.join("ls"),
+                &format!("watchdog_device = \"{}\"\n", fifo.display()),
+                [R, F, K, W, D],
+            );
+            plugins.push(abi::load(&scratch.0, &so, &h.conf).unwrap());
+            hosts.push(h);
+            mounts.push(Some(m));
+        }
+        let doms = (0..VMS)
+            .map(|v| Dom {
+                uuid: [0x50 + v as u8; 16],
+                name: CString::new(format!("vm{v}")).unwrap(),
+                disk: CString::new(format!("/var/lib/vmlease-sb/vm{v}.img")).unwrap(),
+            })
+            .collect();
+        let sh = Arc::new(Shared {
+            plugins,
+            confs: hosts.iter().map(|h| h.conf.clone()).collect(),
+            state_dirs: hosts.iter().map(|h| h.cfg.state_dir.clone()).collect(),
+            host_dirs: hosts.iter().map(|h| h.dir.clone()).collect(),
+            mountpoints: mounts
+                .iter()
+                .map(|m| m.as_ref().unwrap().path.clone())
+                .collect(),
+            hosts: mounts
+                .iter()
+                .map(|m| {
+                    Mutex::new(HostState2 {
+                        fuse_conn: m.as_ref().unwrap().fuse_conn(),
+                        ..HostState2::default()
+                    })
+                })
+                .collect(),
+            instances: Mutex::new(Vec::new()),
+            doms,
+            writer,
+            stop: AtomicBool::new(false),
+            next_inc: AtomicU32::new(1),
+            disks: Mutex::new(String::new()),
+            fencing_disabled: AtomicBool::new(false),
+            unreachable: Mutex::new([false; HOSTS]),
+        });
+        let monitors = (0..HOSTS)
+            .map(|h| {
+                let sh = sh.clone();
+                std::thread::spawn(move || monitor(sh, h))
+            })
+            .collect();
+        World {
+            sh,
+            monitors,
+            hosts,
+            mounts,
+            check_mount,
+            netns,
+            no_page_cache,
+            suspect: [false; HOSTS],
+            ceph,
+            _scratch: scratch,
+            _ns: ns_guard,
+        }
+    }
+
+    /// Brings host `h` back like a rebooted host: a new CephFS client
+    /// (the old one is aborted), an empty state directory, the daemon
+    /// started again. Does not wait for it to be protected.
+    pub fn reboot(&mut self, h: usize) {
+        {
+            let mut hs = self.sh.hosts[h].lock().unwrap();
+            hs.armed = false;
+            if let Some(p) = hs.daemon_pid.take() {
+                kill(p, libc::SIGKILL);
+            }
+        }
+        self.hosts[h].daemon = None;
+        self.remount(h);
+        self.start_daemon(h);
+    }
+
+    /// A new CephFS client for host `h` (the old one aborted and gone).
+    pub fn remount(&mut self, h: usize) {
+        if let Some(m) = self.mounts[h].take() {
+            m.umount_hard();
+        }
+        let m = mount_host(&self.ceph, h, &self.netns[h], self.no_page_cache);
+        self.sh.hosts[h].lock().unwrap().fuse_conn = m.fuse_conn();
+        self.mounts[h] = Some(m);
+    }
+
+    /// Starts host `h`'s daemon on an empty state directory.
+    pub fn start_daemon(&mut self, h: usize) {
+        let _ = fs::remove_dir_all(&self.sh.state_dirs[h]);
+        self.hosts[h].spawn(&[]);
+        let mut hs = self.sh.hosts[h].lock().unwrap();
+        hs.daemon_pid = Some(self.hosts[h].daemon.as_ref().unwrap().pid() as i32);
+        hs.last_pet = 0;
+        hs.disarmed = false;
+        hs.down_since = None;
+        hs.armed = true;
+    }
+
+    /// Restarts a killed daemon (systemd's Restart=), keeping its state.
+    pub fn restart_daemon(&mut self, h: usize) {
+        self.hosts[h].daemon = None;
+        self.hosts[h].spawn(&[]);
+        self.sh.hosts[h].lock().unwrap().daemon_pid =
+            Some(self.hosts[h].daemon.as_ref().unwrap().pid() as i32);
+    }
+
+    /// Stops every daemon without a reset being played.
+    pub fn stop_daemons(&mut self) {
+        for h in 0..HOSTS {
+            {
+                let mut hs = self.sh.hosts[h].lock().unwrap();
+                hs.armed = false;
+                hs.daemon_pid = None;
+            }
+            self.hosts[h].daemon = None;
+        }
+    }
+
+    pub fn status(&self, h: usize) -> Option<Status> {
+        Status::read(&self.sh.state_dirs[h]).ok().flatten()
+    }
+
+    /// True when host `h`'s daemon says it is fenced.
+    pub fn fenced(&self, h: usize) -> bool {
+        self.status(h)
+            .map(|s| matches!(s.state, HostState::FencedClean | HostState::Fencing))
+            .unwrap_or(false)
+    }
+}
+
+fn mount_host(ceph: &CephCluster, i: usize, ns: &str, no_page_cache: bool) -> CephMount {
+    ceph.mount_with(
+        &format!("sbh{}", i + 1),
+        MountOptions {
+            netns: Some(ns.into()),
+            no_page_cache,
+            ..MountOptions::default()
+        },
+    )
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.sh.stop.store(true, Ordering::SeqCst);
+        for m in self.monitors.drain(..) {
+            let _ = m.join();
+        }
+        // Hung clients first: a stand-in in D state waits for them.
+        for (h, m) in self.mounts.iter().enumerate() {
+            if let Some(m) = m {
+                m.signal(libc::SIGCONT);
+                let _ = std::process::Command::new("ip")
+                    .args(["-n", &self.netns[h], "link", "set", "storage", "up"])
+                    .status();
+            }
+        }
+        self.sh.kill_all("end");
+        self.stop_daemons();
+    }
+}

@@ -247,6 +247,10 @@ pub struct World {
     pub hosts: Vec<Host>,
     pub mounts: Vec<Option<CephMount>>,
     pub check_mount: CephMount,
+    /// Daemons killed while their I/O may still hang on a faulty client:
+    /// waited for only after the mounts are gone (dropped after them), so
+    /// that the scheduler never blocks on one.
+    graveyard: Vec<daemons::Proc>,
     pub netns: Vec<String>,
     pub no_page_cache: bool,
     /// Had a storage fault: remount before the next schedule.
@@ -405,6 +409,7 @@ impl World {
             hosts,
             mounts,
             check_mount,
+            graveyard: Vec::new(),
             netns,
             no_page_cache,
             suspect: [false; HOSTS],
@@ -425,7 +430,9 @@ impl World {
                 kill(p, libc::SIGKILL);
             }
         }
-        self.hosts[h].daemon = None;
+        if let Some(old) = self.hosts[h].daemon.take() {
+            self.graveyard.push(old);
+        }
         self.remount(h);
         self.start_daemon(h);
     }
@@ -454,7 +461,9 @@ impl World {
 
     /// Restarts a killed daemon (systemd's Restart=), keeping its state.
     pub fn restart_daemon(&mut self, h: usize) {
-        self.hosts[h].daemon = None;
+        if let Some(old) = self.hosts[h].daemon.take() {
+            self.graveyard.push(old);
+        }
         self.hosts[h].spawn(&[]);
         self.sh.hosts[h].lock().unwrap().daemon_pid =
             Some(self.hosts[h].daemon.as_ref().unwrap().pid() as i32);

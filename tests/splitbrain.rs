@@ -123,10 +123,27 @@ fn splitbrain_ci() {
     let replay = std::env::var_os("VMLEASE_SPLITBRAIN_SEED").is_some();
     let off = std::env::var("VMLEASE_SPLITBRAIN_FENCING").as_deref() == Ok("off");
     if !replay || off {
-        let st = run(&mut w, 1, 15, true);
+        // Two live writers do not always overlap on the disk: CephFS can
+        // keep the second writer's open/append waiting until the first is
+        // gone (seen: 1 disabled schedule in about 6). Up to three
+        // schedules; one must show the violations.
+        let tries = if replay { 1 } else { 3 };
+        let mut st = run(&mut w, 1, 15, true);
+        for attempt in 2..=tries {
+            if !st.violations.is_empty() {
+                break;
+            }
+            eprintln!(
+                "fencing disabled: no overlapping writes in schedule {} of {tries} (CephFS held \
+                 the second writer back until the first was gone); another schedule",
+                attempt - 1
+            );
+            st = run(&mut w, 1, 15, true);
+        }
         assert!(
             !st.violations.is_empty(),
-            "with fencing disabled the checker found no violation: it cannot be trusted ({})",
+            "with fencing disabled the checker found no violation in {tries} schedule(s): it \
+             cannot be trusted ({})",
             st.line()
         );
         eprintln!(

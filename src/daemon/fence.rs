@@ -209,6 +209,7 @@ impl Fence {
         let storage_ok = age <= self.timing.renew_fail_timeout;
         let kill_since = self.kill_clock(i);
         let mut log = None;
+        let mut just_killing = false;
 
         // Start a fence?
         if self.phase == Phase::Healthy {
@@ -234,10 +235,13 @@ impl Fence {
                     cause,
                     since: kill_since,
                 };
+                just_killing = true;
             }
         }
 
-        // Progress a fence.
+        // Progress a fence. The kill goes out in the step that starts it:
+        // a fence noticed late (a daemon that slept or restarted past
+        // F + K) resets only if the kill did not work by the next step.
         if let Phase::Fencing { cause, .. } = self.phase.clone() {
             if i.alive_leased == 0 {
                 log = Some(format!(
@@ -248,7 +252,7 @@ impl Fence {
                     cause,
                     since: i.now,
                 };
-            } else {
+            } else if !just_killing {
                 self.reset_if_overdue(i, &mut log);
             }
         }
@@ -257,13 +261,13 @@ impl Fence {
         // may be cleared once the cause is gone.
         if let Phase::Fenced { cause, .. } = self.phase.clone() {
             if i.alive_leased > 0 {
+                // A restarted daemon continuing a storage fence may be
+                // past K already: it kills now and resets at its next
+                // step if that did not work.
                 self.phase = Phase::Fencing {
                     cause,
                     since: kill_since,
                 };
-                // A restarted daemon continuing a storage fence may be
-                // past K already: reset now, not a tick later.
-                self.reset_if_overdue(i, &mut log);
             } else if i.clear_requested {
                 let still_lost = match cause {
                     Cause::Management => i.mgmt_lost || i.mgmt_down,
@@ -489,6 +493,11 @@ mod tests {
         };
         let mut i = inputs(3_200, 0, 1);
         i.started = 1_000;
+        // It kills at once, and resets at its next step (one tick) if the
+        // kill did not work: K ran out long ago.
+        let a = f.step(&i);
+        assert!(a.kill_all && !a.reset && !a.pet, "{a:?}");
+        i.now = 3_300;
         let a = f.step(&i);
         assert!(a.reset && !a.pet, "{a:?}");
     }

@@ -567,6 +567,15 @@ impl Daemon {
             return exit::OK;
         }
         // Nothing leased: leave cleanly so others need not wait for us.
+        // A renewal in flight is waited for (at most io_timeout): else no
+        // 'leaving' is written, and a daemon started soon after continues
+        // the fence clock from our last renewal (KB1) and may fence a host
+        // that runs nothing.
+        let until = boottime_ms() + self.cfg.io_timeout;
+        while self.renew_inflight.is_some() && boottime_ms() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            self.collect_renewal(boottime_ms());
+        }
         if self.last_renewal_ms > 0 && self.renew_inflight.is_none() {
             self.counter += 1;
             let rec = self.record(HostState::Leaving);

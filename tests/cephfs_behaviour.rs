@@ -920,9 +920,13 @@ fn crashed_client(ceph: &CephCluster, ma: &CephMount, mb: &CephMount) {
     let t = Instant::now();
     let e = fs::metadata(ma.path()).expect_err("stat of a dead mount succeeded");
     let failed_in = t.elapsed();
-    assert_eq!(
-        e.raw_os_error(),
-        Some(libc::ENOTCONN),
+    // ENOTCONN once the kernel sees the FUSE device closed; ECONNABORTED
+    // when the connection was aborted first (seen in CI): both fail at once.
+    assert!(
+        matches!(
+            e.raw_os_error(),
+            Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+        ),
         "the dead mount failed with {}",
         errno_name(&e)
     );

@@ -146,12 +146,18 @@ impl Lockspace {
     /// Reads one host's slot.
     pub fn read_host(&self, host_id: u16) -> Result<Slot> {
         self.check_host_id(host_id)?;
+        Ok(hosts::decode_slot(host_id, &self.read_slot_raw(host_id)?))
+    }
+
+    /// One host's slot, raw (`SLOT_SIZE` bytes, zeros past the end of the
+    /// table), read around the page cache. The caller checks `host_id`.
+    pub fn read_slot_raw(&self, host_id: u16) -> Result<Vec<u8>> {
         let path = self.hosts_path();
         let offset = (host_id as u64 - 1) * SLOT_SIZE as u64;
         let mut buf = read_uncached(&path, offset, SLOT_SIZE)
             .map_err(|e| Error::io("read host record", &path, e))?;
         buf.resize(SLOT_SIZE, 0);
-        Ok(hosts::decode_slot(host_id, &buf))
+        Ok(buf)
     }
 
     /// Writes this host's slot and syncs it to storage.

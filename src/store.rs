@@ -19,8 +19,8 @@
 //!   which ceph-fuse's default mounts would otherwise serve stale.
 #![forbid(unsafe_code)]
 
-use crate::error::{Error, Result};
-use crate::hosts::{HostRecord, SLOT_SIZE};
+use crate::error::Result;
+use crate::hosts::HostRecord;
 use crate::lease::LeaseRecord;
 use crate::lockspace::{Lockspace, RecordLock};
 
@@ -61,12 +61,7 @@ impl Store for Lockspace {
     }
 
     fn read_slot_raw(&self, host_id: u16) -> Result<Vec<u8>> {
-        let path = self.hosts_path();
-        let offset = (host_id as u64 - 1) * SLOT_SIZE as u64;
-        let mut buf = crate::lockspace::read_uncached(&path, offset, SLOT_SIZE)
-            .map_err(|e| Error::io("read host record", &path, e))?;
-        buf.resize(SLOT_SIZE, 0);
-        Ok(buf)
+        Lockspace::read_slot_raw(self, host_id)
     }
 
     fn read_hosts_raw(&self) -> Result<Vec<u8>> {
@@ -95,6 +90,7 @@ mod tests {
     use super::*;
     use crate::config::Timing;
     use crate::hosts::HostState;
+    use crate::hosts::SLOT_SIZE;
 
     fn store() -> (std::path::PathBuf, Lockspace) {
         let dir = std::env::temp_dir().join(format!(

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use crate::checker;
 use crate::support::daemons;
-use crate::world::{Instance, Shared, World, HOSTS, VMS, WRITE_INTERVAL_MS};
+use crate::world::{Instance, Shared, World, HOSTS, MGMT_TIMEOUT_S, VMS, WRITE_INTERVAL_MS};
 use vmlease::clock::boottime_ms;
+use vmlease::hosts::HostState;
 use vmlease::lockspace::Lockspace;
 
 /// SplitMix64: small, seedable, good enough to pick faults.
@@ -42,6 +43,7 @@ impl Rng {
 pub enum Kind {
     CephHang,
     LinkDown,
+    MgmtDown,
     DaemonKill,
     DaemonStop,
     QemuKill,
@@ -53,6 +55,7 @@ impl Kind {
         match self {
             Kind::CephHang => "ceph-fuse-hang",
             Kind::LinkDown => "storage-link-down",
+            Kind::MgmtDown => "mgmt-link-down",
             Kind::DaemonKill => "daemon-sigkill",
             Kind::DaemonStop => "daemon-sigstop",
             Kind::QemuKill => "qemu-kill",
@@ -61,6 +64,15 @@ impl Kind {
     }
     fn storage(self) -> bool {
         matches!(self, Kind::CephHang | Kind::LinkDown)
+    }
+    /// Faults of one class do not overlap on a host; of different
+    /// classes they may (storage + management lost together).
+    fn class(self) -> u8 {
+        match self {
+            Kind::CephHang | Kind::LinkDown => 0,
+            Kind::MgmtDown => 1,
+            _ => 2,
+        }
     }
 }
 
@@ -71,6 +83,9 @@ pub struct Stats {
     pub refused: u32,
     pub moved: u32,
     pub evacuate_yes: u32,
+    /// Management cuts the host's daemon reported (its status said
+    /// `mgmt-isolated`, or host 1 fenced for "management network lost").
+    pub mgmt_noticed: u32,
     pub dup_both: u32,
     pub resets: u32,
     pub reboots: u32,
@@ -81,6 +96,9 @@ pub struct Stats {
     pub violations: Vec<String>,
     /// (storage fault -> VM killed, -> VM running elsewhere) in ms.
     pub failovers: Vec<(u64, Option<u64>)>,
+    /// The same for a management link cut on the host whose management
+    /// policy is `fence` (host 1).
+    pub mgmt_failovers: Vec<(u64, Option<u64>)>,
 }
 
 impl Stats {
@@ -95,6 +113,7 @@ impl Stats {
         self.refused += o.refused;
         self.moved += o.moved;
         self.evacuate_yes += o.evacuate_yes;
+        self.mgmt_noticed += o.mgmt_noticed;
         self.dup_both += o.dup_both;
         self.resets += o.resets;
         self.reboots += o.reboots;
@@ -102,12 +121,13 @@ impl Stats {
         self.holes += o.holes;
         self.violations.extend(o.violations.iter().cloned());
         self.failovers.extend(o.failovers.iter().cloned());
+        self.mgmt_failovers.extend(o.mgmt_failovers.iter().cloned());
     }
 
     pub fn line(&self) -> String {
         format!(
             "faults {:?}; VMs started {} (refused {}, moved to another host {}), killed {:?}, \
-             can-evacuate yes {}, concurrent starts both ok {}, host resets {}, reboots {}, \
+             can-evacuate yes {}, management cuts noticed {}, concurrent starts both ok {}, host resets {}, reboots {}, \
              records {} (all-zero {}), violations {}",
             self.faults,
             self.started,
@@ -115,6 +135,7 @@ impl Stats {
             self.moved,
             self.killed,
             self.evacuate_yes,
+            self.mgmt_noticed,
             self.dup_both,
             self.resets,
             self.reboots,
@@ -417,6 +438,8 @@ struct Active {
     host: usize,
     heal_at: u64,
     pid: i32,
+    /// A management cut the host's daemon has reported.
+    noticed: bool,
 }
 
 /// Runs one schedule of `secs` seconds; returns its stats.
@@ -474,12 +497,14 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
     // Give the controller a moment to start every VM before the first fault.
     let mut next_fault = t0 + 3000;
     let mut active: Vec<Active> = Vec::new();
-    let mut storage_events: Vec<(usize, u64)> = Vec::new();
+    // Faults after which the host must kill its VMs: (host, when, storage?).
+    let mut fence_events: Vec<(usize, u64, bool)> = Vec::new();
     let mut fenced_since = [None::<u64>; HOSTS];
     let mut first_kill = disabled;
     let kinds = [
         (Kind::CephHang, 3),
         (Kind::LinkDown, 3),
+        (Kind::MgmtDown, 3),
         (Kind::DaemonKill, 2),
         (Kind::DaemonStop, 2),
         (Kind::QemuKill, 3),
@@ -529,14 +554,16 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
             }
             let busy = active
                 .iter()
-                .any(|a| a.host == h && a.kind.storage() == kind.storage())
+                .any(|a| a.host == h && a.kind.class() == kind.class())
                 || !up(&sh, h);
             if !busy {
                 if let Some(a) = inject(w, &mut rng, kind, h, &dup) {
                     *stats.lock().unwrap().faults.entry(kind.name()).or_default() += 1;
                     if kind.storage() {
                         w.suspect[h] = true;
-                        storage_events.push((h, now));
+                        fence_events.push((h, now, true));
+                    } else if kind == Kind::MgmtDown && h == 0 {
+                        fence_events.push((h, now, false));
                     }
                     if a.heal_at > 0 {
                         active.push(a);
@@ -544,8 +571,25 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
                 }
             }
         }
-        // What the controller can reach: no fault on the host's storage
-        // or daemon, not down.
+        // Has the daemon noticed its management cut?
+        for a in active.iter_mut() {
+            if a.kind == Kind::MgmtDown && !a.noticed {
+                a.noticed = w.status(a.host).is_some_and(|s| {
+                    s.state == HostState::MgmtIsolated
+                        || (matches!(s.state, HostState::Fencing | HostState::FencedClean)
+                            && s.reason.contains("management"))
+                });
+                if a.noticed {
+                    stats.lock().unwrap().mgmt_noticed += 1;
+                    eprintln!(
+                        "  [{now}] host {} reports its management network lost",
+                        a.host + 1
+                    );
+                }
+            }
+        }
+        // What the controller can reach: no fault on the host's storage,
+        // management link or daemon, not down.
         for h in 0..HOSTS {
             let cut = active.iter().any(|a| a.host == h) || !up(&sh, h);
             sh.unreachable.lock().unwrap()[h] = cut;
@@ -607,8 +651,9 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
             *st.killed.entry(why).or_default() += 1;
         }
     }
-    // Failover: storage fault on h at t -> h's VMs killed -> running elsewhere.
-    for (h, t) in storage_events {
+    // Failover: storage fault (or management cut on host 1, policy
+    // `fence`) on h at t -> h's VMs killed -> running elsewhere.
+    for (h, t, storage) in fence_events {
         for i in insts
             .iter()
             .filter(|i| i.host == h && i.started_ms < t && i.exited_ms.is_some_and(|e| e > t))
@@ -627,14 +672,19 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
                 .map(|j| j.started_ms - t)
                 .min();
             eprintln!(
-                "  failover: host {} storage fault -> vm{} (incarnation {}) {how} after {} ms -> running on another host after {}",
+                "  failover: host {} {} fault -> vm{} (incarnation {}) {how} after {} ms -> running on another host after {}",
                 h + 1,
+                if storage { "storage" } else { "management" },
                 i.vm,
                 i.inc,
                 killed - t,
                 again.map(|a| format!("{a} ms")).unwrap_or("(not within the schedule)".into())
             );
-            st.failovers.push((killed - t, again));
+            if storage {
+                st.failovers.push((killed - t, again));
+            } else {
+                st.mgmt_failovers.push((killed - t, again));
+            }
         }
     }
     // The checker.
@@ -681,6 +731,7 @@ fn inject(
         host: h,
         heal_at: 0,
         pid: 0,
+        noticed: false,
     };
     match kind {
         Kind::CephHang => {
@@ -688,8 +739,14 @@ fn inject(
             a.heal_at = now + rng.range(1000, 14000);
         }
         Kind::LinkDown => {
-            set_link(w, h, "down");
+            set_link(w, h, "storage", "down");
             a.heal_at = now + rng.range(1000, 14000);
+        }
+        Kind::MgmtDown => {
+            set_link(w, h, "mgmt", "down");
+            // Longer than the management timeout, so that the daemon
+            // must notice it.
+            a.heal_at = now + rng.range(MGMT_TIMEOUT_S * 1000 + 1500, 14000);
         }
         Kind::DaemonKill | Kind::DaemonStop => {
             let pid = sh.hosts[h].lock().unwrap().daemon_pid?;
@@ -730,13 +787,13 @@ fn support_tail(p: &std::path::Path) -> String {
     crate::support::util::tail(p, 15)
 }
 
-fn set_link(w: &World, h: usize, state: &str) {
+fn set_link(w: &World, h: usize, link: &str, state: &str) {
     let ok = Command::new("ip")
-        .args(["-n", &w.netns[h], "link", "set", "storage", state])
+        .args(["-n", &w.netns[h], "link", "set", link, state])
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(ok, "ip link set storage {state} on host {}", h + 1);
+    assert!(ok, "ip link set {link} {state} on host {}", h + 1);
 }
 
 fn heal(w: &mut World, a: &Active) {
@@ -748,7 +805,8 @@ fn heal(w: &mut World, a: &Active) {
                 m.signal(libc::SIGCONT);
             }
         }
-        Kind::LinkDown => set_link(w, h, "up"),
+        Kind::LinkDown => set_link(w, h, "storage", "up"),
+        Kind::MgmtDown => set_link(w, h, "mgmt", "up"),
         Kind::DaemonKill => {
             if !down && w.sh.hosts[h].lock().unwrap().daemon_pid == Some(a.pid) {
                 w.restart_daemon(h);

@@ -1,8 +1,10 @@
 //! The split-brain rig: a Ceph cluster in its own network namespace
-//! ("the storage switch"), three hosts each in a network namespace of its
-//! own with a veth to the switch, each with its own ceph-fuse client of
-//! the one CephFS, its own vmlease-watchdog with a FIFO watchdog stand-in,
-//! and its own private copy of vmlease.so. A monitor thread per host
+//! ("the switch"), three hosts each in a network namespace of its own
+//! with two veths to the switch (`storage` and `mgmt`), each with its own
+//! ceph-fuse client of the one CephFS, its own vmlease-watchdog (in the
+//! host's namespace, probing the management network) with a FIFO
+//! watchdog stand-in, and its own private copy of vmlease.so. Host 1's
+//! management policy is `fence`, the others' `report`. A monitor thread per host
 //! reads the watchdog stand-in, reaps the host's stand-in VMs, and plays
 //! the host reset (watchdog fired, or the daemon recorded a reset): every
 //! stand-in VM of the host is killed, the daemon too, and the host's FUSE
@@ -35,6 +37,8 @@ pub const F: u64 = 6000;
 pub const K: u64 = 1000;
 pub const W: u64 = 2000;
 pub const D: u64 = 10000;
+/// `[management].timeout` (s): probes failing this long isolate a host.
+pub const MGMT_TIMEOUT_S: u64 = 2;
 pub const HOSTS: usize = 3;
 pub const VMS: usize = 4;
 /// A stand-in VM appends a record this often.
@@ -273,10 +277,15 @@ fn ip(args: &[&str]) {
     );
 }
 
-/// The storage network: a bridge in the switch namespace (the cluster's,
-/// 192.0.2.62) and one veth per host namespace (192.0.2.1-3), each
-/// called `storage` inside the host's namespace.
-fn storage_network() -> (NetnsGuard, String, Vec<String>) {
+/// The management network's address on the switch: what every daemon
+/// probes (ICMP echo) through its host's `mgmt` link.
+pub const MGMT_SWITCH: &str = "198.51.100.62";
+
+/// The networks: in the switch namespace a storage bridge (the cluster's
+/// address, 192.0.2.62) and a management bridge (198.51.100.62); per host
+/// namespace one veth into each, called `storage` (192.0.2.1-3) and
+/// `mgmt` (198.51.100.1-3) inside the host's namespace.
+fn networks() -> (NetnsGuard, String, Vec<String>) {
     let pid = std::process::id();
     let sw = format!("vlsb-{pid}-sw");
     let hosts: Vec<String> = (1..=HOSTS).map(|i| format!("vlsb-{pid}-{i}")).collect();
@@ -298,16 +307,30 @@ fn storage_network() -> (NetnsGuard, String, Vec<String>) {
         "br-storage",
     ]);
     ip(&["-n", &sw, "link", "set", "br-storage", "up"]);
+    ip(&["-n", &sw, "link", "add", "br-mgmt", "type", "bridge"]);
+    let mgmt = format!("{MGMT_SWITCH}/24");
+    ip(&["-n", &sw, "addr", "add", &mgmt, "dev", "br-mgmt"]);
+    ip(&["-n", &sw, "link", "set", "br-mgmt", "up"]);
     for (i, ns) in hosts.iter().enumerate() {
-        let peer = format!("sb{}-storage", i + 1);
-        let addr = format!("192.0.2.{}/26", i + 1);
-        ip(&[
-            "-n", ns, "link", "add", "storage", "type", "veth", "peer", "name", &peer, "netns", &sw,
-        ]);
-        ip(&["-n", ns, "addr", "add", &addr, "dev", "storage"]);
-        ip(&["-n", ns, "link", "set", "storage", "up"]);
-        ip(&["-n", &sw, "link", "set", &peer, "master", "br-storage"]);
-        ip(&["-n", &sw, "link", "set", &peer, "up"]);
+        for (link, net) in [("storage", "192.0.2"), ("mgmt", "198.51.100")] {
+            let peer = format!("sb{}-{link}", i + 1);
+            let addr = format!("{net}.{}/{}", i + 1, if link == "mgmt" { 24 } else { 26 });
+            ip(&[
+                "-n", ns, "link", "add", link, "type", "veth", "peer", "name", &peer, "netns", &sw,
+            ]);
+            ip(&["-n", ns, "addr", "add", &addr, "dev", link]);
+            ip(&["-n", ns, "link", "set", link, "up"]);
+            ip(&[
+                "-n",
+                &sw,
+                "link",
+                "set",
+                &peer,
+                "master",
+                &format!("br-{link}"),
+            ]);
+            ip(&["-n", &sw, "link", "set", &peer, "up"]);
+        }
     }
     (guard, sw, hosts)
 }
@@ -315,7 +338,7 @@ fn storage_network() -> (NetnsGuard, String, Vec<String>) {
 impl World {
     pub fn up(writer: PathBuf) -> World {
         let no_page_cache = std::env::var_os("VMLEASE_SPLITBRAIN_NO_PAGECACHE").is_some();
-        let (ns_guard, sw, netns) = storage_network();
+        let (ns_guard, sw, netns) = networks();
         let ceph = CephCluster::up_with(CephOptions {
             netns: Some(sw.clone()),
             addr: Some("192.0.2.62".parse().unwrap()),
@@ -356,7 +379,13 @@ impl World {
                 &scratch,
                 (i + 1) as u16,
                 &m.path.join("ls"),
-                &format!("watchdog_device = \"{}\"\n", fifo.display()),
+                &format!(
+                    "watchdog_device = \"{}\"\n[management]\nprobes = [ {{ type = \"icmp\", \
+                     target = \"{MGMT_SWITCH}\" }} ]\ntimeout = {MGMT_TIMEOUT_S}\n\
+                     probe_timeout = 0.5\npolicy = \"{}\"\n",
+                    fifo.display(),
+                    if i == 0 { "fence" } else { "report" }
+                ),
                 [R, F, K, W, D],
             );
             plugins.push(abi::load(&scratch.0, &so, &h.conf).unwrap());
@@ -450,7 +479,7 @@ impl World {
     /// Starts host `h`'s daemon on an empty state directory.
     pub fn start_daemon(&mut self, h: usize) {
         let _ = fs::remove_dir_all(&self.sh.state_dirs[h]);
-        self.hosts[h].spawn(&[]);
+        self.spawn_daemon(h);
         let mut hs = self.sh.hosts[h].lock().unwrap();
         hs.daemon_pid = Some(self.hosts[h].daemon.as_ref().unwrap().pid() as i32);
         hs.last_pet = 0;
@@ -464,9 +493,16 @@ impl World {
         if let Some(old) = self.hosts[h].daemon.take() {
             self.graveyard.push(old);
         }
-        self.hosts[h].spawn(&[]);
+        self.spawn_daemon(h);
         self.sh.hosts[h].lock().unwrap().daemon_pid =
             Some(self.hosts[h].daemon.as_ref().unwrap().pid() as i32);
+    }
+
+    /// Host `h`'s daemon, in the host's network namespace (nsenter execs
+    /// it: the pid is the daemon's).
+    fn spawn_daemon(&mut self, h: usize) {
+        let net = format!("--net=/run/netns/{}", self.netns[h]);
+        self.hosts[h].spawn(&["nsenter", &net]);
     }
 
     /// Stops every daemon without a reset being played.
@@ -514,9 +550,11 @@ impl Drop for World {
         for (h, m) in self.mounts.iter().enumerate() {
             if let Some(m) = m {
                 m.signal(libc::SIGCONT);
-                let _ = std::process::Command::new("ip")
-                    .args(["-n", &self.netns[h], "link", "set", "storage", "up"])
-                    .status();
+                for link in ["storage", "mgmt"] {
+                    let _ = std::process::Command::new("ip")
+                        .args(["-n", &self.netns[h], "link", "set", link, "up"])
+                        .status();
+                }
             }
         }
         self.sh.kill_all("end");

@@ -19,62 +19,9 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use support::daemons::*;
+use support::lockabi::*;
 use vmlease::clock::boottime_ms;
 use vmlease::resource::{format_uuid, Resource};
-
-// --- the ABI, restated from include/vmlease.h --------------------------------
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-union Value {
-    iv: c_int,
-    l: i64,
-    ui: c_uint,
-    ul: u64,
-    d: f64,
-    s: *const c_char,
-    uuid: [u8; 16],
-}
-
-#[repr(C)]
-struct Param {
-    type_: c_int,
-    key: *const c_char,
-    value: Value,
-}
-
-#[repr(C)]
-struct Manager {
-    driver: *const Driver,
-    private: *mut c_void,
-}
-
-#[repr(C)]
-struct Driver {
-    version: c_uint,
-    flags: c_uint,
-    init: unsafe extern "C" fn(c_uint, *const c_char, c_uint) -> c_int,
-    deinit: unsafe extern "C" fn() -> c_int,
-    new: unsafe extern "C" fn(*mut Manager, c_uint, usize, *mut Param, c_uint) -> c_int,
-    free: unsafe extern "C" fn(*mut Manager),
-    add: unsafe extern "C" fn(
-        *mut Manager,
-        c_uint,
-        *const c_char,
-        usize,
-        *mut Param,
-        c_uint,
-    ) -> c_int,
-    acquire: unsafe extern "C" fn(*mut Manager, *const c_char, c_uint, c_int, *mut c_int) -> c_int,
-    release: unsafe extern "C" fn(*mut Manager, *mut *mut c_char, c_uint) -> c_int,
-    inquire: unsafe extern "C" fn(*mut Manager, *mut *mut c_char, c_uint) -> c_int,
-}
-
-const NEW_STARTED: c_uint = 1;
-const REGISTER_ONLY: c_uint = 1;
-const RESTRICT: c_uint = 2;
-const READONLY: c_uint = 1;
-const SHARED: c_uint = 2;
 
 // --- libvirt's error reporter stand-in ----------------------------------------
 
@@ -156,18 +103,7 @@ fn so_path() -> PathBuf {
 /// Loads a private copy of vmlease.so and initialises it with `conf`.
 fn load(dir: &Path, conf: &Path) -> (Plugin, c_int) {
     reporter();
-    let copy = dir.join(format!("vmlease-{}.so", vmlease::process::random_u64()));
-    fs::copy(so_path(), &copy).unwrap();
-    let c = CString::new(copy.to_str().unwrap()).unwrap();
-    // SAFETY: dlopen/dlsym as libvirtd does (lock_manager.c).
-    let table = unsafe {
-        let h = libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
-        assert!(!h.is_null(), "dlopen {}", copy.display());
-        libc::dlsym(h, c"virLockDriverImpl".as_ptr())
-    };
-    assert!(!table.is_null(), "virLockDriverImpl missing");
-    // SAFETY: the symbol is the plugin's static driver table.
-    let d: &'static Driver = unsafe { &*(table as *const Driver) };
+    let d = load_private(dir, &so_path()).unwrap();
     assert_eq!(d.version, 1_000_000);
     assert_eq!(d.flags, 1, "USES_STATE");
     let cc = CString::new(conf.to_str().unwrap()).unwrap();
@@ -199,37 +135,7 @@ impl Dom {
 const URI: &CStr = c"qemu:///system";
 
 fn obj_params(dom: &Dom, pid: u32, uri: bool) -> Vec<Param> {
-    vec![
-        Param {
-            type_: 7,
-            key: c"uuid".as_ptr(),
-            value: Value { uuid: dom.uuid },
-        },
-        Param {
-            type_: 0,
-            key: c"name".as_ptr(),
-            value: Value {
-                s: dom.name.as_ptr(),
-            },
-        },
-        Param {
-            type_: 4,
-            key: c"id".as_ptr(),
-            value: Value { ui: 3 },
-        },
-        Param {
-            type_: 4,
-            key: c"pid".as_ptr(),
-            value: Value { ui: pid },
-        },
-        Param {
-            type_: 1,
-            key: c"uri".as_ptr(),
-            value: Value {
-                s: if uri { URI.as_ptr() } else { std::ptr::null() },
-            },
-        },
-    ]
+    domain_params(dom.uuid, &dom.name, 3, pid, uri.then_some(URI))
 }
 
 impl Plugin {

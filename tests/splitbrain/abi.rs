@@ -5,58 +5,12 @@
 //! exec the stand-in QEMU; in the parent drvNew + AddResource +
 //! Acquire(flags 0) on the child's pid. The stand-in starts writing only
 //! when the parent tells it the acquire succeeded (libvirt starts the CPUs
-//! only then). Restated from tests/abi_harness.rs (which is a test crate
-//! of its own) and include/vmlease.h.
+//! only then). The ABI itself is tests/support/lockabi.rs.
 
-use std::ffi::{c_char, c_int, c_uint, c_void, CString};
-use std::fs;
+use std::ffi::{c_char, c_int, CString};
 use std::path::Path;
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-union Value {
-    ui: c_uint,
-    s: *const c_char,
-    uuid: [u8; 16],
-}
-
-#[repr(C)]
-struct Param {
-    type_: c_int,
-    key: *const c_char,
-    value: Value,
-}
-
-#[repr(C)]
-struct Manager {
-    driver: *const Driver,
-    private: *mut c_void,
-}
-
-#[repr(C)]
-struct Driver {
-    version: c_uint,
-    flags: c_uint,
-    init: unsafe extern "C" fn(c_uint, *const c_char, c_uint) -> c_int,
-    deinit: unsafe extern "C" fn() -> c_int,
-    new: unsafe extern "C" fn(*mut Manager, c_uint, usize, *mut Param, c_uint) -> c_int,
-    free: unsafe extern "C" fn(*mut Manager),
-    add: unsafe extern "C" fn(
-        *mut Manager,
-        c_uint,
-        *const c_char,
-        usize,
-        *mut Param,
-        c_uint,
-    ) -> c_int,
-    acquire: unsafe extern "C" fn(*mut Manager, *const c_char, c_uint, c_int, *mut c_int) -> c_int,
-    release: unsafe extern "C" fn(*mut Manager, *mut *mut c_char, c_uint) -> c_int,
-    inquire: unsafe extern "C" fn(*mut Manager, *mut *mut c_char, c_uint) -> c_int,
-}
-
-const NEW_STARTED: c_uint = 1;
-const REGISTER_ONLY: c_uint = 1;
-const RESTRICT: c_uint = 2;
+use crate::support::lockabi::*;
 
 /// One host's copy of the plugin.
 pub struct Plugin {
@@ -101,22 +55,7 @@ impl Started {
 }
 
 pub fn load(dir: &Path, so: &Path, conf: &Path) -> Result<Plugin, String> {
-    let copy = dir.join(format!("vmlease-{}.so", vmlease::process::random_u64()));
-    fs::copy(so, &copy).map_err(|e| format!("copy {}: {e}", so.display()))?;
-    let c = CString::new(copy.to_str().unwrap()).unwrap();
-    // SAFETY: dlopen/dlsym as libvirtd does (lock_manager.c).
-    let table = unsafe {
-        let h = libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
-        if h.is_null() {
-            return Err(format!("dlopen {}", copy.display()));
-        }
-        libc::dlsym(h, c"virLockDriverImpl".as_ptr())
-    };
-    if table.is_null() {
-        return Err("virLockDriverImpl missing".into());
-    }
-    // SAFETY: the symbol is the plugin's static driver table.
-    let d: &'static Driver = unsafe { &*(table as *const Driver) };
+    let d = load_private(dir, so)?;
     let cc = CString::new(conf.to_str().unwrap()).unwrap();
     // SAFETY: version, a valid path, flags 0: libvirt's call.
     let rc = unsafe { (d.init)(1_000_000, cc.as_ptr(), 0) };
@@ -127,37 +66,7 @@ pub fn load(dir: &Path, so: &Path, conf: &Path) -> Result<Plugin, String> {
 }
 
 fn params(dom: &Dom, pid: u32) -> Vec<Param> {
-    vec![
-        Param {
-            type_: 7,
-            key: c"uuid".as_ptr(),
-            value: Value { uuid: dom.uuid },
-        },
-        Param {
-            type_: 0,
-            key: c"name".as_ptr(),
-            value: Value {
-                s: dom.name.as_ptr(),
-            },
-        },
-        Param {
-            type_: 4,
-            key: c"id".as_ptr(),
-            value: Value { ui: 1 },
-        },
-        Param {
-            type_: 4,
-            key: c"pid".as_ptr(),
-            value: Value { ui: pid },
-        },
-        Param {
-            type_: 1,
-            key: c"uri".as_ptr(),
-            value: Value {
-                s: c"qemu:///system".as_ptr(),
-            },
-        },
-    ]
+    domain_params(dom.uuid, &dom.name, 1, pid, Some(c"qemu:///system"))
 }
 
 impl Plugin {

@@ -36,6 +36,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::ceph::*;
+use support::netns;
 
 /// A host's slot in the shared host table.
 const SLOT: u64 = 512;
@@ -1036,97 +1037,24 @@ fn cephfs_behaviour() {
 
 // ------------------------------------------------- a real storage link cut
 
-/// Network namespaces made by this test, deleted on drop (after the
-/// cluster and mounts that use them, which are declared later).
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", ns])
-                .status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("ip {}: {e}", args.join(" ")));
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Deletes `vlceph-PID-*` namespaces of test processes that are gone.
-fn remove_stale_namespaces() {
-    let Ok(out) = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-    else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or("");
-        let Some(pid) = name
-            .strip_prefix("vlceph-")
-            .and_then(|r| r.split('-').next())
-        else {
-            continue;
-        };
-        if !Path::new("/proc").join(pid).exists() {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", name])
-                .status();
-        }
-    }
-}
-
 /// The Ceph daemons in a "switch" namespace on a bridge at 192.0.2.62/26;
 /// hosts A and B in their own namespaces, each with a veth "storage" link
 /// to the bridge (192.0.2.1 and .2). Nothing is routed anywhere else.
-fn storage_network() -> (Namespaces, String, String, String) {
-    remove_stale_namespaces();
-    let pid = std::process::id();
-    let (sw, ha, hb) = (
-        format!("vlceph-{pid}-sw"),
-        format!("vlceph-{pid}-a"),
-        format!("vlceph-{pid}-b"),
+/// The namespaces are deleted when the first value drops: declare it
+/// before the cluster and mounts that use them.
+fn storage_network() -> (netns::Namespaces, String, String, String) {
+    let n = netns::switched(
+        "vlceph",
+        &["a", "b"],
+        &[netns::Net {
+            link: "storage",
+            net: "192.0.2",
+            len: 26,
+            switch: 62,
+        }],
     );
-    let guard = Namespaces(vec![ha.clone(), hb.clone(), sw.clone()]);
-    for ns in [&sw, &ha, &hb] {
-        ip(&["netns", "add", ns]);
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
-    }
-    ip(&["-n", &sw, "link", "add", "br-storage", "type", "bridge"]);
-    ip(&[
-        "-n",
-        &sw,
-        "addr",
-        "add",
-        "192.0.2.62/26",
-        "dev",
-        "br-storage",
-    ]);
-    ip(&["-n", &sw, "link", "set", "br-storage", "up"]);
-    for (ns, peer, addr) in [
-        (&ha, "a-storage", "192.0.2.1/26"),
-        (&hb, "b-storage", "192.0.2.2/26"),
-    ] {
-        ip(&[
-            "-n", ns, "link", "add", "storage", "type", "veth", "peer", "name", peer, "netns", &sw,
-        ]);
-        ip(&["-n", ns, "addr", "add", addr, "dev", "storage"]);
-        ip(&["-n", ns, "link", "set", "storage", "up"]);
-        ip(&["-n", &sw, "link", "set", peer, "master", "br-storage"]);
-        ip(&["-n", &sw, "link", "set", peer, "up"]);
-    }
-    (guard, sw, ha, hb)
+    let (ha, hb) = (n.hosts[0].clone(), n.hosts[1].clone());
+    (n.guard, n.switch, ha, hb)
 }
 
 /// Host A loses its storage link for real (its veth goes down): its
@@ -1162,7 +1090,7 @@ fn storage_link_cut() {
     new_table(&p.a);
     protocol_ticks(&p, "hosts", 3);
 
-    ip(&["-n", &ha, "link", "set", "storage", "down"]);
+    netns::set_link(&ha, "storage", "down");
     let cut = Instant::now();
     let ta = p.a.join("hosts");
     let a_renew = spawn_op("A renew (cut)", move || {
@@ -1251,7 +1179,7 @@ fn storage_link_cut() {
         "A's renewal completed while its link was down"
     );
 
-    ip(&["-n", &ha, "link", "set", "storage", "up"]);
+    netns::set_link(&ha, "storage", "up");
     let back = Instant::now();
     let (r, _) = a_renew.expect_done(BOUND);
     let e = r.expect_err("A renewed after it was evicted");

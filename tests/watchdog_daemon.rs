@@ -466,7 +466,7 @@ fn management_link_loss_reports_or_fences_by_policy() {
         let ls = lockspace(&s);
         let tag = format!("{}{}", std::process::id() % 10000, &policy[..1]);
         let (hns, sns) = (format!("vmlt-h{tag}"), format!("vmlt-s{tag}"));
-        let _cleanup = NetnsGuard(vec![hns.clone(), sns.clone()]);
+        let _cleanup = support::netns::Namespaces(vec![hns.clone(), sns.clone()]);
         sh(&format!(
             "ip netns add {hns} && ip netns add {sns} && \
              ip link add vmh{tag} netns {hns} type veth peer name vms{tag} netns {sns} && \

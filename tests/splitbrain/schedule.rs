@@ -788,12 +788,7 @@ fn support_tail(p: &std::path::Path) -> String {
 }
 
 fn set_link(w: &World, h: usize, link: &str, state: &str) {
-    let ok = Command::new("ip")
-        .args(["-n", &w.netns[h], "link", "set", link, state])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "ip link set {link} {state} on host {}", h + 1);
+    crate::support::netns::set_link(&w.netns[h], link, state);
 }
 
 fn heal(w: &mut World, a: &Active) {

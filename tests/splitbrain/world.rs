@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use crate::abi::{self, Dom};
 use crate::support::ceph::{CephCluster, CephMount, CephOptions, MountOptions};
-use crate::support::daemons::{self, Host, NetnsGuard};
+use crate::support::daemons::{self, Host};
+use crate::support::netns::{self, Namespaces, Net};
 use vmlease::clock::boottime_ms;
 use vmlease::hosts::HostState;
 use vmlease::status::Status;
@@ -261,20 +262,7 @@ pub struct World {
     pub suspect: [bool; HOSTS],
     pub ceph: CephCluster,
     _scratch: daemons::Scratch,
-    _ns: NetnsGuard,
-}
-
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("ip {}: {e}", args.join(" ")));
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    _ns: Namespaces,
 }
 
 /// The management network's address on the switch: what every daemon
@@ -285,54 +273,28 @@ pub const MGMT_SWITCH: &str = "198.51.100.62";
 /// address, 192.0.2.62) and a management bridge (198.51.100.62); per host
 /// namespace one veth into each, called `storage` (192.0.2.1-3) and
 /// `mgmt` (198.51.100.1-3) inside the host's namespace.
-fn networks() -> (NetnsGuard, String, Vec<String>) {
-    let pid = std::process::id();
-    let sw = format!("vlsb-{pid}-sw");
-    let hosts: Vec<String> = (1..=HOSTS).map(|i| format!("vlsb-{pid}-{i}")).collect();
-    let mut all = hosts.clone();
-    all.push(sw.clone());
-    let guard = NetnsGuard(all.clone());
-    for ns in &all {
-        ip(&["netns", "add", ns]);
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
-    }
-    ip(&["-n", &sw, "link", "add", "br-storage", "type", "bridge"]);
-    ip(&[
-        "-n",
-        &sw,
-        "addr",
-        "add",
-        "192.0.2.62/26",
-        "dev",
-        "br-storage",
-    ]);
-    ip(&["-n", &sw, "link", "set", "br-storage", "up"]);
-    ip(&["-n", &sw, "link", "add", "br-mgmt", "type", "bridge"]);
-    let mgmt = format!("{MGMT_SWITCH}/24");
-    ip(&["-n", &sw, "addr", "add", &mgmt, "dev", "br-mgmt"]);
-    ip(&["-n", &sw, "link", "set", "br-mgmt", "up"]);
-    for (i, ns) in hosts.iter().enumerate() {
-        for (link, net) in [("storage", "192.0.2"), ("mgmt", "198.51.100")] {
-            let peer = format!("sb{}-{link}", i + 1);
-            let addr = format!("{net}.{}/{}", i + 1, if link == "mgmt" { 24 } else { 26 });
-            ip(&[
-                "-n", ns, "link", "add", link, "type", "veth", "peer", "name", &peer, "netns", &sw,
-            ]);
-            ip(&["-n", ns, "addr", "add", &addr, "dev", link]);
-            ip(&["-n", ns, "link", "set", link, "up"]);
-            ip(&[
-                "-n",
-                &sw,
-                "link",
-                "set",
-                &peer,
-                "master",
-                &format!("br-{link}"),
-            ]);
-            ip(&["-n", &sw, "link", "set", &peer, "up"]);
-        }
-    }
-    (guard, sw, hosts)
+fn networks() -> (Namespaces, String, Vec<String>) {
+    let hosts: Vec<String> = (1..=HOSTS).map(|i| i.to_string()).collect();
+    let hosts: Vec<&str> = hosts.iter().map(|h| h.as_str()).collect();
+    let n = netns::switched(
+        "vlsb",
+        &hosts,
+        &[
+            Net {
+                link: "storage",
+                net: "192.0.2",
+                len: 26,
+                switch: 62,
+            },
+            Net {
+                link: "mgmt",
+                net: "198.51.100",
+                len: 24,
+                switch: 62,
+            },
+        ],
+    );
+    (n.guard, n.switch, n.hosts)
 }
 
 impl World {

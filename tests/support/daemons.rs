@@ -293,13 +293,3 @@ pub fn sh(cmd: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
-
-pub struct NetnsGuard(pub Vec<String>);
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}

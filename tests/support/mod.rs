@@ -5,4 +5,5 @@ pub mod ceph;
 pub mod daemons;
 pub mod libvirt;
 pub mod lockabi;
+pub mod netns;
 pub mod util;

@@ -645,6 +645,62 @@ fn proc_state(pid: u32) -> Option<char> {
     vmlease::process::stat(pid).ok().map(|(_, s)| s)
 }
 
+/// A stand-in QEMU whose disk is on `frozen`, waiting to write to it.
+struct StandIn(Proc, std::process::ChildStdin);
+
+fn stand_in_qemu(frozen: &Frozen) -> StandIn {
+    let disk = frozen.mnt.join("disk");
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            &format!("read go; echo data > '{}'; sleep 1000", disk.display()),
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    StandIn(
+        Proc {
+            child,
+            what: "stuck stand-in QEMU".into(),
+        },
+        stdin,
+    )
+}
+
+impl StandIn {
+    /// Tells it to write (the filesystem is frozen) and waits until it is
+    /// in uninterruptible sleep (D).
+    fn write_and_block(self) -> Proc {
+        use std::io::Write;
+        let StandIn(q, mut stdin) = self;
+        stdin.write_all(b"go\n").unwrap();
+        drop(stdin);
+        wait_until(
+            "the stand-in to block in D state",
+            3000,
+            || match proc_state(q.pid()) {
+                Some('D') => Ok(()),
+                other => Err(format!("state {other:?}")),
+            },
+        );
+        q
+    }
+}
+
+/// Thaws `frozen` and waits for the stand-in (SIGKILLed while in D) to
+/// die.
+fn thaw_and_reap(frozen: &mut Frozen, q: &mut Proc) {
+    frozen.thaw();
+    wait_until("the stand-in to die after the thaw", 3000, || {
+        if q.exited() {
+            Ok(())
+        } else {
+            Err("alive".into())
+        }
+    });
+}
+
 #[test]
 fn qemu_stuck_in_uninterruptible_io_leads_to_the_recorded_reset() {
     let _g = serial();
@@ -672,34 +728,16 @@ fn qemu_stuck_in_uninterruptible_io_leads_to_the_recorded_reset() {
     a_plugin.cfg.lockspace_dir = ls.clone();
     a_plugin.cfg.state_dir = a.cfg.state_dir.clone();
 
-    // The stand-in QEMU writes to its "disk" when told to.
-    let disk = frozen.mnt.join("disk");
-    let mut child = Command::new("sh")
-        .args([
-            "-c",
-            &format!("read go; echo data > '{}'; sleep 1000", disk.display()),
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut q = Proc {
-        child,
-        what: "stuck stand-in QEMU".into(),
-    };
-    lease(&a_plugin, UUID_A, "web", &q, None).unwrap();
+    let q = stand_in_qemu(&frozen);
+    lease(&a_plugin, UUID_A, "web", &q.0, None).unwrap();
+    // Declared after the stand-in: on a failure it thaws before the
+    // stand-in is reaped.
+    let _undo = OnDrop(vec![format!(
+        "fsfreeze -u '{}' 2>/dev/null",
+        frozen.mnt.display()
+    )]);
     frozen.freeze();
-    use std::io::Write;
-    stdin.write_all(b"go\n").unwrap();
-    drop(stdin);
-    wait_until(
-        "the stand-in to block in D state",
-        3000,
-        || match proc_state(q.pid()) {
-            Some('D') => Ok(()),
-            other => Err(format!("state {other:?}")),
-        },
-    );
+    let mut q = q.write_and_block();
 
     let apid = a.daemon.as_ref().unwrap().pid();
     sh(&format!(
@@ -734,14 +772,7 @@ fn qemu_stuck_in_uninterruptible_io_leads_to_the_recorded_reset() {
         "the kill really could not end it"
     );
     // Thawing lets the pending SIGKILL finish it.
-    frozen.thaw();
-    wait_until("the stand-in to die after the thaw", 3000, || {
-        if q.exited() {
-            Ok(())
-        } else {
-            Err("alive".into())
-        }
-    });
+    thaw_and_reap(&mut frozen, &mut q);
 }
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -881,38 +912,15 @@ fn a_restart_during_a_fence_does_not_rearm_the_watchdog() {
     a.start(&[]);
     // The QEMU's disk on a filesystem that is then frozen: it blocks in D.
     let mut frozen = Frozen::new(&s);
-    let disk = frozen.mnt.join("disk");
-    let mut child = Command::new("sh")
-        .args([
-            "-c",
-            &format!("read go; echo data > '{}'; sleep 1000", disk.display()),
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut q = Proc {
-        child,
-        what: "stuck stand-in QEMU".into(),
-    };
-    lease(&a, UUID_A, "web", &q, None).unwrap();
+    let q = stand_in_qemu(&frozen);
+    lease(&a, UUID_A, "web", &q.0, None).unwrap();
     let hosts = ls.join("hosts");
     let _undo = OnDrop(vec![
         format!("fsfreeze -u '{}' 2>/dev/null", frozen.mnt.display()),
         format!("chattr -i '{}'", hosts.display()),
     ]);
     frozen.freeze();
-    use std::io::Write;
-    stdin.write_all(b"go\n").unwrap();
-    drop(stdin);
-    wait_until(
-        "the stand-in to block in D state",
-        3000,
-        || match proc_state(q.pid()) {
-            Some('D') => Ok(()),
-            other => Err(format!("state {other:?}")),
-        },
-    );
+    let mut q = q.write_and_block();
     // Renewals fail (the host table is immutable), reads still work: a
     // restarted daemon gets through its start.
     sh(&format!("chattr +i '{}'", hosts.display()));
@@ -975,12 +983,5 @@ fn a_restart_during_a_fence_does_not_rearm_the_watchdog() {
         "the stand-in is still stuck"
     );
     // Thaw: the pending SIGKILL ends the stand-in.
-    frozen.thaw();
-    wait_until("the stand-in to die after the thaw", 3000, || {
-        if q.exited() {
-            Ok(())
-        } else {
-            Err("alive".into())
-        }
-    });
+    thaw_and_reap(&mut frozen, &mut q);
 }

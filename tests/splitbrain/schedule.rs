@@ -467,8 +467,11 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
     sh.instances.lock().unwrap().clear();
     for h in 0..HOSTS {
         // A client that lived through a storage fault may have been
-        // evicted (blocklisted): give the host a fresh one.
-        if std::mem::take(&mut w.suspect[h]) {
+        // evicted (blocklisted), and a host reset at the end of the last
+        // schedule (before the operator brought it back) lost its client
+        // with the reset: give the host a fresh one.
+        let down = sh.hosts[h].lock().unwrap().down_since.is_some();
+        if std::mem::take(&mut w.suspect[h]) || down {
             w.remount(h);
         }
         w.start_daemon(h);

@@ -210,29 +210,15 @@ fn cephfs_behaviour_and_a_storage_hang_fence() {
     // CephFS timing: the MDS evicts a client that does not return its
     // capabilities after 1 s (tests/ceph/cluster.sh), well inside F, so a
     // frozen client never stalls the other hosts' renewals for long.
-    let timing = [CR, CF, CK, CW, CD];
-    let mut a = Host::with_timing(&s, 1, &ls_a, "unsafe_no_watchdog = true\n", timing);
-    let mut b = Host::with_timing(&s, 2, &ls_b, "unsafe_no_watchdog = true\n", timing);
-    a.start(&[]);
-    b.start(&[]);
-    let mut qa = standin_qemu();
-    lease(&a, UUID_A, "web", &qa, Some("/images/web.qcow2")).unwrap();
-    let qb = standin_qemu();
-    let e = lease(&b, UUID_A, "web", &qb, None).unwrap_err();
-    assert!(e.contains("held by host 1 (host-1.test)"), "{e}");
+    let (a, b, mut qa, qb) = leased_on_a(&s, &ls_a, &ls_b);
 
     ma.hang();
     let hung = boottime_ms();
-    let killed = wait_until(
+    let killed = wait_exit(
         "A to kill its QEMU after its CephFS client hung",
+        &mut qa,
         CF + CK + 5000,
-        || {
-            if qa.exited() {
-                Ok(boottime_ms())
-            } else {
-                Err(format!("alive; A's log: {}", a.log_text()))
-            }
-        },
+        || format!("A's log: {}", a.log_text()),
     );
     let a_last = a.status().last_renewal_ms;
     assert!(
@@ -245,18 +231,14 @@ fn cephfs_behaviour_and_a_storage_hang_fence() {
         "{}",
         a.log_text()
     );
-    let mut last_err = String::new();
-    let took = loop {
-        match lease(&b, UUID_A, "web", &qb, Some("/images/web.qcow2")) {
-            Ok(()) => break boottime_ms(),
-            Err(e) => last_err = e,
-        }
-        assert!(
-            boottime_ms() < a_last + CD + 8000,
-            "B never took over: {last_err}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let (took, last_err) = take_over(
+        &b,
+        UUID_A,
+        "web",
+        &qb,
+        Some("/images/web.qcow2"),
+        a_last + CD + 8000,
+    );
     assert!(
         took >= a_last + CD,
         "B took over {} ms after A's last renewal, before D",
@@ -298,6 +280,26 @@ fn cephfs_behaviour_and_a_storage_hang_fence() {
     assert_eq!(counter(&ls_b), frozen_at, "an evicted client still renewed");
 }
 
+/// Hosts A and B (CephFS timing, no watchdog) on the lockspace as each
+/// mounts it, A's stand-in QEMU holding "web", B's refused it.
+fn leased_on_a(
+    s: &Scratch,
+    ls_a: &std::path::Path,
+    ls_b: &std::path::Path,
+) -> (Host, Host, Proc, Proc) {
+    let timing = [CR, CF, CK, CW, CD];
+    let mut a = Host::with_timing(s, 1, ls_a, "unsafe_no_watchdog = true\n", timing);
+    let mut b = Host::with_timing(s, 2, ls_b, "unsafe_no_watchdog = true\n", timing);
+    a.start(&[]);
+    b.start(&[]);
+    let qa = standin_qemu();
+    lease(&a, UUID_A, "web", &qa, Some("/images/web.qcow2")).unwrap();
+    let qb = standin_qemu();
+    let e = lease(&b, UUID_A, "web", &qb, None).unwrap_err();
+    assert!(e.contains("held by host 1 (host-1.test)"), "{e}");
+    (a, b, qa, qb)
+}
+
 /// How host A loses its CephFS client in [`a_host_whose_client_is_gone_fences`].
 #[derive(Clone, Copy, Debug)]
 enum ClientLoss {
@@ -319,16 +321,7 @@ fn client_loss_fences(ceph: &CephCluster, loss: ClientLoss) -> (u64, u64) {
     let ls_b = mb.path.join(format!("vmlease-{tag}"));
     Lockspace::init(&ls_a, 16).unwrap();
     let s = Scratch::new(&format!("cephfs-{tag}"));
-    let timing = [CR, CF, CK, CW, CD];
-    let mut a = Host::with_timing(&s, 1, &ls_a, "unsafe_no_watchdog = true\n", timing);
-    let mut b = Host::with_timing(&s, 2, &ls_b, "unsafe_no_watchdog = true\n", timing);
-    a.start(&[]);
-    b.start(&[]);
-    let mut qa = standin_qemu();
-    lease(&a, UUID_A, "web", &qa, Some("/images/web.qcow2")).unwrap();
-    let qb = standin_qemu();
-    let e = lease(&b, UUID_A, "web", &qb, None).unwrap_err();
-    assert!(e.contains("held by host 1"), "{e}");
+    let (mut a, mut b, mut qa, qb) = leased_on_a(&s, &ls_a, &ls_b);
 
     match loss {
         ClientLoss::Evicted => ceph.evict(&format!("a-{tag}")),
@@ -341,16 +334,11 @@ fn client_loss_fences(ceph: &CephCluster, loss: ClientLoss) -> (u64, u64) {
             Ok(_) => Err("A's mount still works".into()),
         }
     });
-    let killed = wait_until(
+    let killed = wait_exit(
         &format!("A to kill its QEMU after its CephFS client was {tag}"),
+        &mut qa,
         CF + CK + 5000,
-        || {
-            if qa.exited() {
-                Ok(boottime_ms())
-            } else {
-                Err(format!("alive; A's status {:?}", a.status().state))
-            }
-        },
+        || format!("A's status {:?}", a.status().state),
     );
     let a_last = a.status().last_renewal_ms;
     assert!(
@@ -358,16 +346,14 @@ fn client_loss_fences(ceph: &CephCluster, loss: ClientLoss) -> (u64, u64) {
         "{tag}: killed {} ms after A's last renewal, before F",
         killed - a_last
     );
-    let took = loop {
-        match lease(&b, UUID_A, "web", &qb, Some("/images/web.qcow2")) {
-            Ok(()) => break boottime_ms(),
-            Err(e) => assert!(
-                boottime_ms() < a_last + CD + 8000,
-                "{tag}: B never took over: {e}"
-            ),
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let (took, _) = take_over(
+        &b,
+        UUID_A,
+        "web",
+        &qb,
+        Some("/images/web.qcow2"),
+        a_last + CD + 8000,
+    );
     assert!(
         took >= a_last + CD,
         "{tag}: B took over {} ms after A's last renewal, before D",

@@ -411,12 +411,8 @@ fn storage_cut_fences_after_f_and_the_peer_takes_over_after_d() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let killed_seen = wait_until("A to kill its QEMU", F + K + 3000, || {
-        if qa.exited() {
-            Ok(boottime_ms())
-        } else {
-            Err("alive".into())
-        }
+    let killed_seen = wait_exit("A to kill its QEMU", &mut qa, F + K + 3000, || {
+        format!("A's status {:?}", a.status().state)
     });
     eprintln!(
         "storage cut -> A's QEMU killed after {} ms (last renewal {} ms before the cut)",
@@ -434,18 +430,14 @@ fn storage_cut_fences_after_f_and_the_peer_takes_over_after_d() {
     );
 
     // B takes over only after D as observed on its clock, then succeeds.
-    let mut last_err = String::new();
-    let took = loop {
-        match lease(&b, UUID_A, "web", &qb, Some("/images/web.qcow2")) {
-            Ok(()) => break boottime_ms(),
-            Err(e) => last_err = e,
-        }
-        assert!(
-            boottime_ms() < a_last + D + 5000,
-            "B never took over; last error: {last_err}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (took, last_err) = take_over(
+        &b,
+        UUID_A,
+        "web",
+        &qb,
+        Some("/images/web.qcow2"),
+        a_last + D + 5000,
+    );
     eprintln!(
         "B acquired A's leases {} ms after A's last renewal (D = {D} ms); before that: {last_err}",
         took - a_last
@@ -846,18 +838,7 @@ fn wall_clocks_hours_apart_do_not_change_the_judgement() {
         .record()
         .unwrap()
         .counter;
-    let mut last_err = String::new();
-    let took = loop {
-        match lease(&b, UUID_A, "web", &qb, None) {
-            Ok(()) => break boottime_ms(),
-            Err(e) => last_err = e,
-        }
-        assert!(
-            boottime_ms() < stopped + D + 5000,
-            "B never took over: {last_err}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (took, last_err) = take_over(&b, UUID_A, "web", &qb, None, stopped + D + 5000);
     let counter_now = Lockspace::open(&ls)
         .unwrap()
         .read_host(1)

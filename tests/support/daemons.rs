@@ -267,6 +267,44 @@ pub fn lease(
     plugin::acquire(&h.cfg, &m, None).map_err(|e| e.to_string())
 }
 
+/// Polls `lease` of `q` on host `h` until it succeeds (another host's
+/// takeover); panics when it still fails at `deadline` (boottime ms).
+/// Returns when it succeeded and the last refusal before that.
+pub fn take_over(
+    h: &Host,
+    uuid: [u8; 16],
+    name: &str,
+    q: &Proc,
+    disk: Option<&str>,
+    deadline: u64,
+) -> (u64, String) {
+    let mut last_err = String::new();
+    loop {
+        match lease(h, uuid, name, q, disk) {
+            Ok(()) => return (boottime_ms(), last_err),
+            Err(e) => last_err = e,
+        }
+        assert!(
+            boottime_ms() < deadline,
+            "host {} never took over {name}; last refusal: {last_err}",
+            h.id
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `q` has exited (e.g. killed by a fence); when it did
+/// (boottime ms). `ctx` says what was seen meanwhile, for the failure.
+pub fn wait_exit(what: &str, q: &mut Proc, timeout_ms: u64, ctx: impl Fn() -> String) -> u64 {
+    wait_until(what, timeout_ms, || {
+        if q.exited() {
+            Ok(boottime_ms())
+        } else {
+            Err(format!("still running; {}", ctx()))
+        }
+    })
+}
+
 pub fn holders(ls: &Path, r: &Resource) -> Vec<u32> {
     let ls = Lockspace::open(ls).unwrap();
     ls.read_lease(&r.key(), &r.name)

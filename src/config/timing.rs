@@ -24,6 +24,18 @@ pub struct Timing {
 }
 
 impl Timing {
+    /// Small timing for unit tests: R 0.2 s, F 1.5 s, K 0.5 s, W 1 s,
+    /// D 4 s (the safety inequality holds).
+    #[cfg(test)]
+    pub(crate) const TEST: Timing = Timing {
+        renew_interval: 200,
+        renew_fail_timeout: 1500,
+        kill_timeout: 500,
+        watchdog_timeout: 1000,
+        host_dead_timeout: 4000,
+        host_dead_derived: false,
+    };
+
     /// The latest a fenced host can write, counted from its last renewal.
     pub fn last_write_bound(&self) -> u64 {
         (self.renew_fail_timeout + self.kill_timeout)

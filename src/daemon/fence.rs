@@ -322,14 +322,7 @@ mod tests {
     use super::*;
 
     fn timing() -> Timing {
-        Timing {
-            renew_interval: 200,
-            renew_fail_timeout: 1500,
-            kill_timeout: 500,
-            watchdog_timeout: 1000,
-            host_dead_timeout: 4000,
-            host_dead_derived: false,
-        }
+        Timing::TEST
     }
 
     fn inputs(now: u64, last: u64, alive: usize) -> Inputs {

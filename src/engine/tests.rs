@@ -9,14 +9,7 @@ use std::sync::Mutex;
 const D: u64 = 4000;
 
 fn timing() -> Timing {
-    Timing {
-        renew_interval: 200,
-        renew_fail_timeout: 1500,
-        kill_timeout: 500,
-        watchdog_timeout: 1000,
-        host_dead_timeout: D,
-        host_dead_derived: false,
-    }
+    Timing::TEST
 }
 
 fn record(id: u16, boot: &str, counter: u64, state: HostState) -> HostRecord {

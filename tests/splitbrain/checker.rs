@@ -19,6 +19,10 @@ pub struct Record {
     pub seq: u64,
     /// CLOCK_BOOTTIME of the writer, in ms (one machine: comparable).
     pub t_ms: u64,
+    /// When its instance began trying to write (CLOCK_BOOTTIME, ms): a
+    /// live writer from then on, even while the file system holds its
+    /// open or appends back.
+    pub go_ms: u64,
     /// Its place in the file (record number, 64 bytes each).
     pub pos: usize,
 }
@@ -27,8 +31,8 @@ impl fmt::Display for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "host {} vm {} incarnation {} seq {} t={} ms",
-            self.host, self.vm, self.inc, self.seq, self.t_ms
+            "host {} vm {} incarnation {} seq {} t={} ms (writing since {} ms)",
+            self.host, self.vm, self.inc, self.seq, self.t_ms, self.go_ms
         )
     }
 }
@@ -67,6 +71,7 @@ pub fn parse(line: &str) -> Option<Record> {
         inc: 0,
         seq: 0,
         t_ms: 0,
+        go_ms: 0,
         pos: 0,
     };
     let mut seen = 0;
@@ -78,11 +83,12 @@ pub fn parse(line: &str) -> Option<Record> {
             "inc" => r.inc = v.parse().ok()?,
             "seq" => r.seq = v.parse().ok()?,
             "t" => r.t_ms = v.parse().ok()?,
+            "go" => r.go_ms = v.parse().ok()?,
             _ => return None,
         }
         seen += 1;
     }
-    (seen == 5).then_some(r)
+    (seen == 6).then_some(r)
 }
 
 /// The records of a disk file, the lines that do not parse, and the
@@ -124,11 +130,12 @@ pub fn records(data: &[u8]) -> (Vec<Record>, Vec<Violation>, usize) {
 ///   that started writing later;
 /// - the writers' clock (one machine, one CLOCK_BOOTTIME): a record its
 ///   writer issued after another instance, which started later, had
-///   issued its first write. This catches a second writer whose appends
-///   CephFS holds back while the first one keeps writing (seen: the
-///   waiting client's records land only once the other writer is gone).
-///   No false alarm is possible: a record exists only if its writer was
-///   alive and writing at its timestamp.
+///   begun trying to write (`go`). This catches a second writer whose
+///   open or appends CephFS holds back while the first one keeps writing
+///   (seen: the waiting client's records land only once the other writer
+///   is gone). No false alarm is possible: a record exists only if its
+///   writer was alive at its timestamp, and an instance is alive from its
+///   `go` to its last record.
 pub fn check(data: &[u8]) -> (usize, Vec<Violation>) {
     let (recs, mut out, _) = records(data);
     // (host, inc) identifies an instance: index of its first record.
@@ -152,15 +159,15 @@ pub fn check(data: &[u8]) -> (usize, Vec<Violation>) {
             latest = Some(i);
         }
         let l = latest.expect("an instance was seen");
-        let mine = recs[f].t_ms;
+        let mine = recs[f].go_ms;
         let by_order = (f != l).then_some(l);
         // The newest instance that issued its first write before r, and
         // started after r's instance.
         let by_clock = first
             .iter()
             .map(|&(_, j)| j)
-            .filter(|&j| j != f && recs[j].t_ms > mine && recs[j].t_ms < r.t_ms)
-            .max_by_key(|&j| recs[j].t_ms);
+            .filter(|&j| j != f && recs[j].go_ms > mine && recs[j].go_ms < r.t_ms)
+            .max_by_key(|&j| recs[j].go_ms);
         if let Some(n) = by_order.or(by_clock) {
             out.push(Violation::LateWrite {
                 at: r.pos,
@@ -209,13 +216,17 @@ pub fn summary(data: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// Instance `inc` began writing at `inc * 10` ms in these tests.
     fn rec(h: u32, inc: u32, seq: u64, t: u64) -> Vec<u8> {
-        let mut v = format!("h={h} vm=0 inc={inc} seq={seq} t={t}").into_bytes();
+        rec_go(h, inc, seq, t, inc as u64 * 10)
+    }
+
+    fn rec_go(h: u32, inc: u32, seq: u64, t: u64, go: u64) -> Vec<u8> {
+        let mut v = format!("h={h} vm=0 inc={inc} seq={seq} t={t} go={go}").into_bytes();
         v.resize(63, b' ');
         v.push(b'\n');
         v
     }
-
     #[test]
     fn handover_is_clean_and_late_writes_are_caught() {
         let ok = [
@@ -244,6 +255,17 @@ mod tests {
         let (_, v) = check(&held);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].to_string().contains("seq 1 t=30"), "{}", v[0]);
+        // Held back before its first record was even issued (CephFS kept
+        // the second writer's open waiting): it began at 25, the first
+        // one wrote at 30.
+        let open_held = [rec(1, 1, 0, 10), rec(1, 1, 1, 30), rec_go(2, 2, 0, 50, 25)].concat();
+        let (_, v) = check(&open_held);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].to_string().contains("seq 1 t=30"), "{}", v[0]);
+        // A handover where the new instance began after the old one's
+        // last write is clean.
+        let clean = [rec(1, 1, 0, 10), rec(1, 1, 1, 30), rec_go(2, 2, 0, 50, 31)].concat();
+        assert_eq!(check(&clean).1.len(), 0);
         let hole = [rec(1, 1, 0, 10), vec![0; 64], rec(2, 2, 0, 20)].concat();
         assert_eq!(check(&hole).1.len(), 0);
         assert_eq!(records(&hole).2, 1);

@@ -18,18 +18,10 @@ impl Drop for Namespaces {
     }
 }
 
-/// Runs `ip ARGS`; panics with its stderr when it fails.
+/// Runs `ip ARGS`; panics with its output when it fails.
 pub fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("ip {}: {e}", args.join(" ")));
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let argv: Vec<&str> = std::iter::once("ip").chain(args.iter().copied()).collect();
+    super::util::run_ok(&argv);
 }
 
 /// Sets `link` in namespace `ns` "up" or "down".

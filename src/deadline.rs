@@ -1,56 +1,233 @@
 //! Storage calls with a deadline. A hung CephFS leaves a thread stuck in
 //! the kernel; the caller gets `Error::Timeout` and goes on. The stuck
-//! thread is abandoned (it finishes or dies with the process).
+//! thread is abandoned: it finishes when the storage answers, or dies with
+//! the process.
+//!
+//! Two rules keep an abandoned call harmless:
+//!
+//! - its [`Cancel`] token says it was abandoned, and a call that writes
+//!   (the acquire) checks it under the record lock: it writes nothing, or
+//!   undoes its write, once its caller gave up ([`Cancel::complete`]);
+//! - while an abandoned call of this process is still stuck, no new I/O
+//!   thread is started: the call is refused with `Error::Stuck`, naming the
+//!   stuck one. A process never piles up threads on hung storage.
 //!
 //! Never use this in the pre-exec child of libvirtd, which must not start
 //! threads; nothing there touches the lockspace.
 #![forbid(unsafe_code)]
 
-use std::path::Path;
-use std::sync::mpsc;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+const RUNNING: u8 = 0;
+const ABANDONED: u8 = 1;
+const DONE: u8 = 2;
+
+/// The fate of one call run with a deadline: either its caller gives up on
+/// it ([`Cancel::abandon`]) or the call commits its result
+/// ([`Cancel::complete`]), never both.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicU8>);
+
+impl Cancel {
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// The caller gave up on this call.
+    pub fn is_abandoned(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == ABANDONED
+    }
+
+    /// The call commits its result: true unless the caller gave up first
+    /// (then the call must undo what it did).
+    pub fn complete(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(RUNNING, DONE, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => true,
+            Err(now) => now == DONE,
+        }
+    }
+
+    /// The caller gives up: true unless the call committed first (then
+    /// its result is on its way and must be used).
+    pub fn abandon(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(RUNNING, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => true,
+            Err(now) => now == ABANDONED,
+        }
+    }
+}
+
+/// An abandoned call that has not ended yet.
+#[derive(Debug, Clone)]
+struct Stuck {
+    op: &'static str,
+    path: PathBuf,
+    since_ms: u64,
+}
+
+static STUCK: Mutex<BTreeMap<u64, Stuck>> = Mutex::new(BTreeMap::new());
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn stuck_map() -> std::sync::MutexGuard<'static, BTreeMap<u64, Stuck>> {
+    STUCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Tests that leave a call stuck hold this, so that no other test of the
+/// same process is refused meanwhile.
+#[cfg(test)]
+pub static TEST_SERIAL: Mutex<()> = Mutex::new(());
+
+/// How many abandoned calls of this process are still running.
+pub fn stuck_calls() -> usize {
+    stuck_map().len()
+}
+
+/// Refuses when an abandoned call of this process is still stuck.
+fn refuse_if_stuck(op: &'static str, path: &Path) -> Result<()> {
+    let map = stuck_map();
+    if let Some(s) = map.values().next() {
+        return Err(Error::Stuck {
+            op,
+            path: path.to_path_buf(),
+            earlier: format!("{} {}", s.op, s.path.display()),
+            for_ms: crate::clock::boottime_ms().saturating_sub(s.since_ms),
+        });
+    }
+    Ok(())
+}
+
+/// Runs `f` on an I/O thread and waits at most `timeout_ms` for it.
 pub fn run<T, F>(timeout_ms: u64, op: &'static str, path: &Path, f: F) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T> + Send + 'static,
 {
+    run_cancellable(timeout_ms, op, path, move |_| f())
+}
+
+/// As [`run`], and `f` gets the call's [`Cancel`] token: a call that
+/// writes checks it before writing and commits with `complete()`.
+pub fn run_cancellable<T, F>(timeout_ms: u64, op: &'static str, path: &Path, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Cancel) -> Result<T> + Send + 'static,
+{
+    refuse_if_stuck(op, path)?;
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let cancel = Cancel::new();
+    let finished = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::sync_channel(1);
+    let (c2, f2) = (cancel.clone(), finished.clone());
     let spawned = std::thread::Builder::new()
         .name("vmlease-io".into())
         .spawn(move || {
-            let _ = tx.send(f());
+            let r = f(&c2);
+            {
+                let mut map = stuck_map();
+                f2.store(true, Ordering::SeqCst);
+                map.remove(&id);
+            }
+            let _ = tx.send(r);
         });
     if let Err(e) = spawned {
         return Err(Error::io(op, path, e));
     }
+    let timeout = Error::Timeout {
+        op,
+        path: path.to_path_buf(),
+        after_ms: timeout_ms,
+    };
     match rx.recv_timeout(Duration::from_millis(timeout_ms)) {
-        Ok(r) => r,
-        Err(_) => Err(Error::Timeout {
-            op,
-            path: path.to_path_buf(),
-            after_ms: timeout_ms,
-        }),
+        Ok(r) => return r,
+        Err(mpsc::RecvTimeoutError::Disconnected) => return Err(timeout),
+        Err(mpsc::RecvTimeoutError::Timeout) => {}
     }
+    {
+        let mut map = stuck_map();
+        if !finished.load(Ordering::SeqCst) {
+            map.insert(
+                id,
+                Stuck {
+                    op,
+                    path: path.to_path_buf(),
+                    since_ms: crate::clock::boottime_ms(),
+                },
+            );
+        }
+    }
+    if cancel.abandon() {
+        return Err(timeout);
+    }
+    // The call committed just as the deadline passed: its result is on its
+    // way (only the unlock is left), and it must not be lost.
+    rx.recv_timeout(Duration::from_millis(timeout_ms))
+        .unwrap_or(Err(timeout))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// One test: the stuck-call table is global to the process.
     #[test]
-    fn returns_value_or_times_out() {
+    fn returns_value_times_out_and_refuses_while_stuck() {
+        let _serial = TEST_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let p = Path::new("/x");
         assert_eq!(run(1000, "op", p, || Ok(5)).unwrap(), 5);
-        let e = run(50, "read lease", p, || {
-            std::thread::sleep(Duration::from_secs(2));
+        let (release, wait) = mpsc::channel::<()>();
+        let seen = Arc::new(Mutex::new(None));
+        let s2 = seen.clone();
+        let e = run_cancellable(50, "read lease", p, move |c| {
+            let _ = wait.recv();
+            *s2.lock().unwrap() = Some((c.is_abandoned(), c.complete()));
             Ok(())
         })
         .unwrap_err();
         assert!(e
             .to_string()
             .contains("read lease /x: no answer from storage after 50 ms"));
+        assert_eq!(stuck_calls(), 1);
+        let e = run(1000, "acquire lease", Path::new("/y"), || Ok(1)).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("acquire lease /y: not started")
+                && msg.contains("an earlier call (read lease /x) has been stuck"),
+            "{msg}"
+        );
+        release.send(()).unwrap();
+        let t0 = std::time::Instant::now();
+        while stuck_calls() > 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "stuck call never ended"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The abandoned call saw it was abandoned and could not commit.
+        assert_eq!(*seen.lock().unwrap(), Some((true, false)));
+        assert_eq!(run(1000, "op", p, || Ok(6)).unwrap(), 6);
+    }
+
+    #[test]
+    fn cancel_is_either_abandoned_or_completed() {
+        let c = Cancel::new();
+        assert!(c.complete());
+        assert!(!c.abandon());
+        let c = Cancel::new();
+        assert!(c.abandon());
+        assert!(!c.complete());
+        assert!(c.is_abandoned());
     }
 }

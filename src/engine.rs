@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::deadline::Cancel;
 use crate::error::{Error, Result};
 use crate::hosts::Slot;
 use crate::lease::{Holder, LeaseRecord, Mode};
@@ -73,6 +74,34 @@ impl<S: Store> Engine<S> {
         me: &Holder,
         expect_version: Option<u64>,
     ) -> Result<Acquired> {
+        self.acquire_inner(res, me, expect_version, None)
+    }
+
+    /// As [`Engine::acquire`], for a call its caller may abandon at a
+    /// deadline (`cancel`), on behalf of a local process that may exit
+    /// meanwhile. Under the record lock, right before the write, it checks
+    /// that the caller still waits and that `me`'s process is alive: the
+    /// daemon releases a dead QEMU's leases under the same lock, so a
+    /// write that lands after that release would name a dead holder that
+    /// nobody frees. A caller that gives up during the write gets the
+    /// write undone, still under the lock.
+    pub fn acquire_for(
+        &self,
+        res: &Resource,
+        me: &Holder,
+        expect_version: Option<u64>,
+        cancel: &Cancel,
+    ) -> Result<Acquired> {
+        self.acquire_inner(res, me, expect_version, Some(cancel))
+    }
+
+    fn acquire_inner(
+        &self,
+        res: &Resource,
+        me: &Holder,
+        expect_version: Option<u64>,
+        cancel: Option<&Cancel>,
+    ) -> Result<Acquired> {
         let key = res.key();
         let _lock = self.ls.lock_record(&key, self.lock_timeout_ms)?;
         let rec = self.ls.read_lease(&key, &res.name)?;
@@ -80,6 +109,11 @@ impl<S: Store> Engine<S> {
         if let Some(cur) = rec.holders.iter().find(|h| h.same_process(me)) {
             let _ = cur;
             if rec.mode == Some(res.mode) {
+                if let Some(c) = cancel {
+                    if !c.complete() {
+                        return Err(abandoned(res, "its caller gave up (deadline passed)"));
+                    }
+                }
                 return Ok(Acquired {
                     version: rec.version,
                     changed: false,
@@ -137,7 +171,33 @@ impl<S: Store> Engine<S> {
         new.holders = keep;
         new.mode = Some(res.mode);
         new.version = rec.version + 1;
+        if let Some(c) = cancel {
+            if c.is_abandoned() {
+                return Err(abandoned(res, "its caller gave up (deadline passed)"));
+            }
+            if !(self.process_alive)(me.proc_id()) {
+                return Err(abandoned(
+                    res,
+                    &format!("QEMU pid {} exited while the acquire waited", me.pid),
+                ));
+            }
+        }
         self.ls.write_lease(&new, self.host_id)?;
+        if let Some(c) = cancel {
+            if !c.complete() {
+                // The caller gave up while we wrote: undo it (a release:
+                // the version stays).
+                new.holders.retain(|h| !h.same_process(me));
+                if new.holders.is_empty() {
+                    new.mode = None;
+                }
+                self.ls.write_lease(&new, self.host_id)?;
+                return Err(abandoned(
+                    res,
+                    "its caller gave up (deadline passed) during the write; undone",
+                ));
+            }
+        }
         Ok(Acquired {
             version: new.version,
             changed: true,
@@ -193,6 +253,13 @@ impl<S: Store> Engine<S> {
         }
         self.ls.write_lease(&new, self.host_id)?;
         Ok(gone)
+    }
+}
+
+fn abandoned(res: &Resource, why: &str) -> Error {
+    Error::Abandoned {
+        resource: res.to_string(),
+        why: why.to_string(),
     }
 }
 

@@ -23,6 +23,17 @@ pub enum Error {
         path: PathBuf,
         after_ms: u64,
     },
+    /// A storage call was not started because an earlier one of this
+    /// process, abandoned at its deadline, is still stuck.
+    Stuck {
+        op: &'static str,
+        path: PathBuf,
+        earlier: String,
+        for_ms: u64,
+    },
+    /// A lease was not written: its caller gave up or its QEMU exited
+    /// while the call waited for storage.
+    Abandoned { resource: String, why: String },
     /// The configuration file is invalid (parse or validation).
     Config(String),
     /// A record on disk failed its checksum or could not be parsed. Never
@@ -71,6 +82,19 @@ impl fmt::Display for Error {
                 "{op} {}: no answer from storage after {after_ms} ms (hung lockspace?)",
                 path.display()
             ),
+            Error::Stuck {
+                op,
+                path,
+                earlier,
+                for_ms,
+            } => write!(
+                f,
+                "{op} {}: not started: an earlier call ({earlier}) has been stuck for {} ms (hung lockspace?); \
+                 no new storage call starts in this process until it ends",
+                path.display(),
+                for_ms
+            ),
+            Error::Abandoned { resource, why } => write!(f, "{resource}: not leased: {why}"),
             Error::Config(msg) => write!(f, "{msg}"),
             Error::Corrupt { path, reason } => write!(
                 f,

@@ -138,9 +138,11 @@ fn guard<T>(fail: T, f: impl FnOnce() -> T) -> T {
 fn error_code(e: &Error) -> c_int {
     match e {
         Error::Busy { .. } | Error::VersionMismatch { .. } => VIR_ERR_RESOURCE_BUSY,
-        Error::Unprotected(_) | Error::Timeout { .. } | Error::Lockspace { .. } => {
-            VIR_ERR_OPERATION_FAILED
-        }
+        Error::Unprotected(_)
+        | Error::Timeout { .. }
+        | Error::Stuck { .. }
+        | Error::Abandoned { .. }
+        | Error::Lockspace { .. } => VIR_ERR_OPERATION_FAILED,
         Error::Config(_) => VIR_ERR_CONFIG_UNSUPPORTED,
         Error::Invalid(_) => VIR_ERR_INVALID_ARG,
         Error::Io { .. } | Error::Corrupt { .. } => VIR_ERR_INTERNAL_ERROR,

@@ -50,6 +50,14 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// The holder's process (pid + start time).
+    pub fn proc_id(&self) -> crate::process::ProcId {
+        crate::process::ProcId {
+            pid: self.pid,
+            start: self.pid_start,
+        }
+    }
+
     /// Same process of the same host boot.
     pub fn same_process(&self, other: &Holder) -> bool {
         self.host_id == other.host_id

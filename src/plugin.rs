@@ -176,13 +176,7 @@ impl Manager {
     }
 
     fn base_entry(&self, p: ProcId) -> Entry {
-        Entry {
-            proc_id: p,
-            domain_uuid: self.uuid.clone(),
-            domain_name: self.name.clone(),
-            keys: Vec::new(),
-            released: Vec::new(),
-        }
+        Entry::new(p, &self.uuid, &self.name)
     }
 
     fn holder(&self, host_id: u16, boot_id: &str, p: ProcId) -> Holder {
@@ -311,14 +305,37 @@ pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
     let eng = engine(cfg, host_id, &boot_id, Some(status))?;
     let me = m.holder(host_id, &boot_id, p);
     let budget = cfg.io_timeout + cfg.lock_timeout;
+    // libvirtd: the process whose I/O thread may outlive our deadline.
+    let caller = ProcId::of(std::process::id())
+        .map_err(|e| Error::io("identify libvirtd", "/proc/self", e))?;
+    let base = m.base_entry(p);
     let mut newly = Vec::new();
     for r in &resources {
-        let (e2, r2, me2) = (eng.clone(), r.clone(), me.clone());
+        let (e2, r2, me2, reg2) = (eng.clone(), r.clone(), me.clone(), reg.clone());
         let want = expect.versions.get(&r.key()).copied();
         let path = eng.ls.lease_path(&r.key());
-        match deadline::run(budget, "acquire lease", &path, move || {
-            e2.acquire(&r2, &me2, want)
-        }) {
+        // Noted before the lockspace is touched: the daemon keeps sweeping
+        // this QEMU's leases after it exits while this call may still write.
+        let id = process::random_u64();
+        reg.begin_acquire(&base, id, caller)?;
+        let got = deadline::run_cancellable(budget, "acquire lease", &path, move |c| {
+            let res = e2.acquire_for(&r2, &me2, want, c);
+            let done = res.as_ref().ok().map(|a| (r2.key(), a.version));
+            if let Err(e) = &res {
+                if c.is_abandoned() {
+                    warn!("abandoned acquire of {r2} for QEMU pid {}: {e}", me2.pid);
+                }
+            }
+            if let Err(e) = reg2.end_acquire(me2.proc_id(), id, done) {
+                warn!("{e}");
+            }
+            res
+        });
+        if matches!(got, Err(Error::Stuck { .. }) | Err(Error::Io { .. })) {
+            // Never started (an earlier call is stuck, or no thread).
+            let _ = reg.end_acquire(p, id, None);
+        }
+        match got {
             Ok(a) => {
                 for (h, why) in &a.took_over {
                     info!(

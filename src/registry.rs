@@ -30,9 +30,55 @@ pub struct Entry {
     /// pause itself) and keeps the second state, so the second release
     /// must return the same versions.
     pub released: Vec<(String, u64)>,
+    /// (key, version) of every lease this process acquired: a resume after
+    /// a pause whose release failed (libvirt then keeps no state) must
+    /// find these versions unchanged.
+    pub acquired: Vec<(String, u64)>,
+    /// Acquires in flight for this process. The daemon keeps the entry of
+    /// an exited QEMU, and sweeps its leases, while one of them may still
+    /// write (its caller process lives).
+    pub acquiring: Vec<Intent>,
+}
+
+/// One acquire call in flight: its id and the process making it
+/// (libvirtd, whose abandoned I/O thread may still be stuck on storage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intent {
+    pub id: u64,
+    pub caller: ProcId,
 }
 
 impl Entry {
+    /// A fresh entry with no keys.
+    pub fn new(proc_id: ProcId, domain_uuid: &str, domain_name: &str) -> Entry {
+        Entry {
+            proc_id,
+            domain_uuid: domain_uuid.to_string(),
+            domain_name: domain_name.to_string(),
+            keys: Vec::new(),
+            released: Vec::new(),
+            acquired: Vec::new(),
+            acquiring: Vec::new(),
+        }
+    }
+
+    /// In-flight acquires whose caller still runs (`alive` judges).
+    pub fn live_intents(&self, alive: &dyn Fn(ProcId) -> bool) -> Vec<Intent> {
+        self.acquiring
+            .iter()
+            .filter(|i| alive(i.caller))
+            .copied()
+            .collect()
+    }
+
+    /// The version this process last acquired `key` at.
+    pub fn acquired_version(&self, key: &str) -> Option<u64> {
+        self.acquired
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| *v)
+    }
+
     pub fn file_name(&self) -> String {
         format!("{}-{}", self.proc_id.pid, self.proc_id.start)
     }
@@ -48,6 +94,15 @@ impl Entry {
         }
         for (k, v) in &self.released {
             w.field("released", format!("{} {v}", codec::encode(k)));
+        }
+        for (k, v) in &self.acquired {
+            w.field("acquired", format!("{} {v}", codec::encode(k)));
+        }
+        for i in &self.acquiring {
+            w.field(
+                "acquiring",
+                format!("{} {} {}", i.id, i.caller.pid, i.caller.start),
+            );
         }
         w.finish()
     }
@@ -71,6 +126,34 @@ impl Entry {
                 .map_err(|_| format!("bad released version '{b}'"))?;
             released.push((codec::decode(a)?, v));
         }
+        let mut acquired = Vec::new();
+        for r in f.all("acquired") {
+            let (a, b) = r
+                .split_once(' ')
+                .ok_or_else(|| format!("bad acquired line '{r}'"))?;
+            let v = b
+                .parse::<u64>()
+                .map_err(|_| format!("bad acquired version '{b}'"))?;
+            acquired.push((codec::decode(a)?, v));
+        }
+        let mut acquiring = Vec::new();
+        for r in f.all("acquiring") {
+            let n: Vec<u64> = r
+                .split(' ')
+                .map(|x| x.parse::<u64>())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|_| format!("bad acquiring line '{r}'"))?;
+            let [id, pid, start] = n[..] else {
+                return Err(format!("bad acquiring line '{r}'"));
+            };
+            acquiring.push(Intent {
+                id,
+                caller: ProcId {
+                    pid: u32::try_from(pid).map_err(|_| "pid out of range")?,
+                    start,
+                },
+            });
+        }
         Ok(Entry {
             proc_id: ProcId {
                 pid: u32::try_from(f.req_u64("pid")?).map_err(|_| "pid out of range")?,
@@ -80,6 +163,8 @@ impl Entry {
             domain_name: f.req("domain_name")?.to_string(),
             keys,
             released,
+            acquired,
+            acquiring,
         })
     }
 }
@@ -179,6 +264,42 @@ impl Registry {
         Ok(())
     }
 
+    /// Notes an acquire about to start (before any lockspace write), on
+    /// behalf of `base`'s process by `caller`.
+    pub fn begin_acquire(&self, base: &Entry, id: u64, caller: ProcId) -> Result<()> {
+        let _g = self.lock()?;
+        let mut e = self.read(base.proc_id)?.unwrap_or_else(|| base.clone());
+        e.acquiring.push(Intent { id, caller });
+        self.write(&e)
+    }
+
+    /// Ends an acquire noted by [`Registry::begin_acquire`]; `acquired`:
+    /// the key and version it took. Called by the I/O thread itself, when
+    /// the call is over, whether or not its caller still waits.
+    pub fn end_acquire(&self, p: ProcId, id: u64, acquired: Option<(String, u64)>) -> Result<()> {
+        let _g = self.lock()?;
+        if let Some(mut e) = self.read(p)? {
+            e.acquiring.retain(|i| i.id != id);
+            if let Some((k, v)) = acquired {
+                e.acquired.retain(|(x, _)| *x != k);
+                e.acquired.push((k, v));
+            }
+            self.write(&e)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the acquired versions of `keys` (a hot-unplug: a later
+    /// hotplug of the same disk is a new attachment).
+    pub fn forget_acquired(&self, p: ProcId, keys: &[String]) -> Result<()> {
+        let _g = self.lock()?;
+        if let Some(mut e) = self.read(p)? {
+            e.acquired.retain(|(k, _)| !keys.contains(k));
+            self.write(&e)?;
+        }
+        Ok(())
+    }
+
     /// Removes keys after a confirmed release.
     pub fn remove_keys(&self, p: ProcId, keys: &[String]) -> Result<()> {
         let _g = self.lock()?;
@@ -225,6 +346,8 @@ mod tests {
             domain_name: "my vm".into(),
             keys: vec![],
             released: vec![("domain-u".into(), 4)],
+            acquired: vec![],
+            acquiring: vec![],
         };
         reg.write(&e).unwrap();
         reg.add_keys(&e, &[("disk-a".into(), "/a b".into())])
@@ -240,6 +363,25 @@ mod tests {
         let got = reg.read(e.proc_id).unwrap().unwrap();
         assert_eq!(got.keys.len(), 2);
         assert_eq!(got.released, vec![("domain-u".to_string(), 4)]);
+        let caller = ProcId { pid: 7, start: 9 };
+        reg.begin_acquire(&e, 5, caller).unwrap();
+        let got = reg.read(e.proc_id).unwrap().unwrap();
+        assert_eq!(got.acquiring, vec![Intent { id: 5, caller }]);
+        assert_eq!(got.live_intents(&|p| p == caller).len(), 1);
+        assert!(got.live_intents(&|_| false).is_empty());
+        reg.end_acquire(e.proc_id, 5, Some(("disk-a".into(), 3)))
+            .unwrap();
+        let got = reg.read(e.proc_id).unwrap().unwrap();
+        assert!(got.acquiring.is_empty());
+        assert_eq!(got.acquired_version("disk-a"), Some(3));
+        reg.forget_acquired(e.proc_id, &["disk-a".into()]).unwrap();
+        assert_eq!(
+            reg.read(e.proc_id)
+                .unwrap()
+                .unwrap()
+                .acquired_version("disk-a"),
+            None
+        );
         reg.remove_keys(e.proc_id, &["disk-a".into()]).unwrap();
         assert_eq!(reg.read(e.proc_id).unwrap().unwrap().keys.len(), 1);
         fs::write(reg.dir.join("9-9"), b"junk").unwrap();

@@ -2,6 +2,15 @@
 //! at once through pidfds (no libvirt call exists for shutdown, destroy or
 //! crash), releases their leases on a worker thread, and lists the live ones
 //! for the fence.
+//!
+//! The sweep: an acquire for a QEMU may still be in flight when it exits
+//! (libvirtd's I/O thread stuck on storage, abandoned at its deadline). Its
+//! registry entry says so (`acquiring`, written before the lockspace is
+//! touched). The entry of such a QEMU is kept, and its leases are released
+//! again every [`SWEEP_MS`], until no caller of an in-flight acquire is
+//! alive: a write that lands late is freed within one sweep, with a log
+//! line that says why. Only this host's registry is read, never the whole
+//! lease directory.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -15,7 +24,11 @@ use crate::engine::Engine;
 use crate::error::Result;
 use crate::lockspace::Lockspace;
 use crate::process::ProcId;
-use crate::registry::{Entry, Registry};
+use crate::registry::{Entry, Intent, Registry};
+
+/// How often the leases of an exited QEMU with an acquire still in flight
+/// are released again.
+pub const SWEEP_MS: u64 = 5_000;
 
 struct Tracked {
     entry: Option<Entry>,
@@ -24,6 +37,16 @@ struct Tracked {
     releasing: bool,
     retry_at: u64,
     last_error: String,
+    /// Kept because an acquire for it was in flight at the last pass.
+    sweeping: bool,
+}
+
+/// One release pass over an exited QEMU's leases.
+struct Pass {
+    /// Keys released (this pass found the QEMU among their holders).
+    released: Vec<String>,
+    /// Acquires in flight when the pass began, by live callers.
+    in_flight: Vec<Intent>,
 }
 
 pub struct Reaper {
@@ -32,7 +55,7 @@ pub struct Reaper {
     dir_mtime: Option<SystemTime>,
     last_full_scan: u64,
     tx: Sender<(ProcId, Entry)>,
-    rx: Receiver<(ProcId, Result<Vec<String>>)>,
+    rx: Receiver<(ProcId, Result<Pass>)>,
 }
 
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
@@ -68,11 +91,12 @@ impl Reaper {
             view: None,
             process_alive: std::sync::Arc::new(|p: ProcId| p.is_alive()),
         };
+        let reg2 = reg.clone();
         std::thread::Builder::new()
             .name("vmlease-release".into())
             .spawn(move || {
                 for (p, e) in jobs {
-                    let res = release_all(&eng, p, &e);
+                    let res = release_pass(&eng, &reg2, p, e);
                     if done_tx.send((p, res)).is_err() {
                         return;
                     }
@@ -156,6 +180,7 @@ impl Reaper {
                             releasing: false,
                             retry_at: 0,
                             last_error: String::new(),
+                            sweeping: false,
                         },
                     );
                     if dead {
@@ -243,6 +268,12 @@ impl Reaper {
         out
     }
 
+    /// True while an exited QEMU's leases are swept (an acquire for it
+    /// was still in flight at the last pass).
+    pub fn is_sweeping(&self, p: ProcId) -> bool {
+        self.tracked.get(&p).is_some_and(|t| t.sweeping)
+    }
+
     pub fn alive_count(&self) -> usize {
         self.tracked.values().filter(|t| !t.dead).count()
     }
@@ -255,13 +286,47 @@ impl Reaper {
             };
             t.releasing = false;
             match res {
-                Ok(keys) => {
-                    if !keys.is_empty() {
+                Ok(pass) => {
+                    let keys = &pass.released;
+                    if !keys.is_empty() && t.sweeping {
+                        warn!(
+                            "sweep: released {} lease(s) of exited QEMU pid {}: {}; an acquire that was \
+                             still in flight when the QEMU exited wrote them afterwards (storage stall?)",
+                            keys.len(),
+                            p.pid,
+                            keys.join(", ")
+                        );
+                    } else if !keys.is_empty() {
                         info!(
                             "released {} lease(s) of exited QEMU pid {}: {}",
                             keys.len(),
                             p.pid,
                             keys.join(", ")
+                        );
+                    }
+                    if !pass.in_flight.is_empty() {
+                        if !t.sweeping {
+                            let callers: Vec<String> = pass
+                                .in_flight
+                                .iter()
+                                .map(|i| i.caller.pid.to_string())
+                                .collect();
+                            warn!(
+                                "QEMU pid {} exited while an acquire for it is still in flight in process {} \
+                                 (stuck on storage?): its leases are swept every {} s until that acquire ends",
+                                p.pid,
+                                callers.join(", "),
+                                SWEEP_MS / 1000
+                            );
+                        }
+                        t.sweeping = true;
+                        t.retry_at = crate::clock::boottime_ms() + SWEEP_MS;
+                        continue;
+                    }
+                    if t.sweeping {
+                        info!(
+                            "sweep of exited QEMU pid {} done: no acquire for it is in flight any more",
+                            p.pid
                         );
                     }
                     if let Err(e) = self.reg.remove(p) {
@@ -303,6 +368,22 @@ impl Reaper {
     }
 }
 
+/// Notes the in-flight acquires first, then releases: a write that lands
+/// after the release was issued by an acquire noted here, and the entry
+/// is kept for the next sweep.
+fn release_pass(eng: &Engine, reg: &Registry, p: ProcId, fallback: Entry) -> Result<Pass> {
+    let e = match reg.read(p) {
+        Ok(Some(e)) => e,
+        _ => fallback,
+    };
+    let in_flight = e.live_intents(&|c| c.is_alive());
+    let released = release_all(eng, p, &e)?;
+    Ok(Pass {
+        released,
+        in_flight,
+    })
+}
+
 fn release_all(eng: &Engine, p: ProcId, e: &Entry) -> Result<Vec<String>> {
     let mut done = Vec::new();
     for (key, _resource) in &e.keys {
@@ -317,4 +398,120 @@ fn release_all(eng: &Engine, p: ProcId, e: &Entry) -> Result<Vec<String>> {
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::Holder;
+    use crate::resource::Resource;
+    use std::time::{Duration, Instant};
+
+    fn wait_for(what: &str, ms: u64, mut f: impl FnMut() -> bool) {
+        let t0 = Instant::now();
+        while !f() {
+            assert!(
+                t0.elapsed() < Duration::from_millis(ms),
+                "waited {ms} ms for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A QEMU dies while an acquire for it is stuck on storage; the
+    /// reaper finds nothing to release; then the stuck write lands and
+    /// names the dead QEMU. The sweep must free that record.
+    #[test]
+    fn sweep_frees_a_record_written_after_the_qemu_died() {
+        let base =
+            std::env::temp_dir().join(format!("vmlease-reaper-{}", crate::process::random_u64()));
+        let ls_dir = base.join("ls");
+        let state = base.join("state");
+        Lockspace::init(&ls_dir, 4).unwrap();
+        let ls = Lockspace::open(&ls_dir).unwrap();
+        let cfg = crate::config::parse(
+            &format!(
+                "host_id = 1\nlockspace_dir = \"{}\"\nstate_dir = \"{}\"\n",
+                ls_dir.display(),
+                state.display()
+            ),
+            "test",
+        )
+        .unwrap();
+        let boot = crate::process::boot_id().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let p = ProcId::of(child.id()).unwrap();
+        let disk = Resource::disk("/images/late.qcow2", false);
+        let reg = Registry::new(&state);
+        let mut entry = Entry::new(p, "uuid-web", "web");
+        entry.keys = vec![(disk.key(), disk.name.clone())];
+        reg.write(&entry).unwrap();
+        // The plugin notes its acquire (this process stands for libvirtd).
+        let me_caller = ProcId::of(std::process::id()).unwrap();
+        reg.begin_acquire(&entry, 77, me_caller).unwrap();
+        let mut reaper = Reaper::new(&cfg, ls.clone(), 1, &boot);
+        reaper.scan_now();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let step = |reaper: &mut Reaper| {
+            reaper.wait(20);
+            reaper.scan();
+            reaper.release_dead();
+        };
+        wait_for("the reaper to handle the exit", 5000, || {
+            step(&mut reaper);
+            reaper.is_sweeping(p)
+        });
+        assert!(
+            reg.read(p).unwrap().is_some(),
+            "entry dropped while an acquire is in flight"
+        );
+        // The stuck acquire's write lands now.
+        let eng = Engine {
+            ls: ls.clone(),
+            host_id: 1,
+            boot_id: boot.clone(),
+            dead_ms: 4000,
+            lock_timeout_ms: 500,
+            view: None,
+            process_alive: std::sync::Arc::new(|_| true),
+        };
+        let me = Holder {
+            host_id: 1,
+            boot_id: boot.clone(),
+            pid: p.pid,
+            pid_start: p.start,
+            domain_uuid: "uuid-web".into(),
+            domain_name: "web".into(),
+        };
+        eng.acquire(&disk, &me, None).unwrap();
+        let t0 = Instant::now();
+        let limit = Duration::from_millis(SWEEP_MS + 3000);
+        loop {
+            step(&mut reaper);
+            let rec = ls.read_lease(&disk.key(), &disk.name).unwrap();
+            if rec.holders.is_empty() {
+                break;
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "after {limit:?} the record still names the exited QEMU: {:?}",
+                rec.holders
+            );
+        }
+        // The stuck call ends: the next sweep drops the entry.
+        reg.end_acquire(p, 77, None).unwrap();
+        wait_for(
+            "the entry to go once no acquire is in flight",
+            SWEEP_MS + 3000,
+            || {
+                step(&mut reaper);
+                reg.read(p).unwrap().is_none()
+            },
+        );
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

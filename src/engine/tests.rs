@@ -377,3 +377,77 @@ fn concurrent_acquires_from_threads_have_one_winner() {
         .count();
     assert_eq!(winners, 1);
 }
+
+/// An acquire whose caller gave up at its deadline (the record lock was
+/// held elsewhere: a storage stall) and whose QEMU then exited must not
+/// leave that dead QEMU as the holder when the stall ends.
+#[test]
+fn abandoned_acquire_never_leaves_a_holder() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _serial = crate::deadline::TEST_SERIAL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let w = World::new("abandoned");
+    let disk = Resource::disk("/images/stall.qcow2", false);
+    let mut eng = w.engine(1, Some(w.view(1, &[0], 0)));
+    eng.lock_timeout_ms = 5000;
+    let me = holder(1, 10, "web");
+    w.alive.lock().unwrap().insert(10);
+    let stall = w.ls.lock_record(&disk.key(), 100).unwrap();
+    let finished = Arc::new(AtomicBool::new(false));
+    let (e2, d2, me2, f2) = (eng.clone(), disk.clone(), me.clone(), finished.clone());
+    let path = w.ls.lease_path(&disk.key());
+    let r = crate::deadline::run_cancellable(100, "acquire lease", &path, move |c| {
+        let r = e2.acquire_for(&d2, &me2, None, c);
+        f2.store(true, Ordering::SeqCst);
+        r
+    });
+    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+    // libvirt kills the QEMU after the failed start; the stall ends.
+    w.alive.lock().unwrap().remove(&10);
+    drop(stall);
+    let t0 = std::time::Instant::now();
+    while !finished.load(Ordering::SeqCst) {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "waited 10 s for the abandoned acquire to end"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let rec = w.ls.read_lease(&disk.key(), &disk.name).unwrap();
+    assert!(
+        rec.holders.is_empty(),
+        "the abandoned acquire left holders {:?} (version {})",
+        rec.holders,
+        rec.version
+    );
+}
+
+/// The checks `acquire_for` makes under the record lock, one by one.
+#[test]
+fn acquire_for_writes_nothing_when_abandoned_or_for_a_dead_process() {
+    let w = World::new("acqfor");
+    let disk = Resource::disk("/images/b.qcow2", false);
+    let eng = w.engine(1, Some(w.view(1, &[0], 0)));
+    let me = holder(1, 11, "web");
+    // QEMU 11 is not alive.
+    let e = eng
+        .acquire_for(&disk, &me, None, &crate::deadline::Cancel::new())
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("QEMU pid 11 exited while the acquire waited"),
+        "{e}"
+    );
+    w.alive.lock().unwrap().insert(11);
+    let gave_up = crate::deadline::Cancel::new();
+    assert!(gave_up.abandon());
+    let e = eng.acquire_for(&disk, &me, None, &gave_up).unwrap_err();
+    assert!(e.to_string().contains("its caller gave up"), "{e}");
+    let rec = w.ls.read_lease(&disk.key(), &disk.name).unwrap();
+    assert!(rec.holders.is_empty() && rec.version == 0, "{rec:?}");
+    let ok = crate::deadline::Cancel::new();
+    assert_eq!(eng.acquire_for(&disk, &me, None, &ok).unwrap().version, 1);
+    // The call committed: the caller can no longer give up on it.
+    assert!(!ok.abandon());
+}

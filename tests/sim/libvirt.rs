@@ -386,13 +386,7 @@ impl World {
     fn base_entry(&self, q: usize) -> RegEntry {
         let qm = &self.qemus[q];
         let vm = &self.vms[qm.vm];
-        RegEntry {
-            proc_id: qm.proc_id,
-            domain_uuid: vm.uuid.clone(),
-            domain_name: vm.name.clone(),
-            keys: Vec::new(),
-            released: Vec::new(),
-        }
+        RegEntry::new(qm.proc_id, &vm.uuid, &vm.name)
     }
 
     // ---------------------------------------------------------------

@@ -204,6 +204,19 @@ impl Fence {
         }
     }
 
+    /// [`Fence::step`], with the leased QEMUs counted afresh
+    /// (`fresh_count`: a full registry scan) whenever this step would
+    /// publish `fenced-clean`. The count the loop feeds every tick comes
+    /// from a scan gated on the registry directory's coarse mtime and may
+    /// miss a QEMU registered a moment ago; `fenced-clean` lets other hosts
+    /// take its leases at once.
+    pub fn step_counted(&mut self, i: &mut Inputs, fresh_count: impl FnOnce() -> usize) -> Actions {
+        if self.clone().step(i).state == HostState::FencedClean {
+            i.alive_leased = fresh_count();
+        }
+        self.step(i)
+    }
+
     pub fn step(&mut self, i: &Inputs) -> Actions {
         let age = self.renewal_age(i);
         let storage_ok = age <= self.timing.renew_fail_timeout;

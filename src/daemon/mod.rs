@@ -337,7 +337,7 @@ impl Daemon {
             let mgmt_lost = self.nets[1].lost(now);
             let service_lost = self.nets[2].lost(now);
             let clear = self.take_clear_request();
-            let inputs = Inputs {
+            let mut inputs = Inputs {
                 now,
                 last_renewal: self.last_renewal_ms,
                 started: self.started_ms,
@@ -349,7 +349,11 @@ impl Daemon {
                 alive_leased: alive,
                 clear_requested: clear,
             };
-            let act = self.fence.step(&inputs);
+            let reaper = &mut self.reaper;
+            let act = self.fence.step_counted(&mut inputs, || {
+                reaper.scan_now();
+                reaper.alive_count()
+            });
             if let Some(l) = &act.log {
                 if act.kill_all || act.reset {
                     error!("{l}");
@@ -552,10 +556,9 @@ impl Daemon {
         }
     }
 
-    /// Clean stop on SIGTERM.
-    fn stop(&mut self) -> i32 {
-        // First make the plugin refuse new leases, then look at what runs.
-        let _ = std::fs::remove_file(Status::path(&self.cfg.state_dir));
+    /// At a stop: true (and a warning) when a leased QEMU runs, from a
+    /// fresh registry scan.
+    fn leased_running_at_stop(&mut self) -> bool {
         self.reaper.scan_now();
         let alive = self.reaper.alive_processes().len();
         if alive > 0 {
@@ -564,6 +567,15 @@ impl Daemon {
                  restart vmlease-watchdog within {} or the host resets",
                 secs(self.cfg.timing.watchdog_timeout)
             );
+        }
+        alive > 0
+    }
+
+    /// Clean stop on SIGTERM.
+    fn stop(&mut self) -> i32 {
+        // First make the plugin refuse new leases, then look at what runs.
+        let _ = std::fs::remove_file(Status::path(&self.cfg.state_dir));
+        if self.leased_running_at_stop() {
             return exit::OK;
         }
         // Nothing leased: leave cleanly so others need not wait for us.
@@ -575,6 +587,12 @@ impl Daemon {
         while self.renew_inflight.is_some() && boottime_ms() < until {
             std::thread::sleep(std::time::Duration::from_millis(5));
             self.collect_renewal(boottime_ms());
+        }
+        // 'leaving' frees every lease of this host at once: count again,
+        // from a fresh registry scan, right before publishing it (a start
+        // that checked the status before it was removed registers late).
+        if self.leased_running_at_stop() {
+            return exit::OK;
         }
         if self.last_renewal_ms > 0 && self.renew_inflight.is_none() {
             self.counter += 1;

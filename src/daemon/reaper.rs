@@ -403,6 +403,7 @@ fn release_all(eng: &Engine, p: ProcId, e: &Entry) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use crate::lease::Holder;
     use crate::resource::Resource;
     use std::time::{Duration, Instant};
@@ -418,11 +419,8 @@ mod tests {
         }
     }
 
-    /// A QEMU dies while an acquire for it is stuck on storage; the
-    /// reaper finds nothing to release; then the stuck write lands and
-    /// names the dead QEMU. The sweep must free that record.
-    #[test]
-    fn sweep_frees_a_record_written_after_the_qemu_died() {
+    /// A lockspace and a config in a fresh temp directory.
+    fn setup() -> (std::path::PathBuf, Lockspace, Config) {
         let base =
             std::env::temp_dir().join(format!("vmlease-reaper-{}", crate::process::random_u64()));
         let ls_dir = base.join("ls");
@@ -438,6 +436,69 @@ mod tests {
             "test",
         )
         .unwrap();
+        (base, ls, cfg)
+    }
+
+    /// A QEMU registers in the same tick of the registry directory's
+    /// coarse mtime as the reaper's last scan (made exact here by setting
+    /// the mtime back). A fence whose kills are done must not publish
+    /// fenced-clean while that QEMU runs.
+    #[test]
+    fn fenced_clean_only_after_a_fresh_registry_scan() {
+        use crate::daemon::fence::{Cause, Fence, Inputs, Phase};
+        use crate::hosts::HostState;
+        let (base, ls, cfg) = setup();
+        let boot = crate::process::boot_id().unwrap();
+        let mut reaper = Reaper::new(&cfg, ls, 1, &boot);
+        let reg = Registry::new(&cfg.state_dir);
+        reg.ensure_dir().unwrap();
+        reaper.scan_now();
+        let mtime = std::fs::metadata(&reg.dir).unwrap().modified().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let p = ProcId::of(child.id()).unwrap();
+        reg.write(&Entry::new(p, "uuid-late", "late")).unwrap();
+        std::fs::File::open(&reg.dir)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let mut fence = Fence::new(cfg.timing, cfg.management.policy, cfg.service.policy);
+        fence.phase = Phase::Fencing {
+            cause: Cause::Storage,
+            since: 0,
+        };
+        // What the daemon loop does each tick.
+        reaper.scan();
+        let mut inputs = Inputs {
+            now: 10_000,
+            alive_leased: reaper.alive_count(),
+            ..Inputs::default()
+        };
+        let act = fence.step_counted(&mut inputs, || {
+            reaper.scan_now();
+            reaper.alive_count()
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        std::fs::remove_dir_all(&base).unwrap();
+        assert_ne!(
+            act.state,
+            HostState::FencedClean,
+            "published fenced-clean while leased QEMU pid {} runs",
+            p.pid
+        );
+        assert!(act.kill_all, "{act:?}");
+    }
+
+    /// A QEMU dies while an acquire for it is stuck on storage; the
+    /// reaper finds nothing to release; then the stuck write lands and
+    /// names the dead QEMU. The sweep must free that record.
+    #[test]
+    fn sweep_frees_a_record_written_after_the_qemu_died() {
+        let (base, ls, cfg) = setup();
+        let state = cfg.state_dir.clone();
         let boot = crate::process::boot_id().unwrap();
         let mut child = std::process::Command::new("sleep")
             .arg("30")

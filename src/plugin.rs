@@ -207,6 +207,25 @@ impl Manager {
     }
 }
 
+impl Manager {
+    /// A start (or an incoming migration) with nothing to lease: with
+    /// domain_lease = false, a domain whose disks are network (RBD) or
+    /// read-only ones, which libvirt never hands to a lock manager or
+    /// which take no lease. It would run unprotected, silently.
+    pub fn check_something_leased(&self, cfg: &Config) -> Result<()> {
+        if self.all_resources(cfg, true).is_empty() && !cfg.allow_unleased_domains {
+            return Err(Error::Config(format!(
+                "domain '{}' would run with no lease: domain_lease = false and it has no writable \
+                 file/block disk or <lease> to lease (network disks such as RBD are never passed to \
+                 lock managers); set domain_lease = true, or allow_unleased_domains = true to run \
+                 such domains unprotected",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+}
+
 fn as_u32(v: &Value, what: &str) -> Result<u32> {
     match v {
         Value::UInt(u) => u32::try_from(*u).ok(),
@@ -247,6 +266,7 @@ pub fn protected_status(cfg: &Config) -> Result<(u16, String, Status)> {
 pub fn register(cfg: &Config, m: &Manager) -> Result<()> {
     protected_status(cfg)?;
     m.check_disk_policy(cfg)?;
+    m.check_something_leased(cfg)?;
     let p = ProcId::of(m.pid)
         .map_err(|e| Error::io("identify process", format!("/proc/{}", m.pid), e))?;
     let mut e = m.base_entry(p);
@@ -296,6 +316,13 @@ pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
     resources.sort_by_key(|r| r.key());
     resources.dedup_by_key(|r| r.key());
     let reg = Registry::new(&cfg.state_dir);
+    // Without a state (a start, a hotplug, or a resume after a pause whose
+    // release failed: libvirt then keeps none), a lease this QEMU held
+    // before must still have the version it held it at.
+    let held_before: Vec<(String, u64)> = match (state, reg.read(p)?) {
+        (None, Some(e)) => e.acquired,
+        _ => Vec::new(),
+    };
     let keys: Vec<(String, String)> = resources
         .iter()
         .map(|r| (r.key(), r.name.clone()))
@@ -312,7 +339,12 @@ pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
     let mut newly = Vec::new();
     for r in &resources {
         let (e2, r2, me2, reg2) = (eng.clone(), r.clone(), me.clone(), reg.clone());
-        let want = expect.versions.get(&r.key()).copied();
+        let want = expect.versions.get(&r.key()).copied().or_else(|| {
+            held_before
+                .iter()
+                .find(|(k, _)| *k == r.key())
+                .map(|(_, v)| *v)
+        });
         let path = eng.ls.lease_path(&r.key());
         // Noted before the lockspace is touched: the daemon keeps sweeping
         // this QEMU's leases after it exits while this call may still write.
@@ -454,6 +486,11 @@ pub fn release(cfg: &Config, m: &Manager, want_state: bool) -> Result<Option<Str
         }
     }
     let _ = reg.remove_keys(p, &released);
+    if !want_state {
+        // A hot-unplug: plugging the disk in again later is a new
+        // attachment, not a resume.
+        let _ = reg.forget_acquired(p, &released);
+    }
     if want_state {
         let versions: Vec<(String, u64)> = state
             .versions

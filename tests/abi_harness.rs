@@ -779,3 +779,84 @@ fn acquire_latency_per_resource() {
         let _ = fs::remove_dir_all(ls);
     }
 }
+
+/// domain_lease = false and a domain whose only disks libvirt does not
+/// pass to lock managers (RBD, read-only): nothing would be leased, and
+/// the VM would run unprotected. The start is refused unless the config
+/// allows unleased domains.
+#[test]
+fn a_start_that_would_lease_nothing_is_refused() {
+    let _g = serial();
+    let s = Scratch::new("abi-unleased");
+    let ls = lockspace(&s);
+    let mut a = Host::new(
+        &s,
+        1,
+        &ls,
+        "unsafe_no_watchdog = true\ndomain_lease = false\n",
+    );
+    a.start(&[]);
+    let (p, rc) = load(&s.0, &a.conf);
+    assert_eq!(rc, 0, "{}", last_error());
+    let rbd_only = Dom::new([0x57; 16], "rbd-only", &[("/images/seed.iso", READONLY)]);
+    let e = p
+        .start(&rbd_only)
+        .err()
+        .expect("a start that leases nothing must be refused");
+    assert!(
+        e.contains("domain 'rbd-only' would run with no lease")
+            && e.contains("allow_unleased_domains"),
+        "{e}"
+    );
+    // A domain with a writable disk still starts (its disk lease).
+    let ok = Dom::new([0x58; 16], "with-disk", &[("/images/w.qcow2", 0)]);
+    let q = p.start(&ok).unwrap();
+    drop(q);
+
+    let b = Host::new(
+        &s,
+        2,
+        &ls,
+        "unsafe_no_watchdog = true\ndomain_lease = false\nallow_unleased_domains = true\n",
+    );
+    let mut b = b;
+    b.start(&[]);
+    let (pb, rc) = load(&s.0, &b.conf);
+    assert_eq!(rc, 0, "{}", last_error());
+    let q = pb.start(&rbd_only).unwrap();
+    drop(q);
+}
+
+/// A pause whose release failed: libvirt keeps no state and resumes with
+/// Acquire(NULL). Meanwhile another domain on host B used the disk. The
+/// resume must be refused: the versions this QEMU held are in the registry.
+#[test]
+fn resume_after_a_failed_pause_release_checks_the_versions() {
+    let _g = serial();
+    let c = cluster("abi-failrel");
+    let web = Dom::new([0x59; 16], "web", &[("/images/fr.qcow2", 0)]);
+    let qa = c.pa.start(&web).unwrap();
+    // The domain lease's record lock is held elsewhere: that release
+    // fails, the disk's succeeds; libvirt gets an error and no state.
+    let ls = vmlease::lockspace::Lockspace::open(&c.ls).unwrap();
+    let stall = ls.lock_record(&dom_key(&web), 100).unwrap();
+    let e = c.pa.release(&web, qa.pid, true, None).unwrap_err();
+    assert!(e.contains("record lock"), "{e}");
+    drop(stall);
+    assert!(key_holders(&c.ls, &disk_key("/images/fr.qcow2")).is_empty());
+    // Another domain on B writes the disk and stops.
+    let other = Dom::new([0x5a; 16], "other", &[("/images/fr.qcow2", 0)]);
+    let qb = c.pb.start(&other).unwrap();
+    c.pb.release(&other, qb.pid, true, None).unwrap();
+    // libvirt resumes A with no state.
+    let e = c.pa.acquire(&web, qa.pid, None, None).unwrap_err();
+    assert!(
+        e.contains("lease version is") && e.contains("another owner held it"),
+        "{e}"
+    );
+    assert!(
+        key_holders(&c.ls, &disk_key("/images/fr.qcow2")).is_empty(),
+        "a refused resume holds nothing"
+    );
+    drop((qa, qb));
+}

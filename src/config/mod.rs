@@ -84,6 +84,10 @@ pub struct Config {
     pub domain_lease: bool,
     pub disk_leases: bool,
     pub require_lease_for_disks: bool,
+    /// Start a domain for which nothing would be leased (domain_lease =
+    /// false and only network or read-only disks). Off: such a start is
+    /// refused, since the VM would run unprotected.
+    pub allow_unleased_domains: bool,
     pub unsafe_no_watchdog: bool,
     pub watchdog_device: PathBuf,
     pub reset_action: ResetAction,
@@ -156,6 +160,7 @@ struct Raw {
     domain_lease: Option<bool>,
     disk_leases: Option<bool>,
     require_lease_for_disks: Option<bool>,
+    allow_unleased_domains: Option<bool>,
     unsafe_no_watchdog: Option<bool>,
     watchdog_device: Option<Spanned<String>>,
     reset_action: Option<Spanned<String>>,
@@ -508,6 +513,7 @@ impl Builder<'_> {
             domain_lease: raw.domain_lease.unwrap_or(true),
             disk_leases: raw.disk_leases.unwrap_or(true),
             require_lease_for_disks: raw.require_lease_for_disks.unwrap_or(true),
+            allow_unleased_domains: raw.allow_unleased_domains.unwrap_or(false),
             unsafe_no_watchdog: raw.unsafe_no_watchdog.unwrap_or(false),
             watchdog_device: self.abs_path(
                 "watchdog_device",
@@ -550,6 +556,17 @@ impl Config {
         }
         if self.host_id.is_none() {
             w.push("host_id is not set: this host cannot take leases".into());
+        }
+        if !self.domain_lease {
+            w.push(if self.allow_unleased_domains {
+                "domain_lease = false and allow_unleased_domains = true: a domain whose disks are all network (RBD) \
+                 or read-only disks runs with no lease at all, unprotected against a second start elsewhere"
+                    .into()
+            } else {
+                "domain_lease = false: network (RBD) disks are never leased; a domain with nothing else to lease \
+                 is refused at start (allow_unleased_domains = true would run it unprotected)"
+                    .into()
+            });
         }
         w
     }

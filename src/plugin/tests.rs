@@ -116,3 +116,30 @@ fn unprotected_without_daemon_status() {
         .to_string()
         .contains("host_id is not set"));
 }
+
+#[test]
+fn a_domain_with_nothing_to_lease_needs_allow_unleased_domains() {
+    let c = cfg("domain_lease = false\n");
+    let mut m = Manager::new(0, &params([4; 16], "rbd", 7), 0).unwrap();
+    // An RBD disk never reaches the plugin; a read-only one takes no lease.
+    m.add_resource(&c, 0, "/img/seed.iso", &[], RESOURCE_READONLY)
+        .unwrap();
+    let e = m.check_something_leased(&c).unwrap_err().to_string();
+    assert!(
+        e.contains("domain 'rbd' would run with no lease") && e.contains("allow_unleased_domains"),
+        "{e}"
+    );
+    assert!(m
+        .check_something_leased(&cfg(
+            "domain_lease = false\nallow_unleased_domains = true\n"
+        ))
+        .is_ok());
+    assert!(
+        m.check_something_leased(&cfg("")).is_ok(),
+        "the domain lease"
+    );
+    assert!(cfg("domain_lease = false\n")
+        .warnings()
+        .iter()
+        .any(|w| w.contains("domain_lease = false")));
+}

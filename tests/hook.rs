@@ -703,3 +703,74 @@ mod real_libvirt {
         drop(c);
     }
 }
+
+/// libvirtd waits for the hook process to exit. A lockspace call stuck in
+/// D (a frozen filesystem here, hung CephFS in production) keeps the
+/// process that made it from exiting, even after its deadline: the hook
+/// must answer libvirt at its deadline all the same.
+#[test]
+fn a_hook_on_hung_storage_answers_libvirt_at_its_deadline() {
+    let _g = serial();
+    let s = Scratch::new("hook-frozen");
+    let mut fz = support::frozen::Frozen::new(&s);
+    let ls = fz.mnt.join("ls");
+    vmlease::lockspace::Lockspace::init(&ls, 16).unwrap();
+    let h = Host::new(&s, 1, &ls, "unsafe_no_watchdog = true\n");
+    let hk = Hooker::new(&s, &h.conf, Some("vmlease"));
+    let uuid = format_uuid(&UUID_A);
+    let xml = domain_xml("web", &uuid);
+    // The hook's own budget: io_timeout + lock_timeout + 2 s.
+    let budget = h.cfg.io_timeout + h.cfg.lock_timeout + 2_000;
+    let limit = budget + 3_000;
+    fz.freeze();
+    let start = boottime_ms();
+    let mut child = Command::new(bin("vmlease"))
+        .arg("--config")
+        .arg(&hk.conf)
+        .args(["hook", "qemu", "web", "release", "end", "-"])
+        .env("VMLEASE_QEMU_CONF", &hk.qemu_conf)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(xml.as_bytes())
+        .unwrap();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if boottime_ms() - start > limit {
+            // Thaw first: a process stuck in D cannot even be killed.
+            fz.thaw();
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!(
+                "the release hook still ran {limit} ms after it started on a frozen lockspace \
+                 (its budget is {budget} ms); stderr: {err}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = boottime_ms() - start;
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    println!("release hook on a frozen lockspace answered after {took} ms: {err}");
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("the watchdog daemon will") || err.contains("no answer within"),
+        "{err}"
+    );
+    fz.thaw();
+}

@@ -11,10 +11,16 @@
 //! Exit 0 lets libvirt go on; exit 1 aborts `prepare` and `migrate` and,
 //! for `reconnect`, makes libvirt kill that QEMU.
 //!
+//! The lockspace work runs in a child process (`detach`): a thread stuck
+//! in D on hung storage would keep the hook's own process, and libvirtd
+//! waiting for it, from ever exiting.
+//!
 //! Files: `protect` (prepare, migrate), `release`, `reconnect`, `xml`
-//! (the domain's UUID), `gate` (is vmlease libvirt's lock manager?).
+//! (the domain's UUID), `gate` (is vmlease libvirt's lock manager?),
+//! `detach` (the worker process and its deadline).
 #![forbid(unsafe_code)]
 
+mod detach;
 pub mod gate;
 mod protect;
 mod reconnect;
@@ -68,6 +74,9 @@ fn arm_backstop(ms: u64, code: i32, what: String) {
                 "{what}: no answer within {ms} ms; giving up ({})",
                 if code == 0 { "going on" } else { "refusing" }
             ));
+            // A thread stuck in D may keep this process from exiting:
+            // the parent takes the answer from here.
+            detach::report(code);
             std::process::exit(code);
         });
 }
@@ -130,10 +139,41 @@ pub fn main(config_path: &Path, args: &[String]) -> i32 {
         .map(|c| (c.io_timeout, c.lock_timeout))
         .unwrap_or((5_000, 5_000));
     let budget = io + lock + 2_000;
+    if !detach::is_worker() {
+        let (safe, what) = match action {
+            Action::Protect(what) => (REFUSE, format!("refusing to {what} '{name}'")),
+            Action::Release | Action::Reconnect => (0, format!("domain '{name}': {op} {sub}")),
+        };
+        let xml = match (&stdin, action) {
+            (Ok(x), _) => x.as_bytes(),
+            (Err(_), Action::Protect(_)) => &[],
+            (Err(e), _) => {
+                say(&format!("domain '{name}' ({op} {sub}): {e}; nothing done"));
+                return 0;
+            }
+        };
+        // The worker's own backstop speaks first when it can still exit.
+        return detach::run(config_path, args, xml, budget + 500, safe, &what);
+    }
+    let code = work(action, cfg, stdin, &name, op, sub, budget);
+    detach::report(code);
+    code
+}
+
+/// The worker's part: the operation itself.
+fn work(
+    action: Action,
+    cfg: crate::error::Result<config::Config>,
+    stdin: Result<String, String>,
+    name: &str,
+    op: &str,
+    sub: &str,
+    budget: u64,
+) -> i32 {
     match action {
         Action::Protect(what) => {
             arm_backstop(budget, REFUSE, format!("refusing to {what} '{name}'"));
-            protect::run(&cfg, &name, what)
+            protect::run(&cfg, name, what)
         }
         Action::Release | Action::Reconnect => {
             arm_backstop(budget, 0, format!("domain '{name}': {op} {sub}"));
@@ -152,9 +192,9 @@ pub fn main(config_path: &Path, args: &[String]) -> i32 {
                 }
             };
             if matches!(action, Action::Release) {
-                release::run(&cfg, &name, &uuid)
+                release::run(&cfg, name, &uuid)
             } else {
-                reconnect::run(&cfg, &name, &uuid)
+                reconnect::run(&cfg, name, &uuid)
             }
         }
     }

@@ -105,7 +105,12 @@ pub fn run(cfg: &Config, name: &str, uuid: &str) -> i32 {
                 );
             }
             if failed.is_empty() {
-                for e in &gone {
+                // An entry whose acquire may still be in flight stays:
+                // the daemon sweeps its leases until that call ends.
+                for e in gone
+                    .iter()
+                    .filter(|e| e.live_intents(&|c| c.is_alive()).is_empty())
+                {
                     if let Err(err) = reg.remove(e.proc_id) {
                         say(&format!("domain '{name}': {err}"));
                     }

@@ -860,3 +860,114 @@ fn resume_after_a_failed_pause_release_checks_the_versions() {
     );
     drop((qa, qb));
 }
+
+/// The lockspace freezes (fsfreeze: writes block in D, as on hung CephFS)
+/// while an acquire writes its record: libvirt's call returns at its
+/// deadline, libvirt kills the QEMU, the storage thaws and the stuck write
+/// lands. The record must end free within one sweep interval, and the
+/// daemon log must say why it kept watching that QEMU's leases.
+#[test]
+fn an_acquire_abandoned_on_frozen_storage_leaves_no_holder() {
+    let _g = serial();
+    let s = Scratch::new("abi-frozen");
+    let mut fz = support::frozen::Frozen::new(&s);
+    let ls = fz.mnt.join("ls");
+    vmlease::lockspace::Lockspace::init(&ls, 16).unwrap();
+    // F = 6 s: renewals stalled by the freeze (about 3.5 s) do not fence.
+    let mut a = Host::with_timing(
+        &s,
+        1,
+        &ls,
+        "unsafe_no_watchdog = true\n",
+        [200, 6000, 500, 1000, 8000],
+    );
+    a.start(&[]);
+    let (p, rc) = load(&s.0, &a.conf);
+    assert_eq!(rc, 0, "{}", last_error());
+    let web = Dom::new([0x5b; 16], "web", &[]);
+    let key = dom_key(&web);
+    // The record lock file exists (the domain ran here before): the
+    // acquire takes the lock and blocks in the write.
+    drop(
+        vmlease::lockspace::Lockspace::open(&ls)
+            .unwrap()
+            .lock_record(&key, 100)
+            .unwrap(),
+    );
+    let q = p.spawn_registered(&web).unwrap();
+    fz.freeze();
+    let t0 = boottime_ms();
+    let e = p.acquire(&web, q.pid, None, None).unwrap_err();
+    let budget = a.cfg.io_timeout + a.cfg.lock_timeout;
+    println!(
+        "acquire on frozen storage failed after {} ms: {e}",
+        boottime_ms() - t0
+    );
+    assert!(e.contains("no answer from storage"), "{e}");
+    // libvirt kills the QEMU of the failed start.
+    q.kill();
+    wait_until("the daemon to see the QEMU exit", 3000, || {
+        if a.log_text().contains(&format!("QEMU pid {} of", q.pid)) {
+            Ok(())
+        } else {
+            Err(a.log_text())
+        }
+    });
+    wait_until("the daemon to say why it keeps sweeping", 3000, || {
+        let log = a.log_text();
+        if log.contains(&format!(
+            "QEMU pid {} exited while an acquire for it is still in flight",
+            q.pid
+        )) {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
+    fz.thaw();
+    let thawed = boottime_ms();
+    // The stuck call ends: its write lands, sees its caller gave up, and
+    // is undone; then it clears its note in the registry.
+    let reg = vmlease::registry::Registry::new(&a.cfg.state_dir);
+    wait_until("the stuck acquire to end", budget + 3000, || {
+        match reg.list().unwrap().into_iter().find_map(|e| e.ok()) {
+            Some(e) if !e.acquiring.is_empty() => Err(format!("{e:?}")),
+            _ => Ok(()),
+        }
+    });
+    println!(
+        "stuck acquire ended {} ms after the thaw",
+        boottime_ms() - thawed
+    );
+    wait_until(
+        "the record to be free within one sweep interval",
+        vmlease::daemon::reaper::SWEEP_MS + 1000,
+        || {
+            let h = key_holders(&ls, &key);
+            if h.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("holders {h:?}; daemon log:\n{}", a.log_text()))
+            }
+        },
+    );
+    let version = vmlease::lockspace::Lockspace::open(&ls)
+        .unwrap()
+        .read_lease(&key, "")
+        .unwrap()
+        .version;
+    println!(
+        "record free {} ms after the thaw (version {version})",
+        boottime_ms() - thawed
+    );
+    // Once the stuck call ended, the daemon forgets that QEMU.
+    wait_until(
+        "the registry entry to go",
+        vmlease::daemon::reaper::SWEEP_MS + 2000,
+        || match reg.list().unwrap().len() {
+            0 => Ok(()),
+            n => Err(format!("{n} entries; log:\n{}", a.log_text())),
+        },
+    );
+    drop(q);
+}

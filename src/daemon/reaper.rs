@@ -44,7 +44,7 @@ struct Tracked {
 /// One release pass over an exited QEMU's leases.
 struct Pass {
     /// Keys released (this pass found the QEMU among their holders).
-    released: Vec<String>,
+    released: Result<Vec<String>>,
     /// Acquires in flight when the pass began, by live callers.
     in_flight: Vec<Intent>,
 }
@@ -55,7 +55,7 @@ pub struct Reaper {
     dir_mtime: Option<SystemTime>,
     last_full_scan: u64,
     tx: Sender<(ProcId, Entry)>,
-    rx: Receiver<(ProcId, Result<Pass>)>,
+    rx: Receiver<(ProcId, Pass)>,
 }
 
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
@@ -285,10 +285,25 @@ impl Reaper {
                 continue;
             };
             t.releasing = false;
-            match res {
-                Ok(pass) => {
-                    let keys = &pass.released;
-                    if !keys.is_empty() && t.sweeping {
+            let was_sweeping = t.sweeping;
+            if !res.in_flight.is_empty() && !t.sweeping {
+                let callers: Vec<String> = res
+                    .in_flight
+                    .iter()
+                    .map(|i| i.caller.pid.to_string())
+                    .collect();
+                warn!(
+                    "QEMU pid {} exited while an acquire for it is still in flight in process {} \
+                     (stuck on storage?): its leases are swept every {} s until that acquire ends",
+                    p.pid,
+                    callers.join(", "),
+                    SWEEP_MS / 1000
+                );
+                t.sweeping = true;
+            }
+            match res.released {
+                Ok(keys) => {
+                    if !keys.is_empty() && was_sweeping {
                         warn!(
                             "sweep: released {} lease(s) of exited QEMU pid {}: {}; an acquire that was \
                              still in flight when the QEMU exited wrote them afterwards (storage stall?)",
@@ -304,22 +319,7 @@ impl Reaper {
                             keys.join(", ")
                         );
                     }
-                    if !pass.in_flight.is_empty() {
-                        if !t.sweeping {
-                            let callers: Vec<String> = pass
-                                .in_flight
-                                .iter()
-                                .map(|i| i.caller.pid.to_string())
-                                .collect();
-                            warn!(
-                                "QEMU pid {} exited while an acquire for it is still in flight in process {} \
-                                 (stuck on storage?): its leases are swept every {} s until that acquire ends",
-                                p.pid,
-                                callers.join(", "),
-                                SWEEP_MS / 1000
-                            );
-                        }
-                        t.sweeping = true;
+                    if !res.in_flight.is_empty() {
                         t.retry_at = crate::clock::boottime_ms() + SWEEP_MS;
                         continue;
                     }
@@ -371,17 +371,16 @@ impl Reaper {
 /// Notes the in-flight acquires first, then releases: a write that lands
 /// after the release was issued by an acquire noted here, and the entry
 /// is kept for the next sweep.
-fn release_pass(eng: &Engine, reg: &Registry, p: ProcId, fallback: Entry) -> Result<Pass> {
+fn release_pass(eng: &Engine, reg: &Registry, p: ProcId, fallback: Entry) -> Pass {
     let e = match reg.read(p) {
         Ok(Some(e)) => e,
         _ => fallback,
     };
     let in_flight = e.live_intents(&|c| c.is_alive());
-    let released = release_all(eng, p, &e)?;
-    Ok(Pass {
-        released,
+    Pass {
+        released: release_all(eng, p, &e),
         in_flight,
-    })
+    }
 }
 
 fn release_all(eng: &Engine, p: ProcId, e: &Entry) -> Result<Vec<String>> {

@@ -259,8 +259,15 @@ impl World {
                 want,
                 view,
             } => {
+                // The plugin's acquire_for: under the record lock it
+                // writes nothing for a caller that gave up at its deadline
+                // or for a QEMU that exited meanwhile.
                 let eng = self.engine(h, io, view.clone());
-                let r = eng.acquire(res, me, *want);
+                let cancel = vmlease::deadline::Cancel::new();
+                if c.timed_out {
+                    cancel.abandon();
+                }
+                let r = eng.acquire_for(res, me, *want, &cancel);
                 io = eng.ls;
                 Outcome::Acquired(r)
             }

@@ -163,6 +163,13 @@ impl World {
         if let Some(d) = deadline {
             self.at(d, Ev::CallTimeout(id));
         }
+        let stall = self.host(h).acquire_stall_until;
+        let c = &self.calls[&id];
+        if matches!((&c.job, c.owner), (Job::Acquire { .. }, Owner::Op(_))) && stall > self.now {
+            // Stuck in the kernel before the record lock.
+            self.at(stall, Ev::CallRun(id));
+            return id;
+        }
         self.call_run(id);
         id
     }
@@ -267,7 +274,11 @@ impl World {
                 if c.timed_out {
                     cancel.abandon();
                 }
-                let r = eng.acquire_for(res, me, *want, &cancel);
+                let r = if mutation == Mutation::AbandonedAcquireWrites {
+                    eng.acquire(res, me, *want)
+                } else {
+                    eng.acquire_for(res, me, *want, &cancel)
+                };
                 io = eng.ls;
                 Outcome::Acquired(r)
             }

@@ -47,6 +47,12 @@ pub enum Mutation {
     /// holder on its host, even a QEMU started after it was written (the
     /// judge's slot read shows the record as newer than any QEMU).
     FencedCleanVouchesForAll,
+    /// Issue 14 item 4's old behaviour: an acquire abandoned at its
+    /// deadline still writes when it finally runs, even for a QEMU that
+    /// exited meanwhile (`Engine::acquire` instead of `acquire_for`). Only
+    /// the hand-written scenario produces its fault (`AcquireStall`), so it
+    /// is not in `ALL`.
+    AbandonedAcquireWrites,
 }
 
 impl Mutation {
@@ -84,6 +90,7 @@ impl Mutation {
             Mutation::FirstSightDatedToStart => "first-sight-dated-to-start",
             Mutation::KillTimeoutFromNow => "kill-timeout-from-now",
             Mutation::FencedCleanVouchesForAll => "fenced-clean-vouches-for-all",
+            Mutation::AbandonedAcquireWrites => "abandoned-acquire-writes",
         }
     }
 

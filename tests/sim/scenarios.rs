@@ -420,3 +420,55 @@ fn kb5_is_caught_with_the_old_rule_1() {
     let v = v.expect("the old rule 1 lets h2 take the VM from h1's new QEMU");
     assert_eq!(v.invariant, "safe-takeover", "{v}");
 }
+
+/// Issue 14 item 4. h1 starts the VM; libvirtd's acquire hangs in the
+/// kernel before its record lock (the daemon's I/O works), past its
+/// deadline: libvirt gives up and kills the QEMU, the daemon releases what
+/// that QEMU held (nothing yet) and forgets it. Then the stuck acquire
+/// goes on. Before the fix it wrote the dead QEMU into the record, and h2,
+/// seeing a live holder host, could never start the VM. Now a call whose
+/// caller gave up, or whose QEMU exited, writes nothing.
+pub fn abandoned_acquire_world(mutation: Mutation) -> World {
+    let p = Params::fixed(2, 1, 200, 1000, 400, 600);
+    let stall = p.cfg.io_timeout + p.cfg.lock_timeout + 2000;
+    let faults = vec![Fault::AcquireStall {
+        host: 1,
+        at: 400 * MS,
+        dur: stall * MS,
+    }];
+    let mut w = World::custom_mutated(17, p, faults, &[0, 0], false, true, mutation);
+    w.run_until(500 * MS);
+    w.start_vm(0, 1, false);
+    let t = w.now + (stall + 1000) * MS;
+    w.run_until(t);
+    assert!(w.running_qemu_of(0).is_none(), "the start on h1 failed");
+    w.start_vm(0, 2, false);
+    run_while(&mut w, t + 5000 * MS, |w| w.running_qemu_of(0).is_some());
+    w
+}
+
+#[test]
+fn an_abandoned_acquire_leaves_no_dead_holder() {
+    let w = abandoned_acquire_world(Mutation::None);
+    print_trace(&w);
+    assert!(w.violations.is_empty(), "{}", w.violations[0]);
+    let q = w.running_qemu_of(0).expect("vm0 runs on h2");
+    assert_eq!(w.qemus[q].host, 2);
+}
+
+/// The old acquire (the mutation `abandoned-acquire-writes`) fails it.
+#[test]
+fn an_abandoned_acquire_is_caught_with_the_old_acquire() {
+    let w = abandoned_acquire_world(Mutation::AbandonedAcquireWrites);
+    print_trace(&w);
+    assert!(
+        w.running_qemu_of(0).is_none(),
+        "with the old acquire the dead QEMU's record must keep h2 out"
+    );
+    assert!(
+        w.trace.iter().any(|l| l.contains("h2")
+            && l.contains("start of vm0 failed")
+            && l.contains("held by host 1")),
+        "h2 must be refused by h1's dead QEMU"
+    );
+}

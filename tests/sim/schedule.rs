@@ -69,6 +69,11 @@ pub enum Fault {
     RogueStart { vm: usize, host: u16, at: Us },
     /// `virsh destroy` of the VM.
     Destroy { vm: usize, at: Us },
+    /// The next lockspace acquires of libvirtd on the host hang in the
+    /// kernel before they reach their record lock (one stuck path, the
+    /// daemon's I/O unaffected), until `at + dur`: they outlive their
+    /// deadline and go on afterwards, abandoned.
+    AcquireStall { host: u16, at: Us, dur: Us },
 }
 
 impl Fault {
@@ -93,6 +98,7 @@ impl Fault {
             Fault::Pause { .. } => "pause",
             Fault::RogueStart { .. } => "rogue-start",
             Fault::Destroy { .. } => "destroy",
+            Fault::AcquireStall { .. } => "acquire-stall",
         }
     }
 
@@ -115,7 +121,8 @@ impl Fault {
             | Fault::Migrate { at, .. }
             | Fault::Pause { at, .. }
             | Fault::RogueStart { at, .. }
-            | Fault::Destroy { at, .. } => *at,
+            | Fault::Destroy { at, .. }
+            | Fault::AcquireStall { at, .. } => *at,
         }
     }
 
@@ -131,6 +138,7 @@ impl Fault {
             | Fault::HostFreeze { dur, .. }
             | Fault::DaemonHang { dur, .. }
             | Fault::QemuStuck { dur, .. }
+            | Fault::AcquireStall { dur, .. }
             | Fault::Pause { dur, .. } => *dur,
             _ => 0,
         }
@@ -248,6 +256,12 @@ impl fmt::Display for Fault {
                 )
             }
             Fault::QemuExit { vm, at } => write!(f, "{} QEMU of vm{vm} exits", t(*at)),
+            Fault::AcquireStall { host, at, dur } => write!(
+                f,
+                "{} libvirtd's lease acquires on h{host} hang for {}",
+                t(*at),
+                d(dur)
+            ),
             Fault::QemuStuck { vm, at, dur } => {
                 write!(
                     f,

@@ -130,6 +130,9 @@ pub struct Host {
     pub daemon: Option<Daemon>,
     pub daemon_gen: u64,
     pub daemon_hung_until: Us,
+    /// libvirtd's lease acquires issued before this hang until then
+    /// (`Fault::AcquireStall`).
+    pub acquire_stall_until: Us,
     /// `<state_dir>` (tmpfs: gone at reboot).
     pub status: Option<Status>,
     pub registry: BTreeMap<Pk, RegEntry>,
@@ -347,6 +350,7 @@ impl World {
                 daemon: None,
                 daemon_gen: 0,
                 daemon_hung_until: 0,
+                acquire_stall_until: 0,
                 status: None,
                 registry: BTreeMap::new(),
                 registry_version: 0,
@@ -687,6 +691,11 @@ impl World {
                 }
             }
             Fault::DaemonRestart { host, .. } => self.daemon_sigterm(host, true),
+            Fault::AcquireStall { host, dur, .. } => {
+                let until = self.now + dur;
+                let hs = self.host_mut(host);
+                hs.acquire_stall_until = hs.acquire_stall_until.max(until);
+            }
             Fault::QemuExit { vm, .. } => {
                 if let Some(q) = self.running_qemu_of(vm) {
                     self.qemu_exit(q, "QEMU exited");

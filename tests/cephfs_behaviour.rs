@@ -20,10 +20,15 @@
 //! (g) a crashed client (SIGKILL of ceph-fuse): its mount fails with
 //!     ENOTCONN at once, its lock stays with its session until eviction.
 //!
+//! `frozen_peer` (cephfs_behaviour/frozen_peer.rs) measures, with Ceph's
+//! default MDS settings, what one frozen client blocks on a healthy one.
+//!
 //! One cluster for all of it: the cases run in sequence in one test.
 //! Latencies are printed (`--nocapture` shows them); docs/cephfs.md
 //! records what they were on the project's machine.
 
+#[path = "cephfs_behaviour/frozen_peer.rs"]
+mod frozen_peer;
 mod support;
 
 use std::fs::{self, File, OpenOptions};

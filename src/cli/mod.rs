@@ -9,6 +9,7 @@
 
 mod args;
 mod cephfs;
+mod detach;
 mod dump;
 mod evacuate;
 mod fence;
@@ -71,7 +72,53 @@ pub fn main(argv: Vec<String>) -> i32 {
     };
     // Syslog only: admin actions (release) are logged there.
     crate::logging::init(false, log::LevelFilter::Info);
-    run(&opts, command.name, &args)
+    if detach::applies(command.name) && !detach::is_worker() {
+        if let Ok(cfg) = config::load(&opts.config) {
+            return supervise(&opts, command.name, &cfg, argv.get(1..).unwrap_or_default());
+        }
+    }
+    let code = run(&opts, command.name, &args);
+    if detach::is_worker() {
+        detach::finish(code);
+    }
+    code
+}
+
+/// Runs a command that reads the lockspace in a worker process, so that
+/// the answer comes within its deadline even when the lockspace hangs
+/// (see `detach`).
+fn supervise(opts: &Opts, command: &str, cfg: &Config, args: &[String]) -> i32 {
+    use std::io::Write;
+    let deadline = detach::deadline_ms(cfg, command);
+    match detach::run(args, deadline) {
+        detach::Outcome::Answered {
+            code,
+            stdout,
+            stderr,
+        } => {
+            let _ = std::io::stdout().write_all(&stdout);
+            let _ = std::io::stderr().write_all(&stderr);
+            code
+        }
+        detach::Outcome::NoAnswer { pid, after_ms } => {
+            let why = format!(
+                "no answer within {after_ms} ms (the deadline of 'vmlease {command}'); its \
+                 reader, process {pid}, is left behind"
+            );
+            if command == "status" {
+                // What this host's own files say, without the lockspace.
+                return status::run_local(opts, why);
+            }
+            fail(
+                exit::UNKNOWN,
+                format!(
+                    "cannot tell: the lockspace {} gave {why}",
+                    cfg.lockspace_dir.display()
+                ),
+            )
+        }
+        detach::Outcome::Failed(e) => fail(exit::UNKNOWN, format!("cannot tell: {e}")),
+    }
 }
 
 fn run(opts: &Opts, command: &str, args: &Args) -> i32 {

@@ -110,6 +110,16 @@ fn lease_state(ls: &Lockspace, key: String, resource: String, me: &Holder) -> Le
 }
 
 pub fn run(opts: &Opts) -> i32 {
+    show(opts, None)
+}
+
+/// The status from this host's own files only (the daemon's status, the
+/// registry, the fence marker): the lockspace did not answer (`why`).
+pub fn run_local(opts: &Opts, why: String) -> i32 {
+    show(opts, Some(why))
+}
+
+fn show(opts: &Opts, no_lockspace: Option<String>) -> i32 {
     let cfg = match load(opts) {
         Ok(c) => c,
         Err(code) => return code,
@@ -131,7 +141,13 @@ pub fn run(opts: &Opts) -> i32 {
     };
     let fenced = crate::daemon::fence::load_marker(&cfg.state_dir);
     let boot = process::boot_id().unwrap_or_default();
-    let shared = read_shared(&cfg, cfg.host_id, &boot, &entries);
+    let shared = match no_lockspace {
+        None => read_shared(&cfg, cfg.host_id, &boot, &entries),
+        Some(why) => Err(Error::Lockspace {
+            path: cfg.lockspace_dir.clone(),
+            reason: why,
+        }),
+    };
     let lease_of = |i: usize| -> Vec<LeaseState> {
         match &shared {
             Ok(s) => s.leases[i].clone(),

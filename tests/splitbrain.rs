@@ -27,6 +27,8 @@ mod support;
 mod abi;
 #[path = "splitbrain/checker.rs"]
 mod checker;
+#[path = "splitbrain/needless.rs"]
+mod needless;
 #[path = "splitbrain/schedule.rs"]
 mod schedule;
 #[path = "splitbrain/world.rs"]
@@ -50,7 +52,7 @@ fn world() -> World {
     let writer = support::util::c_helper("sb_writer");
     let w = World::up(writer);
     eprintln!(
-        "splitbrain: R {} F {} K {} W {} D {} ms; ceph-fuse {}",
+        "splitbrain: R {} F {} K {} W {} D {} ms; ceph-fuse {}; MDS settings: {}",
         world::R,
         world::F,
         world::K,
@@ -60,6 +62,11 @@ fn world() -> World {
             "with --fuse_disable_pagecache=true"
         } else {
             "with its default mount options (kernel page cache on)"
+        },
+        if w.ceph_defaults {
+            "Ceph defaults (cap-revoke eviction off, session timeout 60 s, autoclose 300 s)"
+        } else {
+            "tuned (cap-revoke eviction 1 s, MDS tick 1 s, session timeout/autoclose 30 s)"
         }
     );
     w
@@ -115,6 +122,16 @@ fn run(w: &mut World, n: u64, secs: u64, disabled: bool) -> Stats {
             q(&moved)
         )
     };
+    eprintln!(
+        "=== needless fences (a host fenced with its own storage, networks and daemon healthy): \
+         {} of {} fences, by the fault elsewhere that caused them: {:?}",
+        total.needless_total(),
+        total.fences,
+        total.needless
+    );
+    for m in &total.needless_list {
+        eprintln!("===   {m}");
+    }
     eprintln!(
         "=== failover on CephFS: storage fault -> {}",
         q(&total.failovers)

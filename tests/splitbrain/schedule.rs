@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::checker;
+use crate::needless::{self, FaultRec, FenceEvent};
 use crate::support::daemons;
 use crate::world::{Instance, Shared, World, HOSTS, MGMT_TIMEOUT_S, VMS, WRITE_INTERVAL_MS};
 use vmlease::clock::boottime_ms;
@@ -62,7 +63,7 @@ impl Kind {
             Kind::DupStart => "concurrent-start",
         }
     }
-    fn storage(self) -> bool {
+    pub fn storage(self) -> bool {
         matches!(self, Kind::CephHang | Kind::LinkDown)
     }
     /// Faults of one class do not overlap on a host; of different
@@ -99,6 +100,14 @@ pub struct Stats {
     /// The same for a management link cut on the host whose management
     /// policy is `fence` (host 1).
     pub mgmt_failovers: Vec<(u64, Option<u64>)>,
+    /// Hosts that fenced (or were reset by their watchdog), once per
+    /// host and daemon start.
+    pub fences: u32,
+    /// Needless fences (see [`needless`]) by the kind of fault on another
+    /// host that caused them ("unknown" when none was active).
+    pub needless: BTreeMap<&'static str, u32>,
+    /// One line per needless fence: host, when, its reason, the causes.
+    pub needless_list: Vec<String>,
 }
 
 impl Stats {
@@ -122,13 +131,22 @@ impl Stats {
         self.violations.extend(o.violations.iter().cloned());
         self.failovers.extend(o.failovers.iter().cloned());
         self.mgmt_failovers.extend(o.mgmt_failovers.iter().cloned());
+        self.fences += o.fences;
+        for (k, v) in &o.needless {
+            *self.needless.entry(k).or_default() += v;
+        }
+        self.needless_list.extend(o.needless_list.iter().cloned());
+    }
+
+    pub fn needless_total(&self) -> u32 {
+        self.needless.values().sum()
     }
 
     pub fn line(&self) -> String {
         format!(
             "faults {:?}; VMs started {} (refused {}, moved to another host {}), killed {:?}, \
              can-evacuate yes {}, management cuts noticed {}, concurrent starts both ok {}, host resets {}, reboots {}, \
-             records {} (all-zero {}), violations {}",
+             fences {}, needless fences {} {:?}, records {} (all-zero {}), violations {}",
             self.faults,
             self.started,
             self.refused,
@@ -139,6 +157,9 @@ impl Stats {
             self.dup_both,
             self.resets,
             self.reboots,
+            self.fences,
+            self.needless_total(),
+            self.needless,
             self.records,
             self.holes,
             self.violations.len()
@@ -436,6 +457,8 @@ impl Drop for Controller {
 struct Active {
     kind: Kind,
     host: usize,
+    /// Its entry in the schedule's fault log.
+    log: usize,
     heal_at: u64,
     pid: i32,
     /// A management cut the host's daemon has reported.
@@ -476,14 +499,22 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
         }
         w.start_daemon(h);
     }
+    // With Ceph's default MDS settings a client left over from the last
+    // schedule's faults may hold up a new daemon's first renewal until the
+    // MDS marks its session stale (60 s).
+    let protect_ms = if w.ceph_defaults { 120_000 } else { 30_000 };
     for h in 0..HOSTS {
         let cfg = w.hosts[h].cfg.clone();
         let log = w.hosts[h].log.clone();
-        daemons::wait_until(&format!("host {} to be protected", h + 1), 30_000, || {
-            vmlease::plugin::protected_status(&cfg)
-                .map(|_| ())
-                .map_err(|e| format!("{e}; daemon log:\n{}", support_tail(&log)))
-        });
+        daemons::wait_until(
+            &format!("host {} to be protected", h + 1),
+            protect_ms,
+            || {
+                vmlease::plugin::protected_status(&cfg)
+                    .map(|_| ())
+                    .map_err(|e| format!("{e}; daemon log:\n{}", support_tail(&log)))
+            },
+        );
     }
     let stats = Arc::new(Mutex::new(Stats::default()));
     let dup = Arc::new(Mutex::new(Vec::new()));
@@ -504,6 +535,11 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
     let mut fence_events: Vec<(usize, u64, bool)> = Vec::new();
     let mut fenced_since = [None::<u64>; HOSTS];
     let mut first_kill = disabled;
+    let mut fault_log: Vec<FaultRec> = Vec::new();
+    // Fences seen, once per host and daemon start; resets seen.
+    let mut fence_seen = [false; HOSTS];
+    let mut resets_seen = [0usize; HOSTS];
+    let mut fence_log: Vec<FenceEvent> = Vec::new();
     let kinds = [
         (Kind::CephHang, 3),
         (Kind::LinkDown, 3),
@@ -525,6 +561,7 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
             if active[i].heal_at <= now {
                 let a = active.remove(i);
                 heal(w, &a);
+                fault_log[a.log].healed = Some(boottime_ms());
             } else {
                 i += 1;
             }
@@ -560,8 +597,15 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
                 .any(|a| a.host == h && a.kind.class() == kind.class())
                 || !up(&sh, h);
             if !busy {
-                if let Some(a) = inject(w, &mut rng, kind, h, &dup) {
+                if let Some(mut a) = inject(w, &mut rng, kind, h, &dup) {
                     *stats.lock().unwrap().faults.entry(kind.name()).or_default() += 1;
+                    a.log = fault_log.len();
+                    fault_log.push(FaultRec {
+                        kind,
+                        host: h,
+                        start: now,
+                        healed: (a.heal_at == 0).then_some(now),
+                    });
                     if kind.storage() {
                         w.suspect[h] = true;
                         fence_events.push((h, now, true));
@@ -591,6 +635,35 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
                 }
             }
         }
+        // Fences: the daemon's status says so, or a reset it did not
+        // announce (its watchdog fired).
+        for h in 0..HOSTS {
+            let resets: Vec<String> = {
+                let hs = sh.hosts[h].lock().unwrap();
+                hs.resets[resets_seen[h].min(hs.resets.len())..].to_vec()
+            };
+            resets_seen[h] += resets.len();
+            if fence_seen[h] {
+                continue;
+            }
+            let reason = match w.status(h) {
+                Some(s) if matches!(s.state, HostState::Fencing | HostState::FencedClean) => {
+                    Some(format!("{}: {}", s.state, s.reason))
+                }
+                _ => resets
+                    .iter()
+                    .find(|r| !r.starts_with("operator"))
+                    .map(|r| format!("reset: {r}")),
+            };
+            if let Some(reason) = reason {
+                fence_seen[h] = true;
+                fence_log.push(FenceEvent {
+                    host: h,
+                    at: boottime_ms(),
+                    reason,
+                });
+            }
+        }
         // What the controller can reach: no fault on the host's storage,
         // management link or daemon, not down.
         for h in 0..HOSTS {
@@ -606,6 +679,7 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
                 // The monitor may have set it after `now` was read.
                 if !faulty && now.saturating_sub(t) > 1000 {
                     w.reboot(h);
+                    fence_seen[h] = false;
                     stats.lock().unwrap().reboots += 1;
                     fenced_since[h] = None;
                     eprintln!("  [{}] host {} rebooted", boottime_ms(), h + 1);
@@ -627,6 +701,7 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
     *sh.unreachable.lock().unwrap() = [false; HOSTS];
     for a in active.drain(..) {
         heal(w, &a);
+        fault_log[a.log].healed = Some(boottime_ms());
     }
     for mut c in stragglers {
         let pid = c.id();
@@ -690,6 +765,33 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
             }
         }
     }
+    // Needless fences: hosts that fenced with healthy storage, networks
+    // and daemon, blamed on the other hosts' faults.
+    st.fences = fence_log.len() as u32;
+    for ev in &fence_log {
+        if let Some(causes) = needless::classify(ev, &fault_log) {
+            let blame = needless::blame(&causes);
+            *st.needless.entry(blame).or_default() += 1;
+            let msg = format!(
+                "seed {seed}: host {} fenced at +{} ms ({}) with its own storage, networks and \
+                 daemon healthy; faults elsewhere: {}",
+                ev.host + 1,
+                ev.at - t0,
+                ev.reason,
+                if causes.is_empty() {
+                    "none".to_string()
+                } else {
+                    causes
+                        .iter()
+                        .map(|f| format!("{} (+{} ms)", f.name(), f.start - t0))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            );
+            eprintln!("  NEEDLESS FENCE {msg}");
+            st.needless_list.push(msg);
+        }
+    }
     // The checker.
     for v in 0..VMS {
         let p = w.check_mount.path.join(&disks).join(format!("vm{v}"));
@@ -735,6 +837,7 @@ fn inject(
         heal_at: 0,
         pid: 0,
         noticed: false,
+        log: 0,
     };
     match kind {
         Kind::CephHang => {

@@ -258,6 +258,8 @@ pub struct World {
     graveyard: Vec<daemons::Proc>,
     pub netns: Vec<String>,
     pub no_page_cache: bool,
+    /// The MDS runs with Ceph's default settings (VMLEASE_SPLITBRAIN_CEPH_DEFAULTS=1).
+    pub ceph_defaults: bool,
     /// Had a storage fault: remount before the next schedule.
     pub suspect: [bool; HOSTS],
     pub ceph: CephCluster,
@@ -308,10 +310,16 @@ impl World {
             ..CephOptions::default()
         });
         // A client that keeps capabilities others need is evicted after
-        // 1 s (acted on at the next 1 s MDS tick): well below F.
-        ceph.set_mds_option("mds_cap_revoke_eviction_timeout", "1");
-        ceph.set_mds_option("mds_tick_interval", "1");
-        ceph.set_session_timeouts(30, 30);
+        // 1 s (acted on at the next 1 s MDS tick): well below F. With
+        // VMLEASE_SPLITBRAIN_CEPH_DEFAULTS=1 the MDS keeps Ceph's defaults
+        // (eviction off, session timeout 60 s, autoclose 300 s): a hung
+        // host may then stall the others (the needless fences count it).
+        let ceph_defaults = std::env::var("VMLEASE_SPLITBRAIN_CEPH_DEFAULTS").as_deref() == Ok("1");
+        if !ceph_defaults {
+            ceph.set_mds_option("mds_cap_revoke_eviction_timeout", "1");
+            ceph.set_mds_option("mds_tick_interval", "1");
+            ceph.set_session_timeouts(30, 30);
+        }
         let check_mount = ceph.mount_with(
             "sbcheck",
             MountOptions {
@@ -403,6 +411,7 @@ impl World {
             graveyard: Vec::new(),
             netns,
             no_page_cache,
+            ceph_defaults,
             suspect: [false; HOSTS],
             ceph,
             _scratch: scratch,

@@ -499,22 +499,38 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
         }
         w.start_daemon(h);
     }
-    // With Ceph's default MDS settings a client left over from the last
-    // schedule's faults may hold up a new daemon's first renewal until the
-    // MDS marks its session stale (60 s).
+    // With Ceph's default MDS settings a capability hand-over between
+    // healthy clients can take an MDS tick (5 s), longer than the daemon's
+    // io_timeout: its first access to the new lockspace may time out and
+    // it exits, to be started again as systemd's Restart= would.
     let protect_ms = if w.ceph_defaults { 120_000 } else { 30_000 };
     for h in 0..HOSTS {
         let cfg = w.hosts[h].cfg.clone();
         let log = w.hosts[h].log.clone();
-        daemons::wait_until(
-            &format!("host {} to be protected", h + 1),
-            protect_ms,
-            || {
-                vmlease::plugin::protected_status(&cfg)
-                    .map(|_| ())
-                    .map_err(|e| format!("{e}; daemon log:\n{}", support_tail(&log)))
-            },
-        );
+        let t = boottime_ms();
+        loop {
+            let why = match vmlease::plugin::protected_status(&cfg) {
+                Ok(_) => break,
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                boottime_ms() - t < protect_ms,
+                "timed out after {protect_ms} ms waiting for host {} to be protected; last \
+                 seen: {why}; daemon log:\n{}",
+                h + 1,
+                support_tail(&log)
+            );
+            let gone = w.hosts[h].daemon.as_mut().is_some_and(|d| d.exited());
+            if gone && w.ceph_defaults {
+                eprintln!(
+                    "  [{}] host {}'s daemon exited at its start ({why}); starting it again",
+                    boottime_ms(),
+                    h + 1
+                );
+                w.restart_daemon(h);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     let stats = Arc::new(Mutex::new(Stats::default()));
     let dup = Arc::new(Mutex::new(Vec::new()));

@@ -14,6 +14,7 @@ pub mod codec;
 pub mod config;
 pub mod deadline;
 pub mod error;
+pub mod ha;
 pub mod hosts;
 pub mod lease;
 pub mod lockspace;

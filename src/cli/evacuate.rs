@@ -208,10 +208,16 @@ fn resource_text(key: &str, resource: &str) -> String {
 }
 
 fn answer_for(opts: &Opts, want: &str) -> Answer {
-    let cfg = match load(opts) {
-        Ok(c) => c,
-        Err(code) => return Answer::early(code, "cannot read the configuration".into()),
-    };
+    match load(opts) {
+        Ok(cfg) => answer(cfg, want),
+        Err(code) => Answer::early(code, "cannot read the configuration".into()),
+    }
+}
+
+/// The verdict on host `want` (id or name) from this host: the lockspace
+/// with its deadlines and this host's watchdog view. `vmlease-ha`'s
+/// controller asks this before it restarts a host's VMs elsewhere.
+pub fn answer(cfg: crate::config::Config, want: &str) -> Answer {
     let ctx = match Ctx::open(cfg) {
         Ok(c) => c,
         Err(e) => return Answer::early(exit::UNKNOWN, format!("cannot tell: {e}")),

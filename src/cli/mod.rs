@@ -11,7 +11,7 @@ mod args;
 mod cephfs;
 mod detach;
 mod dump;
-mod evacuate;
+pub mod evacuate;
 mod fence;
 mod fs;
 pub mod help;

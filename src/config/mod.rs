@@ -7,6 +7,7 @@
 //! naming the key and the line.
 #![forbid(unsafe_code)]
 
+pub mod ha;
 pub mod timing;
 
 use std::ops::Range;
@@ -16,6 +17,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use ha::HaConfig;
 pub use timing::{secs, Timing};
 
 use crate::error::{Error, Result};
@@ -94,6 +96,8 @@ pub struct Config {
     pub storage: Network,
     pub management: Network,
     pub service: Network,
+    /// The `[ha]` section (vmlease-ha); `None` when absent.
+    pub ha: Option<HaConfig>,
 }
 
 // ---------------------------------------------------------------------------
@@ -168,6 +172,7 @@ struct Raw {
     storage: Option<RawNetwork>,
     management: Option<RawNetwork>,
     service: Option<RawNetwork>,
+    ha: Option<Spanned<ha::RawHa>>,
 }
 
 /// Parses the text of a config file. `origin` names it in errors.
@@ -524,6 +529,7 @@ impl Builder<'_> {
             storage: self.network("storage", raw.storage, Policy::Fence)?,
             management: self.network("management", raw.management, Policy::Report)?,
             service: self.network("service", raw.service, Policy::Report)?,
+            ha: self.ha(raw.ha)?,
         })
     }
 }

@@ -1,0 +1,269 @@
+//! The `[ha]` section: how `vmlease-ha` reaches etcd and how its
+//! controller paces recoveries. Absent section: no recovery (the plugin,
+//! the daemon and the CLI ignore it; `vmlease-ha` refuses to start).
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Builder, Seconds};
+use crate::error::Result;
+
+pub const DEFAULT_PREFIX: &str = "/vmlease/";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaConfig {
+    /// etcd client URLs (`http://` or `https://`), tried in order.
+    pub endpoints: Vec<String>,
+    /// Client certificate and key (PEM) for etcd's `--client-cert-auth`.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// CA (PEM) that signed the etcd members' certificates; needed for
+    /// `https://` endpoints.
+    pub ca_file: Option<PathBuf>,
+    /// Every key vmlease-ha writes starts with this (ends with '/').
+    pub prefix: String,
+    /// TTL of the host's etcd lease (ms): the host's presence and the
+    /// leader's claim go this long after its agent stops.
+    pub host_ttl: u64,
+    /// How often the agent publishes and the controller decides (ms).
+    pub interval: u64,
+    /// Recoveries in flight on one target host at a time.
+    pub max_starts_per_host: u32,
+    /// Attempts (each on another host when there is one) before a VM is
+    /// marked recovery-failed.
+    pub max_attempts: u32,
+    /// Wait before the next attempt after a failed one (ms); doubles with
+    /// every attempt.
+    pub retry_backoff: u64,
+    /// An assigned start that has not been reported in this long counts as
+    /// failed (ms).
+    pub start_timeout: u64,
+    /// Deadline of one etcd request (ms).
+    pub request_timeout: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHa {
+    endpoints: Option<Spanned<Vec<Spanned<String>>>>,
+    cert_file: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
+    host_ttl: Option<Spanned<Seconds>>,
+    interval: Option<Spanned<Seconds>>,
+    max_starts_per_host: Option<Spanned<i64>>,
+    max_attempts: Option<Spanned<i64>>,
+    retry_backoff: Option<Spanned<Seconds>>,
+    start_timeout: Option<Spanned<Seconds>>,
+    request_timeout: Option<Spanned<Seconds>>,
+}
+
+impl Builder<'_> {
+    pub(super) fn ha(&self, raw: Option<Spanned<RawHa>>) -> Result<Option<HaConfig>> {
+        let Some(raw) = raw else { return Ok(None) };
+        let section = raw.span();
+        let raw = raw.into_inner();
+        let eps = raw
+            .endpoints
+            .ok_or_else(|| self.err("ha.endpoints", section.clone(), "is required in [ha]"))?;
+        let eps_span = eps.span();
+        let mut endpoints = Vec::new();
+        for e in eps.into_inner() {
+            let url = e.get_ref().trim_end_matches('/').to_string();
+            let rest = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"));
+            match rest {
+                Some(hp)
+                    if !hp.is_empty() && !hp.contains('/') && hp.rsplit_once(':').is_some() => {}
+                _ => return Err(self.err(
+                    "ha.endpoints",
+                    e.span(),
+                    format!(
+                        "'{url}' is not an etcd client URL (http://HOST:PORT or https://HOST:PORT)"
+                    ),
+                )),
+            }
+            endpoints.push(url);
+        }
+        if endpoints.is_empty() {
+            return Err(self.err("ha.endpoints", eps_span, "needs at least one URL"));
+        }
+        let opt_path = |key: &str, v: &Option<Spanned<String>>| -> Result<Option<PathBuf>> {
+            v.as_ref()
+                .map(|s| self.abs_path(key, &Some(s.clone()), ""))
+                .transpose()
+        };
+        let cert_file = opt_path("ha.cert_file", &raw.cert_file)?;
+        let key_file = opt_path("ha.key_file", &raw.key_file)?;
+        let ca_file = opt_path("ha.ca_file", &raw.ca_file)?;
+        match (&raw.cert_file, &raw.key_file) {
+            (Some(c), None) => {
+                return Err(self.err("ha.cert_file", c.span(), "needs ha.key_file too"))
+            }
+            (None, Some(k)) => {
+                return Err(self.err("ha.key_file", k.span(), "needs ha.cert_file too"))
+            }
+            _ => {}
+        }
+        let tls = endpoints.iter().any(|e| e.starts_with("https://"));
+        if tls && ca_file.is_none() {
+            return Err(self.err(
+                "ha.endpoints",
+                eps_span,
+                "https:// endpoints need ha.ca_file (the CA of the etcd members)",
+            ));
+        }
+        if !tls {
+            for (key, v) in [
+                ("ha.cert_file", &raw.cert_file),
+                ("ha.ca_file", &raw.ca_file),
+            ] {
+                if let Some(s) = v {
+                    return Err(self.err(key, s.span(), "only used with https:// endpoints"));
+                }
+            }
+        }
+        let prefix = match &raw.prefix {
+            None => DEFAULT_PREFIX.to_string(),
+            Some(p) => {
+                let v = p.get_ref();
+                if !v.starts_with('/')
+                    || !v.ends_with('/')
+                    || v.chars().any(|c| c.is_control() || c.is_whitespace())
+                {
+                    return Err(self.err(
+                        "ha.prefix",
+                        p.span(),
+                        format!("must start and end with '/' and hold no spaces, got '{v}'"),
+                    ));
+                }
+                v.clone()
+            }
+        };
+        let count = |key: &str, v: &Option<Spanned<i64>>, default: u32, max: u32| -> Result<u32> {
+            match v {
+                None => Ok(default),
+                Some(s) => {
+                    let n = *s.get_ref();
+                    if n < 1 || n > i64::from(max) {
+                        return Err(self.err(
+                            key,
+                            s.span(),
+                            format!("must be between 1 and {max}, got {n}"),
+                        ));
+                    }
+                    Ok(n as u32)
+                }
+            }
+        };
+        let host_ttl = self.ms("ha.host_ttl", &raw.host_ttl, 10_000)?;
+        if host_ttl < 2_000 {
+            let span = raw.host_ttl.as_ref().map(|s| s.span()).unwrap_or(0..0);
+            return Err(self.err(
+                "ha.host_ttl",
+                span,
+                "must be at least 2 seconds (etcd leases count whole seconds)",
+            ));
+        }
+        let interval = self.ms("ha.interval", &raw.interval, 1_000)?;
+        if interval * 2 > host_ttl {
+            let span = raw
+                .interval
+                .as_ref()
+                .map(|s| s.span())
+                .unwrap_or_else(|| raw.host_ttl.as_ref().map(|s| s.span()).unwrap_or(0..0));
+            return Err(self.err(
+                "ha.interval",
+                span,
+                format!(
+                    "must be at most half of ha.host_ttl ({} ms), or a keepalive can come too late",
+                    host_ttl
+                ),
+            ));
+        }
+        Ok(Some(HaConfig {
+            endpoints,
+            cert_file,
+            key_file,
+            ca_file,
+            prefix,
+            host_ttl,
+            interval,
+            max_starts_per_host: count(
+                "ha.max_starts_per_host",
+                &raw.max_starts_per_host,
+                4,
+                1000,
+            )?,
+            max_attempts: count("ha.max_attempts", &raw.max_attempts, 3, 100)?,
+            retry_backoff: self.ms("ha.retry_backoff", &raw.retry_backoff, 5_000)?,
+            start_timeout: self.ms("ha.start_timeout", &raw.start_timeout, 60_000)?,
+            request_timeout: self.ms("ha.request_timeout", &raw.request_timeout, 2_000)?,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+
+    fn err(text: &str) -> String {
+        parse(text, "t.conf").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn absent_section_means_no_recovery() {
+        assert_eq!(parse("", "t").unwrap().ha, None);
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        let c = parse(
+            "[ha]\nendpoints = [\"http://127.0.0.1:2379/\", \"http://10.0.0.2:2379\"]\nmax_attempts = 2\nretry_backoff = 0.5\n",
+            "t",
+        )
+        .unwrap()
+        .ha
+        .unwrap();
+        assert_eq!(
+            c.endpoints,
+            vec!["http://127.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        assert_eq!(c.prefix, "/vmlease/");
+        assert_eq!((c.max_attempts, c.retry_backoff), (2, 500));
+        assert_eq!(
+            (c.host_ttl, c.interval, c.max_starts_per_host),
+            (10_000, 1_000, 4)
+        );
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let e = err("host_id = 1\n[ha]\nendpoints = [\"127.0.0.1:2379\"]\n");
+        assert!(e.contains("t.conf:3") && e.contains("ha.endpoints"), "{e}");
+        let e = err("[ha]\nendpoints = [\"http://a:1\"]\nendpointz = 1\n");
+        assert!(e.contains("t.conf:3") && e.contains("endpointz"), "{e}");
+        let e = err("[ha]\nprefix = \"/x/\"\n");
+        assert!(e.contains("ha.endpoints") && e.contains("required"), "{e}");
+        let e = err("[ha]\nendpoints = [\"https://a:1\"]\n");
+        assert!(e.contains("ha.ca_file"), "{e}");
+        let e = err("[ha]\nendpoints = [\"https://a:1\"]\nca_file = \"/ca\"\ncert_file = \"/c\"\n");
+        assert!(e.contains("t.conf:4") && e.contains("ha.key_file"), "{e}");
+        let e = err("[ha]\nendpoints = [\"http://a:1\"]\nprefix = \"vmlease\"\n");
+        assert!(e.contains("t.conf:3") && e.contains("ha.prefix"), "{e}");
+        let e = err("[ha]\nendpoints = [\"http://a:1\"]\nmax_attempts = 0\n");
+        assert!(
+            e.contains("t.conf:3") && e.contains("ha.max_attempts"),
+            "{e}"
+        );
+        let e = err("[ha]\nendpoints = [\"http://a:1\"]\nhost_ttl = 3\ninterval = 2\n");
+        assert!(e.contains("t.conf:4") && e.contains("ha.interval"), "{e}");
+        let e = err("[ha]\nendpoints = []\n");
+        assert!(e.contains("t.conf:2") && e.contains("at least one"), "{e}");
+    }
+}

@@ -1,0 +1,273 @@
+//! The local agent (every host): presence through an etcd lease kept
+//! alive, the host record (state from the watchdog's status file, read as
+//! the plugin reads it; capacity from libvirt), the HA-managed domains it
+//! runs, and the starts the controller assigned to this host.
+//!
+//! VM records are written only while this host is protected: a host that
+//! is fencing or cut off knows nothing its peers can trust, and the VMs
+//! its fence killed must stay "running here" in etcd so that the
+//! controller recovers them.
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use super::error::{Error, Result};
+use super::etcd::{Cmp, Etcd, Op};
+use super::model::{self, HostRecord, RecState, Recovery, VmRecord, VmState};
+use super::policy::{self, DomainInfo};
+use super::virsh;
+use crate::config::{Config, HaConfig};
+use crate::status::Status;
+
+/// How long a domain's parsed definition is reused before it is read again
+/// (a `vmlease ha enable` shows up within this).
+const XML_REFRESH_MS: u128 = 10_000;
+
+/// A domain's policy and size with its XML, or why it cannot be managed.
+type Definition = std::result::Result<(DomainInfo, String), String>;
+
+pub struct Agent {
+    cfg: Config,
+    ha: HaConfig,
+    pub name: String,
+    host_id: u16,
+    /// The etcd lease of this host (0: none yet).
+    pub lease: i64,
+    last_host: Option<HostRecord>,
+    published: BTreeMap<String, VmRecord>,
+    /// Parsed definitions of running domains, by name, with when read.
+    defs: BTreeMap<String, (Instant, Definition)>,
+    /// Is this host protected now (from the last tick)?
+    pub protected: bool,
+}
+
+impl Agent {
+    pub fn new(cfg: Config, ha: HaConfig) -> Result<Agent> {
+        let host_id = cfg
+            .require_host_id()
+            .map_err(|e| Error::Setup(e.to_string()))?;
+        let name = cfg
+            .host_name
+            .clone()
+            .unwrap_or_else(crate::process::hostname);
+        Ok(Agent {
+            cfg,
+            ha,
+            name,
+            host_id,
+            lease: 0,
+            last_host: None,
+            published: BTreeMap::new(),
+            defs: BTreeMap::new(),
+            protected: false,
+        })
+    }
+
+    fn p(&self) -> &str {
+        &self.ha.prefix
+    }
+
+    /// Keeps this host's etcd lease alive (a new one if it expired).
+    pub fn presence(&mut self, etcd: &Etcd) -> Result<()> {
+        if self.lease != 0 && etcd.keepalive(self.lease)? > 0 {
+            return Ok(());
+        }
+        let ttl = self.ha.host_ttl.div_ceil(1000);
+        self.lease = etcd.grant(ttl)?;
+        log::info!(
+            "vmlease-ha: etcd lease {:x} ({ttl} s) for host {}",
+            self.lease,
+            self.name
+        );
+        // Everything bound to the old lease is gone: publish again.
+        self.last_host = None;
+        Ok(())
+    }
+
+    /// Publishes the host record and the HA domains.
+    pub fn publish(&mut self, etcd: &Etcd) -> Result<()> {
+        let (protected, reason) = match crate::plugin::protected_status(&self.cfg) {
+            Ok(_) => (true, String::new()),
+            Err(e) => (false, e.to_string()),
+        };
+        let state = match Status::read(&self.cfg.state_dir) {
+            Ok(Some(s)) => s.state.as_str().to_string(),
+            _ => "no-watchdog".to_string(),
+        };
+        if protected != self.protected {
+            log::warn!(
+                "vmlease-ha: host {} is {}",
+                self.name,
+                if protected {
+                    "protected".to_string()
+                } else {
+                    format!("not protected: {reason}")
+                }
+            );
+        }
+        self.protected = protected;
+        let running = virsh::running()?;
+        let (cpus, mem) = virsh::node()?;
+        let host = HostRecord {
+            name: self.name.clone(),
+            host_id: self.host_id,
+            state,
+            protected,
+            reason,
+            mem_total_kib: mem,
+            mem_used_kib: running.iter().map(|d| d.memory_kib).sum(),
+            vcpus: cpus,
+            vcpus_used: running.iter().map(|d| d.vcpus).sum(),
+        };
+        if self.last_host.as_ref() != Some(&host) {
+            let key = model::host_key(self.p(), &self.name);
+            etcd.put(&key, &to_json(&host), self.lease)?;
+            self.last_host = Some(host);
+        }
+        if !protected {
+            return Ok(());
+        }
+
+        let names: BTreeSet<&str> = running.iter().map(|d| d.name.as_str()).collect();
+        self.defs.retain(|n, _| names.contains(n.as_str()));
+        let mut now_running = BTreeSet::new();
+        for d in &running {
+            let fresh = self
+                .defs
+                .get(&d.name)
+                .is_some_and(|(at, _)| at.elapsed().as_millis() < XML_REFRESH_MS);
+            if !fresh {
+                let def = virsh::definition(&d.name)
+                    .map_err(|e| e.to_string())
+                    .and_then(|xml| policy::parse(&xml).map(|i| (i, xml)));
+                if let Err(e) = &def {
+                    if !matches!(self.defs.get(&d.name), Some((_, Err(old))) if old == e) {
+                        log::error!(
+                            "vmlease-ha: domain '{}' is treated as unmanaged: {e}",
+                            d.name
+                        );
+                    }
+                }
+                self.defs.insert(d.name.clone(), (Instant::now(), def));
+            }
+            let Some((_, Ok((info, xml)))) = self.defs.get(&d.name) else {
+                continue;
+            };
+            let Some(pol) = info.policy else { continue };
+            let rec = VmRecord {
+                uuid: info.uuid.clone(),
+                name: info.name.clone(),
+                host: self.name.clone(),
+                restart: pol.restart,
+                priority: pol.priority,
+                memory_kib: info.memory_kib,
+                vcpus: info.vcpus,
+                state: VmState::Running,
+                xml: xml.clone(),
+            };
+            now_running.insert(rec.uuid.clone());
+            if self.published.get(&rec.uuid) != Some(&rec) {
+                etcd.put(&model::vm_key(self.p(), &rec.uuid), &to_json(&rec), 0)?;
+                self.published.insert(rec.uuid.clone(), rec);
+            }
+        }
+        // Stopped here while protected: an operator's (or the guest's)
+        // stop, not a failure. Only if the record still names this host.
+        let gone: Vec<String> = self
+            .published
+            .keys()
+            .filter(|u| !now_running.contains(*u))
+            .cloned()
+            .collect();
+        for uuid in gone {
+            let mut rec = self.published.remove(&uuid).expect("listed");
+            let key = model::vm_key(self.p(), &uuid);
+            if let Some(kv) = etcd.get(&key)? {
+                let cur: std::result::Result<VmRecord, _> = serde_json::from_slice(&kv.value);
+                if cur.is_ok_and(|c| c.host == self.name) {
+                    rec.state = VmState::Stopped;
+                    etcd.txn(
+                        &format!("mark {key} stopped"),
+                        &[Cmp::ModRevision(&key, kv.mod_revision)],
+                        &[Op::Put {
+                            key: &key,
+                            value: &to_json(&rec),
+                            lease: 0,
+                        }],
+                    )?;
+                    log::info!(
+                        "vmlease-ha: '{}' stopped on {}: not recovered",
+                        rec.name,
+                        self.name
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out the starts assigned to this host, and reports each.
+    pub fn execute(&mut self, etcd: &Etcd) -> Result<()> {
+        if !self.protected {
+            return Ok(());
+        }
+        let prefix = format!("{}recovery/", self.p());
+        for kv in etcd.list(&prefix)? {
+            let Ok(r) = serde_json::from_slice::<Recovery>(&kv.value) else {
+                continue; // the controller reports corrupt records
+            };
+            if r.state != RecState::Assigned || r.target.as_deref() != Some(&self.name) {
+                continue;
+            }
+            let mut done = r.clone();
+            match self.start(etcd, &r) {
+                Ok(()) => {
+                    done.state = RecState::Started;
+                    log::warn!(
+                        "vmlease-ha: started '{}' (from {}), attempt {}",
+                        r.name,
+                        r.from,
+                        r.attempt
+                    );
+                }
+                Err(e) => {
+                    done.state = RecState::StartFailed;
+                    done.last_error = e.to_string();
+                    log::error!("vmlease-ha: could not start '{}': {e}", r.name);
+                }
+            }
+            etcd.txn(
+                &format!("report {}", kv.key),
+                &[Cmp::ModRevision(&kv.key, kv.mod_revision)],
+                &[Op::Put {
+                    key: &kv.key,
+                    value: &to_json(&done),
+                    lease: 0,
+                }],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn start(&self, etcd: &Etcd, r: &Recovery) -> Result<()> {
+        // Idempotent: a start carried out before a crash is not repeated.
+        if virsh::domstate(&r.name).as_deref() == Some("running") {
+            return Ok(());
+        }
+        let key = model::vm_key(self.p(), &r.uuid);
+        let kv = etcd.get(&key)?.ok_or_else(|| Error::Corrupt {
+            key: key.clone(),
+            reason: "no VM record to take the definition from".into(),
+        })?;
+        let vm: VmRecord = serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        virsh::define_and_start(&vm.name, &vm.xml)
+    }
+}
+
+pub fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records always serialise")
+}

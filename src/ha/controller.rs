@@ -1,0 +1,195 @@
+//! The cluster controller's driver: leader election (a key bound to this
+//! host's etcd lease, created in a transaction only when absent), one read
+//! of everything under the prefix, the lockspace's verdict on suspect
+//! hosts (`vmlease can-evacuate`'s own code), `decide`, and the writes -
+//! each a transaction that holds only while this host is still the leader.
+//!
+//! A host that is not protected itself (fencing, cut off from the
+//! lockspace, no watchdog) neither campaigns nor stays leader: it could not
+//! judge the lockspace anyway.
+#![forbid(unsafe_code)]
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::agent::to_json;
+use super::decide::{self, Action, ClusterView, Limits, Verdict};
+use super::error::Result;
+use super::etcd::{Cmp, Etcd, Kv, Op};
+use super::model::{self, HostRecord, Recovery, VmRecord};
+use crate::cli::evacuate;
+use crate::cli::exit;
+use crate::config::{Config, HaConfig};
+
+pub struct Controller {
+    cfg: Config,
+    ha: HaConfig,
+    name: String,
+    pub leader: bool,
+}
+
+/// Wall-clock ms (the retry and start timers only).
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Splits everything under the prefix into a view; a value that does not
+/// decode is reported by key and left out.
+pub fn view_of(prefix: &str, kvs: &[Kv]) -> (ClusterView, Option<String>, Vec<String>) {
+    let mut v = ClusterView::default();
+    let mut leader = None;
+    let mut bad = Vec::new();
+    for kv in kvs {
+        let Some(rest) = kv.key.strip_prefix(prefix) else {
+            continue;
+        };
+        let err = |e: serde_json::Error| format!("{}: {e}", kv.key);
+        if rest == "leader" {
+            leader = Some(String::from_utf8_lossy(&kv.value).into_owned());
+        } else if rest.starts_with("hosts/") {
+            match serde_json::from_slice::<HostRecord>(&kv.value) {
+                Ok(h) => {
+                    v.hosts.insert(h.name.clone(), h);
+                }
+                Err(e) => bad.push(err(e)),
+            }
+        } else if rest.starts_with("vms/") {
+            match serde_json::from_slice::<VmRecord>(&kv.value) {
+                Ok(m) => {
+                    v.vms.insert(m.uuid.clone(), m);
+                }
+                Err(e) => bad.push(err(e)),
+            }
+        } else if rest.starts_with("recovery/") {
+            match serde_json::from_slice::<Recovery>(&kv.value) {
+                Ok(r) => {
+                    v.recoveries.insert(r.uuid.clone(), r);
+                }
+                Err(e) => bad.push(err(e)),
+            }
+        }
+    }
+    (v, leader, bad)
+}
+
+impl Controller {
+    pub fn new(cfg: Config, ha: HaConfig, name: String) -> Controller {
+        Controller {
+            cfg,
+            ha,
+            name,
+            leader: false,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_starts_per_host: self.ha.max_starts_per_host,
+            max_attempts: self.ha.max_attempts,
+            retry_backoff_ms: self.ha.retry_backoff,
+            start_timeout_ms: self.ha.start_timeout,
+        }
+    }
+
+    /// One step: campaign or resign, and decide when leading.
+    pub fn tick(&mut self, etcd: &Etcd, lease: i64, protected: bool) -> Result<()> {
+        let lk = model::leader_key(&self.ha.prefix);
+        let me = self.name.as_bytes();
+        if !protected {
+            if self.leader {
+                etcd.txn("resign", &[Cmp::Value(&lk, me)], &[Op::Delete(&lk)])?;
+                self.leader = false;
+                log::warn!(
+                    "vmlease-ha: {} is not protected: no longer the leader",
+                    self.name
+                );
+            }
+            return Ok(());
+        }
+        let won = etcd.txn(
+            "campaign",
+            &[Cmp::Absent(&lk)],
+            &[Op::Put {
+                key: &lk,
+                value: me,
+                lease,
+            }],
+        )?;
+        let kvs = etcd.list(&self.ha.prefix)?;
+        let (mut view, leader, bad) = view_of(&self.ha.prefix, &kvs);
+        let leading = won || leader.as_deref() == Some(&self.name);
+        if leading != self.leader {
+            log::warn!(
+                "vmlease-ha: {} {} the leader",
+                self.name,
+                if leading { "is now" } else { "is no longer" }
+            );
+            self.leader = leading;
+        }
+        if !leading {
+            return Ok(());
+        }
+        for b in &bad {
+            log::error!("vmlease-ha: ignoring a corrupt value: {b}");
+        }
+        for host in decide::suspects(&view) {
+            let a = evacuate::answer(self.cfg.clone(), &host);
+            let verdict = if a.code == exit::OK {
+                Verdict::Safe
+            } else {
+                Verdict::NotYet(a.answer)
+            };
+            view.verdicts.insert(host, verdict);
+        }
+        let now = wall_ms();
+        for action in decide::decide(&view, now, &self.limits()) {
+            self.apply(etcd, &lk, action)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one decision, only while still the leader.
+    fn apply(&mut self, etcd: &Etcd, lk: &str, a: Action) -> Result<()> {
+        let me = self.name.as_bytes();
+        let ok = match &a {
+            Action::Event(e) => {
+                log::warn!("vmlease-ha: {e}");
+                return Ok(());
+            }
+            Action::Put(r) => {
+                let key = model::recovery_key(&self.ha.prefix, &r.uuid);
+                etcd.txn(
+                    &format!("write {key}"),
+                    &[Cmp::Value(lk, me)],
+                    &[Op::Put {
+                        key: &key,
+                        value: &to_json(r),
+                        lease: 0,
+                    }],
+                )?
+            }
+            Action::Done { uuid, name, host } => {
+                let key = model::recovery_key(&self.ha.prefix, uuid);
+                let ok = etcd.txn(
+                    &format!("delete {key}"),
+                    &[Cmp::Value(lk, me)],
+                    &[Op::Delete(&key)],
+                )?;
+                if ok {
+                    log::warn!("vmlease-ha: recovered '{name}' ({uuid}): it runs on {host}");
+                }
+                ok
+            }
+        };
+        if !ok {
+            self.leader = false;
+            log::warn!(
+                "vmlease-ha: {} lost the leadership while writing",
+                self.name
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,301 @@
+//! The controller's decisions, sans IO: from what etcd holds (and the
+//! lockspace's verdict on suspect hosts) to the records to write. The
+//! driver (`controller.rs`) reads, asks the lockspace about
+//! [`suspects`], calls [`decide`], and writes each [`Action`] with a
+//! transaction that holds only while it is still the leader.
+//!
+//! A recovery, per VM:
+//!
+//! ```text
+//!   (host failed, leases free) -> Pending -> Assigned(target) -> Started -> done (record deleted)
+//!                                  ^   |           |  timeout/error/target gone
+//!                                  |   |           v
+//!                                  +---+---- Failed(retry_at) --(attempts used up)--> RecoveryFailed
+//! ```
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use super::model::{HostRecord, RecState, Recovery, VmRecord, VmState};
+use super::policy::Restart;
+
+/// The lockspace's answer about a host (from `vmlease can-evacuate`'s code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its leases may be taken over now.
+    Safe,
+    /// Not (yet), with the reason.
+    NotYet(String),
+}
+
+/// Limits from `[ha]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_starts_per_host: u32,
+    pub max_attempts: u32,
+    pub retry_backoff_ms: u64,
+    pub start_timeout_ms: u64,
+}
+
+/// Everything the controller knows at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// Present hosts (their etcd lease is alive), by name.
+    pub hosts: BTreeMap<String, HostRecord>,
+    pub vms: BTreeMap<String, VmRecord>,
+    pub recoveries: BTreeMap<String, Recovery>,
+    /// Verdicts on the hosts [`suspects`] named.
+    pub verdicts: BTreeMap<String, Verdict>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write this recovery record (a new decision or a new state).
+    Put(Recovery),
+    /// The VM runs on its new host: the recovery is over.
+    Done {
+        uuid: String,
+        name: String,
+        host: String,
+    },
+    /// Something an operator should see (logged; events come later).
+    Event(String),
+}
+
+/// Hosts whose HA VMs may need a new home: gone from etcd or not
+/// protected, while a VM record that should run says it runs there.
+pub fn suspects(v: &ClusterView) -> Vec<String> {
+    let mut out: Vec<String> = v
+        .vms
+        .values()
+        .filter(|vm| vm.restart == Restart::Always && vm.state == VmState::Running)
+        .filter(|vm| !v.hosts.get(&vm.host).is_some_and(|h| h.protected))
+        .map(|vm| vm.host.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// One step of the controller.
+pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
+    let mut out = Vec::new();
+    // Starts in flight per target, including the ones decided this step.
+    let mut inflight: BTreeMap<String, u32> = BTreeMap::new();
+    let mut reserved: BTreeMap<String, (u64, u32)> = BTreeMap::new();
+    for r in v.recoveries.values() {
+        if let (RecState::Assigned | RecState::Started | RecState::StartFailed, Some(t)) =
+            (&r.state, &r.target)
+        {
+            *inflight.entry(t.clone()).or_default() += 1;
+            if let Some(vm) = v.vms.get(&r.uuid) {
+                let e = reserved.entry(t.clone()).or_default();
+                e.0 += vm.memory_kib;
+                e.1 += vm.vcpus;
+            }
+        }
+    }
+
+    // 1. Progress of the recoveries under way.
+    let mut to_place: Vec<(Recovery, &VmRecord)> = Vec::new();
+    for r in v.recoveries.values() {
+        let vm = v.vms.get(&r.uuid);
+        let on_target = |vm: Option<&VmRecord>| {
+            vm.is_some_and(|vm| Some(&vm.host) == r.target.as_ref() && vm.state == VmState::Running)
+        };
+        match &r.state {
+            RecState::Assigned | RecState::Started if on_target(vm) => {
+                // Its slot on the target frees now (its memory is in the
+                // target's own record from now on).
+                let t = r.target.clone().unwrap_or_default();
+                if let Some(n) = inflight.get_mut(&t) {
+                    *n = n.saturating_sub(1);
+                }
+                if let (Some(e), Some(vm)) = (reserved.get_mut(&t), vm) {
+                    e.0 = e.0.saturating_sub(vm.memory_kib);
+                    e.1 = e.1.saturating_sub(vm.vcpus);
+                }
+                out.push(Action::Done {
+                    uuid: r.uuid.clone(),
+                    name: r.name.clone(),
+                    host: r.target.clone().unwrap_or_default(),
+                });
+            }
+            RecState::Assigned | RecState::Started => {
+                let target = r.target.clone().unwrap_or_default();
+                let why = if !v.hosts.get(&target).is_some_and(HostRecord::is_target) {
+                    Some(format!("target {target} is gone or not protected"))
+                } else if now_ms.saturating_sub(r.since_ms) >= lim.start_timeout_ms {
+                    Some(format!(
+                        "no start reported by {target} within {} ms",
+                        lim.start_timeout_ms
+                    ))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    out.extend(failed(r, why, now_ms, lim));
+                }
+            }
+            RecState::StartFailed => {
+                let t = r.target.clone().unwrap_or_default();
+                if let Some(n) = inflight.get_mut(&t) {
+                    *n = n.saturating_sub(1);
+                }
+                out.extend(failed(r, format!("{t}: {}", r.last_error), now_ms, lim));
+            }
+            RecState::Failed { retry_at_ms } if now_ms >= *retry_at_ms => {
+                if let Some(vm) = vm {
+                    to_place.push((r.clone(), vm));
+                }
+            }
+            RecState::Pending => {
+                if let Some(vm) = vm {
+                    to_place.push((r.clone(), vm));
+                }
+            }
+            RecState::RecoveryFailed if vm.is_some_and(|vm| vm.host != r.from) => {
+                // The operator started it somewhere: the recovery is over.
+                let vm = vm.expect("checked");
+                out.push(Action::Done {
+                    uuid: r.uuid.clone(),
+                    name: r.name.clone(),
+                    host: vm.host.clone(),
+                });
+            }
+            RecState::Failed { .. } | RecState::RecoveryFailed => {}
+        }
+    }
+
+    // 2. New recoveries: HA VMs of suspect hosts whose leases may be taken.
+    for vm in v.vms.values() {
+        if vm.restart != Restart::Always
+            || vm.state != VmState::Running
+            || v.recoveries.contains_key(&vm.uuid)
+            || v.verdicts.get(&vm.host) != Some(&Verdict::Safe)
+            || v.hosts.get(&vm.host).is_some_and(|h| h.protected)
+        {
+            continue;
+        }
+        to_place.push((
+            Recovery {
+                uuid: vm.uuid.clone(),
+                name: vm.name.clone(),
+                from: vm.host.clone(),
+                state: RecState::Pending,
+                attempt: 0,
+                target: None,
+                tried: Vec::new(),
+                since_ms: now_ms,
+                last_error: String::new(),
+            },
+            vm,
+        ));
+    }
+
+    // 3. Placement, highest priority first.
+    to_place.sort_by(|a, b| {
+        b.1.priority
+            .cmp(&a.1.priority)
+            .then_with(|| a.1.name.cmp(&b.1.name))
+            .then_with(|| a.1.uuid.cmp(&b.1.uuid))
+    });
+    for (mut r, vm) in to_place {
+        match place(v, vm, &r, &inflight, &reserved, lim) {
+            Some(target) => {
+                *inflight.entry(target.clone()).or_default() += 1;
+                let e = reserved.entry(target.clone()).or_default();
+                e.0 += vm.memory_kib;
+                e.1 += vm.vcpus;
+                r.attempt += 1;
+                r.tried.push(target.clone());
+                r.target = Some(target.clone());
+                r.state = RecState::Assigned;
+                r.since_ms = now_ms;
+                out.push(Action::Event(format!(
+                    "recovering '{}' ({}) from {} on {target}, attempt {} of {}",
+                    vm.name, vm.uuid, r.from, r.attempt, lim.max_attempts
+                )));
+                out.push(Action::Put(r));
+            }
+            // Written once when it starts waiting; then left alone.
+            None if r.state != RecState::Pending || !v.recoveries.contains_key(&r.uuid) => {
+                r.target = None;
+                r.state = RecState::Pending;
+                r.since_ms = now_ms;
+                r.last_error = "no protected host has room for it".into();
+                out.push(Action::Put(r));
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+/// The attempt failed: retry later, or give up.
+fn failed(r: &Recovery, why: String, now_ms: u64, lim: &Limits) -> Vec<Action> {
+    let mut n = r.clone();
+    n.last_error = why.clone();
+    n.since_ms = now_ms;
+    if r.attempt >= lim.max_attempts {
+        n.state = RecState::RecoveryFailed;
+        n.target = None;
+        return vec![
+            Action::Event(format!(
+                "recovery-failed: '{}' ({}) after {} attempt(s): {why}",
+                r.name, r.uuid, r.attempt
+            )),
+            Action::Put(n),
+        ];
+    }
+    let backoff = lim
+        .retry_backoff_ms
+        .saturating_mul(1u64 << (r.attempt.saturating_sub(1)).min(16));
+    n.state = RecState::Failed {
+        retry_at_ms: now_ms.saturating_add(backoff),
+    };
+    vec![
+        Action::Event(format!(
+            "attempt {} for '{}' failed: {why}; next in {backoff} ms",
+            r.attempt, r.name
+        )),
+        Action::Put(n),
+    ]
+}
+
+/// The best target: protected, live, room for the VM's memory, under the
+/// start limit; hosts not tried yet first, then the most free memory.
+fn place(
+    v: &ClusterView,
+    vm: &VmRecord,
+    r: &Recovery,
+    inflight: &BTreeMap<String, u32>,
+    reserved: &BTreeMap<String, (u64, u32)>,
+    lim: &Limits,
+) -> Option<String> {
+    v.hosts
+        .values()
+        .filter(|h| h.is_target() && h.name != r.from)
+        .filter(|h| inflight.get(&h.name).copied().unwrap_or(0) < lim.max_starts_per_host)
+        .filter_map(|h| {
+            let (mem, cpu) = reserved.get(&h.name).copied().unwrap_or((0, 0));
+            let free_mem = h
+                .mem_total_kib
+                .saturating_sub(h.mem_used_kib)
+                .saturating_sub(mem);
+            let free_cpu = i64::from(h.vcpus) - i64::from(h.vcpus_used) - i64::from(cpu);
+            (free_mem >= vm.memory_kib).then_some((h, free_mem, free_cpu))
+        })
+        .min_by(|a, b| {
+            let tried = |h: &HostRecord| r.tried.contains(&h.name);
+            tried(a.0)
+                .cmp(&tried(b.0))
+                .then_with(|| b.1.cmp(&a.1))
+                .then_with(|| b.2.cmp(&a.2))
+                .then_with(|| a.0.name.cmp(&b.0.name))
+        })
+        .map(|(h, _, _)| h.name.clone())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,28 @@
+//! Recovery (`vmlease-ha`): each host's agent publishes its state, capacity
+//! and HA-managed domains to etcd and carries out the starts assigned to
+//! it; one elected controller restarts a failed host's HA VMs elsewhere,
+//! once the lockspace says their leases may be taken (the verdict of
+//! `vmlease can-evacuate`, from the same code). See docs/ha.md.
+//!
+//! The decisions (`decide`), the records (`model`) and the domain policy
+//! (`policy`) are pure and always built. The I/O - etcd's JSON gateway,
+//! virsh, the loops - needs the `ha` cargo feature; the fence path
+//! (vmlease-watchdog, vmlease.so) never calls into it.
+#![forbid(unsafe_code)]
+
+pub mod decide;
+pub mod model;
+pub mod policy;
+
+#[cfg(feature = "ha")]
+pub mod agent;
+#[cfg(feature = "ha")]
+pub mod controller;
+#[cfg(feature = "ha")]
+pub mod error;
+#[cfg(feature = "ha")]
+pub mod etcd;
+#[cfg(feature = "ha")]
+pub mod run;
+#[cfg(feature = "ha")]
+pub mod virsh;

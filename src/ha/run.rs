@@ -1,0 +1,117 @@
+//! `vmlease-ha`'s main loop: the agent and the controller candidate, one
+//! step every `[ha] interval`. etcd unreachable: log once, retry with
+//! backoff (up to the lease TTL), never exit; running VMs are untouched.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::agent::Agent;
+use super::controller::Controller;
+use super::error::Error;
+use super::etcd::Etcd;
+use crate::config;
+use crate::daemon::signals;
+
+const USAGE: &str = "usage: vmlease-ha [--config FILE]";
+
+pub fn main(argv: Vec<String>) -> i32 {
+    let mut path = PathBuf::from(config::DEFAULT_PATH);
+    let mut it = argv.into_iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" => match it.next() {
+                Some(p) => path = PathBuf::from(p),
+                None => {
+                    eprintln!("vmlease-ha: --config needs a file\n{USAGE}");
+                    return 2;
+                }
+            },
+            "--help" | "-h" => {
+                println!("{USAGE}\nThe recovery agent and controller (see docs/ha.md).");
+                return 0;
+            }
+            other => {
+                eprintln!("vmlease-ha: unknown argument '{other}'\n{USAGE}");
+                return 2;
+            }
+        }
+    }
+    crate::logging::init(true, log::LevelFilter::Info);
+    let cfg = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vmlease-ha: {e}");
+            return 2;
+        }
+    };
+    let Some(ha) = cfg.ha.clone() else {
+        eprintln!(
+            "vmlease-ha: {}: no [ha] section: recovery is not configured",
+            path.display()
+        );
+        return 2;
+    };
+    match run(cfg, ha) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("vmlease-ha: {e}");
+            1
+        }
+    }
+}
+
+fn run(cfg: config::Config, ha: config::HaConfig) -> Result<(), Error> {
+    signals::install();
+    let etcd = Etcd::new(&ha)?;
+    let mut agent = Agent::new(cfg.clone(), ha.clone())?;
+    let mut ctl = Controller::new(cfg, ha.clone(), agent.name.clone());
+    let interval = Duration::from_millis(ha.interval);
+    let mut failing: Option<String> = None;
+    let mut backoff = interval;
+    log::info!(
+        "vmlease-ha: host {} starting; etcd {}",
+        agent.name,
+        ha.endpoints.join(",")
+    );
+    while !signals::stop_requested() {
+        let t0 = Instant::now();
+        let step = agent
+            .presence(&etcd)
+            .and_then(|()| agent.publish(&etcd))
+            .and_then(|()| ctl.tick(&etcd, agent.lease, agent.protected))
+            .and_then(|()| agent.execute(&etcd));
+        match step {
+            Ok(()) => {
+                if failing.take().is_some() {
+                    log::warn!("vmlease-ha: etcd and libvirt answer again");
+                }
+                backoff = interval;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if failing.as_deref() != Some(&msg) {
+                    log::error!("vmlease-ha: {msg}; retrying");
+                }
+                failing = Some(msg);
+                if matches!(e, Error::Etcd { .. }) {
+                    // No quorum or no etcd: no decisions.
+                    ctl.leader = false;
+                    backoff = (backoff * 2).min(Duration::from_millis(ha.host_ttl / 2));
+                }
+            }
+        }
+        let wait = if failing.is_some() { backoff } else { interval };
+        let deadline = t0 + wait;
+        while !signals::stop_requested() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50).min(wait));
+        }
+    }
+    if agent.lease != 0 {
+        // Presence and leadership go at once; the lockspace still decides
+        // whether this host's VMs may run elsewhere.
+        let _ = etcd.revoke(agent.lease);
+    }
+    log::info!("vmlease-ha: stopped");
+    Ok(())
+}

@@ -16,7 +16,8 @@ PACKAGES="libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
 qemu-system-x86 qemu-utils
 iproute2 iputils-ping util-linux mount e2fsprogs
 gcc libc6-dev shellcheck rpm dpkg-dev sanlock libvirt-sanlock faketime
-ceph-mon ceph-mgr ceph-osd ceph-mds ceph-fuse ceph-common"
+ceph-mon ceph-mgr ceph-osd ceph-mds ceph-fuse ceph-common
+etcd-server etcd-client"
 
 log=${TMPDIR:-/tmp}/vmlease-setup.log
 

@@ -152,6 +152,21 @@ verify=$(unshare -m sh -c 'mount -t tmpfs vmlease-test /run/systemd && exec syst
 [ -z "$verify" ] || fail "systemd-analyze verify $unit: $verify"
 zcat /usr/share/man/man8/vmlease.8.gz | grep -q '^\.TH VMLEASE 8' || fail "vmlease(8) is not a man page"
 zcat /usr/share/man/man8/vmlease-watchdog.8.gz | grep -q 'SIGTERM' || fail "vmlease-watchdog(8) lacks the --help text"
+# vmlease-ha: its unit verifies too, and the binary refuses a config without [ha].
+ha_unit=$(dirname "$unit")/vmlease-ha.service
+# shellcheck disable=SC2016 # expanded by the inner shell
+verify=$(unshare -m sh -c 'mount -t tmpfs vmlease-test /run/systemd && exec systemd-analyze verify --man=no "$0"' \
+    "$ha_unit" 2>&1) || fail "systemd-analyze verify $ha_unit: $verify"
+[ -z "$verify" ] || fail "systemd-analyze verify $ha_unit: $verify"
+zcat /usr/share/man/man8/vmlease-ha.8.gz | grep -q 'recovery agent' || fail "vmlease-ha(8) lacks the --help text"
+printf 'host_id = 3\n' >"$work/no-ha.conf"
+set +e
+/usr/sbin/vmlease-ha --config "$work/no-ha.conf" >"$work/no-ha.out" 2>&1
+rc=$?
+set -e
+if [ "$rc" -ne 2 ] || ! grep -q 'no \[ha\] section' "$work/no-ha.out"; then
+    fail "vmlease-ha without [ha]: exit $rc, $(cat "$work/no-ha.out")"
+fi
 zcat /usr/share/doc/vmlease/changelog.gz | head -n 1 | grep -q "^vmlease ($vn)" || fail "changelog.gz"
 grep -q 'Apache-2.0' /usr/share/doc/vmlease/copyright || fail "copyright names no license"
 ok "the unit passes systemd-analyze verify; man pages, changelog.gz, copyright installed"

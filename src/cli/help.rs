@@ -215,6 +215,26 @@ Exit status: 0 valid, 1 corrupt or not a vmlease file, 2 unreadable.",
         positional: (1, 1),
     },
     CommandHelp {
+        name: "ha",
+        synopsis: "status | enable DOMAIN [--priority N] | disable DOMAIN",
+        summary: "recovery (vmlease-ha): what etcd holds; a domain's HA policy",
+        body: "\
+status: what vmlease-ha publishes in etcd (the [ha] section says where):
+the leader, every present host with its watchdog state, protection and
+capacity, every HA-managed VM with its host, policy and state, and the
+recoveries in flight (state, target, attempt, last error).
+
+enable DOMAIN: sets <vmlease:ha restart=\"always\" priority=\"N\"/> in the
+domain's metadata (persistent, and live when it runs), through the local
+libvirt: vmlease-ha restarts it elsewhere when its host fails. disable
+DOMAIN: restart=\"never\" (still listed, never restarted).
+
+Exit status: 0 done, 1 libvirt refused the change, 2 usage or
+configuration error (no [ha] section), 3 etcd unreachable.",
+        flags: &["--priority"],
+        positional: (1, 2),
+    },
+    CommandHelp {
         name: "hook",
         synopsis: "qemu NAME OPERATION SUB-OPERATION [EXTRA...]",
         summary: "the libvirt qemu hook (installed as /etc/libvirt/hooks/qemu.d/vmlease)",

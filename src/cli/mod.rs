@@ -14,6 +14,7 @@ mod dump;
 pub mod evacuate;
 mod fence;
 mod fs;
+mod ha;
 pub mod help;
 mod hosts;
 pub mod json;
@@ -132,6 +133,7 @@ fn run(opts: &Opts, command: &str, args: &Args) -> i32 {
         "release" => release::run(opts, args),
         "clear-fence" => fence::clear(opts),
         "dump" => dump::run(opts, &args.positional[0]),
+        "ha" => ha::run(opts, args),
         "hook" => crate::hook::main(&opts.config, &args.positional),
         other => unreachable!("command '{other}' is in the help table but not dispatched"),
     }

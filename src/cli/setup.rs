@@ -150,6 +150,12 @@ pub fn check_config(opts: &Opts) -> i32 {
                 "cephfs",
                 ceph.as_ref().map(cephfs::json).unwrap_or(Json::Null),
             ),
+            (
+                "ha",
+                c.ha.as_ref()
+                    .map(|h| Json::str(h.describe()))
+                    .unwrap_or(Json::Null),
+            ),
         ]));
     } else {
         for w in &warnings {
@@ -171,6 +177,10 @@ pub fn check_config(opts: &Opts) -> i32 {
         );
         if let Some(Ok(s)) = &ceph {
             println!("{}", cephfs::describe(s));
+        }
+        match &c.ha {
+            Some(h) => println!("{}", h.describe()),
+            None => println!("recovery (vmlease-ha): not configured (no [ha] section)"),
         }
         if ok {
             println!("{}: OK", opts.config.display());

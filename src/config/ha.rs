@@ -45,6 +45,29 @@ pub struct HaConfig {
     pub request_timeout: u64,
 }
 
+impl HaConfig {
+    /// One line for `check-config`.
+    pub fn describe(&self) -> String {
+        format!(
+            "recovery (vmlease-ha): etcd {}{}, prefix {}, host lease {}, step {}, \
+             at most {} start(s) per host, {} attempt(s), backoff {} doubling, start timeout {}",
+            self.endpoints.join(","),
+            if self.cert_file.is_some() {
+                " with a client certificate"
+            } else {
+                ""
+            },
+            self.prefix,
+            super::secs(self.host_ttl),
+            super::secs(self.interval),
+            self.max_starts_per_host,
+            self.max_attempts,
+            super::secs(self.retry_backoff),
+            super::secs(self.start_timeout)
+        )
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHa {
@@ -80,13 +103,15 @@ impl Builder<'_> {
             match rest {
                 Some(hp)
                     if !hp.is_empty() && !hp.contains('/') && hp.rsplit_once(':').is_some() => {}
-                _ => return Err(self.err(
-                    "ha.endpoints",
-                    e.span(),
-                    format!(
+                _ => {
+                    return Err(self.err(
+                        "ha.endpoints",
+                        e.span(),
+                        format!(
                         "'{url}' is not an etcd client URL (http://HOST:PORT or https://HOST:PORT)"
                     ),
-                )),
+                    ))
+                }
             }
             endpoints.push(url);
         }

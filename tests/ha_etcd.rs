@@ -1,0 +1,185 @@
+//! vmlease-ha's etcd client against a real etcd member (Debian's
+//! etcd-server) on loopback: reads and writes, a presence key that goes
+//! with its lease, leader election by a create-only transaction, writes
+//! guarded by the leader key and by a record's revision, and a clear error
+//! when no endpoint answers (the next endpoint is tried first).
+
+mod support;
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::Duration;
+
+use support::util::{wait_until, ProcGuard, Scratch};
+use vmlease::ha::etcd::{Cmp, Etcd, Op};
+
+/// A port nobody listens on now (the kernel's choice).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn member(s: &Scratch) -> (ProcGuard, String) {
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let data = s.dir("etcd");
+    let mut c = Command::new("etcd");
+    c.args(["--name", "m1", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("m1={peer_url}")])
+        .args([
+            "--initial-cluster-token",
+            &format!("vmlease-test-{}", std::process::id()),
+        ]);
+    let g = ProcGuard::spawn_logged(&mut c, "etcd member", &s.path().join("etcd.log"));
+    (g, url)
+}
+
+fn cfg(endpoints: &[&str]) -> vmlease::config::HaConfig {
+    let text = format!(
+        "[ha]\nendpoints = [{}]\nhost_ttl = 2\ninterval = 0.5\nrequest_timeout = 1\n",
+        endpoints
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    vmlease::config::parse(&text, "test.conf")
+        .unwrap()
+        .ha
+        .unwrap()
+}
+
+#[test]
+fn the_etcd_client_against_a_real_member() {
+    let s = Scratch::new("ha-etcd");
+    let (etcd_proc, url) = member(&s);
+    // A dead endpoint first: the client moves on to the live one.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let etcd = Etcd::new(&cfg(&[&dead, &url])).unwrap();
+    wait_until(
+        "etcd to answer",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            etcd.list("/x/")
+                .map_err(|e| format!("{e}; log: {}", etcd_proc.log_tail(5)))
+        },
+    );
+
+    // Reads and writes under a prefix.
+    etcd.put("/t/vms/a", b"one", 0).unwrap();
+    etcd.put("/t/vms/b", b"two", 0).unwrap();
+    etcd.put("/t0", b"outside", 0).unwrap();
+    let got: Vec<(String, Vec<u8>)> = etcd
+        .list("/t/")
+        .unwrap()
+        .into_iter()
+        .map(|kv| (kv.key, kv.value))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("/t/vms/a".to_string(), b"one".to_vec()),
+            ("/t/vms/b".to_string(), b"two".to_vec())
+        ]
+    );
+    assert_eq!(etcd.get("/t/none").unwrap(), None);
+
+    // Election: only the first create-only transaction wins.
+    let lease_a = etcd.grant(2).unwrap();
+    let lease_b = etcd.grant(2).unwrap();
+    let campaign = |who: &[u8], lease| {
+        etcd.txn(
+            "campaign",
+            &[Cmp::Absent("/t/leader")],
+            &[Op::Put {
+                key: "/t/leader",
+                value: who,
+                lease,
+            }],
+        )
+        .unwrap()
+    };
+    assert!(campaign(b"host-a", lease_a));
+    assert!(!campaign(b"host-b", lease_b));
+    // Writes guarded by the leader key: a's pass, b's do not.
+    let guarded = |who: &[u8], v: &[u8]| {
+        etcd.txn(
+            "decide",
+            &[Cmp::Value("/t/leader", who)],
+            &[Op::Put {
+                key: "/t/recovery/x",
+                value: v,
+                lease: 0,
+            }],
+        )
+        .unwrap()
+    };
+    assert!(guarded(b"host-a", b"by a"));
+    assert!(!guarded(b"host-b", b"by b"));
+    // A report guarded by the record's revision: a stale one is refused.
+    let kv = etcd.get("/t/recovery/x").unwrap().unwrap();
+    assert_eq!(kv.value, b"by a");
+    let report = |rev| {
+        etcd.txn(
+            "report",
+            &[Cmp::ModRevision("/t/recovery/x", rev)],
+            &[Op::Put {
+                key: "/t/recovery/x",
+                value: b"started",
+                lease: 0,
+            }],
+        )
+        .unwrap()
+    };
+    assert!(report(kv.mod_revision));
+    assert!(!report(kv.mod_revision), "a stale revision was accepted");
+
+    // Presence: a's lease kept alive, b's left to expire; a's leader key
+    // stays, then goes with a's lease when a stops renewing.
+    etcd.put("/t/hosts/b", b"b", lease_b).unwrap();
+    wait_until(
+        "host b's key to go with its lease",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            assert!(
+                etcd.keepalive(lease_a).unwrap() > 0,
+                "a's lease expired while kept alive"
+            );
+            match etcd.get("/t/hosts/b").unwrap() {
+                None => Ok(()),
+                Some(_) => Err("still there".to_string()),
+            }
+        },
+    );
+    assert_eq!(etcd.get("/t/leader").unwrap().unwrap().value, b"host-a");
+    assert_eq!(
+        etcd.keepalive(lease_b).unwrap(),
+        0,
+        "an expired lease renewed"
+    );
+    etcd.revoke(lease_a).unwrap();
+    assert_eq!(etcd.get("/t/leader").unwrap(), None);
+    assert!(campaign(b"host-b", etcd.grant(2).unwrap()));
+
+    // No endpoint answers: an error naming the operation and the endpoint.
+    drop(etcd_proc);
+    let e = etcd.get("/t/leader").unwrap_err().to_string();
+    assert!(
+        e.starts_with("etcd get /t/leader:") && e.contains("127.0.0.1"),
+        "{e}"
+    );
+}

@@ -287,3 +287,94 @@ fn stopped_and_never_vms_and_live_hosts_are_left_alone() {
         "{p:?}"
     );
 }
+
+/// Many rounds of the controller against scripted agents whose starts
+/// fail at random (a fixed-seed generator): each VM is assigned to at most
+/// one host at a time, never to the failed host, and ends either running
+/// on exactly one host or recovery-failed after max_attempts; the
+/// controller is stateless, so every round may as well be a new leader.
+#[test]
+fn random_start_failures_end_in_one_home_or_recovery_failed() {
+    let mut seed: u64 = 0x5eed;
+    let mut rnd = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    for round in 0..200 {
+        let mut v = cluster();
+        v.hosts.remove("a");
+        v.verdicts.insert("a".into(), Verdict::Safe);
+        let fail_pct = rnd(101);
+        let mut now = 0u64;
+        let mut starts: BTreeMap<String, u32> = BTreeMap::new();
+        for _step in 0..400 {
+            let a = decide(&v, now, &LIM);
+            for act in &a {
+                if let Action::Put(r) = act {
+                    assert_ne!(
+                        r.target.as_deref(),
+                        Some("a"),
+                        "round {round}: placed on the failed host"
+                    );
+                    assert!(r.attempt <= LIM.max_attempts, "round {round}: {r:?}");
+                }
+            }
+            apply(&mut v, &a);
+            // The agents: each assigned start succeeds or fails.
+            let assigned: Vec<Recovery> = v
+                .recoveries
+                .values()
+                .filter(|r| r.state == RecState::Assigned)
+                .cloned()
+                .collect();
+            for mut r in assigned {
+                if rnd(100) < fail_pct {
+                    r.state = RecState::StartFailed;
+                    r.last_error = "refused".into();
+                } else {
+                    r.state = RecState::Started;
+                    *starts.entry(r.uuid.clone()).or_default() += 1;
+                    let vm = v.vms.get_mut(&r.uuid).unwrap();
+                    vm.host = r.target.clone().unwrap();
+                }
+                v.recoveries.insert(r.uuid.clone(), r);
+            }
+            now += 500;
+            let settled = v
+                .recoveries
+                .values()
+                .all(|r| r.state == RecState::RecoveryFailed);
+            if settled {
+                break;
+            }
+        }
+        for n in [1u8, 2, 3] {
+            let u = uuid(n);
+            let vm = &v.vms[&u];
+            match v.recoveries.get(&u) {
+                None => {
+                    assert_ne!(
+                        vm.host, "a",
+                        "round {round}: vm{n} neither recovered nor failed"
+                    );
+                    assert_eq!(
+                        starts.get(&u),
+                        Some(&1),
+                        "round {round}: vm{n} started twice"
+                    );
+                }
+                Some(r) => {
+                    assert_eq!(r.state, RecState::RecoveryFailed, "round {round}: {r:?}");
+                    assert_eq!(r.attempt, LIM.max_attempts);
+                    assert_eq!(vm.host, "a");
+                    assert_eq!(starts.get(&u), None);
+                }
+            }
+        }
+        // The "never" VM and b's own VM were never touched.
+        assert_eq!(v.vms[&uuid(4)].host, "a");
+        assert_eq!(v.vms[&uuid(5)].host, "b");
+    }
+}

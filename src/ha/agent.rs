@@ -220,6 +220,8 @@ impl Agent {
             if r.state != RecState::Assigned || r.target.as_deref() != Some(&self.name) {
                 continue;
             }
+            // Starts take a while: keep the presence alive between them.
+            self.presence(etcd)?;
             let mut done = r.clone();
             match self.start(etcd, &r) {
                 Ok(()) => {

@@ -1,0 +1,188 @@
+#!/bin/sh
+# End-to-end recovery by vmlease-ha: a real etcd member (Debian's
+# etcd-server) in the test network's switch namespace, three libvirtd
+# hosts with the vmlease plugin, watchdog and vmlease-ha each, real QEMU.
+# Host a runs two HA VMs and one with restart="never"; its storage is cut
+# (the lockspace unmounted in its namespace). Expected: a fences; the two
+# HA VMs run on b/c afterwards, each exactly once, none started before a's
+# last renewal + D (the lockspace's verdict); the "never" one stays down.
+#
+# Run as root (after `cargo build --release`):  sh tests/e2e/ha.sh
+set -eu
+
+top=$(cd "$(dirname "$0")/../.." && pwd)
+PATH="/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
+export PATH
+VMH_DIR=${VMLEASE_E2E_HA_DIR:-/var/tmp/vmlease-e2e-ha}
+VMH_BIN="$top/target/release"
+VMH_LIBDIR="$top/scripts/lib"
+# The e2e suite's small timing (D = 4 s), which keeps the inequality.
+VMH_R=0.2 VMH_F=1.5 VMH_K=0.5 VMH_W=1
+D_MS=4000
+# shellcheck source=scripts/lib/vmhosts.sh
+. "$top/scripts/lib/vmhosts.sh"
+
+ETCD_ADDR=192.0.2.1
+ETCD_URL="http://$ETCD_ADDR:2379"
+PIDS=""
+
+fail() {
+    echo "FAIL: $*" >&2
+    for n in a b c; do
+        echo "--- host $n: vmlease-ha.log (last 15 lines)" >&2
+        tail -n 15 "$VMH_DIR/host-$n/ha.log" 2>/dev/null | sed 's/^/    /' >&2
+    done
+    exit 1
+}
+note() { printf '    %s\n' "$*"; }
+
+stop_all() {
+    set +e
+    for p in $PIDS; do kill "$p" 2>/dev/null; done
+    for p in $PIDS; do
+        i=0
+        while kill -0 "$p" 2>/dev/null && [ "$i" -lt 40 ]; do sleep 0.05; i=$((i + 1)); done
+        kill -9 "$p" 2>/dev/null
+    done
+    vmh_cleanup
+}
+
+etcdctl_sw() {
+    ip netns exec "$(vmh_switch)" env ETCDCTL_API=3 etcdctl --endpoints="$ETCD_URL" "$@"
+}
+status_json() { vmh_vmlease "$1" --json ha status; }
+# running_on HOST NAME: the domain runs on HOST.
+running_on() { vmh_virsh "$1" domstate "$2" 2>/dev/null | grep -q '^running'; }
+# where NAME: the hosts it runs on (b and c only: a's storage is cut).
+where() {
+    w=""
+    for n in a b c; do
+        if running_on "$n" "$1"; then w="$w $n"; fi
+    done
+    echo "${w# }"
+}
+published() { # every HA VM known, on a
+    j=$(status_json b) || return 1
+    for v in ha1 ha2 nev; do
+        # (keys in alphabetical order)
+        echo "$j" | grep -q "\"host\":\"host-a.test\",\"memory_kib\":[0-9]*,\"name\":\"$v\"" || { echo "$v not published yet: $j"; return 1; }
+    done
+}
+recovered() { # NAME: runs on b or c, and etcd says so
+    w=$(where "$1")
+    case "$w" in
+        b | c) ;;
+        *) echo "$1 runs on [$w]; ha status: $(status_json b 2>&1)"; return 1 ;;
+    esac
+}
+no_recovery_in_flight() {
+    j=$(status_json b) || return 1
+    echo "$j" | grep -q '"recoveries":\[\]' || { echo "$j"; return 1; }
+}
+# start_ms HOST NAME: when the domain's QEMU process started (boot-time ms).
+start_ms() {
+    pid=$(vmh_qemu_pid "$1" "$2")
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%d\n", $22 * 1000 / hz }' "/proc/$pid/stat"
+}
+
+[ "$(id -u)" -eq 0 ] || { echo "run as root" >&2; exit 2; }
+[ -x "$VMH_BIN/vmlease-ha" ] || { echo "build first: cargo build --release" >&2; exit 2; }
+command -v etcd >/dev/null || { echo "etcd missing: sh scripts/setup-test-env.sh" >&2; exit 2; }
+trap stop_all EXIT
+trap 'exit 1' INT TERM
+t_begin=$(vmh_now_ms)
+vmh_init
+
+# etcd: one member in the switch namespace, on the hosts' network only.
+ip -n "$(vmh_switch)" addr add "$ETCD_ADDR/24" dev br0
+ip -n "$(vmh_switch)" link set lo up
+ip netns exec "$(vmh_switch)" etcd --name m1 --data-dir "$VMH_DIR/etcd" \
+    --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster m1=http://127.0.0.1:2380 --initial-cluster-state new \
+    --initial-cluster-token "vmlease-ha-$$" >"$VMH_DIR/etcd.log" 2>&1 &
+PIDS="$PIDS $!"
+vmh_wait "etcd to answer" 10000 etcdctl_sw endpoint health || fail "etcd did not start: $(tail -n 5 "$VMH_DIR/etcd.log")"
+
+HA_CONF="[ha]
+endpoints = [\"$ETCD_URL\"]
+host_ttl = 5
+interval = 0.5
+max_starts_per_host = 2
+max_attempts = 3
+retry_backoff = 1
+start_timeout = 20"
+vmh_host_up a 1 "$HA_CONF"
+vmh_host_up b 2 "$HA_CONF"
+vmh_host_up c 3 "$HA_CONF"
+for n in a b c; do
+    vmh_in "$n" "$VMH_BIN/vmlease-ha" --config /etc/libvirt/qemu-vmlease.conf >"$VMH_DIR/host-$n/ha.log" 2>&1 &
+    PIDS="$PIDS $!"
+done
+
+# Two HA VMs and a "never" one on a; the images exist on every host (the
+# same path, as on shared storage).
+i=0
+for v in ha1 ha2 nev; do
+    i=$((i + 1))
+    for n in a b c; do vmh_image "$n" "$v.qcow2"; done
+    vmh_domain "$v" "$(printf '%08x-0000-4000-8000-%012x' "$((100 + i))" "$i")" "$v.qcow2" >"$VMH_DIR/$v.xml"
+    vmh_virsh a define "$VMH_DIR/$v.xml" >/dev/null
+done
+vmh_vmlease a ha enable ha1 --priority 5 >/dev/null || fail "vmlease ha enable ha1"
+vmh_vmlease a ha enable ha2 >/dev/null || fail "vmlease ha enable ha2"
+vmh_vmlease a ha disable nev >/dev/null || fail "vmlease ha disable nev"
+vmh_virsh a dumpxml ha1 | grep -q 'vmlease:ha xmlns:vmlease="http://vmlease.org/xmlns/ha/1" restart="always" priority="5"' ||
+    fail "ha1's metadata: $(vmh_virsh a dumpxml ha1 | grep -A3 '<metadata')"
+for v in ha1 ha2 nev; do
+    vmh_virsh a start "$v" >/dev/null || fail "start $v on a"
+done
+vmh_wait "the three VMs to be published in etcd as running on a" 15000 published || fail "not published"
+vmh_vmlease b ha status >"$VMH_DIR/status-before.txt" || fail "vmlease ha status on b"
+note "before the fault (vmlease ha status on b):"
+sed 's/^/      /' "$VMH_DIR/status-before.txt"
+
+# The fault: a loses its storage.
+pa1=$(vmh_qemu_pid a ha1)
+vmh_in a umount -l /var/lib/vmlease/lockspace
+cut=$(vmh_now_ms)
+vmh_wait "host a to kill ha1's QEMU (pid $pa1) after its storage was cut" 6000 sh -c "! kill -0 $pa1 2>/dev/null || grep -q '^[0-9]* ([^)]*) Z' /proc/$pa1/stat" ||
+    fail "host a did not fence"
+last=$(sed -n 's/^last_renewal_ms=//p' "$VMH_DIR/host-a/state/status")
+[ "$((cut - last))" -lt 1000 ] || fail "host a's last renewal is $((cut - last)) ms before the cut"
+
+for v in ha1 ha2; do
+    vmh_wait "vmlease-ha to restart $v on b or c" 45000 recovered "$v" || fail "$v was not recovered"
+    eval "took_$v=\$(( \$(vmh_now_ms) - cut ))"
+done
+vmh_wait "the recoveries to be over in etcd" 10000 no_recovery_in_flight || fail "recoveries still in flight"
+
+# Exactly once: each runs on one host, was started once by an agent, and
+# its domain lease has one holder (that host's QEMU).
+for v in ha1 ha2; do
+    w=$(where "$v")
+    [ "$(echo "$w" | wc -w)" -eq 1 ] || fail "$v runs on [$w]"
+    starts=$(cat "$VMH_DIR"/host-*/ha.log | grep -c "started '$v'" || true)
+    [ "$starts" -eq 1 ] || fail "$v was started $starts times by the agents: $(grep -h "'$v'" "$VMH_DIR"/host-*/ha.log)"
+    u=$(vmh_virsh "$w" domuuid "$v")
+    h=$(vmh_holders "domain-$u")
+    id=$(cat "$VMH_DIR/host-$w/id")
+    [ "$h" = "$id $(vmh_qemu_pid "$w" "$v")" ] || fail "$v's domain lease is held by [$h], expected [$id $(vmh_qemu_pid "$w" "$v")]"
+    s=$(start_ms "$w" "$v")
+    [ "$s" -ge $((last + D_MS)) ] || fail "$v's QEMU on $w started $((s - last)) ms after a's last renewal, before D = $D_MS ms"
+    eval "at_$v=\$((s - last)) on_$v=\$w"
+done
+# The "never" VM: stays down, defined nowhere else, no recovery.
+[ -z "$(where nev)" ] || fail "nev runs on [$(where nev)]"
+for n in b c; do
+    if vmh_virsh "$n" domstate nev >/dev/null 2>&1; then fail "nev was defined on $n"; fi
+done
+status_json b | grep -q '"host":"host-a.test","memory_kib":[0-9]*,"name":"nev","priority":0,"restart":"never"' ||
+    fail "nev's record: $(status_json b)"
+
+vmh_vmlease b ha status >"$VMH_DIR/status-after.txt" || fail "vmlease ha status on b"
+note "after the recovery (vmlease ha status on b):"
+sed 's/^/      /' "$VMH_DIR/status-after.txt"
+# shellcheck disable=SC2154 # set through eval above
+note "storage cut on a: ha1 runs on $on_ha1 ${took_ha1} ms after the cut (QEMU started $at_ha1 ms after a's last renewal), ha2 on $on_ha2 ${took_ha2} ms (QEMU $at_ha2 ms); D = $D_MS ms"
+echo "PASS ha_storage_cut_recovers_ha_vms_once ($(($(vmh_now_ms) - t_begin)) ms)"

@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 use super::args::Args;
-use super::{exit, fail, load, table, Opts};
+use super::{exit, fail, Opts};
+#[cfg(feature = "ha")]
+use super::{load, table};
 
 #[cfg(not(feature = "ha"))]
 pub fn run(_opts: &Opts, _args: &Args) -> i32 {

@@ -45,6 +45,11 @@ stop_all() {
         kill -9 "$p" 2>/dev/null
     done
     vmh_cleanup
+    for p in $PIDS; do
+        if [ -d "/proc/$p" ] && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null; then
+            echo "ha.sh: pid $p ($(readlink "/proc/$p/exe")) survived the cleanup" >&2
+        fi
+    done
 }
 
 etcdctl_sw() {
@@ -116,8 +121,15 @@ vmh_host_up a 1 "$HA_CONF"
 vmh_host_up b 2 "$HA_CONF"
 vmh_host_up c 3 "$HA_CONF"
 for n in a b c; do
-    vmh_in "$n" "$VMH_BIN/vmlease-ha" --config /etc/libvirt/qemu-vmlease.conf >"$VMH_DIR/host-$n/ha.log" 2>&1 &
+    # nsenter itself, not through a function: $! must be the process that
+    # becomes vmlease-ha (nsenter execs it), or the cleanup would miss it.
+    nsenter -t "$(cat "$VMH_DIR/host-$n/anchor.pid")" -m -u -n \
+        "$VMH_BIN/vmlease-ha" --config /etc/libvirt/qemu-vmlease.conf >"$VMH_DIR/host-$n/ha.log" 2>&1 &
     PIDS="$PIDS $!"
+done
+for p in $PIDS; do
+    vmh_wait "vmlease-ha (pid $p) to run" 5000 sh -c "readlink /proc/$p/exe | grep -q -e vmlease-ha -e etcd" ||
+        fail "pid $p is not vmlease-ha or etcd"
 done
 
 # Two HA VMs and a "never" one on a; the images exist on every host (the
@@ -172,6 +184,11 @@ for v in ha1 ha2; do
     [ "$s" -ge $((last + D_MS)) ] || fail "$v's QEMU on $w started $((s - last)) ms after a's last renewal, before D = $D_MS ms"
     eval "at_$v=\$((s - last)) on_$v=\$w"
 done
+# Not before the safe time, seen from the controller's side: no start was
+# refused (the plugin refuses a start while a's leases are held, so an
+# early decision shows up as a failed attempt, not as a split brain).
+refused=$(cat "$VMH_DIR"/host-*/ha.log | grep -c "could not start" || true)
+[ "$refused" -eq 0 ] || fail "$refused start(s) failed: $(grep -h "could not start" "$VMH_DIR"/host-*/ha.log)"
 # The "never" VM: stays down, defined nowhere else, no recovery.
 [ -z "$(where nev)" ] || fail "nev runs on [$(where nev)]"
 for n in b c; do

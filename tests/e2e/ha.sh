@@ -101,7 +101,7 @@ vmh_init
 # etcd: one member in the switch namespace, on the hosts' network only.
 ip -n "$(vmh_switch)" addr add "$ETCD_ADDR/24" dev br0
 ip -n "$(vmh_switch)" link set lo up
-ip netns exec "$(vmh_switch)" etcd --name m1 --data-dir "$VMH_DIR/etcd" \
+nsenter --net="/run/netns/$(vmh_switch)" etcd --name m1 --data-dir "$VMH_DIR/etcd" \
     --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
     --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
     --initial-cluster m1=http://127.0.0.1:2380 --initial-cluster-state new \

@@ -123,7 +123,7 @@ fn decode(data: &[u8]) -> Result<Decoded, (&'static str, String)> {
                 ("slot_size", Json::num(slot_size)),
             ]),
         })
-    } else if !data.is_empty() && data.len() % SLOT_SIZE == 0 {
+    } else if !data.is_empty() && data.len().is_multiple_of(SLOT_SIZE) {
         let slots = hosts::decode_table(data);
         let bad = slots
             .iter()

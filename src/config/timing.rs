@@ -137,7 +137,7 @@ impl Timing {
 
 /// Formats milliseconds as seconds for people: "2s", "0.25s".
 pub fn secs(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         let s = format!("{:.3}", ms as f64 / 1000.0);

@@ -55,7 +55,7 @@ pub fn open(path: &Path, timeout_ms: u64) -> io::Result<Box<dyn Watchdog>> {
             format!("{} is not a watchdog device", path.display()),
         ));
     }
-    if timeout_ms % 1000 != 0 {
+    if !timeout_ms.is_multiple_of(1000) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "watchdog_timeout must be whole seconds for a hardware watchdog",

@@ -30,7 +30,7 @@ impl FaultRec {
 
     /// Was it in effect at `t`, or ended less than `after` before?
     fn near(&self, t: u64, after: u64) -> bool {
-        self.start <= t && self.healed.map_or(true, |h| t <= h + after)
+        self.start <= t && self.healed.is_none_or(|h| t <= h + after)
     }
 
     pub fn name(&self) -> String {

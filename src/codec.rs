@@ -59,9 +59,16 @@ impl Fields {
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn req(&self, key: &str) -> Result<&str, String> {
-        self.get(key)
-            .ok_or_else(|| format!("missing field '{key}'"))
+    /// A field that must appear exactly once: a second copy (a writer's
+    /// bug, a damaged or forged record) is an error, never silently
+    /// ignored.
+    pub fn req<'a>(&'a self, key: &'a str) -> Result<&'a str, String> {
+        let mut all = self.all(key);
+        let v = all.next().ok_or_else(|| format!("missing field '{key}'"))?;
+        if all.next().is_some() {
+            return Err(format!("field '{key}' appears more than once"));
+        }
+        Ok(v)
     }
 
     pub fn req_u64(&self, key: &str) -> Result<u64, String> {
@@ -177,6 +184,15 @@ mod tests {
         assert!(parse(&data, "m").is_ok());
         data[300] = b'x';
         assert!(parse(&data, "m").unwrap_err().contains("garbage"));
+    }
+
+    #[test]
+    fn a_required_field_given_twice_is_an_error() {
+        let mut w = Writer::new("m");
+        w.field("k", "1").field("k", "2");
+        let f = parse(&w.finish(), "m").unwrap();
+        assert_eq!(f.req("k"), Err("field 'k' appears more than once".into()));
+        assert_eq!(f.all("k").count(), 2);
     }
 
     #[test]

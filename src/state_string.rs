@@ -54,7 +54,13 @@ impl LockState {
                 v.parse::<u64>().ok().filter(|_| ok_key).ok_or_else(|| {
                     Error::Invalid(format!("bad lock state item '{}'", truncate(p)))
                 })?;
-            versions.insert(k.to_string(), v);
+            // A key given twice is damage: which version was meant?
+            if versions.insert(k.to_string(), v).is_some() {
+                return Err(Error::Invalid(format!(
+                    "lock state names '{}' twice",
+                    truncate(k)
+                )));
+            }
         }
         Ok(LockState { versions })
     }
@@ -86,5 +92,6 @@ mod tests {
         assert!(LockState::parse("vmlease1 disk-a:x").is_err());
         assert!(LockState::parse("vmlease1 ../etc:1").is_err());
         assert!(LockState::parse("vmlease1 :1").is_err());
+        assert!(LockState::parse("vmlease1 disk-a:1 disk-a:2").is_err());
     }
 }

@@ -170,7 +170,8 @@ impl Status {
             };
             let dash = |s: String| if s == "-" { String::new() } else { s };
             peers.push(PeerView {
-                host_id: n(0)? as u16,
+                host_id: u16::try_from(n(0)?)
+                    .map_err(|_| format!("bad host id in peer line '{line}'"))?,
                 fingerprint: u32::from_str_radix(p[1], 16)
                     .map_err(|_| format!("bad fingerprint in '{line}'"))?,
                 last_change_ms: n(2)?,
@@ -191,8 +192,11 @@ impl Status {
             });
         }
         Ok(Status {
-            daemon_pid: f.req_u64("daemon_pid")? as u32,
-            host_id: f.req_u64("host_id")? as u16,
+            // Out of range is damage, never a wrapped-around number.
+            daemon_pid: u32::try_from(f.req_u64("daemon_pid")?)
+                .map_err(|_| "daemon_pid out of range".to_string())?,
+            host_id: u16::try_from(f.req_u64("host_id")?)
+                .map_err(|_| "host_id out of range".to_string())?,
             boot_id: f.req("boot_id")?.to_string(),
             incarnation: f.req_u64("incarnation")?,
             written_ms: f.req_u64("written_ms")?,

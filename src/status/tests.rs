@@ -112,3 +112,23 @@ fn protection_check_reasons() {
     let e = fenced.check_protected(&cfg, "b", 10_000, true).unwrap_err();
     assert!(e.contains("fenced-clean: storage lost"), "{e}");
 }
+
+#[test]
+fn numbers_out_of_range_are_errors_not_wrapped() {
+    let obs = Observer::new(0);
+    let good = String::from_utf8(status(&obs, 10).encode()).unwrap();
+    let body = &good[..good.rfind("crc=").unwrap()];
+    for (from, to) in [
+        ("host_id=2\n", "host_id=65538\n"),
+        ("daemon_pid=1\n", "daemon_pid=4294967297\n"),
+        (
+            "host_id=2\n",
+            "host_id=2\npeer=65537 00000000 0 record - - 0 live 0\n",
+        ),
+    ] {
+        let text = body.replace(from, to);
+        let data = format!("{text}crc={:08x}\n", crc32c(text.as_bytes()));
+        let r = Status::decode(data.as_bytes());
+        assert!(r.is_err(), "{to:?} decoded as {r:?}");
+    }
+}

@@ -13,6 +13,32 @@ use crate::config::Timing;
 pub const SLOT_SIZE: usize = 512;
 const MAGIC: &str = "vmlease-host v1";
 
+/// The longest host name a slot can carry, in bytes once percent-encoded
+/// as the record holds it: with every other field at its largest (a
+/// 36-byte boot id, 20-digit counters and clocks, timings up to 86400 s)
+/// the record then still fits [`SLOT_SIZE`] (`longest_name_fits` below).
+pub const MAX_HOST_NAME_ENCODED: usize = 100;
+
+/// Checks a host name for the liveness record: 1-64 bytes, no spaces or
+/// control characters, and short enough once encoded to fit the slot
+/// (64 bytes of non-ASCII text encode to 192: it would not).
+pub fn check_host_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || name.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err("must be 1-64 characters without spaces or control characters".into());
+    }
+    let encoded = codec::encode(name).len();
+    if encoded > MAX_HOST_NAME_ENCODED {
+        return Err(format!(
+            "is {encoded} bytes long in the host record (characters other than \
+             letters, digits and '._:/@+-,' take 3 bytes each), at most {MAX_HOST_NAME_ENCODED} fit"
+        ));
+    }
+    Ok(())
+}
+
 /// A host's state as published in its liveness record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HostState {
@@ -176,7 +202,13 @@ impl Slot {
 pub fn decode_table(data: &[u8]) -> Vec<Slot> {
     data.chunks(SLOT_SIZE)
         .enumerate()
-        .map(|(i, chunk)| decode_slot(i as u16 + 1, chunk))
+        .map(|(i, chunk)| match u16::try_from(i + 1) {
+            Ok(id) => decode_slot(id, chunk),
+            // Past any host id (a damaged or foreign file of more than
+            // 32 MiB): never a record, never a wrapped-around host id.
+            Err(_) if chunk.iter().all(|&b| b == 0) => Slot::Empty,
+            Err(_) => Slot::Corrupt(format!("slot {} is past the largest host id", i + 1)),
+        })
         .collect()
 }
 
@@ -228,6 +260,35 @@ mod tests {
     }
 
     #[test]
+    fn longest_name_fits() {
+        let mut r = sample(2000);
+        r.state = HostState::ServiceIsolated;
+        r.incarnation = u64::MAX;
+        r.counter = u64::MAX;
+        // 86400 s for every timing, D derived from them at its largest.
+        let day = 86_400_000;
+        r.timing = Timing {
+            renew_interval: day,
+            renew_fail_timeout: day,
+            kill_timeout: day,
+            watchdog_timeout: day,
+            host_dead_timeout: Timing::derive_dead(day, day, day, day).max(day),
+            host_dead_derived: false,
+        };
+        // 33 characters of 3 escaped bytes each: 99 encoded bytes.
+        r.host_name = "\u{e9}".repeat(16) + "#";
+        assert_eq!(check_host_name(&r.host_name), Ok(()));
+        let data = r.encode();
+        assert_eq!(HostRecord::decode(&data).unwrap(), Some(r.clone()));
+        r.host_name = "a".repeat(64);
+        assert_eq!(check_host_name(&r.host_name), Ok(()));
+        r.encode();
+        assert!(check_host_name(&"\u{e9}".repeat(32)).is_err());
+        assert!(check_host_name("a b").is_err());
+        assert!(check_host_name("").is_err());
+    }
+
+    #[test]
     fn table_decoding() {
         let mut table = vec![0u8; 4 * SLOT_SIZE];
         table[SLOT_SIZE..2 * SLOT_SIZE].copy_from_slice(&sample(2).encode());
@@ -239,5 +300,17 @@ mod tests {
         assert_eq!(slots[1].record().unwrap().host_id, 2);
         assert!(matches!(slots[2], Slot::Corrupt(_)));
         assert!(matches!(slots[3], Slot::Corrupt(_)));
+    }
+
+    #[test]
+    fn a_table_past_the_largest_host_id() {
+        let mut table = vec![0u8; (u16::MAX as usize + 2) * SLOT_SIZE];
+        let last = table.len() - 1;
+        table[last] = 1;
+        let slots = decode_table(&table);
+        assert_eq!(slots[u16::MAX as usize], Slot::Empty);
+        assert!(
+            matches!(&slots[u16::MAX as usize + 1], Slot::Corrupt(e) if e.contains("past the largest host id"))
+        );
     }
 }

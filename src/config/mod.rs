@@ -407,15 +407,8 @@ impl Builder<'_> {
             None => None,
             Some(n) => {
                 let v = n.get_ref();
-                if v.is_empty()
-                    || v.len() > 64
-                    || v.chars().any(|c| c.is_control() || c.is_whitespace())
-                {
-                    return Err(self.err(
-                        "host_name",
-                        n.span(),
-                        "must be 1-64 characters without spaces or control characters",
-                    ));
+                if let Err(why) = crate::hosts::check_host_name(v) {
+                    return Err(self.err("host_name", n.span(), why));
                 }
                 Some(v.clone())
             }

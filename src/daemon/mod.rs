@@ -161,6 +161,16 @@ impl Daemon {
             )
         })?;
         let host_name = cfg.host_name.clone().unwrap_or_else(process::hostname);
+        // The config checked a configured name; the kernel's may be any
+        // 64 bytes, which the liveness slot may not hold.
+        if let Err(why) = crate::hosts::check_host_name(&host_name) {
+            return Err((
+                exit::CONFIG,
+                Error::Config(format!(
+                    "the host name '{host_name}' {why}: set host_name in the config"
+                )),
+            ));
+        }
 
         let dir = cfg.lockspace_dir.clone();
         let ls = crate::deadline::run(cfg.io_timeout, "open lockspace", &dir.clone(), move || {

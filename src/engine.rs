@@ -170,7 +170,14 @@ impl<S: Store> Engine<S> {
         keep.push(me.clone());
         new.holders = keep;
         new.mode = Some(res.mode);
-        new.version = rec.version + 1;
+        // Only a damaged or forged record has a version that cannot grow;
+        // wrapping to 0 would let an old handover state match again.
+        new.version = rec.version.checked_add(1).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{res}: its lease version {} cannot grow (damaged record?)",
+                rec.version
+            ))
+        })?;
         if let Some(c) = cancel {
             if c.is_abandoned() {
                 return Err(abandoned(res, "its caller gave up (deadline passed)"));

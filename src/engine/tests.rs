@@ -451,3 +451,16 @@ fn acquire_for_writes_nothing_when_abandoned_or_for_a_dead_process() {
     // The call committed: the caller can no longer give up on it.
     assert!(!ok.abandon());
 }
+
+#[test]
+fn a_version_at_its_largest_is_refused_not_wrapped() {
+    let w = World::new("maxver");
+    let disk = Resource::disk("/images/a.qcow2", false);
+    let mut rec = LeaseRecord::free(&disk.key(), &disk.name);
+    rec.version = u64::MAX;
+    w.ls.write_lease(&rec, 2).unwrap();
+    let a = w.engine(1, Some(w.view(1, &[0], 0)));
+    let e = a.acquire(&disk, &holder(1, 10, "web"), None).unwrap_err();
+    assert!(e.to_string().contains("cannot grow"), "{e}");
+    assert_eq!(w.ls.read_lease(&disk.key(), "").unwrap(), rec);
+}

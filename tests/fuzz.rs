@@ -19,6 +19,12 @@
 mod alloc;
 #[path = "fuzz/codec.rs"]
 mod codec;
+#[path = "fuzz/config.rs"]
+mod config;
+#[path = "fuzz/dump.rs"]
+mod dump;
+#[path = "fuzz/engine.rs"]
+mod engine;
 #[path = "fuzz/hook_xml.rs"]
 mod hook_xml;
 #[path = "fuzz/hosts.rs"]

@@ -136,3 +136,24 @@ fn a_name_full_of_ampersands_parses_in_linear_time() {
         .unwrap();
     assert_eq!(d.name.map(|n| n.len()), Some(1 << 20));
 }
+
+/// engine_damaged_lease_record: a record (resealed) with version
+/// 18446744073709551615 made acquire panic with "attempt to add with
+/// overflow" (debug) or wrap the version to 0 (release), so an old
+/// handover state could match again.
+#[test]
+fn a_lease_version_at_its_largest_is_refused() {
+    let (_t, ls) = crate::engine::lockspace("maxver");
+    let res = vmlease::resource::Resource::disk("/images/a.qcow2", false);
+    let mut rec = LeaseRecord::free(&res.key(), &res.name);
+    rec.version = u64::MAX;
+    ls.write_lease(&rec, 2).unwrap();
+    let eng = crate::engine::engine(&ls, None);
+    let me = crate::engine::holder(1, 1);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eng.acquire(&res, &me, None)
+    }))
+    .expect("acquire panicked");
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(ls.read_lease(&res.key(), "").unwrap().version, u64::MAX);
+}

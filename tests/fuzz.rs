@@ -15,6 +15,10 @@
 //! A failure is shrunk and saved in tests/fuzz/regressions/TARGET.txt,
 //! which every later run replays first.
 
+mod support;
+
+#[path = "fuzz/abi.rs"]
+mod abi;
 #[path = "fuzz/alloc.rs"]
 mod alloc;
 #[path = "fuzz/codec.rs"]

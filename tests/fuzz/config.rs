@@ -85,7 +85,7 @@ fn value() -> impl Strategy<Value = String> {
 
 /// A config file near the real ones: known keys (and a wrong one) with
 /// values of every type, network sections, probe arrays, garbage lines.
-fn config_text() -> impl Strategy<Value = String> {
+pub fn config_text() -> impl Strategy<Value = String> {
     let line = prop_oneof![
         4 => (prop::sample::select(KEYS), value()).prop_map(|(k, v)| format!("{k} = {v}")),
         1 => prop::sample::select(&[

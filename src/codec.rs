@@ -148,6 +148,10 @@ pub fn decode(s: &str) -> Result<String, String> {
                 let hex = s
                     .get(i + 1..i + 3)
                     .ok_or_else(|| format!("truncated escape in '{s}'"))?;
+                // Two hex digits: from_str_radix alone also takes "+F".
+                if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!("bad escape in '{s}'"));
+                }
                 out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("bad escape in '{s}'"))?);
                 i += 3;
             }
@@ -184,6 +188,14 @@ mod tests {
         assert!(parse(&data, "m").is_ok());
         data[300] = b'x';
         assert!(parse(&data, "m").unwrap_err().contains("garbage"));
+    }
+
+    #[test]
+    fn an_escape_is_two_hex_digits() {
+        assert_eq!(decode("%2f%2F"), Ok("//".into()));
+        for bad in ["%+F", "%-1", "%G0", "%4", "%"] {
+            assert!(decode(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -157,3 +157,12 @@ fn a_lease_version_at_its_largest_is_refused() {
     assert!(r.is_err(), "{r:?}");
     assert_eq!(ls.read_lease(&res.key(), "").unwrap().version, u64::MAX);
 }
+
+/// codec_value_escapes (bench/fuzz-long): "%+a" decoded as the byte 0x0a,
+/// since from_str_radix takes a sign; an escape is exactly two hex digits.
+#[test]
+fn an_escape_with_a_sign_is_an_error() {
+    assert!(codec::decode("%+a").is_err());
+    assert!(codec::decode("%-1").is_err());
+    assert_eq!(codec::decode("%0a"), Ok("\n".into()));
+}

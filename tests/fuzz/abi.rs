@@ -884,7 +884,9 @@ fn run_case(env: &Env, case: &Case) -> Result<(), TestCaseError> {
             Op::Free => {
                 // SAFETY: a manager (or NULL) as libvirt passes it.
                 unsafe { (d.free)(mp) };
-                m_pid = None;
+                if !mp.is_null() {
+                    m_pid = None;
+                }
             }
             Op::New {
                 obj_type,

@@ -35,13 +35,12 @@ fn valid_file() -> impl Strategy<Value = (&'static str, Vec<u8>)> {
             ("valid lockspace header", w.finish())
         }),
         (any::<u32>(), any::<u64>(), any::<String>()).prop_map(|(pid, start, name)| {
-            let e = vmlease::registry::Entry {
-                proc_id: vmlease::process::ProcId { pid, start },
-                domain_uuid: "c7a5fdbd-edaf-9455-926a-d65c16db1809".into(),
-                domain_name: name,
-                keys: vec![("disk-a".into(), "/a b".into())],
-                released: vec![],
-            };
+            let mut e = vmlease::registry::Entry::new(
+                vmlease::process::ProcId { pid, start },
+                "c7a5fdbd-edaf-9455-926a-d65c16db1809",
+                &name,
+            );
+            e.keys = vec![("disk-a".into(), "/a b".into())];
             ("valid registry entry", e.encode())
         }),
     ]

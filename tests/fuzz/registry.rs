@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use vmlease::process::ProcId;
-use vmlease::registry::Entry;
+use vmlease::registry::{Entry, Intent};
 
 use crate::mutate::{self, Input};
 use crate::runner::{bounded, fuzz};
@@ -20,20 +20,26 @@ const KNOWN: &[&str] = &[
 
 fn entry() -> impl Strategy<Value = Entry> {
     (
-        any::<u32>(),
-        any::<u64>(),
-        any::<String>(),
-        any::<String>(),
+        (any::<u32>(), any::<u64>(), any::<String>(), any::<String>()),
         prop::collection::vec((any::<String>(), any::<String>()), 0..4),
         prop::collection::vec(("[a-z0-9-]{1,40}", any::<u64>()), 0..3),
+        prop::collection::vec(("[a-z0-9-]{1,40}", any::<u64>()), 0..3),
+        prop::collection::vec((any::<u64>(), any::<u32>(), any::<u64>()), 0..3),
     )
         .prop_map(
-            |(pid, start, domain_uuid, domain_name, keys, released)| Entry {
-                proc_id: ProcId { pid, start },
-                domain_uuid,
-                domain_name,
-                keys,
-                released,
+            |((pid, start, domain_uuid, domain_name), keys, released, acquired, acquiring)| {
+                let mut e = Entry::new(ProcId { pid, start }, &domain_uuid, &domain_name);
+                e.keys = keys;
+                e.released = released;
+                e.acquired = acquired;
+                e.acquiring = acquiring
+                    .into_iter()
+                    .map(|(id, pid, start)| Intent {
+                        id,
+                        caller: ProcId { pid, start },
+                    })
+                    .collect();
+                e
             },
         )
 }

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod deadline;
+pub mod detach;
 pub mod error;
 pub mod ha;
 pub mod hosts;

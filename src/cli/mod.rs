@@ -4,12 +4,13 @@
 //! record dump, and the qemu hook's entry point.
 //!
 //! One file per command; `args` parses, `help` is the manual, `view` is
-//! what every cluster command knows, `json` writes `--json` output.
+//! what every cluster command knows, `json` writes `--json` output,
+//! `worker` runs the commands that read the lockspace in a worker process
+//! ([`crate::detach`]).
 #![forbid(unsafe_code)]
 
 mod args;
 mod cephfs;
-mod detach;
 mod dump;
 pub mod evacuate;
 mod fence;
@@ -23,6 +24,7 @@ mod release;
 mod setup;
 mod status;
 pub mod view;
+mod worker;
 
 use std::fmt::Display;
 
@@ -73,53 +75,14 @@ pub fn main(argv: Vec<String>) -> i32 {
     };
     // Syslog only: admin actions (release) are logged there.
     crate::logging::init(false, log::LevelFilter::Info);
-    if detach::applies(command.name) && !detach::is_worker() {
+    if worker::applies(command.name) && !worker::WORKER.is_this_process() {
         if let Ok(cfg) = config::load(&opts.config) {
-            return supervise(&opts, command.name, &cfg, argv.get(1..).unwrap_or_default());
+            return worker::supervise(&opts, command.name, &cfg, argv.get(1..).unwrap_or_default());
         }
     }
     let code = run(&opts, command.name, &args);
-    if detach::is_worker() {
-        detach::finish(code);
-    }
+    worker::WORKER.finish(code);
     code
-}
-
-/// Runs a command that reads the lockspace in a worker process, so that
-/// the answer comes within its deadline even when the lockspace hangs
-/// (see `detach`).
-fn supervise(opts: &Opts, command: &str, cfg: &Config, args: &[String]) -> i32 {
-    use std::io::Write;
-    let deadline = detach::deadline_ms(cfg, command);
-    match detach::run(args, deadline) {
-        detach::Outcome::Answered {
-            code,
-            stdout,
-            stderr,
-        } => {
-            let _ = std::io::stdout().write_all(&stdout);
-            let _ = std::io::stderr().write_all(&stderr);
-            code
-        }
-        detach::Outcome::NoAnswer { pid, after_ms } => {
-            let why = format!(
-                "no answer within {after_ms} ms (the deadline of 'vmlease {command}'); its \
-                 reader, process {pid}, is left behind"
-            );
-            if command == "status" {
-                // What this host's own files say, without the lockspace.
-                return status::run_local(opts, why);
-            }
-            fail(
-                exit::UNKNOWN,
-                format!(
-                    "cannot tell: the lockspace {} gave {why}",
-                    cfg.lockspace_dir.display()
-                ),
-            )
-        }
-        detach::Outcome::Failed(e) => fail(exit::UNKNOWN, format!("cannot tell: {e}")),
-    }
 }
 
 fn run(opts: &Opts, command: &str, args: &Args) -> i32 {

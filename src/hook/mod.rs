@@ -11,20 +11,20 @@
 //! Exit 0 lets libvirt go on; exit 1 aborts `prepare` and `migrate` and,
 //! for `reconnect`, makes libvirt kill that QEMU.
 //!
-//! The lockspace work runs in a child process (`detach`): a thread stuck
-//! in D on hung storage would keep the hook's own process, and libvirtd
-//! waiting for it, from ever exiting.
+//! The lockspace work runs in a worker process (`worker`, over
+//! [`crate::detach`]): a thread stuck in D on hung storage would keep the
+//! hook's own process, and libvirtd waiting for it, from ever exiting.
 //!
 //! Files: `protect` (prepare, migrate), `release`, `reconnect`, `xml`
 //! (the domain's UUID), `gate` (is vmlease libvirt's lock manager?),
-//! `detach` (the worker process and its deadline).
+//! `worker` (the worker process and its deadline).
 #![forbid(unsafe_code)]
 
-mod detach;
 pub mod gate;
 mod protect;
 mod reconnect;
 mod release;
+mod worker;
 pub mod xml;
 
 use std::io::{IsTerminal, Read};
@@ -76,7 +76,7 @@ fn arm_backstop(ms: u64, code: i32, what: String) {
             ));
             // A thread stuck in D may keep this process from exiting:
             // the parent takes the answer from here.
-            detach::report(code);
+            worker::WORKER.finish(code);
             std::process::exit(code);
         });
 }
@@ -139,7 +139,7 @@ pub fn main(config_path: &Path, args: &[String]) -> i32 {
         .map(|c| (c.io_timeout, c.lock_timeout))
         .unwrap_or((5_000, 5_000));
     let budget = io + lock + 2_000;
-    if !detach::is_worker() {
+    if !worker::WORKER.is_this_process() {
         let (safe, what) = match action {
             Action::Protect(what) => (REFUSE, format!("refusing to {what} '{name}'")),
             Action::Release | Action::Reconnect => (0, format!("domain '{name}': {op} {sub}")),
@@ -153,10 +153,10 @@ pub fn main(config_path: &Path, args: &[String]) -> i32 {
             }
         };
         // The worker's own backstop speaks first when it can still exit.
-        return detach::run(config_path, args, xml, budget + 500, safe, &what);
+        return worker::run(config_path, args, xml, budget + 500, safe, &what);
     }
     let code = work(action, cfg, stdin, &name, op, sub, budget);
-    detach::report(code);
+    worker::WORKER.finish(code);
     code
 }
 

@@ -13,7 +13,6 @@ mod detach;
 mod dump;
 pub mod evacuate;
 mod fence;
-mod fs;
 mod ha;
 pub mod help;
 mod hosts;

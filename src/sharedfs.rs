@@ -9,7 +9,8 @@
 //! `/proc/self/mountinfo` (filesystem type with the FUSE subtype, and the
 //! mount options statfs(2) cannot show) and `/etc/fstab`:
 //!
-//! 1. a mount point listed in /etc/fstab at the directory or above it,
+//! 1. a mount point listed in /etc/fstab (or a systemd mount unit in
+//!    /etc/systemd/system) at the directory or above it,
 //!    deeper than the mount that holds the directory now, is not mounted:
 //!    refused (the mount is missing), whatever `allow_local_lockspace` says;
 //! 2. the filesystem is not one several hosts mount at once (CephFS kernel
@@ -227,13 +228,41 @@ pub fn mount_of(path: &Path) -> Option<Mount> {
     find_mount(&info, &real)
 }
 
-/// [`judge`] on this host's mounts. Blocks on a hung filesystem: call it
-/// with a deadline.
+/// A systemd mount unit (`What=`, `Where=`, `Type=`) as an fstab line.
+pub fn mount_unit_as_fstab(unit: &str) -> Option<String> {
+    let get = |k: &str| {
+        unit.lines()
+            .rev()
+            .filter_map(|l| l.trim().strip_prefix(k))
+            .filter_map(|l| l.trim_start().strip_prefix('='))
+            .map(|v| v.trim().replace(' ', "\\040"))
+            .next()
+    };
+    let at = get("Where")?;
+    Some(format!(
+        "{} {at} {}\n",
+        get("What").unwrap_or_else(|| "-".into()),
+        get("Type").unwrap_or_else(|| "auto".into())
+    ))
+}
+
+/// [`judge`] on this host's mounts: /proc/self/mountinfo, /etc/fstab and
+/// the mount units in /etc/systemd/system. Blocks on a hung filesystem:
+/// call it with a deadline.
 pub fn check(path: &Path, allow_local: bool) -> Result<Placement, String> {
     let real = resolve(path).ok_or_else(|| format!("cannot resolve {}", path.display()))?;
     let info = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
-    let fstab = std::fs::read_to_string("/etc/fstab").unwrap_or_default();
+    let mut fstab = std::fs::read_to_string("/etc/fstab").unwrap_or_default();
+    fstab.push('\n');
+    if let Ok(units) = std::fs::read_dir("/etc/systemd/system") {
+        for u in units.flatten() {
+            if u.file_name().to_string_lossy().ends_with(".mount") {
+                let text = std::fs::read_to_string(u.path()).unwrap_or_default();
+                fstab.extend(mount_unit_as_fstab(&text));
+            }
+        }
+    }
     judge(&info, &fstab, &real, allow_local)
 }
 

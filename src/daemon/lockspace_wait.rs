@@ -135,9 +135,9 @@ pub fn wait(
                 let quiet = now.saturating_sub(last_answer);
                 if quiet > cfg.io_timeout {
                     reason = format!(
-                        "waiting for lockspace mount: looking at {} has not completed for {} (storage hung?)",
+                        "waiting for lockspace mount: looking at {} does not complete within {} (storage hung?)",
                         cfg.lockspace_dir.display(),
-                        secs(quiet)
+                        secs(cfg.io_timeout)
                     );
                 }
             }

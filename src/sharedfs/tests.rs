@@ -143,3 +143,13 @@ fn resolve_keeps_the_missing_rest_of_a_path() {
     let ok = check(&tmp.join("vmlease-missing-dir"), true).unwrap();
     assert!(ok.local.is_some());
 }
+
+#[test]
+fn a_systemd_mount_unit_counts_like_an_fstab_line() {
+    let unit = "[Unit]\nDescription=CephFS\n\n[Mount]\nWhat=10.0.0.1:/\nWhere=/mnt/cephfs\nType=ceph\nOptions=name=admin\n";
+    let line = mount_unit_as_fstab(unit).unwrap();
+    assert_eq!(line, "10.0.0.1:/ /mnt/cephfs ceph\n");
+    let e = judge(INFO, &line, Path::new("/mnt/cephfs/vmlease"), true).unwrap_err();
+    assert!(e.contains("/mnt/cephfs is not mounted"), "{e}");
+    assert_eq!(mount_unit_as_fstab("[Unit]\nDescription=x\n"), None);
+}

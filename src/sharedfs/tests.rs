@@ -153,3 +153,17 @@ fn a_systemd_mount_unit_counts_like_an_fstab_line() {
     assert!(e.contains("/mnt/cephfs is not mounted"), "{e}");
     assert_eq!(mount_unit_as_fstab("[Unit]\nDescription=x\n"), None);
 }
+
+#[test]
+fn a_real_ceph_fuse_mount_is_shared() {
+    // As this machine's split-brain checker mounts CephFS (ceph-fuse).
+    let line = "117 69 0:45 / /tmp/vmlease-splitbrain-6523-0/mnt/sbh1 rw,nosuid,nodev,relatime - fuse.ceph-fuse ceph-fuse rw,user_id=0,group_id=0,allow_other";
+    let p = judge(
+        line,
+        "",
+        Path::new("/tmp/vmlease-splitbrain-6523-0/mnt/sbh1/ls"),
+        false,
+    )
+    .unwrap();
+    assert!(p.mount.is_cephfs() && p.local.is_none(), "{p:?}");
+}

@@ -314,7 +314,7 @@ impl Status {
                 secs(age)
             ));
         }
-        self.check_lockspace_dir(cfg)?;
+        self.check_joined()?;
         if !self.state.is_running() {
             let why = if self.reason.is_empty() {
                 String::new()
@@ -340,31 +340,18 @@ impl Status {
 }
 
 impl Status {
-    /// Has the daemon joined a lockspace, the one `cfg` names? The plugin
-    /// keeps the config libvirtd read at its start: after a change of
-    /// lockspace_dir and a daemon restart it would lease in the old one.
-    fn check_lockspace_dir(&self, cfg: &Config) -> std::result::Result<(), String> {
+    /// Has the daemon joined a lockspace? While it waits for one (not
+    /// mounted, not shared, not initialised) its reason is the refusal.
+    /// Whether it is this process's lockspace is for
+    /// [`Status::check_same_lockspace`] (by UUID): a test or an operator
+    /// may reach one lockspace through two paths.
+    fn check_joined(&self) -> std::result::Result<(), String> {
         if self.lockspace_uuid.is_empty() {
             return Err(if self.reason.is_empty() {
                 "the watchdog daemon does not say which lockspace it renews in (an older daemon? restart vmlease-watchdog)".into()
             } else {
                 format!("the watchdog daemon is {}", self.reason)
             });
-        }
-        let mine = cfg.lockspace_dir.display().to_string();
-        if self.lockspace_dir != mine {
-            return Err(format!(
-                "this process uses lockspace_dir {mine}, but the watchdog daemon renews in {} \
-                 (lockspace UUID {}): the config changed after one of them started; restart \
-                 libvirtd (its lock plugin reads {} only when libvirtd starts) and, if it still \
-                 uses the old directory, vmlease-watchdog",
-                self.lockspace_dir,
-                self.lockspace_uuid,
-                cfg.path
-                    .as_deref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| crate::config::DEFAULT_PATH.to_string()),
-            ));
         }
         Ok(())
     }

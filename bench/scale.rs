@@ -74,7 +74,8 @@ fn daemon_at_scale(p: &Params, dir: &Path) -> (f64, u64, f64) {
     fs::write(
         &conf,
         format!(
-            "host_id = {}\nlockspace_dir = \"{}\"\nstate_dir = \"{}\"\nunsafe_no_watchdog = true\n",
+            "host_id = {}\nlockspace_dir = \"{}\"\nstate_dir = \"{}\"\nunsafe_no_watchdog = true\n\
+             allow_local_lockspace = true\n",
             p.hosts,
             ls_dir.display(),
             dir.join("run").display()
@@ -239,7 +240,8 @@ fn cli_at_scale(p: &Params, dir: &Path) -> (f64, f64, f64) {
     fs::write(
         &conf,
         format!(
-            "host_id = 1\nlockspace_dir = \"{}\"\nstate_dir = \"{}\"\nio_timeout = 5\n",
+            "host_id = 1\nlockspace_dir = \"{}\"\nstate_dir = \"{}\"\nio_timeout = 5\n\
+             allow_local_lockspace = true\n",
             ls_dir.display(),
             dir.join("cli-run").display()
         ),

@@ -24,6 +24,7 @@ pub mod process;
 pub mod registry;
 pub mod resource;
 pub mod sha256;
+pub mod sharedfs;
 pub mod state_string;
 pub mod status;
 pub mod store;

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <lockspace_dir>/
-//!   VMLEASE          header: magic, format, max_hosts (written by 'vmlease init')
+//!   VMLEASE          header: magic, format, max_hosts, uuid (written by 'vmlease init')
+//!   VMLEASE.lock     serialises writers of the header (init, UUID upgrade)
 //!   hosts            max_hosts slots of 512 bytes: liveness records
 //!   leases/<key>     one lease record per resource (replaced by rename)
 //!   leases/<key>.lock  the short serialising lock of that record (OFD lock)
@@ -34,12 +35,38 @@ pub const DEFAULT_MAX_HOSTS: u16 = 2000;
 pub struct Lockspace {
     pub dir: PathBuf,
     pub max_hosts: u16,
+    /// The lockspace's identity, written once by `vmlease init`: the
+    /// daemon publishes it and the plugin leases only where it is the
+    /// same. `None` for a lockspace made by a vmlease without UUIDs (until
+    /// `vmlease init` or the daemon adds one, see [`Lockspace::add_uuid`]).
+    pub uuid: Option<String>,
 }
+
+/// What [`Lockspace::create`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Made {
+    Created,
+    /// It was initialised before, without a UUID: one was added.
+    AddedUuid,
+    /// It was initialised before, with a UUID: left alone.
+    Existing,
+}
+
+/// How long `init` and the UUID upgrade wait for the header lock.
+const HEADER_LOCK_MS: u64 = 5_000;
 
 impl Lockspace {
     /// Creates the layout. An already initialised lockspace is left alone
-    /// (returns Ok(false)); a damaged one is an error.
+    /// (returns Ok(false)) except that it gets a UUID if it has none; a
+    /// damaged one is an error.
     pub fn init(dir: &Path, max_hosts: u16) -> Result<bool> {
+        Ok(Lockspace::create(dir, max_hosts)? == Made::Created)
+    }
+
+    /// [`Lockspace::init`], saying what it did. The header is written
+    /// under the header lock (`VMLEASE.lock`), so that two hosts running
+    /// init at once make one lockspace with one UUID.
+    pub fn create(dir: &Path, max_hosts: u16) -> Result<Made> {
         if max_hosts == 0 || max_hosts > crate::config::MAX_HOST_ID {
             return Err(Error::Invalid(format!(
                 "max_hosts must be between 1 and {}, got {max_hosts}",
@@ -47,11 +74,25 @@ impl Lockspace {
             )));
         }
         if dir.join("VMLEASE").exists() {
-            Lockspace::open(dir)?;
-            return Ok(false);
+            let ls = Lockspace::open(dir)?;
+            if ls.uuid.is_some() {
+                return Ok(Made::Existing);
+            }
+            ls.add_uuid()?;
+            return Ok(Made::AddedUuid);
         }
         fs::create_dir_all(dir.join("leases"))
             .map_err(|e| Error::io("create lockspace", dir.join("leases"), e))?;
+        let _lock = lock_file(
+            &dir.join("VMLEASE.lock"),
+            "the lockspace header",
+            HEADER_LOCK_MS,
+        )?;
+        if dir.join("VMLEASE").exists() {
+            // Another host initialised it while we waited for the lock.
+            drop(_lock);
+            return Lockspace::create(dir, max_hosts);
+        }
         let hosts = dir.join("hosts");
         let f = OpenOptions::new()
             .write(true)
@@ -63,17 +104,33 @@ impl Lockspace {
         f.set_len(max_hosts as u64 * SLOT_SIZE as u64)
             .map_err(|e| Error::io("size", &hosts, e))?;
         f.sync_all().map_err(|e| Error::io("fsync", &hosts, e))?;
-        let mut w = codec::Writer::new(HEADER_MAGIC);
-        w.field("max_hosts", max_hosts)
-            .field("slot_size", SLOT_SIZE);
-        write_atomic(&dir.join("VMLEASE"), &w.finish())?;
-        Ok(true)
+        write_header(dir, max_hosts, &new_uuid())?;
+        Ok(Made::Created)
     }
 
-    /// Opens an initialised lockspace, checking its header.
+    /// Gives a lockspace made without a UUID its UUID (under the header
+    /// lock; a UUID another host added meanwhile is kept). Returns the
+    /// UUID.
+    pub fn add_uuid(&self) -> Result<String> {
+        let _lock = lock_file(
+            &self.dir.join("VMLEASE.lock"),
+            "the lockspace header",
+            HEADER_LOCK_MS,
+        )?;
+        let now = Lockspace::open(&self.dir)?;
+        if let Some(u) = now.uuid {
+            return Ok(u);
+        }
+        let uuid = new_uuid();
+        write_header(&self.dir, now.max_hosts, &uuid)?;
+        Ok(uuid)
+    }
+
+    /// Opens an initialised lockspace, checking its header. The header is
+    /// read around the page cache, as every record.
     pub fn open(dir: &Path) -> Result<Lockspace> {
         let header = dir.join("VMLEASE");
-        let data = match fs::read(&header) {
+        let data = match read_uncached_whole(&header) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let reason = if dir.is_dir() {
@@ -103,9 +160,15 @@ impl Lockspace {
                 "unsupported layout (slot_size {slot}, max_hosts {max_hosts})"
             )));
         }
+        let uuid = match f.get("uuid") {
+            None => None,
+            Some(u) if is_uuid(u) => Some(u.to_string()),
+            Some(u) => return Err(bad(format!("bad lockspace UUID '{u}'"))),
+        };
         Ok(Lockspace {
             dir: dir.to_path_buf(),
             max_hosts: max_hosts as u16,
+            uuid,
         })
     }
 
@@ -223,35 +286,7 @@ impl Lockspace {
     /// of one libvirtd exclude each other too. Dropped with the guard.
     pub fn lock_record(&self, key: &str, timeout_ms: u64) -> Result<RecordLock> {
         let path = self.dir.join("leases").join(format!("{key}.lock"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(&path)
-            .map_err(|e| Error::io("open record lock", &path, e))?;
-        let start = crate::clock::boottime_ms();
-        let mut pause = 1u64;
-        loop {
-            match ofd_lock::try_lock(&file) {
-                Ok(true) => return Ok(RecordLock { _file: file }),
-                Ok(false) => {}
-                Err(e) => return Err(Error::io("lock record", &path, e)),
-            }
-            if crate::clock::boottime_ms().saturating_sub(start) >= timeout_ms {
-                return Err(Error::Busy {
-                    resource: key.to_string(),
-                    reason: format!(
-                        "its record lock {} is held by another host or thread for more than {} ms",
-                        path.display(),
-                        timeout_ms
-                    ),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(pause));
-            pause = (pause * 2).min(20);
-        }
+        lock_file(&path, key, timeout_ms)
     }
 
     /// Lists the keys of every lease record.
@@ -275,6 +310,66 @@ impl Lockspace {
 #[derive(Debug)]
 pub struct RecordLock {
     _file: File,
+}
+
+/// Takes an exclusive OFD lock on `path` (created if missing), waiting at
+/// most `timeout_ms`; `what` names what it serialises, for the error.
+fn lock_file(path: &Path, what: &str, timeout_ms: u64) -> Result<RecordLock> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(path)
+        .map_err(|e| Error::io("open record lock", path, e))?;
+    let start = crate::clock::boottime_ms();
+    let mut pause = 1u64;
+    loop {
+        match ofd_lock::try_lock(&file) {
+            Ok(true) => return Ok(RecordLock { _file: file }),
+            Ok(false) => {}
+            Err(e) => return Err(Error::io("lock record", path, e)),
+        }
+        if crate::clock::boottime_ms().saturating_sub(start) >= timeout_ms {
+            return Err(Error::Busy {
+                resource: what.to_string(),
+                reason: format!(
+                    "its record lock {} is held by another host or thread for more than {} ms",
+                    path.display(),
+                    timeout_ms
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(pause));
+        pause = (pause * 2).min(20);
+    }
+}
+
+fn write_header(dir: &Path, max_hosts: u16, uuid: &str) -> Result<()> {
+    let mut w = codec::Writer::new(HEADER_MAGIC);
+    w.field("max_hosts", max_hosts)
+        .field("slot_size", SLOT_SIZE)
+        .field("uuid", uuid);
+    write_atomic(&dir.join("VMLEASE"), &w.finish())
+}
+
+/// A random (version 4) UUID.
+fn new_uuid() -> String {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&crate::process::random_u64().to_le_bytes());
+    b[8..].copy_from_slice(&crate::process::random_u64().to_le_bytes());
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    crate::resource::format_uuid(&b)
+}
+
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
 }
 
 /// Alignment of uncached reads: buffer address, file offset and length
@@ -595,11 +690,45 @@ mod tests {
         let ls = Lockspace::open(&ls_dir).unwrap();
         assert_eq!(ls.max_hosts, 16);
         assert_eq!(ls.read_hosts().unwrap().len(), 16);
+        let uuid = ls.uuid.clone().expect("init writes a UUID");
+        assert!(is_uuid(&uuid), "{uuid}");
+        assert_eq!(Lockspace::create(&ls_dir, 16).unwrap(), Made::Existing);
+        assert_eq!(Lockspace::open(&ls_dir).unwrap().uuid, Some(uuid.clone()));
+        let other = d.join("other");
+        Lockspace::init(&other, 16).unwrap();
+        assert_ne!(Lockspace::open(&other).unwrap().uuid, Some(uuid));
         fs::write(ls_dir.join("VMLEASE"), b"junk").unwrap();
         assert!(matches!(
             Lockspace::open(&ls_dir),
             Err(Error::Corrupt { .. })
         ));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_lockspace_without_uuid_gets_one_once() {
+        let d = tempdir("old");
+        fs::create_dir_all(d.join("leases")).unwrap();
+        fs::write(d.join("hosts"), vec![0u8; 4 * SLOT_SIZE]).unwrap();
+        let mut w = codec::Writer::new(HEADER_MAGIC);
+        w.field("max_hosts", 4).field("slot_size", SLOT_SIZE);
+        fs::write(d.join("VMLEASE"), w.finish()).unwrap();
+        let ls = Lockspace::open(&d).unwrap();
+        assert_eq!((ls.max_hosts, ls.uuid.clone()), (4, None));
+        let u = ls.add_uuid().unwrap();
+        assert_eq!(Lockspace::open(&d).unwrap().uuid, Some(u.clone()));
+        // A second upgrade (another host at the same time) keeps it.
+        assert_eq!(ls.add_uuid().unwrap(), u);
+        assert_eq!(Lockspace::create(&d, 4).unwrap(), Made::Existing);
+        // 'init' on an old lockspace adds it.
+        fs::write(d.join("VMLEASE"), {
+            let mut w = codec::Writer::new(HEADER_MAGIC);
+            w.field("max_hosts", 4).field("slot_size", SLOT_SIZE);
+            w.finish()
+        })
+        .unwrap();
+        assert_eq!(Lockspace::create(&d, 4).unwrap(), Made::AddedUuid);
+        assert!(Lockspace::open(&d).unwrap().uuid.is_some());
         fs::remove_dir_all(&d).unwrap();
     }
 

@@ -330,6 +330,11 @@ pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
     reg.add_keys(&m.base_entry(p), &keys)?;
 
     let eng = engine(cfg, host_id, &boot_id, Some(status))?;
+    if let Some(st) = &eng.view {
+        // Our lockspace_dir must hold the lockspace the daemon renews in.
+        st.check_same_lockspace(&eng.ls)
+            .map_err(Error::Unprotected)?;
+    }
     let me = m.holder(host_id, &boot_id, p);
     let budget = cfg.io_timeout + cfg.lock_timeout;
     // libvirtd: the process whose I/O thread may outlive our deadline.

@@ -14,6 +14,7 @@ use crate::codec;
 use crate::config::{secs, Config};
 use crate::error::{Error, Result};
 use crate::hosts::{HostState, Slot};
+use crate::lockspace::Lockspace;
 
 const MAGIC: &str = "vmlease-status v1";
 
@@ -76,6 +77,15 @@ pub struct Status {
     /// Why the host is not protected / was fenced ("" when fine).
     pub reason: String,
     pub unsafe_no_watchdog: bool,
+    /// The lockspace the daemon renews in (its lockspace_dir) and the
+    /// UUID in its header; the UUID is "" while the daemon waits for the
+    /// lockspace (`reason` says why).
+    pub lockspace_dir: String,
+    pub lockspace_uuid: String,
+    /// allow_local_lockspace = true, and why the lockspace is not really
+    /// shared when that let it pass ("" on a shared filesystem).
+    pub allow_local_lockspace: bool,
+    pub local_lockspace: String,
     /// When the daemon began observing the host table.
     pub observing_since_ms: u64,
     pub renew_interval_ms: u64,
@@ -101,6 +111,13 @@ impl Status {
             .field("state", self.state)
             .field("reason", &self.reason)
             .field("unsafe_no_watchdog", u8::from(self.unsafe_no_watchdog))
+            .field("lockspace_dir", &self.lockspace_dir)
+            .field("lockspace_uuid", &self.lockspace_uuid)
+            .field(
+                "allow_local_lockspace",
+                u8::from(self.allow_local_lockspace),
+            )
+            .field("local_lockspace", &self.local_lockspace)
             .field("observing_since_ms", self.observing_since_ms)
             .field("renew_interval_ms", self.renew_interval_ms)
             .field("renew_fail_timeout_ms", self.renew_fail_timeout_ms)
@@ -204,6 +221,12 @@ impl Status {
             state: f.req("state")?.parse()?,
             reason: f.req("reason")?.to_string(),
             unsafe_no_watchdog: f.req_u64("unsafe_no_watchdog")? != 0,
+            // Absent in a status of a daemon that predates them: it is then
+            // never protected (check_protected).
+            lockspace_dir: f.get("lockspace_dir").unwrap_or("").to_string(),
+            lockspace_uuid: f.get("lockspace_uuid").unwrap_or("").to_string(),
+            allow_local_lockspace: f.get("allow_local_lockspace") == Some("1"),
+            local_lockspace: f.get("local_lockspace").unwrap_or("").to_string(),
             observing_since_ms: f.req_u64("observing_since_ms")?,
             renew_interval_ms: f.req_u64("renew_interval_ms")?,
             renew_fail_timeout_ms: f.req_u64("renew_fail_timeout_ms")?,
@@ -291,6 +314,7 @@ impl Status {
                 secs(age)
             ));
         }
+        self.check_joined()?;
         if !self.state.is_running() {
             let why = if self.reason.is_empty() {
                 String::new()
@@ -312,6 +336,46 @@ impl Status {
             ));
         }
         Ok(())
+    }
+}
+
+impl Status {
+    /// Has the daemon joined a lockspace? While it waits for one (not
+    /// mounted, not shared, not initialised) its reason is the refusal.
+    /// Whether it is this process's lockspace is for
+    /// [`Status::check_same_lockspace`] (by UUID): a test or an operator
+    /// may reach one lockspace through two paths.
+    fn check_joined(&self) -> std::result::Result<(), String> {
+        if self.lockspace_uuid.is_empty() {
+            return Err(if self.reason.is_empty() {
+                "the watchdog daemon does not say which lockspace it renews in (an older daemon? restart vmlease-watchdog)".into()
+            } else {
+                format!("the watchdog daemon is {}", self.reason)
+            });
+        }
+        Ok(())
+    }
+
+    /// Is `ls`, the lockspace this process opened, the one the daemon
+    /// renews in? The same path can hold another lockspace: another
+    /// mount namespace, a mount made or replaced since, a re-initialised
+    /// directory.
+    pub fn check_same_lockspace(&self, ls: &Lockspace) -> std::result::Result<(), String> {
+        if ls.uuid.as_deref() == Some(self.lockspace_uuid.as_str()) {
+            return Ok(());
+        }
+        Err(format!(
+            "lockspace {} has UUID {}, but the watchdog daemon renews in {} with UUID {}: \
+             they are not the same lockspace (a mount missing or different in libvirtd's \
+             view, or a config changed since libvirtd started); check that {} is the shared \
+             filesystem for both, then restart libvirtd so that its lock plugin reads the \
+             current config",
+            ls.dir.display(),
+            ls.uuid.as_deref().unwrap_or("(none)"),
+            self.lockspace_dir,
+            self.lockspace_uuid,
+            ls.dir.display(),
+        ))
     }
 }
 

@@ -288,8 +288,10 @@ fn leased_on_a(
     ls_b: &std::path::Path,
 ) -> (Host, Host, Proc, Proc) {
     let timing = [CR, CF, CK, CW, CD];
-    let mut a = Host::with_timing(s, 1, ls_a, "unsafe_no_watchdog = true\n", timing);
-    let mut b = Host::with_timing(s, 2, ls_b, "unsafe_no_watchdog = true\n", timing);
+    // On CephFS: no allow_local_lockspace needed.
+    let on_ceph = "unsafe_no_watchdog = true\nallow_local_lockspace = false\n";
+    let mut a = Host::with_timing(s, 1, ls_a, on_ceph, timing);
+    let mut b = Host::with_timing(s, 2, ls_b, on_ceph, timing);
     a.start(&[]);
     b.start(&[]);
     let qa = standin_qemu();

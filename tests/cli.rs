@@ -246,7 +246,10 @@ fn init_creates_once_and_refuses_without_the_parent() {
         let c = s.0.join("init.conf");
         fs::write(
             &c,
-            format!("host_id = 1\nlockspace_dir = \"{}\"\n", dir.display()),
+            format!(
+                "host_id = 1\nlockspace_dir = \"{}\"\nallow_local_lockspace = true\n",
+                dir.display()
+            ),
         )
         .unwrap();
         c

@@ -148,6 +148,13 @@ fn fake_status(h: &Host, state: HostState, reason: &str) {
         state,
         reason: reason.into(),
         unsafe_no_watchdog: true,
+        lockspace_dir: h.cfg.lockspace_dir.display().to_string(),
+        lockspace_uuid: vmlease::lockspace::Lockspace::open(&h.cfg.lockspace_dir)
+            .ok()
+            .and_then(|l| l.uuid)
+            .unwrap_or_default(),
+        allow_local_lockspace: false,
+        local_lockspace: String::new(),
         observing_since_ms: now,
         renew_interval_ms: h.cfg.timing.renew_interval,
         renew_fail_timeout_ms: h.cfg.timing.renew_fail_timeout,
@@ -585,6 +592,7 @@ mod real_libvirt {
             "host_id = 1\nhost_name = \"host-a.test\"\nlockspace_dir = \"{}\"\nstate_dir = \"/run/vmlease\"\n\
              renew_interval = {R}\nrenew_fail_timeout = 3\nkill_timeout = 1\nwatchdog_timeout = 2\n\
              host_dead_timeout = 7\nio_timeout = 1\nlock_timeout = 1\nunsafe_no_watchdog = true\n\
+             allow_local_lockspace = true\n\
              reset_action = \"record\"\nreset_record_file = \"/run/vmlease/reset\"\n",
             shared.display()
         )

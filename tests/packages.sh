@@ -200,6 +200,8 @@ renew_fail_timeout = 5
 kill_timeout = 1
 watchdog_timeout = 2
 unsafe_no_watchdog = true
+# The test's lockspace is a local directory: UNSAFE outside tests.
+allow_local_lockspace = true
 reset_action = "record"
 reset_record_file = "$work/reset"
 EOC

@@ -13,6 +13,8 @@
 #   VMH_LOCKSPACE  the shared lockspace directory (default VMH_DIR/lockspace;
 #               e.g. a directory on a CephFS mounted before vmh_init: the
 #               hosts' mount namespaces are copies of ours)
+#   VMH_ALLOW_LOCAL  allow_local_lockspace in the configs (default true:
+#               the default lockspace is a local directory; false on CephFS)
 #   VMH_LOCK_MANAGER  qemu.conf's lock_manager for the next vmh_host_up
 #               (vmlease, nop, lockd or sanlock)
 #   VMH_SANLOCK_LEASES  sanlock's shared disk_lease_dir (default
@@ -63,7 +65,7 @@ vmh_init() {
     VMH_SANLOCK_LEASES=${VMH_SANLOCK_LEASES:-$VMH_DIR/sanlock-leases}
     mkdir -p "$VMH_DIR" "$VMH_LOCKSPACE"
     cc -O2 -o "$VMH_DIR/subreaper" "$VMH_LIBDIR/subreaper.c"
-    printf 'lockspace_dir = "%s"\n' "$VMH_LOCKSPACE" >"$VMH_DIR/init.conf"
+    printf 'lockspace_dir = "%s"\nallow_local_lockspace = %s\n' "$VMH_LOCKSPACE" "${VMH_ALLOW_LOCAL:-true}" >"$VMH_DIR/init.conf"
     "$VMH_BIN/vmlease" --config "$VMH_DIR/init.conf" init >/dev/null
 }
 
@@ -113,6 +115,9 @@ kill_timeout = ${VMH_K:-1}
 watchdog_timeout = ${VMH_W:-2}
 # No hardware watchdog in this sandbox: UNSAFE outside tests and demos.
 unsafe_no_watchdog = true
+# A local lockspace directory (unless VMH_ALLOW_LOCAL=false: on CephFS):
+# UNSAFE outside tests and demos.
+allow_local_lockspace = ${VMH_ALLOW_LOCAL:-true}
 $extra
 EOC
     if [ "${VMH_LOCK_MANAGER:-}" = sanlock ]; then

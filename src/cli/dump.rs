@@ -121,6 +121,12 @@ fn decode(data: &[u8]) -> Result<Decoded, (&'static str, String)> {
                 ("kind", Json::str("lockspace header")),
                 ("max_hosts", Json::num(max_hosts)),
                 ("slot_size", Json::num(slot_size)),
+                (
+                    "uuid",
+                    f.get("uuid")
+                        .map(|u| Json::str(u.to_string()))
+                        .unwrap_or(Json::Null),
+                ),
             ]),
         })
     } else if !data.is_empty() && data.len().is_multiple_of(SLOT_SIZE) {

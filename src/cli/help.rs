@@ -26,8 +26,11 @@ pub const COMMANDS: &[CommandHelp] = &[
         summary: "this host: protection, watchdog, renewal, networks, fence, its leases",
         body: "\
 Shows whether this host may run protected VMs now and, if not, why; the
-vmlease-watchdog daemon's pid, state and the age of its last status; the
-age of the last liveness renewal; each network's probe state (up, down,
+vmlease-watchdog daemon's pid, state and the age of its last status (or
+\"waiting for lockspace mount\" while its lockspace is not mounted, not on
+a shared filesystem or not initialised); the lockspace it joined and its
+UUID, with a WARNING while allow_local_lockspace is set; the age of the
+last liveness renewal; each network's probe state (up, down,
 lost, unknown, unmonitored); a fence in force; and every QEMU process this
 host tracks, with each of its leases as the lockspace records it now (held,
 not held, or unknown when the lockspace does not answer within io_timeout).
@@ -141,8 +144,10 @@ its deadline, a corrupt record, no watchdog view on this host).",
 Loads and validates the configuration (unknown keys, types, ranges, and
 the safety inequality host_dead_timeout > max(F + K, F + W) + 2R) and
 prints the fence timeline derived from it, the warnings (no hardware
-watchdog, a recorded reset, no host_id), and whether the lockspace is
-reachable and initialised and on which filesystem. The lockspace line is
+watchdog, a recorded reset, no host_id, allow_local_lockspace, a lockspace
+the daemon and init refuse: not on a shared filesystem, NFS with local
+locks, a missing mount), and whether the lockspace is reachable and
+initialised, its UUID and on which filesystem. The lockspace line is
 information only: it does not change the exit status.
 
 Exit status: 0 valid with host_id set, 1 valid but host_id not set (this
@@ -156,12 +161,16 @@ host cannot take leases), 2 invalid or missing file.",
         summary: "create the lockspace layout (once per lockspace)",
         body: "\
 Creates the lockspace in lockspace_dir, once per lockspace: the VMLEASE
-header, the host table (N slots of 512 bytes; N defaults to 2000, the
-largest host id) and leases/. An initialised lockspace is left alone. The
-parent of lockspace_dir must exist: a missing parent usually means the
-shared filesystem is not mounted, and a lockspace on a local disk would
-protect nothing. Prints the filesystem it is on and warns when that is a
-local one.
+header with a new lockspace UUID, the host table (N slots of 512 bytes; N
+defaults to 2000, the largest host id) and leases/. An initialised
+lockspace is left alone, except that one made by an older vmlease gets its
+UUID. The parent of lockspace_dir must exist, and lockspace_dir must pass
+the daemon's rule: on a shared filesystem (CephFS, NFS with shared locks,
+GlusterFS, GFS2, OCFS2, Lustre, CIFS), with no mount listed in /etc/fstab
+missing above it; a missing mount or a local disk would protect nothing.
+allow_local_lockspace = true accepts a local directory (tests and
+single-host demos only), with a warning. Prints the filesystem and the
+UUID.
 
 Exit status: 0 created or already initialised, 1 failed, 2 usage or
 configuration error, 3 no answer from storage within io_timeout.",

@@ -14,7 +14,6 @@ mod cephfs;
 mod dump;
 pub mod evacuate;
 mod fence;
-mod fs;
 mod ha;
 pub mod help;
 mod hosts;

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use super::args::Args;
 use super::cephfs;
-use super::fs::{mount_of, Mount};
 use super::json::Json;
 use super::{exit, fail, load, print_json, Opts};
 use crate::config::{Config, MAX_HOST_ID};
 use crate::deadline;
 use crate::error::Error;
-use crate::lockspace::{Lockspace, DEFAULT_MAX_HOSTS};
+use crate::lockspace::{Lockspace, Made, DEFAULT_MAX_HOSTS};
+use crate::sharedfs::{self, Mount};
 
 /// How long `check-config` waits for the Ceph cluster's answers.
 const CEPH_QUERY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -24,21 +24,29 @@ struct Probe {
     state: &'static str,
     detail: String,
     mount: Option<Mount>,
+    uuid: Option<String>,
+    /// The shared-filesystem rule: Err(why the daemon and init refuse it),
+    /// Ok(why it is local, when allow_local_lockspace lets it pass).
+    verdict: Result<Option<String>, String>,
 }
 
 fn probe_lockspace(cfg: &Config) -> Probe {
     let dir = cfg.lockspace_dir.clone();
+    let allow = cfg.allow_local_lockspace;
     let r = deadline::run(cfg.io_timeout, "open lockspace", &dir.clone(), move || {
-        let mount = mount_of(&dir);
-        Ok((Lockspace::open(&dir), mount))
+        let mount = sharedfs::mount_of(&dir);
+        let verdict = sharedfs::check(&dir, allow).map(|p| p.local);
+        Ok((Lockspace::open(&dir), mount, verdict))
     });
     match r {
-        Ok((Ok(ls), mount)) => Probe {
+        Ok((Ok(ls), mount, verdict)) => Probe {
             state: "ok",
             detail: format!("initialised, {} host slots", ls.max_hosts),
             mount,
+            uuid: ls.uuid,
+            verdict,
         },
-        Ok((Err(e), mount)) => {
+        Ok((Err(e), mount, verdict)) => {
             let state = match &e {
                 Error::Lockspace { reason, .. } if reason.starts_with("not initialised") => {
                     "not-initialised"
@@ -51,12 +59,16 @@ fn probe_lockspace(cfg: &Config) -> Probe {
                 state,
                 detail: e.to_string(),
                 mount,
+                uuid: None,
+                verdict,
             }
         }
         Err(e) => Probe {
             state: "unreachable",
             detail: e.to_string(),
             mount: None,
+            uuid: None,
+            verdict: Ok(None),
         },
     }
 }
@@ -78,15 +90,18 @@ fn mount_json(m: &Option<Mount>) -> (Json, Json) {
     }
 }
 
-fn local_warning(dir: &Path, m: &Option<Mount>) -> Option<String> {
-    match m {
-        Some(m) if !m.is_shared() => Some(format!(
-            "lockspace {} is on a local filesystem ({}): only this machine sees it, \
-             so it protects nothing across hosts (tests and single-host demos only)",
-            dir.display(),
-            m.describe()
+/// The warning for a lockspace the shared-filesystem rule refuses, or
+/// lets pass only because of allow_local_lockspace.
+fn local_warning(verdict: &Result<Option<String>, String>) -> Option<String> {
+    match verdict {
+        Err(why) => Some(format!(
+            "the watchdog daemon and 'vmlease init' refuse this lockspace: {why}"
         )),
-        _ => None,
+        Ok(Some(why)) => Some(format!(
+            "local lockspace, accepted only because allow_local_lockspace = true: {why}; \
+             it protects nothing across hosts"
+        )),
+        Ok(None) => None,
     }
 }
 
@@ -102,9 +117,10 @@ pub fn check_config(opts: &Opts) -> i32 {
         Err(code) => return code,
     };
     let ok = c.host_id.is_some();
+    let opt_str = |s: Option<String>| s.map(Json::Str).unwrap_or(Json::Null);
     let probe = probe_lockspace(&c);
     let mut warnings = c.warnings();
-    warnings.extend(local_warning(&c.lockspace_dir, &probe.mount));
+    warnings.extend(local_warning(&probe.verdict));
     // On CephFS: the MDS settings that decide how long a hung client can
     // hold up the other hosts must fit the timing.
     let ceph = probe
@@ -144,6 +160,12 @@ pub fn check_config(opts: &Opts) -> i32 {
                     ("detail", Json::str(probe.detail)),
                     ("filesystem", fs),
                     ("shared", shared),
+                    ("uuid", opt_str(probe.uuid.clone())),
+                    ("allow_local_lockspace", Json::Bool(c.allow_local_lockspace)),
+                    (
+                        "refused_because",
+                        opt_str(probe.verdict.as_ref().err().cloned()),
+                    ),
                 ]),
             ),
             (
@@ -167,8 +189,13 @@ pub fn check_config(opts: &Opts) -> i32 {
             .as_ref()
             .map(|m| format!(" on {}", m.describe()))
             .unwrap_or_default();
+        let uuid = probe
+            .uuid
+            .as_ref()
+            .map(|u| format!("; UUID {u}"))
+            .unwrap_or_default();
         println!(
-            "lockspace {}: {}{on}",
+            "lockspace {}: {}{on}{uuid}",
             c.lockspace_dir.display(),
             match probe.state {
                 "ok" => probe.detail,
@@ -218,6 +245,7 @@ pub fn init(opts: &Opts, args: &Args) -> i32 {
     let dir = c.lockspace_dir.clone();
     let want = max_hosts.unwrap_or(DEFAULT_MAX_HOSTS);
     let d2 = dir.clone();
+    let allow = c.allow_local_lockspace;
     let res = deadline::run(4 * c.io_timeout, "initialise lockspace", &dir, move || {
         let parent = d2
             .parent()
@@ -230,11 +258,17 @@ pub fn init(opts: &Opts, args: &Args) -> i32 {
                 parent.display()
             )));
         }
-        let created = Lockspace::init(&d2, want)?;
+        // The rule the daemon applies: never a lockspace each host would
+        // have its own copy of (a local disk, a missing mount).
+        let placement = match sharedfs::check(&d2, allow) {
+            Ok(p) => p,
+            Err(why) => return Ok(Err(why)),
+        };
+        let made = Lockspace::create(&d2, want)?;
         let ls = Lockspace::open(&d2)?;
-        Ok(Ok((created, ls.max_hosts, mount_of(&d2))))
+        Ok(Ok((made, ls, placement)))
     });
-    let (created, slots, mount) = match res {
+    let (made, ls, placement) = match res {
         Ok(Ok(x)) => x,
         Ok(Err(why)) => {
             return fail(
@@ -245,7 +279,19 @@ pub fn init(opts: &Opts, args: &Args) -> i32 {
         Err(e @ Error::Timeout { .. }) => return fail(exit::UNKNOWN, e),
         Err(e) => return fail(exit::NO, e),
     };
-    let mut warnings: Vec<String> = local_warning(&dir, &mount).into_iter().collect();
+    let (created, slots, mount) = (
+        made == Made::Created,
+        ls.max_hosts,
+        Some(placement.mount.clone()),
+    );
+    let uuid = ls.uuid.clone().unwrap_or_default();
+    let mut warnings: Vec<String> = local_warning(&Ok(placement.local)).into_iter().collect();
+    if made == Made::AddedUuid {
+        warnings.push(format!(
+            "the lockspace was initialised by an older vmlease without a UUID; added UUID {uuid} \
+             (restart vmlease-watchdog and libvirtd on hosts that run an older vmlease)"
+        ));
+    }
     if !created && max_hosts.is_some_and(|n| n != slots) {
         warnings.push(format!(
             "the lockspace was initialised before with {slots} host slots; --max-hosts {want} is ignored"
@@ -256,6 +302,7 @@ pub fn init(opts: &Opts, args: &Args) -> i32 {
         print_json(Json::obj(vec![
             ("lockspace", Json::str(dir.display().to_string())),
             ("created", Json::Bool(created)),
+            ("uuid", Json::str(uuid.clone())),
             ("max_hosts", Json::num(slots)),
             ("filesystem", fs),
             ("shared", shared),
@@ -283,6 +330,7 @@ pub fn init(opts: &Opts, args: &Args) -> i32 {
                 dir.display()
             );
         }
+        println!("lockspace UUID {uuid}");
     }
     exit::OK
 }

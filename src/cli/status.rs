@@ -173,6 +173,7 @@ fn show(opts: &Opts, no_lockspace: Option<String>) -> i32 {
         Ok(Some(s)) => Some(s),
         _ => None,
     };
+    let opt_str = |s: Option<String>| s.map(Json::Str).unwrap_or(Json::Null);
     if opts.json {
         let daemon_json = match daemon {
             None => Json::Null,
@@ -190,6 +191,16 @@ fn show(opts: &Opts, no_lockspace: Option<String>) -> i32 {
                     },
                 ),
                 ("unsafe_no_watchdog", Json::Bool(s.unsafe_no_watchdog)),
+                ("lockspace_dir", Json::str(s.lockspace_dir.clone())),
+                (
+                    "lockspace_uuid",
+                    opt_str(Some(s.lockspace_uuid.clone()).filter(|u| !u.is_empty())),
+                ),
+                ("allow_local_lockspace", Json::Bool(s.allow_local_lockspace)),
+                (
+                    "local_lockspace",
+                    opt_str(Some(s.local_lockspace.clone()).filter(|u| !u.is_empty())),
+                ),
                 (
                     "networks",
                     Json::Arr(
@@ -244,7 +255,6 @@ fn show(opts: &Opts, no_lockspace: Option<String>) -> i32 {
             Ok(s) => (s.host_name.clone(), s.host_state.clone()),
             Err(_) => (None, None),
         };
-        let opt_str = |s: Option<String>| s.map(Json::Str).unwrap_or(Json::Null);
         print_json(Json::obj(vec![
             ("host_id", Json::opt_num(cfg.host_id.map(u64::from))),
             ("host_name", opt_str(host_name)),
@@ -305,12 +315,21 @@ fn show(opts: &Opts, no_lockspace: Option<String>) -> i32 {
             } else {
                 format!(" ({})", cell(&s.reason))
             };
-            println!(
-                "watchdog:    pid {}, state {}{why}, last report {} ago",
-                s.daemon_pid,
-                s.state,
-                secs(now.saturating_sub(s.written_ms))
-            );
+            if s.lockspace_uuid.is_empty() {
+                println!(
+                    "watchdog:    pid {}, not joined: {}, last report {} ago",
+                    s.daemon_pid,
+                    cell(&s.reason),
+                    secs(now.saturating_sub(s.written_ms))
+                );
+            } else {
+                println!(
+                    "watchdog:    pid {}, state {}{why}, last report {} ago",
+                    s.daemon_pid,
+                    s.state,
+                    secs(now.saturating_sub(s.written_ms))
+                );
+            }
             if s.last_renewal_ms == 0 {
                 println!("renewal:     none yet");
             } else {
@@ -323,6 +342,21 @@ fn show(opts: &Opts, no_lockspace: Option<String>) -> i32 {
             }
             if s.unsafe_no_watchdog {
                 println!("WARNING:     no hardware watchdog (unsafe_no_watchdog = true)");
+            }
+            if s.allow_local_lockspace {
+                let why = if s.local_lockspace.is_empty() {
+                    "a lockspace not on a shared filesystem would be accepted".to_string()
+                } else {
+                    cell(&s.local_lockspace)
+                };
+                println!("WARNING:     local lockspace (allow_local_lockspace = true): {why}");
+            }
+            if !s.lockspace_uuid.is_empty() {
+                println!(
+                    "joined:      lockspace {} (UUID {})",
+                    cell(&s.lockspace_dir),
+                    s.lockspace_uuid
+                );
             }
             for n in &s.networks {
                 println!(

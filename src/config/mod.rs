@@ -77,6 +77,9 @@ pub struct Config {
     /// Overrides the kernel host name in the liveness record.
     pub host_name: Option<String>,
     pub lockspace_dir: PathBuf,
+    /// Accept a lockspace that is not on a shared filesystem (tests and
+    /// single-host demos only; loud in logs and status).
+    pub allow_local_lockspace: bool,
     pub state_dir: PathBuf,
     pub timing: Timing,
     /// Deadline of one lockspace operation (ms).
@@ -153,6 +156,7 @@ struct Raw {
     host_id: Option<Spanned<i64>>,
     host_name: Option<Spanned<String>>,
     lockspace_dir: Option<Spanned<String>>,
+    allow_local_lockspace: Option<bool>,
     state_dir: Option<Spanned<String>>,
     renew_interval: Option<Spanned<Seconds>>,
     renew_fail_timeout: Option<Spanned<Seconds>>,
@@ -182,10 +186,15 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
             .span()
             .map(|s| format!(":{}", line_of(text, s.start)))
             .unwrap_or_default();
-        Error::Config(format!(
-            "{origin}{at}: {}",
-            e.message().trim_end().replace('\n', " ")
-        ))
+        let msg = e.message().trim_end().replace('\n', " ");
+        // A wrong type names only the line: name the key too.
+        let key = e
+            .span()
+            .and_then(|s| key_at(text, s.start))
+            .filter(|k| !msg.contains(k.as_str()))
+            .map(|k| format!("{k}: "))
+            .unwrap_or_default();
+        Error::Config(format!("{origin}{at}: {key}{msg}"))
     })?;
     Builder { text, origin }.build(raw)
 }
@@ -210,6 +219,18 @@ pub fn load(path: &Path) -> Result<Config> {
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The key of the `key = value` line holding `offset`, if it is one.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    (!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .then(|| key.to_string())
 }
 
 struct Builder<'a> {
@@ -504,6 +525,7 @@ impl Builder<'_> {
             host_id,
             host_name,
             lockspace_dir: self.abs_path("lockspace_dir", &raw.lockspace_dir, DEFAULT_LOCKSPACE)?,
+            allow_local_lockspace: raw.allow_local_lockspace.unwrap_or(false),
             state_dir: self.abs_path("state_dir", &raw.state_dir, DEFAULT_STATE_DIR)?,
             timing,
             io_timeout,
@@ -546,6 +568,9 @@ impl Config {
         let mut w = Vec::new();
         if self.unsafe_no_watchdog {
             w.push("unsafe_no_watchdog = true: this host cannot reset itself if killing fails; for tests and demos only".into());
+        }
+        if self.allow_local_lockspace {
+            w.push("allow_local_lockspace = true: a lockspace on a local filesystem is accepted, which protects nothing across hosts; for tests and demos only".into());
         }
         if let ResetAction::Record(p) = &self.reset_action {
             w.push(format!(

@@ -140,6 +140,36 @@ fn io_timeout_must_be_below_fail_timeout() {
 }
 
 #[test]
+fn allow_local_lockspace_is_off_by_default_strict_and_loud() {
+    let c = parse("", "x").unwrap();
+    assert!(!c.allow_local_lockspace);
+    assert!(!c
+        .warnings()
+        .iter()
+        .any(|w| w.contains("allow_local_lockspace")));
+    let c = parse("allow_local_lockspace = true\n", "x").unwrap();
+    assert!(c.allow_local_lockspace);
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.contains("allow_local_lockspace = true")
+                && w.contains("tests and demos only")),
+        "{:?}",
+        c.warnings()
+    );
+    let e = err("host_id = 1\nallow_local_lockspace = \"yes\"\n");
+    assert!(
+        e.contains("test.conf:2") && e.contains("allow_local_lockspace"),
+        "{e}"
+    );
+    let e = err("allow_local_lockspaces = true\n");
+    assert!(
+        e.contains("test.conf:1") && e.contains("allow_local_lockspaces"),
+        "{e}"
+    );
+}
+
+#[test]
 fn shipped_example_config_loads() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/qemu-vmlease.conf");
     let c = load(Path::new(path)).unwrap();
@@ -149,6 +179,16 @@ fn shipped_example_config_loads() {
         "the packaged default must use the hardware watchdog"
     );
     assert_eq!(c.reset_action, ResetAction::Sysrq);
+    assert!(
+        !c.allow_local_lockspace,
+        "the packaged default must refuse a local lockspace"
+    );
+    // Every key is documented there (commented out), this one included.
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(
+        text.contains("\n#allow_local_lockspace = false\n"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@
 pub mod actions;
 pub mod claim;
 pub mod fence;
+pub mod lockspace_wait;
 pub mod probes;
 pub mod reaper;
 pub mod signals;
@@ -99,6 +100,10 @@ pub fn main(args: Vec<String>) -> i32 {
     }
     match Daemon::start(cfg) {
         Ok(mut d) => d.run(),
+        Err((exit::OK, e)) => {
+            info!("{e}");
+            exit::OK
+        }
         Err((code, e)) => {
             error!("{e}");
             code
@@ -135,6 +140,8 @@ pub struct Daemon {
     nets: Vec<NetState>,
     probe_out: Arc<Mutex<Vec<(&'static str, Round)>>>,
     collision: bool,
+    /// Why the lockspace is not really shared (allow_local_lockspace).
+    local_lockspace: Option<String>,
     reset_done: bool,
     last_state: HostState,
     last_renew_error: String,
@@ -172,11 +179,11 @@ impl Daemon {
             ));
         }
 
-        let dir = cfg.lockspace_dir.clone();
-        let ls = crate::deadline::run(cfg.io_timeout, "open lockspace", &dir.clone(), move || {
-            Lockspace::open(&dir)
-        })
-        .map_err(|e| (exit::LOCKSPACE, e))?;
+        signals::install();
+        let (ls, placement) = lockspace_wait::wait(&cfg, host_id, &boot_id)?;
+        if let Some(why) = &placement.local {
+            warn!("LOCAL LOCKSPACE (allow_local_lockspace = true): {why}; it protects nothing across hosts; for tests and demos only");
+        }
         if host_id > ls.max_hosts {
             return Err((
                 exit::CONFIG,
@@ -240,7 +247,6 @@ impl Daemon {
             })?
         };
         info!("watchdog: {}", watchdog.describe());
-        signals::install();
         try_realtime();
 
         let (renew_tx, renew_rx) = spawn_renewer(ls.clone());
@@ -270,8 +276,10 @@ impl Daemon {
             fence.phase = Phase::Fenced { cause, since: now };
         }
         info!(
-            "host {host_id} ({host_name}) joined lockspace {}; renew every {}, fence after {}, takeover by others after {}",
+            "host {host_id} ({host_name}) joined lockspace {} (UUID {}) on {}; renew every {}, fence after {}, takeover by others after {}",
             cfg.lockspace_dir.display(),
+            ls.uuid.as_deref().unwrap_or("-"),
+            placement.mount.describe(),
             secs(cfg.timing.renew_interval),
             secs(cfg.timing.renew_fail_timeout),
             secs(cfg.timing.host_dead_timeout)
@@ -300,6 +308,7 @@ impl Daemon {
             nets,
             probe_out,
             collision: false,
+            local_lockspace: placement.local,
             reset_done: false,
             last_state: HostState::Live,
             last_renew_error: String::new(),
@@ -327,7 +336,12 @@ impl Daemon {
 
     /// The main loop; returns the exit code.
     pub fn run(&mut self) -> i32 {
-        notify_systemd("READY=1");
+        notify_systemd(&format!(
+            "READY=1\nSTATUS=joined lockspace {} (UUID {}) as host {}",
+            self.cfg.lockspace_dir.display(),
+            self.ls.uuid.as_deref().unwrap_or("-"),
+            self.host_id
+        ));
         let tick = self.cfg.timing.renew_interval.clamp(20, 100);
         loop {
             if signals::stop_requested() {
@@ -543,6 +557,10 @@ impl Daemon {
             state: self.last_state,
             reason,
             unsafe_no_watchdog: self.cfg.unsafe_no_watchdog,
+            lockspace_dir: self.cfg.lockspace_dir.display().to_string(),
+            lockspace_uuid: self.ls.uuid.clone().unwrap_or_default(),
+            allow_local_lockspace: self.cfg.allow_local_lockspace,
+            local_lockspace: self.local_lockspace.clone().unwrap_or_default(),
             observing_since_ms: self.observer.since_ms,
             renew_interval_ms: self.cfg.timing.renew_interval,
             renew_fail_timeout_ms: self.cfg.timing.renew_fail_timeout,
@@ -690,7 +708,7 @@ fn try_realtime() {
 }
 
 /// sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET.
-fn notify_systemd(msg: &str) {
+pub(crate) fn notify_systemd(msg: &str) {
     let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
         return;
     };

@@ -5,7 +5,7 @@
 use super::{say, REFUSE};
 use crate::config::Config;
 use crate::deadline;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lockspace::Lockspace;
 
 /// Why this host may not run protected VMs now, if it may not: the
@@ -16,15 +16,20 @@ pub fn unprotected_because(cfg: &Result<Config>) -> Option<String> {
         Ok(c) => c,
         Err(e) => return Some(e.to_string()),
     };
-    if let Err(e) = crate::plugin::protected_status(cfg) {
-        return Some(e.to_string());
-    }
+    let status = match crate::plugin::protected_status(cfg) {
+        Ok((_, _, st)) => st,
+        Err(e) => return Some(e.to_string()),
+    };
     let dir = cfg.lockspace_dir.clone();
-    deadline::run(cfg.io_timeout, "open lockspace", &dir.clone(), move || {
+    match deadline::run(cfg.io_timeout, "open lockspace", &dir.clone(), move || {
         Lockspace::open(&dir)
-    })
-    .err()
-    .map(|e| e.to_string())
+    }) {
+        Ok(ls) => status
+            .check_same_lockspace(&ls)
+            .err()
+            .map(|why| Error::Unprotected(why).to_string()),
+        Err(e) => Some(e.to_string()),
+    }
 }
 
 /// `what`: "start" or "accept an incoming migration of".

@@ -36,6 +36,10 @@ fn status(obs: &Observer, written: u64) -> Status {
         state: HostState::Live,
         reason: String::new(),
         unsafe_no_watchdog: false,
+        lockspace_dir: crate::config::DEFAULT_LOCKSPACE.into(),
+        lockspace_uuid: "0b7c5a9e-7f6e-4b1a-9d2c-3e4f5a6b7c8d".into(),
+        allow_local_lockspace: true,
+        local_lockspace: "/x is on tmpfs".into(),
         observing_since_ms: obs.since_ms,
         renew_interval_ms: 200,
         renew_fail_timeout_ms: 1500,
@@ -131,4 +135,70 @@ fn numbers_out_of_range_are_errors_not_wrapped() {
         let r = Status::decode(data.as_bytes());
         assert!(r.is_err(), "{to:?} decoded as {r:?}");
     }
+}
+
+#[test]
+fn protection_needs_the_daemon_in_the_configured_lockspace() {
+    let cfg = crate::config::parse(
+        "host_id = 2\nrenew_interval = 0.2\nrenew_fail_timeout = 1.5\nkill_timeout = 0.5\nwatchdog_timeout = 1\n",
+        "/etc/libvirt/qemu-vmlease.conf",
+    )
+    .unwrap();
+    let obs = Observer::new(0);
+    let st = status(&obs, 10_000);
+    assert!(st.check_protected(&cfg, "b", 10_100, true).is_ok());
+    // Waiting for its lockspace: the reason is the refusal.
+    let mut waiting = st.clone();
+    waiting.lockspace_uuid.clear();
+    waiting.last_renewal_ms = 0;
+    waiting.reason = "waiting for lockspace mount: /x is on ext4".into();
+    let e = waiting
+        .check_protected(&cfg, "b", 10_100, true)
+        .unwrap_err();
+    assert_eq!(
+        e,
+        "the watchdog daemon is waiting for lockspace mount: /x is on ext4"
+    );
+    // A status without lockspace (an older daemon).
+    let mut old = waiting.clone();
+    old.reason.clear();
+    let e = old.check_protected(&cfg, "b", 10_100, true).unwrap_err();
+    assert!(e.contains("does not say which lockspace"), "{e}");
+    // The lockspace this process opens must be the daemon's (UUID),
+    // whatever path each of them reaches it by.
+    let ls = |uuid: Option<&str>| Lockspace {
+        dir: crate::config::DEFAULT_LOCKSPACE.into(),
+        max_hosts: 4,
+        uuid: uuid.map(str::to_string),
+    };
+    assert!(st
+        .check_same_lockspace(&ls(Some("0b7c5a9e-7f6e-4b1a-9d2c-3e4f5a6b7c8d")))
+        .is_ok());
+    for other in [Some("11111111-2222-4333-8444-555555555555"), None] {
+        let e = st.check_same_lockspace(&ls(other)).unwrap_err();
+        assert!(
+            e.contains("not the same lockspace")
+                && e.contains(other.unwrap_or("(none)"))
+                && e.contains("0b7c5a9e-7f6e-4b1a-9d2c-3e4f5a6b7c8d")
+                && e.contains("restart libvirtd"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_status_without_lockspace_fields_decodes() {
+    let obs = Observer::new(0);
+    let st = status(&obs, 10);
+    let text = String::from_utf8(st.encode()).unwrap();
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            !l.starts_with("lockspace_") && !l.contains("local_lockspace") && !l.starts_with("crc=")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let crc = crate::checksum::crc32c(kept.as_bytes());
+    let old = Status::decode(format!("{kept}crc={crc:08x}\n").as_bytes()).unwrap();
+    assert!(old.lockspace_uuid.is_empty() && !old.allow_local_lockspace);
 }

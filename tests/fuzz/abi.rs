@@ -680,6 +680,13 @@ impl Env {
             state: HostState::Live,
             reason: String::new(),
             unsafe_no_watchdog: true,
+            lockspace_dir: self.dir.join("ls").display().to_string(),
+            lockspace_uuid: vmlease::lockspace::Lockspace::open(&self.dir.join("ls"))
+                .ok()
+                .and_then(|l| l.uuid)
+                .unwrap_or_default(),
+            allow_local_lockspace: false,
+            local_lockspace: String::new(),
             observing_since_ms: now.saturating_sub(10_000),
             renew_interval_ms: 200,
             renew_fail_timeout_ms: 1500,

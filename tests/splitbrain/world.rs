@@ -350,7 +350,7 @@ impl World {
                 (i + 1) as u16,
                 &m.path.join("ls"),
                 &format!(
-                    "watchdog_device = \"{}\"\n[management]\nprobes = [ {{ type = \"icmp\", \
+                    "allow_local_lockspace = false\nwatchdog_device = \"{}\"\n[management]\nprobes = [ {{ type = \"icmp\", \
                      target = \"{MGMT_SWITCH}\" }} ]\ntimeout = {MGMT_TIMEOUT_S}\n\
                      probe_timeout = 0.5\npolicy = \"{}\"\n",
                     fifo.display(),

@@ -127,16 +127,23 @@ impl Host {
     }
 
     /// A host with its own timing [R, F, K, W, D] in ms (must satisfy the
-    /// inequality: the config loader checks it).
+    /// inequality: the config loader checks it). The lockspace of these
+    /// tests is a local directory: `allow_local_lockspace = true` unless
+    /// `extra` sets the key itself (a CephFS lockspace sets it false).
     pub fn with_timing(s: &Scratch, id: u16, lockspace: &Path, extra: &str, t: [u64; 5]) -> Host {
         let [r, f, k, w, d] = t;
+        let local = if extra.contains("allow_local_lockspace") {
+            ""
+        } else {
+            "allow_local_lockspace = true\n"
+        };
         let dir = s.0.join(format!("host{id}"));
         fs::create_dir_all(&dir).unwrap();
         let text = format!(
             "host_id = {id}\nhost_name = \"host-{id}.test\"\nlockspace_dir = \"{}\"\nstate_dir = \"{}\"\n\
              renew_interval = {}\nrenew_fail_timeout = {}\nkill_timeout = {}\nwatchdog_timeout = {}\n\
              host_dead_timeout = {}\nio_timeout = {}\nlock_timeout = 1\n\
-             reset_action = \"record\"\nreset_record_file = \"{}\"\n{extra}",
+             reset_action = \"record\"\nreset_record_file = \"{}\"\n{local}{extra}",
             lockspace.display(),
             dir.join("run").display(),
             r as f64 / 1000.0,

@@ -71,6 +71,10 @@ fn view(seen: &Table, since: u64, written: u64) -> Status {
         state: HostState::Live,
         reason: String::new(),
         unsafe_no_watchdog: true,
+        lockspace_dir: String::new(),
+        lockspace_uuid: String::new(),
+        allow_local_lockspace: false,
+        local_lockspace: String::new(),
         observing_since_ms: since,
         renew_interval_ms: 200,
         renew_fail_timeout_ms: 1500,
@@ -92,6 +96,7 @@ fn ctx(view: Option<Status>) -> Ctx {
         ls: Lockspace {
             dir: "/nonexistent".into(),
             max_hosts: 4,
+            uuid: None,
         },
         view_note: view.is_none().then(|| "no watchdog here".into()),
         view,

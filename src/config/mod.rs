@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ha;
+mod quorum;
 pub mod timing;
 
 use std::ops::Range;
@@ -547,6 +548,7 @@ impl Config {
         if self.unsafe_no_watchdog {
             w.push("unsafe_no_watchdog = true: this host cannot reset itself if killing fails; for tests and demos only".into());
         }
+        w.extend(quorum::warnings(self));
         if let ResetAction::Record(p) = &self.reset_action {
             w.push(format!(
                 "reset_action = \"record\": a reset is only written to {}; for tests and demos only",

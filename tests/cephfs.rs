@@ -98,6 +98,18 @@ fn check_config_reads_the_mds_settings(ceph: &CephCluster, ls: &std::path::Path)
     );
     set("mds_cap_revoke_eviction_timeout", "1");
 
+    // An evicted client that is not blocklisted can reconnect and write.
+    set("mds_session_blocklist_on_evict", "false");
+    let (text, w) = check();
+    set("mds_session_blocklist_on_evict", "true");
+    assert_eq!(w.len(), 1, "{text}");
+    assert!(
+        w[0].contains("mds_session_blocklist_on_evict is false"),
+        "{text}"
+    );
+    let (text, w) = check();
+    assert!(w.is_empty(), "{text}");
+
     // The cluster cannot be asked: a warning saying so, never silence.
     let out = std::process::Command::new(bin("vmlease"))
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")

@@ -238,11 +238,7 @@ fn cephfs_behaviour_and_a_storage_hang_fence() {
         "killed {} ms after A's last renewal, before F",
         killed - a_last
     );
-    assert!(
-        a.log_text().contains("renewal I/O has not completed"),
-        "{}",
-        a.log_text()
-    );
+    a.wait_log("renewal I/O has not completed");
     let (took, last_err) = take_over(
         &b,
         UUID_A,

@@ -86,8 +86,15 @@ pub fn main(args: Vec<String>) -> i32 {
         }
     }
     crate::logging::set_daemon_ident();
-    crate::logging::init(true, level);
-    let cfg = match config::load(&path) {
+    crate::logging::init_daemon(level);
+    let code = load_and_run(&path);
+    // Lines still queued for stderr get a moment to reach it.
+    crate::logging::drain(std::time::Duration::from_secs(1));
+    code
+}
+
+fn load_and_run(path: &Path) -> i32 {
+    let cfg = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");

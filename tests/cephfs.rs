@@ -297,7 +297,13 @@ fn leased_on_a(
 ) -> (Host, Host, Proc, Proc) {
     let timing = [CR, CF, CK, CW, CD];
     let mut a = Host::with_timing(s, 1, ls_a, "unsafe_no_watchdog = true\n", timing);
-    let mut b = Host::with_timing(s, 2, ls_b, "unsafe_no_watchdog = true\n", timing);
+    let mut b = Host::with_timing(
+        s,
+        2,
+        ls_b,
+        "unsafe_no_watchdog = true\ntrust_unsafe_peers = true\n",
+        timing,
+    );
     a.start(&[]);
     b.start(&[]);
     let qa = standin_qemu();

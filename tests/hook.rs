@@ -666,7 +666,12 @@ mod real_libvirt {
         let pid = a.qemu_pid("web").expect("QEMU pid");
         a.stop_libvirtd();
         let s2 = Scratch::new("hook-libvirt-b");
-        let mut b = Host::new(&s2, 2, &ls, "unsafe_no_watchdog = true\n");
+        let mut b = Host::new(
+            &s2,
+            2,
+            &ls,
+            "unsafe_no_watchdog = true\ntrust_unsafe_peers = true\n",
+        );
         b.start(&[]);
         sh(&format!("kill -STOP {dpid}"));
         let qb = standin_qemu();

@@ -345,7 +345,12 @@ fn storage_cut_fences_after_f_and_the_peer_takes_over_after_d() {
     let a_view = s.0.join("a-view");
     fs::create_dir_all(&a_view).unwrap();
     let mut a = Host::new(&s, 1, &a_view, "unsafe_no_watchdog = true\n");
-    let mut b = Host::new(&s, 2, &ls, "unsafe_no_watchdog = true\n");
+    let mut b = Host::new(
+        &s,
+        2,
+        &ls,
+        "unsafe_no_watchdog = true\ntrust_unsafe_peers = true\n",
+    );
     let inner = format!(
         "mount --bind '{}' '{}' && exec \"$0\" \"$@\"",
         ls.display(),
@@ -766,7 +771,12 @@ fn wall_clocks_hours_apart_do_not_change_the_judgement() {
     let s = Scratch::new("skew");
     let ls = lockspace(&s);
     let mut a = Host::new(&s, 1, &ls, "unsafe_no_watchdog = true\n");
-    let mut b = Host::new(&s, 2, &ls, "unsafe_no_watchdog = true\n");
+    let mut b = Host::new(
+        &s,
+        2,
+        &ls,
+        "unsafe_no_watchdog = true\ntrust_unsafe_peers = true\n",
+    );
     // Host A's wall clock is 5 hours ahead, host B's 7 hours behind; their
     // monotonic clocks are their own.
     let fake = |offset: &str| {

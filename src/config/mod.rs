@@ -92,6 +92,10 @@ pub struct Config {
     /// refused, since the VM would run unprotected.
     pub allow_unleased_domains: bool,
     pub unsafe_no_watchdog: bool,
+    /// Apply takeover rule 4 to hosts running with `unsafe_no_watchdog`
+    /// (tests and demos only): nothing resets such a host when its daemon
+    /// hangs, so its silence alone proves nothing.
+    pub trust_unsafe_peers: bool,
     pub watchdog_device: PathBuf,
     pub reset_action: ResetAction,
     pub storage: Network,
@@ -167,6 +171,7 @@ struct Raw {
     require_lease_for_disks: Option<bool>,
     allow_unleased_domains: Option<bool>,
     unsafe_no_watchdog: Option<bool>,
+    trust_unsafe_peers: Option<bool>,
     watchdog_device: Option<Spanned<String>>,
     reset_action: Option<Spanned<String>>,
     reset_record_file: Option<Spanned<String>>,
@@ -514,6 +519,7 @@ impl Builder<'_> {
             require_lease_for_disks: raw.require_lease_for_disks.unwrap_or(true),
             allow_unleased_domains: raw.allow_unleased_domains.unwrap_or(false),
             unsafe_no_watchdog: raw.unsafe_no_watchdog.unwrap_or(false),
+            trust_unsafe_peers: raw.trust_unsafe_peers.unwrap_or(false),
             watchdog_device: self.abs_path(
                 "watchdog_device",
                 &raw.watchdog_device,
@@ -547,6 +553,9 @@ impl Config {
         let mut w = Vec::new();
         if self.unsafe_no_watchdog {
             w.push("unsafe_no_watchdog = true: this host cannot reset itself if killing fails; for tests and demos only".into());
+        }
+        if self.trust_unsafe_peers {
+            w.push("trust_unsafe_peers = true: this host takes over the leases of hosts without a hardware watchdog after host_dead_timeout, although nothing resets them if their daemon hangs; for tests and demos only".into());
         }
         w.extend(quorum::warnings(self));
         if let ResetAction::Record(p) = &self.reset_action {

@@ -87,6 +87,7 @@ impl Reaper {
             host_id,
             boot_id: boot_id.to_string(),
             dead_ms: cfg.timing.host_dead_timeout,
+            trust_unsafe_peers: cfg.trust_unsafe_peers,
             lock_timeout_ms: cfg.lock_timeout,
             view: None,
             process_alive: std::sync::Arc::new(|p: ProcId| p.is_alive()),

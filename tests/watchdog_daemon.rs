@@ -1056,5 +1056,24 @@ fn a_full_stderr_pipe_stops_neither_renewals_nor_pets() {
         "stderr full ({filled} bytes): {renewals} renewals in {} ms, no fence",
         boottime_ms() - t0
     );
+    // Once stderr is read again, the queued lines arrive.
+    let mut reader = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", unread.as_raw_fd()))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    wait_until("the queued log lines once stderr is read", 5000, || {
+        if let Ok(n) = reader.read(&mut buf) {
+            seen.extend(buf[..n].iter().filter(|&&b| b != b'x'));
+        }
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if text.contains("operator asked to clear the fence") {
+            Ok(())
+        } else {
+            Err(format!("log so far: {text:?}"))
+        }
+    });
     drop(unread);
 }

@@ -440,7 +440,12 @@ fn reconnect_fails_only_when_the_leases_belong_to_another_host() {
     let s = Scratch::new("hook-reconnect");
     let ls = lockspace(&s);
     let mut a = Host::new(&s, 1, &ls, "unsafe_no_watchdog = true\n");
-    let mut b = Host::new(&s, 2, &ls, "unsafe_no_watchdog = true\n");
+    let mut b = Host::new(
+        &s,
+        2,
+        &ls,
+        "unsafe_no_watchdog = true\ntrust_unsafe_peers = true\n",
+    );
     a.start(&[]);
     b.start(&[]);
     let h = Hooker::new(&s, &a.conf, Some("vmlease"));

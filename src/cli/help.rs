@@ -55,9 +55,10 @@ may do with its VMs:
   fencing: wait                   killing its VMs after a fence
   not yet: safe in N s            silent, but not yet for host_dead_timeout
   dead: evacuate                  silent for at least host_dead_timeout
-  no watchdog: silent N s         silent, but it runs with unsafe_no_watchdog:
-                                  no silence makes it safe (unless this host
-                                  sets trust_unsafe_peers)
+  no watchdog: silent N s         silent, but it runs without a hardware
+                                  watchdog (unsafe_no_watchdog): no silence
+                                  makes it safe (unless this host sets
+                                  trust_unsafe_peers)
   fenced-clean: evacuate          killed its VMs and starts none
   left: evacuate                  its daemon stopped with no VM leased
   unknown                         no watchdog view on this host
@@ -150,9 +151,9 @@ Loads and validates the configuration (unknown keys, types, ranges, and
 the safety inequality host_dead_timeout > max(F + K, F + W) + 2R) and
 prints the fence timeline derived from it, the warnings (no hardware
 watchdog, trust_unsafe_peers, a recorded reset, no host_id, a fence policy
-that one probe target going down would trigger), and whether the lockspace is
-reachable and initialised and on which filesystem. The lockspace line is
-information only: it does not change the exit status.
+that one probe target going down would trigger), and whether the
+lockspace is reachable and initialised and on which filesystem. The
+lockspace line is information only: it does not change the exit status.
 
 Exit status: 0 valid with host_id set, 1 valid but host_id not set (this
 host cannot take leases), 2 invalid or missing file.",

@@ -536,6 +536,7 @@ mod tests {
             host_id: 1,
             boot_id: boot.clone(),
             dead_ms: 4000,
+            trust_unsafe_peers: false,
             lock_timeout_ms: 500,
             view: None,
             process_alive: std::sync::Arc::new(|_| true),

@@ -149,6 +149,7 @@ fn acquire_latency(p: &Params, dir: &Path) -> (f64, f64, f64, f64) {
         host_id: 1,
         boot_id: "b".into(),
         dead_ms: 41000,
+        trust_unsafe_peers: false,
         lock_timeout_ms: 1000,
         view: None,
         process_alive: Arc::new(|_: ProcId| true),

@@ -27,6 +27,8 @@ pub struct Engine<S: Store = Lockspace> {
     pub host_id: u16,
     pub boot_id: String,
     pub dead_ms: u64,
+    /// `trust_unsafe_peers` (takeover rule 4 for hosts without a watchdog).
+    pub trust_unsafe_peers: bool,
     pub lock_timeout_ms: u64,
     pub view: Option<Arc<Status>>,
     pub process_alive: Arc<dyn Fn(ProcId) -> bool + Send + Sync>,
@@ -56,6 +58,7 @@ impl<S: Store> Engine<S> {
             my_host_id: self.host_id,
             my_boot_id: &self.boot_id,
             my_dead_ms: self.dead_ms,
+            trust_unsafe_peers: self.trust_unsafe_peers,
             view: self.view.as_deref(),
             process_alive: &move |p| alive(p),
         };

@@ -295,6 +295,7 @@ fn engine(cfg: &Config, host_id: u16, boot_id: &str, view: Option<Status>) -> Re
         host_id,
         boot_id: boot_id.to_string(),
         dead_ms: cfg.timing.host_dead_timeout,
+        trust_unsafe_peers: cfg.trust_unsafe_peers,
         lock_timeout_ms: cfg.lock_timeout,
         view: view.map(Arc::new),
         process_alive: Arc::new(|p: ProcId| p.is_alive()),

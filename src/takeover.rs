@@ -10,7 +10,11 @@
 //! 2. the holder's host record shows a different boot id (it rebooted);
 //! 3. the holder is this host and that QEMU process is gone (pid + start);
 //! 4. this host's watchdog has observed the holder's record unchanged for at
-//!    least the holder's `host_dead_timeout` on its own monotonic clock.
+//!    least the holder's `host_dead_timeout` on its own monotonic clock -
+//!    unless the holder's host runs with `unsafe_no_watchdog`: nothing
+//!    resets such a host when its daemon hangs, so its silence proves
+//!    nothing (`trust_unsafe_peers = true` on this host applies rule 4 to
+//!    it anyway, for tests and demos).
 //!
 //! Everything else - including a damaged or missing host record that has
 //! not been observed unchanged for long enough - keeps the lease held.
@@ -81,6 +85,8 @@ pub struct Judge<'a> {
     pub my_boot_id: &'a str,
     /// This host's own host_dead_timeout: a floor for every holder's D.
     pub my_dead_ms: u64,
+    /// Apply rule 4 to holders whose host has no hardware watchdog.
+    pub trust_unsafe_peers: bool,
     /// The local daemon's published view (None: no observation at all).
     pub view: Option<&'a Status>,
     /// Liveness of a local process.
@@ -135,6 +141,15 @@ impl Judge<'_> {
                 Slot::Record(r) => format!("its host is alive (state {}, renewing)", r.state),
                 _ => "its host's record changed recently".into(),
             }),
+            Some(unchanged) if !self.trust_unsafe_peers && unwatched(&slot) => {
+                Verdict::Held(format!(
+                    "its host runs without a hardware watchdog (unsafe_no_watchdog = true): \
+                     nothing resets it if its daemon hangs, so its silence ({}) proves nothing; \
+                     it may be taken over once it publishes fenced-clean or reboots \
+                     (trust_unsafe_peers = true on this host would trust it: tests and demos only)",
+                    secs(unchanged)
+                ))
+            }
             Some(unchanged) if unchanged >= dead_ms => Verdict::Free(FreeBecause::ObservedDead {
                 unchanged_ms: unchanged,
                 dead_ms,
@@ -147,4 +162,9 @@ impl Judge<'_> {
             )),
         }
     }
+}
+
+/// Does the holder's host say it has no hardware watchdog?
+pub fn unwatched(slot: &Slot) -> bool {
+    matches!(slot, Slot::Record(r) if r.unsafe_no_watchdog)
 }

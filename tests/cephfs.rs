@@ -98,6 +98,18 @@ fn check_config_reads_the_mds_settings(ceph: &CephCluster, ls: &std::path::Path)
     );
     set("mds_cap_revoke_eviction_timeout", "1");
 
+    // An evicted client that is not blocklisted can reconnect and write.
+    set("mds_session_blocklist_on_evict", "false");
+    let (text, w) = check();
+    set("mds_session_blocklist_on_evict", "true");
+    assert_eq!(w.len(), 1, "{text}");
+    assert!(
+        w[0].contains("mds_session_blocklist_on_evict is false"),
+        "{text}"
+    );
+    let (text, w) = check();
+    assert!(w.is_empty(), "{text}");
+
     // The cluster cannot be asked: a warning saying so, never silence.
     let out = std::process::Command::new(bin("vmlease"))
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -226,11 +238,7 @@ fn cephfs_behaviour_and_a_storage_hang_fence() {
         "killed {} ms after A's last renewal, before F",
         killed - a_last
     );
-    assert!(
-        a.log_text().contains("renewal I/O has not completed"),
-        "{}",
-        a.log_text()
-    );
+    a.wait_log("renewal I/O has not completed");
     let (took, last_err) = take_over(
         &b,
         UUID_A,
@@ -291,7 +299,13 @@ fn leased_on_a(
     // On CephFS: no allow_local_lockspace needed.
     let on_ceph = "unsafe_no_watchdog = true\nallow_local_lockspace = false\n";
     let mut a = Host::with_timing(s, 1, ls_a, on_ceph, timing);
-    let mut b = Host::with_timing(s, 2, ls_b, on_ceph, timing);
+    let mut b = Host::with_timing(
+        s,
+        2,
+        ls_b,
+        &format!("{on_ceph}trust_unsafe_peers = true\n"),
+        timing,
+    );
     a.start(&[]);
     b.start(&[]);
     let qa = standin_qemu();

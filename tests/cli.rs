@@ -428,7 +428,12 @@ fn can_evacuate_answers_not_yet_then_yes_across_a_storage_fence() {
     let a_view = s.0.join("a-view");
     fs::create_dir_all(&a_view).unwrap();
     let mut a = Host::new(&s, 1, &a_view, "unsafe_no_watchdog = true\n");
-    let mut b = Host::new(&s, 2, &ls, "unsafe_no_watchdog = true\n");
+    let mut b = Host::new(
+        &s,
+        2,
+        &ls,
+        "unsafe_no_watchdog = true\ntrust_unsafe_peers = true\n",
+    );
     let inner = format!(
         "mount --bind '{}' '{}' && exec \"$0\" \"$@\"",
         ls.display(),
@@ -521,6 +526,21 @@ fn can_evacuate_answers_not_yet_then_yes_across_a_storage_fence() {
     assert!(q.exited(), "A fenced its QEMU long before");
     let o = vmlease(&b.conf, &["hosts"]);
     assert!(text(&o).contains("dead: evacuate"), "{}", text(&o));
+    // The same view without trust_unsafe_peers: A runs without a hardware
+    // watchdog, so its silence proves nothing, however long.
+    let strict = s.0.join("b-strict.conf");
+    let conf = fs::read_to_string(&b.conf).unwrap();
+    fs::write(&strict, conf.replace("trust_unsafe_peers = true\n", "")).unwrap();
+    let o = vmlease(&strict, &["can-evacuate", "1"]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(
+        stdout(&o).starts_with("no: host 1 (host-1.test) is silent")
+            && text(&o).contains("unsafe_no_watchdog"),
+        "{}",
+        text(&o)
+    );
+    let o = vmlease(&strict, &["hosts"]);
+    assert!(text(&o).contains("no watchdog: silent"), "{}", text(&o));
 }
 
 /// can-evacuate across a management fence: A keeps renewing while its

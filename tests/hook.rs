@@ -447,7 +447,12 @@ fn reconnect_fails_only_when_the_leases_belong_to_another_host() {
     let s = Scratch::new("hook-reconnect");
     let ls = lockspace(&s);
     let mut a = Host::new(&s, 1, &ls, "unsafe_no_watchdog = true\n");
-    let mut b = Host::new(&s, 2, &ls, "unsafe_no_watchdog = true\n");
+    let mut b = Host::new(
+        &s,
+        2,
+        &ls,
+        "unsafe_no_watchdog = true\ntrust_unsafe_peers = true\n",
+    );
     a.start(&[]);
     b.start(&[]);
     let h = Hooker::new(&s, &a.conf, Some("vmlease"));
@@ -674,7 +679,12 @@ mod real_libvirt {
         let pid = a.qemu_pid("web").expect("QEMU pid");
         a.stop_libvirtd();
         let s2 = Scratch::new("hook-libvirt-b");
-        let mut b = Host::new(&s2, 2, &ls, "unsafe_no_watchdog = true\n");
+        let mut b = Host::new(
+            &s2,
+            2,
+            &ls,
+            "unsafe_no_watchdog = true\ntrust_unsafe_peers = true\n",
+        );
         b.start(&[]);
         sh(&format!("kill -STOP {dpid}"));
         let qb = standin_qemu();

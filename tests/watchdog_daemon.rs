@@ -56,12 +56,7 @@ fn dead_qemu_leases_are_released_within_one_second() {
         "released after {took} ms, more than 1 s; log:\n{}",
         a.log_text()
     );
-    assert!(
-        a.log_text()
-            .contains(&format!("QEMU pid {pid} of domain 'web'")),
-        "{}",
-        a.log_text()
-    );
+    a.wait_log(&format!("QEMU pid {pid} of domain 'web'"));
     // The registry entry is gone too.
     let reg = vmlease::registry::Registry::new(&a.cfg.state_dir);
     wait_until("the registry entry to be removed", 2000, || {
@@ -253,7 +248,7 @@ fn watchdog_fires_on(sig: i32, expect: &str) {
             Err("no pet".into())
         }
     });
-    assert!(a.log_text().contains("(test stand-in)"), "{}", a.log_text());
+    a.wait_log("(test stand-in)");
     let q = standin_qemu();
     lease(&a, UUID_A, "web", &q, None).unwrap();
     let hit = boottime_ms();
@@ -350,7 +345,12 @@ fn storage_cut_fences_after_f_and_the_peer_takes_over_after_d() {
     let a_view = s.0.join("a-view");
     fs::create_dir_all(&a_view).unwrap();
     let mut a = Host::new(&s, 1, &a_view, "unsafe_no_watchdog = true\n");
-    let mut b = Host::new(&s, 2, &ls, "unsafe_no_watchdog = true\n");
+    let mut b = Host::new(
+        &s,
+        2,
+        &ls,
+        "unsafe_no_watchdog = true\ntrust_unsafe_peers = true\n",
+    );
     let inner = format!(
         "mount --bind '{}' '{}' && exec \"$0\" \"$@\"",
         ls.display(),
@@ -419,11 +419,7 @@ fn storage_cut_fences_after_f_and_the_peer_takes_over_after_d() {
         killed_seen - cut,
         cut - a_last
     );
-    assert!(
-        a.log_text().contains("FENCING: lease renewals failed"),
-        "{}",
-        a.log_text()
-    );
+    a.wait_log("FENCING: lease renewals failed");
     assert!(
         a.reset_record().is_none(),
         "no reset needed when the kill works"
@@ -753,11 +749,7 @@ fn qemu_stuck_in_uninterruptible_io_leads_to_the_recorded_reset() {
         F + K
     );
     assert!(at >= st.last_renewal_ms + F + K, "reset before F + K");
-    assert!(
-        a.log_text().contains("survived kill_timeout"),
-        "{}",
-        a.log_text()
-    );
+    a.wait_log("survived kill_timeout");
     assert_eq!(
         proc_state(q.pid()),
         Some('D'),
@@ -779,7 +771,12 @@ fn wall_clocks_hours_apart_do_not_change_the_judgement() {
     let s = Scratch::new("skew");
     let ls = lockspace(&s);
     let mut a = Host::new(&s, 1, &ls, "unsafe_no_watchdog = true\n");
-    let mut b = Host::new(&s, 2, &ls, "unsafe_no_watchdog = true\n");
+    let mut b = Host::new(
+        &s,
+        2,
+        &ls,
+        "unsafe_no_watchdog = true\ntrust_unsafe_peers = true\n",
+    );
     // Host A's wall clock is 5 hours ahead, host B's 7 hours behind; their
     // monotonic clocks are their own.
     let fake = |offset: &str| {
@@ -942,6 +939,7 @@ fn a_restart_during_a_fence_does_not_rearm_the_watchdog() {
             t => Ok(t),
         }
     });
+    a.wait_log("opened (armed) only once it is safe");
     let log = a.log_text();
     eprintln!(
         "restart during a fence: last pet {} ms before the daemon's SIGKILL, the watchdog fired \
@@ -965,4 +963,117 @@ fn a_restart_during_a_fence_does_not_rearm_the_watchdog() {
     );
     // Thaw: the pending SIGKILL ends the stand-in.
     thaw_and_reap(&mut frozen, &mut q);
+}
+
+/// The daemon's stderr is a pipe nobody reads (a stalled journald): once
+/// the pipe is full, every log line would block. Renewals and pets must go
+/// on past F, and the host must not fence.
+#[test]
+fn a_full_stderr_pipe_stops_neither_renewals_nor_pets() {
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let _g = serial();
+    let s = Scratch::new("stderr");
+    let ls = lockspace(&s);
+    let wd = FakeWatchdog::new(&s.0);
+    let a = Host::new(
+        &s,
+        1,
+        &ls,
+        &format!("watchdog_device = \"{}\"\n", wd.path.display()),
+    );
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2");
+    // SAFETY: pipe2 just returned these two descriptors; nothing else owns them.
+    let (unread, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let _daemon = Proc {
+        child: Command::new(bin("vmlease-watchdog"))
+            .args(["--config", a.conf.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(wr))
+            .spawn()
+            .unwrap(),
+        what: "vmlease-watchdog with an unread stderr".into(),
+    };
+    let cfg = a.cfg.clone();
+    wait_until("host 1 to be protected", 10_000, || {
+        plugin::protected_status(&cfg)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    // Fill the pipe through a second, non-blocking open of it (the
+    // daemon's stderr stays blocking).
+    let mut filler = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", unread.as_raw_fd()))
+        .unwrap();
+    let mut filled = 0usize;
+    for chunk in [4096usize, 1] {
+        while let Ok(n) = filler.write(&vec![b'x'; chunk]) {
+            filled += n;
+        }
+    }
+    let counter = || {
+        Lockspace::open(&ls)
+            .unwrap()
+            .read_host(1)
+            .unwrap()
+            .record()
+            .map(|r| r.counter)
+            .unwrap_or(0)
+    };
+    let t0 = boottime_ms();
+    let (mut last, mut changed_at, mut renewals) = (counter(), t0, 0u32);
+    let clear = a.cfg.state_dir.join("clear-fence");
+    // Each clear-fence request makes the daemon log one line.
+    while boottime_ms() - t0 < 2 * F {
+        if !clear.exists() {
+            fs::write(&clear, "").unwrap();
+        }
+        let now = boottime_ms();
+        let c = counter();
+        if c != last {
+            (last, changed_at, renewals) = (c, now, renewals + 1);
+        }
+        let pet_age = now.saturating_sub(wd.last_pet.load(Ordering::SeqCst));
+        assert!(
+            now - changed_at < F && pet_age < W,
+            "with stderr full ({filled} bytes unread) the daemon stalled: no renewal for {} ms \
+             (counter {last}, {renewals} renewals since the pipe filled), last pet {pet_age} ms ago",
+            now - changed_at
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(wd.fired_at.load(Ordering::SeqCst), 0, "the watchdog fired");
+    assert_eq!(a.reset_record(), None, "the host reset itself");
+    let st = a.status();
+    assert_eq!(st.state, vmlease::hosts::HostState::Live, "{st:?}");
+    eprintln!(
+        "stderr full ({filled} bytes): {renewals} renewals in {} ms, no fence",
+        boottime_ms() - t0
+    );
+    // Once stderr is read again, the queued lines arrive.
+    let mut reader = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", unread.as_raw_fd()))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    wait_until("the queued log lines once stderr is read", 5000, || {
+        if let Ok(n) = reader.read(&mut buf) {
+            seen.extend(buf[..n].iter().filter(|&&b| b != b'x'));
+        }
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if text.contains("operator asked to clear the fence") {
+            Ok(())
+        } else {
+            Err(format!("log so far: {text:?}"))
+        }
+    });
+    drop(unread);
 }

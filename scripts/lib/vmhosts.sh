@@ -118,6 +118,8 @@ unsafe_no_watchdog = true
 # A local lockspace directory (unless VMH_ALLOW_LOCAL=false: on CephFS):
 # UNSAFE outside tests and demos.
 allow_local_lockspace = ${VMH_ALLOW_LOCAL:-true}
+# The other hosts have none either; take their leases over after D anyway.
+trust_unsafe_peers = true
 $extra
 EOC
     if [ "${VMH_LOCK_MANAGER:-}" = sanlock ]; then

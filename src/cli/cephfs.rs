@@ -30,6 +30,9 @@ pub struct Settings {
     pub cap_revoke_eviction_timeout: f64,
     pub tick_interval: f64,
     pub blocklist_on_timeout: bool,
+    /// An evicted client (e.g. a hung one, evicted for unreturned
+    /// capabilities) is blocklisted: it cannot reconnect and write.
+    pub blocklist_on_evict: bool,
     pub file_systems: Vec<FileSystem>,
 }
 
@@ -110,6 +113,7 @@ pub fn query(timeout: Duration) -> Result<Settings, String> {
     )?;
     let tick = number(&get("mds_tick_interval")?, "mds_tick_interval")?;
     let blocklist = get("mds_session_blocklist_on_timeout")?.trim() == "true";
+    let blocklist_evict = get("mds_session_blocklist_on_evict")?.trim() == "true";
     let mut file_systems = Vec::new();
     for name in parse_fs_ls(&ceph(&["fs", "ls"], deadline)?) {
         let out = ceph(&["fs", "get", &name], deadline)?;
@@ -125,6 +129,7 @@ pub fn query(timeout: Duration) -> Result<Settings, String> {
         cap_revoke_eviction_timeout: cap,
         tick_interval: tick,
         blocklist_on_timeout: blocklist,
+        blocklist_on_evict: blocklist_evict,
         file_systems,
     })
 }
@@ -171,6 +176,14 @@ pub fn warnings(t: &Timing, c: &Settings) -> Vec<String> {
                 .into(),
         );
     }
+    if !c.blocklist_on_evict {
+        w.push(
+            "CephFS: mds_session_blocklist_on_evict is false: a hung host the MDS evicts (for \
+             unreturned capabilities or by an operator) could reconnect and write after its \
+             leases were taken over; set it to true"
+                .into(),
+        );
+    }
     for fs in &c.file_systems {
         if fs.session_autoclose > d {
             w.push(format!(
@@ -211,6 +224,10 @@ pub fn json(r: &Result<Settings, String>) -> Json {
                 Json::Bool(c.blocklist_on_timeout),
             ),
             (
+                "mds_session_blocklist_on_evict",
+                Json::Bool(c.blocklist_on_evict),
+            ),
+            (
                 "file_systems",
                 Json::Arr(
                     c.file_systems
@@ -240,10 +257,11 @@ pub fn json(r: &Result<Settings, String>) -> Json {
 /// One line for the text output.
 pub fn describe(c: &Settings) -> String {
     let mut line = format!(
-        "CephFS: mds_cap_revoke_eviction_timeout {}, mds_tick_interval {}, blocklist on timeout {}",
+        "CephFS: mds_cap_revoke_eviction_timeout {}, mds_tick_interval {}, blocklist on timeout {}, on evict {}",
         s(c.cap_revoke_eviction_timeout),
         s(c.tick_interval),
-        c.blocklist_on_timeout
+        c.blocklist_on_timeout,
+        c.blocklist_on_evict
     );
     for f in &c.file_systems {
         line.push_str(&format!(
@@ -286,6 +304,7 @@ mod tests {
             cap_revoke_eviction_timeout: cap,
             tick_interval: tick,
             blocklist_on_timeout: true,
+            blocklist_on_evict: true,
             file_systems: vec![FileSystem {
                 name: "cephfs".into(),
                 session_timeout: 30.0,
@@ -322,11 +341,13 @@ mod tests {
     fn blocklisting_off_and_inverted_session_timers_are_flagged() {
         let mut c = settings(1.0, 1.0, 20.0);
         c.blocklist_on_timeout = false;
+        c.blocklist_on_evict = false;
         c.file_systems[0].session_timeout = 25.0;
         let w = warnings(&timing(500, 8000, 21000), &c);
-        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(w.len(), 3, "{w:?}");
         assert!(w[0].contains("blocklist_on_timeout is false"));
-        assert!(w[1].contains("session_timeout 25s exceeds session_autoclose 20s"));
+        assert!(w[1].contains("mds_session_blocklist_on_evict is false"));
+        assert!(w[2].contains("session_timeout 25s exceeds session_autoclose 20s"));
     }
 
     #[test]

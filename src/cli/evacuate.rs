@@ -7,7 +7,9 @@
 //! 3. if HOST holds none: vmlease protects none of its VMs and knows
 //!    nothing of unleased ones, so safe only when HOST itself is known to
 //!    be down (fenced-clean, left, or silent for host_dead_timeout);
-//! 4. otherwise not yet, with the reason and the time until safe.
+//! 4. a host without a hardware watchdog (`unsafe_no_watchdog`) is never
+//!    safe by silence alone: no, with why (unless `trust_unsafe_peers`);
+//! 5. otherwise not yet, with the reason and the time until safe.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;
@@ -144,6 +146,14 @@ pub fn decide(ctx: &Ctx, t: &Table, records: &Records, id: u16) -> Answer {
             );
             return a;
         }
+        if let HostVerdict::Unwatched { .. } = hv {
+            a.answer = format!(
+                "no: {who} is {}; {} of {n} lease(s) are held ({first})",
+                hv.reason(),
+                held.len()
+            );
+            return a;
+        }
         a.safe_in_ms = hv.safe_in();
         a.answer = format!(
             "not yet: {} of {n} lease(s) of {who} are held ({first})",
@@ -190,6 +200,13 @@ pub fn decide(ctx: &Ctx, t: &Table, records: &Records, id: u16) -> Answer {
         HostVerdict::Unknown(w) => {
             a.code = exit::UNKNOWN;
             a.answer = format!("cannot tell: {who} holds no lease; {w}");
+        }
+        HostVerdict::Unwatched { .. } => {
+            a.answer = format!(
+                "no: {who} holds no lease and is {}; restart its VMs only once it publishes \
+                 fenced-clean or has rebooted",
+                hv.reason()
+            );
         }
     }
     a

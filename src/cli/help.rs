@@ -58,6 +58,10 @@ may do with its VMs:
   fencing: wait                   killing its VMs after a fence
   not yet: safe in N s            silent, but not yet for host_dead_timeout
   dead: evacuate                  silent for at least host_dead_timeout
+  no watchdog: silent N s         silent, but it runs without a hardware
+                                  watchdog (unsafe_no_watchdog): no silence
+                                  makes it safe (unless this host sets
+                                  trust_unsafe_peers)
   fenced-clean: evacuate          killed its VMs and starts none
   left: evacuate                  its daemon stopped with no VM leased
   unknown                         no watchdog view on this host
@@ -120,7 +124,12 @@ The rule, in this order:
     to be down: fenced-clean, left cleanly, or silent for at least
     host_dead_timeout. A renewing host (live, mgmt-isolated, fencing) is
     never safe to evacuate: its VMs may still run.
- 4. Anything else is \"not yet\", with the reason and, once HOST has stopped
+ 4. A HOST whose liveness record says it runs with unsafe_no_watchdog is
+    never safe by silence: nothing resets it when its daemon hangs. The
+    answer is \"no\", with that reason; fenced-clean, left cleanly or a
+    reboot still make it safe. trust_unsafe_peers = true in this host's
+    configuration (tests and demos only) treats it like any other host.
+ 5. Anything else is \"not yet\", with the reason and, once HOST has stopped
     renewing, how long until it becomes safe if it stays silent.
 
 Silence is measured by this host's vmlease-watchdog on this host's
@@ -144,11 +153,12 @@ its deadline, a corrupt record, no watchdog view on this host).",
 Loads and validates the configuration (unknown keys, types, ranges, and
 the safety inequality host_dead_timeout > max(F + K, F + W) + 2R) and
 prints the fence timeline derived from it, the warnings (no hardware
-watchdog, a recorded reset, no host_id, allow_local_lockspace, a lockspace
-the daemon and init refuse: not on a shared filesystem, NFS with local
-locks, a missing mount), and whether the lockspace is reachable and
-initialised, its UUID and on which filesystem. The lockspace line is
-information only: it does not change the exit status.
+watchdog, trust_unsafe_peers, a recorded reset, no host_id,
+allow_local_lockspace, a lockspace the daemon and init refuse: not on a
+shared filesystem, NFS with local locks, a missing mount; a fence policy
+that one probe target going down would trigger), and whether the lockspace
+is reachable and initialised, its UUID and on which filesystem. The
+lockspace line is information only: it does not change the exit status.
 
 Exit status: 0 valid with host_id set, 1 valid but host_id not set (this
 host cannot take leases), 2 invalid or missing file.",

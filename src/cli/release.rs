@@ -71,6 +71,7 @@ pub fn run(opts: &Opts, args: &Args) -> i32 {
         host_id: me,
         boot_id: boot.clone(),
         dead_ms: ctx.cfg.timing.host_dead_timeout,
+        trust_unsafe_peers: ctx.cfg.trust_unsafe_peers,
         lock_timeout_ms: ctx.cfg.lock_timeout,
         view: None,
         process_alive: Arc::new(|p: ProcId| p.is_alive()),

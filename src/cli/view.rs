@@ -19,7 +19,7 @@ use crate::lease::{Holder, LeaseRecord};
 use crate::lockspace::Lockspace;
 use crate::process::{self, ProcId};
 use crate::status::Status;
-use crate::takeover::{Judge, Verdict};
+use crate::takeover::{unwatched, Judge, Verdict};
 
 pub struct Ctx {
     pub cfg: Config,
@@ -200,6 +200,7 @@ impl Ctx {
             my_host_id: self.cfg.host_id.unwrap_or(0),
             my_boot_id: &self.boot_id,
             my_dead_ms: self.cfg.timing.host_dead_timeout,
+            trust_unsafe_peers: self.cfg.trust_unsafe_peers,
             view: view.as_ref(),
             process_alive: &alive,
         }
@@ -281,6 +282,12 @@ pub enum HostVerdict {
     },
     /// No watchdog view here: cannot measure silence.
     Unknown(String),
+    /// Silent for `silent` ms, but it runs without a hardware watchdog
+    /// (`unsafe_no_watchdog`): nothing resets it if its daemon hangs, so
+    /// no length of silence makes it safe (unless `trust_unsafe_peers`).
+    Unwatched {
+        silent: u64,
+    },
 }
 
 impl HostVerdict {
@@ -291,6 +298,7 @@ impl HostVerdict {
             HostVerdict::Safe(_) => "safe",
             HostVerdict::NotYet { .. } => "not-yet",
             HostVerdict::Unknown(_) => "unknown",
+            HostVerdict::Unwatched { .. } => "no-watchdog",
         }
     }
 
@@ -313,6 +321,11 @@ impl HostVerdict {
                 secs(*silent),
                 secs(*dead)
             ),
+            HostVerdict::Unwatched { silent } => format!(
+                "silent {}, without a hardware watchdog (unsafe_no_watchdog = true): nothing \
+                 resets it if its daemon hangs, so its silence proves nothing",
+                secs(*silent)
+            ),
         }
     }
 
@@ -334,6 +347,10 @@ impl HostVerdict {
                 secs(dead - silent)
             ),
             HostVerdict::Unknown(w) => format!("unknown: {w}"),
+            HostVerdict::Unwatched { silent } => format!(
+                "no watchdog: silent {}; do not evacuate until fenced-clean or rebooted",
+                secs(*silent)
+            ),
         }
     }
 }
@@ -368,6 +385,9 @@ pub fn host_verdict(ctx: &Ctx, t: &Table, host_id: u16) -> HostVerdict {
         ),
         Silence::Renewing => alive(),
         Silence::Silent(ms) if ms < fail_ms => alive(),
+        Silence::Silent(ms) if !ctx.cfg.trust_unsafe_peers && unwatched(slot) => {
+            HostVerdict::Unwatched { silent: ms }
+        }
         Silence::Silent(ms) if ms >= dead => HostVerdict::Safe(format!(
             "dead (silent {} >= host_dead_timeout {})",
             secs(ms),

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ha;
+mod quorum;
 pub mod timing;
 
 use std::ops::Range;
@@ -94,6 +95,10 @@ pub struct Config {
     /// refused, since the VM would run unprotected.
     pub allow_unleased_domains: bool,
     pub unsafe_no_watchdog: bool,
+    /// Apply takeover rule 4 to hosts running with `unsafe_no_watchdog`
+    /// (tests and demos only): nothing resets such a host when its daemon
+    /// hangs, so its silence alone proves nothing.
+    pub trust_unsafe_peers: bool,
     pub watchdog_device: PathBuf,
     pub reset_action: ResetAction,
     pub storage: Network,
@@ -170,6 +175,7 @@ struct Raw {
     require_lease_for_disks: Option<bool>,
     allow_unleased_domains: Option<bool>,
     unsafe_no_watchdog: Option<bool>,
+    trust_unsafe_peers: Option<bool>,
     watchdog_device: Option<Spanned<String>>,
     reset_action: Option<Spanned<String>>,
     reset_record_file: Option<Spanned<String>>,
@@ -535,6 +541,7 @@ impl Builder<'_> {
             require_lease_for_disks: raw.require_lease_for_disks.unwrap_or(true),
             allow_unleased_domains: raw.allow_unleased_domains.unwrap_or(false),
             unsafe_no_watchdog: raw.unsafe_no_watchdog.unwrap_or(false),
+            trust_unsafe_peers: raw.trust_unsafe_peers.unwrap_or(false),
             watchdog_device: self.abs_path(
                 "watchdog_device",
                 &raw.watchdog_device,
@@ -572,6 +579,10 @@ impl Config {
         if self.allow_local_lockspace {
             w.push("allow_local_lockspace = true: a lockspace on a local filesystem is accepted, which protects nothing across hosts; for tests and demos only".into());
         }
+        if self.trust_unsafe_peers {
+            w.push("trust_unsafe_peers = true: this host takes over the leases of hosts without a hardware watchdog after host_dead_timeout, although nothing resets them if their daemon hangs; for tests and demos only".into());
+        }
+        w.extend(quorum::warnings(self));
         if let ResetAction::Record(p) = &self.reset_action {
             w.push(format!(
                 "reset_action = \"record\": a reset is only written to {}; for tests and demos only",

@@ -14,6 +14,7 @@ pub mod lockspace_wait;
 pub mod probes;
 pub mod reaper;
 pub mod signals;
+pub mod softdog;
 pub mod watchdog;
 
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use log::{error, info, warn, LevelFilter};
 
 use crate::clock::boottime_ms;
-use crate::config::{self, secs, Config};
+use crate::config::{self, secs, Config, ResetAction};
 use crate::error::{Error, Result};
 use crate::hosts::{self, HostRecord, HostState, SLOT_SIZE};
 use crate::lockspace::Lockspace;
@@ -86,8 +87,15 @@ pub fn main(args: Vec<String>) -> i32 {
         }
     }
     crate::logging::set_daemon_ident();
-    crate::logging::init(true, level);
-    let cfg = match config::load(&path) {
+    crate::logging::init_daemon(level);
+    let code = load_and_run(&path);
+    // Lines still queued for stderr get a moment to reach it.
+    crate::logging::drain(std::time::Duration::from_secs(1));
+    code
+}
+
+fn load_and_run(path: &Path) -> i32 {
+    let cfg = match config::load(path) {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");
@@ -221,6 +229,21 @@ impl Daemon {
         // once it is safe again.
         let late = now0.saturating_sub(fence_clock) > cfg.timing.renew_fail_timeout;
         let defer = late || fence::load_marker(&cfg.state_dir).is_some();
+        if !cfg.unsafe_no_watchdog {
+            if let Err(why) = softdog::check(Path::new("/"), &cfg.watchdog_device) {
+                if !matches!(cfg.reset_action, ResetAction::Record(_)) {
+                    return Err((
+                        exit::WATCHDOG,
+                        Error::io(
+                            "check hardware watchdog",
+                            &cfg.watchdog_device,
+                            std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+                        ),
+                    ));
+                }
+                warn!("{why} (accepted: reset_action = \"record\" is test mode)");
+            }
+        }
         let watchdog: Box<dyn Watchdog> = if cfg.unsafe_no_watchdog {
             warn!("RUNNING WITHOUT A HARDWARE WATCHDOG (unsafe_no_watchdog = true): a hung host will not be reset; for tests and demos only");
             Box::new(watchdog::NoWatchdog)

@@ -21,7 +21,7 @@ fn record(id: u16, boot: &str, counter: u64, state: HostState) -> HostRecord {
         counter,
         state,
         timing: timing(),
-        unsafe_no_watchdog: true,
+        unsafe_no_watchdog: false,
         // Written long after the test holders started (pid_start 100
         // ticks = 1 s): fenced-clean and leaving vouch for them.
         mono_ms: 1_000_000,
@@ -94,6 +94,7 @@ impl World {
             host_id: id,
             boot_id: format!("boot-{id}"),
             dead_ms: D,
+            trust_unsafe_peers: false,
             lock_timeout_ms: 500,
             view: view.map(Arc::new),
             process_alive: Arc::new(move |p: ProcId| alive.lock().unwrap().contains(&p.pid)),
@@ -280,6 +281,30 @@ fn rule4_observed_dead_only_after_d_on_own_clock() {
         "{:?}",
         got.took_over
     );
+}
+
+#[test]
+fn rule4_never_frees_a_holder_without_a_watchdog() {
+    let w = World::new("nowd");
+    let disk = Resource::disk("/images/a", false);
+    let mut unsafe_rec = record(1, "boot-1", 1, HostState::Live);
+    unsafe_rec.unsafe_no_watchdog = true;
+    w.ls.write_host(&unsafe_rec).unwrap();
+    w.engine(1, Some(w.view(1, &[0], 0)))
+        .acquire(&disk, &holder(1, 10, "web"), None)
+        .unwrap();
+    // Silent for 10 x D: nothing resets a host without a watchdog whose
+    // daemon hangs, so its silence proves nothing.
+    let b = w.engine(2, Some(w.view(2, &[1000, 3000], 1000 + 10 * D)));
+    let e = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap_err();
+    assert!(e.is_busy(), "{e}");
+    assert!(e.to_string().contains("unsafe_no_watchdog"), "{e}");
+    // Published fenced-clean (it killed its QEMUs) still frees at once.
+    unsafe_rec.state = HostState::FencedClean;
+    unsafe_rec.counter = 2;
+    w.ls.write_host(&unsafe_rec).unwrap();
+    let got = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap();
+    assert!(got.took_over[0].1.contains("fenced-clean"), "{got:?}");
 }
 
 #[test]

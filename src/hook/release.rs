@@ -69,6 +69,8 @@ pub fn run(cfg: &Config, name: &str, uuid: &str) -> i32 {
             host_id: me,
             boot_id: boot.clone(),
             dead_ms,
+            // No view: rule 4 never applies here.
+            trust_unsafe_peers: false,
             lock_timeout_ms: lock_ms,
             view: None,
             process_alive: Arc::new(|p: ProcId| p.is_alive()),

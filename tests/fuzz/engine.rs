@@ -119,6 +119,7 @@ pub fn engine(ls: &Lockspace, view: Option<Status>) -> Engine {
         host_id: 1,
         boot_id: "boot-1".into(),
         dead_ms: D,
+        trust_unsafe_peers: false,
         lock_timeout_ms: 2000,
         view: view.map(Arc::new),
         process_alive: Arc::new(|_| true),

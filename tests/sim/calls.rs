@@ -395,6 +395,7 @@ impl World {
             host_id: h,
             boot_id: hs.boot_id.clone(),
             dead_ms: hs.cfg.timing.host_dead_timeout,
+            trust_unsafe_peers: hs.cfg.trust_unsafe_peers,
             lock_timeout_ms: hs.cfg.lock_timeout,
             view,
             process_alive: Arc::new(move |p: ProcId| alive.contains(&p)),

@@ -226,6 +226,19 @@ impl Host {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits (up to 2 s) for a line the daemon has logged: its stderr is
+    /// written by a writer thread, a moment after the event.
+    pub fn wait_log(&self, needle: &str) {
+        wait_until(&format!("the daemon to log '{needle}'"), 2000, || {
+            let t = self.log_text();
+            if t.contains(needle) {
+                Ok(())
+            } else {
+                Err(t)
+            }
+        });
+    }
+
     pub fn reset_record(&self) -> Option<String> {
         fs::read_to_string(self.dir.join("reset")).ok()
     }

@@ -30,7 +30,7 @@ fn record(id: u16, counter: u64, state: HostState, boot: &str) -> HostRecord {
             host_dead_timeout: if id == OTHER { D_OTHER } else { 4000 },
             host_dead_derived: false,
         },
-        unsafe_no_watchdog: true,
+        unsafe_no_watchdog: false,
         // Long after the holders started: fenced-clean vouches for them.
         mono_ms: 1_000_000,
         wall: 0,
@@ -85,9 +85,15 @@ fn view(seen: &Table, since: u64, written: u64) -> Status {
 }
 
 fn ctx(view: Option<Status>) -> Ctx {
+    ctx_with(view, "")
+}
+
+fn ctx_with(view: Option<Status>, extra: &str) -> Ctx {
     let cfg = config::parse(
-        "host_id = 2\nrenew_interval = 0.2\nrenew_fail_timeout = 1.5\nkill_timeout = 0.5\n\
-         watchdog_timeout = 1\nhost_dead_timeout = 4\n",
+        &format!(
+            "host_id = 2\nrenew_interval = 0.2\nrenew_fail_timeout = 1.5\nkill_timeout = 0.5\n\
+             watchdog_timeout = 1\nhost_dead_timeout = 4\n{extra}"
+        ),
         "test.conf",
     )
     .unwrap();
@@ -282,4 +288,46 @@ fn this_host_is_safe_only_for_dead_qemus() {
     let a = decide(&c, &t, &[], ME);
     assert_eq!(a.code, exit::NO, "{a:?}");
     assert!(a.answer.contains("is this host"), "{}", a.answer);
+}
+
+/// A host without a hardware watchdog: silent for any time, nothing
+/// proves that its QEMUs stopped (a hung daemon resets nothing).
+#[test]
+fn a_silent_host_without_a_watchdog_is_never_safe() {
+    let unsafe_rec = |counter| {
+        let mut r = record(OTHER, counter, HostState::Live, "b1");
+        r.unsafe_no_watchdog = true;
+        r
+    };
+    let t0 = table(Some(unsafe_rec(1)), 0);
+    let c = ctx(Some(view(&t0, 0, 3000)));
+    let late = table(Some(unsafe_rec(1)), 10 * D_OTHER);
+    let a = decide(&c, &late, &held(holder(OTHER, "b1", far())), OTHER);
+    assert_eq!((a.code, a.safe_in_ms), (exit::NO, None), "{a:?}");
+    assert!(a.answer.starts_with("no: "), "{}", a.answer);
+    assert!(a.answer.contains("unsafe_no_watchdog"), "{}", a.answer);
+    let a = decide(&c, &late, &[], OTHER);
+    assert_eq!((a.code, a.safe_in_ms), (exit::NO, None), "{a:?}");
+    assert!(a.answer.starts_with("no: "), "{}", a.answer);
+    assert!(a.answer.contains("unsafe_no_watchdog"), "{}", a.answer);
+    // fenced-clean is still proof.
+    let mut clean = unsafe_rec(2);
+    clean.state = HostState::FencedClean;
+    let t = table(Some(clean), 10 * D_OTHER);
+    let a = decide(&c, &t, &held(holder(OTHER, "b1", far())), OTHER);
+    assert_eq!(a.code, exit::OK, "{a:?}");
+}
+
+/// Tests and demos opt in to trusting such hosts' silence after D.
+#[test]
+fn trust_unsafe_peers_applies_the_dead_timeout_to_them() {
+    let mut r = record(OTHER, 1, HostState::Live, "b1");
+    r.unsafe_no_watchdog = true;
+    let t0 = table(Some(r.clone()), 0);
+    let c = ctx_with(Some(view(&t0, 0, 3000)), "trust_unsafe_peers = true\n");
+    let at10 = table(Some(r), D_OTHER);
+    let a = decide(&c, &at10, &held(holder(OTHER, "b1", far())), OTHER);
+    assert_eq!(a.code, exit::OK, "{a:?}");
+    assert!(a.answer.contains("observed unchanged"), "{}", a.answer);
+    assert_eq!(decide(&c, &at10, &[], OTHER).code, exit::OK);
 }

@@ -1167,6 +1167,16 @@ fn a_qemu_whose_main_thread_exited_keeps_its_leases() {
         e.contains(&format!("its QEMU process {pid} is alive on this host")),
         "{e}"
     );
+    drop(q2);
+    let reg = vmlease::registry::Registry::new(&a.cfg.state_dir);
+    wait_until("the refused QEMU's registry entry to go", 3000, || {
+        let n = reg.list().map_err(|e| e.to_string())?.len();
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(format!("{n} entries"))
+        }
+    });
     // The reaper keeps it.
     std::thread::sleep(Duration::from_millis(5 * R));
     assert_eq!(holders(&ls, &dom), vec![pid], "log:\n{}", a.log_text());
@@ -1218,34 +1228,52 @@ fn stuck_io_thread_is_not_dead(leader_exits: bool) {
     let s = Scratch::new("dthread");
     let ls = lockspace(&s);
     let wd = FakeWatchdog::new(&s.0);
-    let mut a = Host::new(
-        &s,
-        1,
-        &ls,
-        &format!("watchdog_device = \"{}\"\n", wd.path.display()),
-    );
+    // Host A's daemon sees the lockspace through a bind mount in its own
+    // mount namespace; cutting it makes its renewals fail, not B's.
+    let a_view = s.0.join("a-view");
+    fs::create_dir_all(&a_view).unwrap();
+    let extra = format!("watchdog_device = \"{}\"\n", wd.path.display());
+    let mut a = Host::new(&s, 1, &a_view, &extra);
     let mut b = Host::new(&s, 2, &ls, "unsafe_no_watchdog = true\n");
-    a.start(&[]);
+    let inner = format!(
+        "mount --bind '{}' '{}' && exec \"$0\" \"$@\"",
+        ls.display(),
+        a_view.display()
+    );
+    a.start(&[
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &inner,
+    ]);
     b.start(&[]);
+    // Host A's plugin side writes the real lockspace path.
+    let mut a_plugin = Host::new(&s, 1, &a_view, &extra);
+    a_plugin.cfg.lockspace_dir = ls.clone();
+    a_plugin.cfg.state_dir = a.cfg.state_dir.clone();
     let mut frozen = Frozen::new(&s);
     let opts: &[&str] = if leader_exits { &["leader-exits"] } else { &[] };
     let q = threaded_stand_in(&frozen.mnt.join("disk"), opts);
-    lease(&a, UUID_A, "web", &q.0, None).unwrap();
-    let hosts = ls.join("hosts");
+    lease(&a_plugin, UUID_A, "web", &q.0, None).unwrap();
     frozen.freeze();
     let mut q = q.go();
     // Declared after the stand-in: on a failure it thaws before the
     // stand-in is reaped.
-    let _undo = OnDrop(vec![
-        format!("fsfreeze -u '{}' 2>/dev/null", frozen.mnt.display()),
-        format!("chattr -i '{}'", hosts.display()),
-    ]);
+    let _undo = OnDrop(vec![format!(
+        "fsfreeze -u '{}' 2>/dev/null",
+        frozen.mnt.display()
+    )]);
     let pid = q.pid();
     let leader = if leader_exits { 'Z' } else { 'S' };
     wait_threads(pid, leader, "D", "the worker thread to block in D");
-    // Renewals fail (the host table is immutable); lease records stay
-    // writable, so a release would land.
-    sh(&format!("chattr +i '{}'", hosts.display()));
+    let apid = a.daemon.as_ref().unwrap().pid();
+    sh(&format!(
+        "nsenter -t {apid} -m umount -l '{}'",
+        a_view.display()
+    ));
     let qb = standin_qemu();
     let e = lease(&b, UUID_A, "web", &qb, None).unwrap_err();
     assert!(e.contains("held by host 1"), "{e}");

@@ -247,9 +247,15 @@ pub fn protected_status(cfg: &Config) -> Result<(u16, String, Status)> {
             cfg.state_dir.display()
         ))
     })?;
-    // A zombie daemon (killed, not yet reaped) is dead.
-    let daemon_alive =
-        matches!(process::stat(status.daemon_pid), Ok((_, state)) if state != 'Z' && state != 'X');
+    // A zombie daemon (killed, not yet reaped) is dead. Here the leader's
+    // own state is the right test, not `ProcId::liveness` (may the process
+    // still write?): the daemon's loop, which fences and pets, runs on its
+    // main thread, so without it the host is unprotected whatever other
+    // threads remain.
+    let daemon_alive = matches!(
+        process::stat(status.daemon_pid),
+        Ok(st) if st.state != 'Z' && st.state != 'X'
+    );
     status
         .check_protected(cfg, &boot_id, boottime_ms(), daemon_alive)
         .map_err(|why| {

@@ -16,14 +16,29 @@ pub struct ProcId {
 /// What /proc says about a pid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
-    /// Running (or stopped, or in uninterruptible sleep): may still write.
+    /// Some thread of the process still exists (running, stopped, or in
+    /// uninterruptible sleep): it may still write.
     Alive,
-    /// Gone, a zombie, or the pid now names another process.
+    /// Every thread is gone (a zombie or reaped), or the pid now names
+    /// another process.
     Dead,
 }
 
-/// Reads field 22 (starttime) and field 3 (state) of /proc/PID/stat.
-pub fn stat(pid: u32) -> io::Result<(u64, char)> {
+/// The fields of `/proc/PID/stat` that liveness needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// Field 22: start time, clock ticks since boot.
+    pub start: u64,
+    /// Field 3: the state of the thread-group leader (the pid's own
+    /// thread), not of the process.
+    pub state: char,
+    /// Field 20: threads in the group, the leader included even as a
+    /// zombie (0 while the group is being reaped).
+    pub threads: u64,
+}
+
+/// Reads `/proc/PID/stat`.
+pub fn stat(pid: u32) -> io::Result<Stat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     parse_stat(&text).ok_or_else(|| {
         io::Error::new(
@@ -33,33 +48,55 @@ pub fn stat(pid: u32) -> io::Result<(u64, char)> {
     })
 }
 
-fn parse_stat(text: &str) -> Option<(u64, char)> {
+fn parse_stat(text: &str) -> Option<Stat> {
     // The command name (field 2) is in parentheses and may contain spaces
     // and parentheses: split after the last ')'.
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); starttime is field 22.
-    let state = fields.first()?.chars().next()?;
-    let start = fields.get(22 - 3)?.parse().ok()?;
-    Some((start, state))
+    // rest starts at field 3 (state).
+    let field = |n: usize| fields.get(n - 3);
+    Some(Stat {
+        state: field(3)?.chars().next()?,
+        threads: field(20)?.parse().ok()?,
+        start: field(22)?.parse().ok()?,
+    })
 }
 
 impl ProcId {
     /// Identifies a running process now.
     pub fn of(pid: u32) -> io::Result<ProcId> {
-        let (start, _) = stat(pid)?;
-        Ok(ProcId { pid, start })
+        Ok(ProcId {
+            pid,
+            start: stat(pid)?.start,
+        })
+    }
+
+    /// The one liveness rule of vmlease, from what `/proc/PID/stat` says
+    /// (`None`: the pid does not exist). A process is dead only when its
+    /// whole thread group is gone: the leader shows 'Z' as soon as the
+    /// main thread has exited (pthread_exit, or SIGKILL while another
+    /// thread sits in uninterruptible I/O), and the other threads may
+    /// still write. The group is gone when the leader is a zombie ('Z',
+    /// or 'X' while it is reaped) and no other thread is left: exactly
+    /// when the kernel makes the process's pidfd readable (what the
+    /// daemon's reaper waits for). A different start time means the pid
+    /// was reused: the registered process is gone.
+    pub fn judge(&self, st: Option<&Stat>) -> Liveness {
+        match st {
+            None => Liveness::Dead,
+            Some(st) if st.start != self.start => Liveness::Dead,
+            Some(st) if st.state == 'X' => Liveness::Dead,
+            Some(st) if st.state == 'Z' && st.threads <= 1 => Liveness::Dead,
+            Some(_) => Liveness::Alive,
+        }
     }
 
     pub fn liveness(&self) -> Liveness {
         match stat(self.pid) {
-            Ok((start, state)) if start == self.start && state != 'Z' && state != 'X' => {
-                Liveness::Alive
-            }
-            Ok(_) => Liveness::Dead,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Liveness::Dead,
+            Ok(st) => self.judge(Some(&st)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.judge(None),
             // ESRCH and friends while the process is being reaped.
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Liveness::Dead,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => self.judge(None),
             // Anything else (EACCES, EMFILE, ...) is not proof of death.
             Err(_) => Liveness::Alive,
         }
@@ -105,7 +142,14 @@ mod tests {
     #[test]
     fn parses_odd_command_names() {
         let line = "1234 (qemu) (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 4 0 987654 1000 200";
-        assert_eq!(parse_stat(line), Some((987654, 'S')));
+        assert_eq!(
+            parse_stat(line),
+            Some(Stat {
+                start: 987654,
+                state: 'S',
+                threads: 4
+            })
+        );
         assert_eq!(parse_stat("garbage"), None);
     }
 
@@ -123,6 +167,33 @@ mod tests {
             start: 1,
         };
         assert!(!gone.is_alive());
+    }
+
+    #[test]
+    fn dead_only_when_every_thread_is_gone() {
+        let p = ProcId { pid: 7, start: 100 };
+        let st = |state, threads| Stat {
+            start: 100,
+            state,
+            threads,
+        };
+        assert_eq!(p.judge(Some(&st('S', 1))), Liveness::Alive);
+        assert_eq!(p.judge(Some(&st('D', 3))), Liveness::Alive);
+        assert_eq!(p.judge(Some(&st('T', 1))), Liveness::Alive);
+        // The main thread exited; another thread runs or sits in D.
+        assert_eq!(p.judge(Some(&st('Z', 2))), Liveness::Alive);
+        // Every thread gone: a zombie waiting for its parent, or one
+        // being reaped.
+        assert_eq!(p.judge(Some(&st('Z', 1))), Liveness::Dead);
+        assert_eq!(p.judge(Some(&st('Z', 0))), Liveness::Dead);
+        assert_eq!(p.judge(Some(&st('X', 0))), Liveness::Dead);
+        // The pid names another process now, or none.
+        let reused = Stat {
+            start: 101,
+            ..st('S', 3)
+        };
+        assert_eq!(p.judge(Some(&reused)), Liveness::Dead);
+        assert_eq!(p.judge(None), Liveness::Dead);
     }
 
     #[test]

@@ -630,7 +630,10 @@ impl Drop for Frozen {
 }
 
 fn proc_state(pid: u32) -> Option<char> {
-    vmlease::process::stat(pid).ok().map(|(_, s)| s)
+    thread_states(pid)
+        .into_iter()
+        .find(|(tid, _)| *tid == pid)
+        .map(|(_, s)| s)
 }
 
 /// A stand-in QEMU whose disk is on `frozen`, waiting to write to it.
@@ -657,23 +660,29 @@ fn stand_in_qemu(frozen: &Frozen) -> StandIn {
 }
 
 impl StandIn {
-    /// Tells it to write (the filesystem is frozen) and waits until it is
-    /// in uninterruptible sleep (D).
-    fn write_and_block(self) -> Proc {
+    /// Sends "go" (the CPUs start: it writes) and hands the process back.
+    /// Bind the result before the guard that thaws a frozen filesystem, so
+    /// that on a failure the thaw runs before the stand-in is reaped.
+    fn go(self) -> Proc {
         use std::io::Write;
         let StandIn(q, mut stdin) = self;
         stdin.write_all(b"go\n").unwrap();
         drop(stdin);
-        wait_until(
-            "the stand-in to block in D state",
-            3000,
-            || match proc_state(q.pid()) {
-                Some('D') => Ok(()),
-                other => Err(format!("state {other:?}")),
-            },
-        );
         q
     }
+}
+
+/// Waits until the (single-threaded) stand-in `q` is in uninterruptible
+/// sleep (D).
+fn wait_blocked(q: &Proc) {
+    wait_until(
+        "the stand-in to block in D state",
+        3000,
+        || match proc_state(q.pid()) {
+            Some('D') => Ok(()),
+            other => Err(format!("state {other:?}")),
+        },
+    );
 }
 
 /// Thaws `frozen` and waits for the stand-in (SIGKILLed while in D) to
@@ -718,14 +727,15 @@ fn qemu_stuck_in_uninterruptible_io_leads_to_the_recorded_reset() {
 
     let q = stand_in_qemu(&frozen);
     lease(&a_plugin, UUID_A, "web", &q.0, None).unwrap();
+    frozen.freeze();
+    let mut q = q.go();
     // Declared after the stand-in: on a failure it thaws before the
     // stand-in is reaped.
     let _undo = OnDrop(vec![format!(
         "fsfreeze -u '{}' 2>/dev/null",
         frozen.mnt.display()
     )]);
-    frozen.freeze();
-    let mut q = q.write_and_block();
+    wait_blocked(&q);
 
     let apid = a.daemon.as_ref().unwrap().pid();
     sh(&format!(
@@ -893,12 +903,15 @@ fn a_restart_during_a_fence_does_not_rearm_the_watchdog() {
     let q = stand_in_qemu(&frozen);
     lease(&a, UUID_A, "web", &q.0, None).unwrap();
     let hosts = ls.join("hosts");
+    frozen.freeze();
+    let mut q = q.go();
+    // Declared after the stand-in: on a failure it thaws before the
+    // stand-in is reaped.
     let _undo = OnDrop(vec![
         format!("fsfreeze -u '{}' 2>/dev/null", frozen.mnt.display()),
         format!("chattr -i '{}'", hosts.display()),
     ]);
-    frozen.freeze();
-    let mut q = q.write_and_block();
+    wait_blocked(&q);
     // Renewals fail (the host table is immutable), reads still work: a
     // restarted daemon gets through its start.
     sh(&format!("chattr +i '{}'", hosts.display()));
@@ -1076,4 +1089,393 @@ fn a_full_stderr_pipe_stops_neither_renewals_nor_pets() {
         }
     });
     drop(unread);
+}
+
+// ---------------------------------------------------------------------------
+// A QEMU is dead only when its whole thread group is gone (issue 14, item 1).
+
+/// A multi-threaded stand-in QEMU (tests/support/sb_writer.c): the leader
+/// waits for "go" on stdin (unless `opts` has "now"), then a worker thread
+/// appends a record to `disk` every 20 ms.
+fn threaded_stand_in(disk: &Path, opts: &[&str]) -> StandIn {
+    let mut child = Command::new(support::util::c_helper("sb_writer"))
+        .arg(disk)
+        .args(["1", "0", "1", "20"])
+        .args(opts)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    StandIn(
+        Proc {
+            child,
+            what: "multi-threaded stand-in QEMU".into(),
+        },
+        stdin,
+    )
+}
+
+/// Every thread of `pid` with its state, from /proc/PID/task.
+fn thread_states(pid: u32) -> Vec<(u32, char)> {
+    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u32, char)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let tid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let t = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+            let state = t[t.rfind(')')? + 1..].split_whitespace().next()?;
+            Some((tid, state.chars().next()?))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Waits until the leader of `pid` shows `leader` and another of its
+/// threads one of `worker`; returns the threads seen.
+fn wait_threads(pid: u32, leader: char, worker: &str, what: &str) -> Vec<(u32, char)> {
+    wait_until(what, 3000, || {
+        let t = thread_states(pid);
+        let l = t.iter().find(|(tid, _)| *tid == pid).map(|x| x.1);
+        let w = t.iter().any(|(tid, s)| *tid != pid && worker.contains(*s));
+        if l == Some(leader) && w {
+            Ok(t)
+        } else {
+            Err(format!("threads (tid, state): {t:?}"))
+        }
+    })
+}
+
+/// The kernel's own answer: a pidfd turns readable once the whole thread
+/// group has exited.
+struct PidFd(i32);
+
+impl PidFd {
+    fn open(pid: u32) -> PidFd {
+        // SAFETY: pidfd_open with a pid of our own unreaped child.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        assert!(
+            fd >= 0,
+            "pidfd_open({pid}): {}",
+            std::io::Error::last_os_error()
+        );
+        PidFd(fd as i32)
+    }
+    fn group_exited(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no timeout.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+}
+
+impl Drop for PidFd {
+    fn drop(&mut self) {
+        // SAFETY: our own descriptor, closed once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+fn file_len(p: &Path) -> u64 {
+    fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Waits until `disk` grew by `records` 64-byte records.
+fn wait_writes(disk: &Path, records: u64, what: &str) {
+    let before = file_len(disk);
+    wait_until(what, 3000, || {
+        let now = file_len(disk);
+        if now >= before + records * 64 {
+            Ok(())
+        } else {
+            Err(format!("{} bytes, {before} before", now))
+        }
+    });
+}
+
+/// `ProcId::liveness` judges the whole thread group: a process whose main
+/// thread (the pid libvirt registers) has exited shows 'Z' for that pid
+/// while a worker thread still writes; it is alive, as the kernel's pidfd
+/// says, until its last thread has exited.
+#[test]
+fn a_process_whose_main_thread_exited_is_alive_until_its_last_thread_exits() {
+    use vmlease::process::{Liveness, ProcId};
+    let s = Scratch::new("leader");
+    let disk = s.0.join("disk");
+    let q = threaded_stand_in(&disk, &["now", "leader-exits"]).0;
+    let pid = q.pid();
+    let id = ProcId::of(pid).unwrap();
+    let fd = PidFd::open(pid);
+    let seen = wait_threads(
+        pid,
+        'Z',
+        "RSD",
+        "the main thread to exit while its worker runs",
+    );
+    wait_writes(&disk, 3, "the worker to write on after its leader exited");
+    assert!(!fd.group_exited(), "the kernel: pidfd readable already");
+    assert_eq!(
+        id.liveness(),
+        Liveness::Alive,
+        "pid {pid}: its main thread exited, a worker thread still writes (threads {seen:?})"
+    );
+    q.signal(libc::SIGKILL);
+    wait_until("the whole thread group to exit", 3000, || {
+        if fd.group_exited() {
+            Ok(())
+        } else {
+            Err(format!("threads {:?}", thread_states(pid)))
+        }
+    });
+    // Not reaped yet: a zombie with no thread left.
+    assert_eq!(thread_states(pid), vec![(pid, 'Z')]);
+    assert_eq!(
+        id.liveness(),
+        Liveness::Dead,
+        "every thread gone, not reaped"
+    );
+    drop(q);
+    assert_eq!(id.liveness(), Liveness::Dead, "reaped");
+}
+
+/// Every user of process liveness on the host keeps the leases of a QEMU
+/// whose main thread has exited while another thread writes: the engine's
+/// rule 3 (a second start of the domain on the same host), the reaper, the
+/// daemon's stop path (no 'leaving' with a live QEMU) and the adoption by a
+/// restarted daemon.
+#[test]
+fn a_qemu_whose_main_thread_exited_keeps_its_leases() {
+    let _g = serial();
+    let s = Scratch::new("zleader");
+    let ls = lockspace(&s);
+    let mut a = Host::new(&s, 1, &ls, "unsafe_no_watchdog = true\n");
+    a.start(&[]);
+    let disk = s.0.join("disk");
+    let q = threaded_stand_in(&disk, &["leader-exits"]);
+    lease(&a, UUID_A, "web", &q.0, None).unwrap();
+    let q = q.go();
+    let pid = q.pid();
+    wait_threads(pid, 'Z', "RSD", "the main thread to exit");
+    wait_writes(&disk, 3, "the worker to write");
+    let dom = Resource::domain(&vmlease::resource::format_uuid(&UUID_A));
+
+    // Rule 3: the same host starts the domain again.
+    let q2 = standin_qemu();
+    let e = lease(&a, UUID_A, "web", &q2, None)
+        .err()
+        .unwrap_or_else(|| {
+            panic!(
+                "a second QEMU took the lease of live pid {pid} (threads {:?})",
+                thread_states(pid)
+            )
+        });
+    assert!(
+        e.contains(&format!("its QEMU process {pid} is alive on this host")),
+        "{e}"
+    );
+    drop(q2);
+    let reg = vmlease::registry::Registry::new(&a.cfg.state_dir);
+    wait_until("the refused QEMU's registry entry to go", 3000, || {
+        let n = reg.list().map_err(|e| e.to_string())?.len();
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(format!("{n} entries"))
+        }
+    });
+    // The reaper keeps it.
+    std::thread::sleep(Duration::from_millis(5 * R));
+    assert_eq!(holders(&ls, &dom), vec![pid], "log:\n{}", a.log_text());
+
+    // The stop path: a live leased QEMU keeps the host from leaving.
+    a.stop();
+    let log = a.log_text();
+    assert!(log.contains("stopping with 1 leased QEMU"), "{log}");
+    let slot = Lockspace::open(&ls).unwrap().read_host(1).unwrap();
+    assert_ne!(
+        slot.record().unwrap().state,
+        vmlease::hosts::HostState::Leaving,
+        "left the lockspace with a live QEMU"
+    );
+
+    // Adoption: the restarted daemon keeps watching it (a full registry
+    // scan runs at least every second).
+    a.start(&[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        holders(&ls, &dom),
+        vec![pid],
+        "adoption released a live QEMU's lease; log:\n{}",
+        a.log_text()
+    );
+    wait_writes(&disk, 1, "the worker to write on");
+
+    // Its last thread exits: released at once.
+    let killed = boottime_ms();
+    drop(q);
+    let took = wait_until("the daemon to release the lease", 3000, || {
+        let h = holders(&ls, &dom);
+        if h.is_empty() {
+            Ok(boottime_ms() - killed)
+        } else {
+            Err(format!("holders {h:?}"))
+        }
+    });
+    eprintln!("a QEMU with a zombie leader: lease kept while it wrote, released {took} ms after its last thread exited");
+}
+
+/// A leased multi-threaded QEMU whose I/O thread is stuck in D on a frozen
+/// filesystem while its renewals fail: the fence's SIGKILL ends the leader
+/// (or it had exited already) but not the stuck thread, which may still
+/// write. The fence must not complete: no fenced-clean, no pet after F, no
+/// release; the host reaches the reset step at F + K, its watchdog fires
+/// W after the last pet, and the other host takes the lease only after D.
+fn stuck_io_thread_is_not_dead(leader_exits: bool) {
+    let s = Scratch::new("dthread");
+    let ls = lockspace(&s);
+    let wd = FakeWatchdog::new(&s.0);
+    // Host A's daemon sees the lockspace through a bind mount in its own
+    // mount namespace; cutting it makes its renewals fail, not B's.
+    let a_view = s.0.join("a-view");
+    fs::create_dir_all(&a_view).unwrap();
+    let extra = format!("watchdog_device = \"{}\"\n", wd.path.display());
+    let mut a = Host::new(&s, 1, &a_view, &extra);
+    let mut b = Host::new(&s, 2, &ls, "unsafe_no_watchdog = true\n");
+    let inner = format!(
+        "mount --bind '{}' '{}' && exec \"$0\" \"$@\"",
+        ls.display(),
+        a_view.display()
+    );
+    a.start(&[
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &inner,
+    ]);
+    b.start(&[]);
+    // Host A's plugin side writes the real lockspace path.
+    let mut a_plugin = Host::new(&s, 1, &a_view, &extra);
+    a_plugin.cfg.lockspace_dir = ls.clone();
+    a_plugin.cfg.state_dir = a.cfg.state_dir.clone();
+    let mut frozen = Frozen::new(&s);
+    let opts: &[&str] = if leader_exits { &["leader-exits"] } else { &[] };
+    let q = threaded_stand_in(&frozen.mnt.join("disk"), opts);
+    lease(&a_plugin, UUID_A, "web", &q.0, None).unwrap();
+    frozen.freeze();
+    let mut q = q.go();
+    // Declared after the stand-in: on a failure it thaws before the
+    // stand-in is reaped.
+    let _undo = OnDrop(vec![format!(
+        "fsfreeze -u '{}' 2>/dev/null",
+        frozen.mnt.display()
+    )]);
+    let pid = q.pid();
+    let leader = if leader_exits { 'Z' } else { 'S' };
+    wait_threads(pid, leader, "D", "the worker thread to block in D");
+    let apid = a.daemon.as_ref().unwrap().pid();
+    sh(&format!(
+        "nsenter -t {apid} -m umount -l '{}'",
+        a_view.display()
+    ));
+    let qb = standin_qemu();
+    let e = lease(&b, UUID_A, "web", &qb, None).unwrap_err();
+    assert!(e.contains("held by host 1"), "{e}");
+
+    let mut a_last = 0;
+    let mut fencing_pet = 0;
+    let reset = wait_until("A to record a host reset", F + K + 5000, || {
+        let st = a.status();
+        assert_ne!(
+            st.state,
+            vmlease::hosts::HostState::FencedClean,
+            "A's fence completed while pid {pid} has a thread in D (threads {:?}); log:\n{}",
+            thread_states(pid),
+            a.log_text()
+        );
+        if st.state == vmlease::hosts::HostState::Fencing && fencing_pet == 0 {
+            a_last = st.last_renewal_ms;
+            fencing_pet = wd.last_pet.load(Ordering::SeqCst);
+        }
+        if let Ok(()) = lease(&b, UUID_A, "web", &qb, None) {
+            panic!(
+                "B took the lease {} ms after A's last renewal (D = {D} ms) while pid {pid} has a thread in D (threads {:?}); A's log:\n{}",
+                boottime_ms() - st.last_renewal_ms,
+                thread_states(pid),
+                a.log_text()
+            );
+        }
+        a.reset_record().ok_or_else(|| {
+            format!(
+                "no reset yet; A's state {}, threads of pid {pid}: {:?}",
+                st.state,
+                thread_states(pid)
+            )
+        })
+    });
+    assert!(a_last > 0, "A was never seen fencing");
+    assert!(reset.contains("reason=lease renewals failed"), "{reset}");
+    let at: u64 = reset
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("boottime_ms="))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(at >= a_last + F + K, "reset before F + K");
+    let fired = wait_until("the watchdog stand-in to fire", W + 3000, || {
+        match wd.fired_at.load(Ordering::SeqCst) {
+            0 => Err(format!(
+                "last pet {} ms ago",
+                boottime_ms() - wd.last_pet.load(Ordering::SeqCst)
+            )),
+            t => Ok(t),
+        }
+    });
+    let last_pet = wd.last_pet.load(Ordering::SeqCst);
+    assert_eq!(last_pet, fencing_pet, "A petted the watchdog while fencing");
+    assert!(
+        last_pet <= a_last + F + R,
+        "last pet {} ms after A's last renewal (F = {F} ms)",
+        last_pet - a_last
+    );
+    // The fence's SIGKILL ended the leader, not the stuck thread.
+    let t = thread_states(pid);
+    assert!(
+        t.contains(&(pid, 'Z')) && t.iter().any(|(tid, s)| *tid != pid && *s == 'D'),
+        "threads {t:?}"
+    );
+    let (took, last_err) = take_over(&b, UUID_A, "web", &qb, None, a_last + D + 5000);
+    eprintln!(
+        "stuck I/O thread (leader {}): reset recorded {} ms after A's last renewal (F + K = {} ms), \
+         watchdog fired {} ms after the last pet (W = {W} ms), B took over after {} ms (D = {D} ms)",
+        if leader_exits { "exited first" } else { "killed by the fence" },
+        at - a_last,
+        F + K,
+        fired - last_pet,
+        took - a_last
+    );
+    assert!(took >= a_last + D, "B took over before D");
+    assert!(last_err.contains("may be taken over after"), "{last_err}");
+    let log = a.log_text();
+    assert!(!log.contains("fenced-clean"), "{log}");
+    // Thawing lets the pending SIGKILL finish it.
+    thaw_and_reap(&mut frozen, &mut q);
+}
+
+#[test]
+fn a_killed_qemu_with_an_io_thread_stuck_in_d_is_not_dead() {
+    let _g = serial();
+    stuck_io_thread_is_not_dead(false);
+}
+
+#[test]
+fn a_qemu_whose_leader_exited_with_an_io_thread_stuck_in_d_is_not_dead() {
+    let _g = serial();
+    stuck_io_thread_is_not_dead(true);
 }

@@ -36,7 +36,9 @@ impl HostActions for RealHost {
             Err(e) => return Err(e),
         };
         // The pidfd pins the process: if it is still the one we mean, the
-        // signal reaches it and nothing else.
+        // signal reaches it and nothing else. A process whose main thread
+        // has exited is still alive (its other threads may write): the
+        // signal reaches them through the zombie leader's pidfd.
         let result = if p.is_alive() {
             // SAFETY: fd is a valid pidfd; a NULL siginfo is allowed.
             let rc = unsafe {

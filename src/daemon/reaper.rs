@@ -11,6 +11,11 @@
 //! alive: a write that lands late is freed within one sweep, with a log
 //! line that says why. Only this host's registry is read, never the whole
 //! lease directory.
+//!
+//! Death means the whole thread group is gone (`ProcId::liveness`): a
+//! pidfd turns readable only then, not when the main thread exits while
+//! another thread (a killed QEMU's I/O thread in D) still runs. Both
+//! signals agree, so a leader's exit is never taken for death here.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -222,6 +227,7 @@ impl Reaper {
             )
         };
         if n > 0 {
+            // POLLIN: every thread of that process has exited.
             for (i, f) in fds.iter().enumerate() {
                 if f.revents != 0 {
                     self.mark_dead(ids[i]);
@@ -245,7 +251,7 @@ impl Reaper {
         }
     }
 
-    /// Live leased processes, re-checked against /proc.
+    /// Live leased processes (some thread left), re-checked against /proc.
     pub fn alive_processes(&mut self) -> Vec<(ProcId, String)> {
         let ids: Vec<ProcId> = self
             .tracked

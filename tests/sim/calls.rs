@@ -383,10 +383,12 @@ impl World {
 
     fn engine<'a>(&self, h: u16, io: SimIo<'a>, view: Option<Arc<Status>>) -> Engine<SimIo<'a>> {
         let hs = self.host(h);
+        // Rule 3 asks `ProcId::is_alive`: the production rule on the
+        // simulated /proc.
         let alive: Vec<ProcId> = self
             .qemus
             .iter()
-            .filter(|q| q.host == h && q.boot == hs.boot_no && q.alive())
+            .filter(|q| q.host == h && q.boot == hs.boot_no && self.proc_alive(h, q.proc_id))
             .map(|q| q.proc_id)
             .collect();
         let alive = Arc::new(alive);

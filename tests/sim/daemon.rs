@@ -482,17 +482,18 @@ impl World {
     // ---------------------------------------------------------------
     // The reaper (src/daemon/reaper.rs).
 
-    /// `ProcId::is_alive` as the daemon sees it.
+    /// `ProcId::is_alive` as the daemon sees it (`proc_alive`: the
+    /// production rule on the simulated /proc).
     fn qemu_alive(&self, h: u16, p: ProcId) -> bool {
         let boot = self.host(h).boot_no;
-        let dead_on_kill = self.mutation == Mutation::DeadOnKill;
-        self.qemus.iter().any(|q| {
-            q.host == h
-                && q.boot == boot
-                && q.proc_id == p
-                && q.alive()
-                && !(dead_on_kill && q.state == crate::libvirt::QState::Dying)
-        })
+        let dead_on_kill = self.mutation == Mutation::DeadOnKill
+            && self.qemus.iter().any(|q| {
+                q.host == h
+                    && q.boot == boot
+                    && q.proc_id == p
+                    && q.state == crate::libvirt::QState::Dying
+            });
+        self.proc_alive(h, p) && !dead_on_kill
     }
 
     /// `Reaper::scan`: cheap when nothing changed (one stat of the

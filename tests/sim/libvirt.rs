@@ -21,7 +21,7 @@
 use std::sync::Arc;
 
 use vmlease::lease::Holder;
-use vmlease::process::ProcId;
+use vmlease::process::{Liveness, ProcId, Stat};
 use vmlease::registry::Entry as RegEntry;
 use vmlease::resource::Resource;
 use vmlease::state_string::LockState;
@@ -39,8 +39,11 @@ pub enum QState {
     Spawned,
     Running,
     Paused,
-    /// Killed, waiting for its I/O to complete.
+    /// Killed (or exited): the main thread is gone at once and shows 'Z'
+    /// in /proc, while a thread inside I/O (a write in flight, or stuck)
+    /// stays until that I/O completes and may still land a write.
     Dying,
+    /// Every thread is gone.
     Dead,
 }
 
@@ -70,8 +73,24 @@ pub struct Qemu {
 }
 
 impl Qemu {
+    /// Some thread of it still exists (the truth the checker uses).
     pub fn alive(&self) -> bool {
         self.state != QState::Dead
+    }
+    /// What `/proc/PID/stat` shows for it (None: gone and reaped). QEMU
+    /// always runs several threads; once killed only the leader's zombie
+    /// and the I/O thread that holds it up remain.
+    pub fn proc_stat(&self) -> Option<Stat> {
+        let (state, threads) = match self.state {
+            QState::Dead => return None,
+            QState::Dying => ('Z', 2),
+            _ => ('S', 4),
+        };
+        Some(Stat {
+            start: self.proc_id.start,
+            state,
+            threads,
+        })
     }
     pub fn running(&self) -> bool {
         self.state == QState::Running
@@ -265,6 +284,22 @@ impl World {
                 self.at(self.now, Ev::OpStep(op));
             }
         }
+    }
+
+    /// `ProcId::liveness` of `p` on host `h` (of its current boot): the
+    /// production rule (`ProcId::judge`) applied to what /proc shows; the
+    /// mutation `leader-exit-is-death` applies the rule as it was before.
+    pub fn proc_alive(&self, h: u16, p: ProcId) -> bool {
+        let boot = self.host(h).boot_no;
+        let st = self
+            .qemus
+            .iter()
+            .find(|q| q.host == h && q.boot == boot && q.proc_id.pid == p.pid)
+            .and_then(|q| q.proc_stat());
+        if self.mutation == Mutation::LeaderExitIsDeath {
+            return crate::mutation::leader_only_liveness(p, st.as_ref()) == Liveness::Alive;
+        }
+        p.judge(st.as_ref()) == Liveness::Alive
     }
 
     /// SIGKILL (the fence, libvirt's destroy). False if already dead.

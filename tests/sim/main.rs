@@ -410,6 +410,7 @@ fn mutations_are_caught() {
         Mutation::DeadOnKill,
         Mutation::RestartResetsFenceClock,
         Mutation::FirstSightDatedToStart,
+        Mutation::LeaderExitIsDeath,
     ];
     // VMLEASE_SIM_MUTATIONS=a,b: only these.
     let only: Option<Vec<Mutation>> = std::env::var("VMLEASE_SIM_MUTATIONS").ok().map(|v| {

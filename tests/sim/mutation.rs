@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use vmlease::process::{Liveness, ProcId, Stat};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mutation {
     None,
@@ -53,10 +55,25 @@ pub enum Mutation {
     /// the hand-written scenario produces its fault (`AcquireStall`), so it
     /// is not in `ALL`.
     AbandonedAcquireWrites,
+    /// The old `ProcId::liveness` (issue 14, item 1): a process counts as
+    /// dead once its main thread is a zombie, though another thread (a
+    /// killed QEMU's I/O thread in uninterruptible sleep) still exists
+    /// and may land a write. Used by the daemon's reaper and fence and by
+    /// the engine's rule 3, as in production.
+    LeaderExitIsDeath,
+}
+
+/// `ProcId::liveness` before issue 14's fix: it looked at the leader
+/// only ("Z" = dead), whatever the other threads do.
+pub fn leader_only_liveness(p: ProcId, st: Option<&Stat>) -> Liveness {
+    match st {
+        Some(st) if st.start == p.start && st.state != 'Z' && st.state != 'X' => Liveness::Alive,
+        _ => Liveness::Dead,
+    }
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 14] = [
+    pub const ALL: [Mutation; 15] = [
         Mutation::NoProtectedCheck,
         Mutation::StaleStatusAccepted,
         Mutation::TakeoverAtHalfD,
@@ -71,6 +88,7 @@ impl Mutation {
         Mutation::FirstSightDatedToStart,
         Mutation::KillTimeoutFromNow,
         Mutation::FencedCleanVouchesForAll,
+        Mutation::LeaderExitIsDeath,
     ];
 
     pub fn name(self) -> &'static str {
@@ -91,6 +109,7 @@ impl Mutation {
             Mutation::KillTimeoutFromNow => "kill-timeout-from-now",
             Mutation::FencedCleanVouchesForAll => "fenced-clean-vouches-for-all",
             Mutation::AbandonedAcquireWrites => "abandoned-acquire-writes",
+            Mutation::LeaderExitIsDeath => "leader-exit-is-death",
         }
     }
 

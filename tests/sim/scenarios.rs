@@ -472,3 +472,66 @@ fn an_abandoned_acquire_is_caught_with_the_old_acquire() {
         "h2 must be refused by h1's dead QEMU"
     );
 }
+
+/// Issue 14, item 1: a QEMU whose main thread has exited is not dead.
+/// h1's lockspace turns read-only at 3 s (its renewals fail; its VM's disk
+/// works) and its VM's disk I/O is stuck in the kernel from 3.5 s to 7 s;
+/// h2 keeps trying to start the VM. h1 fences at F: SIGKILL ends the main
+/// thread at once ('Z' in /proc), the I/O thread stays until its write
+/// lands. The fence must wait for the whole process and reset at F + K.
+/// With the old liveness rule (the leader's state) the daemon counted the
+/// QEMU dead right after the kill: the fence completed, the watchdog was
+/// petted again, no reset came, and h2 took the VM over at D while the
+/// stuck write was still to land.
+pub fn zombie_leader_world(mutation: Mutation) -> World {
+    let p = Params::fixed(2, 1, 200, 1000, 400, 600);
+    let mut faults = vec![
+        Fault::LockspaceReadOnly {
+            host: 1,
+            at: 3000 * MS,
+            dur: 6000 * MS,
+        },
+        Fault::QemuStuck {
+            vm: 0,
+            at: 3500 * MS,
+            dur: 3500 * MS,
+        },
+    ];
+    for i in 0..20 {
+        faults.push(Fault::RogueStart {
+            vm: 0,
+            host: 2,
+            at: (4000 + 200 * i) * MS,
+        });
+    }
+    World::custom_mutated(21, p, faults, &[0, 1500 * MS], true, true, mutation)
+}
+
+/// The whole thread group decides: h1 resets, nobody writes twice.
+#[test]
+fn a_killed_qemu_with_io_in_flight_is_alive_until_its_last_thread_exits() {
+    let mut w = zombie_leader_world(Mutation::None);
+    w.keep_going = true;
+    w.run_until(10_000 * MS);
+    print_trace(&w);
+    assert!(w.violations.is_empty(), "{}", w.violations[0]);
+    assert!(w
+        .trace
+        .iter()
+        .any(|l| l.contains("h1") && l.contains("RESET")));
+}
+
+/// The old rule (the mutation `leader-exit-is-death`) fails it.
+#[test]
+fn leader_exit_taken_for_death_is_caught() {
+    let mut w = zombie_leader_world(Mutation::LeaderExitIsDeath);
+    w.keep_going = true;
+    w.run_until(10_000 * MS);
+    print_trace(&w);
+    let kinds: Vec<&str> = w.violations.iter().map(|v| v.invariant).collect();
+    assert!(kinds.contains(&"safe-takeover"), "{kinds:?}");
+    assert!(!w
+        .trace
+        .iter()
+        .any(|l| l.contains("h1") && l.contains("RESET")));
+}

@@ -176,13 +176,18 @@ fn start(sh: &Shared, v: usize, h: usize, stats: &Mutex<Stats>) -> bool {
     let inc = sh.next_inc.fetch_add(1, Ordering::SeqCst);
     let disk = sh.disk_path(h, v);
     let disabled = sh.fencing_disabled.load(Ordering::SeqCst);
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         disk.display().to_string(),
         (h + 1).to_string(),
         v.to_string(),
         inc.to_string(),
         WRITE_INTERVAL_MS.to_string(),
     ];
+    if inc % 2 == 1 {
+        // Every other instance writes on after its main thread (the
+        // registered pid) has exited: a zombie leader is not a dead QEMU.
+        args.push("leader-exits".into());
+    }
     let argv: Vec<CString> = if disabled {
         // The registered "QEMU" is not the writer: the writer escapes the
         // daemon's kill (fencing disabled).

@@ -133,7 +133,7 @@ pub fn c_helper(name: &str) -> PathBuf {
     let out = dir.join(name);
     let tmp = dir.join(format!(".{name}.{}", std::process::id()));
     let o = Command::new("cc")
-        .args(["-O2", "-Wall", "-o"])
+        .args(["-O2", "-Wall", "-pthread", "-o"])
         .arg(&tmp)
         .arg(&src)
         .output()

@@ -11,9 +11,26 @@ use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestR
 
 use crate::alloc;
 
-/// Wall time one case may take, generous for a debug build on a loaded
-/// 2-core machine; an endless loop or a quadratic blow-up exceeds it.
+/// CPU time one case may take on its own thread, generous for a debug
+/// build; an endless loop or a quadratic blow-up exceeds it. CPU time, not
+/// wall time: other processes on a loaded machine cannot make a linear
+/// decode look slow.
 pub const CASE_TIME: Duration = Duration::from_secs(2);
+
+/// This thread's CPU time (user + system) from /proc/thread-self/stat, in
+/// clock ticks of 10 ms (fields 14 and 15, after the command name).
+fn thread_cpu() -> Duration {
+    let text =
+        std::fs::read_to_string("/proc/thread-self/stat").expect("read /proc/thread-self/stat");
+    let rest = &text[text.rfind(')').expect("stat has a command name") + 1..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().expect("numeric utime/stime"))
+        .collect();
+    Duration::from_millis((f[0] + f[1]) * 10)
+}
 
 /// Heap one decode may take beyond its input: a small multiple of the
 /// input plus a constant. A length field trusted as an allocation size
@@ -71,13 +88,13 @@ pub fn fuzz<S: Strategy>(
 pub fn bounded<T>(what: &str, input_len: usize, f: impl FnOnce() -> T) -> Result<T, TestCaseError> {
     let base = alloc::live();
     alloc::reset_peak();
-    let start = Instant::now();
+    let start = thread_cpu();
     let out = f();
-    let took = start.elapsed();
+    let took = thread_cpu().saturating_sub(start);
     let peak = alloc::peak_since_reset(base);
     if took > CASE_TIME {
         return Err(TestCaseError::fail(format!(
-            "{what}: {} ms on {input_len} bytes of input (bound {} ms)",
+            "{what}: {} ms of CPU on {input_len} bytes of input (bound {} ms)",
             took.as_millis(),
             CASE_TIME.as_millis()
         )));

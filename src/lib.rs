@@ -11,6 +11,7 @@
 pub mod checksum;
 pub mod clock;
 pub mod codec;
+pub mod collision;
 pub mod config;
 pub mod deadline;
 pub mod detach;

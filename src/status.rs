@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::checksum::crc32c;
 use crate::codec;
+use crate::collision::Identities;
 use crate::config::{secs, Config};
 use crate::error::{Error, Result};
 use crate::hosts::{HostState, Slot};
@@ -32,8 +33,12 @@ pub struct PeerView {
     pub boot_id: String,
     pub counter: u64,
     pub state: Option<HostState>,
-    /// The host's own host_dead_timeout from its last valid record.
+    /// The host's own host_dead_timeout from its last valid record (the
+    /// largest of its writers' while a collision is flagged).
     pub dead_timeout_ms: u64,
+    /// Two machines were seen taking turns writing this slot (who); empty
+    /// when not. Takeover rule 2 never applies to such a slot.
+    pub collision: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +142,7 @@ impl Status {
             w.field(
                 "peer",
                 format!(
-                    "{} {:08x} {} {} {} {} {} {} {}",
+                    "{} {:08x} {} {} {} {} {} {} {} {}",
                     p.host_id,
                     p.fingerprint,
                     p.last_change_ms,
@@ -154,7 +159,12 @@ impl Status {
                     }),
                     p.counter,
                     p.state.map(HostState::as_str).unwrap_or("-"),
-                    p.dead_timeout_ms
+                    p.dead_timeout_ms,
+                    codec::encode(if p.collision.is_empty() {
+                        "-"
+                    } else {
+                        &p.collision
+                    })
                 ),
             );
         }
@@ -178,7 +188,7 @@ impl Status {
         let mut peers = Vec::new();
         for line in f.all("peer") {
             let p: Vec<&str> = line.split(' ').collect();
-            if p.len() != 9 {
+            if p.len() != 9 && p.len() != 10 {
                 return Err(format!("bad peer line '{line}'"));
             }
             let n = |i: usize| {
@@ -206,6 +216,10 @@ impl Status {
                     s => Some(s.parse()?),
                 },
                 dead_timeout_ms: n(8)?,
+                collision: match p.get(9) {
+                    Some(c) => dash(codec::decode(c)?),
+                    None => String::new(),
+                },
             });
         }
         Ok(Status {
@@ -389,6 +403,8 @@ pub struct Observer {
     pub since_ms: u64,
     read_once: bool,
     seen: BTreeMap<u16, PeerView>,
+    /// Who wrote each slot, to notice two machines taking turns.
+    writers: BTreeMap<u16, Identities>,
 }
 
 impl Observer {
@@ -397,6 +413,7 @@ impl Observer {
             since_ms: now_ms,
             seen: BTreeMap::new(),
             read_once: false,
+            writers: BTreeMap::new(),
         }
     }
 
@@ -427,6 +444,18 @@ impl Observer {
                 Some(_) => now_ms,
             };
             let prev_dead = prev.map(|p| p.dead_timeout_ms).unwrap_or(0);
+            let ids = self.writers.entry(host_id).or_default();
+            ids.settle(now_ms, prev_dead);
+            if changed && ids.see(now_ms, slot) {
+                log::error!(
+                    "host id {host_id} collision: {}; two machines use this host id. \
+                     Takeover rule 2 (rebooted) no longer applies to its leases",
+                    ids.collision.as_deref().unwrap_or("")
+                );
+            }
+            let collision = ids.collision.clone().unwrap_or_default();
+            // While flagged, the largest D of its writers applies.
+            let flagged_dead = if collision.is_empty() { 0 } else { prev_dead };
             let view = match slot {
                 Slot::Record(r) => PeerView {
                     host_id,
@@ -437,7 +466,8 @@ impl Observer {
                     boot_id: r.boot_id.clone(),
                     counter: r.counter,
                     state: Some(r.state),
-                    dead_timeout_ms: r.timing.host_dead_timeout,
+                    dead_timeout_ms: r.timing.host_dead_timeout.max(flagged_dead),
+                    collision,
                 },
                 Slot::Empty | Slot::Corrupt(_) => {
                     let (kind, keep) = if matches!(slot, Slot::Empty) {
@@ -455,6 +485,7 @@ impl Observer {
                         counter: keep.map(|p| p.counter).unwrap_or(0),
                         state: None,
                         dead_timeout_ms: prev_dead,
+                        collision,
                     }
                 }
             };

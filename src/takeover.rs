@@ -7,7 +7,11 @@
 //!    holder host's boot clock - a record read before the host cleared its
 //!    fence (or while a read still shows the previous version) says
 //!    nothing about a QEMU started after the clear;
-//! 2. the holder's host record shows a different boot id (it rebooted);
+//! 2. the holder's host record shows a different boot id (it rebooted) -
+//!    unless that record has not finished its claim (counter 0: a machine
+//!    that may yet find the id in use), or this host's watchdog has seen
+//!    two machines take turns writing the slot (a host id collision:
+//!    another boot id there proves nothing about the holder, `collision`);
 //! 3. the holder is this host and that QEMU process is gone (pid + start);
 //! 4. this host's watchdog has observed the holder's record unchanged for at
 //!    least the holder's `host_dead_timeout` on its own monotonic clock -
@@ -94,12 +98,43 @@ pub struct Judge<'a> {
 }
 
 impl Judge<'_> {
+    /// Why rule 2 must not free `h` although its slot shows another boot
+    /// (None: it may).
+    fn rule2_blocked(&self, h: &Holder, r: &hosts::HostRecord) -> Option<String> {
+        if let Some(c) = self
+            .view
+            .and_then(|v| v.peer(h.host_id))
+            .filter(|p| !p.collision.is_empty())
+        {
+            return Some(format!(
+                "host id {} collision: {}; its slot showing boot {} says nothing about the holder \
+                 (boot {}); held until the slot is silent for host_dead_timeout",
+                h.host_id,
+                c.collision,
+                crate::collision::short(&r.boot_id),
+                crate::collision::short(&h.boot_id)
+            ));
+        }
+        if r.counter == crate::collision::CLAIM_COUNTER {
+            return Some(format!(
+                "host '{}' (boot {}) is still claiming host id {}: it may find the id in use by the holder",
+                r.host_name,
+                crate::collision::short(&r.boot_id),
+                h.host_id
+            ));
+        }
+        None
+    }
+
     /// Judges one holder given the holder host's slot, read *now* under the
     /// lease's record lock (raw bytes).
     pub fn judge(&self, h: &Holder, raw_slot: &[u8]) -> Verdict {
         let slot = hosts::decode_slot(h.host_id, raw_slot);
         if let Slot::Record(r) = &slot {
             if r.boot_id != h.boot_id {
+                if let Some(held) = self.rule2_blocked(h, r) {
+                    return Verdict::Held(held);
+                }
                 return Verdict::Free(FreeBecause::Rebooted {
                     now: r.boot_id.clone(),
                 });

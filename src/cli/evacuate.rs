@@ -208,6 +208,9 @@ pub fn decide(ctx: &Ctx, t: &Table, records: &Records, id: u16) -> Answer {
                 hv.reason()
             );
         }
+        HostVerdict::Collision(w) => {
+            a.answer = format!("no: {who}: host id collision: {w}");
+        }
     }
     a
 }

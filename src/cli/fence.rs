@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::json::Json;
 use super::{exit, load, print_json, Opts};
 use crate::clock::boottime_ms;
-use crate::daemon::fence::load_marker;
+use crate::daemon::fence::{load_marker, Cause};
 use crate::error::Error;
 use crate::status::Status;
 
@@ -41,9 +41,29 @@ pub fn clear(opts: &Opts) -> i32 {
         let e = Error::io("write", &req, e);
         return report(exit::NO, false, Some(cause.as_str()), e.to_string());
     }
+    // A host id collision is cleared by claiming the slot again, as at
+    // start: watching it for up to host_dead_timeout, then the claim wait.
+    let collision = cause == Cause::HostIdCollision;
+    let wait_ms = if collision {
+        let t = &cfg.timing;
+        WAIT_MS
+            + t.host_dead_timeout
+            + crate::collision::claim_wait_ms(cfg.io_timeout, t.renew_interval, None)
+            + 2 * t.renew_interval
+    } else {
+        WAIT_MS
+    };
+    if collision && !opts.json {
+        println!(
+            "re-claiming host id {}: this takes up to {} while the daemon makes sure no other machine writes its slot",
+            cfg.host_id.unwrap_or(0),
+            crate::config::secs(wait_ms - WAIT_MS)
+        );
+    }
     let start = boottime_ms();
     let mut consumed_at = None;
-    while boottime_ms() - start < WAIT_MS {
+    let mut why = String::new();
+    while boottime_ms() - start < wait_ms {
         if load_marker(&cfg.state_dir).is_none() {
             return report(
                 exit::OK,
@@ -62,12 +82,14 @@ pub fn clear(opts: &Opts) -> i32 {
             consumed_at = Some(boottime_ms());
         }
         if let Some(t) = consumed_at {
-            let written = Status::read(&cfg.state_dir)
-                .ok()
-                .flatten()
-                .map(|s| s.written_ms)
-                .unwrap_or(0);
-            if written > t && load_marker(&cfg.state_dir).is_some() {
+            let st = Status::read(&cfg.state_dir).ok().flatten();
+            let written = st.as_ref().map(|s| s.written_ms).unwrap_or(0);
+            let reason = st.map(|s| s.reason).unwrap_or_default();
+            let reclaiming = collision && reason.contains("re-claiming");
+            if written > t && load_marker(&cfg.state_dir).is_some() && !reclaiming {
+                if let Some((_, w)) = reason.split_once("fence not cleared: ") {
+                    why = format!(": {w}");
+                }
                 break;
             }
         }
@@ -79,7 +101,7 @@ pub fn clear(opts: &Opts) -> i32 {
         false,
         Some(cause.as_str()),
         format!(
-            "the fence was not cleared: {} still holds, or the watchdog daemon is not running",
+            "the fence was not cleared: {} still holds, or the watchdog daemon is not running{why}",
             cause.describe()
         ),
     )

@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use super::json::Json;
-use super::view::{host_verdict, Silence};
+use super::view::{host_verdict, HostVerdict, Silence};
 use super::{cell, exit, fail, open, print_json, table, Opts};
 use crate::config::secs;
 use crate::hosts::Slot;
@@ -35,6 +35,10 @@ pub fn run(opts: &Opts) -> i32 {
             ),
             Slot::Corrupt(why) => ("?".into(), format!("CORRUPT ({why})"), String::new(), None),
             Slot::Empty => unreachable!("skipped above"),
+        };
+        let state = match &v {
+            HostVerdict::Collision(_) => format!("COLLISION ({state})"),
+            _ => state,
         };
         let silent_text = match silence {
             Silence::Unknown => "?".into(),

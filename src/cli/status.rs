@@ -51,14 +51,34 @@ fn read_shared(cfg: &Config, me: Option<u16>, boot: &str, entries: &[Entry]) -> 
         .collect();
     let n: usize = keys.iter().map(|(_, k)| k.len()).sum();
     let boot = boot.to_string();
+    let my_name = cfg
+        .host_name
+        .clone()
+        .unwrap_or_else(crate::process::hostname);
+    let refused = crate::collision::load_refusal(&cfg.state_dir);
+    let joined = Status::read(&cfg.state_dir)
+        .ok()
+        .flatten()
+        .is_some_and(|st| st.boot_id == boot && st.last_renewal_ms > 0);
     deadline::run(
         cfg.io_timeout + n as u64 * 10,
         "read this host's leases",
         &dir.clone(),
         move || {
             let ls = Lockspace::open(&dir)?;
-            let (host_name, host_state) = match me.map(|id| ls.read_host(id)).transpose()? {
-                Some(Slot::Record(r)) => (Some(r.host_name), Some(r.state.to_string())),
+            let own = me.map(|id| ls.read_host(id)).transpose()?;
+            let not_ours = own
+                .as_ref()
+                .and_then(|s| crate::collision::not_ours(s, &my_name, &boot, joined))
+                .or(refused);
+            let (host_name, host_state) = match own {
+                Some(Slot::Record(r)) => (
+                    Some(r.host_name),
+                    Some(match not_ours {
+                        Some(c) => format!("COLLISION: {c}"),
+                        None => r.state.to_string(),
+                    }),
+                ),
                 Some(Slot::Corrupt(why)) => (None, Some(format!("corrupt ({why})"))),
                 Some(Slot::Empty) | None => (None, None),
             };

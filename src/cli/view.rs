@@ -288,6 +288,9 @@ pub enum HostVerdict {
     Unwatched {
         silent: u64,
     },
+    /// Two machines use its host id (who): nothing its slot says can be
+    /// trusted for one of them; evacuate nothing.
+    Collision(String),
 }
 
 impl HostVerdict {
@@ -299,6 +302,7 @@ impl HostVerdict {
             HostVerdict::NotYet { .. } => "not-yet",
             HostVerdict::Unknown(_) => "unknown",
             HostVerdict::Unwatched { .. } => "no-watchdog",
+            HostVerdict::Collision(_) => "collision",
         }
     }
 
@@ -316,6 +320,7 @@ impl HostVerdict {
             HostVerdict::ThisHost => "this host".into(),
             HostVerdict::Alive(s) => format!("{s}, renewing"),
             HostVerdict::Safe(w) | HostVerdict::Unknown(w) => w.clone(),
+            HostVerdict::Collision(w) => format!("host id collision: {w}"),
             HostVerdict::NotYet { silent, dead } => format!(
                 "silent {} of host_dead_timeout {}",
                 secs(*silent),
@@ -351,12 +356,16 @@ impl HostVerdict {
                 "no watchdog: silent {}; do not evacuate until fenced-clean or rebooted",
                 secs(*silent)
             ),
+            HostVerdict::Collision(w) => format!("host id collision: do not evacuate ({w})"),
         }
     }
 }
 
 pub fn host_verdict(ctx: &Ctx, t: &Table, host_id: u16) -> HostVerdict {
     let slot = t.slot(host_id);
+    if let Some(c) = collision(ctx, t, host_id) {
+        return HostVerdict::Collision(c);
+    }
     let state = slot.record().map(|r| r.state);
     match state {
         Some(HostState::FencedClean) => return HostVerdict::Safe("fenced-clean".into()),
@@ -395,4 +404,27 @@ pub fn host_verdict(ctx: &Ctx, t: &Table, host_id: u16) -> HostVerdict {
         )),
         Silence::Silent(ms) => HostVerdict::NotYet { silent: ms, dead },
     }
+}
+
+/// A host id collision known here: this host's daemon saw two machines
+/// take turns on the slot, or the slot of this host's own id holds another
+/// machine's record.
+pub fn collision(ctx: &Ctx, t: &Table, host_id: u16) -> Option<String> {
+    if let Some(p) = ctx
+        .view
+        .as_ref()
+        .and_then(|v| v.peer(host_id))
+        .filter(|p| !p.collision.is_empty())
+    {
+        return Some(p.collision.clone());
+    }
+    if ctx.cfg.host_id == Some(host_id) {
+        if let Some(why) = crate::collision::load_refusal(&ctx.cfg.state_dir) {
+            return Some(why);
+        }
+        let me = ctx.cfg.host_name.clone().unwrap_or_else(process::hostname);
+        let joined = ctx.view.as_ref().is_some_and(|v| v.last_renewal_ms > 0);
+        return crate::collision::not_ours(t.slot(host_id), &me, &ctx.boot_id, joined);
+    }
+    None
 }

@@ -13,6 +13,7 @@ pub mod fence;
 pub mod lockspace_wait;
 pub mod probes;
 pub mod reaper;
+pub mod renew;
 pub mod signals;
 pub mod softdog;
 pub mod watchdog;
@@ -24,9 +25,10 @@ use std::sync::{Arc, Mutex};
 use log::{error, info, warn, LevelFilter};
 
 use crate::clock::boottime_ms;
+use crate::collision::CLAIM_COUNTER;
 use crate::config::{self, secs, Config, ResetAction};
 use crate::error::{Error, Result};
-use crate::hosts::{self, HostRecord, HostState, SLOT_SIZE};
+use crate::hosts::{self, HostRecord, HostState};
 use crate::lockspace::Lockspace;
 use crate::process;
 use crate::status::{NetView, Observer, Status};
@@ -119,11 +121,26 @@ fn load_and_run(path: &Path) -> i32 {
     }
 }
 
+/// A request to the renewal thread: the records our slot may hold, and
+/// the record to write when it holds one of them (`None`: only read).
+struct RenewReq {
+    expect: Vec<Vec<u8>>,
+    rec: Option<HostRecord>,
+    issued_ms: u64,
+}
+
 /// Result of one renewal on the storage thread.
 struct Renewed {
     issued_ms: u64,
-    result: Result<(Vec<u8>, bool)>,
+    /// The encoded record it was asked to write.
+    written: Option<Vec<u8>>,
+    result: Result<renew::RenewIo>,
 }
+
+/// At most this many records the slot may hold while writes fail (each
+/// may or may not have landed); more means renewals failed for far longer
+/// than F and the host has fenced anyway.
+const MAX_EXPECT: usize = 32;
 
 pub struct Daemon {
     cfg: Config,
@@ -137,8 +154,10 @@ pub struct Daemon {
     last_renewal_ms: u64,
     renew_inflight: Option<u64>,
     next_renew_ms: u64,
-    last_written: Vec<u8>,
-    renew_tx: Sender<(HostRecord, u64)>,
+    /// The records our slot may hold: the one we wrote last, and those
+    /// whose write failed after it (they may have landed).
+    expect: Vec<Vec<u8>>,
+    renew_tx: Sender<RenewReq>,
     renew_rx: Receiver<Renewed>,
     observer: Observer,
     fence: Fence,
@@ -147,9 +166,19 @@ pub struct Daemon {
     host: Box<dyn HostActions>,
     nets: Vec<NetState>,
     probe_out: Arc<Mutex<Vec<(&'static str, Round)>>>,
+    /// Another machine wrote our slot: we write it no more until a
+    /// re-claim (`vmlease clear-fence`) succeeds.
     collision: bool,
     /// Why the lockspace is not really shared (allow_local_lockspace).
     local_lockspace: Option<String>,
+    collision_msg: String,
+    /// A re-claim of the slot after a collision, driven by table reads.
+    reclaim: Option<claim::Claim>,
+    /// What the last re-claim said (for the status).
+    reclaim_note: String,
+    /// A re-claim succeeded: clear the fence once a renewal confirms it.
+    clear_after_renewal: bool,
+    clear_ready: bool,
     reset_done: bool,
     last_state: HostState,
     last_renew_error: String,
@@ -201,15 +230,41 @@ impl Daemon {
                 )),
             ));
         }
-        let own = claim::claim(
+        // After a collision fence, even our own record of this boot gets
+        // the claim delay: the other machine may still be about.
+        let careful = fence::load_marker(&cfg.state_dir) == Some(fence::Cause::HostIdCollision);
+        let incarnation = process::random_u64();
+        let (own, written) = claim::claim(
             &ls,
-            host_id,
-            &host_name,
-            &boot_id,
-            cfg.timing.host_dead_timeout,
+            claim::Claim::new(
+                host_id,
+                &host_name,
+                &boot_id,
+                cfg.timing.host_dead_timeout,
+                cfg.io_timeout,
+                cfg.timing.renew_interval,
+                careful,
+            ),
             cfg.io_timeout,
+            || {
+                host_record(
+                    &cfg,
+                    host_id,
+                    &host_name,
+                    &boot_id,
+                    incarnation,
+                    CLAIM_COUNTER,
+                    HostState::Live,
+                )
+            },
         )
-        .map_err(|e| (exit::LOCKSPACE, e))?;
+        .map_err(|e| {
+            if matches!(e, Error::Config(_)) {
+                crate::collision::store_refusal(&cfg.state_dir, Some(&e.to_string()));
+            }
+            (exit::LOCKSPACE, e)
+        })?;
+        crate::collision::store_refusal(&cfg.state_dir, None);
         // A restart on the same boot continues the fence clock of the
         // daemon before it, from our own record as the claim read it
         // (fence::clock_start, KB1).
@@ -272,7 +327,7 @@ impl Daemon {
         info!("watchdog: {}", watchdog.describe());
         try_realtime();
 
-        let (renew_tx, renew_rx) = spawn_renewer(ls.clone());
+        let (renew_tx, renew_rx) = spawn_renewer(ls.clone(), host_id);
         let reaper = Reaper::new(&cfg, ls.clone(), host_id, &boot_id);
         let nets = vec![
             NetState::new("storage", cfg.storage.clone()),
@@ -312,13 +367,13 @@ impl Daemon {
             host_id,
             host_name,
             boot_id,
-            incarnation: process::random_u64(),
-            counter: 0,
+            incarnation,
+            counter: CLAIM_COUNTER,
             started_ms: fence_clock,
             last_renewal_ms: 0,
             renew_inflight: None,
             next_renew_ms: now,
-            last_written: Vec::new(),
+            expect: vec![written],
             renew_tx,
             renew_rx,
             observer: Observer::new(now),
@@ -332,6 +387,11 @@ impl Daemon {
             probe_out,
             collision: false,
             local_lockspace: placement.local,
+            collision_msg: String::new(),
+            reclaim: None,
+            reclaim_note: String::new(),
+            clear_after_renewal: false,
+            clear_ready: false,
             reset_done: false,
             last_state: HostState::Live,
             last_renew_error: String::new(),
@@ -343,18 +403,15 @@ impl Daemon {
     }
 
     fn record(&self, state: HostState) -> HostRecord {
-        HostRecord {
-            host_id: self.host_id,
-            host_name: self.host_name.clone(),
-            boot_id: self.boot_id.clone(),
-            incarnation: self.incarnation,
-            counter: self.counter,
+        host_record(
+            &self.cfg,
+            self.host_id,
+            &self.host_name,
+            &self.boot_id,
+            self.incarnation,
+            self.counter,
             state,
-            timing: self.cfg.timing,
-            unsafe_no_watchdog: self.cfg.unsafe_no_watchdog,
-            mono_ms: boottime_ms(),
-            wall: crate::clock::SystemClock.wall_secs(),
-        }
+        )
     }
 
     /// The main loop; returns the exit code.
@@ -383,7 +440,7 @@ impl Daemon {
 
             let mgmt_lost = self.nets[1].lost(now);
             let service_lost = self.nets[2].lost(now);
-            let clear = self.take_clear_request();
+            let clear = self.clear_input();
             let mut inputs = Inputs {
                 now,
                 last_renewal: self.last_renewal_ms,
@@ -469,13 +526,98 @@ impl Daemon {
         if self.renew_inflight.is_some() || now < self.next_renew_ms {
             return;
         }
-        self.counter += 1;
-        let rec = self.record(state);
-        self.last_written = rec.encode();
-        if self.renew_tx.send((rec, now)).is_ok() {
+        self.next_renew_ms = now + self.cfg.timing.renew_interval;
+        // After a collision the slot is not ours: read the table only (to
+        // observe the others, and for a re-claim), write nothing - unless
+        // the re-claim asks for its claim write.
+        let rec = if self.collision {
+            match self.reclaim.as_mut().map(|c| c.pending_write()) {
+                Some(Some(expect)) => {
+                    self.expect = vec![expect];
+                    self.counter = CLAIM_COUNTER;
+                    Some(self.record(HostState::Live))
+                }
+                _ => None,
+            }
+        } else {
+            self.counter += 1;
+            Some(self.record(state))
+        };
+        let req = RenewReq {
+            expect: self.expect.clone(),
+            rec,
+            issued_ms: now,
+        };
+        if self.renew_tx.send(req).is_ok() {
             self.renew_inflight = Some(now);
         }
-        self.next_renew_ms = now + self.cfg.timing.renew_interval;
+    }
+
+    /// The clear request as the fence sees it. A collision fence is cleared
+    /// only through a new claim of the slot (`claim::Claim`, the same rules
+    /// as at start): the request starts one, and the fence hears "clear"
+    /// once the claim has succeeded and a renewal confirmed it.
+    fn clear_input(&mut self) -> bool {
+        let asked = self.take_clear_request();
+        if std::mem::take(&mut self.clear_ready) {
+            self.reclaim_note.clear();
+            return true;
+        }
+        if asked && self.collision {
+            if self.reclaim.is_none() {
+                info!(
+                    "host id {}: re-claiming the slot before clearing the collision fence",
+                    self.host_id
+                );
+                self.reclaim_note = "re-claiming the host id".into();
+                self.reclaim = Some(claim::Claim::new(
+                    self.host_id,
+                    &self.host_name,
+                    &self.boot_id,
+                    self.cfg.timing.host_dead_timeout,
+                    self.cfg.io_timeout,
+                    self.cfg.timing.renew_interval,
+                    true,
+                ));
+                // Read the slot at once.
+                self.next_renew_ms = 0;
+            }
+            return false;
+        }
+        asked
+    }
+
+    /// Feeds a re-claim with our slot as read at `now`.
+    fn step_reclaim(&mut self, now: u64, own: &[u8], wrote: Option<Vec<u8>>) {
+        let Some(c) = self.reclaim.as_mut() else {
+            return;
+        };
+        let step = match wrote {
+            Some(rec) => c.wrote(now, rec),
+            None => c.step(now, own),
+        };
+        match step {
+            claim::ClaimStep::ReadAt(at) => self.next_renew_ms = at,
+            claim::ClaimStep::Write { .. } => self.next_renew_ms = 0,
+            claim::ClaimStep::Joined => {
+                info!(
+                    "host id {}: slot claimed again; the collision is over",
+                    self.host_id
+                );
+                self.reclaim = None;
+                self.reclaim_note =
+                    "re-claiming the host id: claimed; clearing at the next renewal".into();
+                self.collision = false;
+                self.collision_msg.clear();
+                self.clear_after_renewal = true;
+                self.next_renew_ms = 0;
+            }
+            claim::ClaimStep::Refused(why) => {
+                warn!("fence not cleared: {why}");
+                self.reclaim = None;
+                self.reclaim_note = format!("fence not cleared: {why}");
+            }
+        }
     }
 
     fn collect_renewal(&mut self, now: u64) {
@@ -484,28 +626,55 @@ impl Daemon {
                 Ok(r) => {
                     self.renew_inflight = None;
                     match r.result {
-                        Ok((raw, _)) => {
-                            let off = (self.host_id as usize - 1) * SLOT_SIZE;
-                            let mine = &raw[off..off + SLOT_SIZE];
-                            if mine != self.last_written.as_slice() {
-                                // Someone else wrote our slot between our
-                                // write and our read.
+                        Ok(io) => {
+                            let raw = io.table;
+                            let own = renew::own_slot(&raw, self.host_id);
+                            let written = r.written.clone().unwrap_or_default();
+                            if self.reclaim.is_some() {
+                                // A re-claim's read, its claim write, or the
+                                // claim write refused (the slot changed).
+                                if io.wrote {
+                                    self.expect = vec![written.clone()];
+                                    self.step_reclaim(now, &own, Some(written));
+                                } else {
+                                    self.step_reclaim(now, &own, None);
+                                }
+                            } else if let Some(c) = io.collision {
                                 if !self.collision {
-                                    error!("host id {} collision: the slot holds {:?} right after our write", self.host_id,
-                                        hosts::decode_slot(self.host_id, mine).record().map(|r| r.host_name.clone()));
+                                    error!(
+                                        "{c}; this host ('{}', boot {}) fences and stops writing the slot; \
+                                         give one of the machines another host_id, then run 'vmlease clear-fence'",
+                                        self.host_name,
+                                        crate::collision::short(&self.boot_id)
+                                    );
+                                    self.collision_msg = c.to_string();
                                 }
                                 self.collision = true;
-                            } else {
+                            } else if io.wrote {
                                 if self.last_renewal_ms == 0 || !self.last_renew_error.is_empty() {
                                     info!("liveness lease renewed (counter {})", self.counter);
                                     self.last_renew_error.clear();
                                 }
                                 self.last_renewal_ms = r.issued_ms;
+                                self.expect = vec![written];
+                                if self.clear_after_renewal {
+                                    self.clear_after_renewal = false;
+                                    self.clear_ready = true;
+                                }
                             }
                             let slots = hosts::decode_table(&raw);
                             self.observer.update(now, &raw, &slots);
                         }
                         Err(e) => {
+                            // A write that failed may have landed.
+                            if let Some(w) = r.written {
+                                if !self.expect.contains(&w) {
+                                    self.expect.push(w);
+                                }
+                                if self.expect.len() > MAX_EXPECT {
+                                    self.expect.remove(0);
+                                }
+                            }
                             let msg = e.to_string();
                             if msg != self.last_renew_error {
                                 warn!("renewal failed: {msg}");
@@ -567,7 +736,14 @@ impl Daemon {
         let reason = match &self.fence.phase {
             Phase::Healthy => self.last_renew_error.clone(),
             Phase::Fencing { cause, .. } | Phase::Fenced { cause, .. } | Phase::Reset { cause } => {
-                cause.describe().to_string()
+                let mut r = cause.describe().to_string();
+                if *cause == fence::Cause::HostIdCollision && !self.collision_msg.is_empty() {
+                    r = format!("{r}: {}", self.collision_msg);
+                }
+                if !self.reclaim_note.is_empty() {
+                    r = format!("{r}; {}", self.reclaim_note);
+                }
+                r
             }
         };
         let st = Status {
@@ -667,18 +843,45 @@ impl Daemon {
     }
 }
 
-fn spawn_renewer(ls: Lockspace) -> (Sender<(HostRecord, u64)>, Receiver<Renewed>) {
-    let (tx, rx) = mpsc::channel::<(HostRecord, u64)>();
+/// One liveness record of this host.
+fn host_record(
+    cfg: &Config,
+    host_id: u16,
+    host_name: &str,
+    boot_id: &str,
+    incarnation: u64,
+    counter: u64,
+    state: HostState,
+) -> HostRecord {
+    HostRecord {
+        host_id,
+        host_name: host_name.to_string(),
+        boot_id: boot_id.to_string(),
+        incarnation,
+        counter,
+        state,
+        timing: cfg.timing,
+        unsafe_no_watchdog: cfg.unsafe_no_watchdog,
+        mono_ms: boottime_ms(),
+        wall: crate::clock::SystemClock.wall_secs(),
+    }
+}
+
+fn spawn_renewer(ls: Lockspace, host_id: u16) -> (Sender<RenewReq>, Receiver<Renewed>) {
+    let (tx, rx) = mpsc::channel::<RenewReq>();
     let (rtx, rrx) = mpsc::channel::<Renewed>();
     std::thread::Builder::new()
         .name("vmlease-renew".into())
         .spawn(move || {
-            for (rec, issued_ms) in rx {
-                let result = ls
-                    .write_host(&rec)
-                    .and_then(|()| ls.read_hosts_raw())
-                    .map(|raw| (raw, true));
-                if rtx.send(Renewed { issued_ms, result }).is_err() {
+            for req in rx {
+                let result = renew::renew_io(&ls, host_id, &req.expect, req.rec.as_ref());
+                let written = req.rec.as_ref().map(HostRecord::encode);
+                let done = Renewed {
+                    issued_ms: req.issued_ms,
+                    written,
+                    result,
+                };
+                if rtx.send(done).is_err() {
                     return;
                 }
             }

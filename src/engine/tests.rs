@@ -189,6 +189,86 @@ fn rule2_reboot_frees_at_once() {
     );
 }
 
+/// Issue 14, item 2: a claim that has not finished (counter 0) is no
+/// reboot: it may be a second machine with the same host id that is about
+/// to find the id in use.
+#[test]
+fn rule2_ignores_a_claim_record() {
+    let w = World::new("claim");
+    let disk = Resource::disk("/images/a", false);
+    w.engine(1, Some(w.view(1, &[0], 0)))
+        .acquire(&disk, &holder(1, 10, "web"), None)
+        .unwrap();
+    w.ls.write_host(&record(1, "boot-clone", 0, HostState::Live))
+        .unwrap();
+    let b = w.engine(2, Some(w.view(2, &[0], 0)));
+    let e = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap_err();
+    assert!(e.to_string().contains("still claiming host id 1"), "{e}");
+    // Once the claim is confirmed (first renewal), it is a reboot.
+    w.ls.write_host(&record(1, "boot-clone", 1, HostState::Live))
+        .unwrap();
+    let got = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap();
+    assert!(
+        got.took_over[0].1.contains("rebooted"),
+        "{:?}",
+        got.took_over
+    );
+}
+
+/// Issue 14, item 2: two machines taking turns on one slot, as this host's
+/// daemon observed them: rule 2 is off for that slot until one writer has
+/// been alone on it for D.
+#[test]
+fn rule2_is_off_for_a_slot_two_machines_take_turns_on() {
+    let w = World::new("turns");
+    let disk = Resource::disk("/images/a", false);
+    w.engine(1, Some(w.view(1, &[0], 0)))
+        .acquire(&disk, &holder(1, 10, "web"), None)
+        .unwrap();
+    let mut clone = record(1, "boot-clone", 1, HostState::Live);
+    clone.host_name = "clone.test".into();
+    let mut obs = Observer::new(0);
+    let feed = |t: u64, rec: &HostRecord, obs: &mut Observer| {
+        w.ls.write_host(rec).unwrap();
+        let raw = std::fs::read(w.ls.hosts_path()).unwrap();
+        obs.update(t, &raw, &crate::hosts::decode_table(&raw));
+    };
+    let mut counter = 1;
+    let own = |c: &mut u64| {
+        *c += 1;
+        record(1, "boot-1", *c, HostState::Live)
+    };
+    feed(0, &own(&mut counter), &mut obs);
+    feed(200, &clone, &mut obs);
+    feed(400, &own(&mut counter), &mut obs);
+    clone.counter += 1;
+    feed(600, &clone, &mut obs);
+    let view = |obs: &Observer, now: u64| {
+        let mut st = w.view(2, &[0], now);
+        st.peers = obs.peers();
+        st.observing_since_ms = 0;
+        st
+    };
+    let peer = obs.get(1).unwrap().clone();
+    assert!(peer.collision.contains("take turns"), "{peer:?}");
+    let b = w.engine(2, Some(view(&obs, 600)));
+    let e = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap_err();
+    assert!(e.to_string().contains("host id 1 collision"), "{e}");
+    // The clone alone for D: the first machine has been silent that long.
+    for t in (800..=600 + D).step_by(200) {
+        clone.counter += 1;
+        feed(t, &clone, &mut obs);
+    }
+    assert_eq!(obs.get(1).unwrap().collision, "");
+    let b = w.engine(2, Some(view(&obs, 600 + D)));
+    let got = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap();
+    assert!(
+        got.took_over[0].1.contains("rebooted"),
+        "{:?}",
+        got.took_over
+    );
+}
+
 #[test]
 fn rule1_fenced_clean_frees_at_once_but_fencing_does_not() {
     let w = World::new("fenced");

@@ -351,3 +351,67 @@ pub fn sh(cmd: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+impl Host {
+    /// A second machine configured with this host's id (a cloned config):
+    /// its own state dir, and host name `name`.
+    pub fn clone_of(&self, s: &Scratch, tag: &str, name: &str) -> Host {
+        let dir = s.0.join(format!("host{}-{tag}", self.id));
+        fs::create_dir_all(&dir).unwrap();
+        let text = fs::read_to_string(&self.conf)
+            .unwrap()
+            .replace(&self.dir.display().to_string(), &dir.display().to_string())
+            .replace(
+                &format!("host_name = \"host-{}.test\"", self.id),
+                &format!("host_name = \"{name}\""),
+            );
+        let conf = dir.join("vmlease.conf");
+        fs::write(&conf, text).unwrap();
+        let cfg = config::load(&conf).unwrap();
+        assert_eq!(cfg.host_name.as_deref(), Some(name));
+        Host {
+            id: self.id,
+            log: dir.join("daemon.log"),
+            dir,
+            conf,
+            cfg,
+            daemon: None,
+        }
+    }
+
+    /// The daemon's exit code, once it has exited.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        let d = self.daemon.as_mut()?;
+        match d.child.try_wait() {
+            Ok(Some(st)) => st.code(),
+            _ => None,
+        }
+    }
+}
+
+/// A wrapper for `Host::spawn` that runs the daemon as another machine:
+/// in a mount namespace of its own where the kernel's boot id file shows
+/// a boot id of its own (written to `dir`).
+pub fn other_machine(dir: &Path) -> Vec<String> {
+    let r = vmlease::process::random_u64();
+    let boot = format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        r as u32,
+        (r >> 32) as u16,
+        (r >> 48) & 0xfff,
+        (r >> 20) & 0xfff,
+        r & 0xffff_ffff_ffff
+    );
+    let file = dir.join("boot_id");
+    fs::write(&file, format!("{boot}\n")).unwrap();
+    vec![
+        "unshare".into(),
+        "-m".into(),
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "mount --bind '{}' /proc/sys/kernel/random/boot_id && exec \"$0\" \"$@\"",
+            file.display()
+        ),
+    ]
+}

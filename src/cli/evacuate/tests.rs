@@ -91,8 +91,8 @@ fn ctx(view: Option<Status>) -> Ctx {
 fn ctx_with(view: Option<Status>, extra: &str) -> Ctx {
     let cfg = config::parse(
         &format!(
-            "host_id = 2\nrenew_interval = 0.2\nrenew_fail_timeout = 1.5\nkill_timeout = 0.5\n\
-             watchdog_timeout = 1\nhost_dead_timeout = 4\n{extra}"
+            "host_id = 2\nhost_name = \"host-2\"\nrenew_interval = 0.2\nrenew_fail_timeout = 1.5\n\
+             kill_timeout = 0.5\nwatchdog_timeout = 1\nhost_dead_timeout = 4\n{extra}"
         ),
         "test.conf",
     )

@@ -121,8 +121,28 @@ pub fn load_refusal(state_dir: &Path) -> Option<String> {
 /// records it may hold - the one we wrote last, and, while the outcome of
 /// a failed write is unknown, the one before it. Anything else was written
 /// by another machine (or damaged): a collision.
+///
+/// One exception: a record of this host name and boot id written by an
+/// earlier daemon (another incarnation). Only this machine has this boot
+/// id, and only one daemon runs per machine (the instance lock), so it is
+/// the previous daemon's last write landing late (a write in flight when
+/// it was killed): not another machine. The next write covers it.
 pub fn check_own(host_id: u16, read: &[u8], expect: &[Vec<u8>]) -> Result<(), Collision> {
     if expect.iter().any(|e| e.as_slice() == read) {
+        return Ok(());
+    }
+    let me = expect
+        .first()
+        .and_then(|e| hosts::decode_slot(host_id, e).record().cloned());
+    let predecessor = match (hosts::decode_slot(host_id, read), me) {
+        (Slot::Record(r), Some(me)) => {
+            r.host_name == me.host_name
+                && r.boot_id == me.boot_id
+                && r.incarnation != me.incarnation
+        }
+        _ => false,
+    };
+    if predecessor {
         Ok(())
     } else {
         Err(Collision {
@@ -264,6 +284,17 @@ mod tests {
         assert!(e.to_string().contains("host id 3 collision"), "{e}");
         // Our own older record (a write that landed late) is not ours now.
         assert!(check_own(3, &a1, std::slice::from_ref(&a2)).is_err());
+        // A record of the daemon before us on this boot (its last write
+        // landing late) is no other machine.
+        let mut pred = rec("a", "boot-a", 40, HostState::Live);
+        pred.incarnation = 2;
+        assert_eq!(
+            check_own(3, &pred.encode(), std::slice::from_ref(&a2)),
+            Ok(())
+        );
+        // Same name, another boot: another machine.
+        let clone = rec("a", "boot-z", 1, HostState::Live).encode();
+        assert!(check_own(3, &clone, std::slice::from_ref(&a2)).is_err());
         // Nor is an empty or damaged slot.
         assert!(check_own(3, &[0u8; hosts::SLOT_SIZE], std::slice::from_ref(&a2)).is_err());
         let mut bad = a2.clone();

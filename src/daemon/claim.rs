@@ -102,7 +102,7 @@ pub enum ClaimStep {
 }
 
 /// The claim decision, without I/O.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     host_id: u16,
     my_name: String,

@@ -821,17 +821,23 @@ impl Daemon {
         if self.leased_running_at_stop() {
             return exit::OK;
         }
-        if self.last_renewal_ms > 0 && self.renew_inflight.is_none() {
+        // After a collision the slot is not ours: nothing is written; else
+        // only over the record we wrote last (the renewal's check).
+        if self.last_renewal_ms > 0 && self.renew_inflight.is_none() && !self.collision {
             self.counter += 1;
             let rec = self.record(HostState::Leaving);
             let ls = self.ls.clone();
+            let (id, expect) = (self.host_id, self.expect.clone());
             match crate::deadline::run(
-                self.cfg.io_timeout,
+                2 * self.cfg.io_timeout,
                 "write leaving record",
                 &ls.hosts_path(),
-                move || ls.write_host(&rec),
+                move || renew::renew_io(&ls, id, &expect, Some(&rec)),
             ) {
-                Ok(()) => info!("left the lockspace cleanly"),
+                Ok(io) => match io.collision {
+                    None => info!("left the lockspace cleanly"),
+                    Some(c) => error!("{c}; not publishing 'leaving'"),
+                },
                 Err(e) => warn!("could not publish 'leaving': {e}"),
             }
         }

@@ -7,9 +7,13 @@
 //! What the slot holds decides how long to watch it before writing:
 //!
 //! - empty, or a record of this host name that left cleanly: no watch;
-//! - this host's own record of this boot (a daemon restart): no watch and
-//!   no delay - no other machine has this boot id, and one that races us
-//!   reads our record and watches it;
+//! - this host's own record of this boot (a daemon restart): joined at
+//!   once, without writing - no other machine has this boot id, one that
+//!   races us reads our record and watches it, and the first renewal
+//!   checks the slot still holds that record (`collision::check_own`). A
+//!   restart must not depend on a write: a daemon restarted while the
+//!   lockspace is read-only or full must run, to continue the fence its
+//!   predecessor began (KB1, docs/simulation.md);
 //! - anything else - another host's record, a damaged slot, and also a
 //!   record with this host's name from another boot: watch it unchanged
 //!   for its writer's host_dead_timeout D. "Our name, another boot" is
@@ -91,6 +95,9 @@ enum Phase {
 pub enum ClaimStep {
     /// Read the slot (not before this boottime ms) and step again.
     ReadAt(u64),
+    /// A daemon restart on this boot: joined without writing; the slot as
+    /// read is the record written last.
+    Rejoined,
     /// Write the claim record (counter `collision::CLAIM_COUNTER`) if the
     /// slot still holds exactly `expect`; report it with `wrote`, or step
     /// with what the slot held instead.
@@ -164,6 +171,9 @@ impl Claim {
                     self.io_ms,
                 );
                 self.first = Some(slot);
+                if restart && !self.careful {
+                    return ClaimStep::Rejoined;
+                }
                 match watch {
                     None => {
                         self.phase = Phase::Writing { first: own.to_vec() };
@@ -287,6 +297,10 @@ pub fn claim(
     let mut own = read(ls)?;
     let mut step = c.step(crate::clock::boottime_ms(), &own);
     let mut written = Vec::new();
+    if step == ClaimStep::Rejoined {
+        info!("host id {host_id}: our own record of this boot (a daemon restart): joined");
+        return Ok((c.first.unwrap_or(Slot::Empty), own));
+    }
     loop {
         match step {
             ClaimStep::ReadAt(at) => {
@@ -317,7 +331,7 @@ pub fn claim(
                     );
                 }
             }
-            ClaimStep::Joined => {
+            ClaimStep::Joined | ClaimStep::Rejoined => {
                 info!("host id {host_id}: claimed");
                 return Ok((c.first.unwrap_or(Slot::Empty), written));
             }
@@ -474,13 +488,14 @@ mod tests {
     fn a_restart_on_this_boot_joins_at_once_unless_after_a_collision() {
         let own = mine(7);
         let mut c = new(false);
+        assert_eq!(c.step(0, &own), ClaimStep::Rejoined);
+        let mut c = new(true);
         assert_eq!(
             c.step(0, &own),
             ClaimStep::Write {
                 expect: own.clone()
             }
         );
-        assert_eq!(c.wrote(5, mine(0)), ClaimStep::Joined);
         let mut c = new(true);
         c.step(0, &own);
         assert_eq!(c.wrote(5, mine(0)), ClaimStep::ReadAt(205));

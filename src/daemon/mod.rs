@@ -599,7 +599,7 @@ impl Daemon {
         match step {
             claim::ClaimStep::ReadAt(at) => self.next_renew_ms = at,
             claim::ClaimStep::Write { .. } => self.next_renew_ms = 0,
-            claim::ClaimStep::Joined => {
+            claim::ClaimStep::Joined | claim::ClaimStep::Rejoined => {
                 info!(
                     "host id {}: slot claimed again; the collision is over",
                     self.host_id

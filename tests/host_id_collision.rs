@@ -98,17 +98,19 @@ impl Taker {
         if self.took_at.is_some() {
             return Ok(());
         }
-        let alive = match victim.as_mut() {
-            Some(v) => !v.exited(),
-            None => return Ok(()),
+        let Some(v) = victim.as_mut() else {
+            return Ok(());
         };
         if lease(c, UUID_A, "web", &self.q, None).is_ok() {
             self.took_at = Some(boottime_ms());
-            if alive {
+            // Still running after the takeover: it ran during it. (One
+            // that exited meanwhile - killed by its host's fence, which
+            // then published fenced-clean - was legitimately taken.)
+            if !v.exited() {
                 return Err(format!(
                     "host {} took over host 1's lease while its QEMU (pid {}) still runs",
                     c.id,
-                    victim.as_ref().unwrap().pid()
+                    v.pid()
                 ));
             }
         }

@@ -109,6 +109,7 @@ fn view(slot: &[u8]) -> Status {
             counter: 1,
             state: Some(HostState::Live),
             dead_timeout_ms: D,
+            collision: String::new(),
         }],
     }
 }

@@ -63,6 +63,7 @@ fn peer() -> impl Strategy<Value = PeerView> {
                     counter,
                     state,
                     dead_timeout_ms,
+                    collision: String::new(),
                 }
             },
         )

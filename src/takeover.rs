@@ -12,6 +12,7 @@
 //!    that may yet find the id in use), or this host's watchdog has seen
 //!    two machines take turns writing the slot (a host id collision:
 //!    another boot id there proves nothing about the holder, `collision`);
+//!    rule 4 still applies to such a slot;
 //! 3. the holder is this host and that QEMU process is gone (pid + start);
 //! 4. this host's watchdog has observed the holder's record unchanged for at
 //!    least the holder's `host_dead_timeout` on its own monotonic clock -
@@ -130,22 +131,41 @@ impl Judge<'_> {
     /// lease's record lock (raw bytes).
     pub fn judge(&self, h: &Holder, raw_slot: &[u8]) -> Verdict {
         let slot = hosts::decode_slot(h.host_id, raw_slot);
+        // Rule 2 held back (a claim in progress, a collision): the slot is
+        // not the holder's record, so rule 1 does not apply either, but
+        // rule 4 does - a slot nobody writes for D is silence like any
+        // other (a claimer that died after its claim write must not hold
+        // the holder's leases forever).
+        let mut rule2_held = None;
         if let Slot::Record(r) = &slot {
             if r.boot_id != h.boot_id {
-                if let Some(held) = self.rule2_blocked(h, r) {
-                    return Verdict::Held(held);
+                match self.rule2_blocked(h, r) {
+                    None => {
+                        return Verdict::Free(FreeBecause::Rebooted {
+                            now: r.boot_id.clone(),
+                        })
+                    }
+                    Some(held) => rule2_held = Some(held),
                 }
-                return Verdict::Free(FreeBecause::Rebooted {
-                    now: r.boot_id.clone(),
-                });
-            }
-            let before = started_before(h, r.mono_ms);
-            match r.state {
-                HostState::FencedClean if before => return Verdict::Free(FreeBecause::FencedClean),
-                HostState::Leaving if before => return Verdict::Free(FreeBecause::Leaving),
-                _ => {}
+            } else {
+                let before = started_before(h, r.mono_ms);
+                match r.state {
+                    HostState::FencedClean if before => {
+                        return Verdict::Free(FreeBecause::FencedClean)
+                    }
+                    HostState::Leaving if before => return Verdict::Free(FreeBecause::Leaving),
+                    _ => {}
+                }
             }
         }
+        match (self.judge_rules_3_4(h, &slot, raw_slot), rule2_held) {
+            (Verdict::Held(why), Some(held)) => Verdict::Held(format!("{held}; {why}")),
+            (v, _) => v,
+        }
+    }
+
+    /// Rules 3 and 4 (see `judge`).
+    fn judge_rules_3_4(&self, h: &Holder, slot: &Slot, raw_slot: &[u8]) -> Verdict {
         if h.host_id == self.my_host_id && h.boot_id == self.my_boot_id {
             let p = ProcId {
                 pid: h.pid,
@@ -157,7 +177,7 @@ impl Judge<'_> {
                 Verdict::Free(FreeBecause::ProcessGone)
             };
         }
-        let holder_dead_ms = match &slot {
+        let holder_dead_ms = match slot {
             Slot::Record(r) => r.timing.host_dead_timeout,
             _ => self
                 .view
@@ -172,11 +192,11 @@ impl Judge<'_> {
             );
         };
         match view.observed_unchanged_ms(h.host_id, raw_slot) {
-            None => Verdict::Held(match &slot {
+            None => Verdict::Held(match slot {
                 Slot::Record(r) => format!("its host is alive (state {}, renewing)", r.state),
                 _ => "its host's record changed recently".into(),
             }),
-            Some(unchanged) if !self.trust_unsafe_peers && unwatched(&slot) => {
+            Some(unchanged) if !self.trust_unsafe_peers && unwatched(slot) => {
                 Verdict::Held(format!(
                     "its host runs without a hardware watchdog (unsafe_no_watchdog = true): \
                      nothing resets it if its daemon hangs, so its silence ({}) proves nothing; \

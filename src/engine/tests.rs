@@ -269,6 +269,32 @@ fn rule2_is_off_for_a_slot_two_machines_take_turns_on() {
     );
 }
 
+/// Issue 14, item 2: a claim that is never confirmed (its daemon died
+/// right after the claim write, and was not restarted) proves no reboot -
+/// but a slot left unchanged for D is silence like any other: rule 4
+/// frees the holder. Found by the simulator (seed 1778): the leases of
+/// the host's previous boot were held forever.
+#[test]
+fn a_claim_record_left_unchanged_for_d_frees_by_rule_4() {
+    let w = World::new("claim-silent");
+    let disk = Resource::disk("/images/a", false);
+    w.engine(1, Some(w.view(1, &[0], 0)))
+        .acquire(&disk, &holder(1, 10, "web"), None)
+        .unwrap();
+    w.ls.write_host(&record(1, "boot-next", 0, HostState::Live))
+        .unwrap();
+    let b = w.engine(2, Some(w.view(2, &[0, D - 1], D - 1)));
+    let e = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap_err();
+    assert!(e.to_string().contains("still claiming host id 1"), "{e}");
+    let b = w.engine(2, Some(w.view(2, &[0, D], D)));
+    let got = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap();
+    assert!(
+        got.took_over[0].1.contains("observed unchanged"),
+        "{:?}",
+        got.took_over
+    );
+}
+
 #[test]
 fn rule1_fenced_clean_frees_at_once_but_fencing_does_not() {
     let w = World::new("fenced");

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use vmlease::collision::Collision;
 use vmlease::engine::{Acquired, Engine};
 use vmlease::error::{Error, Result};
 use vmlease::hosts::HostRecord;
@@ -26,8 +27,25 @@ use crate::world::{Ev, World};
 pub enum Job {
     Open,
     ReadSlot(u16),
-    Renew(HostRecord),
-    RenewRead,
+    /// `daemon::renew::renew_io`: read the host table, then write `rec`
+    /// only if slot `host_id` holds one of `expect`
+    /// (`collision::check_own`). A renewal (`rec` None: a read only), the
+    /// claim write and the leaving record.
+    Renew {
+        host_id: u16,
+        expect: Vec<Vec<u8>>,
+        rec: Option<HostRecord>,
+    },
+    /// Its write, once the check passed; `table` is what its read saw.
+    RenewWrite {
+        rec: HostRecord,
+        table: (Vec<u8>, Vec<u64>),
+    },
+    /// The renewal before issue 14 (mutation `claim-without-read-back`):
+    /// write the record, then read the table.
+    OldRenew(HostRecord),
+    OldRenewRead,
+    /// The leaving record before issue 14 (same mutation): written blind.
     WriteHost(HostRecord),
     Acquire {
         res: Resource,
@@ -63,8 +81,8 @@ impl Job {
         match self {
             Job::Open => "open lockspace",
             Job::ReadSlot(_) => "read host record",
-            Job::Renew(_) => "renew",
-            Job::RenewRead => "read host table",
+            Job::Renew { .. } | Job::OldRenewRead => "read host table",
+            Job::RenewWrite { .. } | Job::OldRenew(_) => "write host record",
             Job::WriteHost(_) => "write leaving record",
             Job::Acquire { .. } => "acquire lease",
             Job::Release { .. } => "release lease",
@@ -80,6 +98,8 @@ pub enum Outcome {
     Bytes(Result<Vec<u8>>),
     /// A table read and the slot versions it returned.
     Table(Result<(Vec<u8>, Vec<u64>)>),
+    /// What `renew_io` did (`Job::Renew`).
+    Renewed(Result<RenewDone>),
     Acquired(Result<Acquired>),
     Released(Result<Option<u64>>),
     Matched(Result<Vec<Holder>>),
@@ -91,7 +111,8 @@ impl Outcome {
         match job {
             Job::Open | Job::WriteHost(_) => Outcome::Unit(Err(e)),
             Job::ReadSlot(_) => Outcome::Bytes(Err(e)),
-            Job::Renew(_) | Job::RenewRead => Outcome::Table(Err(e)),
+            Job::Renew { .. } | Job::RenewWrite { .. } => Outcome::Renewed(Err(e)),
+            Job::OldRenew(_) | Job::OldRenewRead => Outcome::Table(Err(e)),
             Job::Acquire { .. } => Outcome::Acquired(Err(e)),
             Job::Release { .. } => Outcome::Released(Err(e)),
             Job::ReleaseMatching { .. } => Outcome::Matched(Err(e)),
@@ -100,11 +121,26 @@ impl Outcome {
     }
 }
 
+/// What one `renew_io` did (`daemon::renew::RenewIo`).
+#[derive(Debug)]
+pub struct RenewDone {
+    /// The host table as read before the write, and its slot versions.
+    pub raw: Vec<u8>,
+    pub versions: Vec<u64>,
+    pub wrote: bool,
+    /// The slot did not hold what was expected: nothing was written.
+    pub collision: Option<Collision>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DaemonCall {
     Open,
     Claim,
-    Renew { issued_ms: u64 },
+    /// The claim write (`ClaimStep::Write`).
+    ClaimWrite,
+    Renew {
+        issued_ms: u64,
+    },
     Release,
     Leave,
 }
@@ -257,9 +293,12 @@ impl World {
         let outcome = match &c.job {
             Job::Open => Outcome::Unit(Ok(())),
             Job::ReadSlot(id) => Outcome::Bytes(io.read_slot(*id)),
-            Job::Renew(rec) => Outcome::Unit(vmlease::store::Store::write_host(&io, rec)),
-            Job::RenewRead => Outcome::Bytes(vmlease::store::Store::read_hosts_raw(&io)),
-            Job::WriteHost(rec) => Outcome::Unit(vmlease::store::Store::write_host(&io, rec)),
+            Job::Renew { .. } | Job::OldRenewRead => {
+                Outcome::Bytes(vmlease::store::Store::read_hosts_raw(&io))
+            }
+            Job::RenewWrite { rec, .. } | Job::OldRenew(rec) | Job::WriteHost(rec) => {
+                Outcome::Unit(vmlease::store::Store::write_host(&io, rec))
+            }
             Job::Acquire {
                 res,
                 me,
@@ -364,11 +403,10 @@ impl World {
             }
         }
         c.writes = writes;
+        let table_read = matches!(c.job, Job::Renew { .. } | Job::OldRenewRead);
         c.pending = Some(match outcome {
-            Outcome::Bytes(Ok(raw)) if matches!(c.job, Job::RenewRead) => {
-                Outcome::Table(Ok((raw, versions)))
-            }
-            Outcome::Bytes(Err(e)) if matches!(c.job, Job::RenewRead) => Outcome::Table(Err(e)),
+            Outcome::Bytes(Ok(raw)) if table_read => Outcome::Table(Ok((raw, versions))),
+            Outcome::Bytes(Err(e)) if table_read => Outcome::err(&c.job, e),
             o => o,
         });
         self.calls.insert(id, c);
@@ -394,7 +432,7 @@ impl World {
         let alive = Arc::new(alive);
         Engine {
             ls: io,
-            host_id: h,
+            host_id: hs.host_id,
             boot_id: hs.boot_id.clone(),
             dead_ms: hs.cfg.timing.host_dead_timeout,
             trust_unsafe_peers: hs.cfg.trust_unsafe_peers,
@@ -414,22 +452,25 @@ impl World {
             self.land_write(h, w);
         }
         self.free_lock_of(id);
-        let c = self.calls.get_mut(&id).unwrap();
-        if matches!(c.job, Job::Renew(_)) && matches!(c.pending, Some(Outcome::Unit(Ok(())))) {
-            // The renewal thread reads the table right after its write.
-            c.job = Job::RenewRead;
-            c.pending = None;
-            self.call_run(id);
+        if self.renew_next_step(id) {
             return;
         }
         let c = self.calls.remove(&id).unwrap();
         if c.timed_out {
             return;
         }
-        let out = match c.pending {
-            Some(Outcome::Unit(Err(e))) if matches!(c.job, Job::Renew(_)) => Outcome::Table(Err(e)),
-            Some(o) => o,
-            None => return,
+        let out = match (c.pending, c.job) {
+            (Some(Outcome::Unit(r)), Job::RenewWrite { table, .. }) => {
+                Outcome::Renewed(r.map(|()| RenewDone {
+                    raw: table.0,
+                    versions: table.1,
+                    wrote: true,
+                    collision: None,
+                }))
+            }
+            (Some(Outcome::Unit(Err(e))), Job::OldRenew(_)) => Outcome::Table(Err(e)),
+            (Some(o), _) => o,
+            (None, _) => return,
         };
         self.at(
             self.now,
@@ -440,16 +481,15 @@ impl World {
         );
     }
 
+    /// A write of machine `h` lands.
     pub fn land_write(&mut self, h: u16, w: &Write) {
-        self.store.apply(w, self.now);
+        self.store.apply(w, self.now, h);
         match w {
-            Write::Host {
-                host_id, boot_id, ..
-            } => {
-                let hs = self.host(*host_id);
+            Write::Host { boot_id, .. } => {
+                let hs = self.host(h);
                 if *boot_id == hs.boot_id && hs.up {
                     let now = self.now;
-                    let hs = self.host_mut(*host_id);
+                    let hs = self.host_mut(h);
                     hs.last_landed = now;
                 }
                 self.landed.insert(boot_id.clone(), self.now);
@@ -459,6 +499,55 @@ impl World {
                 self.check_lease_landed(h, &key);
             }
         }
+    }
+
+    /// The renewal thread's next step once a step landed
+    /// (`daemon::renew::renew_io`): after the table read, the check of
+    /// the own slot and, if it passes, the write; before issue 14 (the
+    /// mutation), the table read after the write. True when the call goes
+    /// on. An abandoned call (its caller gave up at its deadline) goes on
+    /// too, as the thread does.
+    fn renew_next_step(&mut self, id: u64) -> bool {
+        let c = self.calls.get_mut(&id).unwrap();
+        match (&c.job, &c.pending) {
+            (Job::OldRenew(_), Some(Outcome::Unit(Ok(())))) => {
+                c.job = Job::OldRenewRead;
+            }
+            (
+                Job::Renew {
+                    host_id,
+                    expect,
+                    rec,
+                },
+                Some(Outcome::Table(Ok((raw, versions)))),
+            ) => {
+                let done = |collision| {
+                    Outcome::Renewed(Ok(RenewDone {
+                        raw: raw.clone(),
+                        versions: versions.clone(),
+                        wrote: false,
+                        collision,
+                    }))
+                };
+                let Some(rec) = rec else {
+                    c.pending = Some(done(None));
+                    return false;
+                };
+                let own = vmlease::daemon::renew::own_slot(raw, *host_id);
+                if let Err(col) = vmlease::collision::check_own(*host_id, &own, expect) {
+                    c.pending = Some(done(Some(col)));
+                    return false;
+                }
+                c.job = Job::RenewWrite {
+                    rec: rec.clone(),
+                    table: (raw.clone(), versions.clone()),
+                };
+            }
+            _ => return false,
+        }
+        c.pending = None;
+        self.call_run(id);
+        true
     }
 
     fn free_lock_of(&mut self, id: u64) {

@@ -69,10 +69,10 @@ impl World {
 
     fn names(&self, q: usize, rec: &vmlease::lease::LeaseRecord) -> bool {
         let qm = &self.qemus[q];
-        let boot = &self.host(qm.host).boot_id;
+        let hs = self.host(qm.host);
         rec.holders.iter().any(|h| {
-            h.host_id == qm.host
-                && &h.boot_id == boot
+            h.host_id == hs.host_id
+                && h.boot_id == hs.boot_id
                 && h.pid == qm.proc_id.pid
                 && h.pid_start == qm.proc_id.start
         })
@@ -188,9 +188,12 @@ impl World {
         holder: &Holder,
         why: &str,
     ) {
+        // Machines are told apart by their boot ids (two may share a host
+        // id: `Fault::Clone`).
         let hq = self.qemus.iter().find(|q| {
-            q.host == holder.host_id
-                && self.host(q.host).boot_id == holder.boot_id
+            let hs = self.host(q.host);
+            hs.host_id == holder.host_id
+                && hs.boot_id == holder.boot_id
                 && q.proc_id.pid == holder.pid
                 && q.proc_id.start == holder.pid_start
         });
@@ -206,8 +209,22 @@ impl World {
             &format!("h{h}"),
             format!("takes over {res} from {who} for pid {}: {why}", me.pid),
         );
+        // Rule 2 says the holder's host rebooted: a machine still up on
+        // that boot has not (another machine wrote its host id's slot).
+        let live_host = self
+            .hosts
+            .iter()
+            .find(|hs| hs.up && hs.host_id == holder.host_id && hs.boot_id == holder.boot_id)
+            .map(|hs| hs.id);
+        let rule2 = why.starts_with("its host rebooted");
         if alive {
-            let text = format!("h{h} takes {res} from {who}, which is alive: {why}");
+            let text = match live_host {
+                Some(lh) if rule2 => format!(
+                    "h{h} takes {res} from {who} by rule 2 while h{lh} still runs boot {}: {why}",
+                    holder.boot_id
+                ),
+                _ => format!("h{h} takes {res} from {who}, which is alive: {why}"),
+            };
             self.violate_on("safe-takeover", text, &[holder.host_id]);
         } else if why.contains("observed unchanged") {
             let d = self.p.cfg.timing.host_dead_timeout;

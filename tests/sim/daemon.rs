@@ -2,34 +2,46 @@
 //! lockspace, claim the host id, open the hardware watchdog), the main
 //! loop of `Daemon::run` (collect the renewal, probe, reap, fence, kill,
 //! pet, renew, release, write the status) and `Daemon::stop`, step by step
-//! as in src/daemon/mod.rs and src/daemon/reaper.rs, with the threads
-//! replaced by storage calls and events.
+//! as in src/daemon/mod.rs, src/daemon/claim.rs, src/daemon/renew.rs and
+//! src/daemon/reaper.rs, with the threads replaced by storage calls and
+//! events.
 //!
 //! The decisions are the real ones: `Fence::step`, `Observer::update`,
-//! `claim::watch_time`, `NetState`, `HostRecord::encode`,
-//! `hosts::decode_slot`, and the release goes through the real
-//! `Engine::release_matching`.
+//! `claim::Claim` (the claim, its write and its delayed read-back),
+//! `collision::check_own` (before every write of the slot), `NetState`,
+//! `HostRecord::encode`, `hosts::decode_slot`, and the release goes
+//! through the real `Engine::release_matching`.
 
 use std::collections::{BTreeMap, VecDeque};
 
+use vmlease::collision::CLAIM_COUNTER;
 use vmlease::config::Network;
-use vmlease::daemon::claim::watch_time;
+use vmlease::daemon::claim::{watch_time, Claim, ClaimStep};
 use vmlease::daemon::fence::{self, Fence, Inputs, Phase};
 use vmlease::daemon::probes::{NetState, Round};
+use vmlease::daemon::renew::own_slot;
 use vmlease::error::Result;
-use vmlease::hosts::{HostRecord, HostState, SLOT_SIZE};
+use vmlease::hosts::{HostRecord, HostState, Slot};
 use vmlease::lease::Holder;
 use vmlease::process::ProcId;
 use vmlease::registry::Entry as RegEntry;
 use vmlease::status::{Observer, Status};
 
-use crate::calls::{DaemonCall, Job, Outcome, Owner};
-use crate::mutation::Mutation;
+use crate::calls::{DaemonCall, Job, Outcome, Owner, RenewDone};
+use crate::mutation::{self, Mutation};
 use crate::params::MS;
 use crate::world::{pk, proc_id, Ev, Pk, World};
 
-/// A renewal's table read and its slot versions.
-pub type RenewResult = Result<(Vec<u8>, Vec<u64>)>;
+/// What a renewal returned: `renew_io`'s result, or (mutation
+/// `claim-without-read-back`) the table read after the write.
+pub enum RenewResult {
+    Io(Result<RenewDone>),
+    Old(Result<(Vec<u8>, Vec<u64>)>),
+}
+
+/// At most this many records the slot may hold while writes fail
+/// (src/daemon/mod.rs `MAX_EXPECT`).
+const MAX_EXPECT: usize = 32;
 
 pub struct Tracked {
     pub entry: Option<RegEntry>,
@@ -41,8 +53,13 @@ pub struct Tracked {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DPhase {
     Opening,
-    Claiming {
-        first: Option<vmlease::hosts::Slot>,
+    /// `claim::claim`: the real `Claim`, stepped with each read of the
+    /// slot and with its write.
+    Claiming(Box<Claim>),
+    /// The claim before issue 14 (mutation `claim-without-read-back`):
+    /// watch the slot, write nothing.
+    OldClaiming {
+        first: Option<Slot>,
         wait: u64,
         start_ms: u64,
     },
@@ -67,13 +84,25 @@ pub struct Daemon {
     pub last_renewal_ms: u64,
     pub renew_inflight: Option<u64>,
     pub next_renew_ms: u64,
-    pub last_written: Vec<u8>,
+    /// The records our slot may hold: the one we wrote last, and those
+    /// whose write failed after it (they may have landed).
+    pub expect: Vec<Vec<u8>>,
+    /// The record the renewal (or claim write) in flight asked to write.
+    pub pending_written: Option<Vec<u8>>,
     pub observer: Observer,
     pub fence: Fence,
     pub mgmt: NetState,
     pub service: NetState,
     pub probe_out: Option<Round>,
+    /// Another machine wrote our slot: we write it no more until a
+    /// re-claim succeeds.
     pub collision: bool,
+    pub collision_msg: String,
+    /// A re-claim of the slot after a collision (`vmlease clear-fence`).
+    pub reclaim: Option<Claim>,
+    pub reclaim_note: String,
+    pub clear_after_renewal: bool,
+    pub clear_ready: bool,
     pub last_state: HostState,
     pub renew_error: String,
     pub status_written_ms: u64,
@@ -116,18 +145,24 @@ impl World {
             pid,
             incarnation: self.rng.next_u64(),
             phase: DPhase::Opening,
-            counter: 0,
+            counter: CLAIM_COUNTER,
             started_ms: now,
             last_renewal_ms: 0,
             renew_inflight: None,
             next_renew_ms: now,
-            last_written: Vec::new(),
+            expect: Vec::new(),
+            pending_written: None,
             observer: Observer::new(now),
             fence: Fence::new(t, cfg.management.policy, cfg.service.policy),
             mgmt: NetState::new("management", cfg.management.clone()),
             service: NetState::new("service", cfg.service.clone()),
             probe_out: None,
             collision: false,
+            collision_msg: String::new(),
+            reclaim: None,
+            reclaim_note: String::new(),
+            clear_after_renewal: false,
+            clear_ready: false,
             last_state: HostState::Live,
             renew_error: String::new(),
             status_written_ms: 0,
@@ -169,33 +204,67 @@ impl World {
         match (what, out) {
             (DaemonCall::Open, Outcome::Unit(r)) => match r {
                 Ok(()) => {
-                    self.host_mut(h).daemon.as_mut().unwrap().phase = DPhase::Claiming {
-                        first: None,
-                        wait: 0,
-                        start_ms: 0,
+                    let phase = if self.mutation == Mutation::ClaimWithoutReadBack {
+                        DPhase::OldClaiming {
+                            first: None,
+                            wait: 0,
+                            start_ms: 0,
+                        }
+                    } else {
+                        // After a collision fence, even our own record of
+                        // this boot gets the claim delay.
+                        let hs = self.host(h);
+                        let t = self.p.cfg.timing;
+                        let careful = hs.marker == Some(fence::Cause::HostIdCollision);
+                        DPhase::Claiming(Box::new(Claim::new(
+                            hs.host_id,
+                            &hs.name,
+                            &hs.boot_id,
+                            t.host_dead_timeout,
+                            self.p.cfg.io_timeout,
+                            t.renew_interval,
+                            careful,
+                        )))
                     };
+                    self.host_mut(h).daemon.as_mut().unwrap().phase = phase;
                     self.claim_read(h, gen);
                 }
                 Err(e) => self.daemon_exit(h, &format!("cannot open the lockspace: {e}"), true),
             },
             (DaemonCall::Claim, Outcome::Bytes(r)) => match r {
-                Ok(raw) => self.claim_step(h, &raw),
+                Ok(raw) => self.claim_step(h, &raw, None),
                 Err(e) => self.daemon_exit(h, &format!("claim: {e}"), true),
             },
+            (DaemonCall::ClaimWrite, Outcome::Renewed(r)) => match r {
+                Ok(io) => {
+                    let host_id = self.host(h).host_id;
+                    let own = own_slot(&io.raw, host_id);
+                    let d = self.host_mut(h).daemon.as_mut().unwrap();
+                    let written = d.pending_written.take().filter(|_| io.wrote);
+                    self.claim_step(h, &own, written);
+                }
+                Err(e) => self.daemon_exit(h, &format!("claim: {e}"), true),
+            },
+            (DaemonCall::Renew { issued_ms }, Outcome::Renewed(r)) => {
+                let d = self.host_mut(h).daemon.as_mut().unwrap();
+                d.inbox_renew.push((issued_ms, RenewResult::Io(r)));
+            }
             (DaemonCall::Renew { issued_ms }, Outcome::Table(r)) => {
                 let d = self.host_mut(h).daemon.as_mut().unwrap();
-                d.inbox_renew.push((issued_ms, r));
+                d.inbox_renew.push((issued_ms, RenewResult::Old(r)));
             }
             (DaemonCall::Release, Outcome::Matched(r)) => self.release_job_step(h, r),
-            (DaemonCall::Leave, Outcome::Unit(r)) => {
-                if let Err(e) = r {
-                    self.log(
-                        &format!("h{h}"),
-                        format!("could not publish 'leaving': {e}"),
-                    );
-                } else {
-                    self.log(&format!("h{h}"), "left the lockspace cleanly".into());
-                }
+            (DaemonCall::Leave, out) => {
+                let msg = match out {
+                    Outcome::Renewed(Ok(RenewDone {
+                        collision: Some(c), ..
+                    })) => format!("{c}; not publishing 'leaving'"),
+                    Outcome::Renewed(Err(e)) | Outcome::Unit(Err(e)) => {
+                        format!("could not publish 'leaving': {e}")
+                    }
+                    _ => "left the lockspace cleanly".into(),
+                };
+                self.log(&format!("h{h}"), msg);
                 self.host_mut(h).wd_armed = false;
                 self.daemon_gone(h);
             }
@@ -204,52 +273,153 @@ impl World {
     }
 
     fn claim_read(&mut self, h: u16, gen: u64) {
-        // Not under a deadline in Daemon::start: a hung storage hangs it.
+        // Each read of the claim runs under the I/O deadline
+        // (`claim::claim`); a failed or late one ends the start (exit 3,
+        // systemd restarts the daemon). Before issue 14 it had none: a
+        // hung storage hung the start.
+        let old = self.mutation == Mutation::ClaimWithoutReadBack;
+        let io = (!old).then_some(self.p.cfg.io_timeout);
+        let host_id = self.host(h).host_id;
         self.issue(
             h,
-            Job::ReadSlot(h),
+            Job::ReadSlot(host_id),
             Owner::Daemon {
                 h,
                 gen,
                 what: DaemonCall::Claim,
             },
-            None,
+            io,
         );
     }
 
-    fn claim_step(&mut self, h: u16, raw: &[u8]) {
-        let slot = vmlease::hosts::decode_slot(h, raw);
+    /// `claim::claim`'s loop, the real `Claim` deciding: `own` is the
+    /// slot as read; `written` the claim record when the claim write wrote
+    /// it.
+    fn claim_step(&mut self, h: u16, own: &[u8], written: Option<Vec<u8>>) {
         let now = self.local(h);
-        let (name, boot) = (self.host(h).name.clone(), self.host(h).boot_id.clone());
+        let d = self.host(h).daemon.as_ref().unwrap();
+        let gen = d.gen;
+        let mut claim = match d.phase.clone() {
+            DPhase::Claiming(c) => c,
+            DPhase::OldClaiming { .. } => return self.old_claim_step(h, own),
+            _ => return,
+        };
+        let starting = claim.first.is_none();
+        let step = match &written {
+            Some(rec) => claim.wrote(now, rec.clone()),
+            None => claim.step(now, own),
+        };
+        let first = claim.first.clone();
+        let hs = self.host(h);
+        let (host_id, name, boot) = (hs.host_id, hs.name.clone(), hs.boot_id.clone());
+        let t = self.p.cfg.timing;
+        let io = self.p.cfg.io_timeout;
+        if let (true, Some(slot), ClaimStep::ReadAt(_)) = (starting, &first, &step) {
+            if let Some((wait, why)) = watch_time(slot, &name, &boot, t.host_dead_timeout, io) {
+                self.log(
+                    &format!("h{h}"),
+                    format!("host id {host_id}: {why}; watching the slot for {wait} ms before claiming it"),
+                );
+            }
+        }
+        if written.is_some() {
+            self.log(
+                &format!("h{h}"),
+                format!("host id {host_id}: claim written; reading it back after the claim wait"),
+            );
+        }
+        let d = self.host_mut(h).daemon.as_mut().unwrap();
+        d.phase = DPhase::Claiming(claim);
+        if let Some(w) = written {
+            // The record written last, until a renewal writes the next.
+            d.expect = vec![w];
+        }
+        let who = format!("h{h}");
+        match step {
+            ClaimStep::ReadAt(at) => {
+                let d = self.host(h).real(at.saturating_sub(now));
+                self.after(d, Ev::ClaimPoll { h, gen });
+            }
+            ClaimStep::Write { expect } => {
+                let rec = self.record(h, HostState::Live);
+                debug_assert_eq!(rec.counter, CLAIM_COUNTER);
+                let d = self.host_mut(h).daemon.as_mut().unwrap();
+                d.pending_written = Some(rec.encode());
+                self.issue(
+                    h,
+                    Job::Renew {
+                        host_id,
+                        expect: vec![expect],
+                        rec: Some(rec),
+                    },
+                    Owner::Daemon {
+                        h,
+                        gen,
+                        what: DaemonCall::ClaimWrite,
+                    },
+                    Some(2 * io),
+                );
+            }
+            ClaimStep::Rejoined => {
+                self.log(
+                    &who,
+                    format!(
+                        "host id {host_id}: our own record of this boot (a daemon restart): joined"
+                    ),
+                );
+                self.host_mut(h).daemon.as_mut().unwrap().expect = vec![own.to_vec()];
+                self.daemon_run(h, first);
+            }
+            ClaimStep::Joined => {
+                self.log(&who, format!("host id {host_id}: claimed"));
+                self.daemon_run(h, first);
+            }
+            ClaimStep::Refused(why) => self.daemon_exit(h, &why, true),
+        }
+    }
+
+    /// The claim before issue 14 (mutation `claim-without-read-back`):
+    /// watch the slot as the old `watch_time` said, then join without
+    /// writing; the first renewal writes.
+    fn old_claim_step(&mut self, h: u16, raw: &[u8]) {
+        let hs = self.host(h);
+        let slot = vmlease::hosts::decode_slot(hs.host_id, raw);
+        let now = self.local(h);
+        let (name, boot) = (hs.name.clone(), hs.boot_id.clone());
         let d_ms = self.p.cfg.timing.host_dead_timeout;
         let io = self.p.cfg.io_timeout;
-        let gen = self.host(h).daemon.as_ref().unwrap().gen;
-        let phase = self.host(h).daemon.as_ref().unwrap().phase.clone();
-        match phase {
-            DPhase::Claiming { first: None, .. } => {
-                match watch_time(&slot, &name, &boot, d_ms, io) {
-                    None => self.daemon_run(h, Some(slot)),
-                    Some((wait, why)) => {
-                        self.log(
-                            &format!("h{h}"),
-                            format!("host id {h}: {why}; watching the slot for {wait} ms"),
-                        );
-                        self.host_mut(h).daemon.as_mut().unwrap().phase = DPhase::Claiming {
-                            first: Some(slot),
-                            wait,
-                            start_ms: now,
-                        };
-                        let pause = 200.min(wait.max(10));
-                        let d = self.host(h).real(pause);
-                        self.after(d, Ev::ClaimPoll { h, gen });
-                    }
+        let d = hs.daemon.as_ref().unwrap();
+        let gen = d.gen;
+        let DPhase::OldClaiming {
+            first,
+            wait,
+            start_ms,
+        } = d.phase.clone()
+        else {
+            return;
+        };
+        match first {
+            None => match mutation::old_watch_time(&slot, &name, &boot, d_ms, io) {
+                None => self.daemon_run(h, Some(slot)),
+                Some((wait, why)) => {
+                    self.log(
+                        &format!("h{h}"),
+                        format!(
+                            "host id {}: {why}; watching the slot for {wait} ms",
+                            hs.host_id
+                        ),
+                    );
+                    self.host_mut(h).daemon.as_mut().unwrap().phase = DPhase::OldClaiming {
+                        first: Some(slot),
+                        wait,
+                        start_ms: now,
+                    };
+                    let pause = 200.min(wait.max(10));
+                    let d = self.host(h).real(pause);
+                    self.after(d, Ev::ClaimPoll { h, gen });
                 }
-            }
-            DPhase::Claiming {
-                first: Some(first),
-                wait,
-                start_ms,
-            } => {
+            },
+            Some(first) => {
                 if slot != first {
                     self.daemon_exit(
                         h,
@@ -264,7 +434,6 @@ impl World {
                     self.after(d, Ev::ClaimPoll { h, gen });
                 }
             }
-            _ => {}
         }
     }
 
@@ -276,7 +445,7 @@ impl World {
 
     /// The end of `Daemon::start` and the start of `run`: `own` is our
     /// slot as the claim read it (unchanged while watched).
-    fn daemon_run(&mut self, h: u16, own: Option<vmlease::hosts::Slot>) {
+    fn daemon_run(&mut self, h: u16, own: Option<Slot>) {
         let now = self.local(h);
         let (name, boot) = (self.host(h).name.clone(), self.host(h).boot_id.clone());
         let mut clock = fence::clock_start(own.as_ref(), &name, &boot, now);
@@ -308,12 +477,41 @@ impl World {
         let gen = d.gen;
         d.tick_seq += 1;
         let seq = d.tick_seq;
+        let host_id = self.host(h).host_id;
         self.log(
             &format!("h{h}"),
-            format!("joined the lockspace as host {h}"),
+            format!("joined the lockspace as host {host_id}"),
         );
         self.at(self.now, Ev::Tick { h, gen, seq });
         self.at(self.now, Ev::Probe { h, gen });
+        // libvirtd is ordered after the daemon's READY; a clone's libvirtd
+        // autostarts the domains it was cloned with.
+        let hs = self.host(h);
+        if hs.clone_of.is_some() && hs.libvirtd_boot != hs.boot_no {
+            let boot = hs.boot_no;
+            self.host_mut(h).libvirtd_boot = boot;
+            let d = self.rng.range(300, 1500) * MS;
+            self.after(d, Ev::Autostart { h, boot });
+        }
+    }
+
+    /// A clone's libvirtd starts: it autostarts the domains of the host
+    /// it was cloned from that run there now.
+    pub fn autostart(&mut self, h: u16, boot: u32) {
+        let hs = self.host(h);
+        let Some(of) = hs.clone_of else { return };
+        if !hs.up || hs.boot_no != boot {
+            return;
+        }
+        let vms: Vec<usize> = (0..self.vms.len())
+            .filter(|&vm| {
+                self.host(of).domains.contains_key(&vm) && !self.host(h).domains.contains_key(&vm)
+            })
+            .collect();
+        for vm in vms {
+            self.log(&format!("h{h}"), format!("libvirtd autostarts vm{vm}"));
+            self.start_vm(vm, h, false);
+        }
     }
 
     /// The daemon process ends (error exit or clean stop).
@@ -389,8 +587,12 @@ impl World {
             );
             self.daemon_gone(h);
         } else {
+            let old = self.mutation == Mutation::ClaimWithoutReadBack;
             let d = self.host(h).daemon.as_ref().unwrap();
-            if d.last_renewal_ms > 0 && d.renew_inflight.is_none() {
+            // After a collision the slot is not ours: nothing is written;
+            // else only over the record we wrote last (the renewal's
+            // check), under twice the I/O deadline.
+            if d.last_renewal_ms > 0 && d.renew_inflight.is_none() && (!d.collision || old) {
                 let gen = d.gen;
                 let rec = {
                     let d = self.host_mut(h).daemon.as_mut().unwrap();
@@ -399,15 +601,26 @@ impl World {
                     self.record(h, HostState::Leaving)
                 };
                 let io = self.p.cfg.io_timeout;
+                let d = self.host(h).daemon.as_ref().unwrap();
+                let (job, deadline) = if old {
+                    (Job::WriteHost(rec), io)
+                } else {
+                    let job = Job::Renew {
+                        host_id: rec.host_id,
+                        expect: d.expect.clone(),
+                        rec: Some(rec),
+                    };
+                    (job, 2 * io)
+                };
                 self.issue(
                     h,
-                    Job::WriteHost(rec),
+                    job,
                     Owner::Daemon {
                         h,
                         gen,
                         what: DaemonCall::Leave,
                     },
-                    Some(io),
+                    Some(deadline),
                 );
                 if restart {
                     self.schedule_restart(h);
@@ -426,7 +639,7 @@ impl World {
         let hs = self.host(h);
         let d = hs.daemon.as_ref().unwrap();
         HostRecord {
-            host_id: h,
+            host_id: hs.host_id,
             host_name: hs.name.clone(),
             boot_id: hs.boot_id.clone(),
             incarnation: d.incarnation,
@@ -661,7 +874,7 @@ impl World {
         }
         let key = job.entry.keys[job.idx].0.clone();
         let me = Holder {
-            host_id: h,
+            host_id: hs.host_id,
             boot_id: hs.boot_id.clone(),
             pid: job.p.pid,
             pid_start: job.p.start,
@@ -727,7 +940,7 @@ impl World {
             let d = self.host(h).daemon.as_ref().unwrap();
             d.tracked.values().filter(|t| !t.dead).count()
         };
-        let clear = std::mem::take(&mut self.host_mut(h).clear_request);
+        let clear = self.clear_input(h);
         let mutation = self.mutation;
         let d = self.host_mut(h).daemon.as_mut().unwrap();
         let inputs = Inputs {
@@ -814,34 +1027,52 @@ impl World {
     fn collect_renewal(&mut self, h: u16, now: u64) {
         let inbox = std::mem::take(&mut self.host_mut(h).daemon.as_mut().unwrap().inbox_renew);
         for (issued, r) in inbox {
-            match r {
-                Ok((raw, versions)) => {
-                    let slots = self.decode_table(&raw, &versions);
+            let (raw, versions) = match r {
+                RenewResult::Io(Ok(io)) => {
+                    self.renewed(h, now, issued, &io);
+                    (io.raw, io.versions)
+                }
+                RenewResult::Old(Ok((raw, versions))) => {
+                    // Before issue 14: a collision is seen only if another
+                    // write landed between ours and this read.
+                    let host_id = self.host(h).host_id;
                     let d = self.host_mut(h).daemon.as_mut().unwrap();
                     d.renew_inflight = None;
-                    let off = (h as usize - 1) * SLOT_SIZE;
-                    if raw[off..off + SLOT_SIZE] != d.last_written[..] {
+                    let written = d.pending_written.take().unwrap_or_default();
+                    if own_slot(&raw, host_id) != written {
                         d.collision = true;
                     } else {
                         d.renew_error.clear();
                         d.last_renewal_ms = issued;
                     }
-                    for (i, s) in slots.iter().enumerate() {
-                        let id = i as u16 + 1;
-                        if d.observer.get(id).is_none() && !matches!(s, vmlease::hosts::Slot::Empty)
-                        {
-                            d.first_sight.insert(id, now);
-                        }
-                    }
-                    d.observer.update(now, &raw, &slots);
-                    d.last_table = Some(raw);
+                    (raw, versions)
                 }
-                Err(e) => {
+                RenewResult::Io(Err(e)) | RenewResult::Old(Err(e)) => {
                     let d = self.host_mut(h).daemon.as_mut().unwrap();
                     d.renew_inflight = None;
+                    // A write that failed may have landed.
+                    if let Some(w) = d.pending_written.take() {
+                        if !d.expect.contains(&w) {
+                            d.expect.push(w);
+                        }
+                        if d.expect.len() > MAX_EXPECT {
+                            d.expect.remove(0);
+                        }
+                    }
                     d.renew_error = e.to_string();
+                    continue;
+                }
+            };
+            let slots = self.decode_table(&raw, &versions);
+            let d = self.host_mut(h).daemon.as_mut().unwrap();
+            for (i, s) in slots.iter().enumerate() {
+                let id = i as u16 + 1;
+                if d.observer.get(id).is_none() && !matches!(s, Slot::Empty) {
+                    d.first_sight.insert(id, now);
                 }
             }
+            d.observer.update(now, &raw, &slots);
+            d.last_table = Some(raw);
         }
         let io = self.p.cfg.io_timeout;
         let d = self.host_mut(h).daemon.as_mut().unwrap();
@@ -853,22 +1084,163 @@ impl World {
         }
     }
 
+    /// One renewal's `RenewIo` (src/daemon/mod.rs `collect_renewal`).
+    fn renewed(&mut self, h: u16, now: u64, issued: u64, io: &RenewDone) {
+        let hs = self.host(h);
+        let (host_id, name, boot) = (hs.host_id, hs.name.clone(), hs.boot_id.clone());
+        let own = own_slot(&io.raw, host_id);
+        let d = self.host_mut(h).daemon.as_mut().unwrap();
+        d.renew_inflight = None;
+        let written = d.pending_written.take().unwrap_or_default();
+        if d.reclaim.is_some() {
+            // A re-claim's read, its claim write, or the claim write
+            // refused (the slot changed).
+            if io.wrote {
+                d.expect = vec![written.clone()];
+                self.step_reclaim(h, now, &own, Some(written));
+            } else {
+                self.step_reclaim(h, now, &own, None);
+            }
+        } else if let Some(c) = &io.collision {
+            if !d.collision {
+                d.collision_msg = c.to_string();
+                d.collision = true;
+                self.log(
+                    &format!("h{h}"),
+                    format!(
+                        "{c}; this host ('{name}', boot {}) fences and stops writing the slot",
+                        vmlease::collision::short(&boot)
+                    ),
+                );
+            }
+        } else if io.wrote {
+            d.renew_error.clear();
+            d.last_renewal_ms = issued;
+            d.expect = vec![written];
+            if d.clear_after_renewal {
+                d.clear_after_renewal = false;
+                d.clear_ready = true;
+            }
+        }
+    }
+
+    /// The clear request as the fence sees it (src/daemon/mod.rs
+    /// `clear_input`): a collision fence is cleared only through a new
+    /// claim of the slot, with the rules of the claim at start.
+    fn clear_input(&mut self, h: u16) -> bool {
+        let asked = std::mem::take(&mut self.host_mut(h).clear_request);
+        if self.mutation == Mutation::ClaimWithoutReadBack {
+            return asked;
+        }
+        let hs = self.host(h);
+        let (host_id, name, boot) = (hs.host_id, hs.name.clone(), hs.boot_id.clone());
+        let t = self.p.cfg.timing;
+        let io = self.p.cfg.io_timeout;
+        let d = self.host_mut(h).daemon.as_mut().unwrap();
+        if std::mem::take(&mut d.clear_ready) {
+            d.reclaim_note.clear();
+            return true;
+        }
+        if asked && d.collision {
+            if d.reclaim.is_none() {
+                d.reclaim_note = "re-claiming the host id".into();
+                d.reclaim = Some(Claim::new(
+                    host_id,
+                    &name,
+                    &boot,
+                    t.host_dead_timeout,
+                    io,
+                    t.renew_interval,
+                    true,
+                ));
+                // Read the slot at once.
+                d.next_renew_ms = 0;
+                self.log(
+                    &format!("h{h}"),
+                    format!("host id {host_id}: re-claiming the slot before clearing the collision fence"),
+                );
+            }
+            return false;
+        }
+        asked
+    }
+
+    /// Feeds a re-claim with our slot as read at `now`
+    /// (src/daemon/mod.rs `step_reclaim`).
+    fn step_reclaim(&mut self, h: u16, now: u64, own: &[u8], wrote: Option<Vec<u8>>) {
+        let d = self.host_mut(h).daemon.as_mut().unwrap();
+        let Some(c) = d.reclaim.as_mut() else {
+            return;
+        };
+        let step = match wrote {
+            Some(rec) => c.wrote(now, rec),
+            None => c.step(now, own),
+        };
+        match step {
+            ClaimStep::ReadAt(at) => d.next_renew_ms = at,
+            ClaimStep::Write { .. } => d.next_renew_ms = 0,
+            ClaimStep::Joined | ClaimStep::Rejoined => {
+                d.reclaim = None;
+                d.reclaim_note =
+                    "re-claiming the host id: claimed; clearing at the next renewal".into();
+                d.collision = false;
+                d.collision_msg.clear();
+                d.clear_after_renewal = true;
+                d.next_renew_ms = 0;
+                self.log(
+                    &format!("h{h}"),
+                    "slot claimed again; the collision is over".into(),
+                );
+            }
+            ClaimStep::Refused(why) => {
+                d.reclaim = None;
+                d.reclaim_note = format!("fence not cleared: {why}");
+                self.log(&format!("h{h}"), format!("fence not cleared: {why}"));
+            }
+        }
+    }
+
     fn maybe_renew(&mut self, h: u16, now: u64, state: HostState) {
         let d = self.host(h).daemon.as_ref().unwrap();
         if d.renew_inflight.is_some() || now < d.next_renew_ms {
             return;
         }
-        self.host_mut(h).daemon.as_mut().unwrap().counter += 1;
-        let rec = self.record(h, state);
         let r = self.p.cfg.timing.renew_interval;
+        let old = self.mutation == Mutation::ClaimWithoutReadBack;
         let d = self.host_mut(h).daemon.as_mut().unwrap();
-        d.last_written = rec.encode();
-        d.renew_inflight = Some(now);
         d.next_renew_ms = now + r;
+        // After a collision the slot is not ours: read the table only (to
+        // observe the others, and for a re-claim), write nothing - unless
+        // the re-claim asks for its claim write.
+        let rec = if d.collision && !old {
+            match d.reclaim.as_ref().map(|c| c.pending_write()) {
+                Some(Some(expect)) => {
+                    d.expect = vec![expect];
+                    d.counter = CLAIM_COUNTER;
+                    Some(self.record(h, HostState::Live))
+                }
+                _ => None,
+            }
+        } else {
+            d.counter += 1;
+            Some(self.record(h, state))
+        };
+        let host_id = self.host(h).host_id;
+        let d = self.host_mut(h).daemon.as_mut().unwrap();
+        d.pending_written = rec.as_ref().map(HostRecord::encode);
+        d.renew_inflight = Some(now);
         let gen = d.gen;
+        let job = match rec {
+            Some(rec) if old => Job::OldRenew(rec),
+            rec => Job::Renew {
+                host_id,
+                expect: d.expect.clone(),
+                rec,
+            },
+        };
         self.issue(
             h,
-            Job::Renew(rec),
+            job,
             Owner::Daemon {
                 h,
                 gen,
@@ -884,13 +1256,20 @@ impl World {
         let reason = match &d.fence.phase {
             Phase::Healthy => d.renew_error.clone(),
             Phase::Fencing { cause, .. } | Phase::Fenced { cause, .. } | Phase::Reset { cause } => {
-                cause.describe().to_string()
+                let mut r = cause.describe().to_string();
+                if *cause == fence::Cause::HostIdCollision && !d.collision_msg.is_empty() {
+                    r = format!("{r}: {}", d.collision_msg);
+                }
+                if !d.reclaim_note.is_empty() {
+                    r = format!("{r}; {}", d.reclaim_note);
+                }
+                r
             }
         };
         let t = self.p.cfg.timing;
         let st = Status {
             daemon_pid: d.pid,
-            host_id: h,
+            host_id: hs.host_id,
             boot_id: hs.boot_id.clone(),
             incarnation: d.incarnation,
             written_ms: now,

@@ -381,7 +381,7 @@ impl World {
         let hs = self.host(h);
         let status = hs.status.clone();
         if self.mutation == Mutation::NoProtectedCheck {
-            return Ok(status.unwrap_or_else(|| empty_status(h, &hs.boot_id)));
+            return Ok(status.unwrap_or_else(|| empty_status(hs.host_id, &hs.boot_id)));
         }
         let Some(st) = status else {
             return Err("the vmlease-watchdog daemon is not running (no status)".into());
@@ -400,7 +400,7 @@ impl World {
         let qm = &self.qemus[q];
         let vm = &self.vms[qm.vm];
         Holder {
-            host_id: qm.host,
+            host_id: self.host(qm.host).host_id,
             boot_id: self.host(qm.host).boot_id.clone(),
             pid: qm.proc_id.pid,
             pid_start: qm.proc_id.start,
@@ -1144,10 +1144,10 @@ impl World {
     }
 }
 
-fn empty_status(h: u16, boot: &str) -> Status {
+fn empty_status(host_id: u16, boot: &str) -> Status {
     Status {
         daemon_pid: 0,
-        host_id: h,
+        host_id,
         boot_id: boot.to_string(),
         incarnation: 0,
         written_ms: 0,

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use vmlease::hosts::{HostState, Slot};
 use vmlease::process::{Liveness, ProcId, Stat};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +62,42 @@ pub enum Mutation {
     /// and may land a write. Used by the daemon's reaper and fence and by
     /// the engine's rule 3, as in production.
     LeaderExitIsDeath,
+    /// The claim and the renewal before issue 14 item 2 (host id
+    /// collisions): the claim only watches the slot (this host's name from
+    /// another boot for 2 R + io_timeout, any other record for D) and
+    /// joins without a claim write or a delayed read-back; each renewal
+    /// writes, then reads, so a collision is seen only when the other
+    /// machine's write lands in between, and it goes on writing after one.
+    /// The observers' hold of rule 2 (`collision::Identities`, the claim
+    /// record's counter) is production code and stays.
+    ClaimWithoutReadBack,
+}
+
+/// `claim::watch_time` before issue 14: a record of this host name from
+/// another boot was watched for two of its renew intervals plus the I/O
+/// timeout only (a machine with this name and id that is alive would
+/// renew in that time - unless its renewals stall).
+pub fn old_watch_time(
+    slot: &Slot,
+    my_name: &str,
+    my_boot: &str,
+    my_dead_ms: u64,
+    io_ms: u64,
+) -> Option<(u64, String)> {
+    match slot {
+        Slot::Record(r)
+            if r.host_name == my_name && r.boot_id != my_boot && r.state != HostState::Leaving =>
+        {
+            Some((
+                2 * r.timing.renew_interval + io_ms,
+                format!(
+                    "it holds this host's record from an earlier boot ({})",
+                    r.boot_id
+                ),
+            ))
+        }
+        _ => vmlease::daemon::claim::watch_time(slot, my_name, my_boot, my_dead_ms, io_ms),
+    }
 }
 
 /// `ProcId::liveness` before issue 14's fix: it looked at the leader
@@ -73,7 +110,7 @@ pub fn leader_only_liveness(p: ProcId, st: Option<&Stat>) -> Liveness {
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 15] = [
+    pub const ALL: [Mutation; 16] = [
         Mutation::NoProtectedCheck,
         Mutation::StaleStatusAccepted,
         Mutation::TakeoverAtHalfD,
@@ -89,6 +126,7 @@ impl Mutation {
         Mutation::KillTimeoutFromNow,
         Mutation::FencedCleanVouchesForAll,
         Mutation::LeaderExitIsDeath,
+        Mutation::ClaimWithoutReadBack,
     ];
 
     pub fn name(self) -> &'static str {
@@ -110,6 +148,7 @@ impl Mutation {
             Mutation::FencedCleanVouchesForAll => "fenced-clean-vouches-for-all",
             Mutation::AbandonedAcquireWrites => "abandoned-acquire-writes",
             Mutation::LeaderExitIsDeath => "leader-exit-is-death",
+            Mutation::ClaimWithoutReadBack => "claim-without-read-back",
         }
     }
 

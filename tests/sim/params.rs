@@ -20,7 +20,8 @@ pub struct Params {
     pub tick_ms: u64,
     /// Largest clock rate error of a host (and of its watchdog), in ppm.
     pub drift_ppm: i64,
-    /// Faults start and end within this phase.
+    /// Faults start at `fault_start_ms` and end by `fault_ms`.
+    pub fault_start_ms: u64,
     pub fault_ms: u64,
     /// After the last fault heals, every wanted VM must run within this.
     pub settle_ms: u64,
@@ -118,10 +119,15 @@ impl Params {
         } else {
             rng.range(1, 500) as i64
         };
-        let fault_ms = match profile {
-            Profile::Ci => d * rng.range(2, 3),
-            Profile::Long => d * rng.range(2, 4),
-        };
+        // The faults begin a second after the hosts have joined: a claim
+        // of an empty slot takes the claim wait (its write is read back
+        // that much later, `collision::claim_wait_ms`).
+        let join_ms = vmlease::collision::claim_wait_ms(cfg.io_timeout, r, None);
+        let fault_ms = join_ms
+            + match profile {
+                Profile::Ci => d * rng.range(2, 3),
+                Profile::Long => d * rng.range(2, 4),
+            };
         let reboot_ms = (5 * r, 20 * r);
         let restart_ms = (100, 1000);
         let controller_ms = rng.range(2 * r, 5 * r);
@@ -151,6 +157,7 @@ impl Params {
             cfg,
             tick_ms,
             drift_ppm,
+            fault_start_ms: 1000 + join_ms,
             fault_ms,
             settle_ms,
             io_us: (300, 3000),
@@ -191,6 +198,7 @@ impl Params {
             vms,
             tick_ms: r.clamp(20, 100),
             drift_ppm: 0,
+            fault_start_ms: 1000,
             fault_ms: 0,
             settle_ms: 30_000,
             io_us: (300, 3000),
@@ -210,7 +218,7 @@ impl Params {
         let t = &self.cfg.timing;
         format!(
             "{} hosts, {} VMs; R {} F {} K {} W {} D {} (floor {}), io_timeout {}, lock_timeout {}, mgmt {:?} after {}; \
-             drift <= {} ppm, evict after {} ms, stale reads {} ms, faults in the first {} ms, settle {} ms",
+             drift <= {} ppm, evict after {} ms, stale reads {} ms, faults from {} to {} ms, settle {} ms",
             self.hosts,
             self.vms,
             t.renew_interval,
@@ -226,6 +234,7 @@ impl Params {
             self.drift_ppm,
             self.evict_ms,
             self.stale_ms,
+            self.fault_start_ms,
             self.fault_ms,
             self.settle_ms
         )

@@ -14,6 +14,13 @@ use crate::schedule::Fault;
 use crate::world::World;
 use vmlease::hosts::HostState;
 
+/// The claim wait of a scenario's hosts: a host booted at 0 joins that
+/// much later than before issue 14 (its claim write is read back after
+/// it), so the scenarios' timelines start that much later.
+fn cw(p: &Params) -> u64 {
+    vmlease::collision::claim_wait_ms(p.cfg.io_timeout, p.cfg.timing.renew_interval, None)
+}
+
 fn print_trace(w: &World) {
     for l in &w.trace {
         println!("  {l}");
@@ -25,7 +32,7 @@ fn print_trace(w: &World) {
 fn happy_path_runs_every_vm() {
     let p = Params::fixed(3, 2, 200, 1000, 400, 600);
     let mut w = World::custom(7, p, Vec::new(), &[0, 50 * MS, 100 * MS], true, true);
-    let v = w.run_until(10_000 * MS);
+    let v = w.run_until((cw(&w.p) + 10_000) * MS);
     assert!(v.is_none(), "{v:?}");
     for vm in 0..2 {
         assert!(w.running_qemu_of(vm).is_some(), "vm{vm} does not run");
@@ -41,19 +48,20 @@ fn happy_path_runs_every_vm() {
 /// continues from its own record's last renewal (`fence::clock_start`).
 pub fn kb1_world(mutation: Mutation) -> World {
     let p = Params::fixed(2, 1, 200, 1000, 400, 600);
+    let j = cw(&p);
     let mut faults = vec![
         Fault::LockspaceReadOnly {
             host: 1,
-            at: 3000 * MS,
+            at: (j + 3000) * MS,
             dur: 6000 * MS,
         },
         Fault::DaemonRestart {
             host: 1,
-            at: 3800 * MS,
+            at: (j + 3800) * MS,
         },
         Fault::DaemonRestart {
             host: 1,
-            at: 4700 * MS,
+            at: (j + 4700) * MS,
         },
     ];
     // Someone keeps trying to start the VM on h2.
@@ -61,11 +69,11 @@ pub fn kb1_world(mutation: Mutation) -> World {
         faults.push(Fault::RogueStart {
             vm: 0,
             host: 2,
-            at: (4000 + 200 * i) * MS,
+            at: (j + 4000 + 200 * i) * MS,
         });
     }
-    // h1 boots first so the controller places the VM there.
-    World::custom_mutated(11, p, faults, &[0, 1500 * MS], true, true, mutation)
+    // h1 boots (and joins) first so the controller places the VM there.
+    World::custom_mutated(11, p, faults, &[0, (j + 1500) * MS], true, true, mutation)
 }
 
 /// KB1 is fixed: h1 fences F after its last renewal whatever the restarts.
@@ -73,7 +81,8 @@ pub fn kb1_world(mutation: Mutation) -> World {
 fn kb1_a_daemon_restart_does_not_delay_the_fence() {
     let mut w = kb1_world(Mutation::None);
     w.keep_going = true;
-    w.run_until(9000 * MS);
+    let j = cw(&w.p);
+    w.run_until((j + 9000) * MS);
     print_trace(&w);
     assert!(w.violations.is_empty(), "{}", w.violations[0]);
     // The restarts did happen and continued the clock; h1 fenced.
@@ -95,7 +104,8 @@ fn kb1_a_daemon_restart_does_not_delay_the_fence() {
 fn kb1_is_caught_with_the_old_fence_clock() {
     let mut w = kb1_world(Mutation::RestartResetsFenceClock);
     w.keep_going = true;
-    w.run_until(9000 * MS);
+    let j = cw(&w.p);
+    w.run_until((j + 9000) * MS);
     let kinds: Vec<&str> = w.violations.iter().map(|v| v.invariant).collect();
     assert!(kinds.contains(&"fresh-liveness"), "{kinds:?}");
     assert!(kinds.contains(&"single-writer"), "{kinds:?}");
@@ -106,9 +116,23 @@ fn kb1_is_caught_with_the_old_fence_clock() {
 /// before the second. Before the fix h1's observer dated h2's slot to h1's
 /// own start, so h2 looked unchanged for 6 s > D: h1 took the VM over at
 /// once, while h2's QEMU ran until h2's watchdog fired.
+///
+/// Since issue 14 a joining host writes a claim record first, so an
+/// observer that reads the table all along sees the slot change at the
+/// first renewal; here h1's table reads fail (I/O errors, shorter than F)
+/// while h2 claims, so that h1 first sees h2's slot after its first
+/// renewal - the other way a first sight happened, as the finding says.
+/// (io_timeout 0.2 s: a claim wait of 0.7 s, shorter than F.)
 pub fn kb2_world(mutation: Mutation) -> (World, Option<crate::check::Violation>) {
-    let p = Params::fixed(2, 1, 200, 1000, 400, 600);
-    let mut w = World::custom_mutated(12, p, Vec::new(), &[0, 6000 * MS], false, true, mutation);
+    let mut p = Params::fixed(2, 1, 200, 1500, 400, 1000);
+    p.cfg.io_timeout = 200;
+    let (boot2, errors) = (6000, 100 + cw(&p) + 300);
+    let faults = vec![Fault::IoErrors {
+        host: 1,
+        at: (boot2 + 50) * MS,
+        dur: errors * MS,
+    }];
+    let mut w = World::custom_mutated(12, p, faults, &[0, boot2 * MS], false, true, mutation);
     // Until h2's daemon has published its first renewal.
     while w
         .host(2)
@@ -124,12 +148,20 @@ pub fn kb2_world(mutation: Mutation) -> (World, Option<crate::check::Violation>)
     let until = w.now + 3000 * MS;
     w.host_mut(2).daemon_hung_until = until;
     w.start_vm(0, 2, false);
-    while w.running_qemu_of(0).is_none() && w.now < 8000 * MS {
+    while w.running_qemu_of(0).is_none() && w.now < (boot2 + 2000) * MS {
         let t = w.now + MS;
         w.run_until(t);
     }
     assert!(w.running_qemu_of(0).is_some(), "vm0 started on h2");
-    let t = w.now + 150 * MS;
+    // Until h1 renews again after its I/O errors.
+    let healed = w.host(1).local_ms((boot2 + 50 + errors) * MS);
+    run_while(&mut w, (boot2 + 3000) * MS, |w| {
+        w.host(1)
+            .status
+            .as_ref()
+            .is_some_and(|s| s.last_renewal_ms >= healed)
+    });
+    let t = w.now + 50 * MS;
     w.run_until(t);
     w.start_vm(0, 1, false);
     let t = w.now + 2000 * MS;
@@ -165,7 +197,8 @@ fn kb2_is_caught_with_the_old_observer() {
 /// on a small grid.
 pub fn fresh_read_world(x_ms: u64, y_ms: u64, mutation: Mutation) -> Option<Violation> {
     let p = Params::fixed(2, 1, 250, 6000, 250, 300);
-    let t0 = 3000;
+    let j = cw(&p);
+    let t0 = j + 3000;
     let faults = vec![
         Fault::LockspaceReadOnly {
             host: 1,
@@ -185,9 +218,9 @@ pub fn fresh_read_world(x_ms: u64, y_ms: u64, mutation: Mutation) -> Option<Viol
         },
     ];
     let mut w = World::custom_mutated(13, p, faults, &[0, 0], false, false, mutation);
-    w.run_until(1000 * MS);
+    w.run_until((j + 1000) * MS);
     w.start_vm(0, 1, false);
-    w.run_until(14000 * MS)
+    w.run_until((j + 14000) * MS)
 }
 
 fn fresh_read_grid(mutation: Mutation) -> Vec<(u64, u64, Violation)> {
@@ -226,8 +259,9 @@ fn fresh_slot_read_is_what_keeps_a_renewing_holder() {
 /// refused, reasons).
 pub fn kb3_refusals(r: u64) -> (u64, u64, Vec<String>) {
     let p = Params::fixed(2, 1, r, 4 * r, 200, 300);
+    let j = cw(&p);
     let mut w = World::custom(14, p, Vec::new(), &[0, 0], false, true);
-    w.run_until(1000 * MS);
+    w.run_until((j + 1000) * MS);
     let (mut ok, mut refused) = (0, 0);
     for i in 0..40 {
         let h = 1 + (i % 2) as u16;
@@ -286,22 +320,23 @@ fn kb3_healthy_hosts_accept_starts_with_f_4r() {
 /// over at D while h1's QEMU lived. Now K counts from when F ran out.
 pub fn kb4_world(mutation: Mutation) -> World {
     let p = Params::fixed(2, 1, 200, 1000, 400, 600);
+    let j = cw(&p);
     let mut faults = vec![
         Fault::LockspaceReadOnly {
             host: 1,
-            at: 3000 * MS,
+            at: (j + 3000) * MS,
             dur: 6000 * MS,
         },
         Fault::QemuStuck {
             vm: 0,
-            at: 3500 * MS,
+            at: (j + 3500) * MS,
             dur: 3000 * MS,
         },
     ];
     for i in 0..5 {
         faults.push(Fault::DaemonKill {
             host: 1,
-            at: (4300 + 400 * i) * MS,
+            at: (j + 4300 + 400 * i) * MS,
             restart: true,
         });
     }
@@ -309,7 +344,7 @@ pub fn kb4_world(mutation: Mutation) -> World {
         faults.push(Fault::RogueStart {
             vm: 0,
             host: 2,
-            at: (4000 + 200 * i) * MS,
+            at: (j + 4000 + 200 * i) * MS,
         });
     }
     World::custom_mutated(15, p, faults, &[0, 1500 * MS], true, true, mutation)
@@ -320,7 +355,8 @@ pub fn kb4_world(mutation: Mutation) -> World {
 fn kb4_daemon_crashes_during_a_fence_do_not_delay_the_reset() {
     let mut w = kb4_world(Mutation::None);
     w.keep_going = true;
-    w.run_until(10_000 * MS);
+    let j = cw(&w.p);
+    w.run_until((j + 10_000) * MS);
     print_trace(&w);
     assert!(w.violations.is_empty(), "{}", w.violations[0]);
     assert!(w
@@ -334,7 +370,8 @@ fn kb4_daemon_crashes_during_a_fence_do_not_delay_the_reset() {
 fn kb4_is_caught_with_the_old_kill_clock() {
     let mut w = kb4_world(Mutation::KillTimeoutFromNow);
     w.keep_going = true;
-    w.run_until(10_000 * MS);
+    let j = cw(&w.p);
+    w.run_until((j + 10_000) * MS);
     let kinds: Vec<&str> = w.violations.iter().map(|v| v.invariant).collect();
     assert!(kinds.contains(&"safe-takeover"), "{kinds:?}");
 }
@@ -370,23 +407,26 @@ fn run_while(w: &mut World, limit: u64, cond: impl Fn(&World) -> bool) {
 /// for QEMUs started before it was written.
 pub fn kb5_world(mutation: Mutation) -> (World, Option<Violation>) {
     let p = Params::fixed(2, 1, 200, 1000, 400, 600);
+    let j = cw(&p);
     let faults = vec![Fault::LockspaceReadOnly {
         host: 1,
-        at: 2000 * MS,
+        at: (j + 2000) * MS,
         dur: 1500 * MS,
     }];
     let mut w = World::custom_mutated(16, p, faults, &[0, 0], false, true, mutation);
-    w.run_until(500 * MS);
+    w.run_until((j + 500) * MS);
     w.start_vm(0, 1, false);
-    w.run_until(5000 * MS);
+    w.run_until((j + 5000) * MS);
     let state = |w: &World| w.host(1).status.as_ref().map(|s| s.state);
     assert_eq!(state(&w), Some(HostState::FencedClean), "h1 fenced");
     assert!(w.running_qemu_of(0).is_none());
     w.host_mut(1).clear_request = true;
-    run_while(&mut w, 6000 * MS, |w| state(w) == Some(HostState::Live));
+    run_while(&mut w, (j + 6000) * MS, |w| {
+        state(w) == Some(HostState::Live)
+    });
     assert_eq!(state(&w), Some(HostState::Live), "fence cleared");
     w.start_vm(0, 1, false);
-    run_while(&mut w, 7000 * MS, |w| w.running_qemu_of(0).is_some());
+    run_while(&mut w, (j + 7000) * MS, |w| w.running_qemu_of(0).is_some());
     assert!(w.running_qemu_of(0).is_some(), "vm0 runs on h1 again");
     let now = w.now;
     inject(
@@ -431,13 +471,14 @@ fn kb5_is_caught_with_the_old_rule_1() {
 pub fn abandoned_acquire_world(mutation: Mutation) -> World {
     let p = Params::fixed(2, 1, 200, 1000, 400, 600);
     let stall = p.cfg.io_timeout + p.cfg.lock_timeout + 2000;
+    let j = cw(&p);
     let faults = vec![Fault::AcquireStall {
         host: 1,
-        at: 400 * MS,
+        at: (j + 400) * MS,
         dur: stall * MS,
     }];
     let mut w = World::custom_mutated(17, p, faults, &[0, 0], false, true, mutation);
-    w.run_until(500 * MS);
+    w.run_until((j + 500) * MS);
     w.start_vm(0, 1, false);
     let t = w.now + (stall + 1000) * MS;
     w.run_until(t);
@@ -485,15 +526,16 @@ fn an_abandoned_acquire_is_caught_with_the_old_acquire() {
 /// stuck write was still to land.
 pub fn zombie_leader_world(mutation: Mutation) -> World {
     let p = Params::fixed(2, 1, 200, 1000, 400, 600);
+    let j = cw(&p);
     let mut faults = vec![
         Fault::LockspaceReadOnly {
             host: 1,
-            at: 3000 * MS,
+            at: (j + 3000) * MS,
             dur: 6000 * MS,
         },
         Fault::QemuStuck {
             vm: 0,
-            at: 3500 * MS,
+            at: (j + 3500) * MS,
             dur: 3500 * MS,
         },
     ];
@@ -501,7 +543,7 @@ pub fn zombie_leader_world(mutation: Mutation) -> World {
         faults.push(Fault::RogueStart {
             vm: 0,
             host: 2,
-            at: (4000 + 200 * i) * MS,
+            at: (j + 4000 + 200 * i) * MS,
         });
     }
     World::custom_mutated(21, p, faults, &[0, 1500 * MS], true, true, mutation)
@@ -512,7 +554,8 @@ pub fn zombie_leader_world(mutation: Mutation) -> World {
 fn a_killed_qemu_with_io_in_flight_is_alive_until_its_last_thread_exits() {
     let mut w = zombie_leader_world(Mutation::None);
     w.keep_going = true;
-    w.run_until(10_000 * MS);
+    let j = cw(&w.p);
+    w.run_until((j + 10_000) * MS);
     print_trace(&w);
     assert!(w.violations.is_empty(), "{}", w.violations[0]);
     assert!(w
@@ -526,7 +569,8 @@ fn a_killed_qemu_with_io_in_flight_is_alive_until_its_last_thread_exits() {
 fn leader_exit_taken_for_death_is_caught() {
     let mut w = zombie_leader_world(Mutation::LeaderExitIsDeath);
     w.keep_going = true;
-    w.run_until(10_000 * MS);
+    let j = cw(&w.p);
+    w.run_until((j + 10_000) * MS);
     print_trace(&w);
     let kinds: Vec<&str> = w.violations.iter().map(|v| v.invariant).collect();
     assert!(kinds.contains(&"safe-takeover"), "{kinds:?}");
@@ -534,4 +578,173 @@ fn leader_exit_taken_for_death_is_caught() {
         .trace
         .iter()
         .any(|l| l.contains("h1") && l.contains("RESET")));
+}
+
+/// The trace lines of host `h`.
+fn lines_of(w: &World, h: u16) -> Vec<&String> {
+    let who = format!("h{h}");
+    w.trace
+        .iter()
+        .filter(|l| l.split_whitespace().nth(1) == Some(who.as_str()))
+        .collect()
+}
+
+fn joined(w: &World, h: u16) -> bool {
+    lines_of(w, h)
+        .iter()
+        .any(|l| l.contains("joined the lockspace as host"))
+}
+
+/// Machine `h` lost host id 1 to the machine named `winner`: it was
+/// refused at its claim, or fenced for the collision, with a message
+/// that names the collision and both machines.
+fn lost_the_id(w: &World, h: u16, winner: &str) -> Result<String, String> {
+    let name = w.host(h).name.clone();
+    let lines = lines_of(w, h);
+    let text = lines
+        .iter()
+        .find(|l| {
+            l.contains("host id 1")
+                && (l.contains("collision") || l.contains("in use"))
+                && (l.contains("watchdog daemon exits") || l.contains("fences"))
+        })
+        .ok_or_else(|| format!("h{h} ({name}) neither refused nor fenced for host id 1"))?;
+    if !text.contains(&format!("host '{winner}'"))
+        || !text.contains(&format!("this host ('{name}'"))
+    {
+        return Err(format!(
+            "h{h}: the message does not name both machines: {text}"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// Issue 14 item 2: h1 and a clone of it (h3: host id 1, another name
+/// unless `same_name`) start `gap_ms` apart on an empty slot, both with
+/// R 0.2 s, F 1.5 s; h2 keeps trying to start the VM that the winner runs.
+pub fn clone_race_world(gap_ms: u64, same_name: bool, mutation: Mutation) -> World {
+    let p = Params::fixed(2, 1, 200, 1500, 400, 600);
+    let mut faults = vec![Fault::Clone {
+        of: 1,
+        at: gap_ms * MS,
+        dur: 12_000 * MS,
+        same_name,
+        stall: 0,
+    }];
+    for i in 0..30 {
+        faults.push(Fault::RogueStart {
+            vm: 0,
+            host: 2,
+            at: (3000 + 200 * i) * MS,
+        });
+    }
+    let mut w = World::custom_mutated(22, p, faults, &[0, 0], false, true, mutation);
+    w.keep_going = true;
+    run_while(&mut w, 2800 * MS, |w| joined(w, 1) || joined(w, 3));
+    let winner = if joined(&w, 1) { 1 } else { 3 };
+    let t = w.now + 200 * MS;
+    w.run_until(t);
+    w.start_vm(0, winner, false);
+    w.run_until(11_000 * MS);
+    w
+}
+
+#[test]
+fn two_machines_with_one_host_id_started_together() {
+    for (gap, same_name) in [(0, false), (0, true), (50, false), (50, true)] {
+        let w = clone_race_world(gap, same_name, Mutation::None);
+        let ctx = || format!("gap {gap} ms, same name {same_name}");
+        assert!(w.violations.is_empty(), "{}: {}", ctx(), w.violations[0]);
+        // Exactly one keeps the id; the other lost it and says so.
+        let (a, b) = (joined(&w, 1), joined(&w, 3));
+        let (winner, loser) = match (a, b) {
+            (true, false) => (1, 3),
+            (false, true) => (3, 1),
+            _ => {
+                print_trace(&w);
+                panic!("{}: h1 joined {a}, the clone joined {b}", ctx());
+            }
+        };
+        let name = w.host(winner).name.clone();
+        let text = lost_the_id(&w, loser, &name).unwrap_or_else(|e| {
+            print_trace(&w);
+            panic!("{}: {e}", ctx())
+        });
+        let q = w.running_qemu_of(0).expect("vm0 runs");
+        assert_eq!(w.qemus[q].host, winner, "{}", ctx());
+        eprintln!("{}: h{winner} keeps the id; h{loser}: {text}", ctx());
+    }
+}
+
+/// Issue 14 item 2: h1 runs the VM; its watchdog daemon is stopped
+/// (SIGSTOP) for 2.5 s - longer than the claim wait (1.8 s) and the old
+/// claim's watch of a record with this host's name (2 R + io_timeout =
+/// 1.15 s), shorter than W (3 s: h1 is not reset) and D (4.9 s) - while a
+/// clone of it starts. h2 keeps trying to start the VM; the clone's
+/// libvirtd autostarts it once its daemon has joined. (h1 fences when it
+/// resumes: F = 1.5 s has passed.)
+pub fn clone_stall_world(same_name: bool, mutation: Mutation) -> World {
+    let p = Params::fixed(2, 1, 200, 1500, 400, 3000);
+    let t0 = 5000;
+    let mut faults = vec![
+        Fault::DaemonHang {
+            host: 1,
+            at: t0 * MS,
+            dur: 2500 * MS,
+        },
+        Fault::Clone {
+            of: 1,
+            at: t0 * MS,
+            dur: 8000 * MS,
+            same_name,
+            stall: 0,
+        },
+    ];
+    for i in 0..30 {
+        faults.push(Fault::RogueStart {
+            vm: 0,
+            host: 2,
+            at: (t0 + 200 * i) * MS,
+        });
+    }
+    let mut w = World::custom_mutated(23, p, faults, &[0, 0], false, true, mutation);
+    w.keep_going = true;
+    w.run_until(3000 * MS);
+    w.start_vm(0, 1, false);
+    w.run_until(14_000 * MS);
+    w
+}
+
+#[test]
+fn a_clone_started_while_the_owner_stalls_is_refused() {
+    for same_name in [false, true] {
+        let w = clone_stall_world(same_name, Mutation::None);
+        print_trace(&w);
+        assert!(
+            w.violations.is_empty(),
+            "same name {same_name}: {}",
+            w.violations[0]
+        );
+        assert!(!joined(&w, 3), "same name {same_name}: the clone joined");
+        let text = lost_the_id(&w, 3, "host-1.sim").unwrap();
+        eprintln!("same name {same_name}: {text}");
+        // h1 fenced when it resumed (its last renewal was more than F
+        // ago), killing its VM; nobody took the VM while that ran.
+        assert!(!w.trace.iter().any(|l| l.contains("RESET")));
+    }
+}
+
+/// The old claim and renewal (mutation `claim-without-read-back`): a clone
+/// with h1's name watched h1's record for 2 R + io_timeout only, joined,
+/// and took h1's VM by rule 2 ("rebooted") while h1's QEMU ran.
+#[test]
+fn a_clone_started_while_the_owner_stalls_is_caught_with_the_old_claim() {
+    let w = clone_stall_world(true, Mutation::ClaimWithoutReadBack);
+    print_trace(&w);
+    let v = w
+        .violations
+        .iter()
+        .find(|v| v.invariant == "safe-takeover")
+        .unwrap_or_else(|| panic!("no safe-takeover: {:?}", w.violations));
+    assert!(v.text.contains("by rule 2"), "{v}");
 }

@@ -74,7 +74,23 @@ pub enum Fault {
     /// daemon's I/O unaffected), until `at + dur`: they outlive their
     /// deadline and go on afterwards, abandoned.
     AcquireStall { host: u16, at: Us, dur: Us },
+    /// A machine cloned from `of` boots at `at` (issue 14 item 2): its
+    /// disk image carries `of`'s vmlease config, hence its host id, and
+    /// its libvirt domains marked autostart. Named like `of` or not. It is
+    /// powered off for good at `at + dur` (someone found it). With a
+    /// `stall`, `of`'s renewals stall from `at` for that long (its
+    /// lockspace link hangs; its VMs' disks work).
+    Clone {
+        of: u16,
+        at: Us,
+        dur: Us,
+        same_name: bool,
+        stall: Us,
+    },
 }
+
+/// The share of schedules with a cloned host.
+pub const CLONE_CHANCE: f64 = 0.15;
 
 impl Fault {
     /// The kind's name, as `VMLEASE_SIM_FAULTS` takes it.
@@ -99,6 +115,7 @@ impl Fault {
             Fault::RogueStart { .. } => "rogue-start",
             Fault::Destroy { .. } => "destroy",
             Fault::AcquireStall { .. } => "acquire-stall",
+            Fault::Clone { .. } => "clone",
         }
     }
 
@@ -122,7 +139,8 @@ impl Fault {
             | Fault::Pause { at, .. }
             | Fault::RogueStart { at, .. }
             | Fault::Destroy { at, .. }
-            | Fault::AcquireStall { at, .. } => *at,
+            | Fault::AcquireStall { at, .. }
+            | Fault::Clone { at, .. } => *at,
         }
     }
 
@@ -139,6 +157,7 @@ impl Fault {
             | Fault::DaemonHang { dur, .. }
             | Fault::QemuStuck { dur, .. }
             | Fault::AcquireStall { dur, .. }
+            | Fault::Clone { dur, .. }
             | Fault::Pause { dur, .. } => *dur,
             _ => 0,
         }
@@ -278,6 +297,29 @@ impl fmt::Display for Fault {
                 write!(f, "{} someone starts vm{vm} on h{host}", t(*at))
             }
             Fault::Destroy { vm, at } => write!(f, "{} virsh destroy vm{vm}", t(*at)),
+            Fault::Clone {
+                of,
+                at,
+                dur,
+                same_name,
+                stall,
+            } => {
+                write!(
+                    f,
+                    "{} a clone of h{of} ({}, host id {of}) boots, powered off after {}",
+                    t(*at),
+                    if *same_name {
+                        "the same name"
+                    } else {
+                        "another name"
+                    },
+                    d(dur)
+                )?;
+                if *stall > 0 {
+                    write!(f, "; h{of}'s renewals stall for {}", d(stall))?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -333,7 +375,7 @@ pub struct Schedule {
 impl Schedule {
     pub fn generate(rng: &mut Rng, p: &Params) -> Schedule {
         let mut faults = Vec::new();
-        let start = 1000 * MS;
+        let start = p.fault_start_ms * MS;
         let end = p.fault_ms * MS;
         let t = &p.cfg.timing;
         let hosts: Vec<u16> = (1..=p.hosts).collect();
@@ -409,6 +451,29 @@ impl Schedule {
             };
             faults.push(fault);
         }
+        // A cloned host, drawn after every other fault so that those stay
+        // what they were: booted with the cluster (a race for an empty
+        // slot), or later, while the original's renewals stall for a
+        // while (from R to past D).
+        if rng.chance(CLONE_CHANCE) {
+            let of = *rng.pick(&hosts);
+            let same_name = rng.chance(0.5);
+            let (at, stall) = if rng.chance(0.3) {
+                (rng.range(0, 200) * MS, 0)
+            } else {
+                let at = rng.range(start, end.saturating_sub(MS).max(start));
+                let stall = rng.range(t.renew_interval, t.host_dead_timeout + t.renew_fail_timeout);
+                (at, stall * MS)
+            };
+            let dur = rng.range(t.host_dead_timeout, 3 * t.host_dead_timeout) * MS;
+            faults.push(Fault::Clone {
+                of,
+                at,
+                dur,
+                same_name,
+                stall,
+            });
+        }
         faults.sort_by_key(|f| f.at());
         // VMLEASE_SIM_FAULTS=-a,-b leaves kinds out (for studying a bug;
         // every run checked by CI and bench/sim-long has them all).
@@ -423,7 +488,11 @@ impl Schedule {
     }
 
     pub fn from_faults(faults: Vec<Fault>, p: &Params) -> Schedule {
-        let n = p.hosts as usize + 1;
+        let clones = faults
+            .iter()
+            .filter(|f| matches!(f, Fault::Clone { .. }))
+            .count();
+        let n = p.hosts as usize + clones + 1;
         let mut storage = vec![Vec::new(); n];
         let mut table = vec![Vec::new(); n];
         let mut mgmt = vec![Vec::new(); n];
@@ -482,6 +551,13 @@ impl Schedule {
                     for &h in hosts {
                         mgmt[h as usize].push((start, end));
                     }
+                }
+                Fault::Clone { of, stall, .. } if *stall > 0 => {
+                    storage[*of as usize].push(Span {
+                        start,
+                        end: start + stall,
+                        kind: SpanKind::Cut { data: false },
+                    });
                 }
                 _ => {}
             }
@@ -591,11 +667,24 @@ impl Schedule {
         !self.mgmt[h as usize].iter().any(|&(s, e)| s <= t && t < e)
     }
 
+    /// The host index of the clone that fault `i` boots: clones follow the
+    /// cluster's hosts, in the order of their faults.
+    pub fn clone_host(&self, p: &Params, i: usize) -> u16 {
+        let before = self.faults[..i]
+            .iter()
+            .filter(|f| matches!(f, Fault::Clone { .. }))
+            .count();
+        p.hosts + 1 + before as u16
+    }
+
     /// When the last fault ends.
     pub fn heal_time(&self, p: &Params) -> Us {
         self.faults
             .iter()
-            .map(|f| f.at() + f.dur())
+            .map(|f| match f {
+                Fault::Clone { stall, .. } => f.at() + f.dur().max(*stall),
+                _ => f.at() + f.dur(),
+            })
             .max()
             .unwrap_or(0)
             .max(p.fault_ms * MS)

@@ -1,8 +1,9 @@
 //! The simulated shared store: the host table and the lease records, with
 //! the semantics the protocol relies on (SPEC section 2): a record write
-//! is atomic, the record lock serialises read-modify-writes, and unlocked
-//! reads of other hosts' slots may return the previous version of a slot
-//! written a moment ago.
+//! is atomic, the record lock serialises read-modify-writes, and reads of
+//! a slot another machine wrote a moment ago may return its previous
+//! version (a machine always reads its own writes; two machines with one
+//! host id share a slot and read each other's writes late too).
 //!
 //! [`SimIo`] is what the real [`vmlease::engine::Engine`] runs on: every
 //! read is served from the store as it is when the operation got its lock,
@@ -29,6 +30,8 @@ pub struct SlotCell {
     /// Counts the writes of this slot (for the decode cache).
     pub version: u64,
     pub prev_version: u64,
+    /// The machine (host index) that wrote `cur`.
+    pub writer: u16,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -74,13 +77,16 @@ impl StoreState {
                     written_at: 0,
                     version: 0,
                     prev_version: 0,
+                    writer: 0,
                 })
                 .collect(),
             leases: BTreeMap::new(),
         }
     }
 
-    pub fn apply(&mut self, w: &Write, now: Us) {
+    /// Applies a write that landed; `writer` is the machine (host index)
+    /// that issued it.
+    pub fn apply(&mut self, w: &Write, now: Us, writer: u16) {
         match w {
             Write::Lease { key, data } => {
                 let c = self.leases.entry(key.clone()).or_default();
@@ -96,6 +102,7 @@ impl StoreState {
                 c.prev_version = c.version;
                 c.version += 1;
                 c.written_at = now;
+                c.writer = writer;
             }
         }
     }
@@ -119,6 +126,7 @@ fn eio(op: &'static str, path: &str) -> Error {
 /// One operation's view of the store (see the module doc).
 pub struct SimIo<'a> {
     st: &'a StoreState,
+    /// The reading machine (host index, not host id).
     reader: u16,
     now: Us,
     stale_us: Us,
@@ -196,7 +204,7 @@ impl<'a> SimIo<'a> {
     fn slot(&self, i: usize) -> (&'a [u8], u64) {
         let c = &self.st.slots[i];
         let recent = self.now.saturating_sub(c.written_at) < self.stale_us;
-        if i as u16 + 1 != self.reader && recent && c.version > 0 && self.coin() {
+        if c.writer != self.reader && recent && c.version > 0 && self.coin() {
             (&c.prev, c.prev_version)
         } else {
             (&c.cur, c.version)

@@ -58,6 +58,11 @@ pub enum Ev {
         h: u16,
         gen: u64,
     },
+    /// A clone's libvirtd starts and autostarts its domains.
+    Autostart {
+        h: u16,
+        boot: u32,
+    },
     WdCheck(u16),
     CallRun(u64),
     CallLand(u64),
@@ -108,9 +113,21 @@ impl Ord for Queued {
     }
 }
 
-/// One hypervisor host.
+/// One hypervisor host (a machine).
 pub struct Host {
+    /// Its index in the world (h1, h2, ...): machines are told apart by it.
     pub id: u16,
+    /// The host id its config gives it: its index, except for a clone
+    /// (`Fault::Clone`), which has the id of the host it was cloned from.
+    pub host_id: u16,
+    /// A clone of that host (not managed by the controller or the
+    /// operator: nobody knows it is there).
+    pub clone_of: Option<u16>,
+    /// Powered off for good (a clone that was found).
+    pub retired: bool,
+    /// The boot whose libvirtd has started (it autostarts a clone's
+    /// domains once).
+    pub libvirtd_boot: u32,
     pub name: String,
     pub cfg: Config,
     pub boot_no: u32,
@@ -322,9 +339,27 @@ impl World {
         let io_rng = root.fork(4);
         let max_hosts = p.hosts + 2;
         let mut hosts = Vec::new();
-        for id in 1..=p.hosts {
+        // The cluster's hosts, then one machine per clone fault: a copy of
+        // the host it was cloned from, with its host id.
+        let clones: Vec<(u16, bool)> = sched
+            .faults
+            .iter()
+            .filter_map(|f| match f {
+                Fault::Clone { of, same_name, .. } => Some((*of, *same_name)),
+                _ => None,
+            })
+            .collect();
+        let machines = (1..=p.hosts)
+            .map(|id| (id, None, true))
+            .chain(clones.iter().map(|&(of, same)| (of, Some(of), same)));
+        for (id, (host_id, clone_of, same_name)) in (1u16..).zip(machines) {
             let mut cfg = p.cfg.clone();
-            cfg.host_id = Some(id);
+            cfg.host_id = Some(host_id);
+            let name = if same_name {
+                format!("host-{host_id}.sim")
+            } else {
+                format!("host-{id}-clone-of-{host_id}.sim")
+            };
             let drift = |rng: &mut Rng| {
                 if p.drift_ppm == 0 {
                     0
@@ -334,7 +369,11 @@ impl World {
             };
             hosts.push(Host {
                 id,
-                name: format!("host-{id}.sim"),
+                host_id,
+                clone_of,
+                retired: false,
+                libvirtd_boot: 0,
+                name,
                 cfg,
                 boot_no: 0,
                 boot_id: String::new(),
@@ -412,6 +451,7 @@ impl World {
             decode_cache: HashMap::new(),
             landed: HashMap::new(),
         };
+        // Clones boot when their fault says.
         for h in 1..=w.p.hosts {
             let t = match boot_at {
                 Some(b) => b[h as usize - 1],
@@ -578,19 +618,26 @@ impl World {
         }
         let fresh = 2 * t.renew_interval * MS;
         let hosts_ok = self.hosts.iter().all(|h| {
-            h.up && !h.frozen(self.now)
+            let renewing = h.up
+                && !h.frozen(self.now)
                 && h.daemon.as_ref().is_some_and(|d| {
                     d.phase == crate::daemon::DPhase::Running
                         && d.jobs.is_empty()
                         && d.job.is_none()
                 })
-                && h.last_landed + fresh >= self.now
+                && h.last_landed + fresh >= self.now;
+            renewing || h.retired
         });
         hosts_ok
-            && self
-                .calls
-                .values()
-                .all(|c| matches!(c.job, Job::Renew(_) | Job::RenewRead) && !c.has_lock)
+            && self.calls.values().all(|c| {
+                matches!(
+                    c.job,
+                    Job::Renew { .. }
+                        | Job::RenewWrite { .. }
+                        | Job::OldRenew(_)
+                        | Job::OldRenewRead
+                ) && !c.has_lock
+            })
     }
 
     /// Host-side events wait while their host is frozen, daemon events
@@ -601,7 +648,7 @@ impl World {
             | Ev::Probe { h, .. }
             | Ev::ProbeDone { h, .. }
             | Ev::ClaimPoll { h, .. } => (*h, true),
-            Ev::DaemonSpawn { h, .. } => (*h, false),
+            Ev::DaemonSpawn { h, .. } | Ev::Autostart { h, .. } => (*h, false),
             Ev::QemuWrite(q) => (self.qemus[*q].host, false),
             Ev::OpStep(id) => (self.ops.get(id)?.host, false),
             Ev::Deliver { owner, .. } => match owner {
@@ -646,6 +693,7 @@ impl World {
             Ev::Probe { h, gen } => self.probe_start(h, gen),
             Ev::ProbeDone { h, gen, at_ms, up } => self.probe_done(h, gen, at_ms, up),
             Ev::ClaimPoll { h, gen } => self.claim_poll(h, gen),
+            Ev::Autostart { h, boot } => self.autostart(h, boot),
             Ev::WdCheck(h) => self.wd_check(h),
             Ev::CallRun(id) => self.call_run(id),
             Ev::CallLand(id) => self.call_land(id),
@@ -724,6 +772,10 @@ impl World {
                     }
                 }
             }
+            Fault::Clone { .. } => {
+                let h = self.sched.clone_host(&self.p, i);
+                self.boot(h);
+            }
             Fault::StorageCut { .. }
             | Fault::SlowIo { .. }
             | Fault::SlowHostTable { .. }
@@ -742,17 +794,25 @@ impl World {
             let s = format!("healed: {f}");
             self.log("FAULT", s);
         }
+        if let Fault::Clone { .. } = self.sched.faults[i] {
+            let h = self.sched.clone_host(&self.p, i);
+            self.power_off(h);
+        }
     }
 
     // ---------------------------------------------------------------
     // Hosts: boot, reset, watchdog.
 
     fn boot(&mut self, h: u16) {
+        if self.host(h).retired {
+            return;
+        }
         let now = self.now;
         let base = self.rng.range(2_000, 8_000);
         let hs = self.host_mut(h);
         hs.boot_no += 1;
-        hs.boot_id = format!("boot-h{h}-{}", hs.boot_no);
+        // Unique in its first 8 characters (messages shorten boot ids).
+        hs.boot_id = format!("b{}-h{h}", hs.boot_no);
         hs.up = true;
         hs.boot_real = now;
         hs.clock_base_ms = base;
@@ -761,10 +821,7 @@ impl World {
         hs.last_landed = 0;
         hs.next_pid = 1000;
         let boot = hs.boot_no;
-        self.log(
-            &format!("h{h}"),
-            format!("boots (boot id boot-h{h}-{boot})"),
-        );
+        self.log(&format!("h{h}"), format!("boots (boot id b{boot}-h{h})"));
         let d = self.rng.range(self.p.restart_ms.0, self.p.restart_ms.1) * MS;
         self.after(d, Ev::DaemonSpawn { h, boot });
     }
@@ -774,6 +831,22 @@ impl World {
     pub fn reset(&mut self, h: u16, why: &str) {
         self.log(&format!("h{h}"), format!("RESET ({why})"));
         self.stats.resets += 1;
+        self.go_down(h);
+        let d = self.rng.range(self.p.reboot_ms.0, self.p.reboot_ms.1) * MS;
+        self.after(d, Ev::Boot(h));
+    }
+
+    /// A clone is found and powered off for good.
+    fn power_off(&mut self, h: u16) {
+        if self.host(h).up {
+            self.log(&format!("h{h}"), "powered off for good".into());
+            self.go_down(h);
+        }
+        self.host_mut(h).retired = true;
+    }
+
+    /// Everything on the host stops at once (see `reset`).
+    fn go_down(&mut self, h: u16) {
         let qs: Vec<usize> = self
             .qemus
             .iter()
@@ -815,8 +888,6 @@ impl World {
         hs.frozen_until = 0;
         hs.daemon_hung_until = 0;
         let _ = now;
-        let d = self.rng.range(self.p.reboot_ms.0, self.p.reboot_ms.1) * MS;
-        self.after(d, Ev::Boot(h));
     }
 
     pub fn wd_arm(&mut self, h: u16) {

@@ -14,6 +14,7 @@
 
 mod calls;
 mod check;
+mod claim;
 mod controller;
 mod daemon;
 mod libvirt;

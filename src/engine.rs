@@ -66,7 +66,10 @@ impl<S: Store> Engine<S> {
             Slot::Record(r) => Some(r.host_name),
             _ => None,
         };
-        Ok((judge.judge(h, &raw), name))
+        let v = crate::takeover::with_rule5(judge.judge(h, &raw), self.host_id, h, &raw, || {
+            self.ls.read_storage_fence_raw(h.host_id)
+        })?;
+        Ok((v, name))
     }
 
     /// Acquires `res` for `me`. With `expect_version` (a handover state),

@@ -28,6 +28,7 @@ pub mod sha256;
 pub mod sharedfs;
 pub mod state_string;
 pub mod status;
+pub mod storage_fence;
 pub mod store;
 pub mod takeover;
 

@@ -51,6 +51,13 @@ pub trait Store {
 
     /// Writes one host's slot (its liveness record).
     fn write_host(&self, rec: &HostRecord) -> Result<()>;
+
+    /// The raw `storage-fenced` verdict of a host (takeover rule 5), read
+    /// under the record lock; None when there is none. A store without
+    /// storage fencing has none.
+    fn read_storage_fence_raw(&self, _host_id: u16) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
 }
 
 impl Store for Lockspace {
@@ -82,6 +89,10 @@ impl Store for Lockspace {
 
     fn write_host(&self, rec: &HostRecord) -> Result<()> {
         Lockspace::write_host(self, rec)
+    }
+
+    fn read_storage_fence_raw(&self, host_id: u16) -> Result<Option<Vec<u8>>> {
+        Lockspace::read_storage_fence_raw(self, host_id)
     }
 }
 

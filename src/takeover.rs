@@ -20,6 +20,11 @@
 //!    resets such a host when its daemon hangs, so its silence proves
 //!    nothing (`trust_unsafe_peers = true` on this host applies rule 4 to
 //!    it anyway, for tests and demos).
+//! 5. the holder's host has a `storage-fenced` verdict (Ceph blocklist,
+//!    [`crate::storage_fence`]) for the holder's boot, written after the
+//!    blocklist was committed and delivered, the host has not renewed
+//!    since, and the holder's QEMU started before the host's last renewal
+//!    ([`crate::storage_fence::rule5`]; docs/design.md has the argument).
 //!
 //! Everything else - including a damaged or missing host record that has
 //! not been observed unchanged for long enough - keeps the lease held.
@@ -41,6 +46,7 @@ pub enum FreeBecause {
     Rebooted { now: String },
     ProcessGone,
     ObservedDead { unchanged_ms: u64, dead_ms: u64 },
+    StorageFenced { by: u16, epoch: u64 },
 }
 
 impl fmt::Display for FreeBecause {
@@ -58,6 +64,10 @@ impl fmt::Display for FreeBecause {
                 "its host's liveness record was observed unchanged for {} (host_dead_timeout {})",
                 secs(*unchanged_ms),
                 secs(*dead_ms)
+            ),
+            FreeBecause::StorageFenced { by, epoch } => write!(
+                f,
+                "its host was storage-fenced by host {by} (Ceph blocklist committed in osdmap epoch {epoch})"
             ),
         }
     }
@@ -222,4 +232,41 @@ impl Judge<'_> {
 /// Does the holder's host say it has no hardware watchdog?
 pub fn unwatched(slot: &Slot) -> bool {
     matches!(slot, Slot::Record(r) if r.unsafe_no_watchdog)
+}
+
+/// Takeover rule 5 on top of a verdict of rules 1-4: a holder still held
+/// on another host is free when that host's storage-fence verdict
+/// (`fence_raw`, read under the record lock; None: no verdict) frees it.
+/// A damaged verdict frees nothing; the reason says so.
+pub fn with_rule5(
+    v: Verdict,
+    my_host_id: u16,
+    h: &Holder,
+    raw_slot: &[u8],
+    fence_raw: impl FnOnce() -> crate::error::Result<Option<Vec<u8>>>,
+) -> crate::error::Result<Verdict> {
+    let Verdict::Held(why) = v else {
+        return Ok(v);
+    };
+    if h.host_id == my_host_id {
+        return Ok(Verdict::Held(why));
+    }
+    let raw = fence_raw()?;
+    Ok(
+        match crate::storage_fence::decode_verdict(h.host_id, raw.as_deref()) {
+            crate::storage_fence::Found::None => Verdict::Held(why),
+            crate::storage_fence::Found::Damaged(d) => Verdict::Held(format!(
+                "{why}; its storage-fence verdict is damaged ({d}) and frees nothing"
+            )),
+            crate::storage_fence::Found::Valid(f) => {
+                match crate::storage_fence::rule5(h, raw_slot, &f) {
+                    Ok(()) => Verdict::Free(FreeBecause::StorageFenced {
+                        by: f.writer_host,
+                        epoch: f.osdmap_epoch,
+                    }),
+                    Err(no) => Verdict::Held(format!("{why}; storage fence: {no}")),
+                }
+            }
+        },
+    )
 }

@@ -220,6 +220,34 @@ no watchdog daemon runs), 2 configuration error.",
         positional: (0, 0),
     },
     CommandHelp {
+        name: "storage-fence",
+        synopsis: "HOST",
+        summary: "stop a silent host's writes with a Ceph blocklist; frees its leases",
+        body: "\
+Fences HOST at the storage layer: blocklists every storage address HOST
+published (storage_fence_addrs in its configuration) with 'ceph osd
+blocklist add IP:0/0 EXPIRE', waits until the committed OSD map holds
+the entries and every up OSD (and --client-asok, this host's Ceph
+client) has that map, then writes a storage-fenced verdict into the
+lockspace. The verdict frees HOST's leases at once (takeover rule 5).
+
+Refused, with nothing done, when HOST renewed less than --after ago as
+observed by this host's watchdog daemon (default 3 renewals + 1 s: a
+slow host is never blocklisted), publishes no storage address, or holds
+a lease on storage that is not Ceph. If a step fails, no verdict is
+written and HOST's leases wait for host_dead_timeout as usual.
+
+Options: --expire SECS (entry lifetime, default a week; more than twice
+HOST's host_dead_timeout), --after SECS, --timeout SECS (default 30),
+--client-asok PATH. The ceph CLI runs as this host's default client
+(CEPH_ARGS selects another). 'vmlease clear-fence' on HOST undoes it.
+
+Exit status: 0 fenced, 1 refused or failed, 2 usage or configuration
+error, 3 lockspace unreachable.",
+        flags: &["--expire", "--after", "--timeout", "--client-asok"],
+        positional: (1, 1),
+    },
+    CommandHelp {
         name: "dump",
         synopsis: "FILE",
         summary: "decode and check a vmlease record, table, status or registry entry",

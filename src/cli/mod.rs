@@ -22,6 +22,7 @@ mod leases;
 mod release;
 mod setup;
 mod status;
+mod storage_fence;
 pub mod view;
 mod worker;
 
@@ -94,6 +95,7 @@ fn run(opts: &Opts, command: &str, args: &Args) -> i32 {
         "init" => setup::init(opts, args),
         "release" => release::run(opts, args),
         "clear-fence" => fence::clear(opts),
+        "storage-fence" => storage_fence::run(opts, args),
         "dump" => dump::run(opts, &args.positional[0]),
         "ha" => ha::run(opts, args),
         "hook" => crate::hook::main(&opts.config, &args.positional),

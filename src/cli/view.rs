@@ -196,15 +196,35 @@ impl Ctx {
         }
         let view = self.view_at(t);
         let alive = |p: ProcId| p.is_alive();
-        Judge {
-            my_host_id: self.cfg.host_id.unwrap_or(0),
+        let me = self.cfg.host_id.unwrap_or(0);
+        let v = Judge {
+            my_host_id: me,
             my_boot_id: &self.boot_id,
             my_dead_ms: self.cfg.timing.host_dead_timeout,
             trust_unsafe_peers: self.cfg.trust_unsafe_peers,
             view: view.as_ref(),
             process_alive: &alive,
         }
-        .judge(h, t.slot_raw(h.host_id))
+        .judge(h, t.slot_raw(h.host_id));
+        let held = v.clone();
+        // Rule 5: the storage-fence verdict, read with the I/O deadline.
+        let ls = self.ls.clone();
+        let id = h.host_id;
+        let path = crate::storage_fence::verdict_path(&ls.dir, id);
+        let read = move || {
+            deadline::run(
+                self.cfg.io_timeout,
+                "read storage-fence verdict",
+                &path,
+                move || ls.read_storage_fence_raw(id),
+            )
+        };
+        crate::takeover::with_rule5(v, me, h, t.slot_raw(h.host_id), read).unwrap_or_else(|e| {
+            match held {
+                Verdict::Held(why) => Verdict::Held(format!("{why}; storage fence: {e}")),
+                other => other,
+            }
+        })
     }
 
     /// The host_dead_timeout that applies to `host_id` (the larger of its

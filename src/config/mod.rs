@@ -106,6 +106,9 @@ pub struct Config {
     pub service: Network,
     /// The `[ha]` section (vmlease-ha); `None` when absent.
     pub ha: Option<HaConfig>,
+    /// This host's Ceph client IP addresses (storage network), published
+    /// for storage-level fencing; empty: not storage-fenceable.
+    pub storage_fence_addrs: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -183,6 +186,7 @@ struct Raw {
     management: Option<RawNetwork>,
     service: Option<RawNetwork>,
     ha: Option<Spanned<ha::RawHa>>,
+    storage_fence_addrs: Option<Spanned<Vec<String>>>,
 }
 
 /// Parses the text of a config file. `origin` names it in errors.
@@ -552,6 +556,16 @@ impl Builder<'_> {
             management: self.network("management", raw.management, Policy::Report)?,
             service: self.network("service", raw.service, Policy::Report)?,
             ha: self.ha(raw.ha)?,
+            storage_fence_addrs: match raw.storage_fence_addrs {
+                None => Vec::new(),
+                Some(a) => {
+                    for ip in a.get_ref() {
+                        crate::storage_fence::ceph::whole_ip_entry(ip)
+                            .map_err(|e| self.err("storage_fence_addrs", a.span(), e))?;
+                    }
+                    a.into_inner()
+                }
+            },
         })
     }
 }

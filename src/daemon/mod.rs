@@ -353,6 +353,7 @@ impl Daemon {
             );
             fence.phase = Phase::Fenced { cause, since: now };
         }
+        crate::storage_fence::publish_target(&ls, &cfg, host_id, &boot_id);
         info!(
             "host {host_id} ({host_name}) joined lockspace {} (UUID {}) on {}; renew every {}, fence after {}, takeover by others after {}",
             cfg.lockspace_dir.display(),

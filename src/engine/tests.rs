@@ -599,3 +599,56 @@ fn a_version_at_its_largest_is_refused_not_wrapped() {
     assert!(e.to_string().contains("cannot grow"), "{e}");
     assert_eq!(w.ls.read_lease(&disk.key(), "").unwrap(), rec);
 }
+
+#[test]
+fn rule5_a_storage_fence_verdict_frees_at_once_a_damaged_or_stale_one_does_not() {
+    use crate::storage_fence::{self, Verdict as Fenced};
+    let w = World::new("stfence");
+    let disk = Resource::disk("/images/a", false);
+    w.engine(1, Some(w.view(1, &[0], 0)))
+        .acquire(&disk, &holder(1, 10, "web"), None)
+        .unwrap();
+    let b = w.engine(2, Some(w.view(2, &[0, 100], 100)));
+    // Host 1 renews; host 2 has seen it silent only 100 ms: held.
+    assert!(b
+        .acquire(&disk, &holder(2, 20, "web"), None)
+        .unwrap_err()
+        .is_busy());
+    let r = record(1, "boot-1", 1, HostState::Live);
+    let v = Fenced {
+        host_id: 1,
+        host_name: r.host_name.clone(),
+        boot_id: "boot-1".into(),
+        incarnation: r.incarnation,
+        counter: r.counter,
+        slot_mono_ms: r.mono_ms,
+        addrs: vec!["192.0.2.1:0/0".into()],
+        osdmap_epoch: 9,
+        expire_s: 3600,
+        wall: 0,
+        writer_host: 2,
+        writer_name: "host-2.test".into(),
+    };
+    // Damaged: frees nothing, says so.
+    let path = storage_fence::verdict_path(&w.dir, 1);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut bad = v.encode();
+    bad.truncate(bad.len() - 3);
+    std::fs::write(&path, &bad).unwrap();
+    let e = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap_err();
+    assert!(e.to_string().contains("damaged"), "{e}");
+    // Stale: the host renewed after the verdict.
+    let mut old = v.clone();
+    old.counter = 0;
+    storage_fence::write_verdict(&w.dir, &old).unwrap();
+    let e = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap_err();
+    assert!(e.to_string().contains("stale"), "{e}");
+    // Valid: free at once.
+    storage_fence::write_verdict(&w.dir, &v).unwrap();
+    let got = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap();
+    assert!(
+        got.took_over[0].1.contains("storage-fenced by host 2"),
+        "{:?}",
+        got.took_over
+    );
+}

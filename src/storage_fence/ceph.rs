@@ -1,0 +1,173 @@
+//! The Ceph operations a storage fence needs, behind a small trait so the
+//! sequence can be tested with a scripted cluster; [`CephCli`] runs the
+//! `ceph` command-line tool as a subprocess with a deadline per call
+//! (`CEPH_ARGS`, e.g. `--id vmlease -c /etc/ceph/ceph.conf`, selects the
+//! client and cluster).
+#![forbid(unsafe_code)]
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a committed OSD map says, as far as a fence cares.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OsdMap {
+    pub epoch: u64,
+    /// Blocklisted addresses, as Ceph prints them (`IP:0/0`, `IP:PORT/NONCE`).
+    pub blocklist: Vec<String>,
+    /// OSDs that are up: each must have the epoch before a fence counts.
+    pub up_osds: Vec<u32>,
+}
+
+pub trait Ceph {
+    /// Blocklists `addr` for `expire_s` seconds; returns once the monitors
+    /// answered (they answer after the map change is committed).
+    fn blocklist_add(&self, addr: &str, expire_s: u64) -> Result<(), String>;
+    fn blocklist_rm(&self, addr: &str) -> Result<(), String>;
+    /// The newest committed OSD map.
+    fn osdmap(&self) -> Result<OsdMap, String>;
+    /// The newest OSD map epoch OSD `id` has.
+    fn osd_epoch(&self, id: u32) -> Result<u64, String>;
+    /// The OSD map epoch of a client (e.g. this host's ceph-fuse), asked
+    /// through its admin socket.
+    fn client_epoch(&self, asok: &Path) -> Result<u64, String>;
+}
+
+/// The `ceph` CLI, each call bounded by `timeout`.
+pub struct CephCli {
+    pub timeout: Duration,
+}
+
+impl CephCli {
+    fn run(&self, args: &[&str]) -> Result<String, String> {
+        let what = format!("ceph {}", args.join(" "));
+        let deadline = Instant::now() + self.timeout;
+        let connect = self.timeout.as_secs().max(1).to_string();
+        let mut child = Command::new("ceph")
+            .args(["--connect-timeout", &connect])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("{what}: {e}"))?;
+        // Drain stdout in a thread: a large `osd dump` fills the pipe.
+        let mut so = child.stdout.take();
+        let reader = std::thread::spawn(move || {
+            let mut out = String::new();
+            if let Some(o) = so.as_mut() {
+                let _ = o.read_to_string(&mut out);
+            }
+            out
+        });
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    let out = reader.join().unwrap_or_default();
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    if status.success() {
+                        return Ok(out);
+                    }
+                    let err = err.lines().last().unwrap_or("").trim().to_string();
+                    return Err(format!("{what}: {status}: {err}"));
+                }
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "{what}: no answer within {} s",
+                        self.timeout.as_secs_f64()
+                    ));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(format!("{what}: {e}")),
+            }
+        }
+    }
+}
+
+impl Ceph for CephCli {
+    fn blocklist_add(&self, addr: &str, expire_s: u64) -> Result<(), String> {
+        self.run(&["osd", "blocklist", "add", addr, &expire_s.to_string()])
+            .map(|_| ())
+    }
+
+    fn blocklist_rm(&self, addr: &str) -> Result<(), String> {
+        self.run(&["osd", "blocklist", "rm", addr]).map(|_| ())
+    }
+
+    fn osdmap(&self) -> Result<OsdMap, String> {
+        parse_osd_dump(&self.run(&["osd", "dump", "--format", "json"])?)
+    }
+
+    fn osd_epoch(&self, id: u32) -> Result<u64, String> {
+        let out = self.run(&["tell", &format!("osd.{id}"), "status"])?;
+        json_u64(&out, "newest_map")
+    }
+
+    fn client_epoch(&self, asok: &Path) -> Result<u64, String> {
+        let p = asok.to_string_lossy();
+        let out = self.run(&["--admin-daemon", &p, "status"])?;
+        json_u64(&out, "osd_epoch")
+    }
+}
+
+fn json_u64(out: &str, key: &str) -> Result<u64, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).map_err(|e| format!("unreadable answer: {e}"))?;
+    v.get(key)
+        .and_then(|x| x.as_u64())
+        .ok_or_else(|| format!("no '{key}' in the answer"))
+}
+
+/// `ceph osd dump --format json`: epoch, blocklist (an object keyed by
+/// address in Pacific, a list of `{addr, until}` in later releases) and
+/// the up OSDs.
+pub fn parse_osd_dump(out: &str) -> Result<OsdMap, String> {
+    let v: serde_json::Value = serde_json::from_str(out.trim())
+        .map_err(|e| format!("ceph osd dump: unreadable JSON: {e}"))?;
+    let epoch = v
+        .get("epoch")
+        .and_then(|e| e.as_u64())
+        .ok_or("ceph osd dump: no epoch")?;
+    let mut blocklist = Vec::new();
+    match v.get("blocklist") {
+        Some(serde_json::Value::Object(m)) => blocklist.extend(m.keys().cloned()),
+        Some(serde_json::Value::Array(a)) => blocklist.extend(
+            a.iter()
+                .filter_map(|e| e.get("addr").and_then(|x| x.as_str()))
+                .map(String::from),
+        ),
+        _ => {}
+    }
+    let up_osds = v
+        .get("osds")
+        .and_then(|o| o.as_array())
+        .map(|a| {
+            a.iter()
+                .filter(|o| o.get("up").and_then(|u| u.as_u64()) == Some(1))
+                .filter_map(|o| o.get("osd").and_then(|x| x.as_u64()))
+                .map(|x| x as u32)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(OsdMap {
+        epoch,
+        blocklist,
+        up_osds,
+    })
+}
+
+/// The whole-IP blocklist entry of an address (`IP:0/0`; IPv6 in
+/// brackets). Err for anything that is not an IP address.
+pub fn whole_ip_entry(ip: &str) -> Result<String, String> {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => Ok(format!("{a}:0/0")),
+        Ok(std::net::IpAddr::V6(a)) => Ok(format!("[{a}]:0/0")),
+        Err(_) => Err(format!("'{ip}' is not an IP address")),
+    }
+}

@@ -36,6 +36,18 @@ pub fn clear(opts: &Opts) -> i32 {
     let Some(cause) = load_marker(&cfg.state_dir) else {
         return report(exit::OK, false, None, "this host is not fenced".into());
     };
+    // Storage-fenced by another host: the blocklist and the verdict go
+    // first (the daemon's renewals cannot succeed before).
+    if cause == crate::daemon::fence::Cause::Storage {
+        match super::storage_fence::clear(&cfg) {
+            super::storage_fence::Cleared::NotStorageFenced => {}
+            super::storage_fence::Cleared::Done(msg) if opts.json => eprintln!("{msg}"),
+            super::storage_fence::Cleared::Done(msg) => println!("{msg}"),
+            super::storage_fence::Cleared::Blocked(code, msg) => {
+                return report(code, false, Some(cause.as_str()), msg)
+            }
+        }
+    }
     let req = cfg.state_dir.join("clear-fence");
     if let Err(e) = std::fs::write(&req, b"") {
         let e = Error::io("write", &req, e);

@@ -22,7 +22,7 @@ mod leases;
 mod release;
 mod setup;
 mod status;
-mod storage_fence;
+pub mod storage_fence;
 pub mod view;
 mod worker;
 

@@ -168,6 +168,22 @@ fn show(opts: &Opts, no_lockspace: Option<String>) -> i32 {
             reason: why,
         }),
     };
+    // A fenced host: was it storage-fenced (blocklisted) by another host?
+    let storage_fenced: Option<String> = match (&fenced, daemon_uuid(&st)) {
+        (Some(crate::daemon::fence::Cause::Storage), uuid) => {
+            match super::storage_fence::own_verdict(&cfg, &uuid, shared.is_ok()) {
+                Ok(Some((v, from))) => {
+                    Some(format!("{} (verdict read from the {from})", v.describe()))
+                }
+                Ok(None) => None,
+                // A damaged verdict is neither "fenced" nor "not fenced".
+                Err(e) if e.contains("damaged") => Some(format!("cannot tell: {e}")),
+                // No Ceph to ask (not a Ceph lockspace, no ceph CLI).
+                Err(_) => None,
+            }
+        }
+        _ => None,
+    };
     let lease_of = |i: usize| -> Vec<LeaseState> {
         match &shared {
             Ok(s) => s.leases[i].clone(),
@@ -288,6 +304,7 @@ fn show(opts: &Opts, no_lockspace: Option<String>) -> i32 {
                 "fenced",
                 opt_str(fenced.as_ref().map(|c| c.as_str().into())),
             ),
+            ("storage_fenced", opt_str(storage_fenced.clone())),
             ("daemon", daemon_json),
             (
                 "lockspace",
@@ -395,6 +412,12 @@ fn show(opts: &Opts, no_lockspace: Option<String>) -> i32 {
         ),
         None => println!("fence:       none"),
     }
+    if let Some(s) = &storage_fenced {
+        println!(
+            "storage:     {} ('vmlease clear-fence' removes the blocklist once this host's QEMUs are dead)",
+            cell(s)
+        );
+    }
     match &shared {
         Ok(s) => println!(
             "lockspace:   {} (reachable; this host's record: {})",
@@ -445,4 +468,12 @@ fn show(opts: &Opts, no_lockspace: Option<String>) -> i32 {
         table(&["PID", "QEMU", "DOMAIN", "RESOURCE", "LEASE"], &rows);
     }
     code
+}
+
+/// The lockspace UUID the daemon published ("-" when unknown).
+fn daemon_uuid(st: &Result<Option<Status>>) -> String {
+    match st {
+        Ok(Some(s)) if !s.lockspace_uuid.is_empty() => s.lockspace_uuid.clone(),
+        _ => "-".into(),
+    }
 }

@@ -11,8 +11,8 @@ use super::json::Json;
 use super::view::{Ctx, Silence};
 use super::{exit, fail, open, print_json, Args, Opts};
 use crate::config::secs;
-use crate::storage_fence::ceph::CephCli;
-use crate::storage_fence::{fence_host, FenceError, FenceOpts};
+use crate::storage_fence::ceph::{verdict_key, CephCli};
+use crate::storage_fence::{fence_host, FenceError, FenceOpts, Found, Verdict};
 
 /// Default lifetime of the blocklist entries: a week (they must outlive
 /// the fenced host's host_dead_timeout; `clear-fence` removes them).
@@ -91,6 +91,15 @@ pub fn run(opts: &Opts, args: &Args) -> i32 {
     match fence_host(&ctx.ls, &ceph, host, &o) {
         Ok(f) => {
             let v = &f.verdict;
+            // A copy the fenced host can read while blocklisted.
+            let key = verdict_key(ctx.ls.uuid.as_deref().unwrap_or("-"), v.host_id);
+            let text = String::from_utf8_lossy(&v.encode()).into_owned();
+            if let Err(e) = ceph.config_key_set(&key, &text) {
+                eprintln!(
+                    "vmlease: warning: the verdict's copy for host {}: {e}",
+                    v.host_id
+                );
+            }
             if opts.json {
                 print_json(Json::obj(vec![
                     ("fenced", Json::Bool(true)),
@@ -129,4 +138,141 @@ pub fn run(opts: &Opts, args: &Args) -> i32 {
             }
         }
     }
+}
+
+/// How long `status` and `clear-fence` wait for the monitors' copy of a
+/// verdict.
+pub const VERDICT_LOOKUP_MS: u64 = 2_500;
+
+/// This host's own storage-fence verdict, and where it was found: the
+/// lockspace (when `lockspace_ok`; bounded by the I/O deadline) or, when
+/// that cannot be read (a blocklisted host), the monitors' copy.
+pub fn own_verdict(
+    cfg: &crate::config::Config,
+    uuid: &str,
+    lockspace_ok: bool,
+) -> Result<Option<(Verdict, &'static str)>, String> {
+    let Some(me) = cfg.host_id else {
+        return Ok(None);
+    };
+    if lockspace_ok {
+        let dir = cfg.lockspace_dir.clone();
+        let path = crate::storage_fence::verdict_path(&dir, me);
+        let r = crate::deadline::run(
+            cfg.io_timeout,
+            "read storage-fence verdict",
+            &path,
+            move || crate::storage_fence::read_verdict(&dir, me),
+        );
+        match r {
+            Ok(Found::Valid(v)) => return Ok(Some((v, "lockspace"))),
+            Ok(Found::Damaged(why)) => {
+                return Err(format!("damaged verdict in the lockspace: {why}"))
+            }
+            Ok(Found::None) => return Ok(None),
+            Err(_) => {} // ask the monitors
+        }
+    }
+    let ceph = CephCli {
+        timeout: Duration::from_millis(VERDICT_LOOKUP_MS),
+    };
+    match ceph.config_key_get(&verdict_key(uuid, me))? {
+        None => Ok(None),
+        Some(text) => match crate::storage_fence::decode_verdict(me, Some(text.as_bytes())) {
+            Found::Valid(v) => Ok(Some((v, "Ceph monitors"))),
+            Found::Damaged(why) => Err(format!("damaged verdict copy on the monitors: {why}")),
+            Found::None => Ok(None),
+        },
+    }
+}
+
+/// What `clear-fence` did about a storage fence of this host.
+pub enum Cleared {
+    /// This host has no storage-fence verdict.
+    NotStorageFenced,
+    /// Blocklist entries and verdict removed (the message says which).
+    Done(String),
+    /// Not (fully) cleared: exit code and the message with what to do.
+    Blocked(i32, String),
+}
+
+/// The storage half of `clear-fence` on a storage-fenced host: once its
+/// daemon reports every leased QEMU dead (fenced-clean), removes the
+/// blocklist entries of the verdict, then the verdict itself through the
+/// lockspace mount - which works only once that mount is a new client
+/// (a blocklisted CephFS client stays fenced): otherwise it prints the
+/// commands that remount it.
+pub fn clear(cfg: &crate::config::Config) -> Cleared {
+    let st = crate::status::Status::read(&cfg.state_dir).ok().flatten();
+    let uuid = st
+        .as_ref()
+        .map(|s| s.lockspace_uuid.clone())
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "-".into());
+    let (v, _) = match own_verdict(cfg, &uuid, true) {
+        Ok(Some(x)) => x,
+        Ok(None) => return Cleared::NotStorageFenced,
+        Err(e) if e.contains("damaged") => {
+            return Cleared::Blocked(
+                exit::NO,
+                format!("{e}: inspect it ('vmlease dump'); not cleared"),
+            )
+        }
+        Err(_) => return Cleared::NotStorageFenced,
+    };
+    let state = st.as_ref().map(|s| s.state);
+    if state != Some(crate::hosts::HostState::FencedClean) {
+        return Cleared::Blocked(
+            exit::NO,
+            format!(
+                "{}; this host's daemon reports {} - the blocklist stays until every leased QEMU is dead (fenced-clean)",
+                v.describe(),
+                state.map(|s| s.to_string()).unwrap_or_else(|| "nothing (not running)".into())
+            ),
+        );
+    }
+    let ceph = CephCli {
+        timeout: Duration::from_secs(10),
+    };
+    for a in &v.addrs {
+        if let Err(e) = crate::storage_fence::ceph::Ceph::blocklist_rm(&ceph, a) {
+            if !e.contains("isn't blocklisted") && !e.contains("not blocklisted") {
+                return Cleared::Blocked(
+                    exit::NO,
+                    format!("{}; removing the blocklist entry failed: {e}", v.describe()),
+                );
+            }
+        }
+    }
+    let dir = cfg.lockspace_dir.clone();
+    let me = v.host_id;
+    let path = crate::storage_fence::verdict_path(&dir, me);
+    let removed = crate::deadline::run(
+        cfg.io_timeout,
+        "remove storage-fence verdict",
+        &path,
+        move || crate::storage_fence::remove_verdict(&dir, me),
+    );
+    if let Err(e) = removed {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mp = crate::sharedfs::find_mount(&mountinfo, &cfg.lockspace_dir)
+            .map(|m| m.mount_point.display().to_string())
+            .unwrap_or_else(|| "MOUNTPOINT".into());
+        return Cleared::Blocked(
+            exit::NO,
+            format!(
+                "blocklist entries {} removed; the lockspace mount is still the blocklisted client ({e}). \
+                 Remount it, then run 'vmlease clear-fence' again:\n  \
+                 umount -l {mp} && mount {mp}\n  \
+                 (ceph-fuse by hand: fusermount -uz {mp} && ceph-fuse {mp})",
+                v.addrs.join(" ")
+            ),
+        );
+    }
+    let _ = ceph.config_key_rm(&verdict_key(&uuid, me));
+    Cleared::Done(format!(
+        "storage fence by host {} removed (blocklist entries {} and the verdict)",
+        v.writer_host,
+        v.addrs.join(" ")
+    ))
 }

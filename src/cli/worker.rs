@@ -37,8 +37,9 @@ pub fn deadline_ms(cfg: &Config, command: &str) -> u64 {
     START_MS
         + match command {
             // This host's slot and the tracked processes' leases, in one
-            // bounded read (plus 10 ms a lease record).
-            "status" => io + 1000,
+            // bounded read (plus 10 ms a lease record); on a fenced
+            // host the storage-fence verdict (the monitors' copy: 2 s).
+            "status" => io + 1000 + super::storage_fence::VERDICT_LOOKUP_MS,
             // Open (the lockspace's header) and the host table.
             "hosts" => 2 * io,
             // Open, the host table, the listing (4 io), the records.

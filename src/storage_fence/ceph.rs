@@ -90,6 +90,33 @@ impl CephCli {
     }
 }
 
+impl CephCli {
+    /// Stores `value` under `key` in the monitors' config-key store: a
+    /// copy of a verdict that the fenced host can still read (monitors
+    /// do not refuse blocklisted clients; OSDs and MDSs do).
+    pub fn config_key_set(&self, key: &str, value: &str) -> Result<(), String> {
+        self.run(&["config-key", "set", key, value]).map(|_| ())
+    }
+
+    /// None when the key does not exist.
+    pub fn config_key_get(&self, key: &str) -> Result<Option<String>, String> {
+        if self.run(&["config-key", "exists", key]).is_err() {
+            return Ok(None);
+        }
+        self.run(&["config-key", "get", key]).map(Some)
+    }
+
+    pub fn config_key_rm(&self, key: &str) -> Result<(), String> {
+        self.run(&["config-key", "rm", key]).map(|_| ())
+    }
+}
+
+/// The monitors' config-key holding the verdict copy for `host_id` of
+/// the lockspace `uuid`.
+pub fn verdict_key(uuid: &str, host_id: u16) -> String {
+    format!("vmlease/storage-fenced/{uuid}/host-{host_id}")
+}
+
 impl Ceph for CephCli {
     fn blocklist_add(&self, addr: &str, expire_s: u64) -> Result<(), String> {
         self.run(&["osd", "blocklist", "add", addr, &expire_s.to_string()])

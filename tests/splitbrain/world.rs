@@ -350,9 +350,11 @@ impl World {
                 (i + 1) as u16,
                 &m.path.join("ls"),
                 &format!(
-                    "allow_local_lockspace = false\nwatchdog_device = \"{}\"\n[management]\nprobes = [ {{ type = \"icmp\", \
+                    "allow_local_lockspace = false\nstorage_fence_addrs = [\"192.0.2.{}\"]\n\
+                     watchdog_device = \"{}\"\n[management]\nprobes = [ {{ type = \"icmp\", \
                      target = \"{MGMT_SWITCH}\" }} ]\ntimeout = {MGMT_TIMEOUT_S}\n\
                      probe_timeout = 0.5\npolicy = \"{}\"\n",
+                    i + 1,
                     fifo.display(),
                     if i == 0 { "fence" } else { "report" }
                 ),

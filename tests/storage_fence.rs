@@ -1,0 +1,313 @@
+//! Storage-level fencing on a real Ceph cluster (docs/design.md, takeover
+//! rule 5): the split-brain rig's three hosts (each in its own network
+//! namespace with its own ceph-fuse client, watchdog daemon, watchdog
+//! stand-in and copy of vmlease.so), a stand-in VM writing its disk on
+//! CephFS, and a host cut off completely (storage and management links).
+//!
+//! - the cut-off host's VM runs on another host once `vmlease
+//!   storage-fence` (run in that host's namespace) has blocklisted it:
+//!   well before host_dead_timeout;
+//! - once its links are back, none of its writes lands (blocklisted), its
+//!   daemon fences, and it stays fenced;
+//! - a host that renews is refused (never blocklisted).
+
+// The rig's modules are shared with tests/splitbrain.rs, which uses more
+// of them than this test does.
+#![allow(dead_code)]
+
+mod support;
+
+#[path = "splitbrain/abi.rs"]
+mod abi;
+#[path = "splitbrain/checker.rs"]
+mod checker;
+#[path = "splitbrain/world.rs"]
+mod world;
+
+use std::ffi::CString;
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use support::daemons;
+use vmlease::clock::boottime_ms;
+use vmlease::hosts::HostState;
+use vmlease::lockspace::Lockspace;
+use world::{World, D, F, HOSTS};
+
+/// `vmlease storage-fence HOST` as host `from` (in its namespace, its
+/// config, the cluster's ceph.conf): (exit code, output).
+fn storage_fence(w: &World, from: usize, host: u16, extra: &[&str]) -> (i32, String) {
+    let net = format!("--net=/run/netns/{}", w.netns[from]);
+    let conf = w.sh.confs[from].display().to_string();
+    let out = Command::new("nsenter")
+        .arg(&net)
+        .arg(daemons::bin("vmlease"))
+        .args([
+            "--config",
+            &conf,
+            "--json",
+            "storage-fence",
+            &host.to_string(),
+        ])
+        .args(extra)
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CEPH_ARGS", format!("-c {}", w.ceph.conf().display()))
+        .output()
+        .expect("run vmlease storage-fence");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// vm `v` with its disk lease on CephFS (a path under the test's own
+/// ceph-fuse mount: the fencing host judges it on Ceph).
+fn ceph_dom(w: &World, v: usize) -> abi::Dom {
+    let d = &w.sh.doms[v];
+    let p = w.check_mount.path.join(format!("vm{v}.img"));
+    abi::Dom {
+        uuid: d.uuid,
+        name: d.name.clone(),
+        disk: CString::new(p.display().to_string()).unwrap(),
+    }
+}
+
+/// Starts vm `v` (as `dom`) on host `h` through the plugin ABI; the
+/// writer's pid.
+fn start(w: &World, dom: &abi::Dom, v: usize, h: usize, inc: u32) -> Result<i32, String> {
+    let disk = w.sh.disk_path(h, v);
+    let argv: Vec<CString> = [
+        w.sh.writer.display().to_string(),
+        disk.display().to_string(),
+        (h + 1).to_string(),
+        v.to_string(),
+        inc.to_string(),
+        world::WRITE_INTERVAL_MS.to_string(),
+    ]
+    .into_iter()
+    .map(|s| CString::new(s).unwrap())
+    .collect();
+    match w.sh.plugins[h].start(dom, &argv) {
+        Ok(st) => {
+            let pid = st.pid;
+            w.sh.instances.lock().unwrap().push(world::Instance {
+                vm: v,
+                inc,
+                host: h,
+                pid,
+                escaped: None,
+                started_ms: boottime_ms(),
+                exited_ms: None,
+                escaped_exited: false,
+                killed_by: None,
+            });
+            st.go();
+            Ok(pid)
+        }
+        Err((pid, why)) => {
+            if let Some(p) = pid {
+                // SAFETY: waitpid on our own killed child.
+                unsafe { libc::waitpid(p, std::ptr::null_mut(), 0) };
+            }
+            Err(why)
+        }
+    }
+}
+
+fn disk(w: &World, v: usize) -> Vec<u8> {
+    let p = w
+        .check_mount
+        .path
+        .join(&*w.sh.disks.lock().unwrap())
+        .join(format!("vm{v}"));
+    fs::read(&p).unwrap_or_default()
+}
+
+fn set_links(w: &World, h: usize, state: &str) {
+    for link in ["storage", "mgmt"] {
+        support::netns::set_link(&w.netns[h], link, state);
+    }
+}
+
+#[test]
+fn a_cut_off_host_is_storage_fenced_and_its_vm_runs_elsewhere_before_d() {
+    let _g = daemons::serial();
+    let mut w = World::up(support::util::c_helper("sb_writer"));
+    let ls = w.check_mount.path.join("ls");
+    let _ = fs::remove_dir_all(&ls);
+    Lockspace::init(&ls, 16).unwrap();
+    let disks = "disks-stfence".to_string();
+    fs::create_dir_all(w.check_mount.path.join(&disks)).unwrap();
+    *w.sh.disks.lock().unwrap() = disks;
+    for h in 0..HOSTS {
+        w.start_daemon(h);
+    }
+    for h in 0..HOSTS {
+        let cfg = w.hosts[h].cfg.clone();
+        daemons::wait_until(&format!("host {} protected", h + 1), 30_000, || {
+            vmlease::plugin::protected_status(&cfg)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+    }
+    let a = 0; // host 1: the one cut off
+    let b = 1; // host 2: the one that fences and takes over
+    let c = 2; // host 3: cut off too, with a lease on a local disk
+    let dom0 = ceph_dom(&w, 0);
+    let pa = start(&w, &dom0, 0, a, 1).expect("vm0 on host 1");
+    // vm1's disk lease names a local path (/var/lib/...): host 3 is not
+    // storage-fenceable while it holds it.
+    let dom1 = abi::Dom {
+        uuid: w.sh.doms[1].uuid,
+        name: w.sh.doms[1].name.clone(),
+        disk: w.sh.doms[1].disk.clone(),
+    };
+    start(&w, &dom1, 1, c, 3).expect("vm1 on host 3");
+    daemons::wait_until("vm0 writing on host 1", 10_000, || {
+        let (recs, _, _) = checker::records(&disk(&w, 0));
+        (recs.len() >= 5)
+            .then_some(())
+            .ok_or(format!("{} records", recs.len()))
+    });
+
+    // A host that renews is never blocklisted.
+    let (code, out) = storage_fence(&w, b, 1, &[]);
+    assert_eq!(code, 1, "storage-fence of a live host: {out}");
+    assert!(out.contains("a slow host is never blocklisted"), "{out}");
+    let bl = w.ceph.ceph(&["osd", "blocklist", "ls"]);
+    assert!(
+        !bl.contains("192.0.2.1:0/0"),
+        "a live host was blocklisted: {bl}"
+    );
+
+    // The cut: storage and management links of host 1.
+    let t_fault = boottime_ms();
+    set_links(&w, a, "down");
+    set_links(&w, c, "down");
+    eprintln!("[{t_fault}] hosts 1 and 3 cut off");
+    // Host 2 fences as soon as the silence allows (the CLI refuses before).
+    let t_fenced = loop {
+        let (code, out) = storage_fence(&w, b, 1, &[]);
+        if code == 0 {
+            eprintln!("storage-fence: {}", out.trim());
+            break boottime_ms();
+        }
+        assert!(
+            boottime_ms() - t_fault < D,
+            "host 2 could not storage-fence host 1 within D ({D} ms); last answer: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let bl = w.ceph.ceph(&["osd", "blocklist", "ls"]);
+    assert!(bl.contains("192.0.2.1:0/0"), "no blocklist entry: {bl}");
+    // Host 3 is as silent, but holds a lease on a local disk.
+    let (code, out) = storage_fence(&w, b, 3, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not Ceph"), "{out}");
+    assert!(
+        !w.ceph
+            .ceph(&["osd", "blocklist", "ls"])
+            .contains("192.0.2.3:0/0"),
+        "host 3 was blocklisted"
+    );
+    // Links back right away (before host 1's own F): its ceph-fuse is
+    // blocklisted now, so none of its writes may land.
+    set_links(&w, a, "up");
+    let t_back = boottime_ms();
+    // Host 2 starts vm0: rule 5 frees host 1's leases at once.
+    let pb = loop {
+        match start(&w, &dom0, 0, b, 2) {
+            Ok(p) => break p,
+            Err(why) => {
+                assert!(
+                    boottime_ms() - t_fault < D,
+                    "vm0 not started on host 2 within D ({D} ms) of the fault: {why}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    let t_started = boottime_ms();
+    eprintln!(
+        "fault -> verdict {} ms, -> vm0 started on host 2 {} ms (D {D} ms, F {F} ms)",
+        t_fenced - t_fault,
+        t_started - t_fault
+    );
+    assert!(t_started - t_fault < D, "restart came no earlier than D");
+    daemons::wait_until("vm0 writing on host 2", 15_000, || {
+        let (recs, _, _) = checker::records(&disk(&w, 0));
+        let n = recs.iter().filter(|r| r.inc == 2).count();
+        (n >= 20)
+            .then_some(())
+            .ok_or(format!("{n} records from host 2"))
+    });
+    // Host 1: its daemon fences (renewals fail: blocklisted) and stays
+    // fenced; its writer is killed, not the host reset.
+    daemons::wait_until("host 1 fenced", 3 * F, || {
+        let st = w.status(a).map(|s| s.state);
+        matches!(st, Some(HostState::FencedClean))
+            .then_some(())
+            .ok_or(format!("host 1 state {st:?}"))
+    });
+    assert!(
+        world::reaped(pa) || !std::path::Path::new(&format!("/proc/{pa}")).exists(),
+        "host 1's writer {pa} still runs"
+    );
+    let resets = w.sh.hosts[a].lock().unwrap().resets.clone();
+    let t_check = boottime_ms();
+    while boottime_ms() - t_check < 3000 {
+        let st = w.status(a).map(|s| s.state);
+        assert!(
+            matches!(st, Some(HostState::FencedClean | HostState::Fencing)),
+            "host 1 left the fence by itself: {st:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // vm1 (host 3, local disk lease) may move only after D: rule 4.
+    let t_vm1 = loop {
+        match start(&w, &dom1, 1, b, 4) {
+            Ok(_) => break boottime_ms(),
+            Err(why) => {
+                assert!(
+                    boottime_ms() - t_fault < 3 * D,
+                    "vm1 not started on host 2 within 3 D: {why}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    eprintln!(
+        "fault -> vm1 (not storage-fenceable) started on host 2 {} ms",
+        t_vm1 - t_fault
+    );
+    assert!(
+        t_vm1 - t_fault >= D - world::R,
+        "vm1 of the host with a local-disk lease moved before D: {} ms",
+        t_vm1 - t_fault
+    );
+    let data = disk(&w, 0);
+    let (recs, _, _) = checker::records(&data);
+    let late: Vec<_> = recs
+        .iter()
+        .filter(|r| r.inc == 1 && r.t_ms >= t_fenced)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "host 1 wrote after the verdict ({} records, first {:?}); links back at {t_back}",
+        late.len(),
+        late.first()
+    );
+    let (n, violations) = checker::check(&data);
+    assert!(violations.is_empty(), "split brain on vm0: {violations:?}");
+    eprintln!(
+        "vm0: {n} records, host 1 records after the verdict: 0, host 1 resets: {resets:?}, host 2 writer {pb}"
+    );
+    w.sh.kill_all("end");
+    w.stop_daemons();
+    let _ = w
+        .ceph
+        .try_ceph(&["osd", "blocklist", "rm", "192.0.2.1:0/0"]);
+}

@@ -153,11 +153,13 @@ fn a_cut_off_host_is_storage_fenced_and_its_vm_runs_elsewhere_before_d() {
                 .map_err(|e| e.to_string())
         });
     }
-    let a = 0; // host 1: the one cut off
-    let b = 1; // host 2: the one that fences and takes over
+    // Host 1's management policy is "fence" (it would fence at once on
+    // the cut): the cut-off host is host 2, which reports.
+    let a = 1; // host 2: the one cut off
+    let b = 0; // host 1: the one that fences and takes over
     let c = 2; // host 3: cut off too, with a lease on a local disk
     let dom0 = ceph_dom(&w, 0);
-    let pa = start(&w, &dom0, 0, a, 1).expect("vm0 on host 1");
+    let pa = start(&w, &dom0, 0, a, 1).expect("vm0 on host 2");
     // vm1's disk lease names a local path (/var/lib/...): host 3 is not
     // storage-fenceable while it holds it.
     let dom1 = abi::Dom {
@@ -166,7 +168,7 @@ fn a_cut_off_host_is_storage_fenced_and_its_vm_runs_elsewhere_before_d() {
         disk: w.sh.doms[1].disk.clone(),
     };
     start(&w, &dom1, 1, c, 3).expect("vm1 on host 3");
-    daemons::wait_until("vm0 writing on host 1", 10_000, || {
+    daemons::wait_until("vm0 writing on host 2", 10_000, || {
         let (recs, _, _) = checker::records(&disk(&w, 0));
         (recs.len() >= 5)
             .then_some(())
@@ -174,7 +176,7 @@ fn a_cut_off_host_is_storage_fenced_and_its_vm_runs_elsewhere_before_d() {
     });
 
     // A host that renews is never blocklisted.
-    let (code, out) = storage_fence(&w, b, 1, &[]);
+    let (code, out) = storage_fence(&w, b, 2, &[]);
     assert_eq!(code, 1, "storage-fence of a live host: {out}");
     assert!(out.contains("a slow host is never blocklisted"), "{out}");
     let bl = w.ceph.ceph(&["osd", "blocklist", "ls"]);
@@ -183,26 +185,26 @@ fn a_cut_off_host_is_storage_fenced_and_its_vm_runs_elsewhere_before_d() {
         "a live host was blocklisted: {bl}"
     );
 
-    // The cut: storage and management links of host 1.
+    // The cut: storage and management links of hosts 2 and 3.
     let t_fault = boottime_ms();
     set_links(&w, a, "down");
     set_links(&w, c, "down");
-    eprintln!("[{t_fault}] hosts 1 and 3 cut off");
-    // Host 2 fences as soon as the silence allows (the CLI refuses before).
+    eprintln!("[{t_fault}] hosts 2 and 3 cut off");
+    // Host 1 fences as soon as the silence allows (the CLI refuses before).
     let t_fenced = loop {
-        let (code, out) = storage_fence(&w, b, 1, &[]);
+        let (code, out) = storage_fence(&w, b, 2, &[]);
         if code == 0 {
             eprintln!("storage-fence: {}", out.trim());
             break boottime_ms();
         }
         assert!(
             boottime_ms() - t_fault < D,
-            "host 2 could not storage-fence host 1 within D ({D} ms); last answer: {out}"
+            "host 1 could not storage-fence host 2 within D ({D} ms); last answer: {out}"
         );
         std::thread::sleep(Duration::from_millis(200));
     };
     let bl = w.ceph.ceph(&["osd", "blocklist", "ls"]);
-    assert!(bl.contains("192.0.2.1:0/0"), "no blocklist entry: {bl}");
+    assert!(bl.contains("192.0.2.2:0/0"), "no blocklist entry: {bl}");
     // Host 3 is as silent, but holds a lease on a local disk.
     let (code, out) = storage_fence(&w, b, 3, &[]);
     assert_eq!(code, 1, "{out}");
@@ -213,18 +215,18 @@ fn a_cut_off_host_is_storage_fenced_and_its_vm_runs_elsewhere_before_d() {
             .contains("192.0.2.3:0/0"),
         "host 3 was blocklisted"
     );
-    // Links back right away (before host 1's own F): its ceph-fuse is
-    // blocklisted now, so none of its writes may land.
+    // Links back right away: host 2's addresses are blocklisted now, so
+    // none of its writes may land.
     set_links(&w, a, "up");
     let t_back = boottime_ms();
-    // Host 2 starts vm0: rule 5 frees host 1's leases at once.
+    // Host 1 starts vm0: rule 5 frees host 2's leases at once.
     let pb = loop {
         match start(&w, &dom0, 0, b, 2) {
             Ok(p) => break p,
             Err(why) => {
                 assert!(
                     boottime_ms() - t_fault < D,
-                    "vm0 not started on host 2 within D ({D} ms) of the fault: {why}"
+                    "vm0 not started on host 1 within D ({D} ms) of the fault: {why}"
                 );
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -232,37 +234,74 @@ fn a_cut_off_host_is_storage_fenced_and_its_vm_runs_elsewhere_before_d() {
     };
     let t_started = boottime_ms();
     eprintln!(
-        "fault -> verdict {} ms, -> vm0 started on host 2 {} ms (D {D} ms, F {F} ms)",
+        "fault -> verdict {} ms, -> vm0 started on host 1 {} ms (D {D} ms, F {F} ms)",
         t_fenced - t_fault,
         t_started - t_fault
     );
     assert!(t_started - t_fault < D, "restart came no earlier than D");
-    daemons::wait_until("vm0 writing on host 2", 15_000, || {
+    daemons::wait_until("vm0 writing on host 1", 15_000, || {
         let (recs, _, _) = checker::records(&disk(&w, 0));
         let n = recs.iter().filter(|r| r.inc == 2).count();
         (n >= 20)
             .then_some(())
-            .ok_or(format!("{n} records from host 2"))
+            .ok_or(format!("{n} records from host 1"))
     });
-    // Host 1: its daemon fences (renewals fail: blocklisted) and stays
-    // fenced; its writer is killed, not the host reset.
-    daemons::wait_until("host 1 fenced", 3 * F, || {
+    // Host 2: its daemon fences (renewals fail since the cut) and its VM
+    // dies - killed, or, when the kill cannot finish within K (its writer
+    // hangs in a write on the cut mount), by the (stand-in) reset.
+    daemons::wait_until("host 2 fenced and its VM dead", 3 * F, || {
         let st = w.status(a).map(|s| s.state);
-        matches!(st, Some(HostState::FencedClean))
+        let dead =
+            w.sh.instances
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|i| i.pid == pa && i.exited_ms.is_some());
+        (matches!(st, Some(HostState::FencedClean | HostState::Fencing)) && dead)
             .then_some(())
-            .ok_or(format!("host 1 state {st:?}"))
+            .ok_or(format!("host 2 state {st:?}, its writer exited: {dead}"))
     });
-    assert!(
-        world::reaped(pa) || !std::path::Path::new(&format!("/proc/{pa}")).exists(),
-        "host 1's writer {pa} still runs"
-    );
     let resets = w.sh.hosts[a].lock().unwrap().resets.clone();
+    // Its address stays blocklisted: a new Ceph client from host 2's
+    // namespace is refused by the OSD (host 1's, the control, is not).
+    let put = |h: usize| {
+        let net = format!("--net=/run/netns/{}", w.netns[h]);
+        Command::new("nsenter")
+            .arg(&net)
+            .args(["timeout", "30", "rados", "-c"])
+            .arg(w.ceph.conf())
+            .args([
+                "-p",
+                "cephfs_data",
+                "put",
+                &format!("stfence-probe-{h}"),
+                "/etc/hostname",
+            ])
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .output()
+            .expect("run rados")
+    };
+    let refused = put(a);
+    assert!(
+        !refused.status.success(),
+        "a write from the blocklisted host 2 was accepted: {refused:?}"
+    );
+    eprintln!(
+        "rados put from host 2 after the verdict: {} {}",
+        refused.status,
+        String::from_utf8_lossy(&refused.stderr).trim()
+    );
+    let ok = put(b);
+    assert!(
+        ok.status.success(),
+        "the control write from host 1 failed: {ok:?}"
+    );
     let t_check = boottime_ms();
     while boottime_ms() - t_check < 3000 {
         let st = w.status(a).map(|s| s.state);
         assert!(
             matches!(st, Some(HostState::FencedClean | HostState::Fencing)),
-            "host 1 left the fence by itself: {st:?}"
+            "host 2 left the fence by itself: {st:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -273,14 +312,14 @@ fn a_cut_off_host_is_storage_fenced_and_its_vm_runs_elsewhere_before_d() {
             Err(why) => {
                 assert!(
                     boottime_ms() - t_fault < 3 * D,
-                    "vm1 not started on host 2 within 3 D: {why}"
+                    "vm1 not started on host 1 within 3 D: {why}"
                 );
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
     };
     eprintln!(
-        "fault -> vm1 (not storage-fenceable) started on host 2 {} ms",
+        "fault -> vm1 (not storage-fenceable) started on host 1 {} ms",
         t_vm1 - t_fault
     );
     assert!(
@@ -296,14 +335,14 @@ fn a_cut_off_host_is_storage_fenced_and_its_vm_runs_elsewhere_before_d() {
         .collect();
     assert!(
         late.is_empty(),
-        "host 1 wrote after the verdict ({} records, first {:?}); links back at {t_back}",
+        "host 2 wrote after the verdict ({} records, first {:?}); links back at {t_back}",
         late.len(),
         late.first()
     );
     let (n, violations) = checker::check(&data);
     assert!(violations.is_empty(), "split brain on vm0: {violations:?}");
     eprintln!(
-        "vm0: {n} records, host 1 records after the verdict: 0, host 1 resets: {resets:?}, host 2 writer {pb}"
+        "vm0: {n} records, host 2 records after the verdict: 0, host 2 resets: {resets:?}, host 1 writer {pb}"
     );
     w.sh.kill_all("end");
     w.stop_daemons();

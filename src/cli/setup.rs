@@ -10,7 +10,7 @@ use super::args::Args;
 use super::cephfs;
 use super::json::Json;
 use super::{exit, fail, load, print_json, Opts};
-use crate::config::{Config, MAX_HOST_ID};
+use crate::config::{secs, Config, MAX_HOST_ID};
 use crate::deadline;
 use crate::error::Error;
 use crate::lockspace::{Lockspace, Made, DEFAULT_MAX_HOSTS};
@@ -184,6 +184,16 @@ pub fn check_config(opts: &Opts) -> i32 {
             println!("warning: {w}");
         }
         print!("{}", c.timing.timeline());
+        if let Some(after) = c.ha.as_ref().and_then(|h| h.storage_fence_after) {
+            println!(
+                "storage fence (vmlease-ha, Ceph): fault -> suspicion at {} (silent as observed, and gone from etcd) \
+                 -> blocklist committed and delivered (about 3 s measured) -> restart elsewhere at about {}; \
+                 a slow host is never blocklisted; if the blocklist fails: restart after {} as above",
+                secs(after),
+                secs(after + 3000),
+                secs(c.timing.host_dead_timeout)
+            );
+        }
         let on = probe
             .mount
             .as_ref()

@@ -276,3 +276,61 @@ pub fn clear(cfg: &crate::config::Config) -> Cleared {
         v.addrs.join(" ")
     ))
 }
+
+/// How long this host's daemon has seen `host` (id or name) silent
+/// (None: unknown host, no view, or the lockspace unreadable).
+pub fn observed_silence(cfg: &crate::config::Config, host: &str) -> Option<u64> {
+    let ctx = Ctx::open(cfg.clone()).ok()?;
+    let table = ctx.table().ok()?;
+    let id = table.find_host(host).ok()?;
+    match ctx.silence(&table, id) {
+        Silence::Silent(ms) => Some(ms),
+        Silence::Renewing => Some(0),
+        Silence::Unknown => None,
+    }
+}
+
+/// The fence as the controller runs it: `host` (id or name) silent for
+/// at least `after_ms` as observed here. Ok: a one-line summary.
+pub fn fence_named(
+    cfg: &crate::config::Config,
+    host: &str,
+    after_ms: u64,
+) -> Result<String, String> {
+    let ctx = Ctx::open(cfg.clone()).map_err(|e| e.to_string())?;
+    let me = cfg.host_id.ok_or("host_id is not set")?;
+    let table = ctx.table().map_err(|e| e.to_string())?;
+    let id = table.find_host(host)?;
+    let silence = match ctx.silence(&table, id) {
+        Silence::Silent(ms) => Some(ms),
+        Silence::Renewing => Some(0),
+        Silence::Unknown => None,
+    };
+    let o = FenceOpts {
+        expire_s: DEFAULT_EXPIRE_S,
+        timeout: Duration::from_secs(30),
+        client_asoks: Vec::new(),
+        observed_silence_ms: silence,
+        min_silence_ms: after_ms,
+        writer_host: me,
+        writer_name: cfg
+            .host_name
+            .clone()
+            .unwrap_or_else(crate::process::hostname),
+        wall: crate::clock::Clock::wall_secs(&crate::clock::SystemClock),
+    };
+    let ceph = CephCli {
+        timeout: Duration::from_secs(10),
+    };
+    let f = fence_host(&ctx.ls, &ceph, id, &o).map_err(|e| e.to_string())?;
+    let v = &f.verdict;
+    let key = verdict_key(ctx.ls.uuid.as_deref().unwrap_or("-"), v.host_id);
+    let _ = ceph.config_key_set(&key, &String::from_utf8_lossy(&v.encode()));
+    Ok(format!(
+        "blocklisted {} (osdmap epoch {}, committed after {}, delivered after {})",
+        v.addrs.join(" "),
+        v.osdmap_epoch,
+        secs(f.commit_ms),
+        secs(f.delivered_ms)
+    ))
+}

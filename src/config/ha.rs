@@ -43,6 +43,9 @@ pub struct HaConfig {
     pub start_timeout: u64,
     /// Deadline of one etcd request (ms).
     pub request_timeout: u64,
+    /// Storage-level fencing (Ceph blocklist) of a host silent this long
+    /// (ms) whose agent is gone from etcd too; None: off (wait D).
+    pub storage_fence_after: Option<u64>,
 }
 
 impl HaConfig {
@@ -83,6 +86,7 @@ pub(super) struct RawHa {
     retry_backoff: Option<Spanned<Seconds>>,
     start_timeout: Option<Spanned<Seconds>>,
     request_timeout: Option<Spanned<Seconds>>,
+    storage_fence_after: Option<Spanned<Seconds>>,
 }
 
 impl Builder<'_> {
@@ -229,6 +233,10 @@ impl Builder<'_> {
             retry_backoff: self.ms("ha.retry_backoff", &raw.retry_backoff, 5_000)?,
             start_timeout: self.ms("ha.start_timeout", &raw.start_timeout, 60_000)?,
             request_timeout: self.ms("ha.request_timeout", &raw.request_timeout, 2_000)?,
+            storage_fence_after: match &raw.storage_fence_after {
+                None => None,
+                Some(_) => Some(self.ms("ha.storage_fence_after", &raw.storage_fence_after, 0)?),
+            },
         }))
     }
 }

@@ -25,6 +25,8 @@ pub struct Controller {
     ha: HaConfig,
     name: String,
     pub leader: bool,
+    /// Storage fences that failed, by host (not retried for a while).
+    fence_attempts: super::storage_fence::Attempts,
 }
 
 /// Wall-clock ms (the retry and start timers only).
@@ -81,6 +83,7 @@ impl Controller {
             ha,
             name,
             leader: false,
+            fence_attempts: Default::default(),
         }
     }
 
@@ -144,10 +147,53 @@ impl Controller {
             view.verdicts.insert(host, verdict);
         }
         let now = wall_ms();
-        for action in decide::decide(&view, now, &self.limits()) {
+        let mut events = self.storage_fence(&mut view, now);
+        events.extend(decide::decide(&view, now, &self.limits()));
+        for action in events {
             self.apply(etcd, &lk, action)?;
         }
         Ok(())
+    }
+
+    /// Storage-level fencing (`[ha] storage_fence_after`): a suspect that
+    /// is not safe yet, silent long enough and gone from etcd, is
+    /// blocklisted; its verdict is then asked again (rule 5 frees its
+    /// leases). Events for every attempt.
+    fn storage_fence(&mut self, view: &mut ClusterView, now: u64) -> Vec<Action> {
+        use super::storage_fence::{event, step, Step, Suspect};
+        let Some(after) = self.ha.storage_fence_after else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let hosts: Vec<String> = view
+            .verdicts
+            .iter()
+            .filter(|(_, v)| **v != Verdict::Safe)
+            .map(|(h, _)| h.clone())
+            .collect();
+        for host in hosts {
+            let s = Suspect {
+                in_etcd: view.hosts.contains_key(&host),
+                silent_ms: crate::cli::storage_fence::observed_silence(&self.cfg, &host),
+            };
+            let retry = self.cfg.timing.host_dead_timeout;
+            match step(&host, &s, after, &self.fence_attempts, now, retry) {
+                Step::Wait(why) => log::debug!("vmlease-ha: {why}"),
+                Step::Fence => {
+                    let r = crate::cli::storage_fence::fence_named(&self.cfg, &host, after);
+                    out.push(Action::Event(event(&host, &r)));
+                    if r.is_err() {
+                        self.fence_attempts.failed_at.insert(host.clone(), now);
+                        continue;
+                    }
+                    let a = evacuate::answer(self.cfg.clone(), &host);
+                    if a.code == exit::OK {
+                        view.verdicts.insert(host, Verdict::Safe);
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Writes one decision, only while still the leader.

@@ -13,6 +13,7 @@
 pub mod decide;
 pub mod model;
 pub mod policy;
+pub mod storage_fence;
 
 #[cfg(feature = "ha")]
 pub mod agent;

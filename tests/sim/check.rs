@@ -7,7 +7,9 @@
 //!    drift) - the premise of the safety inequality;
 //! 3. safe-takeover: a holder is dropped by rule 4 only once the holder's
 //!    host has not renewed for D (on the taker's clock, real time), and by
-//!    rules 1-3 only if its QEMU is really dead;
+//!    rules 1-3 only if its QEMU is really dead (rule 5, storage fencing,
+//!    frees a QEMU that may live: invariant 4 checks that none of its
+//!    writes lands afterwards);
 //! 4. fenced-before-writes: once a QEMU begins writing a disk, no write of
 //!    an earlier owner lands on it (writes in flight count);
 //! 5. handover: a resumed or migrated VM writes only if nobody else wrote
@@ -83,7 +85,13 @@ impl World {
         let other = self
             .qemus
             .iter()
-            .find(|o| o.vm == vm && o.id != q && o.running())
+            .find(|o| {
+                o.vm == vm
+                    && o.id != q
+                    && o.running()
+                    // Blocklisted: runs, but writes nothing (invariant 4).
+                    && !self.store.fences.contains_key(&o.host)
+            })
             .map(|o| o.id);
         if let Some(o) = other {
             let text = format!(
@@ -217,7 +225,11 @@ impl World {
             .find(|hs| hs.up && hs.host_id == holder.host_id && hs.boot_id == holder.boot_id)
             .map(|hs| hs.id);
         let rule2 = why.starts_with("its host rebooted");
-        if alive {
+        // Rule 5 frees a holder whose QEMU may still exist: its host is
+        // blocklisted, so none of its writes may land any more - which
+        // invariant 4 (fenced-before-writes) checks on every write.
+        let storage_fenced = why.contains("storage-fenced");
+        if alive && !storage_fenced {
             let text = match live_host {
                 Some(lh) if rule2 => format!(
                     "h{h} takes {res} from {who} by rule 2 while h{lh} still runs boot {}: {why}",
@@ -254,7 +266,10 @@ impl World {
     pub fn check_lease_landed(&mut self, writer: u16, key: &str) {
         let rec = self.store.lease(key).cloned();
         let mut bad = None;
-        for q in self.qemus.iter().filter(|q| q.running()) {
+        // A QEMU on a storage-fenced (blocklisted) host may run without its
+        // lease: rule 5 took it, and invariant 4 checks it writes nothing.
+        let fenced = |h: u16| self.store.fences.contains_key(&h);
+        for q in self.qemus.iter().filter(|q| q.running() && !fenced(q.host)) {
             if self.vms[q.vm].keys.iter().any(|k| k == key) {
                 let named = rec.as_ref().map(|r| self.names(q.id, r)).unwrap_or(false);
                 if !named {

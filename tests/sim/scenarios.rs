@@ -748,3 +748,82 @@ fn a_clone_started_while_the_owner_stalls_is_caught_with_the_old_claim() {
         .unwrap_or_else(|| panic!("no safe-takeover: {:?}", w.violations));
     assert!(v.text.contains("by rule 2"), "{v}");
 }
+
+/// Storage-level fencing (takeover rule 5, issue 17). h1 runs the VM and
+/// is cut off (storage, VM disk I/O and management) at 3 s for 0.9 s; at
+/// 3.5 s the controller blocklists it and writes the storage-fenced
+/// verdict; from 3.55 s someone keeps starting the VM on h2. Rule 5 frees
+/// h1's leases at once, long before D (about 2 s after h1's last
+/// renewal). With a real blocklist h1's QEMU never writes again; with the
+/// blocklist step a no-op (the verdict still written) its writes land
+/// when the cut heals, while h2's copy runs: the checker must see it.
+pub fn blocklist_world(noop: bool) -> World {
+    let p = Params::fixed(2, 1, 200, 1000, 400, 600);
+    let mut faults = vec![
+        Fault::StorageCut {
+            hosts: vec![1],
+            at: 3000 * MS,
+            dur: 900 * MS,
+            data: true,
+        },
+        Fault::MgmtCut {
+            hosts: vec![1],
+            at: 3000 * MS,
+            dur: 900 * MS,
+        },
+        Fault::Blocklist {
+            host: 1,
+            at: 3500 * MS,
+            noop,
+        },
+    ];
+    for i in 0..8 {
+        faults.push(Fault::RogueStart {
+            vm: 0,
+            host: 2,
+            at: (3550 + 50 * i) * MS,
+        });
+    }
+    World::custom_mutated(11, p, faults, &[0, 1500 * MS], true, true, Mutation::None)
+}
+
+#[test]
+fn rule5_storage_fence_moves_the_vm_before_d_without_split_brain() {
+    let mut w = blocklist_world(false);
+    w.keep_going = true;
+    w.run_until(9000 * MS);
+    print_trace(&w);
+    assert!(w.violations.is_empty(), "{}", w.violations[0]);
+    let d = w.p.cfg.timing.host_dead_timeout * MS;
+    let on_h2 = w
+        .qemus
+        .iter()
+        .filter(|q| q.vm == 0 && q.host == 2 && q.ran)
+        .map(|q| q.running_since)
+        .min()
+        .expect("vm0 never ran on h2");
+    println!(
+        "vm0 runs on h2 at {} ms: {} ms after the cut (D {} ms)",
+        on_h2 / MS,
+        on_h2 / MS - 3000,
+        d / MS
+    );
+    assert!(
+        on_h2 < 3000 * MS + d,
+        "vm0 ran on h2 only at {} ms (cut at 3000 ms, D {} ms)",
+        on_h2 / MS,
+        d / MS
+    );
+}
+
+#[test]
+fn rule5_with_a_noop_blocklist_is_caught() {
+    let mut w = blocklist_world(true);
+    w.keep_going = true;
+    w.run_until(9000 * MS);
+    assert!(
+        !w.violations.is_empty(),
+        "a storage-fenced verdict without a blocklist went unnoticed"
+    );
+    println!("caught: {}", w.violations[0]);
+}

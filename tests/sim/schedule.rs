@@ -87,6 +87,12 @@ pub enum Fault {
         same_name: bool,
         stall: Us,
     },
+    /// `vmlease storage-fence`: another host blocklists `host` (from now
+    /// on none of its storage operations or VM disk writes lands: a cut
+    /// that never heals) and writes the storage-fenced verdict (takeover
+    /// rule 5). With `noop` the blocklist step does nothing while the
+    /// verdict is still written (the checker's self-test).
+    Blocklist { host: u16, at: Us, noop: bool },
 }
 
 /// The share of schedules with a cloned host.
@@ -116,6 +122,7 @@ impl Fault {
             Fault::Destroy { .. } => "destroy",
             Fault::AcquireStall { .. } => "acquire-stall",
             Fault::Clone { .. } => "clone",
+            Fault::Blocklist { .. } => "blocklist",
         }
     }
 
@@ -140,7 +147,8 @@ impl Fault {
             | Fault::RogueStart { at, .. }
             | Fault::Destroy { at, .. }
             | Fault::AcquireStall { at, .. }
-            | Fault::Clone { at, .. } => *at,
+            | Fault::Clone { at, .. }
+            | Fault::Blocklist { at, .. } => *at,
         }
     }
 
@@ -320,6 +328,12 @@ impl fmt::Display for Fault {
                 }
                 Ok(())
             }
+            Fault::Blocklist { host, at, noop } => write!(
+                f,
+                "{} storage-fence h{host} (Ceph blocklist{})",
+                t(*at),
+                if *noop { " as a NO-OP" } else { "" }
+            ),
         }
     }
 }
@@ -557,6 +571,15 @@ impl Schedule {
                         start,
                         end: start + stall,
                         kind: SpanKind::Cut { data: false },
+                    });
+                }
+                Fault::Blocklist {
+                    host, noop: false, ..
+                } => {
+                    storage[*host as usize].push(Span {
+                        start,
+                        end: Us::MAX / 4,
+                        kind: SpanKind::Cut { data: true },
                     });
                 }
                 _ => {}

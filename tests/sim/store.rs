@@ -50,6 +50,8 @@ pub struct StoreState {
     pub max_hosts: u16,
     pub slots: Vec<SlotCell>,
     pub leases: BTreeMap<String, RecCell>,
+    /// Storage-fence verdicts (takeover rule 5), by host id.
+    pub fences: BTreeMap<u16, Vec<u8>>,
 }
 
 /// A write issued by an operation, applied when it lands.
@@ -81,6 +83,7 @@ impl StoreState {
                 })
                 .collect(),
             leases: BTreeMap::new(),
+            fences: BTreeMap::new(),
         }
     }
 
@@ -214,6 +217,10 @@ impl<'a> SimIo<'a> {
 
 impl Store for SimIo<'_> {
     type Guard = ();
+
+    fn read_storage_fence_raw(&self, host_id: u16) -> Result<Option<Vec<u8>>> {
+        Ok(self.st.fences.get(&host_id).cloned())
+    }
 
     fn max_hosts(&self) -> u16 {
         self.st.max_hosts

@@ -776,6 +776,30 @@ impl World {
                 let h = self.sched.clone_host(&self.p, i);
                 self.boot(h);
             }
+            Fault::Blocklist { host, .. } => {
+                // The blocklist is committed now (the schedule cuts the
+                // host's storage for good); the fencing host reads the
+                // fenced host's slot and writes the verdict.
+                let i = host as usize - 1;
+                let slot = self.store.slots[i].cur.clone();
+                if let Some(r) = vmlease::hosts::HostRecord::decode(&slot).ok().flatten() {
+                    let v = vmlease::storage_fence::Verdict {
+                        host_id: host,
+                        host_name: r.host_name.clone(),
+                        boot_id: r.boot_id.clone(),
+                        incarnation: r.incarnation,
+                        counter: r.counter,
+                        slot_mono_ms: r.mono_ms,
+                        addrs: vec![format!("192.0.2.{host}:0/0")],
+                        osdmap_epoch: 1,
+                        expire_s: 86_400,
+                        wall: 0,
+                        writer_host: 0,
+                        writer_name: "controller".into(),
+                    };
+                    self.store.fences.insert(host, v.encode());
+                }
+            }
             Fault::StorageCut { .. }
             | Fault::SlowIo { .. }
             | Fault::SlowHostTable { .. }

@@ -109,6 +109,44 @@ fn decode(data: &[u8]) -> Result<Decoded, (&'static str, String)> {
                 ),
             ]),
         })
+    } else if head.starts_with("vmlease-storage-fenced ") {
+        let v = crate::storage_fence::Verdict::decode(data)
+            .map_err(|e| ("storage-fenced verdict", e))?;
+        Ok(Decoded {
+            kind: "storage-fenced verdict",
+            lines: fields_of(data, "vmlease-storage-fenced 1"),
+            rows: None,
+            json: Json::obj(vec![
+                ("kind", Json::str("storage-fenced")),
+                ("host_id", Json::num(v.host_id)),
+                ("boot_id", Json::str(v.boot_id)),
+                ("counter", Json::num(v.counter)),
+                (
+                    "addrs",
+                    Json::Arr(v.addrs.into_iter().map(Json::Str).collect()),
+                ),
+                ("osdmap_epoch", Json::num(v.osdmap_epoch)),
+                ("writer_host", Json::num(v.writer_host)),
+                ("wall", Json::num(v.wall)),
+            ]),
+        })
+    } else if head.starts_with("vmlease-storage-target ") {
+        let t =
+            crate::storage_fence::Target::decode(data).map_err(|e| ("storage-fence target", e))?;
+        Ok(Decoded {
+            kind: "storage-fence target",
+            lines: fields_of(data, "vmlease-storage-target 1"),
+            rows: None,
+            json: Json::obj(vec![
+                ("kind", Json::str("storage-target")),
+                ("host_id", Json::num(t.host_id)),
+                ("boot_id", Json::str(t.boot_id)),
+                (
+                    "addrs",
+                    Json::Arr(t.addrs.into_iter().map(Json::Str).collect()),
+                ),
+            ]),
+        })
     } else if head.starts_with("vmlease-lockspace ") {
         let f = codec::parse(data, HEADER_MAGIC).map_err(|e| ("lockspace header", e))?;
         let n = |k: &str| f.req_u64(k).map_err(|e| ("lockspace header", e));
@@ -245,5 +283,39 @@ pub fn run(opts: &Opts, path: &str) -> i32 {
             }
             fail(exit::NO, format!("{path}: CORRUPT {kind}: {why}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_fence_records_are_decoded_and_damage_named() {
+        let v = crate::storage_fence::Verdict {
+            host_id: 2,
+            host_name: "h2".into(),
+            boot_id: "b".into(),
+            incarnation: 1,
+            counter: 3,
+            slot_mono_ms: 4,
+            addrs: vec!["192.0.2.2:0/0".into()],
+            osdmap_epoch: 9,
+            expire_s: 60,
+            wall: 0,
+            writer_host: 1,
+            writer_name: "h1".into(),
+        };
+        let d = decode(&v.encode()).unwrap();
+        assert_eq!(d.kind, "storage-fenced verdict");
+        let mut bad = v.encode();
+        bad.truncate(bad.len() - 2);
+        assert_eq!(decode(&bad).err().unwrap().0, "storage-fenced verdict");
+        let t = crate::storage_fence::Target {
+            host_id: 2,
+            boot_id: "b".into(),
+            addrs: vec!["192.0.2.2".into()],
+        };
+        assert_eq!(decode(&t.encode()).unwrap().kind, "storage-fence target");
     }
 }

@@ -301,6 +301,15 @@ fn networks() -> (Namespaces, String, Vec<String>) {
 
 impl World {
     pub fn up(writer: PathBuf) -> World {
+        World::up_with_dead(writer, D)
+    }
+
+    /// As [`World::up`], with host_dead_timeout `d` (ms, at least D).
+    pub fn up_with_dead(writer: PathBuf, d: u64) -> World {
+        assert!(
+            d >= D,
+            "host_dead_timeout {d} ms is below the rig's floor {D} ms"
+        );
         let no_page_cache = std::env::var_os("VMLEASE_SPLITBRAIN_NO_PAGECACHE").is_some();
         let (ns_guard, sw, netns) = networks();
         let ceph = CephCluster::up_with(CephOptions {
@@ -358,7 +367,7 @@ impl World {
                     fifo.display(),
                     if i == 0 { "fence" } else { "report" }
                 ),
-                [R, F, K, W, D],
+                [R, F, K, W, d],
             );
             plugins.push(abi::load(&scratch.0, &so, &h.conf).unwrap());
             hosts.push(h);

@@ -749,10 +749,11 @@ fn a_clone_started_while_the_owner_stalls_is_caught_with_the_old_claim() {
     assert!(v.text.contains("by rule 2"), "{v}");
 }
 
-/// Storage-level fencing (takeover rule 5, issue 17). h1 runs the VM and
-/// is cut off (storage, VM disk I/O and management) at 3 s for 0.9 s; at
-/// 3.5 s the controller blocklists it and writes the storage-fenced
-/// verdict; from 3.55 s someone keeps starting the VM on h2. Rule 5 frees
+/// Storage-level fencing (takeover rule 5, issue 17). h1 runs the VM (h2
+/// boots 4 s later) and is cut off (storage, VM disk I/O and management)
+/// at 7 s for 0.9 s; at 7.5 s the controller blocklists it and writes the
+/// storage-fenced verdict; from 7.55 s someone keeps starting the VM on
+/// h2. Rule 5 frees
 /// h1's leases at once, long before D (about 2 s after h1's last
 /// renewal). With a real blocklist h1's QEMU never writes again; with the
 /// blocklist step a no-op (the verdict still written) its writes land
@@ -762,18 +763,18 @@ pub fn blocklist_world(noop: bool) -> World {
     let mut faults = vec![
         Fault::StorageCut {
             hosts: vec![1],
-            at: 3000 * MS,
+            at: 7000 * MS,
             dur: 900 * MS,
             data: true,
         },
         Fault::MgmtCut {
             hosts: vec![1],
-            at: 3000 * MS,
+            at: 7000 * MS,
             dur: 900 * MS,
         },
         Fault::Blocklist {
             host: 1,
-            at: 3500 * MS,
+            at: 7500 * MS,
             noop,
         },
     ];
@@ -781,17 +782,17 @@ pub fn blocklist_world(noop: bool) -> World {
         faults.push(Fault::RogueStart {
             vm: 0,
             host: 2,
-            at: (3550 + 50 * i) * MS,
+            at: (7550 + 50 * i) * MS,
         });
     }
-    World::custom_mutated(11, p, faults, &[0, 1500 * MS], true, true, Mutation::None)
+    World::custom_mutated(11, p, faults, &[0, 4000 * MS], true, true, Mutation::None)
 }
 
 #[test]
 fn rule5_storage_fence_moves_the_vm_before_d_without_split_brain() {
     let mut w = blocklist_world(false);
     w.keep_going = true;
-    w.run_until(9000 * MS);
+    w.run_until(13_000 * MS);
     print_trace(&w);
     assert!(w.violations.is_empty(), "{}", w.violations[0]);
     let d = w.p.cfg.timing.host_dead_timeout * MS;
@@ -805,12 +806,12 @@ fn rule5_storage_fence_moves_the_vm_before_d_without_split_brain() {
     println!(
         "vm0 runs on h2 at {} ms: {} ms after the cut (D {} ms)",
         on_h2 / MS,
-        on_h2 / MS - 3000,
+        on_h2 / MS - 7000,
         d / MS
     );
     assert!(
-        on_h2 < 3000 * MS + d,
-        "vm0 ran on h2 only at {} ms (cut at 3000 ms, D {} ms)",
+        on_h2 < 7000 * MS + d,
+        "vm0 ran on h2 only at {} ms (cut at 7000 ms, D {} ms)",
         on_h2 / MS,
         d / MS
     );
@@ -820,7 +821,10 @@ fn rule5_storage_fence_moves_the_vm_before_d_without_split_brain() {
 fn rule5_with_a_noop_blocklist_is_caught() {
     let mut w = blocklist_world(true);
     w.keep_going = true;
-    w.run_until(9000 * MS);
+    w.run_until(13_000 * MS);
+    if w.violations.is_empty() {
+        print_trace(&w);
+    }
     assert!(
         !w.violations.is_empty(),
         "a storage-fenced verdict without a blocklist went unnoticed"

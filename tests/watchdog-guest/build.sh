@@ -1,0 +1,52 @@
+#!/bin/sh
+# Builds the watchdog test guest: a Debian kernel and busybox taken from
+# the package archive (apt-get download + dpkg-deb -x, nothing installed on
+# this host), cached in CACHE, and an initramfs made from STAGE (the test
+# puts /init, /etc and /bin there) plus busybox, the i6300esb driver and
+# the shared libraries of STAGE's binaries.
+#
+# usage: build.sh CACHE STAGE OUT    (writes OUT/vmlinuz and OUT/initrd.gz)
+set -eu
+cache=$1
+stage=$2
+out=$3
+
+# The first match of a glob, or a loud failure when nothing matched.
+first() {
+    [ -e "$1" ] || { echo "build.sh: nothing matches $1" >&2; exit 1; }
+    echo "$1"
+}
+
+mkdir -p "$cache" "$out"
+kpkg=$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1)
+[ -n "$kpkg" ] || { echo "build.sh: cannot tell the kernel package from linux-image-amd64" >&2; exit 1; }
+for pkg in "$kpkg" busybox-static; do
+    if [ ! -d "$cache/$pkg" ]; then
+        (cd "$cache" && apt-get download "$pkg") || { echo "build.sh: cannot fetch $pkg" >&2; exit 1; }
+        deb=$(first "$cache/${pkg}_"*.deb)
+        rm -rf "$cache/$pkg.tmp"
+        dpkg-deb -x "$deb" "$cache/$pkg.tmp"
+        mv "$cache/$pkg.tmp" "$cache/$pkg"
+    fi
+done
+
+kdir=$cache/$kpkg
+cp "$(first "$kdir"/boot/vmlinuz-*)" "$out/vmlinuz"
+mods=$(first "$kdir"/lib/modules/*/kernel/drivers/watchdog)
+mkdir -p "$stage/bin" "$stage/lib/modules" "$stage/proc" "$stage/sys" "$stage/dev" "$stage/etc"
+cp "$cache/busybox-static/bin/busybox" "$stage/bin/busybox"
+for m in watchdog i6300esb; do
+    if [ -f "$mods/$m.ko.xz" ]; then
+        xz -dc "$mods/$m.ko.xz" > "$stage/lib/modules/$m.ko"
+    else
+        cp "$mods/$m.ko" "$stage/lib/modules/$m.ko"
+    fi
+done
+for b in "$stage"/bin/*; do
+    [ "$b" = "$stage/bin/busybox" ] && continue
+    ldd "$b" | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) .*/\1/p' | while read -r lib; do
+        mkdir -p "$stage$(dirname "$lib")"
+        cp -L "$lib" "$stage$lib"
+    done
+done
+(cd "$stage" && find . | "$cache/busybox-static/bin/busybox" cpio -o -H newc 2> /dev/null) | gzip -1 > "$out/initrd.gz"

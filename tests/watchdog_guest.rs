@@ -33,7 +33,7 @@ const CACHE: &str = "/var/cache/vmlease-test";
 fn config(w_s: u64, d_s: u64) -> String {
     format!(
         "host_id = 1\nhost_name = \"guest.test\"\nlockspace_dir = \"/tmp/ls\"\n\
-         state_dir = \"/run/vmlease\"\nrenew_interval = 0.5\nrenew_fail_timeout = 3\n\
+         allow_local_lockspace = true\nstate_dir = \"/run/vmlease\"\nrenew_interval = 0.5\nrenew_fail_timeout = 3\n\
          kill_timeout = 1\nwatchdog_timeout = {w_s}\nhost_dead_timeout = {d_s}\n\
          watchdog_device = \"/dev/watchdog\"\n"
     )
@@ -243,7 +243,7 @@ fn protected_guest(case: &str) -> Guest {
     let mut g = Guest::boot(case);
     let (_, _, drv) = g.wait_event("driver", 60_000);
     eprintln!("{case}: driver {drv}");
-    let (_, up, p) = g.wait_event("protected", 30_000);
+    let (_, up, p) = g.wait_event("protected", 40_000);
     eprintln!("{case}: protected at guest uptime {up} ms: {p}");
     assert!(
         p.contains(&format!("timeout={} ", W_MS / 1000)) && p.contains("state=active"),

@@ -3,7 +3,7 @@
 # the package archive (apt-get download + dpkg-deb -x, nothing installed on
 # this host), cached in CACHE, and an initramfs made from STAGE (the test
 # puts /init, /etc and /bin there) plus busybox, the i6300esb driver and
-# the shared libraries of STAGE's binaries.
+# the shared libraries of STAGE's binaries (which it strips).
 #
 # usage: build.sh CACHE STAGE OUT    (writes OUT/vmlinuz and OUT/initrd.gz)
 set -eu
@@ -18,7 +18,15 @@ first() {
 }
 
 mkdir -p "$cache" "$out"
-kpkg=$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1)
+kernel_pkg() {
+    apt-cache depends linux-image-amd64 2> /dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1
+}
+kpkg=$(kernel_pkg)
+if [ -z "$kpkg" ]; then
+    # No package lists yet (a machine that had everything installed).
+    apt-get update > /dev/null || { echo "build.sh: apt-get update failed" >&2; exit 1; }
+    kpkg=$(kernel_pkg)
+fi
 [ -n "$kpkg" ] || { echo "build.sh: cannot tell the kernel package from linux-image-amd64" >&2; exit 1; }
 for pkg in "$kpkg" busybox-static; do
     if [ ! -d "$cache/$pkg" ]; then
@@ -44,6 +52,9 @@ for m in watchdog i6300esb; do
 done
 for b in "$stage"/bin/*; do
     [ "$b" = "$stage/bin/busybox" ] && continue
+    # Debug builds carry ~60 MB of debug info each: an initramfs that size
+    # takes TCG seconds to unpack.
+    strip "$b"
     ldd "$b" | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) .*/\1/p' | while read -r lib; do
         mkdir -p "$stage$(dirname "$lib")"
         cp -L "$lib" "$stage$lib"

@@ -304,9 +304,14 @@ pub fn claim(
     loop {
         match step {
             ClaimStep::ReadAt(at) => {
-                let now = crate::clock::boottime_ms();
-                if at > now {
-                    std::thread::sleep(Duration::from_millis(at - now));
+                // In steps, telling systemd the claim goes on (WatchdogSec).
+                loop {
+                    let now = crate::clock::boottime_ms();
+                    super::sd_watchdog::keepalive(now);
+                    if at <= now {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis((at - now).min(200)));
                 }
                 own = read(ls)?;
                 step = c.step(crate::clock::boottime_ms(), &own);

@@ -148,6 +148,8 @@ pub fn wait(
                 ))
             }
         }
+        // Once READY=1 went out (below), systemd's watchdog runs.
+        super::sd_watchdog::keepalive(now);
         if reason.is_empty() {
             continue;
         }

@@ -14,6 +14,7 @@ pub mod lockspace_wait;
 pub mod probes;
 pub mod reaper;
 pub mod renew;
+pub mod sd_watchdog;
 pub mod signals;
 pub mod softdog;
 pub mod watchdog;
@@ -47,6 +48,11 @@ pub mod exit {
     pub const LOCKSPACE: i32 = 3;
     pub const WATCHDOG: i32 = 4;
     pub const RUNNING: i32 = 5;
+    /// Stopped (SIGTERM) while leased QEMU processes run: the hardware
+    /// watchdog stays armed. Non-zero so that systemd shows the unit
+    /// failed and `Restart=on-failure` restarts a daemon that was not
+    /// stopped through systemd.
+    pub const STOPPED_LEASED: i32 = 6;
 }
 
 const USAGE: &str = "usage: vmlease-watchdog [--config FILE] [--verbose]
@@ -61,7 +67,8 @@ Runs in the foreground; SIGTERM stops it.
   --verbose       log debug messages
 
 Exit codes: 0 clean stop, 1 bad configuration, 2 usage, 3 lockspace or
-host id problem, 4 watchdog device problem, 5 already running.";
+host id problem, 4 watchdog device problem, 5 already running, 6 stopped
+while leased VMs run (the hardware watchdog stays armed).";
 
 /// Entry point of the `vmlease-watchdog` binary; returns the exit code.
 pub fn main(args: Vec<String>) -> i32 {
@@ -217,6 +224,11 @@ impl Daemon {
         }
 
         signals::install();
+        if let Some(t) = sd_watchdog::init() {
+            if let Some(w) = sd_watchdog::check(t, cfg.timing.watchdog_timeout) {
+                warn!("{w}");
+            }
+        }
         let (ls, placement) = lockspace_wait::wait(&cfg, host_id, &boot_id)?;
         if let Some(why) = &placement.local {
             warn!("LOCAL LOCKSPACE (allow_local_lockspace = true): {why}; it protects nothing across hosts; for tests and demos only");
@@ -519,6 +531,8 @@ impl Daemon {
                 self.status_written_ms = now;
                 self.status_key = key;
             }
+            // The loop went round: tell systemd (WatchdogSec=).
+            sd_watchdog::keepalive(now);
             self.reaper.wait(tick);
         }
     }
@@ -790,11 +804,14 @@ impl Daemon {
         self.reaper.scan_now();
         let alive = self.reaper.alive_processes().len();
         if alive > 0 {
-            warn!(
+            let w = secs(self.cfg.timing.watchdog_timeout);
+            error!(
                 "stopping with {alive} leased QEMU process(es) running: the hardware watchdog stays armed; \
-                 restart vmlease-watchdog within {} or the host resets",
-                secs(self.cfg.timing.watchdog_timeout)
+                 restart vmlease-watchdog within {w} or the host resets"
             );
+            notify_systemd(&format!(
+                "STOPPING=1\nSTATUS=STOPPED WITH {alive} LEASED VM(S) RUNNING: the host resets within {w} unless vmlease-watchdog is started again"
+            ));
         }
         alive > 0
     }
@@ -804,7 +821,7 @@ impl Daemon {
         // First make the plugin refuse new leases, then look at what runs.
         let _ = std::fs::remove_file(Status::path(&self.cfg.state_dir));
         if self.leased_running_at_stop() {
-            return exit::OK;
+            return exit::STOPPED_LEASED;
         }
         // Nothing leased: leave cleanly so others need not wait for us.
         // A renewal in flight is waited for (at most io_timeout): else no
@@ -820,7 +837,7 @@ impl Daemon {
         // from a fresh registry scan, right before publishing it (a start
         // that checked the status before it was removed registers late).
         if self.leased_running_at_stop() {
-            return exit::OK;
+            return exit::STOPPED_LEASED;
         }
         // After a collision the slot is not ours: nothing is written; else
         // only over the record we wrote last (the renewal's check).

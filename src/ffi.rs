@@ -179,8 +179,12 @@ fn reporter() -> Option<ReportFn> {
 
 /// Reports an error to libvirt (daemon context) and syslog.
 fn report(op: &str, e: &Error) {
+    if op == "acquiring leases" {
+        error!(event = "lease-refused"; "{op}: {e}");
+    } else {
+        error!("{op}: {e}");
+    }
     let msg = format!("vmlease: {e}");
-    error!("{op}: {e}");
     let Ok(c) = CString::new(msg.replace('\0', " ")) else {
         return;
     };

@@ -18,6 +18,7 @@ pub mod detach;
 pub mod error;
 pub mod ha;
 pub mod hosts;
+pub mod journal;
 pub mod lease;
 pub mod lockspace;
 pub mod logging;

@@ -1,4 +1,5 @@
-//! Logging to syslog/journald (`/dev/log`) and, for the binaries, stderr.
+//! Logging to journald (its native socket, with structured fields; see
+//! [`crate::journal`]) or syslog (`/dev/log`) and, for the binaries, stderr.
 //!
 //! In the plugin the logger takes no lock and keeps no shared buffer: each
 //! record is one datagram sent on a non-blocking socket opened for it.
@@ -19,7 +20,6 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 
@@ -177,28 +177,23 @@ pub fn set_daemon_ident() {
     IDENT_DAEMON.store(true, Ordering::Relaxed);
 }
 
-fn severity(l: Level) -> u8 {
-    match l {
-        Level::Error => 3,
-        Level::Warn => 4,
-        Level::Info => 6,
-        Level::Debug | Level::Trace => 7,
-    }
+/// Sends one message to journald or syslog; errors are ignored (neither
+/// runs).
+pub fn syslog(level: Level, msg: &str) {
+    crate::journal::send(level, ident(), msg, &[]);
 }
 
-/// Sends one message to syslog; errors are ignored (no syslog daemon).
-pub fn syslog(level: Level, msg: &str) {
-    const LOG_DAEMON: u8 = 3 << 3;
-    let line = format!(
-        "<{}>{}[{}]: {}",
-        LOG_DAEMON | severity(level),
-        ident(),
-        std::process::id(),
-        msg
-    );
-    if let Ok(sock) = UnixDatagram::unbound() {
-        let _ = sock.set_nonblocking(true);
-        let _ = sock.send_to(line.as_bytes(), "/dev/log");
+/// The key-values of a record, as text.
+struct Fields(Vec<(String, String)>);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for Fields {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        self.0.push((key.as_str().to_string(), value.to_string()));
+        Ok(())
     }
 }
 
@@ -212,7 +207,9 @@ impl Log for Logger {
             return;
         }
         let msg = r.args().to_string();
-        syslog(r.level(), &msg);
+        let mut fields = Fields(Vec::new());
+        let _ = r.key_values().visit(&mut fields);
+        crate::journal::send(r.level(), ident(), &msg, &fields.0);
         if STDERR.load(Ordering::Relaxed) {
             let line = format!(
                 "{}: {}: {msg}\n",

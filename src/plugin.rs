@@ -382,7 +382,10 @@ pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
         match got {
             Ok(a) => {
                 for (h, why) in &a.took_over {
-                    info!(
+                    warn!(
+                        event = "takeover", host_id = host_id, resource:% = r,
+                        holder_host = h.host_id, domain = m.name.as_str(),
+                        domain_uuid = m.uuid.as_str();
                         "took over {r} from host {} (domain '{}' pid {}): {why}",
                         h.host_id, h.domain_name, h.pid
                     );
@@ -397,6 +400,8 @@ pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
             }
             Err(e) => {
                 warn!(
+                    event = "lease-refused", host_id = host_id, resource:% = r,
+                    domain = m.name.as_str(), domain_uuid = m.uuid.as_str();
                     "acquire of {r} for domain '{}' ({}) failed: {e}",
                     m.name, m.uuid
                 );

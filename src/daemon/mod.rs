@@ -473,7 +473,7 @@ impl Daemon {
             });
             if let Some(l) = &act.log {
                 if act.kill_all || act.reset {
-                    error!("{l}");
+                    error!(event = "fence", host_id = self.host_id; "{l}");
                 } else {
                     warn!("{l}");
                 }
@@ -492,7 +492,7 @@ impl Daemon {
                     Phase::Reset { cause } => cause.describe(),
                     _ => "fence",
                 };
-                error!("resetting the host: {why}");
+                error!(event = "fence", host_id = self.host_id; "resetting the host: {why}");
                 if let Err(e) = self.host.reset(why) {
                     error!("reset failed: {e}; the hardware watchdog fires when it expires");
                 }
@@ -657,6 +657,7 @@ impl Daemon {
                             } else if let Some(c) = io.collision {
                                 if !self.collision {
                                     error!(
+                                        event = "collision", host_id = self.host_id;
                                         "{c}; this host ('{}', boot {}) fences and stops writing the slot; \
                                          give one of the machines another host_id, then run 'vmlease clear-fence'",
                                         self.host_name,
@@ -740,7 +741,7 @@ impl Daemon {
         let p = self.cfg.state_dir.join("clear-fence");
         if p.exists() {
             let _ = std::fs::remove_file(&p);
-            info!("operator asked to clear the fence");
+            info!(event = "clear-fence", host_id = self.host_id; "operator asked to clear the fence");
             true
         } else {
             false
@@ -806,6 +807,7 @@ impl Daemon {
         if alive > 0 {
             let w = secs(self.cfg.timing.watchdog_timeout);
             error!(
+                event = "stopped-with-leases", host_id = self.host_id;
                 "stopping with {alive} leased QEMU process(es) running: the hardware watchdog stays armed; \
                  restart vmlease-watchdog within {w} or the host resets"
             );

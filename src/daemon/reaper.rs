@@ -319,7 +319,14 @@ impl Reaper {
                             keys.join(", ")
                         );
                     } else if !keys.is_empty() {
+                        let (dom, uuid) = t
+                            .entry
+                            .as_ref()
+                            .map(|e| (e.domain_name.as_str(), e.domain_uuid.as_str()))
+                            .unwrap_or(("", ""));
                         info!(
+                            event = "dead-qemu-release",
+                            domain = dom, domain_uuid = uuid, resource = keys.join(" ").as_str();
                             "released {} lease(s) of exited QEMU pid {}: {}",
                             keys.len(),
                             p.pid,

@@ -323,6 +323,23 @@ Exit status: 0 go on, 1 refuse (prepare, migrate) or kill (reconnect),
         positional: (2, usize::MAX),
     },
     CommandHelp {
+        name: "completion",
+        synopsis: "bash | zsh",
+        summary: "the shell completion script for bash or zsh",
+        body: "\
+Prints a completion script for bash or zsh, generated from this command
+table: command names, each command's options, and file names after
+--config. To load it in the running shell, or install it:
+
+  source <(vmlease completion bash)
+  vmlease completion bash > /usr/share/bash-completion/completions/vmlease
+  vmlease completion zsh > /usr/share/zsh/vendor-completions/_vmlease
+
+Exit status: 0 printed, 2 unknown shell.",
+        flags: &[],
+        positional: (1, 1),
+    },
+    CommandHelp {
         name: "help",
         synopsis: "[COMMAND|all]",
         summary: "this overview, the manual of one command, or all of it",

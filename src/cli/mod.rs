@@ -11,6 +11,7 @@
 
 mod args;
 mod cephfs;
+mod completion;
 mod dump;
 pub mod evacuate;
 mod fence;
@@ -99,6 +100,7 @@ fn run(opts: &Opts, command: &str, args: &Args) -> i32 {
         "dump" => dump::run(opts, &args.positional[0]),
         "ha" => ha::run(opts, args),
         "hook" => crate::hook::main(&opts.config, &args.positional),
+        "completion" => completion::run(&args.positional[0]),
         other => unreachable!("command '{other}' is in the help table but not dispatched"),
     }
 }

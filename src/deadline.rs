@@ -90,6 +90,12 @@ fn stuck_map() -> std::sync::MutexGuard<'static, BTreeMap<u64, Stuck>> {
 pub static TEST_SERIAL: Mutex<()> = Mutex::new(());
 
 /// How many abandoned calls of this process are still running.
+/// The stack of a deadline thread. In the daemon, which locks its memory,
+/// every page of a thread's stack is resident (and glibc keeps an exited
+/// thread's stack for the next): Rust's default of 2 MiB is a quarter of
+/// its memory. A lockspace operation uses a small part of this.
+const IO_STACK: usize = 512 * 1024;
+
 pub fn stuck_calls() -> usize {
     stuck_map().len()
 }
@@ -132,6 +138,7 @@ where
     let (c2, f2) = (cancel.clone(), finished.clone());
     let spawned = std::thread::Builder::new()
         .name("vmlease-io".into())
+        .stack_size(IO_STACK)
         .spawn(move || {
             let r = f(&c2);
             {

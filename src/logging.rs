@@ -90,6 +90,7 @@ pub fn init_daemon(level: LevelFilter) {
     }
     match std::thread::Builder::new()
         .name("vmlease-log".into())
+        .stack_size(crate::daemon::THREAD_STACK)
         .spawn(|| writer(std::io::stderr()))
     {
         Ok(_) => ASYNC.store(true, Ordering::SeqCst),

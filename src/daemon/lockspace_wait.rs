@@ -90,6 +90,7 @@ pub fn wait(
     let every = cfg.timing.renew_interval.clamp(100, 1000);
     std::thread::Builder::new()
         .name("vmlease-lockspace-wait".into())
+        .stack_size(super::THREAD_STACK)
         .spawn(move || loop {
             let l = look(&c);
             let done = !matches!(l, Look::Waiting(_));

@@ -254,13 +254,17 @@ pub fn spawn(
     }
     std::thread::Builder::new()
         .name("vmlease-probe".into())
+        .stack_size(super::THREAD_STACK)
         .spawn(move || loop {
             let start = crate::clock::boottime_ms();
             let mut handles = Vec::new();
             for (name, net) in &nets {
                 for p in &net.probes {
                     let (p, t, name) = (p.clone(), net.probe_timeout, *name);
-                    handles.push((name, std::thread::spawn(move || run_probe(&p, t))));
+                    let h = std::thread::Builder::new()
+                        .stack_size(super::THREAD_STACK)
+                        .spawn(move || run_probe(&p, t));
+                    handles.push((name, h));
                 }
             }
             let mut rounds: Vec<(&'static str, Round)> = nets
@@ -279,7 +283,10 @@ pub fn spawn(
                 })
                 .collect();
             for (name, h) in handles {
-                let res = h.join().unwrap_or_else(|_| Err("probe panicked".into()));
+                let res = match h {
+                    Ok(h) => h.join().unwrap_or_else(|_| Err("probe panicked".into())),
+                    Err(e) => Err(format!("cannot start a probe thread: {e}")),
+                };
                 if let Some((_, r)) = rounds.iter_mut().find(|(n, _)| *n == name) {
                     match res {
                         Ok(()) => r.up += 1,

@@ -100,6 +100,7 @@ impl Reaper {
         let reg2 = reg.clone();
         std::thread::Builder::new()
             .name("vmlease-release".into())
+            .stack_size(super::THREAD_STACK)
             .spawn(move || {
                 for (p, e) in jobs {
                     let res = release_pass(&eng, &reg2, p, e);

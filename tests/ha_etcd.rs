@@ -183,3 +183,78 @@ fn the_etcd_client_against_a_real_member() {
         "{e}"
     );
 }
+
+/// Events: written only by the leader, bounded by count and by their
+/// lease, read back oldest first, and delivered to a watch.
+#[test]
+fn events_are_stored_bounded_and_watched() {
+    use vmlease::ha::etcd::WatchEvent;
+    use vmlease::ha::event_store::{self, events_prefix, EventStore};
+    use vmlease::ha::events::{kind, Event};
+
+    let s = Scratch::new("ha-events");
+    let (etcd_proc, url) = member(&s);
+    let etcd = Etcd::new(&cfg(&[&url])).unwrap();
+    wait_until(
+        "etcd to answer",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            etcd.list("/x/")
+                .map_err(|e| format!("{e}; log: {}", etcd_proc.log_tail(5)))
+        },
+    );
+    etcd.put("/e/leader", b"host-a", 0).unwrap();
+    // Events live 2 s (etcd's shortest lease), at most 3 kept.
+    let mut store = EventStore::new("/e/", 2_000, 3);
+    for i in 0..5u64 {
+        let e = Event::host(kind::HOST_FAILED, 1_000 + i, &format!("h{i}"), "test");
+        assert!(store.write(&etcd, "/e/leader", "host-a", &e).unwrap());
+    }
+    let mut other = EventStore::new("/e/", 2_000, 3);
+    let e = Event::host(kind::HOST_BACK, 2_000, "x", "not the leader");
+    assert!(!other.write(&etcd, "/e/leader", "host-b", &e).unwrap());
+    let (events, bad, rev) = event_store::read(&etcd, "/e/").unwrap();
+    assert!(bad.is_empty(), "{bad:?}");
+    let hosts: Vec<&str> = events.iter().map(|e| e.host.as_str()).collect();
+    assert_eq!(hosts, ["h2", "h3", "h4"], "the newest 3, oldest first");
+
+    // A watch from the listing's revision on sees the next event.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wurl = url.clone();
+    std::thread::spawn(move || {
+        let etcd = Etcd::new(&cfg(&[&wurl])).unwrap();
+        let _ = etcd.watch(&events_prefix("/e/"), rev + 1, |we, _| {
+            if let WatchEvent::Put(kv) = we {
+                let e: Event = serde_json::from_slice(&kv.value).unwrap();
+                tx.send((e, std::time::Instant::now())).is_ok()
+            } else {
+                true
+            }
+        });
+    });
+    std::thread::sleep(Duration::from_millis(300)); // the watch is set up
+    let t0 = std::time::Instant::now();
+    let e = Event::vm(kind::VM_RECOVERED, 3_000, "a", "u-1", "web", "runs on b");
+    assert!(store.write(&etcd, "/e/leader", "host-a", &e).unwrap());
+    let (got, at) = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the watch delivered no event within 5 s");
+    assert_eq!(got, e);
+    println!(
+        "event written -> delivered by the watch: {} ms (write incl. pruning: {} ms)",
+        at.duration_since(t0).as_millis(),
+        t0.elapsed().as_millis()
+    );
+
+    // Bounded in time too: the events go with their lease.
+    wait_until(
+        "the events to expire with their lease",
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || match event_store::read(&etcd, "/e/").unwrap().0.len() {
+            0 => Ok(()),
+            n => Err(format!("{n} left")),
+        },
+    );
+}

@@ -9,6 +9,10 @@ use std::path::PathBuf;
 use super::help::{self, CommandHelp};
 use crate::config;
 
+/// Command options that take no value (listed in a command's `flags`
+/// too); `Args::flag` gives "" when one is present.
+const SWITCHES: &[&str] = &["--follow", "--wait"];
+
 /// Options every command takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opts {
@@ -118,7 +122,17 @@ pub fn parse(argv: &[String]) -> Result<Parsed, UsageError> {
                     if args.flag(flag).is_some() {
                         return Err(UsageError::new(format!("{flag} given twice"), Some(c.name)));
                     }
-                    let v = value(flag, inline, &mut it, Some(c.name))?;
+                    let v = if SWITCHES.contains(flag) {
+                        if inline.is_some() {
+                            return Err(UsageError::new(
+                                format!("{flag} takes no value"),
+                                Some(c.name),
+                            ));
+                        }
+                        String::new()
+                    } else {
+                        value(flag, inline, &mut it, Some(c.name))?
+                    };
                     args.flags.push((flag, v));
                 } else if a.starts_with('-') && a != "-" {
                     return Err(UsageError::new(

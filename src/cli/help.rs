@@ -282,6 +282,45 @@ configuration error (no [ha] section), 3 etcd unreachable.",
         positional: (1, 2),
     },
     CommandHelp {
+        name: "events",
+        synopsis: "[--follow]",
+        summary: "recovery events in etcd: hosts failed, fenced, VMs recovered, maintenance",
+        body: "\
+Prints the events vmlease-ha's leader stored in etcd, oldest first, one a
+line: time (UTC), kind, host, domain, reason. Kinds: host-failed,
+host-fenced, host-evacuable, host-isolated, host-back, recovery-started,
+attempt-failed, vm-recovered, recovery-failed, maintenance-entered,
+maintenance-exited, vm-migrated, migration-failed, host-drained. Events
+stay [ha] event_ttl (default 24 h), at most [ha] max_events (1000).
+--follow then waits for new ones (an etcd watch) until interrupted; with
+--json each event is one JSON line.
+
+Exit status: 0 done, 2 usage or configuration error (no [ha] section),
+3 etcd unreachable.",
+        flags: &["--follow"],
+        positional: (0, 0),
+    },
+    CommandHelp {
+        name: "maintenance",
+        synopsis: "enter|exit HOST [--wait]",
+        summary: "take a host out of placement and drain its HA VMs by live migration",
+        body: "\
+enter HOST: vmlease-ha places nothing on HOST; HOST's agent has its
+watchdog daemon disarm the network-policy fences (a lost management or
+service network is reported, not fenced; a storage fence stays armed);
+the controller live-migrates HOST's HA VMs (restart=\"always\") to
+other hosts, one at a time. With --wait, prints the progress and returns
+when HOST is drained (or a migration gave up).
+
+exit HOST: HOST is a placement target again and its fences are armed
+again. With --wait, returns when its agent re-armed them.
+
+Exit status: 0 done (drained, with --wait), 1 a migration gave up or the
+wait timed out, 2 usage or configuration error, 3 etcd unreachable.",
+        flags: &["--wait"],
+        positional: (2, 2),
+    },
+    CommandHelp {
         name: "hook",
         synopsis: "qemu NAME OPERATION SUB-OPERATION [EXTRA...]",
         summary: "the libvirt qemu hook (installed as /etc/libvirt/hooks/qemu.d/vmlease)",

@@ -16,6 +16,8 @@ mod dump;
 pub mod evacuate;
 mod fence;
 mod ha;
+mod ha_events;
+mod ha_maintenance;
 pub mod help;
 mod hosts;
 pub mod json;
@@ -99,6 +101,8 @@ fn run(opts: &Opts, command: &str, args: &Args) -> i32 {
         "storage-fence" => storage_fence::run(opts, args),
         "dump" => dump::run(opts, &args.positional[0]),
         "ha" => ha::run(opts, args),
+        "events" => ha_events::run(opts, args),
+        "maintenance" => ha_maintenance::run(opts, args),
         "hook" => crate::hook::main(&opts.config, &args.positional),
         "completion" => completion::run(&args.positional[0]),
         other => unreachable!("command '{other}' is in the help table but not dispatched"),

@@ -46,6 +46,22 @@ pub struct HaConfig {
     /// Storage-level fencing (Ceph blocklist) of a host silent this long
     /// (ms) whose agent is gone from etcd too; None: off (wait D).
     pub storage_fence_after: Option<u64>,
+    /// Every executable here runs on each event (None: no hooks).
+    pub hooks_dir: Option<PathBuf>,
+    /// A hook still running after this is killed (ms).
+    pub hook_timeout: u64,
+    /// Events stay in etcd this long (ms)...
+    pub event_ttl: u64,
+    /// ... and at most this many are kept.
+    pub max_events: u32,
+    /// The libvirt URI other hosts use to live-migrate to this one
+    /// (default `qemu+ssh://HOST_NAME/system`).
+    pub migration_uri: Option<String>,
+    /// The address of this host for QEMU's migration stream
+    /// (`--migrateuri tcp://ADDRESS`; default: libvirt's choice).
+    pub migration_address: Option<String>,
+    /// Extra `virsh migrate` options for drains (e.g. "--unsafe").
+    pub migration_options: Vec<String>,
 }
 
 impl HaConfig {
@@ -87,6 +103,13 @@ pub(super) struct RawHa {
     start_timeout: Option<Spanned<Seconds>>,
     request_timeout: Option<Spanned<Seconds>>,
     storage_fence_after: Option<Spanned<Seconds>>,
+    hooks_dir: Option<Spanned<String>>,
+    hook_timeout: Option<Spanned<Seconds>>,
+    event_ttl: Option<Spanned<Seconds>>,
+    max_events: Option<Spanned<i64>>,
+    migration_uri: Option<Spanned<String>>,
+    migration_address: Option<Spanned<String>>,
+    migration_options: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 impl Builder<'_> {
@@ -215,6 +238,32 @@ impl Builder<'_> {
                 ),
             ));
         }
+        let hooks_dir = opt_path("ha.hooks_dir", &raw.hooks_dir)?;
+        let mut migration_options = Vec::new();
+        for o in raw
+            .migration_options
+            .map(|o| o.into_inner())
+            .unwrap_or_default()
+        {
+            let v = o.get_ref();
+            if !v.starts_with("--") || v.contains(char::is_whitespace) {
+                return Err(self.err(
+                    "ha.migration_options",
+                    o.span(),
+                    format!("'{v}' is not a virsh migrate option (--NAME or --NAME=VALUE)"),
+                ));
+            }
+            migration_options.push(v.clone());
+        }
+        let text = |key: &str, v: &Option<Spanned<String>>| -> Result<Option<String>> {
+            match v {
+                None => Ok(None),
+                Some(s) if s.get_ref().is_empty() || s.get_ref().contains(char::is_whitespace) => {
+                    Err(self.err(key, s.span(), "must be non-empty, without spaces"))
+                }
+                Some(s) => Ok(Some(s.get_ref().clone())),
+            }
+        };
         Ok(Some(HaConfig {
             endpoints,
             cert_file,
@@ -237,6 +286,13 @@ impl Builder<'_> {
                 None => None,
                 Some(_) => Some(self.ms("ha.storage_fence_after", &raw.storage_fence_after, 0)?),
             },
+            hooks_dir,
+            hook_timeout: self.ms("ha.hook_timeout", &raw.hook_timeout, 10_000)?,
+            event_ttl: self.ms("ha.event_ttl", &raw.event_ttl, 86_400_000)?,
+            max_events: count("ha.max_events", &raw.max_events, 1000, 100_000)?,
+            migration_uri: text("ha.migration_uri", &raw.migration_uri)?,
+            migration_address: text("ha.migration_address", &raw.migration_address)?,
+            migration_options,
         }))
     }
 }
@@ -273,6 +329,39 @@ mod tests {
             (c.host_ttl, c.interval, c.max_starts_per_host),
             (10_000, 1_000, 4)
         );
+        assert_eq!((c.hooks_dir, c.hook_timeout), (None, 10_000));
+        assert_eq!((c.event_ttl, c.max_events), (86_400_000, 1000));
+        assert_eq!((c.migration_uri, c.migration_options), (None, vec![]));
+    }
+
+    #[test]
+    fn events_hooks_and_migration_keys() {
+        let c = parse(
+            "[ha]\nendpoints = [\"http://a:1\"]\nhooks_dir = \"/etc/vmlease/hooks.d\"\nhook_timeout = 3\n\
+             event_ttl = 3600\nmax_events = 50\nmigration_uri = \"qemu+tls://b/system\"\n\
+             migration_address = \"10.0.0.2\"\nmigration_options = [\"--unsafe\"]\n",
+            "t",
+        )
+        .unwrap()
+        .ha
+        .unwrap();
+        assert_eq!(c.hooks_dir.unwrap().to_str(), Some("/etc/vmlease/hooks.d"));
+        assert_eq!(
+            (c.hook_timeout, c.event_ttl, c.max_events),
+            (3_000, 3_600_000, 50)
+        );
+        assert_eq!(c.migration_uri.as_deref(), Some("qemu+tls://b/system"));
+        assert_eq!(c.migration_address.as_deref(), Some("10.0.0.2"));
+        assert_eq!(c.migration_options, ["--unsafe"]);
+        let e = err("[ha]\nendpoints = [\"http://a:1\"]\nhooks_dir = \"hooks\"\n");
+        assert!(e.contains("t.conf:3") && e.contains("ha.hooks_dir"), "{e}");
+        let e = err("[ha]\nendpoints = [\"http://a:1\"]\nmigration_options = [\"unsafe\"]\n");
+        assert!(
+            e.contains("t.conf:3") && e.contains("ha.migration_options"),
+            "{e}"
+        );
+        let e = err("[ha]\nendpoints = [\"http://a:1\"]\nmax_events = 0\n");
+        assert!(e.contains("t.conf:3") && e.contains("ha.max_events"), "{e}");
     }
 
     #[test]

@@ -156,6 +156,12 @@ struct Renewed {
 /// than F and the host has fenced anyway.
 const MAX_EXPECT: usize = 32;
 
+/// The file in the state directory that puts the daemon in maintenance.
+pub const MAINTENANCE_MARKER: &str = "maintenance";
+/// Appended to a network's detail in the status while its fence policy
+/// is disarmed by maintenance (vmlease-ha's agent waits for it).
+pub const DISARMED_NOTE: &str = " (fence disarmed: maintenance)";
+
 pub struct Daemon {
     cfg: Config,
     ls: Lockspace,
@@ -199,6 +205,8 @@ pub struct Daemon {
     /// When the status was last written, and what it said.
     status_written_ms: u64,
     status_key: (HostState, u64, String),
+    /// `STATE_DIR/maintenance` exists: network-policy fences disarmed.
+    maintenance: bool,
     _instance_lock: std::fs::File,
 }
 
@@ -417,6 +425,7 @@ impl Daemon {
             last_renew_error: String::new(),
             status_written_ms: 0,
             status_key: (HostState::Live, 0, String::new()),
+            maintenance: false,
             _instance_lock: instance_lock,
             cfg,
         })
@@ -460,6 +469,7 @@ impl Daemon {
 
             let mgmt_lost = self.nets[1].lost(now);
             let service_lost = self.nets[2].lost(now);
+            self.check_maintenance();
             let clear = self.clear_input();
             let mut inputs = Inputs {
                 now,
@@ -755,6 +765,33 @@ impl Daemon {
         }
     }
 
+    /// Maintenance (vmlease-ha's agent writes `STATE_DIR/maintenance` while
+    /// its host is in maintenance): a lost management or service network
+    /// is reported, not fenced. Only liveness depends on those fences (they
+    /// let other hosts restart the VMs sooner); the storage fence, which
+    /// safety depends on, stays armed. A fence already under way goes on.
+    fn check_maintenance(&mut self) {
+        let on = self.cfg.state_dir.join(MAINTENANCE_MARKER).exists();
+        if on == self.maintenance {
+            return;
+        }
+        self.maintenance = on;
+        let (m, s) = if on {
+            (config::Policy::Report, config::Policy::Report)
+        } else {
+            (self.cfg.management.policy, self.cfg.service.policy)
+        };
+        self.fence.mgmt_policy = m;
+        self.fence.service_policy = s;
+        warn!(
+            "maintenance {}: network-policy fences {} (management: {:?}, service: {:?})",
+            if on { "entered" } else { "over" },
+            if on { "disarmed" } else { "armed again" },
+            m,
+            s
+        );
+    }
+
     fn write_status(&self, now: u64) {
         let reason = match &self.fence.phase {
             Phase::Healthy => self.last_renew_error.clone(),
@@ -791,7 +828,15 @@ impl Daemon {
                 .nets
                 .iter()
                 .map(|n| {
-                    let (state, detail) = n.describe(now);
+                    let (state, mut detail) = n.describe(now);
+                    let fences = match n.name {
+                        "management" => self.cfg.management.policy,
+                        "service" => self.cfg.service.policy,
+                        _ => config::Policy::Report,
+                    };
+                    if self.maintenance && fences == config::Policy::Fence {
+                        detail.push_str(DISARMED_NOTE);
+                    }
                     NetView {
                         name: n.name.to_string(),
                         state,

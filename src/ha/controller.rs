@@ -14,7 +14,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::agent::to_json;
 use super::decide::{self, Action, ClusterView, Limits, Verdict};
 use super::error::Result;
-use super::etcd::{Cmp, Etcd, Kv, Op};
+use super::etcd::{prefix_end, Cmp, Etcd, Kv, Op};
+use super::event_store::{events_prefix, EventStore};
+use super::hooks::Hooks;
+use super::maintenance::{self as maint, Maintenance, Migration, Reach};
 use super::model::{self, HostRecord, Recovery, VmRecord};
 use crate::cli::evacuate;
 use crate::cli::exit;
@@ -27,6 +30,24 @@ pub struct Controller {
     pub leader: bool,
     /// Storage fences that failed, by host (not retried for a while).
     fence_attempts: super::storage_fence::Attempts,
+    events: EventStore,
+    hooks: Hooks,
+}
+
+pub fn seen_key(prefix: &str, host: &str) -> String {
+    format!("{prefix}seen/{host}")
+}
+
+/// Everything under the prefix except the events (which can be many and
+/// which no decision reads).
+pub fn list_state(etcd: &Etcd, prefix: &str) -> Result<Vec<Kv>> {
+    let ev = events_prefix(prefix);
+    let mut kvs = etcd.range(prefix, ev.as_bytes())?;
+    kvs.extend(etcd.range(
+        std::str::from_utf8(&prefix_end(&ev)).unwrap_or(prefix),
+        &prefix_end(prefix),
+    )?);
+    Ok(kvs)
 }
 
 /// Wall-clock ms (the retry and start timers only).
@@ -71,6 +92,30 @@ pub fn view_of(prefix: &str, kvs: &[Kv]) -> (ClusterView, Option<String>, Vec<St
                 }
                 Err(e) => bad.push(err(e)),
             }
+        } else if let Some(host) = rest.strip_prefix("seen/") {
+            let c = String::from_utf8_lossy(&kv.value).into_owned();
+            v.seen.insert(host.to_string(), c);
+        } else if rest.starts_with("maintenance/") {
+            match serde_json::from_slice::<Maintenance>(&kv.value) {
+                Ok(m) => {
+                    v.maintenance.insert(m.host.clone(), m);
+                }
+                Err(e) => bad.push(err(e)),
+            }
+        } else if rest.starts_with("migration/") {
+            match serde_json::from_slice::<Migration>(&kv.value) {
+                Ok(m) => {
+                    v.migrations.insert(m.uuid.clone(), m);
+                }
+                Err(e) => bad.push(err(e)),
+            }
+        } else if rest.starts_with("reach/") {
+            match serde_json::from_slice::<Reach>(&kv.value) {
+                Ok(r) => {
+                    v.reach.insert(r.host.clone(), r);
+                }
+                Err(e) => bad.push(err(e)),
+            }
         }
     }
     (v, leader, bad)
@@ -78,7 +123,13 @@ pub fn view_of(prefix: &str, kvs: &[Kv]) -> (ClusterView, Option<String>, Vec<St
 
 impl Controller {
     pub fn new(cfg: Config, ha: HaConfig, name: String) -> Controller {
+        let hooks = match &ha.hooks_dir {
+            Some(d) => Hooks::start(d.clone(), std::time::Duration::from_millis(ha.hook_timeout)),
+            None => Hooks::none(),
+        };
         Controller {
+            events: EventStore::new(&ha.prefix, ha.event_ttl, ha.max_events as usize),
+            hooks,
             cfg,
             ha,
             name,
@@ -120,7 +171,7 @@ impl Controller {
                 lease,
             }],
         )?;
-        let kvs = etcd.list(&self.ha.prefix)?;
+        let kvs = list_state(etcd, &self.ha.prefix)?;
         let (mut view, leader, bad) = view_of(&self.ha.prefix, &kvs);
         let leading = won || leader.as_deref() == Some(&self.name);
         if leading != self.leader {
@@ -137,7 +188,13 @@ impl Controller {
         for b in &bad {
             log::error!("vmlease-ha: ignoring a corrupt value: {b}");
         }
-        for host in decide::suspects(&view) {
+        // Suspects, and failed hosts not yet reported evacuable (for the
+        // host-evacuable event).
+        let mut judge = decide::suspects(&view);
+        judge.extend(crate::ha::events::to_judge(&view));
+        judge.sort();
+        judge.dedup();
+        for host in judge {
             let a = evacuate::answer(self.cfg.clone(), &host);
             let verdict = if a.code == exit::OK {
                 Verdict::Safe
@@ -181,7 +238,17 @@ impl Controller {
                 Step::Wait(why) => log::debug!("vmlease-ha: {why}"),
                 Step::Fence => {
                     let r = crate::cli::storage_fence::fence_named(&self.cfg, &host, after);
-                    out.push(Action::Event(event(&host, &r)));
+                    let k = if r.is_ok() {
+                        crate::ha::events::kind::STORAGE_FENCED
+                    } else {
+                        crate::ha::events::kind::STORAGE_FENCE_FAILED
+                    };
+                    out.push(Action::Event(crate::ha::events::Event::host(
+                        k,
+                        wall_ms(),
+                        &host,
+                        event(&host, &r),
+                    )));
                     if r.is_err() {
                         self.fence_attempts.failed_at.insert(host.clone(), now);
                         continue;
@@ -201,8 +268,41 @@ impl Controller {
         let me = self.name.as_bytes();
         let ok = match &a {
             Action::Event(e) => {
-                log::warn!("vmlease-ha: {e}");
-                return Ok(());
+                log::warn!("vmlease-ha: event {}", e.line());
+                let ok = self.events.write(etcd, lk, &self.name, e)?;
+                if ok {
+                    self.hooks.notify(e);
+                }
+                ok
+            }
+            Action::Seen { host, condition } => etcd.txn(
+                &format!("mark {host} {condition}"),
+                &[Cmp::Value(lk, me)],
+                &[Op::Put {
+                    key: &seen_key(&self.ha.prefix, host),
+                    value: condition.as_bytes(),
+                    lease: 0,
+                }],
+            )?,
+            Action::Migrate(m) => {
+                let key = maint::migration_key(&self.ha.prefix, &m.uuid);
+                etcd.txn(
+                    &format!("write {key}"),
+                    &[Cmp::Value(lk, me)],
+                    &[Op::Put {
+                        key: &key,
+                        value: &to_json(m),
+                        lease: 0,
+                    }],
+                )?
+            }
+            Action::MigrationDone { uuid } => {
+                let key = maint::migration_key(&self.ha.prefix, uuid);
+                etcd.txn(
+                    &format!("delete {key}"),
+                    &[Cmp::Value(lk, me)],
+                    &[Op::Delete(&key)],
+                )?
             }
             Action::Put(r) => {
                 let key = model::recovery_key(&self.ha.prefix, &r.uuid);

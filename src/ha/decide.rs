@@ -16,6 +16,8 @@
 
 use std::collections::BTreeMap;
 
+use super::events::{self, kind, Event};
+use super::maintenance::{self, Maintenance, Migration};
 use super::model::{HostRecord, RecState, Recovery, VmRecord, VmState};
 use super::policy::Restart;
 
@@ -46,6 +48,14 @@ pub struct ClusterView {
     pub recoveries: BTreeMap<String, Recovery>,
     /// Verdicts on the hosts [`suspects`] named.
     pub verdicts: BTreeMap<String, Verdict>,
+    /// The condition last reported per host (`P/seen/NAME`, events.rs).
+    pub seen: BTreeMap<String, String>,
+    /// Hosts in maintenance (`P/maintenance/NAME`).
+    pub maintenance: BTreeMap<String, Maintenance>,
+    /// Drain migrations (`P/migration/UUID`).
+    pub migrations: BTreeMap<String, Migration>,
+    /// How to reach each host's libvirt for a migration to it.
+    pub reach: BTreeMap<String, maintenance::Reach>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,8 +68,15 @@ pub enum Action {
         name: String,
         host: String,
     },
-    /// Something an operator should see (logged; events come later).
-    Event(String),
+    /// Something an operator should see: logged, stored in etcd, handed
+    /// to the notification hooks. The one way to emit an event.
+    Event(Event),
+    /// Record the condition reported for a host (with its event).
+    Seen { host: String, condition: String },
+    /// Write this drain migration record (maintenance.rs).
+    Migrate(Migration),
+    /// The drain migration is over (or moot): delete its record.
+    MigrationDone { uuid: String },
 }
 
 /// Hosts whose HA VMs may need a new home: gone from etcd or not
@@ -81,8 +98,9 @@ pub fn suspects(v: &ClusterView) -> Vec<String> {
 pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
     let mut out = Vec::new();
     // Starts in flight per target, including the ones decided this step.
-    let mut inflight: BTreeMap<String, u32> = BTreeMap::new();
-    let mut reserved: BTreeMap<String, (u64, u32)> = BTreeMap::new();
+    let mut inflight: Inflight = BTreeMap::new();
+    let mut reserved: Reserved = BTreeMap::new();
+    maintenance::reserve(v, &mut inflight, &mut reserved);
     for r in v.recoveries.values() {
         if let (RecState::Assigned | RecState::Started | RecState::StartFailed, Some(t)) =
             (&r.state, &r.target)
@@ -115,6 +133,18 @@ pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
                     e.0 = e.0.saturating_sub(vm.memory_kib);
                     e.1 = e.1.saturating_sub(vm.vcpus);
                 }
+                out.push(Action::Event(Event::vm(
+                    kind::VM_RECOVERED,
+                    now_ms,
+                    &r.from,
+                    &r.uuid,
+                    &r.name,
+                    format!(
+                        "runs on {} (attempt {})",
+                        r.target.as_deref().unwrap_or("?"),
+                        r.attempt
+                    ),
+                )));
                 out.push(Action::Done {
                     uuid: r.uuid.clone(),
                     name: r.name.clone(),
@@ -201,7 +231,7 @@ pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
             .then_with(|| a.1.uuid.cmp(&b.1.uuid))
     });
     for (mut r, vm) in to_place {
-        match place(v, vm, &r, &inflight, &reserved, lim) {
+        match place(v, vm, &r.from, &r.tried, &inflight, &reserved, lim) {
             Some(target) => {
                 *inflight.entry(target.clone()).or_default() += 1;
                 let e = reserved.entry(target.clone()).or_default();
@@ -212,9 +242,13 @@ pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
                 r.target = Some(target.clone());
                 r.state = RecState::Assigned;
                 r.since_ms = now_ms;
-                out.push(Action::Event(format!(
-                    "recovering '{}' ({}) from {} on {target}, attempt {} of {}",
-                    vm.name, vm.uuid, r.from, r.attempt, lim.max_attempts
+                out.push(Action::Event(Event::vm(
+                    kind::RECOVERY_STARTED,
+                    now_ms,
+                    &r.from,
+                    &vm.uuid,
+                    &vm.name,
+                    format!("on {target}, attempt {} of {}", r.attempt, lim.max_attempts),
                 )));
                 out.push(Action::Put(r));
             }
@@ -229,6 +263,16 @@ pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
             None => {}
         }
     }
+
+    // 4. Maintenance: drain migrations (maintenance.rs); host events.
+    out.extend(maintenance::drain(
+        v,
+        now_ms,
+        lim,
+        &mut inflight,
+        &mut reserved,
+    ));
+    out.extend(events::host_events(v, now_ms));
     out
 }
 
@@ -241,9 +285,13 @@ fn failed(r: &Recovery, why: String, now_ms: u64, lim: &Limits) -> Vec<Action> {
         n.state = RecState::RecoveryFailed;
         n.target = None;
         return vec![
-            Action::Event(format!(
-                "recovery-failed: '{}' ({}) after {} attempt(s): {why}",
-                r.name, r.uuid, r.attempt
+            Action::Event(Event::vm(
+                kind::RECOVERY_FAILED,
+                now_ms,
+                &r.from,
+                &r.uuid,
+                &r.name,
+                format!("after {} attempt(s): {why}", r.attempt),
             )),
             Action::Put(n),
         ];
@@ -255,27 +303,38 @@ fn failed(r: &Recovery, why: String, now_ms: u64, lim: &Limits) -> Vec<Action> {
         retry_at_ms: now_ms.saturating_add(backoff),
     };
     vec![
-        Action::Event(format!(
-            "attempt {} for '{}' failed: {why}; next in {backoff} ms",
-            r.attempt, r.name
+        Action::Event(Event::vm(
+            kind::ATTEMPT_FAILED,
+            now_ms,
+            &r.from,
+            &r.uuid,
+            &r.name,
+            format!("attempt {}: {why}; next in {backoff} ms", r.attempt),
         )),
         Action::Put(n),
     ]
 }
 
-/// The best target: protected, live, room for the VM's memory, under the
-/// start limit; hosts not tried yet first, then the most free memory.
-fn place(
+/// Starts (and migrations) in flight per target host.
+pub type Inflight = BTreeMap<String, u32>;
+/// Memory and vCPUs promised per target host.
+pub type Reserved = BTreeMap<String, (u64, u32)>;
+
+/// The best target: protected, live, not in maintenance, room for the
+/// VM's memory, under the start limit; hosts not tried yet first, then
+/// the most free memory.
+pub fn place(
     v: &ClusterView,
     vm: &VmRecord,
-    r: &Recovery,
-    inflight: &BTreeMap<String, u32>,
-    reserved: &BTreeMap<String, (u64, u32)>,
+    from: &str,
+    tried: &[String],
+    inflight: &Inflight,
+    reserved: &Reserved,
     lim: &Limits,
 ) -> Option<String> {
     v.hosts
         .values()
-        .filter(|h| h.is_target() && h.name != r.from)
+        .filter(|h| h.is_target() && h.name != from && !v.maintenance.contains_key(&h.name))
         .filter(|h| inflight.get(&h.name).copied().unwrap_or(0) < lim.max_starts_per_host)
         .filter_map(|h| {
             let (mem, cpu) = reserved.get(&h.name).copied().unwrap_or((0, 0));
@@ -287,7 +346,7 @@ fn place(
             (free_mem >= vm.memory_kib).then_some((h, free_mem, free_cpu))
         })
         .min_by(|a, b| {
-            let tried = |h: &HostRecord| r.tried.contains(&h.name);
+            let tried = |h: &HostRecord| tried.contains(&h.name);
             tried(a.0)
                 .cmp(&tried(b.0))
                 .then_with(|| b.1.cmp(&a.1))

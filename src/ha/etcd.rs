@@ -45,12 +45,23 @@ pub enum Op<'a> {
         lease: i64,
     },
     Delete(&'a str),
+    /// Every key in [key, end).
+    DeleteRange(&'a str, &'a [u8]),
 }
 
 pub struct Etcd {
     agent: ureq::Agent,
+    /// Without a read timeout, for watch streams.
+    stream_agent: ureq::Agent,
     endpoints: Vec<String>,
     current: Cell<usize>,
+}
+
+/// What a watch delivers: a key put (with its value) or deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    Put(Kv),
+    Delete(String),
 }
 
 fn b64(s: &[u8]) -> String {
@@ -79,17 +90,22 @@ fn num(v: &Value) -> i64 {
 
 impl Etcd {
     pub fn new(cfg: &HaConfig) -> Result<Etcd> {
+        let connect = Duration::from_millis(cfg.request_timeout.min(1_000));
         let mut b = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_millis(cfg.request_timeout.min(1_000)))
+            .timeout_connect(connect)
             .timeout(Duration::from_millis(cfg.request_timeout));
+        let mut sb = ureq::AgentBuilder::new().timeout_connect(connect);
         if let Some(ca) = &cfg.ca_file {
-            b = b.tls_config(Arc::new(tls_config(
+            let tls = Arc::new(tls_config(
                 ca,
                 cfg.cert_file.as_deref().zip(cfg.key_file.as_deref()),
-            )?));
+            )?);
+            b = b.tls_config(tls.clone());
+            sb = sb.tls_config(tls);
         }
         Ok(Etcd {
             agent: b.build(),
+            stream_agent: sb.build(),
             endpoints: cfg.endpoints.clone(),
             current: Cell::new(0),
         })
@@ -172,6 +188,106 @@ impl Etcd {
         Ok(Self::kvs(&v))
     }
 
+    /// Every key in [key, end).
+    pub fn range(&self, key: &str, end: &[u8]) -> Result<Vec<Kv>> {
+        let v = self.call(
+            &format!("range {key}.."),
+            "/v3/kv/range",
+            json!({"key": b64(key.as_bytes()), "range_end": b64(end)}),
+        )?;
+        Ok(Self::kvs(&v))
+    }
+
+    /// Every key under `prefix`, and the store's revision they are from.
+    pub fn list_at(&self, prefix: &str) -> Result<(Vec<Kv>, i64)> {
+        let v = self.call(
+            &format!("range {prefix}*"),
+            "/v3/kv/range",
+            json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix))}),
+        )?;
+        let rev = num(v.pointer("/header/revision").unwrap_or(&Value::Null));
+        Ok((Self::kvs(&v), rev))
+    }
+
+    /// How many keys start with `prefix`, and the first `limit` of them.
+    pub fn first_keys(&self, prefix: &str, limit: usize) -> Result<(i64, Vec<String>)> {
+        let v = self.call(
+            &format!("keys {prefix}*"),
+            "/v3/kv/range",
+            json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix)),
+                   "keys_only": true, "limit": limit.to_string()}),
+        )?;
+        let count = num(v.get("count").unwrap_or(&Value::Null));
+        Ok((count, Self::kvs(&v).into_iter().map(|kv| kv.key).collect()))
+    }
+
+    /// Watches every key under `prefix` from revision `from` on, calling
+    /// `f` for each change until it returns false or the stream ends
+    /// (then an error: the caller reconnects from the last revision it saw
+    /// + 1). Returns the revision of the change `f` stopped at.
+    pub fn watch(
+        &self,
+        prefix: &str,
+        from: i64,
+        mut f: impl FnMut(WatchEvent, i64) -> bool,
+    ) -> Result<i64> {
+        use std::io::BufRead;
+        let op = format!("watch {prefix}*");
+        let body = json!({"create_request": {
+            "key": b64(prefix.as_bytes()),
+            "range_end": b64(&prefix_end(prefix)),
+            "start_revision": from.to_string(),
+        }});
+        let url = format!("{}/v3/watch", self.endpoints[self.current.get()]);
+        let err = |reason: String| Error::Etcd {
+            op: op.clone(),
+            reason: format!("{url}: {reason}"),
+        };
+        let resp = self
+            .stream_agent
+            .post(&url)
+            .send_string(&body.to_string())
+            .map_err(|e| err(e.to_string()))?;
+        let reader = std::io::BufReader::new(resp.into_reader());
+        for line in reader.lines() {
+            let line = line.map_err(|e| err(e.to_string()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: Value =
+                serde_json::from_str(&line).map_err(|e| err(format!("bad answer ({e})")))?;
+            let r = v.get("result").unwrap_or(&v);
+            if let Some(e) = v.get("error") {
+                return Err(err(e.to_string()));
+            }
+            if r.get("canceled").and_then(Value::as_bool) == Some(true) {
+                return Err(err(format!("canceled: {r}")));
+            }
+            for ev in r
+                .get("events")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let kvs =
+                    Self::kvs(&json!({"kvs": [ev.get("kv").cloned().unwrap_or(Value::Null)]}));
+                let Some(kv) = kvs.into_iter().next() else {
+                    continue;
+                };
+                let rev = kv.mod_revision;
+                let we = if ev.get("type").and_then(Value::as_str) == Some("DELETE") {
+                    WatchEvent::Delete(kv.key)
+                } else {
+                    WatchEvent::Put(kv)
+                };
+                if !f(we, rev) {
+                    return Ok(rev);
+                }
+            }
+        }
+        Err(err("the stream ended".into()))
+    }
+
     pub fn get(&self, key: &str) -> Result<Option<Kv>> {
         let v = self.call(
             &format!("get {key}"),
@@ -206,6 +322,7 @@ impl Etcd {
             .map(|o| match o {
                 Op::Put { key, value, lease } => json!({"request_put": {"key": b64(key.as_bytes()), "value": b64(value), "lease": lease.to_string()}}),
                 Op::Delete(k) => json!({"request_delete_range": {"key": b64(k.as_bytes())}}),
+                Op::DeleteRange(k, end) => json!({"request_delete_range": {"key": b64(k.as_bytes()), "range_end": b64(end)}}),
             })
             .collect();
         let v = self.call(

@@ -11,6 +11,8 @@
 #![forbid(unsafe_code)]
 
 pub mod decide;
+pub mod events;
+pub mod maintenance;
 pub mod model;
 pub mod policy;
 pub mod storage_fence;
@@ -23,6 +25,12 @@ pub mod controller;
 pub mod error;
 #[cfg(feature = "ha")]
 pub mod etcd;
+#[cfg(feature = "ha")]
+pub mod event_store;
+#[cfg(feature = "ha")]
+pub mod hooks;
+#[cfg(feature = "ha")]
+pub mod maintenance_agent;
 #[cfg(feature = "ha")]
 pub mod run;
 #[cfg(feature = "ha")]

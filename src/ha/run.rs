@@ -10,6 +10,7 @@ use super::agent::Agent;
 use super::controller::Controller;
 use super::error::Error;
 use super::etcd::Etcd;
+use super::maintenance_agent::MaintenanceAgent;
 use crate::config;
 use crate::daemon::signals;
 
@@ -65,6 +66,7 @@ fn run(cfg: config::Config, ha: config::HaConfig) -> Result<(), Error> {
     signals::install();
     let etcd = Etcd::new(&ha)?;
     let mut agent = Agent::new(cfg.clone(), ha.clone())?;
+    let mut maint = MaintenanceAgent::new(cfg.clone(), ha.clone(), agent.name.clone());
     let mut ctl = Controller::new(cfg, ha.clone(), agent.name.clone());
     let interval = Duration::from_millis(ha.interval);
     let mut failing: Option<String> = None;
@@ -80,7 +82,8 @@ fn run(cfg: config::Config, ha: config::HaConfig) -> Result<(), Error> {
             .presence(&etcd)
             .and_then(|()| agent.publish(&etcd))
             .and_then(|()| ctl.tick(&etcd, agent.lease, agent.protected))
-            .and_then(|()| agent.execute(&etcd));
+            .and_then(|()| agent.execute(&etcd))
+            .and_then(|()| maint.step(&etcd, agent.lease, agent.protected));
         match step {
             Ok(()) => {
                 if failing.take().is_some() {

@@ -114,6 +114,28 @@ pub fn node() -> Result<(u32, u64)> {
     Ok((field("CPU(s)") as u32, field("Memory size")))
 }
 
+/// The progress of the domain's migration job (`virsh domjobinfo`), e.g.
+/// "12.5 MiB of 70.1 MiB"; "" when there is none.
+pub fn job_progress(name: &str) -> String {
+    virsh("domjobinfo", &["domjobinfo", "--", name], None)
+        .map(|t| parse_jobinfo(&t))
+        .unwrap_or_default()
+}
+
+pub fn parse_jobinfo(t: &str) -> String {
+    let field = |k: &str| {
+        t.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    match (field("Data processed"), field("Data total")) {
+        (Some(p), Some(t)) => format!("{p} of {t}"),
+        (Some(p), None) => p,
+        _ => String::new(),
+    }
+}
+
 pub fn domstate(name: &str) -> Option<String> {
     virsh("domstate", &["domstate", "--", name], None)
         .ok()
@@ -174,6 +196,13 @@ pub fn set_policy(name: &str, p: Policy) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jobinfo_gives_the_data_processed() {
+        let t = "Job type:         Unbounded\nOperation:        Outgoing migration\nTime elapsed:     110 ms\nData processed:   12.500 MiB\nData remaining:   57.600 MiB\nData total:       70.100 MiB\n";
+        assert_eq!(parse_jobinfo(t), "12.500 MiB of 70.100 MiB");
+        assert_eq!(parse_jobinfo("Job type:         None\n"), "");
+    }
 
     #[test]
     fn domstats_gives_names_and_sizes() {

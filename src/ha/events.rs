@@ -1,0 +1,395 @@
+//! Events: what an operator, a monitoring system or a notification hook
+//! should hear about (a host failed, was fenced, may be evacuated, a VM
+//! was recovered or could not be). Every event is an
+//! [`Action::Event`](super::decide::Action::Event) of the controller's pure
+//! step - the one way to emit one - built with [`Event::host`] or
+//! [`Event::vm`]:
+//!
+//! ```
+//! use vmlease::ha::events::{kind, Event};
+//! let e = Event::vm(kind::VM_RECOVERED, 1_700_000_000_000, "host-b", "0000-...", "web", "runs on host-b");
+//! assert_eq!(e.kind, "vm-recovered");
+//! ```
+//!
+//! The leader writes each one to etcd under `P/events/` (bounded: see
+//! [`EventStore`](super::event_store)) and hands it to the notification
+//! hooks (`hooks.rs`); `vmlease events [--follow]` reads them back.
+//!
+//! Host events come from [`host_events`]: the condition of every host the
+//! controller knows, compared with the last one it reported (`P/seen/NAME`,
+//! written with the event), so that a new leader neither repeats nor
+//! misses one.
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+
+use super::decide::{Action, ClusterView, Verdict};
+
+/// The kinds of event (the `kind` field; hooks switch on it). New kinds
+/// may be added; none is renamed.
+pub mod kind {
+    /// A host is gone from etcd or no longer protected (fencing, no
+    /// watchdog): its VMs are not restarted before the lockspace agrees.
+    pub const HOST_FAILED: &str = "host-failed";
+    /// A host published `fenced-clean`: it killed its leased VMs.
+    pub const HOST_FENCED: &str = "host-fenced";
+    /// The lockspace says a failed host's leases may be taken now (the
+    /// verdict of `vmlease can-evacuate`): the moment an external
+    /// controller (Masakari, Nova evacuate) may act.
+    pub const HOST_EVACUABLE: &str = "host-evacuable";
+    /// A host lost its management or service network but still renews
+    /// (policy `report`): its VMs are not restarted elsewhere.
+    pub const HOST_ISOLATED: &str = "host-isolated";
+    /// A host is live and protected again.
+    pub const HOST_BACK: &str = "host-back";
+    /// The controller assigned a failed host's VM to a target.
+    pub const RECOVERY_STARTED: &str = "recovery-started";
+    /// One attempt failed; another follows after the backoff.
+    pub const ATTEMPT_FAILED: &str = "attempt-failed";
+    /// A recovered VM runs on its new host.
+    pub const VM_RECOVERED: &str = "vm-recovered";
+    /// Out of attempts: the VM is left to the operator.
+    pub const RECOVERY_FAILED: &str = "recovery-failed";
+    /// `vmlease maintenance enter`: no placements, network fences
+    /// disarmed, HA VMs drained.
+    pub const MAINTENANCE_ENTERED: &str = "maintenance-entered";
+    /// `vmlease maintenance exit`: a target again.
+    pub const MAINTENANCE_EXITED: &str = "maintenance-exited";
+    /// A VM was live-migrated off a host in maintenance.
+    pub const VM_MIGRATED: &str = "vm-migrated";
+    /// A drain migration failed (retried on another host, then left).
+    pub const MIGRATION_FAILED: &str = "migration-failed";
+    /// Every HA VM has left a host in maintenance.
+    pub const HOST_DRAINED: &str = "host-drained";
+    /// The controller fenced a silent host at the storage (Ceph blocklist).
+    pub const STORAGE_FENCED: &str = "storage-fenced";
+    /// A storage fence failed; its VMs wait for host_dead_timeout.
+    pub const STORAGE_FENCE_FAILED: &str = "storage-fence-failed";
+}
+
+/// One event, as stored in etcd, printed by `vmlease events --json` and
+/// given to hooks (JSON on stdin, `VMLEASE_EVENT_*` in the environment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// One of [`kind`].
+    pub kind: String,
+    /// Wall-clock ms when the controller decided it.
+    pub time_ms: u64,
+    /// The host it is about (a VM's failed or source host), or "".
+    pub host: String,
+    /// The domain's UUID and name, or "" for host events.
+    pub uuid: String,
+    pub name: String,
+    /// Why, in words.
+    pub reason: String,
+}
+
+impl Event {
+    /// An event about a host.
+    pub fn host(kind: &str, now_ms: u64, host: &str, reason: impl Into<String>) -> Event {
+        Event::vm(kind, now_ms, host, "", "", reason)
+    }
+
+    /// An event about a domain (on `host`).
+    pub fn vm(
+        kind: &str,
+        now_ms: u64,
+        host: &str,
+        uuid: &str,
+        name: &str,
+        reason: impl Into<String>,
+    ) -> Event {
+        Event {
+            kind: kind.into(),
+            time_ms: now_ms,
+            host: host.into(),
+            uuid: uuid.into(),
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// One line for logs and `vmlease events`.
+    pub fn line(&self) -> String {
+        let mut s = format!("{} {}", rfc3339(self.time_ms), self.kind);
+        if !self.host.is_empty() {
+            s.push_str(&format!(" host={}", self.host));
+        }
+        if !self.name.is_empty() {
+            s.push_str(&format!(" domain={} ({})", self.name, self.uuid));
+        }
+        if !self.reason.is_empty() {
+            s.push_str(&format!(": {}", self.reason));
+        }
+        s
+    }
+
+    /// The environment a hook gets.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("VMLEASE_EVENT_KIND", self.kind.clone()),
+            ("VMLEASE_EVENT_TIME", rfc3339(self.time_ms)),
+            ("VMLEASE_EVENT_TIME_MS", self.time_ms.to_string()),
+            ("VMLEASE_EVENT_HOST", self.host.clone()),
+            ("VMLEASE_EVENT_DOMAIN_UUID", self.uuid.clone()),
+            ("VMLEASE_EVENT_DOMAIN_NAME", self.name.clone()),
+            ("VMLEASE_EVENT_REASON", self.reason.clone()),
+        ]
+    }
+}
+
+/// `2026-12-07T00:01:02.345Z` (UTC) from wall-clock ms.
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// A host's condition as the controller reports it (`P/seen/NAME`).
+fn condition(v: &ClusterView, name: &str) -> (&'static str, String) {
+    let failed_or = |cond: &'static str, why: String| match v.verdicts.get(name) {
+        Some(Verdict::Safe) => ("evacuable", why),
+        _ => (cond, why),
+    };
+    match v.hosts.get(name) {
+        None => failed_or(
+            "failed",
+            "gone from etcd (its vmlease-ha lease expired: host down or cut off)".into(),
+        ),
+        Some(_) if v.maintenance.contains_key(name) => {
+            if super::maintenance::drained(v, name) {
+                ("drained", String::new())
+            } else {
+                ("maintenance", String::new())
+            }
+        }
+        Some(h) if h.state == "fenced-clean" => failed_or("fenced", h.reason.clone()),
+        Some(h) if !h.protected => failed_or("failed", format!("{}: {}", h.state, h.reason)),
+        Some(h) if h.state == "mgmt-isolated" || h.state == "service-isolated" => {
+            ("isolated", h.state.clone())
+        }
+        Some(_) => ("live", String::new()),
+    }
+}
+
+/// Hosts the controller should ask the lockspace about for the
+/// `host-evacuable` event: failed or fenced, not yet reported evacuable.
+pub fn to_judge(v: &ClusterView) -> Vec<String> {
+    v.hosts
+        .keys()
+        .chain(v.seen.keys())
+        .filter(|n| matches!(condition(v, n).0, "failed" | "fenced"))
+        .filter(|n| v.seen.get(*n).map(String::as_str) != Some("evacuable"))
+        .cloned()
+        .collect()
+}
+
+/// The host events of this step: every known host whose condition
+/// differs from the one last reported, and an [`Action::Seen`] to record
+/// the new one. A host seen for the first time is recorded silently
+/// (unless it is already failed).
+pub fn host_events(v: &ClusterView, now_ms: u64) -> Vec<Action> {
+    let mut names: Vec<&String> = v.hosts.keys().chain(v.seen.keys()).collect();
+    names.sort();
+    names.dedup();
+    let mut out = Vec::new();
+    for name in names {
+        let (cond, why) = condition(v, name);
+        let before = v.seen.get(name).map(String::as_str);
+        if before == Some(cond) {
+            continue;
+        }
+        let ev = |k: &str, r: &str| Action::Event(Event::host(k, now_ms, name, r));
+        let was_down = matches!(before, Some("failed" | "fenced" | "evacuable"));
+        let was_maint = matches!(before, Some("maintenance" | "drained"));
+        let is_maint = matches!(cond, "maintenance" | "drained");
+        if was_maint && !is_maint {
+            out.push(ev(kind::MAINTENANCE_EXITED, "a placement target again"));
+        }
+        if is_maint && !was_maint {
+            out.push(ev(
+                kind::MAINTENANCE_ENTERED,
+                "no placements; network fences disarmed; its HA VMs are drained",
+            ));
+        }
+        match cond {
+            "live" if before.is_some_and(|b| b != "maintenance" && b != "drained") => {
+                out.push(ev(kind::HOST_BACK, "live and protected again"));
+            }
+            "drained" => out.push(ev(
+                kind::HOST_DRAINED,
+                "no HA VM runs on it any more",
+            )),
+            "live" | "maintenance" => {}
+            "isolated" => out.push(ev(
+                kind::HOST_ISOLATED,
+                &format!("{why}: it still renews its lease; its VMs keep running there"),
+            )),
+            "failed" => out.push(ev(kind::HOST_FAILED, &why)),
+            "fenced" => {
+                if !was_down {
+                    out.push(ev(kind::HOST_FAILED, &why));
+                }
+                out.push(ev(kind::HOST_FENCED, "it killed its leased VMs (fenced-clean)"));
+            }
+            _ /* evacuable */ => {
+                if !was_down {
+                    out.push(ev(kind::HOST_FAILED, &why));
+                }
+                out.push(ev(
+                    kind::HOST_EVACUABLE,
+                    "the lockspace says its leases may be taken: its VMs may run elsewhere",
+                ));
+            }
+        }
+        out.push(Action::Seen {
+            host: name.clone(),
+            condition: cond.to_string(),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ha::model::HostRecord;
+
+    fn host(name: &str, state: &str, protected: bool) -> HostRecord {
+        HostRecord {
+            name: name.into(),
+            host_id: 1,
+            state: state.into(),
+            protected,
+            reason: if protected { "" } else { "storage lost" }.into(),
+            mem_total_kib: 1,
+            mem_used_kib: 0,
+            vcpus: 1,
+            vcpus_used: 0,
+        }
+    }
+
+    fn kinds(a: &[Action]) -> Vec<String> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::Event(e) => Some(format!("{}:{}", e.kind, e.host)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Applies the Seen actions, as the controller's writes would.
+    fn apply(v: &mut ClusterView, a: &[Action]) {
+        for a in a {
+            if let Action::Seen { host, condition } = a {
+                v.seen.insert(host.clone(), condition.clone());
+            }
+        }
+    }
+
+    #[test]
+    fn rfc3339_is_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_796_601_723_456), "2026-12-07T00:02:03.456Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn a_host_failure_is_reported_once_then_fenced_then_evacuable_then_back() {
+        let mut v = ClusterView::default();
+        v.hosts.insert("a".into(), host("a", "live", true));
+        let a = host_events(&v, 1);
+        assert!(kinds(&a).is_empty(), "a new live host is recorded silently");
+        apply(&mut v, &a);
+        assert!(host_events(&v, 2).is_empty(), "nothing changed");
+
+        v.hosts.insert("a".into(), host("a", "fencing", false));
+        let a = host_events(&v, 3);
+        assert_eq!(kinds(&a), ["host-failed:a"]);
+        apply(&mut v, &a);
+        assert!(host_events(&v, 4).is_empty(), "reported once");
+
+        v.hosts.insert("a".into(), host("a", "fenced-clean", false));
+        let a = host_events(&v, 5);
+        assert_eq!(kinds(&a), ["host-fenced:a"]);
+        apply(&mut v, &a);
+
+        v.verdicts.insert("a".into(), Verdict::Safe);
+        let a = host_events(&v, 6);
+        assert_eq!(kinds(&a), ["host-evacuable:a"]);
+        apply(&mut v, &a);
+
+        v.verdicts.clear();
+        v.hosts.insert("a".into(), host("a", "live", true));
+        let a = host_events(&v, 7);
+        assert_eq!(kinds(&a), ["host-back:a"]);
+    }
+
+    #[test]
+    fn a_vanished_host_is_failed_and_skipped_steps_are_reported() {
+        let mut v = ClusterView::default();
+        v.seen.insert("a".into(), "live".into());
+        v.verdicts.insert("a".into(), Verdict::Safe);
+        let a = host_events(&v, 1);
+        assert_eq!(kinds(&a), ["host-failed:a", "host-evacuable:a"]);
+        let Action::Event(e) = &a[0] else { panic!() };
+        assert!(e.reason.contains("gone from etcd"), "{e:?}");
+        apply(&mut v, &a);
+        assert!(host_events(&v, 2).is_empty());
+    }
+
+    #[test]
+    fn maintenance_and_isolation() {
+        let mut v = ClusterView::default();
+        v.seen.insert("a".into(), "live".into());
+        v.hosts.insert("a".into(), host("a", "live", true));
+        v.maintenance.insert("a".into(), Default::default());
+        let a = host_events(&v, 1);
+        assert_eq!(kinds(&a), ["maintenance-entered:a", "host-drained:a"]);
+        apply(&mut v, &a);
+        v.maintenance.clear();
+        let a = host_events(&v, 2);
+        assert_eq!(
+            kinds(&a),
+            ["maintenance-exited:a"],
+            "no host-back after maintenance"
+        );
+        apply(&mut v, &a);
+        v.hosts.insert("a".into(), host("a", "mgmt-isolated", true));
+        assert_eq!(kinds(&host_events(&v, 3)), ["host-isolated:a"]);
+    }
+
+    #[test]
+    fn events_round_trip_and_give_hooks_their_fields() {
+        let e = Event::vm(kind::VM_RECOVERED, 5, "b", "u-1", "web", "runs on b");
+        let j = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            j,
+            r#"{"kind":"vm-recovered","time_ms":5,"host":"b","uuid":"u-1","name":"web","reason":"runs on b"}"#
+        );
+        assert_eq!(serde_json::from_str::<Event>(&j).unwrap(), e);
+        let env = e.env();
+        assert!(env.contains(&("VMLEASE_EVENT_DOMAIN_NAME", "web".into())));
+        assert!(env.contains(&("VMLEASE_EVENT_TIME", "1970-01-01T00:00:00.005Z".into())));
+        assert!(e
+            .line()
+            .contains("vm-recovered host=b domain=web (u-1): runs on b"));
+    }
+}

@@ -76,7 +76,7 @@ fn status(opts: &Opts) -> i32 {
         Ok(e) => e,
         Err(e) => return fail(exit::USAGE, e),
     };
-    let kvs = match etcd.list(&ha.prefix) {
+    let kvs = match crate::ha::controller::list_state(&etcd, &ha.prefix) {
         Ok(k) => k,
         Err(e) => return fail(exit::UNKNOWN, format!("cannot reach etcd: {e}")),
     };
@@ -98,6 +98,8 @@ fn status(opts: &Opts) -> i32 {
             "hosts": v.hosts.values().collect::<Vec<_>>(),
             "vms": vms,
             "recoveries": v.recoveries.values().collect::<Vec<_>>(),
+            "maintenance": v.maintenance.values().collect::<Vec<_>>(),
+            "migrations": v.migrations.values().collect::<Vec<_>>(),
             "corrupt": bad,
         });
         println!("{out}");
@@ -127,6 +129,17 @@ fn status(opts: &Opts) -> i32 {
         &["NAME", "ID", "STATE", "PROTECTED", "FREE_MIB", "VCPUS"],
         &rows,
     );
+    for m in v.maintenance.values() {
+        println!(
+            "{} is in maintenance (network fences {})",
+            m.host,
+            if m.disarmed {
+                "disarmed"
+            } else {
+                "being disarmed"
+            }
+        );
+    }
     println!("\nHA VMs:");
     let rows: Vec<Vec<String>> = v
         .vms
@@ -182,6 +195,44 @@ fn status(opts: &Opts) -> i32 {
             &["NAME", "FROM", "STATE", "TARGET", "ATTEMPT", "LAST_ERROR"],
             &rows,
         );
+    }
+    if !v.migrations.is_empty() {
+        use crate::ha::maintenance::MigState;
+        println!("\ndrain migrations:");
+        let rows: Vec<Vec<String>> = v
+            .migrations
+            .values()
+            .map(|m| {
+                let state = match &m.state {
+                    MigState::Assigned => "assigned".to_string(),
+                    MigState::Migrating => format!("migrating {}", m.progress),
+                    MigState::Migrated => "migrated".into(),
+                    MigState::MigrateFailed => "migrate-failed".into(),
+                    MigState::Failed { .. } => "failed, will retry".into(),
+                    MigState::GaveUp => "gave-up".into(),
+                };
+                vec![
+                    m.name.clone(),
+                    m.from.clone(),
+                    m.target.clone(),
+                    state.trim_end().to_string(),
+                    m.attempt.to_string(),
+                    m.last_error.clone(),
+                ]
+            })
+            .collect();
+        table(
+            &["NAME", "FROM", "TARGET", "STATE", "ATTEMPT", "LAST_ERROR"],
+            &rows,
+        );
+    }
+    if let Ok((events, _, _)) = crate::ha::event_store::read(&etcd, &ha.prefix) {
+        if !events.is_empty() {
+            println!("\nlast events:");
+            for e in events.iter().rev().take(5).rev() {
+                println!("  {}", e.line());
+            }
+        }
     }
     for b in &bad {
         println!("corrupt: {b}");

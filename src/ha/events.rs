@@ -164,9 +164,17 @@ pub fn rfc3339(ms: u64) -> String {
 
 /// A host's condition as the controller reports it (`P/seen/NAME`).
 fn condition(v: &ClusterView, name: &str) -> (&'static str, String) {
-    let failed_or = |cond: &'static str, why: String| match v.verdicts.get(name) {
-        Some(Verdict::Safe) => ("evacuable", why),
-        _ => (cond, why),
+    // Evacuable stays evacuable while the host stays down: its leases do
+    // not come back before it is live again (and the controller asks the
+    // lockspace only about hosts that still need an answer).
+    let failed_or = |cond: &'static str, why: String| {
+        let safe = v.verdicts.get(name) == Some(&Verdict::Safe)
+            || v.seen.get(name).map(String::as_str) == Some("evacuable");
+        if safe {
+            ("evacuable", why)
+        } else {
+            (cond, why)
+        }
     };
     match v.hosts.get(name) {
         None => failed_or(
@@ -335,6 +343,10 @@ mod tests {
         let a = host_events(&v, 6);
         assert_eq!(kinds(&a), ["host-evacuable:a"]);
         apply(&mut v, &a);
+        // Not asked again (no HA VM left there): still evacuable, no event.
+        v.verdicts.clear();
+        assert!(host_events(&v, 7).is_empty(), "{:?}", host_events(&v, 7));
+        assert!(to_judge(&v).is_empty());
 
         v.verdicts.clear();
         v.hosts.insert("a".into(), host("a", "live", true));

@@ -109,17 +109,38 @@ nsenter --net="/run/netns/$(vmh_switch)" etcd --name m1 --data-dir "$VMH_DIR/etc
 PIDS="$PIDS $!"
 vmh_wait "etcd to answer" 10000 etcdctl_sw endpoint health || fail "etcd did not start: $(tail -n 5 "$VMH_DIR/etcd.log")"
 
-HA_CONF="[ha]
-endpoints = [\"$ETCD_URL\"]
+# Every event also goes to a hook that appends it (JSON) to a file.
+mkdir -p "$VMH_DIR/hooks"
+printf '#!/bin/sh\n{ cat; echo; } >>%s/hook-events.jsonl\n' "$VMH_DIR" >"$VMH_DIR/hooks/record"
+chmod 755 "$VMH_DIR/hooks/record"
+# ha_conf NAME ID: the [ha] section, with how other hosts live-migrate to
+# this one (its libvirtd's socket, its address), and a management network
+# with policy "fence" (a carrier probe that stays up) for maintenance to
+# disarm.
+ha_conf() {
+    cat <<EOC
+[ha]
+endpoints = ["$ETCD_URL"]
 host_ttl = 5
 interval = 0.5
 max_starts_per_host = 2
 max_attempts = 3
 retry_backoff = 1
-start_timeout = 20"
-vmh_host_up a 1 "$HA_CONF"
-vmh_host_up b 2 "$HA_CONF"
-vmh_host_up c 3 "$HA_CONF"
+start_timeout = 20
+hooks_dir = "$VMH_DIR/hooks"
+migration_uri = "qemu+unix:///system?socket=$VMH_DIR/host-$1/run/libvirt-sock"
+migration_address = "$(vmh_addr "$2")"
+# A plain directory is not known to libvirt as shared storage.
+migration_options = ["--unsafe"]
+[management]
+probes = [ { type = "carrier", interface = "eth0" } ]
+policy = "fence"
+timeout = 5
+EOC
+}
+vmh_host_up a 1 "$(ha_conf a 1)"
+vmh_host_up b 2 "$(ha_conf b 2)"
+vmh_host_up c 3 "$(ha_conf c 3)"
 for n in a b c; do
     # nsenter itself, not through a function: $! must be the process that
     # becomes vmlease-ha (nsenter execs it), or the cleanup would miss it.
@@ -202,4 +223,68 @@ note "after the recovery (vmlease ha status on b):"
 sed 's/^/      /' "$VMH_DIR/status-after.txt"
 # shellcheck disable=SC2154 # set through eval above
 note "storage cut on a: ha1 runs on $on_ha1 ${took_ha1} ms after the cut (QEMU started $at_ha1 ms after a's last renewal), ha2 on $on_ha2 ${took_ha2} ms (QEMU $at_ha2 ms); D = $D_MS ms"
+# Events: in etcd (vmlease events) and through the hook, on the leader.
+vmh_vmlease b events >"$VMH_DIR/events.txt" || fail "vmlease events"
+for want in "host-failed host=host-a.test" "host-evacuable host=host-a.test" \
+    "vm-recovered host=host-a.test domain=ha1" "vm-recovered host=host-a.test domain=ha2"; do
+    grep -q "$want" "$VMH_DIR/events.txt" || fail "no event '$want' in: $(cat "$VMH_DIR/events.txt")"
+done
+# Each host event once (a host that stays down is not reported again).
+for k in host-failed host-evacuable; do
+    [ "$(grep -c "$k host=host-a.test" "$VMH_DIR/events.txt")" -eq 1 ] || fail "$k reported more than once: $(cat "$VMH_DIR/events.txt")"
+done
+if grep -q "domain=nev" "$VMH_DIR/events.txt"; then fail "an event about nev: $(grep nev "$VMH_DIR/events.txt")"; fi
+hook_has() { grep -q "$1" "$VMH_DIR/hook-events.jsonl" 2>/dev/null || { echo "hook saw: $(cat "$VMH_DIR/hook-events.jsonl" 2>&1)"; return 1; }; }
+vmh_wait "the hook to get vm-recovered for ha2" 5000 hook_has '"kind":"vm-recovered","time_ms":[0-9]*,"host":"host-a.test","uuid":"[^"]*","name":"ha2"' ||
+    fail "the hook did not get the event"
 echo "PASS ha_storage_cut_recovers_ha_vms_once ($(($(vmh_now_ms) - t_begin)) ms)"
+
+# --- Scenario 6: maintenance. The host running ha1 enters maintenance:
+# its HA VMs are live-migrated to the other live host, its management
+# fence is disarmed, and exit makes it a target again.
+t6=$(vmh_now_ms)
+m=$on_ha1
+o=c
+[ "$m" = c ] && o=b
+vmh_vmlease "$o" --json events --follow >"$VMH_DIR/follow.jsonl" 2>"$VMH_DIR/follow.err" &
+follow=$!
+PIDS="$PIDS $follow"
+t_enter=$(vmh_now_ms)
+vmh_vmlease "$o" maintenance enter "host-$m.test" --wait >"$VMH_DIR/maint-enter.txt" 2>&1 ||
+    fail "maintenance enter --wait: $(cat "$VMH_DIR/maint-enter.txt")"
+drain_ms=$(($(vmh_now_ms) - t_enter))
+note "vmlease maintenance enter host-$m.test --wait ($drain_ms ms):"
+sed 's/^/      /' "$VMH_DIR/maint-enter.txt"
+n_drained=0
+for v in ha1 ha2; do
+    w=$(where "$v")
+    [ "$w" = "$o" ] || fail "$v runs on [$w] after the drain of $m, expected $o"
+    u=$(vmh_virsh "$o" domuuid "$v")
+    h=$(vmh_holders "domain-$u")
+    [ "$h" = "$(cat "$VMH_DIR/host-$o/id") $(vmh_qemu_pid "$o" "$v")" ] || fail "$v's domain lease is held by [$h] after the migration"
+    if [ "$(eval "echo \$on_$v")" = "$m" ]; then n_drained=$((n_drained + 1)); fi
+done
+grep -q "maintenance entered: network-policy fences disarmed" "$VMH_DIR/host-$m/watchdog.log" ||
+    fail "host $m's watchdog did not disarm: $(tail -n 5 "$VMH_DIR/host-$m/watchdog.log")"
+vmh_vmlease "$m" status | grep -q "fence disarmed: maintenance" || fail "host $m's status: $(vmh_vmlease "$m" status)"
+# No recovery (no virsh start) moved them: the agents started nothing more.
+starts=$(cat "$VMH_DIR"/host-*/ha.log | grep -c "started '" || true)
+[ "$starts" -eq 2 ] || fail "$starts starts by the agents (2 expected: the recoveries)"
+vmh_vmlease "$o" events >"$VMH_DIR/events2.txt"
+for want in "maintenance-entered host=host-$m.test" "host-drained host=host-$m.test"; do
+    grep -q "$want" "$VMH_DIR/events2.txt" || fail "no event '$want': $(cat "$VMH_DIR/events2.txt")"
+done
+[ "$(grep -c "vm-migrated host=host-$m.test" "$VMH_DIR/events2.txt")" -eq "$n_drained" ] ||
+    fail "expected $n_drained vm-migrated events: $(cat "$VMH_DIR/events2.txt")"
+per_vm=$(sed -n 's/.*vm-migrated.*live-migrated to [^ ]* in \([0-9]*\) ms.*/\1/p' "$VMH_DIR/events2.txt" | tr '\n' ' ')
+vmh_vmlease "$o" maintenance exit "host-$m.test" --wait >"$VMH_DIR/maint-exit.txt" 2>&1 ||
+    fail "maintenance exit --wait: $(cat "$VMH_DIR/maint-exit.txt")"
+vmh_wait "host $m's watchdog to arm its fence again" 5000 grep -q "maintenance over: network-policy fences armed again" "$VMH_DIR/host-$m/watchdog.log" ||
+    fail "not re-armed"
+[ ! -e "$VMH_DIR/host-$m/state/maintenance" ] || fail "the maintenance marker is still there"
+vmh_wait "the follower to print maintenance-exited" 5000 grep -q '"kind":"maintenance-exited"' "$VMH_DIR/follow.jsonl" ||
+    fail "vmlease events --follow: $(cat "$VMH_DIR/follow.jsonl" "$VMH_DIR/follow.err")"
+grep -q '"kind":"vm-migrated"' "$VMH_DIR/follow.jsonl" || fail "the follower missed vm-migrated: $(cat "$VMH_DIR/follow.jsonl")"
+kill "$follow" 2>/dev/null || true
+note "maintenance: $n_drained HA VM(s) drained from $m to $o by live migration in $drain_ms ms (enter --wait until drained; per VM, from the events: ${per_vm}ms); exit restored it"
+echo "PASS ha_maintenance_drains_by_live_migration ($(($(vmh_now_ms) - t6)) ms)"

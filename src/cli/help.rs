@@ -313,7 +313,8 @@ other hosts, one at a time. With --wait, prints the progress and returns
 when HOST is drained (or a migration gave up).
 
 exit HOST: HOST is a placement target again and its fences are armed
-again. With --wait, returns when its agent re-armed them.
+again (its agent removes the daemon's maintenance file at its next
+step). With --wait, returns when the controller counts it a target.
 
 Exit status: 0 done (drained, with --wait), 1 a migration gave up or the
 wait timed out, 2 usage or configuration error, 3 etcd unreachable.",

@@ -258,3 +258,101 @@ fn events_are_stored_bounded_and_watched() {
         },
     );
 }
+
+/// etcd with TLS and client certificates (`--client-cert-auth`): the client
+/// with the CA and its certificate works; without a certificate the member
+/// refuses it; a wrong CA is refused by the client.
+#[test]
+fn etcd_over_tls_with_client_certificates() {
+    let s = Scratch::new("ha-tls");
+    let d = s.path().to_path_buf();
+    let sh = |script: &str| {
+        let o = Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(&d)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem 2>/dev/null
+        for n in server client; do
+          openssl req -newkey rsa:2048 -nodes -subj /CN=$n -keyout $n.key -out $n.csr 2>/dev/null
+          printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth,clientAuth\\n' >$n.ext
+          openssl x509 -req -in $n.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile $n.ext -out $n.pem 2>/dev/null
+        done
+        openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=other-ca -keyout other.key -out other.pem 2>/dev/null");
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("https://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut c = Command::new("etcd");
+    c.args(["--name", "m1", "--data-dir"])
+        .arg(d.join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("m1={peer_url}")])
+        .arg("--cert-file")
+        .arg(d.join("server.pem"))
+        .arg("--key-file")
+        .arg(d.join("server.key"))
+        .arg("--trusted-ca-file")
+        .arg(d.join("ca.pem"))
+        .arg("--client-cert-auth");
+    let etcd_proc = ProcGuard::spawn_logged(&mut c, "etcd member (TLS)", &d.join("etcd.log"));
+    let conf = |extra: &str| {
+        let text = format!(
+            "[ha]\nendpoints = [\"{url}\"]\nrequest_timeout = 2\nca_file = \"{}\"\n{extra}",
+            d.join("ca.pem").display()
+        );
+        vmlease::config::parse(&text, "tls.conf")
+            .unwrap()
+            .ha
+            .unwrap()
+    };
+    let good = Etcd::new(&conf(&format!(
+        "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+        d.join("client.pem").display(),
+        d.join("client.key").display()
+    )))
+    .unwrap();
+    wait_until(
+        "etcd (TLS) to answer a client with a certificate",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            good.put("/tls/k", b"v", 0)
+                .map_err(|e| format!("{e}; log: {}", etcd_proc.log_tail(5)))
+        },
+    );
+    assert_eq!(good.get("/tls/k").unwrap().unwrap().value, b"v");
+
+    let no_cert = Etcd::new(&conf("")).unwrap();
+    let e = no_cert.get("/tls/k").unwrap_err().to_string();
+    assert!(e.starts_with("etcd get /tls/k:"), "{e}");
+    let wrong_ca = Etcd::new(&vmlease::config::HaConfig {
+        ca_file: Some(d.join("other.pem")),
+        ..conf(&format!(
+            "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+            d.join("client.pem").display(),
+            d.join("client.key").display()
+        ))
+    })
+    .unwrap();
+    let e = wrong_ca.get("/tls/k").unwrap_err().to_string();
+    assert!(e.contains("127.0.0.1"), "{e}");
+    println!(
+        "without a client certificate: {}",
+        no_cert.get("/tls/k").unwrap_err()
+    );
+    println!("with a CA that did not sign the member: {e}");
+}

@@ -96,7 +96,9 @@ pub fn suspects(v: &ClusterView) -> Vec<String> {
 
 /// One step of the controller.
 pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
-    let mut out = Vec::new();
+    // Host events first (events.rs): a host is reported failed or
+    // evacuable before anything is done about its VMs.
+    let mut out = events::host_events(v, now_ms);
     // Starts in flight per target, including the ones decided this step.
     let mut inflight: Inflight = BTreeMap::new();
     let mut reserved: Reserved = BTreeMap::new();
@@ -264,7 +266,7 @@ pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
         }
     }
 
-    // 4. Maintenance: drain migrations (maintenance.rs); host events.
+    // 4. Maintenance: drain migrations (maintenance.rs).
     out.extend(maintenance::drain(
         v,
         now_ms,
@@ -272,7 +274,6 @@ pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
         &mut inflight,
         &mut reserved,
     ));
-    out.extend(events::host_events(v, now_ms));
     out
 }
 

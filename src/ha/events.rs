@@ -189,6 +189,7 @@ fn condition(v: &ClusterView, name: &str) -> (&'static str, String) {
             }
         }
         Some(h) if h.state == "fenced-clean" => failed_or("fenced", h.reason.clone()),
+        Some(h) if !h.protected && h.state == "live" => failed_or("failed", h.reason.clone()),
         Some(h) if !h.protected => failed_or("failed", format!("{}: {}", h.state, h.reason)),
         Some(h) if h.state == "mgmt-isolated" || h.state == "service-isolated" => {
             ("isolated", h.state.clone())

@@ -2,10 +2,13 @@
 # End-to-end recovery by vmlease-ha: a real etcd member (Debian's
 # etcd-server) in the test network's switch namespace, three libvirtd
 # hosts with the vmlease plugin, watchdog and vmlease-ha each, real QEMU.
-# Host a runs two HA VMs and one with restart="never"; its storage is cut
-# (the lockspace unmounted in its namespace). Expected: a fences; the two
-# HA VMs run on b/c afterwards, each exactly once, none started before a's
-# last renewal + D (the lockspace's verdict); the "never" one stays down.
+# Host a runs two HA VMs, one with restart="never" and one HA VM whose
+# disk exists only on a; its storage is cut (the lockspace unmounted in its
+# namespace). Expected: a fences; the two HA VMs run on b/c afterwards,
+# each exactly once, none started before a's last renewal + D (the
+# lockspace's verdict); the "never" one stays down; the one without a disk
+# elsewhere is tried on b and c and ends recovery-failed with an event.
+# Then scenario 6 (maintenance).
 #
 # Run as root (after `cargo build --release`):  sh tests/e2e/ha.sh
 set -eu
@@ -68,7 +71,7 @@ where() {
 }
 published() { # every HA VM known, on a
     j=$(status_json b) || return 1
-    for v in ha1 ha2 nev; do
+    for v in ha1 ha2 nev bad; do
         # (keys in alphabetical order)
         echo "$j" | grep -q "\"host\":\"host-a.test\",\"memory_kib\":[0-9]*,\"name\":\"$v\"" || { echo "$v not published yet: $j"; return 1; }
     done
@@ -80,9 +83,15 @@ recovered() { # NAME: runs on b or c, and etcd says so
         *) echo "$1 runs on [$w]; ha status: $(status_json b 2>&1)"; return 1 ;;
     esac
 }
-no_recovery_in_flight() {
-    j=$(status_json b) || return 1
-    echo "$j" | grep -q '"recoveries":\[\]' || { echo "$j"; return 1; }
+# Only bad's recovery is left, and it has failed for good.
+only_bad_failed() {
+    r=$(status_json b | sed -n 's/.*"recoveries":\(\[.*\]\),"maintenance":.*/\1/p')
+    if [ "$(echo "$r" | grep -o '"uuid"' | wc -l)" -eq 1 ] && echo "$r" | grep -q '"name":"bad"' &&
+        echo "$r" | grep -q '"state":"recovery-failed"'; then
+        return 0
+    fi
+    echo "recoveries: $r"
+    return 1
 }
 # start_ms HOST NAME: when the domain's QEMU process started (boot-time ms).
 start_ms() {
@@ -165,12 +174,17 @@ done
 vmh_vmlease a ha enable ha1 --priority 5 >/dev/null || fail "vmlease ha enable ha1"
 vmh_vmlease a ha enable ha2 >/dev/null || fail "vmlease ha enable ha2"
 vmh_vmlease a ha disable nev >/dev/null || fail "vmlease ha disable nev"
+# bad: an HA VM whose disk exists on a only.
+vmh_image a bad.qcow2
+vmh_domain bad 00000068-0000-4000-8000-000000000004 bad.qcow2 >"$VMH_DIR/bad.xml"
+vmh_virsh a define "$VMH_DIR/bad.xml" >/dev/null
+vmh_vmlease a ha enable bad >/dev/null || fail "vmlease ha enable bad"
 vmh_virsh a dumpxml ha1 | grep -q 'vmlease:ha xmlns:vmlease="http://vmlease.org/xmlns/ha/1" restart="always" priority="5"' ||
     fail "ha1's metadata: $(vmh_virsh a dumpxml ha1 | grep -A3 '<metadata')"
-for v in ha1 ha2 nev; do
+for v in ha1 ha2 nev bad; do
     vmh_virsh a start "$v" >/dev/null || fail "start $v on a"
 done
-vmh_wait "the three VMs to be published in etcd as running on a" 15000 published || fail "not published"
+vmh_wait "the four VMs to be published in etcd as running on a" 15000 published || fail "not published"
 vmh_vmlease b ha status >"$VMH_DIR/status-before.txt" || fail "vmlease ha status on b"
 note "before the fault (vmlease ha status on b):"
 sed 's/^/      /' "$VMH_DIR/status-before.txt"
@@ -188,7 +202,7 @@ for v in ha1 ha2; do
     vmh_wait "vmlease-ha to restart $v on b or c" 45000 recovered "$v" || fail "$v was not recovered"
     eval "took_$v=\$(( \$(vmh_now_ms) - cut ))"
 done
-vmh_wait "the recoveries to be over in etcd" 10000 no_recovery_in_flight || fail "recoveries still in flight"
+vmh_wait "the recoveries to be over in etcd, bad's as recovery-failed" 30000 only_bad_failed || fail "recoveries still in flight"
 
 # Exactly once: each runs on one host, was started once by an agent, and
 # its domain lease has one holder (that host's QEMU).
@@ -208,8 +222,15 @@ done
 # Not before the safe time, seen from the controller's side: no start was
 # refused (the plugin refuses a start while a's leases are held, so an
 # early decision shows up as a failed attempt, not as a split brain).
-refused=$(cat "$VMH_DIR"/host-*/ha.log | grep -c "could not start" || true)
+refused=$(cat "$VMH_DIR"/host-*/ha.log | grep "could not start" | grep -vc "could not start 'bad'" || true)
 [ "$refused" -eq 0 ] || fail "$refused start(s) failed: $(grep -h "could not start" "$VMH_DIR"/host-*/ha.log)"
+# bad: max_attempts (3) starts, on both b and c, then recovery-failed.
+for n in b c; do
+    grep -q "could not start 'bad'" "$VMH_DIR/host-$n/ha.log" || fail "bad was not tried on $n"
+done
+n_bad=$(cat "$VMH_DIR"/host-*/ha.log | grep -c "could not start 'bad'" || true)
+[ "$n_bad" -eq 3 ] || fail "bad was tried $n_bad times, expected 3 (max_attempts)"
+[ -z "$(where bad)" ] || fail "bad runs on [$(where bad)]"
 # The "never" VM: stays down, defined nowhere else, no recovery.
 [ -z "$(where nev)" ] || fail "nev runs on [$(where nev)]"
 for n in b c; do
@@ -226,7 +247,8 @@ note "storage cut on a: ha1 runs on $on_ha1 ${took_ha1} ms after the cut (QEMU s
 # Events: in etcd (vmlease events) and through the hook, on the leader.
 vmh_vmlease b events >"$VMH_DIR/events.txt" || fail "vmlease events"
 for want in "host-failed host=host-a.test" "host-evacuable host=host-a.test" \
-    "vm-recovered host=host-a.test domain=ha1" "vm-recovered host=host-a.test domain=ha2"; do
+    "vm-recovered host=host-a.test domain=ha1" "vm-recovered host=host-a.test domain=ha2" \
+    "recovery-failed host=host-a.test domain=bad"; do
     grep -q "$want" "$VMH_DIR/events.txt" || fail "no event '$want' in: $(cat "$VMH_DIR/events.txt")"
 done
 # Each host event once (a host that stays down is not reported again).
@@ -234,6 +256,8 @@ for k in host-failed host-evacuable; do
     [ "$(grep -c "$k host=host-a.test" "$VMH_DIR/events.txt")" -eq 1 ] || fail "$k reported more than once: $(cat "$VMH_DIR/events.txt")"
 done
 if grep -q "domain=nev" "$VMH_DIR/events.txt"; then fail "an event about nev: $(grep nev "$VMH_DIR/events.txt")"; fi
+[ "$(grep -c "attempt-failed host=host-a.test domain=bad" "$VMH_DIR/events.txt")" -eq 2 ] ||
+    fail "expected 2 attempt-failed events for bad: $(cat "$VMH_DIR/events.txt")"
 hook_has() { grep -q "$1" "$VMH_DIR/hook-events.jsonl" 2>/dev/null || { echo "hook saw: $(cat "$VMH_DIR/hook-events.jsonl" 2>&1)"; return 1; }; }
 vmh_wait "the hook to get vm-recovered for ha2" 5000 hook_has '"kind":"vm-recovered","time_ms":[0-9]*,"host":"host-a.test","uuid":"[^"]*","name":"ha2"' ||
     fail "the hook did not get the event"

@@ -85,7 +85,8 @@ recovered() { # NAME: runs on b or c, and etcd says so
 }
 # Only bad's recovery is left, and it has failed for good.
 only_bad_failed() {
-    r=$(status_json b | sed -n 's/.*"recoveries":\(\[.*\]\),"maintenance":.*/\1/p')
+    # (--json output: keys in alphabetical order)
+    r=$(status_json b | sed -n 's/.*"recoveries":\(\[.*\]\),"vms":.*/\1/p')
     if [ "$(echo "$r" | grep -o '"uuid"' | wc -l)" -eq 1 ] && echo "$r" | grep -q '"name":"bad"' &&
         echo "$r" | grep -q '"state":"recovery-failed"'; then
         return 0

@@ -271,7 +271,10 @@ t6=$(vmh_now_ms)
 m=$on_ha1
 o=c
 [ "$m" = c ] && o=b
-vmh_vmlease "$o" --json events --follow >"$VMH_DIR/follow.jsonl" 2>"$VMH_DIR/follow.err" &
+# nsenter itself in the background: $! is then the process that becomes
+# vmlease (a function's subshell would leave it behind at the cleanup).
+nsenter -t "$(cat "$VMH_DIR/host-$o/anchor.pid")" -m -u -n "$VMH_BIN/vmlease" --config /etc/libvirt/qemu-vmlease.conf \
+    --json events --follow >"$VMH_DIR/follow.jsonl" 2>"$VMH_DIR/follow.err" &
 follow=$!
 PIDS="$PIDS $follow"
 t_enter=$(vmh_now_ms)

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -130,12 +130,46 @@ where
     T: Send + 'static,
     F: FnOnce(&Cancel) -> Result<T> + Send + 'static,
 {
+    start_cancellable(timeout_ms, op, path, f)?.wait()
+}
+
+/// A call running on its I/O thread, started by [`start_cancellable`]:
+/// [`Pending::wait`] gives its result, or a timeout once `timeout_ms`
+/// have passed since it started.
+#[must_use = "a pending call must be waited for (its deadline abandons it)"]
+pub struct Pending<T> {
+    id: u64,
+    op: &'static str,
+    path: PathBuf,
+    timeout_ms: u64,
+    started: Instant,
+    cancel: Cancel,
+    finished: Arc<AtomicBool>,
+    rx: mpsc::Receiver<Result<T>>,
+}
+
+/// As [`run_cancellable`], without waiting: the call runs at once on its
+/// own I/O thread, so that several calls (one per record) overlap their
+/// storage round trips. Each keeps its own deadline, counted from its
+/// start, and its own [`Cancel`] token. Refused (`Error::Stuck`) while an
+/// abandoned call of this process is still stuck.
+pub fn start_cancellable<T, F>(
+    timeout_ms: u64,
+    op: &'static str,
+    path: &Path,
+    f: F,
+) -> Result<Pending<T>>
+where
+    T: Send + 'static,
+    F: FnOnce(&Cancel) -> Result<T> + Send + 'static,
+{
     refuse_if_stuck(op, path)?;
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let cancel = Cancel::new();
     let finished = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::sync_channel(1);
     let (c2, f2) = (cancel.clone(), finished.clone());
+    let started = Instant::now();
     let spawned = std::thread::Builder::new()
         .name("vmlease-io".into())
         .stack_size(IO_STACK)
@@ -151,36 +185,64 @@ where
     if let Err(e) = spawned {
         return Err(Error::io(op, path, e));
     }
-    let timeout = Error::Timeout {
+    Ok(Pending {
+        id,
         op,
         path: path.to_path_buf(),
-        after_ms: timeout_ms,
-    };
-    match rx.recv_timeout(Duration::from_millis(timeout_ms)) {
-        Ok(r) => return r,
-        Err(mpsc::RecvTimeoutError::Disconnected) => return Err(timeout),
-        Err(mpsc::RecvTimeoutError::Timeout) => {}
-    }
-    {
-        let mut map = stuck_map();
-        if !finished.load(Ordering::SeqCst) {
-            map.insert(
-                id,
-                Stuck {
-                    op,
-                    path: path.to_path_buf(),
-                    since_ms: crate::clock::boottime_ms(),
-                },
-            );
+        timeout_ms,
+        started,
+        cancel,
+        finished,
+        rx,
+    })
+}
+
+impl<T> Pending<T> {
+    /// Waits for the call until its deadline; past it, the call is
+    /// abandoned (its token says so) and this returns `Error::Timeout`.
+    pub fn wait(self) -> Result<T> {
+        let Pending {
+            id,
+            op,
+            path,
+            timeout_ms,
+            started,
+            cancel,
+            finished,
+            rx,
+        } = self;
+        let left = Duration::from_millis(timeout_ms).saturating_sub(started.elapsed());
+        let timeout = Error::Timeout {
+            op,
+            path: path.clone(),
+            after_ms: timeout_ms,
+        };
+        match rx.recv_timeout(left) {
+            Ok(r) => return r,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(timeout),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
+        {
+            let mut map = stuck_map();
+            if !finished.load(Ordering::SeqCst) {
+                map.insert(
+                    id,
+                    Stuck {
+                        op,
+                        path,
+                        since_ms: crate::clock::boottime_ms(),
+                    },
+                );
+            }
+        }
+        if cancel.abandon() {
+            return Err(timeout);
+        }
+        // The call committed just as the deadline passed: its result is on
+        // its way (only the unlock is left), and it must not be lost.
+        rx.recv_timeout(Duration::from_millis(timeout_ms))
+            .unwrap_or(Err(timeout))
     }
-    if cancel.abandon() {
-        return Err(timeout);
-    }
-    // The call committed just as the deadline passed: its result is on its
-    // way (only the unlock is left), and it must not be lost.
-    rx.recv_timeout(Duration::from_millis(timeout_ms))
-        .unwrap_or(Err(timeout))
 }
 
 #[cfg(test)]
@@ -225,6 +287,57 @@ mod tests {
         // The abandoned call saw it was abandoned and could not commit.
         assert_eq!(*seen.lock().unwrap(), Some((true, false)));
         assert_eq!(run(1000, "op", p, || Ok(6)).unwrap(), 6);
+    }
+
+    /// Calls started together run at once, each with its own deadline:
+    /// a slow one is abandoned at its deadline while the others' results
+    /// are kept.
+    #[test]
+    fn started_calls_overlap_and_time_out_one_by_one() {
+        let _serial = TEST_SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let p = Path::new("/z");
+        let gate = Arc::new(std::sync::Barrier::new(3));
+        let (release, wait) = mpsc::channel::<()>();
+        let g1 = gate.clone();
+        let a = start_cancellable(5000, "op a", p, move |_| {
+            g1.wait();
+            Ok(1)
+        })
+        .unwrap();
+        let g2 = gate.clone();
+        let b = start_cancellable(5000, "op b", p, move |_| {
+            g2.wait();
+            Ok(2)
+        })
+        .unwrap();
+        let slow = start_cancellable(100, "op slow", p, move |c| {
+            let _ = wait.recv();
+            Ok(c.complete())
+        })
+        .unwrap();
+        // a and b meet at the barrier: they run at the same time.
+        gate.wait();
+        assert_eq!((a.wait().unwrap(), b.wait().unwrap()), (1, 2));
+        let e = slow.wait().unwrap_err().to_string();
+        assert!(
+            e.contains("op slow /z: no answer from storage after 100 ms"),
+            "{e}"
+        );
+        let e = start_cancellable(1000, "op c", p, |_| Ok(3)).err().unwrap();
+        assert!(
+            e.to_string().contains("an earlier call (op slow /z)"),
+            "{e}"
+        );
+        release.send(()).unwrap();
+        let t0 = std::time::Instant::now();
+        while stuck_calls() > 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "stuck call never ended"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(run(1000, "op", p, || Ok(4)).unwrap(), 4);
     }
 
     #[test]

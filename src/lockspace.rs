@@ -494,13 +494,35 @@ pub fn write_file_synced(path: &Path, data: &[u8]) -> Result<()> {
 
 /// Writes `path` atomically: a temp file beside it, fsync, rename.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = temp_beside(path);
+    write_file_synced(&tmp, data)?;
+    fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))
+}
+
+/// Writes `path` atomically for readers on this host (a temp file beside
+/// it, renamed over it) without making it durable: for local state that
+/// means nothing after a power loss (tmpfs under /run).
+pub fn write_atomic_unsynced(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = temp_beside(path);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .map_err(|e| Error::io("create", &tmp, e))?;
+    f.write_all(data).map_err(|e| Error::io("write", &tmp, e))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))
+}
+
+/// A temp file name beside `path`, private to this process.
+fn temp_beside(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    write_file_synced(&tmp, data)?;
-    fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
 /// Tries to take an exclusive OFD lock on `file` without waiting.

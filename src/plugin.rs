@@ -309,7 +309,7 @@ fn engine(cfg: &Config, host_id: u16, boot_id: &str, view: Option<Status>) -> Re
 }
 
 /// The real acquire in libvirtd, on behalf of QEMU's pid: all resources or
-/// none.
+/// none, every record at once.
 pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
     let (host_id, boot_id, status) = protected_status(cfg)?;
     m.check_disk_policy(cfg)?;
@@ -344,12 +344,20 @@ pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
     }
     let me = m.holder(host_id, &boot_id, p);
     let budget = cfg.io_timeout + cfg.lock_timeout;
-    // libvirtd: the process whose I/O thread may outlive our deadline.
+    // libvirtd: the process whose I/O threads may outlive our deadline.
     let caller = ProcId::of(std::process::id())
         .map_err(|e| Error::io("identify libvirtd", "/proc/self", e))?;
     let base = m.base_entry(p);
-    let mut newly = Vec::new();
-    for r in &resources {
+    // One intent per record, all noted (in one registry write) before the
+    // lockspace is touched: the daemon keeps sweeping this QEMU's leases
+    // after it exits while any of these calls may still write.
+    let ids: Vec<u64> = resources.iter().map(|_| process::random_u64()).collect();
+    reg.begin_acquires(&base, &ids, caller)?;
+    // Every record's read-modify-write starts at once, each on its own I/O
+    // thread under its own record lock, deadline and cancel token: the
+    // domain pays about one storage round trip, not one per resource.
+    let mut calls = Vec::with_capacity(resources.len());
+    for (r, &id) in resources.iter().zip(&ids) {
         let (e2, r2, me2, reg2) = (eng.clone(), r.clone(), me.clone(), reg.clone());
         let want = expect.versions.get(&r.key()).copied().or_else(|| {
             held_before
@@ -358,11 +366,7 @@ pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
                 .map(|(_, v)| *v)
         });
         let path = eng.ls.lease_path(&r.key());
-        // Noted before the lockspace is touched: the daemon keeps sweeping
-        // this QEMU's leases after it exits while this call may still write.
-        let id = process::random_u64();
-        reg.begin_acquire(&base, id, caller)?;
-        let got = deadline::run_cancellable(budget, "acquire lease", &path, move |c| {
+        let started = deadline::start_cancellable(budget, "acquire lease", &path, move |c| {
             let res = e2.acquire_for(&r2, &me2, want, c);
             let done = res.as_ref().ok().map(|a| (r2.key(), a.version));
             if let Err(e) = &res {
@@ -375,11 +379,16 @@ pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
             }
             res
         });
-        if matches!(got, Err(Error::Stuck { .. }) | Err(Error::Io { .. })) {
+        if started.is_err() {
             // Never started (an earlier call is stuck, or no thread).
             let _ = reg.end_acquire(p, id, None);
         }
-        match got {
+        calls.push((r, started));
+    }
+    let mut newly = Vec::new();
+    let mut first_err = None;
+    for (r, started) in calls {
+        match started.and_then(deadline::Pending::wait) {
             Ok(a) => {
                 for (h, why) in &a.took_over {
                     warn!(
@@ -405,23 +414,36 @@ pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
                     "acquire of {r} for domain '{}' ({}) failed: {e}",
                     m.name, m.uuid
                 );
-                rollback(&eng, budget, &newly, &me);
-                return Err(e);
+                first_err.get_or_insert(e);
             }
         }
+    }
+    if let Some(e) = first_err {
+        // All or nothing: give back what this call took.
+        rollback(&eng, budget, &newly, &me);
+        return Err(e);
     }
     // A fresh acquisition makes any earlier release state obsolete.
     let _ = reg.set_released(p, &[]);
     Ok(())
 }
 
+/// Releases what a failed acquire took, all records at once (one I/O
+/// thread each, as the acquire).
 fn rollback(eng: &Engine, budget: u64, newly: &[Resource], me: &Holder) {
-    for r in newly {
-        let (e2, key, name, me2) = (eng.clone(), r.key(), r.name.clone(), me.clone());
-        let path = eng.ls.lease_path(&key);
-        match deadline::run(budget, "release lease", &path, move || {
-            e2.release(&key, &name, &me2)
-        }) {
+    let calls: Vec<_> = newly
+        .iter()
+        .map(|r| {
+            let (e2, key, name, me2) = (eng.clone(), r.key(), r.name.clone(), me.clone());
+            let path = eng.ls.lease_path(&key);
+            let started = deadline::start_cancellable(budget, "release lease", &path, move |_| {
+                e2.release(&key, &name, &me2)
+            });
+            (r, started)
+        })
+        .collect();
+    for (r, started) in calls {
+        match started.and_then(deadline::Pending::wait) {
             Ok(_) => info!("rolled back {r}"),
             Err(e) => warn!(
                 "could not roll back {r}: {e}; the watchdog daemon releases it when QEMU exits"

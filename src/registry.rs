@@ -189,11 +189,17 @@ impl Registry {
         fs::create_dir_all(&self.dir).map_err(|e| Error::io("create registry", &self.dir, e))
     }
 
-    /// Writes an entry (atomically). Usable in the pre-exec child: no
-    /// locks, no threads, local tmpfs only.
+    /// Writes an entry (atomically: a temp file renamed over it). Usable
+    /// in the pre-exec child: no locks, no threads, local tmpfs only.
+    ///
+    /// Not fsynced: an entry only means something within the boot that
+    /// wrote it (its processes, its daemon), and a crash of a process
+    /// loses nothing from the page cache. A power loss ends the boot, and
+    /// with it every QEMU the entries name; the lease records (which are
+    /// synced) then free by the takeover rule for a new boot id.
     pub fn write(&self, e: &Entry) -> Result<()> {
         self.ensure_dir()?;
-        crate::lockspace::write_atomic(&self.path(e.proc_id), &e.encode())
+        crate::lockspace::write_atomic_unsynced(&self.path(e.proc_id), &e.encode())
     }
 
     pub fn read(&self, p: ProcId) -> Result<Option<Entry>> {
@@ -267,9 +273,16 @@ impl Registry {
     /// Notes an acquire about to start (before any lockspace write), on
     /// behalf of `base`'s process by `caller`.
     pub fn begin_acquire(&self, base: &Entry, id: u64, caller: ProcId) -> Result<()> {
+        self.begin_acquires(base, &[id], caller)
+    }
+
+    /// [`Registry::begin_acquire`] for several calls at once (one per
+    /// record of a domain), in one write.
+    pub fn begin_acquires(&self, base: &Entry, ids: &[u64], caller: ProcId) -> Result<()> {
         let _g = self.lock()?;
         let mut e = self.read(base.proc_id)?.unwrap_or_else(|| base.clone());
-        e.acquiring.push(Intent { id, caller });
+        e.acquiring
+            .extend(ids.iter().map(|&id| Intent { id, caller }));
         self.write(&e)
     }
 

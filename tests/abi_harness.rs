@@ -771,7 +771,7 @@ fn acquire_latency_per_domain() {
     let n: usize = std::env::var("VMLEASE_BENCH_ACQUIRES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(200);
     let store = vmlease::lockspace::Lockspace::open(&c.ls).unwrap();
     let mut rec = vmlease::lease::LeaseRecord::free("bench-write", "bench");
     let (mut acq, mut wr, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
@@ -822,6 +822,110 @@ fn acquire_latency_per_domain() {
     if let Some(ls) = ls {
         let _ = fs::remove_dir_all(ls);
     }
+}
+
+/// All or nothing with every record at once: a domain whose third disk
+/// another host's domain holds is refused, and the leases this acquire
+/// took meanwhile (domain and the other three disks) are given back; no
+/// intent stays in the registry.
+#[test]
+fn a_refused_domain_acquire_gives_back_every_lease_it_took() {
+    let _g = serial();
+    let c = cluster("abi-partway");
+    let disks = [
+        "/images/p1.qcow2",
+        "/images/p2.qcow2",
+        "/images/p3.qcow2",
+        "/images/p4.qcow2",
+    ];
+    let web = Dom::new(
+        [0x61; 16],
+        "web",
+        &disks.iter().map(|p| (*p, 0)).collect::<Vec<_>>(),
+    );
+    let other = Dom::new([0x62; 16], "other", &[(disks[2], 0)]);
+    let qb = c.pb.start(&other).unwrap();
+    let qa = c.pa.spawn_registered(&web).unwrap();
+    let e = c.pa.acquire(&web, qa.pid, None, None).unwrap_err();
+    assert!(
+        e.contains("disk /images/p3.qcow2") && e.contains("host 2") && e.contains("'other'"),
+        "{e}"
+    );
+    assert_eq!(last_code(), 87, "VIR_ERR_RESOURCE_BUSY");
+    let mut left = vec![(dom_key(&web), key_holders(&c.ls, &dom_key(&web)))];
+    for p in [disks[0], disks[1], disks[3]] {
+        left.push((p.to_string(), key_holders(&c.ls, &disk_key(p))));
+    }
+    assert!(
+        left.iter().all(|(_, h)| h.is_empty()),
+        "a refused acquire must hold nothing: {left:?}"
+    );
+    assert_eq!(key_holders(&c.ls, &disk_key(disks[2])), vec![(2, qb.pid)]);
+    let reg = vmlease::registry::Registry::new(&c.a.cfg.state_dir);
+    let entries: Vec<_> = reg
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.unwrap())
+        .collect();
+    assert!(
+        entries.iter().all(|e| e.acquiring.is_empty()),
+        "intents left in the registry: {entries:?}"
+    );
+    // Once the other domain is gone, the same start succeeds.
+    c.pb.release(&other, qb.pid, true, None).unwrap();
+    c.pa.acquire(&web, qa.pid, None, None).unwrap();
+    for p in disks {
+        assert_eq!(key_holders(&c.ls, &disk_key(p)), vec![(1, qa.pid)]);
+    }
+    drop((qa, qb));
+}
+
+/// A damaged record among a domain's records is an error naming its file,
+/// never a free lease: the acquire fails, gives back what it took, and
+/// leaves the damaged file as it was (for `vmlease dump`).
+#[test]
+fn a_corrupt_record_among_a_domains_fails_its_acquire() {
+    let _g = serial();
+    let c = cluster("abi-corrupt");
+    let disks = [
+        "/images/c1.qcow2",
+        "/images/c2.qcow2",
+        "/images/c3.qcow2",
+        "/images/c4.qcow2",
+    ];
+    let web = Dom::new(
+        [0x63; 16],
+        "web",
+        &disks.iter().map(|p| (*p, 0)).collect::<Vec<_>>(),
+    );
+    let bad = c.ls.join("leases").join(disk_key(disks[1]));
+    // A holder line cut off mid-way (a torn or hand-edited file).
+    let junk = format!(
+        "vmlease-lease v1\nkey={}\nresource=/images/c2.qcow2\nversion=4\nmode=exclusive\nholder=2 b\n",
+        disk_key(disks[1])
+    );
+    fs::write(&bad, &junk).unwrap();
+    let qa = c.pa.spawn_registered(&web).unwrap();
+    let e = c.pa.acquire(&web, qa.pid, None, None).unwrap_err();
+    assert!(
+        e.contains("corrupt lease record") && e.contains(&disk_key(disks[1])),
+        "{e}"
+    );
+    let mut left = vec![(dom_key(&web), key_holders(&c.ls, &dom_key(&web)))];
+    for p in [disks[0], disks[2], disks[3]] {
+        left.push((p.to_string(), key_holders(&c.ls, &disk_key(p))));
+    }
+    assert!(
+        left.iter().all(|(_, h)| h.is_empty()),
+        "a failed acquire must hold nothing: {left:?}"
+    );
+    assert_eq!(
+        fs::read_to_string(&bad).unwrap(),
+        junk,
+        "the damaged record was changed"
+    );
+    drop(qa);
 }
 
 /// domain_lease = false and a domain whose only disks libvirt does not

@@ -476,6 +476,7 @@ impl World {
             self.now,
             Ev::Deliver {
                 owner: c.owner,
+                call: id,
                 out,
             },
         );
@@ -603,6 +604,7 @@ impl World {
                     self.now,
                     Ev::Deliver {
                         owner: c.owner,
+                        call: id,
                         out,
                     },
                 );
@@ -615,6 +617,7 @@ impl World {
                 self.now,
                 Ev::Deliver {
                     owner: c.owner,
+                    call: id,
                     out,
                 },
             );
@@ -658,7 +661,14 @@ impl World {
         c.timed_out = true;
         let out = Outcome::err(&c.job, e);
         let owner = c.owner;
-        self.at(self.now, Ev::Deliver { owner, out });
+        self.at(
+            self.now,
+            Ev::Deliver {
+                owner,
+                call: id,
+                out,
+            },
+        );
     }
 
     /// Eviction: the client's locks are dropped and its pending writes
@@ -710,10 +720,10 @@ impl World {
         }
     }
 
-    pub fn deliver(&mut self, owner: Owner, out: Outcome) {
+    pub fn deliver(&mut self, owner: Owner, call: u64, out: Outcome) {
         match owner {
             Owner::Daemon { h, gen, what } => self.daemon_result(h, gen, what, out),
-            Owner::Op(op) => self.op_result(op, out),
+            Owner::Op(op) => self.op_result(op, call, out),
         }
     }
 }

@@ -1032,16 +1032,20 @@ fn an_acquire_abandoned_on_frozen_storage_leaves_no_holder() {
     a.start(&[]);
     let (p, rc) = load(&s.0, &a.conf);
     assert_eq!(rc, 0, "{}", last_error());
-    let web = Dom::new([0x5b; 16], "web", &[]);
-    let key = dom_key(&web);
-    // The record lock file exists (the domain ran here before): the
-    // acquire takes the lock and blocks in the write.
-    drop(
-        vmlease::lockspace::Lockspace::open(&ls)
-            .unwrap()
-            .lock_record(&key, 100)
-            .unwrap(),
-    );
+    // Two records (domain and disk), written at once by two I/O threads:
+    // both get stuck, both are abandoned, both are undone.
+    let web = Dom::new([0x5b; 16], "web", &[("/images/frozen.qcow2", 0)]);
+    let keys = [dom_key(&web), disk_key("/images/frozen.qcow2")];
+    // The record lock files exist (the domain ran here before): the
+    // acquire takes the locks and blocks in the writes.
+    for key in &keys {
+        drop(
+            vmlease::lockspace::Lockspace::open(&ls)
+                .unwrap()
+                .lock_record(key, 100)
+                .unwrap(),
+        );
+    }
     let q = p.spawn_registered(&web).unwrap();
     fz.freeze();
     let t0 = boottime_ms();
@@ -1088,26 +1092,28 @@ fn an_acquire_abandoned_on_frozen_storage_leaves_no_holder() {
         boottime_ms() - thawed
     );
     wait_until(
-        "the record to be free within one sweep interval",
+        "the records to be free within one sweep interval",
         vmlease::daemon::reaper::SWEEP_MS + 1000,
         || {
-            let h = key_holders(&ls, &key);
-            if h.is_empty() {
+            let h: Vec<_> = keys.iter().map(|k| key_holders(&ls, k)).collect();
+            if h.iter().all(|h| h.is_empty()) {
                 Ok(())
             } else {
                 Err(format!("holders {h:?}; daemon log:\n{}", a.log_text()))
             }
         },
     );
-    let version = vmlease::lockspace::Lockspace::open(&ls)
-        .unwrap()
-        .read_lease(&key, "")
-        .unwrap()
-        .version;
-    println!(
-        "record free {} ms after the thaw (version {version})",
-        boottime_ms() - thawed
-    );
+    for key in &keys {
+        let version = vmlease::lockspace::Lockspace::open(&ls)
+            .unwrap()
+            .read_lease(key, "")
+            .unwrap()
+            .version;
+        println!(
+            "record {key} free {} ms after the thaw (version {version})",
+            boottime_ms() - thawed
+        );
+    }
     // Once the stuck call ended, the daemon forgets that QEMU.
     wait_until(
         "the registry entry to go",

@@ -476,7 +476,6 @@ impl World {
             self.now,
             Ev::Deliver {
                 owner: c.owner,
-                call: id,
                 out,
             },
         );
@@ -604,7 +603,6 @@ impl World {
                     self.now,
                     Ev::Deliver {
                         owner: c.owner,
-                        call: id,
                         out,
                     },
                 );
@@ -617,7 +615,6 @@ impl World {
                 self.now,
                 Ev::Deliver {
                     owner: c.owner,
-                    call: id,
                     out,
                 },
             );
@@ -661,14 +658,7 @@ impl World {
         c.timed_out = true;
         let out = Outcome::err(&c.job, e);
         let owner = c.owner;
-        self.at(
-            self.now,
-            Ev::Deliver {
-                owner,
-                call: id,
-                out,
-            },
-        );
+        self.at(self.now, Ev::Deliver { owner, out });
     }
 
     /// Eviction: the client's locks are dropped and its pending writes
@@ -720,10 +710,10 @@ impl World {
         }
     }
 
-    pub fn deliver(&mut self, owner: Owner, call: u64, out: Outcome) {
+    pub fn deliver(&mut self, owner: Owner, out: Outcome) {
         match owner {
             Owner::Daemon { h, gen, what } => self.daemon_result(h, gen, what, out),
-            Owner::Op(op) => self.op_result(op, call, out),
+            Owner::Op(op) => self.op_result(op, out),
         }
     }
 }

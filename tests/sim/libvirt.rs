@@ -106,23 +106,17 @@ pub enum Proc {
     HookOpen,
 }
 
-/// `plugin::acquire`: once the lockspace is open, every record's acquire
-/// is issued at once (one storage call each); when all have answered, a
-/// failure gives back what the others took, again all at once.
 pub struct AcqProc {
     pub q: usize,
     pub res: Vec<Resource>,
-    /// Storage call id -> index in `res`, for the calls not answered yet.
-    pub pending: std::collections::BTreeMap<u64, usize>,
-    /// The first error by resource index (the plugin reports that one).
-    pub errors: Vec<Option<String>>,
+    pub idx: usize,
     pub newly: Vec<Resource>,
     pub me: Holder,
     pub expect: LockState,
     pub view: Arc<Status>,
     pub opened: bool,
-    /// Rollback calls not answered yet (Some while rolling back).
     pub rollback: Option<usize>,
+    pub error: Option<String>,
 }
 
 pub struct RelProc {
@@ -813,15 +807,15 @@ impl World {
         let me = self.holder(q);
         self.ops.get_mut(&id).unwrap().proc_ = Some(Proc::Acquire(AcqProc {
             q,
-            errors: vec![None; res.len()],
             res,
-            pending: std::collections::BTreeMap::new(),
+            idx: 0,
             newly: Vec::new(),
             me,
             expect,
             view: Arc::new(view),
             opened: false,
             rollback: None,
+            error: None,
         }));
         let io = self.p.cfg.io_timeout;
         self.issue(h, Job::Open, Owner::Op(id), Some(io));
@@ -858,8 +852,7 @@ impl World {
         self.issue(h, Job::Open, Owner::Op(id), Some(io));
     }
 
-    /// The answer to storage call `call` of operation `id`.
-    pub fn op_result(&mut self, id: u64, call: u64, out: Outcome) {
+    pub fn op_result(&mut self, id: u64, out: Outcome) {
         let Some(op) = self.ops.get_mut(&id) else {
             return;
         };
@@ -924,80 +917,70 @@ impl World {
                 match out {
                     Outcome::Unit(Ok(())) if !ap.opened => {
                         ap.opened = true;
-                        // Every record at once.
-                        let mut jobs = Vec::new();
-                        for (i, r) in ap.res.iter().enumerate() {
-                            let mut want = ap.expect.versions.get(&r.key()).copied();
-                            if self.mutation == Mutation::NoVersionCheckOnHandover {
-                                want = None;
-                            }
-                            let job = Job::Acquire {
-                                res: r.clone(),
-                                me: ap.me.clone(),
-                                want,
-                                view: Some(ap.view.clone()),
-                            };
-                            jobs.push((i, job));
-                        }
-                        if jobs.is_empty() {
-                            return self.acquire_done(id, h);
-                        }
-                        for (i, job) in jobs {
-                            let c = self.issue(h, job, Owner::Op(id), Some(budget));
-                            if let Some(Some(Proc::Acquire(ap))) =
-                                self.ops.get_mut(&id).map(|o| o.proc_.as_mut())
-                            {
-                                ap.pending.insert(c, i);
-                            }
-                        }
                     }
-                    Outcome::Unit(Err(e)) => self.acquire_finished(id, Err(e.to_string())),
-                    Outcome::Acquired(r) => {
-                        let Some(i) = ap.pending.remove(&call) else {
-                            return;
-                        };
-                        match r {
-                            Ok(a) => {
-                                self.stats.takeovers += a.took_over.len() as u64;
-                                if a.changed {
-                                    ap.newly.push(ap.res[i].clone());
-                                }
-                            }
-                            Err(e) => ap.errors[i] = Some(e.to_string()),
-                        }
-                        if !ap.pending.is_empty() {
-                            return;
-                        }
-                        if !ap.errors.iter().any(|e| e.is_some()) {
-                            return self.acquire_done(id, h);
-                        }
-                        // Give back what was taken, all at once.
-                        let jobs: Vec<Job> = ap
-                            .newly
-                            .iter()
-                            .map(|r| Job::Release {
-                                key: r.key(),
-                                name: r.name.clone(),
-                                me: ap.me.clone(),
-                            })
-                            .collect();
-                        ap.rollback = Some(jobs.len());
-                        if jobs.is_empty() {
-                            return self.acquire_failed(id);
-                        }
-                        for job in jobs {
-                            self.issue(h, job, Owner::Op(id), Some(budget));
-                        }
+                    Outcome::Unit(Err(e)) => {
+                        return self.acquire_finished(id, Err(e.to_string()));
                     }
+                    Outcome::Acquired(r) => match r {
+                        Ok(a) => {
+                            self.stats.takeovers += a.took_over.len() as u64;
+                            if a.changed {
+                                ap.newly.push(ap.res[ap.idx].clone());
+                            }
+                            ap.idx += 1;
+                        }
+                        Err(e) => {
+                            if ap.error.is_none() {
+                                ap.error = Some(e.to_string());
+                                ap.rollback = Some(0);
+                            }
+                        }
+                    },
                     Outcome::Released(_) => {
-                        if let Some(n) = ap.rollback.as_mut() {
-                            *n -= 1;
-                            if *n == 0 {
-                                self.acquire_failed(id);
-                            }
+                        if let Some(i) = ap.rollback.as_mut() {
+                            *i += 1;
                         }
                     }
                     _ => unreachable!(),
+                }
+                // Next call.
+                if let Some(i) = ap.rollback {
+                    if i < ap.newly.len() {
+                        let r = &ap.newly[i];
+                        let job = Job::Release {
+                            key: r.key(),
+                            name: r.name.clone(),
+                            me: ap.me.clone(),
+                        };
+                        self.issue(h, job, Owner::Op(id), Some(budget));
+                    } else {
+                        let e = ap.error.clone().unwrap();
+                        self.acquire_finished(id, Err(e));
+                    }
+                    return;
+                }
+                if ap.idx < ap.res.len() {
+                    let r = ap.res[ap.idx].clone();
+                    let mut want = ap.expect.versions.get(&r.key()).copied();
+                    if self.mutation == Mutation::NoVersionCheckOnHandover {
+                        want = None;
+                    }
+                    let job = Job::Acquire {
+                        res: r,
+                        me: ap.me.clone(),
+                        want,
+                        view: Some(ap.view.clone()),
+                    };
+                    self.issue(h, job, Owner::Op(id), Some(budget));
+                } else {
+                    let q = ap.q;
+                    let p = self.qemus[q].proc_id;
+                    let hs = self.host_mut(h);
+                    hs.registry_version += 1;
+                    if let Some(e) = hs.registry.get_mut(&pk(p)) {
+                        e.released.clear();
+                    }
+                    self.acquire_finished(id, Ok(None));
                 }
             }
             Proc::Release(rp) => {
@@ -1068,36 +1051,6 @@ impl World {
                 self.release_finished(id, res);
             }
         }
-    }
-
-    /// Every record acquired: the registry's release state is obsolete.
-    fn acquire_done(&mut self, id: u64, h: u16) {
-        let Some(Some(Proc::Acquire(ap))) = self.ops.get(&id).map(|o| o.proc_.as_ref()) else {
-            return;
-        };
-        let p = self.qemus[ap.q].proc_id;
-        let hs = self.host_mut(h);
-        hs.registry_version += 1;
-        if let Some(e) = hs.registry.get_mut(&pk(p)) {
-            e.released.clear();
-        }
-        self.acquire_finished(id, Ok(None));
-    }
-
-    /// Some record refused and the rollback is over: the first error by
-    /// resource order.
-    fn acquire_failed(&mut self, id: u64) {
-        let Some(Some(Proc::Acquire(ap))) = self.ops.get(&id).map(|o| o.proc_.as_ref()) else {
-            return;
-        };
-        let e = ap
-            .errors
-            .iter()
-            .flatten()
-            .next()
-            .cloned()
-            .unwrap_or_default();
-        self.acquire_finished(id, Err(e));
     }
 
     fn acquire_finished(&mut self, id: u64, r: ProcResult) {

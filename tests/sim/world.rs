@@ -76,8 +76,6 @@ pub enum Ev {
     },
     Deliver {
         owner: Owner,
-        /// The storage call that answers.
-        call: u64,
         out: Outcome,
     },
     QemuWrite(usize),
@@ -704,7 +702,7 @@ impl World {
             Ev::CallFail(id) => self.call_fail(id),
             Ev::LockWaitTimeout(id) => self.lock_wait_timeout(id),
             Ev::LockFree { key, call } => self.lock_release(&key, call),
-            Ev::Deliver { owner, call, out } => self.deliver(owner, call, out),
+            Ev::Deliver { owner, out } => self.deliver(owner, out),
             Ev::QemuWrite(q) => self.qemu_write(q),
             Ev::WriteLand { q, seq } => self.write_land(q, seq),
             Ev::QemuReap(q) => self.qemu_reap(q),

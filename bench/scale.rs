@@ -121,7 +121,31 @@ fn daemon_at_scale(p: &Params, dir: &Path) -> (f64, u64, f64) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("{}: {e}", exe.display()));
-    std::thread::sleep(Duration::from_secs(3));
+    // The daemon joins after its claim's read-back (2 x io_timeout + R):
+    // wait until its status shows every simulated host, bounded.
+    let waited = Instant::now();
+    let limit = Duration::from_millis(4 * 5000 + 4 * timing().renew_interval + 30_000);
+    loop {
+        let seen = vmlease::status::Status::read(&dir.join("run"))
+            .ok()
+            .flatten()
+            .map(|st| st.peers.len());
+        if seen == Some(p.hosts as usize) {
+            break;
+        }
+        if let Ok(Some(code)) = child.try_wait() {
+            panic!("vmlease-watchdog exited ({code}) before it joined");
+        }
+        if waited.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "waited {limit:?} for the daemon's status to show {} hosts; last saw {seen:?}",
+                p.hosts
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (t0, c0) = (Instant::now(), cpu_ticks(child.id()));
     std::thread::sleep(Duration::from_secs(p.run_secs));
     let (secs, c1) = (t0.elapsed().as_secs_f64(), cpu_ticks(child.id()));

@@ -9,6 +9,13 @@ use super::{load, table};
 
 #[cfg(not(feature = "ha"))]
 pub fn run(_opts: &Opts, _args: &Args) -> i32 {
+    without_ha()
+}
+
+/// The answer of every `ha`, `events` and `maintenance` command in a
+/// build without the "ha" feature.
+#[cfg(not(feature = "ha"))]
+pub(super) fn without_ha() -> i32 {
     fail(
         exit::USAGE,
         "this vmlease was built without the \"ha\" feature",

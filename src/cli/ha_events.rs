@@ -3,14 +3,13 @@
 #![forbid(unsafe_code)]
 
 use super::args::Args;
-use super::{exit, fail, Opts};
+use super::Opts;
+#[cfg(feature = "ha")]
+use super::{exit, fail};
 
 #[cfg(not(feature = "ha"))]
 pub fn run(_opts: &Opts, _args: &Args) -> i32 {
-    fail(
-        exit::USAGE,
-        "this vmlease was built without the \"ha\" feature",
-    )
+    super::ha::without_ha()
 }
 
 #[cfg(feature = "ha")]

@@ -62,6 +62,11 @@ pub struct HaConfig {
     pub migration_address: Option<String>,
     /// Extra `virsh migrate` options for drains (e.g. "--unsafe").
     pub migration_options: Vec<String>,
+    /// Restarts of a VM whose QEMU died (crash loop limit): the next crash
+    /// within `crash_window` makes it recovery-failed.
+    pub crash_restarts: u32,
+    /// The crash loop window (ms).
+    pub crash_window: u64,
 }
 
 impl HaConfig {
@@ -69,7 +74,8 @@ impl HaConfig {
     pub fn describe(&self) -> String {
         format!(
             "recovery (vmlease-ha): etcd {}{}, prefix {}, host lease {}, step {}, \
-             at most {} start(s) per host, {} attempt(s), backoff {} doubling, start timeout {}",
+             at most {} start(s) per host, {} attempt(s), backoff {} doubling, start timeout {}, \
+             at most {} crash restart(s) in {}",
             self.endpoints.join(","),
             if self.cert_file.is_some() {
                 " with a client certificate"
@@ -82,7 +88,9 @@ impl HaConfig {
             self.max_starts_per_host,
             self.max_attempts,
             super::secs(self.retry_backoff),
-            super::secs(self.start_timeout)
+            super::secs(self.start_timeout),
+            self.crash_restarts,
+            super::secs(self.crash_window)
         )
     }
 }
@@ -110,6 +118,8 @@ pub(super) struct RawHa {
     migration_uri: Option<Spanned<String>>,
     migration_address: Option<Spanned<String>>,
     migration_options: Option<Spanned<Vec<Spanned<String>>>>,
+    crash_restarts: Option<Spanned<i64>>,
+    crash_window: Option<Spanned<Seconds>>,
 }
 
 impl Builder<'_> {
@@ -293,6 +303,8 @@ impl Builder<'_> {
             migration_uri: text("ha.migration_uri", &raw.migration_uri)?,
             migration_address: text("ha.migration_address", &raw.migration_address)?,
             migration_options,
+            crash_restarts: count("ha.crash_restarts", &raw.crash_restarts, 3, 100)?,
+            crash_window: self.ms("ha.crash_window", &raw.crash_window, 600_000)?,
         }))
     }
 }
@@ -329,6 +341,7 @@ mod tests {
             (c.host_ttl, c.interval, c.max_starts_per_host),
             (10_000, 1_000, 4)
         );
+        assert_eq!((c.crash_restarts, c.crash_window), (3, 600_000));
         assert_eq!((c.hooks_dir, c.hook_timeout), (None, 10_000));
         assert_eq!((c.event_ttl, c.max_events), (86_400_000, 1000));
         assert_eq!((c.migration_uri, c.migration_options), (None, vec![]));
@@ -362,6 +375,23 @@ mod tests {
         );
         let e = err("[ha]\nendpoints = [\"http://a:1\"]\nmax_events = 0\n");
         assert!(e.contains("t.conf:3") && e.contains("ha.max_events"), "{e}");
+    }
+
+    #[test]
+    fn crash_loop_keys() {
+        let c = parse(
+            "[ha]\nendpoints = [\"http://a:1\"]\ncrash_restarts = 5\ncrash_window = 60\n",
+            "t",
+        )
+        .unwrap()
+        .ha
+        .unwrap();
+        assert_eq!((c.crash_restarts, c.crash_window), (5, 60_000));
+        let e = err("[ha]\nendpoints = [\"http://a:1\"]\ncrash_restarts = 0\n");
+        assert!(
+            e.contains("t.conf:3") && e.contains("ha.crash_restarts"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -183,9 +183,16 @@ impl Agent {
         for uuid in gone {
             let mut rec = self.published.remove(&uuid).expect("listed");
             let key = model::vm_key(self.p(), &uuid);
+            // A dead QEMU (libvirt: `shut off (crashed)`) is not a stop on
+            // purpose: the VM monitor restarts it or marks it crashed.
+            if virsh::domstate_reason(&rec.name)
+                .is_some_and(|r| super::vmwatch::reason_is_crash(&r))
+            {
+                continue;
+            }
             if let Some(kv) = etcd.get(&key)? {
                 let cur: std::result::Result<VmRecord, _> = serde_json::from_slice(&kv.value);
-                if cur.is_ok_and(|c| c.host == self.name) {
+                if cur.is_ok_and(|c| c.host == self.name && c.state == VmState::Running) {
                     rec.state = VmState::Stopped;
                     etcd.txn(
                         &format!("mark {key} stopped"),

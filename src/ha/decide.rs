@@ -85,7 +85,7 @@ pub fn suspects(v: &ClusterView) -> Vec<String> {
     let mut out: Vec<String> = v
         .vms
         .values()
-        .filter(|vm| vm.restart == Restart::Always && vm.state == VmState::Running)
+        .filter(|vm| vm.restart == Restart::Always && vm.state != VmState::Stopped)
         .filter(|vm| !v.hosts.get(&vm.host).is_some_and(|h| h.protected))
         .map(|vm| vm.host.clone())
         .collect();
@@ -176,6 +176,18 @@ pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
                 }
                 out.extend(failed(r, format!("{t}: {}", r.last_error), now_ms, lim));
             }
+            // A crash recovery (its first attempt was on its own host)
+            // whose VM runs there again, started by an operator: over.
+            RecState::Failed { .. } | RecState::Pending | RecState::RecoveryFailed
+                if r.tried.first() == Some(&r.from)
+                    && vm.is_some_and(|vm| vm.host == r.from && vm.state == VmState::Running) =>
+            {
+                out.push(Action::Done {
+                    uuid: r.uuid.clone(),
+                    name: r.name.clone(),
+                    host: r.from.clone(),
+                });
+            }
             RecState::Failed { retry_at_ms } if now_ms >= *retry_at_ms => {
                 if let Some(vm) = vm {
                     to_place.push((r.clone(), vm));
@@ -199,10 +211,11 @@ pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
         }
     }
 
-    // 2. New recoveries: HA VMs of suspect hosts whose leases may be taken.
+    // 2. New recoveries: HA VMs of suspect hosts whose leases may be taken
+    //    (a VM that crashed there before counts as running there).
     for vm in v.vms.values() {
         if vm.restart != Restart::Always
-            || vm.state != VmState::Running
+            || vm.state == VmState::Stopped
             || v.recoveries.contains_key(&vm.uuid)
             || v.verdicts.get(&vm.host) != Some(&Verdict::Safe)
             || v.hosts.get(&vm.host).is_some_and(|h| h.protected)
@@ -223,6 +236,32 @@ pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
             },
             vm,
         ));
+    }
+
+    // 2b. HA VMs whose QEMU died on a protected host, which failed to
+    //     restart them there (it always tries first): that try was the
+    //     first attempt; the next is elsewhere, after the backoff.
+    for vm in v.vms.values() {
+        if vm.restart != Restart::Always
+            || vm.state != VmState::Crashed
+            || v.recoveries.contains_key(&vm.uuid)
+            || !v.hosts.get(&vm.host).is_some_and(|h| h.protected)
+        {
+            continue;
+        }
+        let first = Recovery {
+            uuid: vm.uuid.clone(),
+            name: vm.name.clone(),
+            from: vm.host.clone(),
+            state: RecState::StartFailed,
+            attempt: 1,
+            target: Some(vm.host.clone()),
+            tried: vec![vm.host.clone()],
+            since_ms: now_ms,
+            last_error: String::new(),
+        };
+        let why = format!("its QEMU died on {} and the restart there failed", vm.host);
+        out.extend(failed(&first, why, now_ms, lim));
     }
 
     // 3. Placement, highest priority first.
@@ -357,5 +396,7 @@ pub fn place(
         .map(|(h, _, _)| h.name.clone())
 }
 
+#[cfg(test)]
+mod crash_tests;
 #[cfg(test)]
 mod tests;

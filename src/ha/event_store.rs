@@ -55,6 +55,22 @@ impl EventStore {
 
     /// Stores `e` while `leader_key` holds `me`; false when it does not.
     pub fn write(&mut self, etcd: &Etcd, leader_key: &str, me: &str, e: &Event) -> Result<bool> {
+        self.put(etcd, Some(leader_key), me, e)
+    }
+
+    /// Stores an event of host `me` about its own VMs (a dead QEMU, a
+    /// reset), leader or not; its key is new (another store of the same
+    /// host may count the same sequence numbers).
+    pub fn write_own(&mut self, etcd: &Etcd, me: &str, e: &Event) -> Result<bool> {
+        for _ in 0..3 {
+            if self.put(etcd, None, me, e)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn put(&mut self, etcd: &Etcd, leader_key: Option<&str>, me: &str, e: &Event) -> Result<bool> {
         let stale = self
             .granted
             .is_none_or(|t| t.elapsed().as_secs() * 10 >= self.ttl_s);
@@ -68,7 +84,10 @@ impl EventStore {
         let put = |lease: i64| {
             etcd.txn(
                 &format!("write {key}"),
-                &[Cmp::Value(leader_key, me.as_bytes())],
+                &[match leader_key {
+                    Some(lk) => Cmp::Value(lk, me.as_bytes()),
+                    None => Cmp::Absent(&key),
+                }],
                 &[Op::Put {
                     key: &key,
                     value: &value,

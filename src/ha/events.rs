@@ -65,6 +65,15 @@ pub mod kind {
     pub const STORAGE_FENCED: &str = "storage-fenced";
     /// A storage fence failed; its VMs wait for host_dead_timeout.
     pub const STORAGE_FENCE_FAILED: &str = "storage-fence-failed";
+    /// An HA VM's QEMU died on a live host (crash, OOM kill, `kill -9`);
+    /// its host restarts it (or a crash loop ends `recovery-failed`).
+    pub const VM_CRASHED: &str = "vm-crashed";
+    /// A VM whose QEMU died runs again on the same host.
+    pub const VM_RESTARTED: &str = "vm-restarted";
+    /// Its guest agent was silent for the heartbeat timeout: reset.
+    pub const VM_RESET: &str = "vm-reset";
+    /// The guest panicked, or its `<watchdog>` device fired (QEMU acted).
+    pub const GUEST_FAILED: &str = "guest-failed";
 }
 
 /// One event, as stored in etcd, printed by `vmlease events --json` and

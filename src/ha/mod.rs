@@ -16,6 +16,7 @@ pub mod maintenance;
 pub mod model;
 pub mod policy;
 pub mod storage_fence;
+pub mod vmwatch;
 
 #[cfg(feature = "ha")]
 pub mod agent;
@@ -35,3 +36,5 @@ pub mod maintenance_agent;
 pub mod run;
 #[cfg(feature = "ha")]
 pub mod virsh;
+#[cfg(feature = "ha")]
+pub mod vmmon;

@@ -59,6 +59,10 @@ pub enum VmState {
     Running,
     /// Stopped on purpose on a protected host: not recovered.
     Stopped,
+    /// Its QEMU died on `host` while that host was protected (libvirt's
+    /// `shut off (crashed)`) and the restart there failed: the controller
+    /// recovers it elsewhere (src/ha/vmwatch.rs).
+    Crashed,
 }
 
 /// An HA-managed domain, as the agent of the host running it publishes it.

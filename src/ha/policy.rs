@@ -81,8 +81,9 @@ pub fn parse(xml: &str) -> Result<DomainInfo, String> {
     })
 }
 
-/// The `<P:ha xmlns:P="NS_URI" .../>` element inside `<metadata>`.
-fn policy(meta: &str) -> Result<Option<Policy>, String> {
+/// The start tag of `<P:ha xmlns:P="NS_URI" .../>` inside `<metadata>`
+/// (its inside, without `<` and `>`).
+fn ha_tag(meta: &str) -> Result<Option<&str>, String> {
     let mut rest = meta;
     while let Some(i) = rest.find('<') {
         rest = &rest[i + 1..];
@@ -102,28 +103,44 @@ fn policy(meta: &str) -> Result<Option<Policy>, String> {
         if local != "ha" || attr(tag, &format!("xmlns:{prefix}")).as_deref() != Some(NS_URI) {
             continue;
         }
-        let restart = match attr(tag, "restart").as_deref() {
-            None | Some("always") => Restart::Always,
-            Some("never") => Restart::Never,
-            Some(other) => {
-                return Err(format!(
-                    "vmlease metadata: restart=\"{other}\" (expected \"always\" or \"never\")"
-                ))
-            }
-        };
-        let priority = match attr(tag, "priority") {
-            None => 0,
-            Some(p) => p
-                .parse::<i32>()
-                .ok()
-                .filter(|p| (-1000..=1000).contains(p))
-                .ok_or_else(|| {
-                    format!("vmlease metadata: priority=\"{p}\" (expected -1000..1000)")
-                })?,
-        };
-        return Ok(Some(Policy { restart, priority }));
+        return Ok(Some(tag));
     }
     Ok(None)
+}
+
+/// An attribute of the vmlease `<ha>` element of a domain XML: `Ok(None)`
+/// when the element or the attribute is absent.
+pub fn ha_attr(xml: &str, name: &str) -> Result<Option<String>, String> {
+    let meta = match (xml.find("<metadata>"), xml.find("</metadata>")) {
+        (Some(a), Some(b)) if a < b => &xml[a..b],
+        _ => return Ok(None),
+    };
+    Ok(ha_tag(meta)?.and_then(|t| attr(t, name)))
+}
+
+/// The `<P:ha xmlns:P="NS_URI" .../>` element inside `<metadata>`.
+fn policy(meta: &str) -> Result<Option<Policy>, String> {
+    let Some(tag) = ha_tag(meta)? else {
+        return Ok(None);
+    };
+    let restart = match attr(tag, "restart").as_deref() {
+        None | Some("always") => Restart::Always,
+        Some("never") => Restart::Never,
+        Some(other) => {
+            return Err(format!(
+                "vmlease metadata: restart=\"{other}\" (expected \"always\" or \"never\")"
+            ))
+        }
+    };
+    let priority = match attr(tag, "priority") {
+        None => 0,
+        Some(p) => p
+            .parse::<i32>()
+            .ok()
+            .filter(|p| (-1000..=1000).contains(p))
+            .ok_or_else(|| format!("vmlease metadata: priority=\"{p}\" (expected -1000..1000)"))?,
+    };
+    Ok(Some(Policy { restart, priority }))
 }
 
 /// The start tag `<name ...>` (its inside, without `<` and `>`).

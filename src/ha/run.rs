@@ -11,6 +11,7 @@ use super::controller::Controller;
 use super::error::Error;
 use super::etcd::Etcd;
 use super::maintenance_agent::MaintenanceAgent;
+use super::vmmon::VmMonitor;
 use crate::config;
 use crate::daemon::signals;
 
@@ -67,7 +68,8 @@ fn run(cfg: config::Config, ha: config::HaConfig) -> Result<(), Error> {
     let etcd = Etcd::new(&ha)?;
     let mut agent = Agent::new(cfg.clone(), ha.clone())?;
     let mut maint = MaintenanceAgent::new(cfg.clone(), ha.clone(), agent.name.clone());
-    let mut ctl = Controller::new(cfg, ha.clone(), agent.name.clone());
+    let mut ctl = Controller::new(cfg.clone(), ha.clone(), agent.name.clone());
+    let mut vms = VmMonitor::new(cfg, ha.clone(), agent.name.clone());
     let interval = Duration::from_millis(ha.interval);
     let mut failing: Option<String> = None;
     let mut backoff = interval;
@@ -106,10 +108,15 @@ fn run(cfg: config::Config, ha: config::HaConfig) -> Result<(), Error> {
         }
         let wait = if failing.is_some() { backoff } else { interval };
         let deadline = t0 + wait;
+        // Domain events (a crashed QEMU) are handled as they come.
         while !signals::stop_requested() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50).min(wait));
+            vms.wait(
+                &etcd,
+                deadline.min(Instant::now() + Duration::from_millis(50)),
+            );
         }
     }
+    drop(vms);
     if agent.lease != 0 {
         // Presence and leadership go at once; the lockspace still decides
         // whether this host's VMs may run elsewhere.

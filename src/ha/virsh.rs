@@ -165,6 +165,45 @@ pub fn define_and_start(name: &str, xml: &str) -> Result<()> {
     Ok(())
 }
 
+/// `virsh domstate --reason`: e.g. `shut off (crashed)`.
+pub fn domstate_reason(name: &str) -> Option<String> {
+    virsh(
+        "domstate --reason",
+        &["domstate", "--reason", "--", name],
+        None,
+    )
+    .ok()
+    .map(|s| s.trim().to_string())
+}
+
+/// Starts a defined domain (the lock plugin takes its leases).
+pub fn start(name: &str) -> Result<()> {
+    virsh(&format!("start {name}"), &["start", "--", name], None).map(|_| ())
+}
+
+/// Resets a domain (as the reset button: same QEMU, same leases).
+pub fn reset(name: &str) -> Result<()> {
+    virsh(&format!("reset {name}"), &["reset", "--", name], None).map(|_| ())
+}
+
+/// Sends `guest-ping` to the domain's QEMU guest agent, answered within
+/// `timeout_s`: the child exits 0 when the agent answered. Spawned, not
+/// waited for: the caller polls it.
+pub fn spawn_guest_ping(name: &str, timeout_s: u64) -> Result<std::process::Child> {
+    Command::new("virsh")
+        .args(["-q", "qemu-agent-command", "--timeout"])
+        .arg(timeout_s.to_string())
+        .args(["--", name, r#"{"execute":"guest-ping"}"#])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| Error::Libvirt {
+            op: format!("guest-ping {name}"),
+            reason: format!("cannot run virsh: {e}"),
+        })
+}
+
 /// Sets (or replaces) the vmlease metadata of a domain: in its persistent
 /// definition, and in the running one when it runs.
 pub fn set_policy(name: &str, p: Policy) -> Result<()> {

@@ -1,0 +1,483 @@
+//! The driver of VM-level failure handling (decisions in `vmwatch.rs`):
+//!
+//! - libvirt's domain events from a long-running `virsh event --loop
+//!   --all` child (event-driven: a dead QEMU is seen at once; restarted
+//!   when libvirtd drops the connection). A crashed HA VM is restarted
+//!   here at once with `virsh start` (the lock plugin takes its leases as
+//!   for any start); when that fails its record becomes `crashed` and the
+//!   controller goes on elsewhere (decide.rs). After `crash_restarts`
+//!   restarts within `crash_window`, a crash loop: recovery-failed.
+//! - the guest heartbeat: `guest-ping` through `virsh qemu-agent-command`
+//!   (spawned, never waited for in the loop), `virsh reset` after the
+//!   VM's timeout of silence.
+//!
+//! Every action is logged. Nothing here runs while the host
+//! is not protected: a fencing host's dead QEMUs are the host recovery's.
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use super::agent::to_json;
+use super::controller::wall_ms;
+use super::error::Result;
+use super::etcd::{Cmp, Etcd, Op};
+use super::model::{self, RecState, Recovery, VmRecord, VmState};
+use super::policy::{self, DomainInfo, Restart};
+use super::virsh;
+use super::vmwatch::{
+    self, CrashHistory, CrashLimits, CrashStep, DomainEvent, EventKind, Heartbeat, Heartbeats,
+    Meaning,
+};
+use crate::clock::boottime_ms;
+use crate::config::{Config, HaConfig};
+
+/// How often the heartbeat VMs are looked up again (besides start events).
+const SCAN_MS: u128 = 5_000;
+/// One ping per VM at most this often.
+const PING_EVERY: Duration = Duration::from_millis(1_000);
+/// Wait before reconnecting the event stream.
+const RECONNECT: Duration = Duration::from_millis(1_000);
+
+enum Msg {
+    Line(String),
+    /// The `virsh event` child of this generation ended.
+    Eof(u32),
+}
+
+struct Ping {
+    child: Child,
+    sent: Instant,
+    limit: Duration,
+}
+
+pub struct VmMonitor {
+    cfg: Config,
+    ha: HaConfig,
+    host: String,
+    tx: Sender<Msg>,
+    rx: Receiver<Msg>,
+    stream: Option<(Child, u32)>,
+    generation: u32,
+    next_connect: Instant,
+    crashes: CrashHistory,
+    /// Crash loops given up on (cleared when started again).
+    gave_up: BTreeSet<String>,
+    hb: Heartbeats,
+    pings: BTreeMap<String, Ping>,
+    last_ping: BTreeMap<String, Instant>,
+    scanned: Option<Instant>,
+}
+
+impl VmMonitor {
+    pub fn new(cfg: Config, ha: HaConfig, host: String) -> VmMonitor {
+        let (tx, rx) = channel();
+        VmMonitor {
+            cfg,
+            ha,
+            host,
+            tx,
+            rx,
+            stream: None,
+            generation: 0,
+            next_connect: Instant::now(),
+            crashes: CrashHistory::default(),
+            gave_up: BTreeSet::new(),
+            hb: Heartbeats::default(),
+            pings: BTreeMap::new(),
+            last_ping: BTreeMap::new(),
+            scanned: None,
+        }
+    }
+
+    /// Every action is logged.
+    fn event(&self, text: String) {
+        log::warn!("vmlease-ha: {text}");
+    }
+
+    /// Starts the `virsh event` child when there is none.
+    fn connect(&mut self) {
+        if self.stream.is_some() || Instant::now() < self.next_connect {
+            return;
+        }
+        self.next_connect = Instant::now() + RECONNECT;
+        let child = Command::new("virsh")
+            .args(["-q", "event", "--loop", "--all"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("vmlease-ha: cannot run virsh event: {e}");
+                return;
+            }
+        };
+        self.generation += 1;
+        let gen = self.generation;
+        let out = child.stdout.take().expect("piped");
+        let tx = self.tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("virsh-event".into())
+            .spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(Msg::Line(line)).is_err() {
+                        return;
+                    }
+                }
+                let _ = tx.send(Msg::Eof(gen));
+            });
+        if let Err(e) = spawned {
+            log::error!("vmlease-ha: cannot start the event reader: {e}");
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        log::info!("vmlease-ha: watching libvirt's domain events");
+        self.stream = Some((child, gen));
+    }
+
+    /// Waits until `deadline` or the first domain events, whichever is
+    /// first; handles them (and the heartbeats) before returning.
+    pub fn wait(&mut self, etcd: &Etcd, deadline: Instant) {
+        self.connect();
+        self.heartbeats();
+        let now = Instant::now();
+        let first = match self
+            .rx
+            .recv_timeout(deadline.saturating_duration_since(now))
+        {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => return,
+            Err(RecvTimeoutError::Disconnected) => unreachable!("the monitor holds a sender"),
+        };
+        let mut msgs = vec![first];
+        while let Ok(m) = self.rx.try_recv() {
+            msgs.push(m);
+        }
+        for m in msgs {
+            match m {
+                Msg::Line(l) => {
+                    if let Some(ev) = vmwatch::parse_event(&l) {
+                        self.handle(etcd, ev);
+                    }
+                }
+                Msg::Eof(gen) => {
+                    if let Some((mut c, g)) = self.stream.take() {
+                        if g == gen {
+                            let _ = c.kill();
+                            let _ = c.wait();
+                            log::error!(
+                                "vmlease-ha: libvirt's event stream ended; reconnecting \
+                                 (crashes in between are not seen)"
+                            );
+                        } else {
+                            self.stream = Some((c, g));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The domain's policy (HA-managed, restart="always"), or `None`.
+    fn managed(&self, name: &str) -> Option<(DomainInfo, String)> {
+        let xml = virsh::definition(name).ok()?;
+        let info = policy::parse(&xml).ok()?;
+        (info.policy?.restart == Restart::Always).then_some((info, xml))
+    }
+
+    fn protected(&self) -> std::result::Result<(), String> {
+        crate::plugin::protected_status(&self.cfg)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn handle(&mut self, etcd: &Etcd, ev: DomainEvent) {
+        let d = ev.domain.as_str();
+        let (event, detail) = match &ev.kind {
+            EventKind::Watchdog { action } => {
+                self.event(format!(
+                    "the watchdog device of '{d}' on {} fired; QEMU's action: {action}",
+                    self.host
+                ));
+                return;
+            }
+            EventKind::Other { .. } => return,
+            EventKind::Lifecycle { event, detail } => (event.as_str(), detail.as_str()),
+        };
+        match vmwatch::meaning(event, detail) {
+            Meaning::Nothing => {}
+            Meaning::Started => {
+                self.scanned = None;
+                self.hb.restart(d, boottime_ms());
+                if let Some((info, _)) = self.managed(d) {
+                    if self.gave_up.remove(&info.uuid) {
+                        self.crashes.forget(&info.uuid);
+                    }
+                }
+            }
+            Meaning::GuestCrashed(why) => {
+                if self.managed(d).is_some() {
+                    self.event(format!(
+                        "the guest of '{d}' on {} crashed ({why}); its <on_crash> action follows",
+                        self.host
+                    ));
+                }
+            }
+            Meaning::StoppedOnPurpose(why) => {
+                self.scanned = None;
+                if self.managed(d).is_some() {
+                    self.event(format!(
+                        "'{d}' stopped on {} on purpose (libvirt: Stopped {why}): not restarted",
+                        self.host
+                    ));
+                }
+            }
+            Meaning::Crash | Meaning::CrashIfReasonSaysSo => {
+                self.scanned = None;
+                let reason = virsh::domstate_reason(d).unwrap_or_default();
+                if matches!(
+                    vmwatch::meaning(event, detail),
+                    Meaning::CrashIfReasonSaysSo
+                ) && !vmwatch::reason_is_crash(&reason)
+                {
+                    log::info!("vmlease-ha: '{d}' stopped ({reason}): not a crash");
+                    return;
+                }
+                if let Some((info, xml)) = self.managed(d) {
+                    self.crashed(etcd, &info, &xml, &format!("{event} {detail}, {reason}"));
+                }
+            }
+        }
+    }
+
+    /// An HA VM's QEMU died on this host.
+    fn crashed(&mut self, etcd: &Etcd, info: &DomainInfo, xml: &str, how: &str) {
+        let (name, host) = (info.name.as_str(), self.host.clone());
+        if let Err(why) = self.protected() {
+            log::warn!(
+                "vmlease-ha: '{name}' died on {host} ({how}) while the host is not \
+                 protected ({why}): left to the host recovery"
+            );
+            return;
+        }
+        let lim = CrashLimits {
+            max_restarts: self.ha.crash_restarts,
+            window_ms: self.ha.crash_window,
+        };
+        let window = crate::config::secs(lim.window_ms);
+        match self.crashes.on_crash(&info.uuid, boottime_ms(), lim) {
+            CrashStep::Restart { n } => {
+                self.event(format!(
+                    "the QEMU of '{name}' ({}) died on {host} (libvirt: {how}): restarting it \
+                     here, restart {n} of at most {} in {window}",
+                    info.uuid, lim.max_restarts
+                ));
+                let t0 = Instant::now();
+                match virsh::start(name) {
+                    Ok(()) => self.event(format!(
+                        "restarted '{name}' on {host} in {} ms after its QEMU died",
+                        t0.elapsed().as_millis()
+                    )),
+                    Err(e) => {
+                        self.event(format!(
+                            "the restart of '{name}' on {host} failed: {e}; recovering it elsewhere"
+                        ));
+                        if let Err(e) = self.mark_crashed(etcd, info, xml) {
+                            log::error!("vmlease-ha: {e}");
+                        }
+                    }
+                }
+            }
+            CrashStep::GiveUp { n } => {
+                self.gave_up.insert(info.uuid.clone());
+                let why = format!(
+                    "crash loop: its QEMU died again on {host} after {n} restart(s) within {window}"
+                );
+                self.event(format!(
+                    "recovery-failed: '{name}' ({}): {why}; left to the operator",
+                    info.uuid
+                ));
+                let r = Recovery {
+                    uuid: info.uuid.clone(),
+                    name: name.to_string(),
+                    from: host.clone(),
+                    state: RecState::RecoveryFailed,
+                    attempt: n,
+                    target: None,
+                    tried: vec![host],
+                    since_ms: wall_ms(),
+                    last_error: why,
+                };
+                let key = model::recovery_key(&self.ha.prefix, &info.uuid);
+                let written = etcd
+                    .txn(
+                        &format!("write {key}"),
+                        &[Cmp::Absent(&key)],
+                        &[Op::Put {
+                            key: &key,
+                            value: &to_json(&r),
+                            lease: 0,
+                        }],
+                    )
+                    .and_then(|_| self.mark_crashed(etcd, info, xml));
+                if let Err(e) = written {
+                    log::error!("vmlease-ha: {e}");
+                }
+            }
+        }
+    }
+
+    /// Its record says `crashed` on this host: the controller takes over.
+    fn mark_crashed(&self, etcd: &Etcd, info: &DomainInfo, xml: &str) -> Result<()> {
+        let key = model::vm_key(&self.ha.prefix, &info.uuid);
+        let cur = etcd.get(&key)?;
+        let rev = cur.as_ref().map(|kv| kv.mod_revision);
+        let mut rec = cur
+            .and_then(|kv| serde_json::from_slice::<VmRecord>(&kv.value).ok())
+            .unwrap_or_else(|| VmRecord {
+                uuid: info.uuid.clone(),
+                name: info.name.clone(),
+                host: self.host.clone(),
+                restart: Restart::Always,
+                priority: info.policy.map(|p| p.priority).unwrap_or(0),
+                memory_kib: info.memory_kib,
+                vcpus: info.vcpus,
+                state: VmState::Running,
+                xml: xml.to_string(),
+            });
+        if rec.host != self.host {
+            return Ok(()); // it runs elsewhere by now
+        }
+        rec.state = VmState::Crashed;
+        let cmp = match rev {
+            Some(r) => Cmp::ModRevision(&key, r),
+            None => Cmp::Absent(&key),
+        };
+        etcd.txn(
+            &format!("mark {key} crashed"),
+            &[cmp],
+            &[Op::Put {
+                key: &key,
+                value: &to_json(&rec),
+                lease: 0,
+            }],
+        )?;
+        Ok(())
+    }
+
+    /// The guest heartbeats: which VMs, their pings, and the resets due.
+    fn heartbeats(&mut self) {
+        let now = Instant::now();
+        if self
+            .scanned
+            .is_none_or(|t| now.duration_since(t).as_millis() >= SCAN_MS)
+        {
+            self.scanned = Some(now);
+            let mut watch = BTreeMap::new();
+            if let Ok(running) = virsh::running() {
+                for d in running {
+                    let Some((_, xml)) = self.managed(&d.name) else {
+                        continue;
+                    };
+                    match vmwatch::heartbeat(&xml) {
+                        Ok(Some(hb)) => {
+                            watch.insert(d.name, hb);
+                        }
+                        Ok(None) => {}
+                        Err(e) => log::error!("vmlease-ha: '{}': {e}; no heartbeat", d.name),
+                    }
+                }
+            }
+            self.hb.watch(&watch, boottime_ms());
+            self.pings.retain(|n, _| watch.contains_key(n));
+        }
+        // Answers (or not) of the pings under way.
+        let mut done = Vec::new();
+        for (name, p) in &mut self.pings {
+            match p.child.try_wait() {
+                Ok(Some(st)) => done.push((name.clone(), st.success())),
+                Ok(None) if p.sent.elapsed() > p.limit => {
+                    let _ = p.child.kill();
+                    let _ = p.child.wait();
+                    done.push((name.clone(), false));
+                }
+                Ok(None) => {}
+                Err(_) => done.push((name.clone(), false)),
+            }
+        }
+        for (name, ok) in done {
+            self.pings.remove(&name);
+            if ok {
+                self.hb.answered(&name, boottime_ms());
+            }
+        }
+        if self.protected().is_err() {
+            return;
+        }
+        let watched: Vec<(String, Heartbeat)> =
+            self.hb.watched().map(|(n, h)| (n.clone(), h)).collect();
+        for (name, hb) in watched {
+            let recent = self
+                .last_ping
+                .get(&name)
+                .is_some_and(|t| t.elapsed() < PING_EVERY);
+            if self.pings.contains_key(&name) || recent {
+                continue;
+            }
+            let secs = vmwatch::ping_timeout_s(hb);
+            match virsh::spawn_guest_ping(&name, secs) {
+                Ok(child) => {
+                    self.last_ping.insert(name.clone(), Instant::now());
+                    self.pings.insert(
+                        name,
+                        Ping {
+                            child,
+                            sent: Instant::now(),
+                            limit: Duration::from_secs(secs + 2),
+                        },
+                    );
+                }
+                Err(e) => log::error!("vmlease-ha: {e}"),
+            }
+        }
+        for (name, silent) in self.hb.due(boottime_ms()) {
+            let timeout = self
+                .hb
+                .watched()
+                .find(|(n, _)| **n == name)
+                .map(|(_, h)| h.timeout_ms)
+                .unwrap_or(0);
+            match virsh::reset(&name) {
+                Ok(()) => self.event(format!(
+                    "reset '{name}' on {}: its guest agent has not answered guest-ping for \
+                     {silent} ms (heartbeat timeout {timeout} ms)",
+                    self.host
+                )),
+                Err(e) => self.event(format!(
+                    "the reset of '{name}' on {} after {silent} ms without heartbeat failed: {e}",
+                    self.host
+                )),
+            }
+        }
+    }
+}
+
+impl Drop for VmMonitor {
+    fn drop(&mut self) {
+        if let Some((mut c, _)) = self.stream.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for (_, mut p) in std::mem::take(&mut self.pings) {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! VM-level failures, sans IO: what libvirt's domain events mean for an
+//! HA VM (a crashed QEMU is restarted, an operator's or a guest's stop is
+//! not), the crash-loop count, and the guest heartbeat's timer. The
+//! driver (`vmmon.rs`) reads the events from `virsh event`, asks libvirt
+//! for the state reason, and carries out the steps.
+//!
+//! | libvirt says | meaning | vmlease-ha |
+//! |---|---|---|
+//! | `Stopped Failed` + state `shut off (crashed)` | QEMU died (crash, OOM kill, `kill -9`) | restart (same host first) |
+//! | `Stopped Failed` + `shut off (failed)` | a start that failed | nothing (the starter sees it) |
+//! | `Stopped Crashed` | the guest panicked, `<on_crash>destroy` | restart |
+//! | `Stopped Shutdown` | `virsh shutdown` or the guest powered off | nothing: a stop on purpose |
+//! | `Stopped Destroyed` | `virsh destroy` | nothing |
+//! | `Stopped Saved/Migrated/Snapshot` | the VM lives on elsewhere | nothing |
+//! | `Crashed ...` | a guest panic (its `<on_crash>` acts) | event |
+//! | `watchdog` | a `<watchdog>` device fired (QEMU acted) | event |
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use super::policy;
+
+/// One line of `virsh event --loop --all [--timestamp]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainEvent {
+    pub domain: String,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// `lifecycle`: the event and its detail (`Stopped`, `Failed`).
+    Lifecycle { event: String, detail: String },
+    /// A `<watchdog>` device fired; QEMU took `action` already.
+    Watchdog { action: String },
+    /// Any other event type (reboot, agent-lifecycle, ...), by name.
+    Other { name: String, text: String },
+}
+
+/// Parses `[TIMESTAMP: ]event 'TYPE' for domain 'NAME': TEXT`; `None` for
+/// anything else (virsh's own messages).
+pub fn parse_event(line: &str) -> Option<DomainEvent> {
+    let at = line.find("event '")?;
+    let rest = &line[at + "event '".len()..];
+    let (name, rest) = rest.split_once("' for domain '")?;
+    // A domain name may hold "': " itself: the text starts after the last.
+    let split = rest.rfind("': ")?;
+    let domain = rest[..split].to_string();
+    let text = rest[split + 3..].trim();
+    let kind = match name {
+        "lifecycle" => {
+            let (event, detail) = text.split_once(' ').unwrap_or((text, ""));
+            EventKind::Lifecycle {
+                event: event.to_string(),
+                detail: detail.to_string(),
+            }
+        }
+        "watchdog" => EventKind::Watchdog {
+            action: text.to_string(),
+        },
+        other => EventKind::Other {
+            name: other.to_string(),
+            text: text.to_string(),
+        },
+    };
+    Some(DomainEvent { domain, kind })
+}
+
+/// What a lifecycle event means for an HA VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Meaning {
+    /// Its QEMU died, not on purpose: restart it.
+    Crash,
+    /// `Stopped Failed`: a crash only if libvirt's state reason says
+    /// `crashed` (a start that failed says `failed`).
+    CrashIfReasonSaysSo,
+    /// Stopped on purpose (operator or guest): leave it down.
+    StoppedOnPurpose(String),
+    /// Started (by anyone).
+    Started,
+    /// A guest panic; its `<on_crash>` action follows as its own event.
+    GuestCrashed(String),
+    /// Nothing to do.
+    Nothing,
+}
+
+pub fn meaning(event: &str, detail: &str) -> Meaning {
+    match (event, detail) {
+        ("Stopped", "Failed") => Meaning::CrashIfReasonSaysSo,
+        ("Stopped", "Crashed") => Meaning::Crash,
+        ("Stopped", d) => Meaning::StoppedOnPurpose(d.to_string()),
+        ("Started", _) => Meaning::Started,
+        ("Crashed", d) => Meaning::GuestCrashed(d.to_string()),
+        _ => Meaning::Nothing,
+    }
+}
+
+/// `virsh domstate --reason` after a stop: did QEMU die (not a failed start,
+/// not a stop on purpose)?
+pub fn reason_is_crash(domstate_reason: &str) -> bool {
+    domstate_reason.trim() == "shut off (crashed)"
+}
+
+/// The crash-loop limit (`[ha] crash_restarts`, `crash_window`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashLimits {
+    pub max_restarts: u32,
+    pub window_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashStep {
+    /// Restart it: the `n`th restart in the window.
+    Restart { n: u32 },
+    /// `n` restarts in the window already: a crash loop, recovery-failed.
+    GiveUp { n: u32 },
+}
+
+/// Restarts after crashes, per domain UUID, on this host's monotonic clock.
+#[derive(Debug, Default)]
+pub struct CrashHistory {
+    restarts: BTreeMap<String, Vec<u64>>,
+}
+
+impl CrashHistory {
+    /// Its QEMU died at `now_ms`: restart, or give up.
+    pub fn on_crash(&mut self, uuid: &str, now_ms: u64, lim: CrashLimits) -> CrashStep {
+        let h = self.restarts.entry(uuid.to_string()).or_default();
+        h.retain(|t| now_ms.saturating_sub(*t) < lim.window_ms);
+        let n = h.len() as u32;
+        if n >= lim.max_restarts {
+            return CrashStep::GiveUp { n };
+        }
+        h.push(now_ms);
+        CrashStep::Restart { n: n + 1 }
+    }
+
+    /// Started by an operator after a crash loop: count afresh.
+    pub fn forget(&mut self, uuid: &str) {
+        self.restarts.remove(uuid);
+    }
+}
+
+/// A VM's guest heartbeat (`heartbeat="guest-agent" timeout="S"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Silence (no answer to `guest-ping`) after which the VM is reset;
+    /// also the grace for the guest to boot and start its agent.
+    pub timeout_ms: u64,
+}
+
+/// Shortest heartbeat timeout: a ping's own deadline must fit in it.
+pub const MIN_HEARTBEAT_MS: u64 = 3_000;
+
+/// The heartbeat settings of a domain XML (`Ok(None)`: none).
+pub fn heartbeat(xml: &str) -> Result<Option<Heartbeat>, String> {
+    let kind = policy::ha_attr(xml, "heartbeat")?;
+    let timeout = policy::ha_attr(xml, "timeout")?;
+    match (kind.as_deref(), timeout) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => {
+            Err("vmlease metadata: timeout=\"...\" needs heartbeat=\"guest-agent\"".into())
+        }
+        (Some("guest-agent"), t) => {
+            let t =
+                t.ok_or("vmlease metadata: heartbeat=\"guest-agent\" needs timeout=\"SECONDS\"")?;
+            let ms = t
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && (0.0..=86_400.0).contains(s))
+                .map(|s| (s * 1000.0).round() as u64)
+                .filter(|ms| *ms >= MIN_HEARTBEAT_MS)
+                .ok_or_else(|| {
+                    format!(
+                        "vmlease metadata: timeout=\"{t}\" (expected seconds, {} to 86400)",
+                        MIN_HEARTBEAT_MS / 1000
+                    )
+                })?;
+            Ok(Some(Heartbeat { timeout_ms: ms }))
+        }
+        (Some(other), _) => Err(format!(
+            "vmlease metadata: heartbeat=\"{other}\" (expected \"guest-agent\")"
+        )),
+    }
+}
+
+/// Deadline of one `guest-ping` (whole seconds, as virsh takes it).
+pub fn ping_timeout_s(hb: Heartbeat) -> u64 {
+    (hb.timeout_ms / 3000).clamp(1, 5)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HbState {
+    hb: Heartbeat,
+    /// The last answer, or when watching (re)started: the guest's grace.
+    last_ok_ms: u64,
+}
+
+/// The heartbeat timers of the running VMs that have one, by domain name.
+#[derive(Debug, Default)]
+pub struct Heartbeats {
+    vms: BTreeMap<String, HbState>,
+}
+
+impl Heartbeats {
+    /// The VMs to watch now (running here, with a heartbeat): new ones get
+    /// their full timeout as grace, gone ones are dropped.
+    pub fn watch(&mut self, now: &BTreeMap<String, Heartbeat>, now_ms: u64) {
+        self.vms.retain(|n, _| now.contains_key(n));
+        for (name, hb) in now {
+            let e = self.vms.entry(name.clone()).or_insert(HbState {
+                hb: *hb,
+                last_ok_ms: now_ms,
+            });
+            e.hb = *hb;
+        }
+    }
+
+    /// The guest answered a ping.
+    pub fn answered(&mut self, name: &str, now_ms: u64) {
+        if let Some(s) = self.vms.get_mut(name) {
+            s.last_ok_ms = s.last_ok_ms.max(now_ms);
+        }
+    }
+
+    /// (Re)started, or reset: a full timeout of grace from now.
+    pub fn restart(&mut self, name: &str, now_ms: u64) {
+        if let Some(s) = self.vms.get_mut(name) {
+            s.last_ok_ms = now_ms;
+        }
+    }
+
+    pub fn watched(&self) -> impl Iterator<Item = (&String, Heartbeat)> {
+        self.vms.iter().map(|(n, s)| (n, s.hb))
+    }
+
+    /// The VMs silent for their timeout, with how long: to reset. Each gets
+    /// a new grace from now (its reboot).
+    pub fn due(&mut self, now_ms: u64) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for (name, s) in &mut self.vms {
+            let silent = now_ms.saturating_sub(s.last_ok_ms);
+            if silent >= s.hb.timeout_ms {
+                out.push((name.clone(), silent));
+                s.last_ok_ms = now_ms;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

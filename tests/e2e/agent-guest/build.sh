@@ -1,0 +1,52 @@
+#!/bin/sh
+# Builds the guest of tests/e2e/vmfail.sh: Debian's kernel and busybox
+# from the package archive (apt-get download + dpkg-deb -x, nothing is
+# installed on this host; cached in CACHE, shared with the watchdog guest)
+# and an initramfs with /init (this directory's init: a stand-in for the
+# QEMU guest agent on its virtio-serial port) and the virtio-console
+# driver.
+#
+# usage: build.sh CACHE OUT    (writes OUT/vmlinuz and OUT/initrd.gz)
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+cache=$1
+out=$2
+
+first() {
+    [ -e "$1" ] || { echo "build.sh: nothing matches $1" >&2; exit 1; }
+    echo "$1"
+}
+
+mkdir -p "$cache" "$out"
+kpkg=$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1)
+[ -n "$kpkg" ] || { echo "build.sh: cannot tell the kernel package from linux-image-amd64" >&2; exit 1; }
+for pkg in "$kpkg" busybox-static; do
+    if [ ! -d "$cache/$pkg" ]; then
+        (cd "$cache" && apt-get download "$pkg") || { echo "build.sh: cannot fetch $pkg" >&2; exit 1; }
+        deb=$(first "$cache/${pkg}_"*.deb)
+        rm -rf "$cache/$pkg.tmp"
+        dpkg-deb -x "$deb" "$cache/$pkg.tmp"
+        mv "$cache/$pkg.tmp" "$cache/$pkg"
+    fi
+done
+
+kdir=$cache/$kpkg
+stage=$out/stage
+rm -rf "$stage"
+mkdir -p "$stage/bin" "$stage/lib/modules" "$stage/proc" "$stage/sys" "$stage/dev" "$stage/tmp"
+cp "$(first "$kdir"/boot/vmlinuz-*)" "$out/vmlinuz"
+cp "$cache/busybox-static/bin/busybox" "$stage/bin/busybox"
+cp "$here/init" "$stage/init"
+chmod 755 "$stage/init"
+mods=$(first "$kdir"/lib/modules/*/kernel/drivers)
+# In load order (each needs the ones before it).
+for m in virtio/virtio virtio/virtio_ring virtio/virtio_pci_modern_dev \
+    virtio/virtio_pci_legacy_dev virtio/virtio_pci char/virtio_console; do
+    name=$(basename "$m")
+    if [ -f "$mods/$m.ko.xz" ]; then
+        xz -dc "$mods/$m.ko.xz" >"$stage/lib/modules/$name.ko"
+    else
+        cp "$(first "$mods/$m.ko")" "$stage/lib/modules/$name.ko"
+    fi
+done
+(cd "$stage" && find . | "$cache/busybox-static/bin/busybox" cpio -o -H newc 2>/dev/null) | gzip -1 >"$out/initrd.gz"

@@ -418,7 +418,7 @@ impl VmMonitor {
                 self.hb.answered(&name, boottime_ms());
             }
         }
-        if self.protected().is_err() {
+        if self.hb.watched().next().is_none() || self.protected().is_err() {
             return;
         }
         let watched: Vec<(String, Heartbeat)> =

@@ -62,6 +62,9 @@ pub struct VmMonitor {
     rx: Receiver<Msg>,
     stream: Option<(Child, u32)>,
     generation: u32,
+    /// The last stream ended at once (libvirtd down): reconnect quietly.
+    quiet: bool,
+    connected_at: Instant,
     next_connect: Instant,
     crashes: CrashHistory,
     /// Crash loops given up on (cleared when started again).
@@ -83,6 +86,8 @@ impl VmMonitor {
             rx,
             stream: None,
             generation: 0,
+            quiet: false,
+            connected_at: Instant::now(),
             next_connect: Instant::now(),
             crashes: CrashHistory::default(),
             gave_up: BTreeSet::new(),
@@ -138,7 +143,10 @@ impl VmMonitor {
             let _ = child.wait();
             return;
         }
-        log::info!("vmlease-ha: watching libvirt's domain events");
+        if !self.quiet {
+            log::info!("vmlease-ha: watching libvirt's domain events");
+        }
+        self.connected_at = Instant::now();
         self.stream = Some((child, gen));
     }
 
@@ -172,10 +180,15 @@ impl VmMonitor {
                         if g == gen {
                             let _ = c.kill();
                             let _ = c.wait();
-                            log::error!(
-                                "vmlease-ha: libvirt's event stream ended; reconnecting \
-                                 (crashes in between are not seen)"
-                            );
+                            let was_quiet = self.quiet;
+                            self.quiet = self.connected_at.elapsed() < Duration::from_secs(5);
+                            if !was_quiet {
+                                log::error!(
+                                    "vmlease-ha: libvirt's event stream ended; reconnecting \
+                                     every {} ms (crashes in between are not seen)",
+                                    RECONNECT.as_millis()
+                                );
+                            }
                         } else {
                             self.stream = Some((c, g));
                         }

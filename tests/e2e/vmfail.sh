@@ -229,7 +229,7 @@ vmh_wait "loop's crash loop to end recovery-failed" 10000 logged "recovery-faile
 recfailed() { status_json | grep -q "\"name\":\"loop\",[^}]*\"state\":\"recovery-failed\"" || { status_json; return 1; }; }
 vmh_wait "etcd to hold loop's recovery-failed" 5000 recfailed || fail "loop's recovery record"
 vmh_wait "loop to be marked crashed in etcd" 5000 published_state loop crashed || fail "loop's record"
-state_of loop | grep -q '^shut off (crashed)' || fail "loop is $(state_of loop)"
+vmh_virsh a domstate --reason loop | grep -q '^shut off (crashed)' || fail "loop is $(vmh_virsh a domstate --reason loop)"
 [ "$(count_log "the QEMU of 'loop'")" -eq "$CRASH_RESTARTS" ] ||
     fail "loop was restarted $(count_log "the QEMU of 'loop'") times, expected $CRASH_RESTARTS"
 note "crash loop: $CRASH_RESTARTS restarts, then recovery-failed ($(grep -o "recovery-failed: 'loop'.*" "$VMH_DIR/host-a/ha.log"))"

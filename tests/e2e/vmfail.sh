@@ -113,6 +113,7 @@ guest_xml() {
   <os><type arch='x86_64' machine='pc'>hvm</type>
     <kernel>$VMH_DIR/guest/vmlinuz</kernel><initrd>$VMH_DIR/guest/initrd.gz</initrd>
     <cmdline>console=ttyS0 quiet panic=-1</cmdline></os>
+  <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot>
   <devices>
     <serial type='file'><source path='/var/log/libvirt/qemu/$1.serial' append='on'/><target port='0'/></serial>

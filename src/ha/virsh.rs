@@ -187,8 +187,8 @@ pub fn reset(name: &str) -> Result<()> {
 }
 
 /// Sends `guest-ping` to the domain's QEMU guest agent, answered within
-/// `timeout_s`: the child exits 0 when the agent answered. Spawned, not
-/// waited for: the caller polls it.
+/// `timeout_s`: the child exits 0 when the agent answered (its stderr,
+/// piped, says why not). Spawned, not waited for: the caller polls it.
 pub fn spawn_guest_ping(name: &str, timeout_s: u64) -> Result<std::process::Child> {
     Command::new("virsh")
         .args(["-q", "qemu-agent-command", "--timeout"])
@@ -196,7 +196,7 @@ pub fn spawn_guest_ping(name: &str, timeout_s: u64) -> Result<std::process::Chil
         .args(["--", name, r#"{"execute":"guest-ping"}"#])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Error::Libvirt {
             op: format!("guest-ping {name}"),

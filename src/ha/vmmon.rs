@@ -9,7 +9,8 @@
 //!   restarts within `crash_window`, a crash loop: recovery-failed.
 //! - the guest heartbeat: `guest-ping` through `virsh qemu-agent-command`
 //!   (spawned, never waited for in the loop), `virsh reset` after the
-//!   VM's timeout of silence.
+//!   VM's timeout of silence, armed at the agent's first answer after
+//!   each start, reset, reboot or resume (vmwatch.rs).
 //!
 //! Every action is logged. Nothing here runs while the host
 //! is not protected: a fencing host's dead QEMUs are the host recovery's.
@@ -72,6 +73,10 @@ pub struct VmMonitor {
     hb: Heartbeats,
     pings: BTreeMap<String, Ping>,
     last_ping: BTreeMap<String, Instant>,
+    /// Heartbeat VMs whose last ping failed, and those that answered since
+    /// watched: only the changes are logged.
+    silent: BTreeSet<String>,
+    answering: BTreeSet<String>,
     scanned: Option<Instant>,
 }
 
@@ -94,6 +99,8 @@ impl VmMonitor {
             hb: Heartbeats::default(),
             pings: BTreeMap::new(),
             last_ping: BTreeMap::new(),
+            silent: BTreeSet::new(),
+            answering: BTreeSet::new(),
             scanned: None,
         }
     }
@@ -221,14 +228,26 @@ impl VmMonitor {
                 ));
                 return;
             }
-            EventKind::Other { .. } => return,
+            EventKind::Other { name, .. } => {
+                if name == "reboot" {
+                    // The guest reboots (by itself, or our reset): its
+                    // agent is silent until it is up again.
+                    self.disarm(d);
+                }
+                return;
+            }
             EventKind::Lifecycle { event, detail } => (event.as_str(), detail.as_str()),
         };
+        if event == "Suspended" || event == "Resumed" {
+            // A paused guest cannot answer; after a resume it is armed
+            // again at its first answer.
+            self.disarm(d);
+        }
         match vmwatch::meaning(event, detail) {
             Meaning::Nothing => {}
             Meaning::Started => {
                 self.scanned = None;
-                self.hb.restart(d, boottime_ms());
+                self.disarm(d);
                 if let Some((info, _)) = self.managed(d) {
                     if self.gave_up.remove(&info.uuid) {
                         self.crashes.forget(&info.uuid);
@@ -268,6 +287,17 @@ impl VmMonitor {
                 }
             }
         }
+    }
+
+    /// `d` (re)boots or pauses: its heartbeat waits for the agent's next
+    /// answer to a ping sent from now on.
+    fn disarm(&mut self, d: &str) {
+        self.hb.restart(d, boottime_ms());
+        if let Some(mut p) = self.pings.remove(d) {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        self.answering.remove(d);
     }
 
     /// An HA VM's QEMU died on this host.
@@ -410,25 +440,52 @@ impl VmMonitor {
             }
             self.hb.watch(&watch, boottime_ms());
             self.pings.retain(|n, _| watch.contains_key(n));
+            self.silent.retain(|n| watch.contains_key(n));
+            self.answering.retain(|n| watch.contains_key(n));
         }
         // Answers (or not) of the pings under way.
         let mut done = Vec::new();
         for (name, p) in &mut self.pings {
+            let took = p.sent.elapsed().as_millis();
             match p.child.try_wait() {
-                Ok(Some(st)) => done.push((name.clone(), st.success())),
+                Ok(Some(st)) if st.success() => done.push((name.clone(), Ok(took))),
+                Ok(Some(st)) => {
+                    let mut why = String::new();
+                    if let Some(mut e) = p.child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut e, &mut why);
+                    }
+                    let why = why.trim().trim_start_matches("error: ").replace('\n', "; ");
+                    done.push((name.clone(), Err(format!("{st}, after {took} ms: {why}"))));
+                }
                 Ok(None) if p.sent.elapsed() > p.limit => {
                     let _ = p.child.kill();
                     let _ = p.child.wait();
-                    done.push((name.clone(), false));
+                    done.push((name.clone(), Err(format!("no answer in {took} ms"))));
                 }
                 Ok(None) => {}
-                Err(_) => done.push((name.clone(), false)),
+                Err(e) => done.push((name.clone(), Err(e.to_string()))),
             }
         }
-        for (name, ok) in done {
+        for (name, r) in done {
             self.pings.remove(&name);
-            if ok {
-                self.hb.answered(&name, boottime_ms());
+            let was_silent = self.silent.contains(&name);
+            match r {
+                Ok(took) => {
+                    self.hb.answered(&name, boottime_ms());
+                    if self.silent.remove(&name) || !self.answering.contains(&name) {
+                        log::info!(
+                            "vmlease-ha: the guest agent of '{name}' answers (in {took} ms)"
+                        );
+                    }
+                    self.answering.insert(name);
+                }
+                Err(why) if !was_silent => {
+                    log::info!(
+                        "vmlease-ha: the guest agent of '{name}' does not answer guest-ping: {why}"
+                    );
+                    self.silent.insert(name);
+                }
+                Err(_) => {}
             }
         }
         if self.hb.watched().next().is_none() || self.protected().is_err() {
@@ -460,6 +517,12 @@ impl VmMonitor {
                 Err(e) => log::error!("vmlease-ha: {e}"),
             }
         }
+        for (name, up) in self.hb.slow_boots(boottime_ms()) {
+            log::info!(
+                "vmlease-ha: the guest agent of '{name}' has not answered since its (re)start \
+                 {up} ms ago; its heartbeat is armed at its first answer"
+            );
+        }
         for (name, silent) in self.hb.due(boottime_ms()) {
             let timeout = self
                 .hb
@@ -467,6 +530,11 @@ impl VmMonitor {
                 .find(|(n, _)| **n == name)
                 .map(|(_, h)| h.timeout_ms)
                 .unwrap_or(0);
+            if let Some(mut p) = self.pings.remove(&name) {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+            self.answering.remove(&name);
             match virsh::reset(&name) {
                 Ok(()) => self.event(format!(
                     "reset '{name}' on {}: its guest agent has not answered guest-ping for \

@@ -144,8 +144,8 @@ impl CrashHistory {
 /// A VM's guest heartbeat (`heartbeat="guest-agent" timeout="S"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heartbeat {
-    /// Silence (no answer to `guest-ping`) after which the VM is reset;
-    /// also the grace for the guest to boot and start its agent.
+    /// Silence (no answer to `guest-ping`) after which the VM is reset,
+    /// counted from the first answer after each (re)start or reset.
     pub timeout_ms: u64,
 }
 
@@ -189,11 +189,27 @@ pub fn ping_timeout_s(hb: Heartbeat) -> u64 {
     (hb.timeout_ms / 3000).clamp(1, 5)
 }
 
+/// Where a watched guest is: booting (its heartbeat disarmed until its
+/// agent first answers), or armed (reset after `timeout_ms` of silence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Started, reset or rebooted at `since_ms`, no answer since. A guest
+    /// is never reset before its agent answered once: its boot (and the
+    /// start of its agent) may take longer than the timeout, and a guest
+    /// without a working agent would be reset forever.
+    Booting {
+        since_ms: u64,
+        told: bool,
+    },
+    Armed {
+        last_ok_ms: u64,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct HbState {
     hb: Heartbeat,
-    /// The last answer, or when watching (re)started: the guest's grace.
-    last_ok_ms: u64,
+    phase: Phase,
 }
 
 /// The heartbeat timers of the running VMs that have one, by domain name.
@@ -203,30 +219,41 @@ pub struct Heartbeats {
 }
 
 impl Heartbeats {
-    /// The VMs to watch now (running here, with a heartbeat): new ones get
-    /// their full timeout as grace, gone ones are dropped.
+    /// The VMs to watch now (running here, with a heartbeat): new ones
+    /// start booting (disarmed), gone ones are dropped.
     pub fn watch(&mut self, now: &BTreeMap<String, Heartbeat>, now_ms: u64) {
         self.vms.retain(|n, _| now.contains_key(n));
         for (name, hb) in now {
             let e = self.vms.entry(name.clone()).or_insert(HbState {
                 hb: *hb,
-                last_ok_ms: now_ms,
+                phase: Phase::Booting {
+                    since_ms: now_ms,
+                    told: false,
+                },
             });
             e.hb = *hb;
         }
     }
 
-    /// The guest answered a ping.
+    /// The guest answered a ping (sent after its last start or reset):
+    /// armed, silent from now on.
     pub fn answered(&mut self, name: &str, now_ms: u64) {
         if let Some(s) = self.vms.get_mut(name) {
-            s.last_ok_ms = s.last_ok_ms.max(now_ms);
+            let last = match s.phase {
+                Phase::Armed { last_ok_ms } => last_ok_ms.max(now_ms),
+                Phase::Booting { .. } => now_ms,
+            };
+            s.phase = Phase::Armed { last_ok_ms: last };
         }
     }
 
-    /// (Re)started, or reset: a full timeout of grace from now.
+    /// (Re)started or rebooted: booting again, disarmed until it answers.
     pub fn restart(&mut self, name: &str, now_ms: u64) {
         if let Some(s) = self.vms.get_mut(name) {
-            s.last_ok_ms = now_ms;
+            s.phase = Phase::Booting {
+                since_ms: now_ms,
+                told: false,
+            };
         }
     }
 
@@ -234,15 +261,36 @@ impl Heartbeats {
         self.vms.iter().map(|(n, s)| (n, s.hb))
     }
 
-    /// The VMs silent for their timeout, with how long: to reset. Each gets
-    /// a new grace from now (its reboot).
+    /// The armed VMs silent for their timeout, with how long: to reset.
+    /// Each is booting again from now (its reboot after the reset).
     pub fn due(&mut self, now_ms: u64) -> Vec<(String, u64)> {
         let mut out = Vec::new();
         for (name, s) in &mut self.vms {
-            let silent = now_ms.saturating_sub(s.last_ok_ms);
-            if silent >= s.hb.timeout_ms {
-                out.push((name.clone(), silent));
-                s.last_ok_ms = now_ms;
+            if let Phase::Armed { last_ok_ms } = s.phase {
+                let silent = now_ms.saturating_sub(last_ok_ms);
+                if silent >= s.hb.timeout_ms {
+                    out.push((name.clone(), silent));
+                    s.phase = Phase::Booting {
+                        since_ms: now_ms,
+                        told: false,
+                    };
+                }
+            }
+        }
+        out
+    }
+
+    /// The VMs booting for longer than their timeout without an answer,
+    /// each once per boot, with how long: worth a log line (not a reset).
+    pub fn slow_boots(&mut self, now_ms: u64) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for (name, s) in &mut self.vms {
+            if let Phase::Booting { since_ms, told } = &mut s.phase {
+                let up = now_ms.saturating_sub(*since_ms);
+                if !*told && up >= s.hb.timeout_ms {
+                    *told = true;
+                    out.push((name.clone(), up));
+                }
             }
         }
         out

@@ -33,6 +33,7 @@ VMH_LIBDIR="$top/scripts/lib"
 VMH_R=0.2 VMH_F=1.5 VMH_K=0.5 VMH_W=1
 GUEST_CACHE=/var/cache/vmlease-test
 HB_TIMEOUT=15
+AGENT_DELAY=$((HB_TIMEOUT + 5))
 CRASH_RESTARTS=3
 BENCH=${VMFAIL_BENCH:-0}
 if [ "$BENCH" -gt 0 ]; then CRASH_RESTARTS=$((BENCH + 1)); fi
@@ -103,7 +104,8 @@ kill_to_running() {
     echo $(($(vmh_now_ms) - t0))
 }
 
-# guest_xml NAME UUID: the guest with the agent channel and a serial log.
+# guest_xml NAME UUID [CMDLINE]: the guest with the agent channel and a
+# serial log.
 guest_xml() {
     cat <<EOX
 <domain type='qemu'>
@@ -112,7 +114,7 @@ guest_xml() {
   <memory unit='MiB'>192</memory>
   <os><type arch='x86_64' machine='pc'>hvm</type>
     <kernel>$VMH_DIR/guest/vmlinuz</kernel><initrd>$VMH_DIR/guest/initrd.gz</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1</cmdline></os>
+    <cmdline>console=ttyS0 quiet panic=-1${3:+ $3}</cmdline></os>
   <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot>
   <devices>
@@ -169,7 +171,11 @@ for v in crash dest loop; do
 done
 for v in guest1 guest2; do
     i=$((i + 1))
-    guest_xml "$v" "$(printf '%08x-0000-4000-8000-%012x' "$((200 + i))" "$i")" >"$VMH_DIR/$v.xml"
+    # guest2's agent starts AGENT_DELAY s into each boot (a boot longer
+    # than its heartbeat timeout).
+    extra=""
+    [ "$v" = guest1 ] || extra="vmlease.agent_delay=$AGENT_DELAY"
+    guest_xml "$v" "$(printf '%08x-0000-4000-8000-%012x' "$((200 + i))" "$i")" "$extra" >"$VMH_DIR/$v.xml"
     vmh_virsh a define "$VMH_DIR/$v.xml" >/dev/null
 done
 vmh_vmlease a ha enable guest1 >/dev/null || fail "vmlease ha enable guest1"
@@ -180,6 +186,7 @@ vmh_virsh a metadata guest2 --config --uri http://vmlease.org/xmlns/ha/1 --key v
 for v in crash dest loop guest1 guest2; do
     vmh_virsh a start "$v" >/dev/null || fail "start $v"
 done
+t_guest2=$(vmh_now_ms)
 for v in crash dest loop guest1 guest2; do
     vmh_wait "$v to be published as running" 15000 published_running "$v" || fail "not published"
 done
@@ -249,22 +256,43 @@ for v in dest guest1; do
 done
 echo "PASS vmfail_destroy_and_shutdown_are_not_undone"
 
-# 4. Guest heartbeat: the agent stops answering -> reset after the timeout.
-vmh_wait "guest2's agent to answer (booted)" 30000 agent_answers guest2 || fail "guest2's agent stand-in never answered"
+# 4. Guest heartbeat. guest2's agent starts AGENT_DELAY s (more than its
+# timeout) into each boot: vmlease-ha arms the heartbeat at its first
+# answer, not before (no reset while booting).
+hb_log() { count_log "the guest agent of 'guest2' $1"; }
+resets() { count_log "reset 'guest2'"; }
+no_reset() { [ "$(resets)" -eq 0 ] || fail "guest2 was reset while its agent answered or booted: $(grep "reset 'guest2'" "$VMH_DIR/host-a/ha.log")"; }
+armed() { [ "$(hb_log answers)" -ge "$1" ] || { echo "answers logged: $(hb_log answers)"; return 1; }; }
+vmh_wait "vmlease-ha to get guest2's first answer" $((AGENT_DELAY * 1000 + 60000)) armed 1 || fail "guest2's agent never answered vmlease-ha"
+t_armed=$(vmh_now_ms)
+no_reset
+[ "$(hb_log "has not answered since its (re)start")" -ge 1 ] || fail "guest2's boot was not longer than its timeout"
+note "heartbeat: guest2's agent answered $((t_armed - t_guest2)) ms after its start (agent ${AGENT_DELAY} s late, timeout ${HB_TIMEOUT} s): not reset while booting"
+# Answering: not reset over two timeouts (proving an absence takes time).
+window_over() { [ "$(vmh_now_ms)" -ge "$1" ] || { echo "$(resets) resets so far"; return 1; }; }
+vmh_wait "two heartbeat timeouts of answers" $((HB_TIMEOUT * 2000 + 5000)) window_over $((t_armed + HB_TIMEOUT * 2000)) || fail "window"
+no_reset
+agent_answers guest2 || fail "guest2's agent does not answer the test"
+t_hang=$(vmh_now_ms)
+note "heartbeat: 0 resets of answering guest2 over $((t_hang - t_armed)) ms armed ($((t_hang - t_guest2)) ms since its start)"
+
+# The agent hangs (freezes itself): reset after the timeout, not before.
 p0=$(vmh_qemu_pid a guest2)
 b0=$(serial_boots guest2)
-r0=$(count_log "reset 'guest2'")
 vmh_virsh a qemu-agent-command --timeout 2 guest2 '{"execute":"vmlease-test-hang"}' >/dev/null || fail "hang command"
 t0=$(vmh_now_ms)
-reset_seen() { [ "$(count_log "reset 'guest2'")" -gt "$r0" ] || { echo "resets: $(count_log "reset 'guest2'")"; return 1; }; }
+reset_seen() { [ "$(resets)" -ge 1 ] || { echo "resets: $(resets)"; return 1; }; }
 vmh_wait "vmlease-ha to reset guest2" $((HB_TIMEOUT * 1000 + 15000)) reset_seen || fail "guest2 was not reset"
 dt=$(($(vmh_now_ms) - t0))
 # The last answer came at most ~1 s (one ping) before the hang.
 [ "$dt" -ge $((HB_TIMEOUT * 1000 - 1500)) ] || fail "guest2 was reset $dt ms after its agent hung, before its timeout ${HB_TIMEOUT} s"
 [ "$(vmh_qemu_pid a guest2)" = "$p0" ] || fail "guest2's QEMU changed: a reset keeps it"
+# Its reboot (the agent again AGENT_DELAY s late) is its boot grace.
 vmh_wait "guest2 to boot again" 30000 boots_at_least guest2 $((b0 + 1)) || fail "no second boot"
-vmh_wait "guest2's agent to answer again" 30000 agent_answers guest2 || fail "guest2's agent is silent after the reset"
-[ "$(count_log "reset 'guest2'")" -eq $((r0 + 1)) ] || fail "guest2 was reset $(($(count_log "reset 'guest2'") - r0)) times after the hang"
-note "heartbeat: the agent hung; reset $dt ms later (timeout ${HB_TIMEOUT} s), same QEMU, booted and answering again"
+vmh_wait "vmlease-ha to get guest2's answers again" $((AGENT_DELAY * 1000 + 60000)) armed 2 || fail "guest2's agent is silent after the reset"
+t_back=$(vmh_now_ms)
+[ "$(resets)" -eq 1 ] || fail "guest2 was reset $(resets) times: $(grep "reset 'guest2'" "$VMH_DIR/host-a/ha.log")"
+[ "$(hb_log "has not answered since its (re)start")" -ge 2 ] || fail "guest2's reboot was not longer than its timeout"
+note "heartbeat: the agent hung; reset $dt ms later (timeout ${HB_TIMEOUT} s), same QEMU; rebooted and answering $((t_back - t0 - dt)) ms after the reset, not reset again while booting"
 echo "PASS vmfail_silent_guest_agent_is_reset"
 echo "PASS vmfail ($(($(vmh_now_ms) - t_begin)) ms)"

@@ -130,33 +130,55 @@ fn heartbeat_settings() {
 }
 
 #[test]
-fn a_silent_guest_is_reset_after_its_timeout_and_gets_a_new_grace() {
+fn a_silent_guest_is_reset_after_its_timeout_counted_from_its_last_answer() {
     let hb = Heartbeat { timeout_ms: 10_000 };
     let mut h = Heartbeats::default();
     let mut watch = BTreeMap::new();
     watch.insert("g".to_string(), hb);
     h.watch(&watch, 1_000);
-    // Booting: no answer yet, within the grace.
-    assert!(h.due(10_999).is_empty());
     h.answered("g", 10_000);
     assert!(h.due(19_999).is_empty());
-    // Silent for the timeout: reset, once.
-    assert_eq!(h.due(20_000), vec![("g".to_string(), 10_000)]);
-    assert!(h.due(20_001).is_empty());
-    assert!(h.due(29_999).is_empty());
-    assert_eq!(h.due(30_500), vec![("g".to_string(), 10_500)]);
-    // A late answer from before never moves the timer back.
-    h.answered("g", 25_000);
-    assert!(h.due(40_000).is_empty());
+    // Answering: never due, however long.
+    for t in (20_000..200_000).step_by(1_000) {
+        h.answered("g", t - 500);
+        assert!(h.due(t).is_empty(), "reset at {t} while answering");
+    }
+    // Silent for the timeout (last answer at 198 500): reset, once.
+    assert!(h.due(208_499).is_empty());
+    assert_eq!(h.due(208_500), vec![("g".to_string(), 10_000)]);
+    assert!(h.due(209_501).is_empty());
     // Watching it again (still running) keeps its timer.
-    h.watch(&watch, 40_000);
-    assert_eq!(h.due(40_500).len(), 1);
-    // Gone: dropped; back: a fresh grace.
-    h.watch(&BTreeMap::new(), 41_000);
+    h.answered("g", 210_000);
+    h.watch(&watch, 215_000);
+    assert_eq!(h.due(220_000).len(), 1);
+}
+
+#[test]
+fn a_booting_guest_is_not_reset_before_its_agent_answered_once() {
+    let hb = Heartbeat { timeout_ms: 10_000 };
+    let mut h = Heartbeats::default();
+    let mut watch = BTreeMap::new();
+    watch.insert("g".to_string(), hb);
+    h.watch(&watch, 0);
+    // A boot far longer than the timeout: told once, never reset.
+    assert!(h.slow_boots(9_999).is_empty());
+    assert_eq!(h.slow_boots(10_000), vec![("g".to_string(), 10_000)]);
+    assert!(h.slow_boots(50_000).is_empty());
+    assert!(h.due(1_000_000).is_empty());
+    // The agent is up: armed from its first answer.
+    h.answered("g", 1_000_000);
+    assert!(h.due(1_009_999).is_empty());
+    assert_eq!(h.due(1_010_000).len(), 1);
+    // After the reset: booting again (its grace), however long it takes.
+    assert!(h.due(1_500_000).is_empty());
+    assert_eq!(h.slow_boots(1_500_000).len(), 1);
+    h.answered("g", 1_500_000);
+    // A reboot by the guest itself (libvirt's reboot event): disarmed too.
+    h.restart("g", 1_505_000);
+    assert!(h.due(1_600_000).is_empty());
+    // Gone: dropped; back: booting.
+    h.watch(&BTreeMap::new(), 1_600_000);
     assert_eq!(h.watched().count(), 0);
-    h.watch(&watch, 50_000);
-    assert!(h.due(59_999).is_empty());
-    h.restart("g", 55_000);
-    assert!(h.due(64_999).is_empty());
-    assert_eq!(h.due(65_000).len(), 1);
+    h.watch(&watch, 1_700_000);
+    assert!(h.due(1_800_000).is_empty());
 }

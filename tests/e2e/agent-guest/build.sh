@@ -2,9 +2,9 @@
 # Builds the guest of tests/e2e/vmfail.sh: Debian's kernel and busybox
 # from the package archive (apt-get download + dpkg-deb -x, nothing is
 # installed on this host; cached in CACHE, shared with the watchdog guest)
-# and an initramfs with /init (this directory's init: a stand-in for the
-# QEMU guest agent on its virtio-serial port) and the virtio-console
-# driver.
+# and an initramfs with /init (this directory's init), a stand-in for the
+# QEMU guest agent on its virtio-serial port (this directory's agent) and
+# the virtio-console driver.
 #
 # usage: build.sh CACHE OUT    (writes OUT/vmlinuz and OUT/initrd.gz)
 set -eu
@@ -37,7 +37,8 @@ mkdir -p "$stage/bin" "$stage/lib/modules" "$stage/proc" "$stage/sys" "$stage/de
 cp "$(first "$kdir"/boot/vmlinuz-*)" "$out/vmlinuz"
 cp "$cache/busybox-static/bin/busybox" "$stage/bin/busybox"
 cp "$here/init" "$stage/init"
-chmod 755 "$stage/init"
+cp "$here/agent" "$stage/bin/vmlease-agent"
+chmod 755 "$stage/init" "$stage/bin/vmlease-agent"
 mods=$(first "$kdir"/lib/modules/*/kernel/drivers)
 # In load order (each needs the ones before it).
 for m in virtio/virtio virtio/virtio_ring virtio/virtio_pci_modern_dev \

@@ -214,6 +214,20 @@ fn events_are_stored_bounded_and_watched() {
     let mut other = EventStore::new("/e/", 2_000, 3);
     let e = Event::host(kind::HOST_BACK, 2_000, "x", "not the leader");
     assert!(!other.write(&etcd, "/e/leader", "host-b", &e).unwrap());
+    // A host's own VM events: stored leader or not, and two stores of one
+    // host (the controller's, the VM monitor's) never overwrite each other.
+    let mut mine = EventStore::new("/own/", 2_000, 10);
+    let mut monitor = EventStore::new("/own/", 2_000, 10);
+    let e = Event::vm(kind::VM_CRASHED, 5_000, "host-b", "u-2", "db", "killed");
+    assert!(mine.write_own(&etcd, "host-b", &e).unwrap());
+    let r = Event::vm(kind::VM_RESTARTED, 5_000, "host-b", "u-2", "db", "again");
+    assert!(monitor.write_own(&etcd, "host-b", &r).unwrap());
+    let (own, _, _) = event_store::read(&etcd, "/own/").unwrap();
+    assert_eq!(
+        own,
+        [e, r],
+        "both events of the same ms and sequence number"
+    );
     let (events, bad, rev) = event_store::read(&etcd, "/e/").unwrap();
     assert!(bad.is_empty(), "{bad:?}");
     let hosts: Vec<&str> = events.iter().map(|e| e.host.as_str()).collect();

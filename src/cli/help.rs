@@ -286,11 +286,13 @@ configuration error (no [ha] section), 3 etcd unreachable.",
         synopsis: "[--follow]",
         summary: "recovery events in etcd: hosts failed, fenced, VMs recovered, maintenance",
         body: "\
-Prints the events vmlease-ha's leader stored in etcd, oldest first, one a
+Prints the events vmlease-ha stored in etcd, oldest first, one a
 line: time (UTC), kind, host, domain, reason. Kinds: host-failed,
 host-fenced, host-evacuable, host-isolated, host-back, recovery-started,
 attempt-failed, vm-recovered, recovery-failed, maintenance-entered,
-maintenance-exited, vm-migrated, migration-failed, host-drained. Events
+maintenance-exited, vm-migrated, migration-failed, host-drained, and
+from each host about its own VMs: vm-crashed, vm-restarted, vm-reset,
+guest-failed (and recovery-failed for a crash loop). Events
 stay [ha] event_ttl (default 24 h), at most [ha] max_events (1000).
 --follow then waits for new ones (an etcd watch) until interrupted; with
 --json each event is one JSON line.

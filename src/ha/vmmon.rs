@@ -12,7 +12,8 @@
 //!   VM's timeout of silence, armed at the agent's first answer after
 //!   each start, reset, reboot or resume (vmwatch.rs).
 //!
-//! Every action is logged. Nothing here runs while the host
+//! Every action is an event (`events.rs`), written to etcd by this host
+//! itself (leader or not) and handed to its hooks. Nothing here runs while the host
 //! is not protected: a fencing host's dead QEMUs are the host recovery's.
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,9 @@ use super::agent::to_json;
 use super::controller::wall_ms;
 use super::error::Result;
 use super::etcd::{Cmp, Etcd, Op};
+use super::event_store::EventStore;
+use super::events::{kind, Event};
+use super::hooks::Hooks;
 use super::model::{self, RecState, Recovery, VmRecord, VmState};
 use super::policy::{self, DomainInfo, Restart};
 use super::virsh;
@@ -77,12 +81,23 @@ pub struct VmMonitor {
     /// watched: only the changes are logged.
     silent: BTreeSet<String>,
     answering: BTreeSet<String>,
+    /// The UUIDs of the heartbeat VMs (for their events).
+    uuids: BTreeMap<String, String>,
     scanned: Option<Instant>,
+    events: EventStore,
+    hooks: Hooks,
+    /// Events of the actions taken, to write to etcd.
+    pending: Vec<Event>,
 }
 
 impl VmMonitor {
     pub fn new(cfg: Config, ha: HaConfig, host: String) -> VmMonitor {
         let (tx, rx) = channel();
+        let events = EventStore::new(&ha.prefix, ha.event_ttl, ha.max_events as usize);
+        let hooks = match &ha.hooks_dir {
+            Some(d) => Hooks::start(d.clone(), Duration::from_millis(ha.hook_timeout)),
+            None => Hooks::none(),
+        };
         VmMonitor {
             cfg,
             ha,
@@ -101,13 +116,42 @@ impl VmMonitor {
             last_ping: BTreeMap::new(),
             silent: BTreeSet::new(),
             answering: BTreeSet::new(),
+            uuids: BTreeMap::new(),
             scanned: None,
+            events,
+            hooks,
+            pending: Vec::new(),
         }
     }
 
-    /// Every action is logged.
-    fn event(&self, text: String) {
-        log::warn!("vmlease-ha: {text}");
+    /// Every action is an event: logged now, written to etcd (and handed
+    /// to the hooks) after the action, so that an etcd slow or down never
+    /// delays a restart.
+    fn event(&mut self, kind: &str, name: &str, uuid: &str, reason: String) {
+        let e = Event::vm(kind, wall_ms(), &self.host, uuid, name, reason);
+        log::warn!("vmlease-ha: event {}", e.line());
+        self.pending.push(e);
+    }
+
+    /// Writes the events of the actions taken (this host's own, leader or
+    /// not); one that cannot be written is logged (it was logged already).
+    fn flush(&mut self, etcd: &Etcd) {
+        for e in std::mem::take(&mut self.pending) {
+            match self.events.write_own(etcd, &self.host, &e) {
+                Ok(true) => self.hooks.notify(&e),
+                Ok(false) => log::error!("vmlease-ha: no free key for the event {}", e.line()),
+                Err(err) => log::error!("vmlease-ha: event not stored ({err}): {}", e.line()),
+            }
+        }
+    }
+
+    /// The UUID of domain `name` ("" when libvirt does not say).
+    fn uuid_of(&self, name: &str) -> String {
+        virsh::definition(name)
+            .ok()
+            .and_then(|x| policy::parse(&x).ok())
+            .map(|i| i.uuid)
+            .unwrap_or_default()
     }
 
     /// Starts the `virsh event` child when there is none.
@@ -162,6 +206,7 @@ impl VmMonitor {
     pub fn wait(&mut self, etcd: &Etcd, deadline: Instant) {
         self.connect();
         self.heartbeats();
+        self.flush(etcd);
         let now = Instant::now();
         let first = match self
             .rx
@@ -203,6 +248,7 @@ impl VmMonitor {
                 }
             }
         }
+        self.flush(etcd);
     }
 
     /// The domain's policy (HA-managed, restart="always"), or `None`.
@@ -222,10 +268,13 @@ impl VmMonitor {
         let d = ev.domain.as_str();
         let (event, detail) = match &ev.kind {
             EventKind::Watchdog { action } => {
-                self.event(format!(
-                    "the watchdog device of '{d}' on {} fired; QEMU's action: {action}",
-                    self.host
-                ));
+                let u = self.uuid_of(d);
+                self.event(
+                    kind::GUEST_FAILED,
+                    d,
+                    &u,
+                    format!("its <watchdog> device fired; QEMU's action: {action}"),
+                );
                 return;
             }
             EventKind::Other { name, .. } => {
@@ -255,20 +304,23 @@ impl VmMonitor {
                 }
             }
             Meaning::GuestCrashed(why) => {
-                if self.managed(d).is_some() {
-                    self.event(format!(
-                        "the guest of '{d}' on {} crashed ({why}); its <on_crash> action follows",
-                        self.host
-                    ));
+                if let Some((info, _)) = self.managed(d) {
+                    self.event(
+                        kind::GUEST_FAILED,
+                        d,
+                        &info.uuid,
+                        format!("the guest crashed ({why}); its <on_crash> action follows"),
+                    );
                 }
             }
             Meaning::StoppedOnPurpose(why) => {
                 self.scanned = None;
                 if self.managed(d).is_some() {
-                    self.event(format!(
-                        "'{d}' stopped on {} on purpose (libvirt: Stopped {why}): not restarted",
+                    log::warn!(
+                        "vmlease-ha: '{d}' stopped on {} on purpose (libvirt: Stopped {why}): \
+                         not restarted",
                         self.host
-                    ));
+                    );
                 }
             }
             Meaning::Crash | Meaning::CrashIfReasonSaysSo => {
@@ -317,21 +369,33 @@ impl VmMonitor {
         let window = crate::config::secs(lim.window_ms);
         match self.crashes.on_crash(&info.uuid, boottime_ms(), lim) {
             CrashStep::Restart { n } => {
-                self.event(format!(
-                    "the QEMU of '{name}' ({}) died on {host} (libvirt: {how}): restarting it \
-                     here, restart {n} of at most {} in {window}",
-                    info.uuid, lim.max_restarts
-                ));
+                self.event(
+                    kind::VM_CRASHED,
+                    name,
+                    &info.uuid,
+                    format!(
+                        "its QEMU died (libvirt: {how}): restarting it here, restart {n} of at \
+                         most {} in {window}",
+                        lim.max_restarts
+                    ),
+                );
                 let t0 = Instant::now();
                 match virsh::start(name) {
-                    Ok(()) => self.event(format!(
-                        "restarted '{name}' on {host} in {} ms after its QEMU died",
-                        t0.elapsed().as_millis()
-                    )),
+                    Ok(()) => self.event(
+                        kind::VM_RESTARTED,
+                        name,
+                        &info.uuid,
+                        format!(
+                            "running again here {} ms after its QEMU died",
+                            t0.elapsed().as_millis()
+                        ),
+                    ),
                     Err(e) => {
-                        self.event(format!(
-                            "the restart of '{name}' on {host} failed: {e}; recovering it elsewhere"
-                        ));
+                        // The controller's attempt-failed event follows.
+                        log::error!(
+                            "vmlease-ha: the restart of '{name}' on {host} failed: {e}; \
+                             recovering it elsewhere"
+                        );
                         if let Err(e) = self.mark_crashed(etcd, info, xml) {
                             log::error!("vmlease-ha: {e}");
                         }
@@ -343,10 +407,12 @@ impl VmMonitor {
                 let why = format!(
                     "crash loop: its QEMU died again on {host} after {n} restart(s) within {window}"
                 );
-                self.event(format!(
-                    "recovery-failed: '{name}' ({}): {why}; left to the operator",
-                    info.uuid
-                ));
+                self.event(
+                    kind::RECOVERY_FAILED,
+                    name,
+                    &info.uuid,
+                    format!("{why}; left to the operator"),
+                );
                 let r = Recovery {
                     uuid: info.uuid.clone(),
                     name: name.to_string(),
@@ -426,11 +492,12 @@ impl VmMonitor {
             let mut watch = BTreeMap::new();
             if let Ok(running) = virsh::running() {
                 for d in running {
-                    let Some((_, xml)) = self.managed(&d.name) else {
+                    let Some((info, xml)) = self.managed(&d.name) else {
                         continue;
                     };
                     match vmwatch::heartbeat(&xml) {
                         Ok(Some(hb)) => {
+                            self.uuids.insert(d.name.clone(), info.uuid);
                             watch.insert(d.name, hb);
                         }
                         Ok(None) => {}
@@ -441,6 +508,7 @@ impl VmMonitor {
             self.hb.watch(&watch, boottime_ms());
             self.pings.retain(|n, _| watch.contains_key(n));
             self.silent.retain(|n| watch.contains_key(n));
+            self.uuids.retain(|n, _| watch.contains_key(n));
             self.answering.retain(|n| watch.contains_key(n));
         }
         // Answers (or not) of the pings under way.
@@ -536,15 +604,23 @@ impl VmMonitor {
             }
             self.answering.remove(&name);
             match virsh::reset(&name) {
-                Ok(()) => self.event(format!(
-                    "reset '{name}' on {}: its guest agent has not answered guest-ping for \
-                     {silent} ms (heartbeat timeout {timeout} ms)",
+                Ok(()) => {
+                    let u = self.uuids.get(&name).cloned().unwrap_or_default();
+                    self.event(
+                        kind::VM_RESET,
+                        &name,
+                        &u,
+                        format!(
+                            "its guest agent has not answered guest-ping for {silent} ms \
+                             (heartbeat timeout {timeout} ms): reset (same QEMU)"
+                        ),
+                    )
+                }
+                Err(e) => log::error!(
+                    "vmlease-ha: the reset of '{name}' on {} after {silent} ms without \
+                     heartbeat failed: {e}",
                     self.host
-                )),
-                Err(e) => self.event(format!(
-                    "the reset of '{name}' on {} after {silent} ms without heartbeat failed: {e}",
-                    self.host
-                )),
+                ),
             }
         }
     }

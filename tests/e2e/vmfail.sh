@@ -4,18 +4,22 @@
 #
 # - kill -9 of an HA VM's QEMU: running again on the same host within a
 #   few seconds, the domain lease held by the new QEMU alone and taken
-#   exactly once more (one owner at a time);
+#   exactly once more (one owner at a time); vm-crashed and vm-restarted
+#   events in etcd;
 # - virsh destroy, and virsh shutdown (the guest powers off): not
 #   restarted;
 # - a crash loop (QEMU killed right after each start): recovery-failed
-#   after [ha] crash_restarts restarts, with an event;
-# - guest heartbeat: a guest whose agent stops answering is reset after
-#   its timeout (same QEMU), and answers again after the reboot.
+#   after [ha] crash_restarts restarts, with its event;
+# - guest heartbeat: a guest whose agent starts later than its timeout is
+#   not reset while booting, nor while answering (two timeouts); when its
+#   agent freezes it is reset after the timeout, not before (same QEMU,
+#   a vm-reset event), and not again during its reboot.
 #
 # The guest of the shutdown and heartbeat cases is Debian's kernel with a
 # busybox initramfs (tests/e2e/agent-guest); a busybox script on the
 # org.qemu.guest_agent.0 virtio-serial port stands in for qemu-ga
-# (guest-sync, guest-ping, guest-shutdown answered as qemu-ga does). The
+# (guest-sync, guest-ping, guest-shutdown answered as qemu-ga does; the
+# test's vmlease-test-hang freezes it). The
 # rest is real: libvirtd, QEMU (TCG for the guest), virtio-serial, libvirt's
 # agent protocol and lifecycle events.
 #
@@ -82,6 +86,13 @@ new_qemu() {
 }
 logged() { grep -q -- "$1" "$VMH_DIR/host-a/ha.log" || { echo "not in ha.log: $1"; return 1; }; }
 count_log() { grep -c -- "$1" "$VMH_DIR/host-a/ha.log" || true; }
+# ev KIND NAME: how the event KIND about domain NAME on host-a reads.
+ev() { echo "$1 host=host-a.test domain=$2 ("; }
+# stored KIND NAME [N]: etcd holds at least N (1) such events (vmlease events).
+stored() {
+    n=$(vmh_vmlease a events | grep -c -- "$(ev "$1" "$2")") || true
+    [ "$n" -ge "${3:-1}" ] || { echo "$n '$1' events about $2 in vmlease events"; return 1; }
+}
 version_of() { sed -n 's/^version=//p' "$(vmh_lease "$1")"; }
 published_running() {
     status_json | grep -q "\"name\":\"$1\",\"priority\":[-0-9]*,\"restart\":\"always\",\"state\":\"running\"" ||
@@ -200,8 +211,10 @@ took=$(kill_to_running crash) || fail "crash was not restarted"
     fail "crash's domain lease is held by [$(vmh_holders "domain-$u")], expected [1 $(vmh_qemu_pid a crash)] alone"
 v1=$(version_of "domain-$u")
 [ "$v1" -eq $((v0 + 1)) ] || fail "crash's domain lease version went $v0 -> $v1: expected one acquisition"
-vmh_wait "the restart event" 5000 logged "restarted 'crash' on host-a.test" || fail "no event"
-[ "$(count_log "the QEMU of 'crash'")" -eq 1 ] || fail "crash was handled $(count_log "the QEMU of 'crash'") times"
+vmh_wait "the restart event" 5000 logged "$(ev vm-restarted crash)" || fail "no event"
+[ "$(count_log "$(ev vm-crashed crash)")" -eq 1 ] || fail "crash was handled $(count_log "$(ev vm-crashed crash)") times"
+vmh_wait "the crash and restart events in etcd" 5000 stored vm-crashed crash || fail "no stored event"
+stored vm-restarted crash || fail "no stored restart event"
 vmh_wait "crash to be published as running again" 5000 published_running crash || fail "crash's record"
 note "kill -9 -> running again on the same host: $took ms (lease version $v0 -> $v1, one holder)"
 echo "PASS vmfail_kill9_restarts_on_the_same_host"
@@ -233,14 +246,16 @@ while [ "$k" -lt "$CRASH_RESTARTS" ]; do
 done
 last=$(vmh_qemu_pid a loop)
 kill -9 "$last"
-vmh_wait "loop's crash loop to end recovery-failed" 10000 logged "recovery-failed: 'loop' ($u): crash loop" || fail "no recovery-failed"
+vmh_wait "loop's crash loop to end recovery-failed" 10000 logged "$(ev recovery-failed loop)$u): crash loop" || fail "no recovery-failed"
+vmh_wait "loop's crash loop in etcd's events" 5000 stored recovery-failed loop || fail "no stored event"
+stored vm-restarted loop "$CRASH_RESTARTS" || fail "loop's restart events"
 recfailed() { status_json | grep -q "\"name\":\"loop\",[^}]*\"state\":\"recovery-failed\"" || { status_json; return 1; }; }
 vmh_wait "etcd to hold loop's recovery-failed" 5000 recfailed || fail "loop's recovery record"
 vmh_wait "loop to be marked crashed in etcd" 5000 published_state loop crashed || fail "loop's record"
 vmh_virsh a domstate --reason loop | grep -q '^shut off (crashed)' || fail "loop is $(vmh_virsh a domstate --reason loop)"
-[ "$(count_log "the QEMU of 'loop'")" -eq "$CRASH_RESTARTS" ] ||
-    fail "loop was restarted $(count_log "the QEMU of 'loop'") times, expected $CRASH_RESTARTS"
-note "crash loop: $CRASH_RESTARTS restarts, then recovery-failed ($(grep -o "recovery-failed: 'loop'.*" "$VMH_DIR/host-a/ha.log"))"
+[ "$(count_log "$(ev vm-restarted loop)")" -eq "$CRASH_RESTARTS" ] ||
+    fail "loop was restarted $(count_log "$(ev vm-restarted loop)") times, expected $CRASH_RESTARTS"
+note "crash loop: $CRASH_RESTARTS restarts, then $(grep -o "recovery-failed host=.*" "$VMH_DIR/host-a/ha.log")"
 echo "PASS vmfail_crash_loop_ends_recovery_failed"
 
 # 3. virsh destroy and a shutdown (the guest powers off): not restarted.
@@ -252,7 +267,7 @@ vmh_wait "the shutdown to be seen" 15000 logged "'guest1' stopped on host-a.test
 for v in dest guest1; do
     vmh_wait "$v to be marked stopped in etcd" 5000 published_state "$v" stopped || fail "$v's record"
     state_of "$v" | grep -q '^shut off' || fail "$v is $(state_of "$v")"
-    [ "$(count_log "the QEMU of '$v'")" -eq 0 ] || fail "a stop on purpose was undone: $(grep "'$v'" "$VMH_DIR/host-a/ha.log")"
+    [ "$(count_log "$(ev vm-crashed "$v")")" -eq 0 ] || fail "a stop on purpose was undone: $(grep "'$v'" "$VMH_DIR/host-a/ha.log")"
 done
 echo "PASS vmfail_destroy_and_shutdown_are_not_undone"
 
@@ -260,8 +275,8 @@ echo "PASS vmfail_destroy_and_shutdown_are_not_undone"
 # timeout) into each boot: vmlease-ha arms the heartbeat at its first
 # answer, not before (no reset while booting).
 hb_log() { count_log "the guest agent of 'guest2' $1"; }
-resets() { count_log "reset 'guest2'"; }
-no_reset() { [ "$(resets)" -eq 0 ] || fail "guest2 was reset while its agent answered or booted: $(grep "reset 'guest2'" "$VMH_DIR/host-a/ha.log")"; }
+resets() { count_log "$(ev vm-reset guest2)"; }
+no_reset() { [ "$(resets)" -eq 0 ] || fail "guest2 was reset while its agent answered or booted: $(grep "$(ev vm-reset guest2)" "$VMH_DIR/host-a/ha.log")"; }
 armed() { [ "$(hb_log answers)" -ge "$1" ] || { echo "answers logged: $(hb_log answers)"; return 1; }; }
 vmh_wait "vmlease-ha to get guest2's first answer" $((AGENT_DELAY * 1000 + 60000)) armed 1 || fail "guest2's agent never answered vmlease-ha"
 t_armed=$(vmh_now_ms)
@@ -287,11 +302,12 @@ dt=$(($(vmh_now_ms) - t0))
 # The last answer came at most ~1 s (one ping) before the hang.
 [ "$dt" -ge $((HB_TIMEOUT * 1000 - 1500)) ] || fail "guest2 was reset $dt ms after its agent hung, before its timeout ${HB_TIMEOUT} s"
 [ "$(vmh_qemu_pid a guest2)" = "$p0" ] || fail "guest2's QEMU changed: a reset keeps it"
+vmh_wait "the reset in etcd's events" 5000 stored vm-reset guest2 || fail "no stored event"
 # Its reboot (the agent again AGENT_DELAY s late) is its boot grace.
 vmh_wait "guest2 to boot again" 30000 boots_at_least guest2 $((b0 + 1)) || fail "no second boot"
 vmh_wait "vmlease-ha to get guest2's answers again" $((AGENT_DELAY * 1000 + 60000)) armed 2 || fail "guest2's agent is silent after the reset"
 t_back=$(vmh_now_ms)
-[ "$(resets)" -eq 1 ] || fail "guest2 was reset $(resets) times: $(grep "reset 'guest2'" "$VMH_DIR/host-a/ha.log")"
+[ "$(resets)" -eq 1 ] || fail "guest2 was reset $(resets) times: $(grep "$(ev vm-reset guest2)" "$VMH_DIR/host-a/ha.log")"
 [ "$(hb_log "has not answered since its (re)start")" -ge 2 ] || fail "guest2's reboot was not longer than its timeout"
 note "heartbeat: the agent hung; reset $dt ms later (timeout ${HB_TIMEOUT} s), same QEMU; rebooted and answering $((t_back - t0 - dt)) ms after the reset, not reset again while booting"
 echo "PASS vmfail_silent_guest_agent_is_reset"

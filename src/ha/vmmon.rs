@@ -13,8 +13,9 @@
 //!   each start, reset, reboot or resume (vmwatch.rs).
 //!
 //! Every action is an event (`events.rs`), written to etcd by this host
-//! itself (leader or not) and handed to its hooks. Nothing here runs while the host
-//! is not protected: a fencing host's dead QEMUs are the host recovery's.
+//! itself (leader or not) and handed to its hooks. Nothing here runs while
+//! the host is not protected: a fencing host's dead QEMUs are the host
+//! recovery's.
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};

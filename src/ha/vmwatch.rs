@@ -37,16 +37,18 @@ pub enum EventKind {
     Other { name: String, text: String },
 }
 
-/// Parses `[TIMESTAMP: ]event 'TYPE' for domain 'NAME': TEXT`; `None` for
-/// anything else (virsh's own messages).
+/// Parses `[TIMESTAMP: ]event 'TYPE' for domain 'NAME'[: TEXT]`; `None`
+/// for anything else (virsh's own messages).
 pub fn parse_event(line: &str) -> Option<DomainEvent> {
     let at = line.find("event '")?;
     let rest = &line[at + "event '".len()..];
     let (name, rest) = rest.split_once("' for domain '")?;
     // A domain name may hold "': " itself: the text starts after the last.
-    let split = rest.rfind("': ")?;
-    let domain = rest[..split].to_string();
-    let text = rest[split + 3..].trim();
+    // Some events have no text (`event 'reboot' for domain 'NAME'`).
+    let (domain, text) = match rest.rfind("': ") {
+        Some(split) => (rest[..split].to_string(), rest[split + 3..].trim()),
+        None => (rest.trim_end().strip_suffix('\'')?.to_string(), ""),
+    };
     let kind = match name {
         "lifecycle" => {
             let (event, detail) = text.split_once(' ').unwrap_or((text, ""));

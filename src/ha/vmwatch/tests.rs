@@ -31,7 +31,17 @@ fn parses_virsh_event_lines() {
         }
     );
     let l = "event 'reboot' for domain 'w'";
-    assert_eq!(parse_event(l), None);
+    assert_eq!(
+        parse_event(l).unwrap(),
+        DomainEvent {
+            domain: "w".into(),
+            kind: EventKind::Other {
+                name: "reboot".into(),
+                text: String::new()
+            }
+        }
+    );
+    assert_eq!(parse_event("event 'reboot' for domain 'w"), None);
     let l = "event 'agent-lifecycle' for domain 'w': state: 'connected' reason: 'channel event'";
     assert!(
         matches!(parse_event(l).unwrap().kind, EventKind::Other { name, .. } if name == "agent-lifecycle")

@@ -47,6 +47,8 @@ pub enum Error {
     Unprotected(String),
     /// A caller passed something invalid (NULL, garbage, wrong flags).
     Invalid(String),
+    /// A bug inside vmlease (a panic caught at the FFI boundary).
+    Internal(String),
     /// The lease version did not match the state handed over (someone else
     /// owned the resource in between).
     VersionMismatch {
@@ -107,6 +109,7 @@ impl fmt::Display for Error {
             Error::Busy { resource, reason } => write!(f, "{resource} is leased: {reason}"),
             Error::Unprotected(msg) => write!(f, "host not protected: {msg}"),
             Error::Invalid(msg) => write!(f, "invalid argument: {msg}"),
+            Error::Internal(msg) => write!(f, "internal error: {msg}"),
             Error::VersionMismatch {
                 resource,
                 expected,

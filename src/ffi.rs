@@ -5,12 +5,21 @@
 //! All decisions are made by [`crate::plugin`].
 //!
 //! Rules kept here:
-//! - nothing unwinds into libvirtd: every callback runs under [`guard`];
+//! - nothing unwinds into libvirtd: every callback runs under [`boundary`],
+//!   which catches a panic, reports it like any error and returns -1;
 //! - out-parameters are written only on success, with memory from libc's
 //!   allocator (libvirt frees them with `free`);
 //! - the pre-exec child (REGISTER_ONLY) takes no lock another thread could
 //!   hold and starts no thread: errors go to stderr as one line.
 #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals)]
+
+// The boundary catches panics; with `panic = "abort"` a panic in any
+// callback would abort libvirtd with every VM of the host in it.
+#[cfg(panic = "abort")]
+compile_error!(
+    "vmlease must be built with panic = \"unwind\": its cdylib runs inside libvirtd, \
+     and src/ffi.rs turns a panic into a reported error instead of aborting the daemon"
+);
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -130,9 +139,43 @@ const VIR_ERR_RESOURCE_BUSY: c_int = 87;
 /// initialised once per libvirt driver).
 static CONFIG: OnceLock<Config> = OnceLock::new();
 
-/// Runs a callback body, turning a panic into `fail`.
-fn guard<T>(fail: T, f: impl FnOnce() -> T) -> T {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or(fail)
+/// The one guard-and-report wrapper of every exported callback (the
+/// pattern of rustls-ffi's `ffi_panic_boundary!`): runs `body` under
+/// `catch_unwind`; `Ok` is 0; an error is reported to libvirt as failing
+/// `op` and returns -1; a panic is reported the same way, as an internal
+/// error, and returns -1. Nothing unwinds into libvirtd.
+fn boundary(op: &str, body: impl FnOnce() -> Result<(), Error>) -> c_int {
+    boundary_with(op, report, body)
+}
+
+/// [`boundary`] with its own reporter: the pre-exec child reports on
+/// stderr instead of through libvirt (see [`report_child`]). `to` runs
+/// under the guard too.
+fn boundary_with(
+    op: &str,
+    to: impl FnOnce(&str, &Error),
+    body: impl FnOnce() -> Result<(), Error>,
+) -> c_int {
+    // A reporter that panics loses only its message.
+    let send = |e: &Error| {
+        let _ = catch_unwind(AssertUnwindSafe(|| to(op, e)));
+    };
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            send(&e);
+            -1
+        }
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            send(&Error::Internal(format!("panic: {what}")));
+            -1
+        }
+    }
 }
 
 fn error_code(e: &Error) -> c_int {
@@ -145,7 +188,7 @@ fn error_code(e: &Error) -> c_int {
         | Error::Lockspace { .. } => VIR_ERR_OPERATION_FAILED,
         Error::Config(_) => VIR_ERR_CONFIG_UNSUPPORTED,
         Error::Invalid(_) => VIR_ERR_INVALID_ARG,
-        Error::Io { .. } | Error::Corrupt { .. } => VIR_ERR_INTERNAL_ERROR,
+        Error::Io { .. } | Error::Corrupt { .. } | Error::Internal(_) => VIR_ERR_INTERNAL_ERROR,
     }
 }
 
@@ -316,58 +359,67 @@ fn c_alloc(s: &str) -> Result<*mut c_char, Error> {
     Ok(p)
 }
 
+/// drvInit: loads the configuration once per process.
+///
+/// # Safety
+/// `config_file` must be NULL or a NUL-terminated string valid for the
+/// call (libvirt passes its `lock_manager` config path).
 unsafe extern "C" fn vmlease_drv_init(
     version: c_uint,
     config_file: *const c_char,
     flags: c_uint,
 ) -> c_int {
-    guard(-1, || {
+    // Only an invalid config file may fail init (it takes the QEMU driver
+    // down, which is what an operator must see).
+    boundary("loading the vmlease plugin", || {
         crate::logging::init(false, log::LevelFilter::Info);
         if CONFIG.get().is_some() {
-            return 0; // loaded again for another libvirt driver
+            return Ok(()); // loaded again for another libvirt driver
         }
-        let res = (|| {
-            if version != VIR_LOCK_MANAGER_VERSION {
-                warn!("libvirt lock manager ABI version {version}, built for {VIR_LOCK_MANAGER_VERSION}");
-            }
-            if flags != 0 {
-                return Err(Error::Invalid(format!(
-                    "unsupported init flags 0x{flags:x}"
-                )));
-            }
-            // SAFETY: libvirt passes NULL or a NUL-terminated path.
-            let path = unsafe { opt_str(config_file, "config file path") }?
-                .unwrap_or_else(|| config::DEFAULT_PATH.to_string());
-            let cfg = config::load(std::path::Path::new(&path))?;
-            for w in cfg.warnings() {
-                warn!("{path}: {w}");
-            }
-            info!(
-                "plugin loaded: config {path}, host id {:?}, lockspace {}",
-                cfg.host_id,
-                cfg.lockspace_dir.display()
+        if version != VIR_LOCK_MANAGER_VERSION {
+            warn!(
+                "libvirt lock manager ABI version {version}, built for {VIR_LOCK_MANAGER_VERSION}"
             );
-            let _ = CONFIG.set(cfg);
-            Ok(())
-        })();
-        match res {
-            Ok(()) => 0,
-            Err(e) => {
-                // Only an invalid config file may fail init (it takes the
-                // QEMU driver down, which is what an operator must see).
-                report("loading the vmlease plugin", &e);
-                -1
-            }
         }
+        if flags != 0 {
+            return Err(Error::Invalid(format!(
+                "unsupported init flags 0x{flags:x}"
+            )));
+        }
+        // SAFETY: libvirt passes NULL or a NUL-terminated path.
+        let path = unsafe { opt_str(config_file, "config file path") }?
+            .unwrap_or_else(|| config::DEFAULT_PATH.to_string());
+        let cfg = config::load(std::path::Path::new(&path))?;
+        for w in cfg.warnings() {
+            warn!("{path}: {w}");
+        }
+        info!(
+            "plugin loaded: config {path}, host id {:?}, lockspace {}",
+            cfg.host_id,
+            cfg.lockspace_dir.display()
+        );
+        let _ = CONFIG.set(cfg);
+        Ok(())
     })
 }
 
+/// drvDeinit: refuses to unload. The one callback without [`boundary`]:
+/// it runs no code that could panic.
+///
+/// # Safety
+/// None: it takes no arguments and touches no memory.
 unsafe extern "C" fn vmlease_drv_deinit() -> c_int {
     // Stay loaded: an abandoned I/O thread (hung storage) may still run
     // our code, so the library must never be unmapped.
     -1
 }
 
+/// drvNew: creates the per-operation [`Manager`] in `privateData`.
+///
+/// # Safety
+/// `man` must be NULL or a `virLockManager` that libvirt owns for the
+/// call; `params` must be NULL with `nparams` 0, or point to `nparams`
+/// valid parameters whose keys and strings are NUL-terminated.
 unsafe extern "C" fn vmlease_drv_new(
     man: *mut virLockManager,
     obj_type: c_uint,
@@ -375,33 +427,31 @@ unsafe extern "C" fn vmlease_drv_new(
     params: *mut virLockManagerParam,
     flags: c_uint,
 ) -> c_int {
-    guard(-1, || {
-        let res = (|| {
-            if man.is_null() {
-                return Err(Error::Invalid("NULL lock manager".into()));
-            }
-            config()?;
-            // SAFETY: libvirt passes nparams valid params (or NULL and 0).
-            let params = unsafe { read_params(nparams, params) }?;
-            let m = Manager::new(obj_type, &params, flags)?;
-            // SAFETY: man is non-NULL and libvirt's for the call.
-            unsafe { (*man).privateData = Box::into_raw(Box::new(m)).cast() };
-            Ok(())
-        })();
-        match res {
-            Ok(()) => 0,
-            Err(e) => {
-                report("creating a lock manager", &e);
-                -1
-            }
+    boundary("creating a lock manager", || {
+        if man.is_null() {
+            return Err(Error::Invalid("NULL lock manager".into()));
         }
+        config()?;
+        // SAFETY: libvirt passes nparams valid params (or NULL and 0).
+        let params = unsafe { read_params(nparams, params) }?;
+        let m = Manager::new(obj_type, &params, flags)?;
+        // SAFETY: man is non-NULL and libvirt's for the call.
+        unsafe { (*man).privateData = Box::into_raw(Box::new(m)).cast() };
+        Ok(())
     })
 }
 
+/// drvFree: drops the [`Manager`] that drvNew made.
+///
+/// # Safety
+/// `man` must be NULL or a `virLockManager` whose `privateData` is NULL
+/// or was set by drvNew and not freed since.
 unsafe extern "C" fn vmlease_drv_free(man: *mut virLockManager) {
-    guard((), || {
+    // Returns nothing: a failure (there is none but a panic) is only
+    // reported.
+    let _ = boundary("freeing a lock manager", || {
         if man.is_null() {
-            return;
+            return Ok(());
         }
         // SAFETY: man is non-NULL and libvirt's for the call.
         let pd = unsafe { (*man).privateData };
@@ -411,9 +461,15 @@ unsafe extern "C" fn vmlease_drv_free(man: *mut virLockManager) {
             // SAFETY: as above.
             unsafe { (*man).privateData = std::ptr::null_mut() };
         }
-    })
+        Ok(())
+    });
 }
 
+/// drvAddResource: adds one disk or lease to the manager.
+///
+/// # Safety
+/// `man` as for drvFree; `name` must be NULL or NUL-terminated; `params`
+/// as for drvNew. All are valid for the duration of the call.
 unsafe extern "C" fn vmlease_drv_add_resource(
     man: *mut virLockManager,
     kind: c_uint,
@@ -422,27 +478,24 @@ unsafe extern "C" fn vmlease_drv_add_resource(
     params: *mut virLockManagerParam,
     flags: c_uint,
 ) -> c_int {
-    guard(-1, || {
-        let res = (|| {
-            // SAFETY: man comes from libvirt for this call.
-            let m = unsafe { manager(man) }?;
-            // SAFETY: libvirt passes NULL or a NUL-terminated name.
-            let name = unsafe { opt_str(name, "resource name") }?
-                .ok_or_else(|| Error::Invalid("NULL resource name".into()))?;
-            // SAFETY: libvirt passes nparams valid params (or NULL and 0).
-            let params = unsafe { read_params(nparams, params) }?;
-            m.add_resource(config()?, kind, &name, &params, flags)
-        })();
-        match res {
-            Ok(()) => 0,
-            Err(e) => {
-                report("adding a lock resource", &e);
-                -1
-            }
-        }
+    boundary("adding a lock resource", || {
+        // SAFETY: man comes from libvirt for this call.
+        let m = unsafe { manager(man) }?;
+        // SAFETY: libvirt passes NULL or a NUL-terminated name.
+        let name = unsafe { opt_str(name, "resource name") }?
+            .ok_or_else(|| Error::Invalid("NULL resource name".into()))?;
+        // SAFETY: libvirt passes nparams valid params (or NULL and 0).
+        let params = unsafe { read_params(nparams, params) }?;
+        m.add_resource(config()?, kind, &name, &params, flags)
     })
 }
 
+/// drvAcquire: registers the QEMU process (REGISTER_ONLY, in the pre-exec
+/// child) or acquires the leases (in libvirtd, on QEMU's pid).
+///
+/// # Safety
+/// `man` as for drvFree; `state` must be NULL or NUL-terminated and valid
+/// for the call. `_fd` is never read or written.
 unsafe extern "C" fn vmlease_drv_acquire(
     man: *mut virLockManager,
     state: *const c_char,
@@ -450,115 +503,102 @@ unsafe extern "C" fn vmlease_drv_acquire(
     action: c_int,
     _fd: *mut c_int,
 ) -> c_int {
-    guard(-1, || {
-        let register_only = flags & plugin::ACQUIRE_REGISTER_ONLY != 0;
+    let register_only = flags & plugin::ACQUIRE_REGISTER_ONLY != 0;
+    // In the pre-exec child (the manager's pid is our own) an error goes to
+    // stderr, never through libvirt, which may hold locks after fork.
+    let to = |op: &str, e: &Error| {
         // SAFETY: getpid has no preconditions.
         let me = unsafe { libc::getpid() } as u32;
-        let res = (|| {
-            if flags & !(plugin::ACQUIRE_REGISTER_ONLY | plugin::ACQUIRE_RESTRICT) != 0 {
-                return Err(Error::Invalid(format!(
-                    "unsupported acquire flags 0x{flags:x}"
-                )));
-            }
-            if !(0..=4).contains(&action) {
-                return Err(Error::Invalid(format!(
-                    "unknown lock failure action {action}"
-                )));
-            }
-            // SAFETY: man comes from libvirt for this call.
-            let m = unsafe { manager(man) }?;
-            let cfg = config()?;
-            if register_only {
-                return plugin::register(cfg, m);
-            }
-            // SAFETY: libvirt passes NULL or a NUL-terminated state.
-            let state = unsafe { opt_str(state, "lock state") }?;
-            plugin::acquire(cfg, m, state.as_deref())
-        })();
-        match res {
-            Ok(()) => 0,
-            Err(e) => {
-                // SAFETY: man was checked by manager() or is reported NULL.
-                let in_child = register_only
-                    && !man.is_null()
-                    && unsafe { manager(man) }
-                        .map(|m| m.pid == me)
-                        .unwrap_or(false);
-                if in_child {
-                    report_child(&e);
-                } else {
-                    report("acquiring leases", &e);
-                }
-                -1
-            }
+        // SAFETY: man comes from libvirt for this call (NULL is an Err).
+        let in_child = register_only
+            && unsafe { manager(man) }
+                .map(|m| m.pid == me)
+                .unwrap_or(false);
+        if in_child {
+            report_child(e);
+        } else {
+            report(op, e);
         }
+    };
+    boundary_with("acquiring leases", to, || {
+        if flags & !(plugin::ACQUIRE_REGISTER_ONLY | plugin::ACQUIRE_RESTRICT) != 0 {
+            return Err(Error::Invalid(format!(
+                "unsupported acquire flags 0x{flags:x}"
+            )));
+        }
+        if !(0..=4).contains(&action) {
+            return Err(Error::Invalid(format!(
+                "unknown lock failure action {action}"
+            )));
+        }
+        // SAFETY: man comes from libvirt for this call.
+        let m = unsafe { manager(man) }?;
+        let cfg = config()?;
+        if register_only {
+            return plugin::register(cfg, m);
+        }
+        // SAFETY: libvirt passes NULL or a NUL-terminated state.
+        let state = unsafe { opt_str(state, "lock state") }?;
+        plugin::acquire(cfg, m, state.as_deref())
     })
 }
 
+/// drvRelease: releases the leases, handing back their state when asked.
+///
+/// # Safety
+/// `man` as for drvFree; `state` must be NULL or point to a writable
+/// `char *` slot, which is written only on success.
 unsafe extern "C" fn vmlease_drv_release(
     man: *mut virLockManager,
     state: *mut *mut c_char,
     flags: c_uint,
 ) -> c_int {
-    guard(-1, || {
-        let res = (|| {
-            if flags != 0 {
-                return Err(Error::Invalid(format!(
-                    "unsupported release flags 0x{flags:x}"
-                )));
-            }
-            // SAFETY: man comes from libvirt for this call.
-            let m = unsafe { manager(man) }?;
-            let out = plugin::release(config()?, m, !state.is_null())?;
-            if let Some(s) = out {
-                let p = c_alloc(&s)?;
-                // SAFETY: state is non-NULL (we only produce a state then)
-                // and points to libvirt's char* slot; we assign, never free
-                // the previous value.
-                unsafe { *state = p };
-            }
-            Ok(())
-        })();
-        match res {
-            Ok(()) => 0,
-            Err(e) => {
-                report("releasing leases", &e);
-                -1
-            }
+    boundary("releasing leases", || {
+        if flags != 0 {
+            return Err(Error::Invalid(format!(
+                "unsupported release flags 0x{flags:x}"
+            )));
         }
+        // SAFETY: man comes from libvirt for this call.
+        let m = unsafe { manager(man) }?;
+        let out = plugin::release(config()?, m, !state.is_null())?;
+        if let Some(s) = out {
+            let p = c_alloc(&s)?;
+            // SAFETY: state is non-NULL (we only produce a state then)
+            // and points to libvirt's char* slot; we assign, never free
+            // the previous value.
+            unsafe { *state = p };
+        }
+        Ok(())
     })
 }
 
+/// drvInquire: the state string of the leases held (for pause/migration).
+///
+/// # Safety
+/// `man` as for drvFree; `state` must point to a writable `char *` slot
+/// (NULL is refused), which is written only on success.
 unsafe extern "C" fn vmlease_drv_inquire(
     man: *mut virLockManager,
     state: *mut *mut c_char,
     flags: c_uint,
 ) -> c_int {
-    guard(-1, || {
-        let res = (|| {
-            if flags != 0 {
-                return Err(Error::Invalid(format!(
-                    "unsupported inquire flags 0x{flags:x}"
-                )));
-            }
-            if state.is_null() {
-                return Err(Error::Invalid("NULL state pointer for inquire".into()));
-            }
-            // SAFETY: man comes from libvirt for this call.
-            let m = unsafe { manager(man) }?;
-            let s = plugin::inquire(config()?, m)?;
-            let p = c_alloc(&s)?;
-            // SAFETY: state is non-NULL and points to libvirt's char* slot.
-            unsafe { *state = p };
-            Ok(())
-        })();
-        match res {
-            Ok(()) => 0,
-            Err(e) => {
-                report("inquiring leases", &e);
-                -1
-            }
+    boundary("inquiring leases", || {
+        if flags != 0 {
+            return Err(Error::Invalid(format!(
+                "unsupported inquire flags 0x{flags:x}"
+            )));
         }
+        if state.is_null() {
+            return Err(Error::Invalid("NULL state pointer for inquire".into()));
+        }
+        // SAFETY: man comes from libvirt for this call.
+        let m = unsafe { manager(man) }?;
+        let s = plugin::inquire(config()?, m)?;
+        let p = c_alloc(&s)?;
+        // SAFETY: state is non-NULL and points to libvirt's char* slot.
+        unsafe { *state = p };
+        Ok(())
     })
 }
 
@@ -629,7 +669,31 @@ mod tests {
     }
 
     #[test]
-    fn guard_turns_panics_into_failure() {
-        assert_eq!(guard(-1, || -> c_int { panic!("boom") }), -1);
+    fn boundary_turns_errors_and_panics_into_reported_failure() {
+        let seen = std::cell::RefCell::new(Vec::new());
+        let to = |op: &str, e: &Error| seen.borrow_mut().push(format!("{op}: {e}"));
+        assert_eq!(boundary_with("testing", to, || Ok(())), 0);
+        assert_eq!(
+            boundary_with("testing", to, || Err(Error::Invalid("bad".into()))),
+            -1
+        );
+        assert_eq!(boundary_with("testing", to, || panic!("boom")), -1);
+        assert_eq!(
+            boundary_with("testing", to, || -> Result<(), Error> {
+                std::panic::panic_any(7u8)
+            }),
+            -1
+        );
+        assert_eq!(
+            *seen.borrow(),
+            [
+                "testing: invalid argument: bad",
+                "testing: internal error: panic: boom",
+                "testing: internal error: panic: unknown panic",
+            ]
+        );
+        // A reporter that panics does not unwind either.
+        let bad = |_: &str, _: &Error| panic!("reporter");
+        assert_eq!(boundary_with("testing", bad, || panic!("boom")), -1);
     }
 }

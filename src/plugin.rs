@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use log::{info, warn};
 
-use crate::clock::boottime_ms;
 use crate::config::Config;
 use crate::deadline;
 use crate::engine::Engine;
@@ -22,7 +21,7 @@ use crate::process::{self, ProcId};
 use crate::registry::{Entry, Registry};
 use crate::resource::{Kind, Resource};
 use crate::state_string::LockState;
-use crate::status::Status;
+use crate::status::{self, protected_status, Status};
 
 /// libvirt flag values (lock_driver.h).
 pub const NEW_STARTED: u32 = 1;
@@ -235,37 +234,6 @@ fn as_u32(v: &Value, what: &str) -> Result<u32> {
     .ok_or_else(|| Error::Invalid(format!("bad '{what}' parameter {v:?}")))
 }
 
-/// Checks that this host may take leases now: configured, daemon alive,
-/// fresh, renewing, not fenced. Returns the daemon's status.
-pub fn protected_status(cfg: &Config) -> Result<(u16, String, Status)> {
-    let host_id = cfg.require_host_id()?;
-    let boot_id = local_boot_id()?;
-    let status = Status::read(&cfg.state_dir)?.ok_or_else(|| {
-        Error::Unprotected(format!(
-            "the vmlease-watchdog daemon is not running (no status in {}); \
-             a host that cannot fence itself must not run protected VMs",
-            cfg.state_dir.display()
-        ))
-    })?;
-    // A zombie daemon (killed, not yet reaped) is dead. Here the leader's
-    // own state is the right test, not `ProcId::liveness` (may the process
-    // still write?): the daemon's loop, which fences and pets, runs on its
-    // main thread, so without it the host is unprotected whatever other
-    // threads remain.
-    let daemon_alive = matches!(
-        process::stat(status.daemon_pid),
-        Ok(st) if st.state != 'Z' && st.state != 'X'
-    );
-    status
-        .check_protected(cfg, &boot_id, boottime_ms(), daemon_alive)
-        .map_err(|why| {
-            Error::Unprotected(format!(
-                "{why}; a host that cannot fence itself must not run protected VMs"
-            ))
-        })?;
-    Ok((host_id, boot_id, status))
-}
-
 /// The pre-exec child (REGISTER_ONLY): check protection and register the
 /// process that is about to become QEMU. No threads, no locks, no shared
 /// storage: local files only.
@@ -283,10 +251,6 @@ pub fn register(cfg: &Config, m: &Manager) -> Result<()> {
         .collect();
     Registry::new(&cfg.state_dir).write(&e)?;
     Ok(())
-}
-
-fn local_boot_id() -> Result<String> {
-    process::boot_id().map_err(|e| Error::io("read boot id", "/proc/sys/kernel/random/boot_id", e))
 }
 
 /// An engine on the configured lockspace (opened with a deadline). `view`:
@@ -482,7 +446,7 @@ fn proc_of(cfg: &Config, pid: u32) -> Result<ProcId> {
 /// only the listed resources.
 pub fn release(cfg: &Config, m: &Manager, want_state: bool) -> Result<Option<String>> {
     let host_id = cfg.require_host_id()?;
-    let boot_id = local_boot_id()?;
+    let boot_id = status::local_boot_id()?;
     let p = proc_of(cfg, m.pid)?;
     let me = m.holder(host_id, &boot_id, p);
     let eng = engine(cfg, host_id, &boot_id, None)?;
@@ -552,7 +516,7 @@ pub fn release(cfg: &Config, m: &Manager, want_state: bool) -> Result<Option<Str
 /// Inquire: the state of every lease the domain holds now.
 pub fn inquire(cfg: &Config, m: &Manager) -> Result<String> {
     let host_id = cfg.require_host_id()?;
-    let boot_id = local_boot_id()?;
+    let boot_id = status::local_boot_id()?;
     let p = proc_of(cfg, m.pid)?;
     let me = m.holder(host_id, &boot_id, p);
     let resources = m.all_resources(cfg, true);

@@ -502,5 +502,8 @@ impl Observer {
     }
 }
 
+mod protected;
+pub use protected::{local_boot_id, protected_status};
+
 #[cfg(test)]
 mod tests;

@@ -375,7 +375,7 @@ fn release_end_frees_a_stopped_domains_leases_at_once() {
     // The registry lost track of the QEMU: the domain lease still goes.
     a.daemon.as_ref().unwrap().signal(libc::SIGCONT);
     wait_until("A to be protected again", 3000, || {
-        vmlease::plugin::protected_status(&a.cfg)
+        vmlease::status::protected_status(&a.cfg)
             .map(|_| ())
             .map_err(|e| e.to_string())
     });
@@ -650,7 +650,7 @@ mod real_libvirt {
             &[],
         );
         wait_until("host a to be protected", 10_000, || {
-            vmlease::plugin::protected_status(&cfg)
+            vmlease::status::protected_status(&cfg)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         });
@@ -671,7 +671,7 @@ mod real_libvirt {
         // 3. A lease taken over while libvirtd was away: on reconnect the
         // hook fails and libvirt kills the stale QEMU.
         wait_until("host a to be protected", 10_000, || {
-            vmlease::plugin::protected_status(&cfg)
+            vmlease::status::protected_status(&cfg)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         });

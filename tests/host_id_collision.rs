@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use support::daemons::*;
 use vmlease::clock::boottime_ms;
-use vmlease::plugin;
 use vmlease::status::Status;
 
 const NOWD: &str = "unsafe_no_watchdog = true\n";
@@ -168,7 +167,7 @@ fn two_new_machines_with_one_host_id_started_together() {
     let mut settled_at = None;
     let deadline = t0 + 1300 + D + 3000;
     loop {
-        if q.is_none() && plugin::protected_status(&a.cfg).is_ok() {
+        if q.is_none() && vmlease::status::protected_status(&a.cfg).is_ok() {
             let p = standin_qemu();
             if lease(&a, UUID_A, "web", &p, None).is_ok() {
                 q = Some(p);

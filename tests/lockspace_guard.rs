@@ -199,7 +199,7 @@ fn daemon_refuses_a_local_lockspace_unless_allowed_and_says_so_loudly() {
     a.spawn(&[]);
     let cfg = a.cfg.clone();
     let e = wait_until("the daemon to refuse the local lockspace", 10_000, || {
-        match plugin::protected_status(&cfg) {
+        match vmlease::status::protected_status(&cfg) {
             Err(e) if e.to_string().contains("not on a shared filesystem") => Ok(e.to_string()),
             other => Err(format!(
                 "{:?}; log: {}",
@@ -297,18 +297,16 @@ fn daemon_waits_for_the_lockspace_mount_then_protects() {
             said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
     };
-    let e = wait_until(
-        "the daemon to wait for the mount",
-        10_000,
-        || match plugin::protected_status(&cfg) {
+    let e = wait_until("the daemon to wait for the mount", 10_000, || {
+        match vmlease::status::protected_status(&cfg) {
             Err(e) if e.to_string().contains("waiting for lockspace mount") => Ok(e.to_string()),
             other => Err(format!(
                 "{:?}; log: {}",
                 other.map(|_| "protected"),
                 a.log_text()
             )),
-        },
-    );
+        }
+    });
     assert!(e.contains(&ls.display().to_string()), "{e}");
     let o = vmlease(&a.conf, &["status"]);
     assert!(
@@ -339,7 +337,7 @@ fn daemon_waits_for_the_lockspace_mount_then_protects() {
     assert!(o.status.success(), "{}", text(&o));
     let log = a.log.clone();
     wait_until("the daemon to protect once mounted", 10_000, || {
-        plugin::protected_status(&cfg)
+        vmlease::status::protected_status(&cfg)
             .map(|_| ())
             .map_err(|e| format!("{e}; log: {}", fs::read_to_string(&log).unwrap_or_default()))
     });

@@ -152,7 +152,7 @@ fn a_cut_off_host_is_storage_fenced_and_its_vm_runs_elsewhere_before_d() {
     for h in 0..HOSTS {
         let cfg = w.hosts[h].cfg.clone();
         daemons::wait_until(&format!("host {} protected", h + 1), 30_000, || {
-            vmlease::plugin::protected_status(&cfg)
+            vmlease::status::protected_status(&cfg)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         });

@@ -19,7 +19,6 @@ use std::time::Duration;
 use support::daemons::*;
 use vmlease::clock::boottime_ms;
 use vmlease::lockspace::Lockspace;
-use vmlease::plugin;
 use vmlease::resource::Resource;
 use vmlease::status::Status;
 
@@ -99,7 +98,7 @@ fn daemon_restart_adopts_running_qemu() {
         a.log_text()
     );
     assert!(
-        plugin::protected_status(&a.cfg).is_err(),
+        vmlease::status::protected_status(&a.cfg).is_err(),
         "no daemon: no leases"
     );
     assert_eq!(
@@ -1021,7 +1020,7 @@ fn a_full_stderr_pipe_stops_neither_renewals_nor_pets() {
     };
     let cfg = a.cfg.clone();
     wait_until("host 1 to be protected", 10_000, || {
-        plugin::protected_status(&cfg)
+        vmlease::status::protected_status(&cfg)
             .map(|_| ())
             .map_err(|e| e.to_string())
     });

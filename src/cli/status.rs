@@ -144,7 +144,7 @@ fn show(opts: &Opts, no_lockspace: Option<String>) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let protected = crate::plugin::protected_status(&cfg);
+    let protected = crate::status::protected_status(&cfg);
     let now = boottime_ms();
     let st = Status::read(&cfg.state_dir);
     let reg = Registry::new(&cfg.state_dir);

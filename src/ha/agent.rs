@@ -87,7 +87,7 @@ impl Agent {
 
     /// Publishes the host record and the HA domains.
     pub fn publish(&mut self, etcd: &Etcd) -> Result<()> {
-        let (protected, reason) = match crate::plugin::protected_status(&self.cfg) {
+        let (protected, reason) = match crate::status::protected_status(&self.cfg) {
             Ok(_) => (true, String::new()),
             Err(e) => (false, e.to_string()),
         };

@@ -16,7 +16,7 @@ pub fn unprotected_because(cfg: &Result<Config>) -> Option<String> {
         Ok(c) => c,
         Err(e) => return Some(e.to_string()),
     };
-    let status = match crate::plugin::protected_status(cfg) {
+    let status = match crate::status::protected_status(cfg) {
         Ok((_, _, st)) => st,
         Err(e) => return Some(e.to_string()),
     };

@@ -376,7 +376,7 @@ impl World {
     // ---------------------------------------------------------------
     // The plugin's protected check.
 
-    /// `plugin::protected_status`: the daemon's status, checked.
+    /// `status::protected_status`: the daemon's status, checked.
     fn protected(&self, h: u16) -> std::result::Result<Status, String> {
         let hs = self.host(h);
         let status = hs.status.clone();

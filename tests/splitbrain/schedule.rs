@@ -514,7 +514,7 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
         let log = w.hosts[h].log.clone();
         let t = boottime_ms();
         loop {
-            let why = match vmlease::plugin::protected_status(&cfg) {
+            let why = match vmlease::status::protected_status(&cfg) {
                 Ok(_) => break,
                 Err(e) => e.to_string(),
             };

@@ -174,7 +174,7 @@ impl Host {
         let cfg = self.cfg.clone();
         let log = self.log.clone();
         wait_until(&format!("host {} to be protected", self.id), 10_000, || {
-            plugin::protected_status(&cfg)
+            vmlease::status::protected_status(&cfg)
                 .map(|_| ())
                 .map_err(|e| format!("{e}; log: {}", fs::read_to_string(&log).unwrap_or_default()))
         });

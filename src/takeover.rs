@@ -30,6 +30,8 @@
 //! not been observed unchanged for long enough - keeps the lease held.
 #![forbid(unsafe_code)]
 
+pub mod host;
+
 use std::fmt;
 
 use crate::config::secs;

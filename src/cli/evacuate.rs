@@ -15,12 +15,13 @@
 use std::collections::BTreeSet;
 
 use super::json::Json;
-use super::view::{host_verdict, Ctx, HostVerdict, Table};
+use super::view::{host_verdict, Ctx, Table};
 use super::{cell, exit, load, print_json, Opts};
 use crate::config::secs;
 use crate::error::Error;
 use crate::hosts::Slot;
 use crate::lease::{Holder, LeaseRecord};
+use crate::takeover::host::HostVerdict;
 use crate::takeover::Verdict;
 
 /// One lease HOST holds, judged.

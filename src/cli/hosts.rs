@@ -3,10 +3,11 @@
 #![forbid(unsafe_code)]
 
 use super::json::Json;
-use super::view::{host_verdict, HostVerdict, Silence};
+use super::view::host_verdict;
 use super::{cell, exit, fail, open, print_json, table, Opts};
 use crate::config::secs;
 use crate::hosts::Slot;
+use crate::takeover::host::{HostVerdict, Silence};
 
 pub fn run(opts: &Opts) -> i32 {
     let ctx = match open(opts) {

@@ -8,11 +8,12 @@
 use std::time::Duration;
 
 use super::json::Json;
-use super::view::{Ctx, Silence};
+use super::view::Ctx;
 use super::{exit, fail, open, print_json, Args, Opts};
 use crate::config::secs;
 use crate::storage_fence::ceph::{verdict_key, CephCli};
 use crate::storage_fence::{fence_host, FenceError, FenceOpts, Found, Verdict};
+use crate::takeover::host::Silence;
 
 /// Default lifetime of the blocklist entries: a week (they must outlive
 /// the fenced host's host_dead_timeout; `clear-fence` removes them).

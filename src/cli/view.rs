@@ -1,6 +1,6 @@
 //! What the CLI knows about the cluster: the lockspace (every read with a
-//! deadline), this host's watchdog view, and the host-level verdict a
-//! controller acts on.
+//! deadline), this host's watchdog view, and the facts for the host-level
+//! verdict a controller acts on (decided in [`crate::takeover::host`]).
 //!
 //! Silence is this host's daemon's observation, carried forward to the
 //! moment the CLI read the host table: the daemon recorded when it first
@@ -14,11 +14,12 @@ use crate::clock::boottime_ms;
 use crate::config::{secs, Config};
 use crate::deadline;
 use crate::error::{Error, Result};
-use crate::hosts::{self, HostState, Slot, SLOT_SIZE};
+use crate::hosts::{self, Slot, SLOT_SIZE};
 use crate::lease::{Holder, LeaseRecord};
 use crate::lockspace::Lockspace;
 use crate::process::{self, ProcId};
 use crate::status::Status;
+use crate::takeover::host::{self, HostFacts, HostVerdict, Silence};
 use crate::takeover::{unwatched, Judge, Verdict};
 
 pub struct Ctx {
@@ -79,17 +80,6 @@ impl Table {
             )),
         }
     }
-}
-
-/// How long this host has seen a slot unchanged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Silence {
-    /// Seen to change since the daemon's last observation: renewing.
-    Renewing,
-    /// Unchanged for this long, up to the table read.
-    Silent(u64),
-    /// No watchdog view on this host.
-    Unknown,
 }
 
 impl Ctx {
@@ -285,145 +275,23 @@ pub fn usable_view(cfg: &Config, boot_id: &str) -> (Option<Status>, Option<Strin
     (Some(st), note)
 }
 
-/// What a controller may do about a host's VMs, from its liveness record
-/// and this host's observation alone (no leases).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostVerdict {
-    ThisHost,
-    /// Renewing (or fencing): its VMs may run; do not evacuate. The state
-    /// as published ("live", "mgmt-isolated", "fencing", ...).
-    Alive(String),
-    /// Known to be down: restarting its VMs elsewhere is safe. Why.
-    Safe(String),
-    /// Silent for `silent` ms, not yet for its host_dead_timeout `dead`.
-    NotYet {
-        silent: u64,
-        dead: u64,
-    },
-    /// No watchdog view here: cannot measure silence.
-    Unknown(String),
-    /// Silent for `silent` ms, but it runs without a hardware watchdog
-    /// (`unsafe_no_watchdog`): nothing resets it if its daemon hangs, so
-    /// no length of silence makes it safe (unless `trust_unsafe_peers`).
-    Unwatched {
-        silent: u64,
-    },
-    /// Two machines use its host id (who): nothing its slot says can be
-    /// trusted for one of them; evacuate nothing.
-    Collision(String),
-}
-
-impl HostVerdict {
-    pub fn word(&self) -> &'static str {
-        match self {
-            HostVerdict::ThisHost => "this-host",
-            HostVerdict::Alive(_) => "alive",
-            HostVerdict::Safe(_) => "safe",
-            HostVerdict::NotYet { .. } => "not-yet",
-            HostVerdict::Unknown(_) => "unknown",
-            HostVerdict::Unwatched { .. } => "no-watchdog",
-            HostVerdict::Collision(_) => "collision",
-        }
-    }
-
-    /// Milliseconds until safe, for a silent host.
-    pub fn safe_in(&self) -> Option<u64> {
-        match self {
-            HostVerdict::NotYet { silent, dead } => Some(dead - silent),
-            _ => None,
-        }
-    }
-
-    /// The facts, without advice (for sentences).
-    pub fn reason(&self) -> String {
-        match self {
-            HostVerdict::ThisHost => "this host".into(),
-            HostVerdict::Alive(s) => format!("{s}, renewing"),
-            HostVerdict::Safe(w) | HostVerdict::Unknown(w) => w.clone(),
-            HostVerdict::Collision(w) => format!("host id collision: {w}"),
-            HostVerdict::NotYet { silent, dead } => format!(
-                "silent {} of host_dead_timeout {}",
-                secs(*silent),
-                secs(*dead)
-            ),
-            HostVerdict::Unwatched { silent } => format!(
-                "silent {}, without a hardware watchdog (unsafe_no_watchdog = true): nothing \
-                 resets it if its daemon hangs, so its silence proves nothing",
-                secs(*silent)
-            ),
-        }
-    }
-
-    /// What `hosts` shows: the facts and what a controller may do.
-    pub fn text(&self) -> String {
-        match self {
-            HostVerdict::ThisHost => "this host".into(),
-            HostVerdict::Alive(s) if s == "live" => "live: do not evacuate".into(),
-            HostVerdict::Alive(s) if s == "fencing" => "fencing: wait".into(),
-            HostVerdict::Alive(s) => format!("{s}: its VMs still run; do not evacuate"),
-            HostVerdict::Safe(w) => match w.split_once(' ') {
-                Some((head, rest)) => format!("{head}: evacuate {rest}"),
-                None => format!("{w}: evacuate"),
-            },
-            HostVerdict::NotYet { silent, dead } => format!(
-                "not yet: silent {} of host_dead_timeout {}; safe in {}",
-                secs(*silent),
-                secs(*dead),
-                secs(dead - silent)
-            ),
-            HostVerdict::Unknown(w) => format!("unknown: {w}"),
-            HostVerdict::Unwatched { silent } => format!(
-                "no watchdog: silent {}; do not evacuate until fenced-clean or rebooted",
-                secs(*silent)
-            ),
-            HostVerdict::Collision(w) => format!("host id collision: do not evacuate ({w})"),
-        }
-    }
-}
-
+/// The can-evacuate verdict on `host_id` ([`host::verdict`]), from the
+/// table as read and this host's view.
 pub fn host_verdict(ctx: &Ctx, t: &Table, host_id: u16) -> HostVerdict {
     let slot = t.slot(host_id);
-    if let Some(c) = collision(ctx, t, host_id) {
-        return HostVerdict::Collision(c);
-    }
-    let state = slot.record().map(|r| r.state);
-    match state {
-        Some(HostState::FencedClean) => return HostVerdict::Safe("fenced-clean".into()),
-        Some(HostState::Leaving) => return HostVerdict::Safe("left".into()),
-        _ => {}
-    }
-    if ctx.cfg.host_id == Some(host_id) {
-        return HostVerdict::ThisHost;
-    }
-    let alive = || {
-        HostVerdict::Alive(match state {
-            Some(s) => s.to_string(),
-            None => "damaged record that changed recently".into(),
-        })
-    };
-    let fail_ms = slot
-        .record()
-        .map(|r| r.timing.renew_fail_timeout)
-        .unwrap_or(0);
-    let dead = ctx.dead_ms(t, host_id);
-    match ctx.silence(t, host_id) {
-        Silence::Unknown => HostVerdict::Unknown(
-            ctx.view_note
-                .clone()
-                .unwrap_or_else(|| "no watchdog view on this host".into()),
-        ),
-        Silence::Renewing => alive(),
-        Silence::Silent(ms) if ms < fail_ms => alive(),
-        Silence::Silent(ms) if !ctx.cfg.trust_unsafe_peers && unwatched(slot) => {
-            HostVerdict::Unwatched { silent: ms }
-        }
-        Silence::Silent(ms) if ms >= dead => HostVerdict::Safe(format!(
-            "dead (silent {} >= host_dead_timeout {})",
-            secs(ms),
-            secs(dead)
-        )),
-        Silence::Silent(ms) => HostVerdict::NotYet { silent: ms, dead },
-    }
+    host::verdict(&HostFacts {
+        collision: collision(ctx, t, host_id),
+        state: slot.record().map(|r| r.state),
+        this_host: ctx.cfg.host_id == Some(host_id),
+        renew_fail_ms: slot
+            .record()
+            .map(|r| r.timing.renew_fail_timeout)
+            .unwrap_or(0),
+        dead_ms: ctx.dead_ms(t, host_id),
+        silence: ctx.silence(t, host_id),
+        view_note: ctx.view_note.as_deref(),
+        unwatched: !ctx.cfg.trust_unsafe_peers && unwatched(slot),
+    })
 }
 
 /// A host id collision known here: this host's daemon saw two machines

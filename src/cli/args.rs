@@ -154,7 +154,7 @@ pub fn parse(argv: &[String]) -> Result<Parsed, UsageError> {
     if want_help {
         return Ok(Parsed::Print(help::command(command)));
     }
-    if command.name == "help" {
+    if command.command == help::Command::Help {
         return match args.positional.as_slice() {
             [] => Ok(Parsed::Print(help::overview())),
             [all] if all == "all" => Ok(Parsed::Print(help::full())),

@@ -3,9 +3,33 @@
 //! carries the same text plus the JSON schemas; a test keeps them in step.
 #![forbid(unsafe_code)]
 
+/// The commands `vmlease` runs, one variant each; [`COMMANDS`] gives each
+/// its name and manual, and `cli::run` dispatches on it (the compiler
+/// checks that every command is dispatched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Status,
+    Hosts,
+    Leases,
+    CanEvacuate,
+    CheckConfig,
+    Init,
+    Release,
+    ClearFence,
+    StorageFence,
+    Dump,
+    Ha,
+    Events,
+    Maintenance,
+    Hook,
+    Completion,
+    Help,
+}
+
 /// One command: how it is called and what it does.
 #[derive(Debug, PartialEq, Eq)]
 pub struct CommandHelp {
+    pub command: Command,
     pub name: &'static str,
     /// The arguments after the command name.
     pub synopsis: &'static str,
@@ -21,6 +45,7 @@ pub struct CommandHelp {
 
 pub const COMMANDS: &[CommandHelp] = &[
     CommandHelp {
+        command: Command::Status,
         name: "status",
         synopsis: "",
         summary: "this host: protection, watchdog, renewal, networks, fence, its leases",
@@ -40,6 +65,7 @@ Exit status: 0 protected, 1 not protected, 2 configuration error.",
         positional: (0, 0),
     },
     CommandHelp {
+        command: Command::Hosts,
         name: "hosts",
         synopsis: "",
         summary: "every host in the lockspace: state, silence, what a controller may do",
@@ -76,6 +102,7 @@ within io_timeout.",
         positional: (0, 0),
     },
     CommandHelp {
+        command: Command::Leases,
         name: "leases",
         synopsis: "[--host HOST] [--domain UUID]",
         summary: "lease records and their holders",
@@ -100,6 +127,7 @@ deadline.",
         positional: (0, 0),
     },
     CommandHelp {
+        command: Command::CanEvacuate,
         name: "can-evacuate",
         synopsis: "HOST",
         summary: "exit 0 only if restarting HOST's VMs elsewhere is split-brain safe now",
@@ -146,6 +174,7 @@ its deadline, a corrupt record, no watchdog view on this host).",
         positional: (1, 1),
     },
     CommandHelp {
+        command: Command::CheckConfig,
         name: "check-config",
         synopsis: "",
         summary: "validate the configuration and print the fence timeline",
@@ -166,6 +195,7 @@ host cannot take leases), 2 invalid or missing file.",
         positional: (0, 0),
     },
     CommandHelp {
+        command: Command::Init,
         name: "init",
         synopsis: "[--max-hosts N]",
         summary: "create the lockspace layout (once per lockspace)",
@@ -188,6 +218,7 @@ configuration error, 3 no answer from storage within io_timeout.",
         positional: (0, 0),
     },
     CommandHelp {
+        command: Command::Release,
         name: "release",
         synopsis: "--domain UUID",
         summary: "admin: free this host's leases of a domain whose QEMU is gone",
@@ -205,6 +236,7 @@ usage or configuration error, 3 lockspace unreachable.",
         positional: (0, 0),
     },
     CommandHelp {
+        command: Command::ClearFence,
         name: "clear-fence",
         synopsis: "",
         summary: "let a fenced host run protected VMs again once the cause is gone",
@@ -220,6 +252,7 @@ no watchdog daemon runs), 2 configuration error.",
         positional: (0, 0),
     },
     CommandHelp {
+        command: Command::StorageFence,
         name: "storage-fence",
         synopsis: "HOST",
         summary: "stop a silent host's writes with a Ceph blocklist; frees its leases",
@@ -248,6 +281,7 @@ error, 3 lockspace unreachable.",
         positional: (1, 1),
     },
     CommandHelp {
+        command: Command::Dump,
         name: "dump",
         synopsis: "FILE",
         summary: "decode and check a vmlease record, table, status or registry entry",
@@ -262,6 +296,7 @@ Exit status: 0 valid, 1 corrupt or not a vmlease file, 2 unreadable.",
         positional: (1, 1),
     },
     CommandHelp {
+        command: Command::Ha,
         name: "ha",
         synopsis: "status | enable DOMAIN [--priority N] | disable DOMAIN",
         summary: "recovery (vmlease-ha): what etcd holds; a domain's HA policy",
@@ -282,6 +317,7 @@ configuration error (no [ha] section), 3 etcd unreachable.",
         positional: (1, 2),
     },
     CommandHelp {
+        command: Command::Events,
         name: "events",
         synopsis: "[--follow]",
         summary: "recovery events in etcd: hosts failed, fenced, VMs recovered, maintenance",
@@ -303,6 +339,7 @@ Exit status: 0 done, 2 usage or configuration error (no [ha] section),
         positional: (0, 0),
     },
     CommandHelp {
+        command: Command::Maintenance,
         name: "maintenance",
         synopsis: "enter|exit HOST [--wait]",
         summary: "take a host out of placement and drain its HA VMs by live migration",
@@ -324,6 +361,7 @@ wait timed out, 2 usage or configuration error, 3 etcd unreachable.",
         positional: (2, 2),
     },
     CommandHelp {
+        command: Command::Hook,
         name: "hook",
         synopsis: "qemu NAME OPERATION SUB-OPERATION [EXTRA...]",
         summary: "the libvirt qemu hook (installed as /etc/libvirt/hooks/qemu.d/vmlease)",
@@ -365,6 +403,7 @@ Exit status: 0 go on, 1 refuse (prepare, migrate) or kill (reconnect),
         positional: (2, usize::MAX),
     },
     CommandHelp {
+        command: Command::Completion,
         name: "completion",
         synopsis: "bash | zsh",
         summary: "the shell completion script for bash or zsh",
@@ -382,6 +421,7 @@ Exit status: 0 printed, 2 unknown shell.",
         positional: (1, 1),
     },
     CommandHelp {
+        command: Command::Help,
         name: "help",
         synopsis: "[COMMAND|all]",
         summary: "this overview, the manual of one command, or all of it",
@@ -483,6 +523,20 @@ pub fn command(c: &CommandHelp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_command_has_one_entry_named_for_it() {
+        for c in COMMANDS {
+            let spelled: String = c
+                .name
+                .split('-')
+                .map(|w| w[..1].to_uppercase() + &w[1..])
+                .collect();
+            assert_eq!(format!("{:?}", c.command), spelled, "{}", c.name);
+            let n = COMMANDS.iter().filter(|d| d.command == c.command).count();
+            assert_eq!(n, 1, "{:?} is in the table {n} times", c.command);
+        }
+    }
 
     #[test]
     fn every_page_is_wrapped_and_has_an_exit_status() {

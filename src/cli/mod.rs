@@ -33,6 +33,7 @@ use std::fmt::Display;
 
 pub use args::Opts;
 use args::{Args, Parsed};
+use help::Command;
 use json::Json;
 
 use crate::config::{self, Config};
@@ -78,34 +79,38 @@ pub fn main(argv: Vec<String>) -> i32 {
     };
     // Syslog only: admin actions (release) are logged there.
     crate::logging::init(false, log::LevelFilter::Info);
-    if worker::applies(command.name) && !worker::WORKER.is_this_process() {
+    if worker::applies(command.command) && !worker::WORKER.is_this_process() {
         if let Ok(cfg) = config::load(&opts.config) {
-            return worker::supervise(&opts, command.name, &cfg, argv.get(1..).unwrap_or_default());
+            return worker::supervise(&opts, command, &cfg, argv.get(1..).unwrap_or_default());
         }
     }
-    let code = run(&opts, command.name, &args);
+    let code = run(&opts, command.command, &args);
     worker::WORKER.finish(code);
     code
 }
 
-fn run(opts: &Opts, command: &str, args: &Args) -> i32 {
+fn run(opts: &Opts, command: Command, args: &Args) -> i32 {
     match command {
-        "status" => status::run(opts),
-        "hosts" => hosts::run(opts),
-        "leases" => leases::run(opts, args),
-        "can-evacuate" => evacuate::run(opts, &args.positional[0]),
-        "check-config" => setup::check_config(opts),
-        "init" => setup::init(opts, args),
-        "release" => release::run(opts, args),
-        "clear-fence" => fence::clear(opts),
-        "storage-fence" => storage_fence::run(opts, args),
-        "dump" => dump::run(opts, &args.positional[0]),
-        "ha" => ha::run(opts, args),
-        "events" => ha_events::run(opts, args),
-        "maintenance" => ha_maintenance::run(opts, args),
-        "hook" => crate::hook::main(&opts.config, &args.positional),
-        "completion" => completion::run(&args.positional[0]),
-        other => unreachable!("command '{other}' is in the help table but not dispatched"),
+        Command::Status => status::run(opts),
+        Command::Hosts => hosts::run(opts),
+        Command::Leases => leases::run(opts, args),
+        Command::CanEvacuate => evacuate::run(opts, &args.positional[0]),
+        Command::CheckConfig => setup::check_config(opts),
+        Command::Init => setup::init(opts, args),
+        Command::Release => release::run(opts, args),
+        Command::ClearFence => fence::clear(opts),
+        Command::StorageFence => storage_fence::run(opts, args),
+        Command::Dump => dump::run(opts, &args.positional[0]),
+        Command::Ha => ha::run(opts, args),
+        Command::Events => ha_events::run(opts, args),
+        Command::Maintenance => ha_maintenance::run(opts, args),
+        Command::Hook => crate::hook::main(&opts.config, &args.positional),
+        Command::Completion => completion::run(&args.positional[0]),
+        // The parser answers `help` itself (Parsed::Print).
+        Command::Help => {
+            println!("{}", help::overview());
+            exit::OK
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::io::Write;
 
+use super::help::{Command, CommandHelp};
 use super::{exit, fail, status, Opts};
 use crate::config::Config;
 use crate::detach::{Outcome, Worker};
@@ -24,24 +25,27 @@ pub const WORKER: Worker = Worker {
 const START_MS: u64 = 1000;
 
 /// Commands run in a worker.
-pub fn applies(command: &str) -> bool {
-    matches!(command, "status" | "hosts" | "leases" | "can-evacuate")
+pub fn applies(command: Command) -> bool {
+    matches!(
+        command,
+        Command::Status | Command::Hosts | Command::Leases | Command::CanEvacuate
+    )
 }
 
 /// The deadline of `command`, in ms, from the I/O deadline `io_timeout`
 /// (docs/cli.md, "Deadlines"): the sum of the lockspace reads the answer
 /// needs, each bounded by `io_timeout` (the listing of the lease records
 /// by 4 of them), plus the worker's start.
-pub fn deadline_ms(cfg: &Config, command: &str) -> u64 {
+pub fn deadline_ms(cfg: &Config, command: Command) -> u64 {
     let io = cfg.io_timeout;
     START_MS
         + match command {
             // This host's slot and the tracked processes' leases, in one
             // bounded read (plus 10 ms a lease record); on a fenced
             // host the storage-fence verdict (the monitors' copy: 2 s).
-            "status" => io + 1000 + super::storage_fence::VERDICT_LOOKUP_MS,
+            Command::Status => io + 1000 + super::storage_fence::VERDICT_LOOKUP_MS,
             // Open (the lockspace's header) and the host table.
-            "hosts" => 2 * io,
+            Command::Hosts => 2 * io,
             // Open, the host table, the listing (4 io), the records.
             _ => 7 * io,
         }
@@ -50,8 +54,8 @@ pub fn deadline_ms(cfg: &Config, command: &str) -> u64 {
 /// Runs a command that reads the lockspace in a worker process (`args`:
 /// the command line after the program name), so that the answer comes
 /// within its deadline even when the lockspace hangs.
-pub fn supervise(opts: &Opts, command: &str, cfg: &Config, args: &[String]) -> i32 {
-    let deadline = deadline_ms(cfg, command);
+pub fn supervise(opts: &Opts, command: &CommandHelp, cfg: &Config, args: &[String]) -> i32 {
+    let deadline = deadline_ms(cfg, command.command);
     match WORKER.run(args, None, deadline) {
         Outcome::Answered {
             code,
@@ -68,10 +72,11 @@ pub fn supervise(opts: &Opts, command: &str, cfg: &Config, args: &[String]) -> i
         ),
         Outcome::NoAnswer { pid, after_ms, .. } => {
             let why = format!(
-                "no answer within {after_ms} ms (the deadline of 'vmlease {command}'); its \
-                 reader, process {pid}, is left behind"
+                "no answer within {after_ms} ms (the deadline of 'vmlease {}'); its \
+                 reader, process {pid}, is left behind",
+                command.name
             );
-            if command == "status" {
+            if command.command == Command::Status {
                 // What this host's own files say, without the lockspace.
                 return status::run_local(opts, why);
             }

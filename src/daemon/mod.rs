@@ -36,7 +36,7 @@ use crate::status::{NetView, Observer, Status};
 
 use actions::{HostActions, RealHost};
 use fence::{Fence, Inputs, Phase};
-use probes::{NetState, Round};
+use probes::{NetState, Nets, Round};
 use reaper::Reaper;
 use watchdog::Watchdog;
 
@@ -184,7 +184,7 @@ pub struct Daemon {
     reaper: Reaper,
     watchdog: Box<dyn Watchdog>,
     host: Box<dyn HostActions>,
-    nets: Vec<NetState>,
+    nets: Nets,
     probe_out: Arc<Mutex<Vec<(&'static str, Round)>>>,
     /// Another machine wrote our slot: we write it no more until a
     /// re-claim (`vmlease clear-fence`) succeeds.
@@ -356,11 +356,11 @@ impl Daemon {
 
         let (renew_tx, renew_rx) = spawn_renewer(ls.clone(), host_id);
         let reaper = Reaper::new(&cfg, ls.clone(), host_id, &boot_id);
-        let nets = vec![
-            NetState::new("storage", cfg.storage.clone()),
-            NetState::new("management", cfg.management.clone()),
-            NetState::new("service", cfg.service.clone()),
-        ];
+        let nets = Nets {
+            storage: NetState::new("storage", cfg.storage.clone()),
+            management: NetState::new("management", cfg.management.clone()),
+            service: NetState::new("service", cfg.service.clone()),
+        };
         let probe_out = Arc::new(Mutex::new(Vec::new()));
         probes::spawn(
             nets.iter().map(|n| (n.name, n.net.clone())).collect(),
@@ -467,8 +467,8 @@ impl Daemon {
             self.reaper.scan();
             let alive = self.reaper.alive_count();
 
-            let mgmt_lost = self.nets[1].lost(now);
-            let service_lost = self.nets[2].lost(now);
+            let mgmt_lost = self.nets.management.lost(now);
+            let service_lost = self.nets.service.lost(now);
             self.check_maintenance();
             let clear = self.clear_input();
             let mut inputs = Inputs {
@@ -477,8 +477,8 @@ impl Daemon {
                 started: self.started_ms,
                 mgmt_lost,
                 service_lost,
-                mgmt_down: self.nets[1].down(),
-                service_down: self.nets[2].down(),
+                mgmt_down: self.nets.management.down(),
+                service_down: self.nets.service.down(),
                 collision: self.collision,
                 alive_leased: alive,
                 clear_requested: clear,

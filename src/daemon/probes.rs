@@ -172,6 +172,24 @@ pub struct Round {
     pub failures: Vec<String>,
 }
 
+/// The three networks a host watches, by name (docs/design.md).
+pub struct Nets {
+    pub storage: NetState,
+    pub management: NetState,
+    pub service: NetState,
+}
+
+impl Nets {
+    /// Storage, management, service: the order of the status file.
+    pub fn iter(&self) -> impl Iterator<Item = &NetState> {
+        [&self.storage, &self.management, &self.service].into_iter()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut NetState> {
+        [&mut self.storage, &mut self.management, &mut self.service].into_iter()
+    }
+}
+
 /// Tracks one network: up, down since when, lost.
 #[derive(Debug, Clone)]
 pub struct NetState {

@@ -9,7 +9,7 @@
 //! cannot exit, even after `exit()` (measured: `vmlease status` took 64 s
 //! to return while a peer's ceph-fuse was frozen). So the caller never
 //! touches the storage itself. The worker ends its output on stdout and on
-//! stderr with an end mark ([`finish`], on stdout followed by its exit
+//! stderr with an end mark ([`Worker::finish`], on stdout followed by its exit
 //! code), which comes before the exit a stuck thread may hold up; the
 //! caller takes the answer at the marks, whether or not the worker can
 //! exit yet. A worker with no answer by the deadline is left behind (it

@@ -93,7 +93,7 @@ pub fn parse_fs_ls(out: &str) -> Vec<String> {
         .collect()
 }
 
-/// A key's value in `ceph fs get NAME` output ("key<whitespace>value").
+/// A key's value in `ceph fs get NAME` output ("key", whitespace, "value").
 pub fn parse_fs_get(out: &str, key: &str) -> Option<f64> {
     out.lines().find_map(|l| {
         let mut w = l.split_whitespace();

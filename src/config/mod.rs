@@ -2,9 +2,9 @@
 //! by the plugin, the daemon and the CLI.
 //!
 //! Loading is two steps: [`parse`] turns text into a [`Config`] (unknown
-//! keys and wrong types are errors naming the key and the line), and
-//! [`Config::validate`] checks ranges and the timing inequality, again
-//! naming the key and the line.
+//! keys and wrong types are errors naming the key and the line), and its
+//! builder checks ranges and the timing inequality
+//! ([`timing::Timing::check`]), again naming the key and the line.
 #![forbid(unsafe_code)]
 
 pub mod ha;

@@ -11,7 +11,7 @@ pub enum Error {
     Libvirt { op: String, reason: String },
     /// A value in etcd that does not decode (named by key).
     Corrupt { key: String, reason: String },
-    /// Configuration or set-up (TLS files, missing [ha]).
+    /// Configuration or set-up (TLS files, missing `[ha]`).
     Setup(String),
 }
 

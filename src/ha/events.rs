@@ -1,7 +1,7 @@
 //! Events: what an operator, a monitoring system or a notification hook
 //! should hear about (a host failed, was fenced, may be evacuated, a VM
 //! was recovered or could not be). Every event is an
-//! [`Action::Event`](super::decide::Action::Event) of the controller's pure
+//! [`super::decide::Action::Event`] of the controller's pure
 //! step - the one way to emit one - built with [`Event::host`] or
 //! [`Event::vm`]:
 //!

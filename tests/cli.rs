@@ -107,6 +107,8 @@ fn json(o: &Output) -> json::Value {
     let s = stdout(o);
     assert_eq!(s.lines().count(), 1, "--json prints one line: {}", text(o));
     let v = json::parse(s.trim_end()).unwrap_or_else(|e| panic!("invalid JSON ({e}): {s}"));
+    // Compact, in the order written, with the documented escapes.
+    assert_eq!(json::render(&v), s.trim_end(), "--json formatting changed");
     fn walk(v: &json::Value, docs: &str) {
         match v {
             json::Value::Obj(kv) => {
@@ -717,6 +719,75 @@ fn a_hung_lockspace_gives_cannot_tell_not_a_hang() {
     b.daemon.as_ref().unwrap().signal(libc::SIGCONT);
 }
 
+/// The `--json` output of every command that has one, on a live
+/// two-host cluster, keeps the keys, their order and the value types
+/// recorded in tests/cli-json-shapes.txt (and its formatting: [`json`]).
+/// Values differ from run to run; their shapes must not. Record again
+/// with VMLEASE_UPDATE_JSON_SHAPES=1 after a deliberate schema change
+/// (and update docs/cli.md).
+#[test]
+fn json_outputs_keep_their_keys_order_and_types() {
+    let _g = serial();
+    let s = Scratch::new("cli-shapes");
+    let ls = lockspace(&s);
+    let mut a = Host::new(&s, 1, &ls, "unsafe_no_watchdog = true\n");
+    let mut b = Host::new(&s, 2, &ls, "unsafe_no_watchdog = true\n");
+    a.start(&[]);
+    b.start(&[]);
+    let q = standin_qemu();
+    lease(&a, UUID_A, "web", &q, Some("/images/web.qcow2")).unwrap();
+    let uuid = format_uuid(&UUID_A);
+    let disk = ls
+        .join("leases")
+        .join(Resource::disk("/images/web.qcow2", false).key());
+    let file = |p: &Path| p.to_str().unwrap().to_string();
+    let mut got = String::new();
+    let mut record = |name: &str, conf: &Path, args: &[String]| {
+        let mut argv = vec!["--json"];
+        argv.extend(args.iter().map(String::as_str));
+        let o = vmlease(conf, &argv);
+        let j = json(&o);
+        got.push_str(&format!(
+            "{name} (exit {}): {}\n",
+            code(&o),
+            json::shape(&j)
+        ));
+    };
+    let arg = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    record("check-config", &a.conf, &arg(&["check-config"]));
+    record("init", &a.conf, &arg(&["init"]));
+    record("status", &a.conf, &arg(&["status"]));
+    record("hosts", &b.conf, &arg(&["hosts"]));
+    record("leases", &b.conf, &arg(&["leases"]));
+    record("can-evacuate", &b.conf, &arg(&["can-evacuate", "1"]));
+    record("clear-fence", &a.conf, &arg(&["clear-fence"]));
+    record("dump lease", &b.conf, &arg(&["dump", &file(&disk)]));
+    record(
+        "dump hosts",
+        &b.conf,
+        &arg(&["dump", &file(&ls.join("hosts"))]),
+    );
+    let header = file(&ls.join("VMLEASE"));
+    record("dump header", &b.conf, &arg(&["dump", &header]));
+    let status = file(&a.cfg.state_dir.join("status"));
+    record("dump status", &b.conf, &arg(&["dump", &status]));
+    // An admin release of a dead QEMU's leases (its daemon frozen, so that
+    // it does not release them first).
+    a.daemon.as_ref().unwrap().signal(libc::SIGSTOP);
+    drop(q);
+    record("release", &a.conf, &arg(&["release", "--domain", &uuid]));
+    a.daemon.as_ref().unwrap().signal(libc::SIGCONT);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli-json-shapes.txt");
+    if std::env::var_os("VMLEASE_UPDATE_JSON_SHAPES").is_some() {
+        fs::write(&path, &got).unwrap();
+    }
+    let want = fs::read_to_string(&path).unwrap_or_default();
+    for (w, g) in want.lines().zip(got.lines()) {
+        assert_eq!(g, w, "--json output changed shape (got, then recorded)");
+    }
+    assert_eq!(got, want, "--json outputs differ from {}", path.display());
+}
+
 /// A minimal JSON reader, enough to check the `--json` outputs.
 mod json {
     #[derive(Debug, Clone, PartialEq)]
@@ -757,6 +828,63 @@ mod json {
                 Value::Arr(v) => v,
                 _ => panic!("not an array: {self:?}"),
             }
+        }
+    }
+
+    /// Compact JSON, objects in their order; strings escaped as
+    /// `--json` documents it (RFC 8259's short escapes, other control
+    /// characters as lower-case \u00XX, everything else as UTF-8).
+    pub fn render(v: &Value) -> String {
+        match v {
+            Value::Null => "null".into(),
+            Value::Bool(b) => b.to_string(),
+            Value::Num(n) => n.to_string(),
+            Value::Str(s) => quote(s),
+            Value::Arr(xs) => format!("[{}]", xs.iter().map(render).collect::<Vec<_>>().join(",")),
+            Value::Obj(kv) => format!(
+                "{{{}}}",
+                kv.iter()
+                    .map(|(k, x)| format!("{}:{}", quote(k), render(x)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
+
+    fn quote(s: &str) -> String {
+        let mut out = String::from('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// The keys in order and the type of each value, without the values.
+    pub fn shape(v: &Value) -> String {
+        match v {
+            Value::Null => "null".into(),
+            Value::Bool(_) => "bool".into(),
+            Value::Num(_) => "num".into(),
+            Value::Str(_) => "str".into(),
+            Value::Arr(xs) => format!("[{}]", xs.iter().map(shape).collect::<Vec<_>>().join(",")),
+            Value::Obj(kv) => format!(
+                "{{{}}}",
+                kv.iter()
+                    .map(|(k, x)| format!("{k}:{}", shape(x)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
         }
     }
 
@@ -867,6 +995,8 @@ mod json {
                         self.i += 1;
                         match e {
                             b'n' => out.push('\n'),
+                            b'b' => out.push('\u{8}'),
+                            b'f' => out.push('\u{c}'),
                             b'r' => out.push('\r'),
                             b't' => out.push('\t'),
                             b'"' => out.push('"'),

@@ -3,8 +3,10 @@
 //! status, a registry entry).
 #![forbid(unsafe_code)]
 
-use super::json::Json;
-use super::leases::holder_json;
+use serde::Serialize;
+
+use super::json::{to_line, Json};
+use super::leases::{holder_json, HolderJson};
 use super::{cell, exit, fail, print_json, table, Opts};
 use crate::codec;
 use crate::error::Error;
@@ -15,10 +17,22 @@ use crate::status::Status;
 
 const HEADER_MAGIC: &str = "vmlease-lockspace v1";
 
+/// `dump --json` of a lease record.
+#[derive(Serialize)]
+struct LeaseJson {
+    kind: &'static str,
+    key: String,
+    resource: String,
+    version: u64,
+    mode: &'static str,
+    holders: Vec<HolderJson>,
+}
+
 /// What a file turned out to be.
 struct Decoded {
     kind: &'static str,
-    json: Json,
+    /// The `--json` line.
+    json: String,
     /// Human form: (key, value) lines, or a table for the host table.
     lines: Vec<(String, String)>,
     rows: Option<Vec<Vec<String>>>,
@@ -38,20 +52,14 @@ fn decode(data: &[u8]) -> Result<Decoded, (&'static str, String)> {
             kind: "lease record",
             lines: fields_of(data, "vmlease-lease v1"),
             rows: None,
-            json: Json::obj(vec![
-                ("kind", Json::str("lease")),
-                ("key", Json::str(r.key)),
-                ("resource", Json::str(r.resource)),
-                ("version", Json::num(r.version)),
-                (
-                    "mode",
-                    Json::str(r.mode.map(|m| m.as_str()).unwrap_or("free")),
-                ),
-                (
-                    "holders",
-                    Json::Arr(r.holders.iter().map(holder_json).collect()),
-                ),
-            ]),
+            json: to_line(&LeaseJson {
+                kind: "lease",
+                mode: r.mode.map(|m| m.as_str()).unwrap_or("free"),
+                holders: r.holders.iter().map(holder_json).collect(),
+                key: r.key,
+                resource: r.resource,
+                version: r.version,
+            }),
         })
     } else if head.starts_with("vmlease-status ") {
         let s = Status::decode(data).map_err(|e| ("watchdog status", e))?;
@@ -89,7 +97,8 @@ fn decode(data: &[u8]) -> Result<Decoded, (&'static str, String)> {
                             .collect(),
                     ),
                 ),
-            ]),
+            ])
+            .render(),
         })
     } else if head.starts_with("vmlease-proc ") {
         let e = Entry::decode(data).map_err(|e| ("registry entry", e))?;
@@ -107,7 +116,8 @@ fn decode(data: &[u8]) -> Result<Decoded, (&'static str, String)> {
                     "keys",
                     Json::Arr(e.keys.into_iter().map(|(k, _)| Json::str(k)).collect()),
                 ),
-            ]),
+            ])
+            .render(),
         })
     } else if head.starts_with("vmlease-storage-fenced ") {
         let v = crate::storage_fence::Verdict::decode(data)
@@ -128,7 +138,8 @@ fn decode(data: &[u8]) -> Result<Decoded, (&'static str, String)> {
                 ("osdmap_epoch", Json::num(v.osdmap_epoch)),
                 ("writer_host", Json::num(v.writer_host)),
                 ("wall", Json::num(v.wall)),
-            ]),
+            ])
+            .render(),
         })
     } else if head.starts_with("vmlease-storage-target ") {
         let t =
@@ -145,7 +156,8 @@ fn decode(data: &[u8]) -> Result<Decoded, (&'static str, String)> {
                     "addrs",
                     Json::Arr(t.addrs.into_iter().map(Json::Str).collect()),
                 ),
-            ]),
+            ])
+            .render(),
         })
     } else if head.starts_with("vmlease-lockspace ") {
         let f = codec::parse(data, HEADER_MAGIC).map_err(|e| ("lockspace header", e))?;
@@ -165,7 +177,8 @@ fn decode(data: &[u8]) -> Result<Decoded, (&'static str, String)> {
                         .map(|u| Json::str(u.to_string()))
                         .unwrap_or(Json::Null),
                 ),
-            ]),
+            ])
+            .render(),
         })
     } else if !data.is_empty() && data.len().is_multiple_of(SLOT_SIZE) {
         let slots = hosts::decode_table(data);
@@ -231,7 +244,8 @@ fn decode(data: &[u8]) -> Result<Decoded, (&'static str, String)> {
                 ("kind", Json::str("host table")),
                 ("slots", Json::num(slots.len() as u64)),
                 ("hosts", Json::Arr(js)),
-            ]),
+            ])
+            .render(),
         })
     } else {
         Err(("file", "not a vmlease file (unknown format)".into()))
@@ -251,7 +265,7 @@ pub fn run(opts: &Opts, path: &str) -> i32 {
         Ok(d) => {
             let corrupt = d.kind.contains("CORRUPT");
             if opts.json {
-                print_json(d.json);
+                println!("{}", d.json);
             } else {
                 if let Some(rows) = &d.rows {
                     print_table(rows);

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use super::json::Json;
+use serde::Serialize;
+
 use super::{exit, load, print_json, Opts};
 use crate::clock::boottime_ms;
 use crate::daemon::fence::{load_marker, Cause};
@@ -14,6 +15,14 @@ use crate::status::Status;
 /// How long the daemon gets to answer (it looks at every tick).
 const WAIT_MS: u64 = 5_000;
 
+/// `clear-fence --json`.
+#[derive(Serialize)]
+struct ClearedJson<'a> {
+    cleared: bool,
+    cause: Option<&'a str>,
+    message: String,
+}
+
 pub fn clear(opts: &Opts) -> i32 {
     let cfg = match load(opts) {
         Ok(c) => c,
@@ -21,11 +30,11 @@ pub fn clear(opts: &Opts) -> i32 {
     };
     let report = |code: i32, cleared: bool, cause: Option<&str>, msg: String| {
         if opts.json {
-            print_json(Json::obj(vec![
-                ("cleared", Json::Bool(cleared)),
-                ("cause", cause.map(Json::str).unwrap_or(Json::Null)),
-                ("message", Json::str(msg)),
-            ]));
+            print_json(ClearedJson {
+                cleared,
+                cause,
+                message: msg,
+            });
         } else if code == exit::OK {
             println!("{msg}");
         } else {

@@ -2,12 +2,28 @@
 //! host has seen it silent, and what a controller may do with its VMs.
 #![forbid(unsafe_code)]
 
-use super::json::Json;
+use serde::Serialize;
+
 use super::view::host_verdict;
 use super::{cell, exit, fail, open, print_json, table, Opts};
 use crate::config::secs;
 use crate::hosts::Slot;
 use crate::takeover::host::{HostVerdict, Silence};
+
+/// One host of `hosts --json`.
+#[derive(Serialize)]
+struct HostJson {
+    host_id: u16,
+    host_name: String,
+    state: String,
+    boot_id: String,
+    counter: Option<u64>,
+    observed: bool,
+    silent_for_ms: Option<u64>,
+    verdict: &'static str,
+    safe_in_ms: Option<u64>,
+    detail: String,
+}
 
 pub fn run(opts: &Opts) -> i32 {
     let ctx = match open(opts) {
@@ -54,26 +70,24 @@ pub fn run(opts: &Opts) -> i32 {
             cell(&boot.chars().take(8).collect::<String>()),
             cell(&v.text()),
         ]);
-        let silent_ms = match silence {
-            Silence::Silent(ms) => Json::num(ms),
-            _ => Json::Null,
-        };
-        let safe_in = Json::opt_num(v.safe_in());
-        js.push(Json::obj(vec![
-            ("host_id", Json::num(id)),
-            ("host_name", Json::str(name)),
-            ("state", Json::str(state)),
-            ("boot_id", Json::str(boot)),
-            ("counter", Json::opt_num(counter)),
-            ("observed", Json::Bool(silence != Silence::Unknown)),
-            ("silent_for_ms", silent_ms),
-            ("verdict", Json::str(v.word())),
-            ("safe_in_ms", safe_in),
-            ("detail", Json::str(v.text())),
-        ]));
+        js.push(HostJson {
+            host_id: id,
+            host_name: name,
+            state,
+            boot_id: boot,
+            counter,
+            observed: silence != Silence::Unknown,
+            silent_for_ms: match silence {
+                Silence::Silent(ms) => Some(ms),
+                _ => None,
+            },
+            verdict: v.word(),
+            safe_in_ms: v.safe_in(),
+            detail: v.text(),
+        });
     }
     if opts.json {
-        print_json(Json::Arr(js));
+        print_json(js);
         return exit::OK;
     }
     if let Some(note) = &ctx.view_note {

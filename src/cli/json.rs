@@ -1,7 +1,11 @@
-//! A minimal JSON writer for `--json` output (no parsing needed).
+//! `--json` output: one compact line through `serde_json` (the field's
+//! standard writer: escaping, numbers, UTF-8), from `#[derive(Serialize)]`
+//! types or, where a command still builds its answer field by field, the
+//! small [`Json`] tree. Key order is declaration order; docs/cli.md has
+//! the schemas and tests/cli.rs checks them.
 #![forbid(unsafe_code)]
 
-use std::fmt::Write as _;
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Json {
@@ -33,61 +37,38 @@ impl Json {
     }
 
     pub fn render(&self) -> String {
-        let mut s = String::new();
-        self.write(&mut s);
-        s
+        to_line(self)
     }
+}
 
-    fn write(&self, out: &mut String) {
+impl Serialize for Json {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Json::Null => out.push_str("null"),
-            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Json::Num(n) => {
-                let _ = write!(out, "{n}");
-            }
-            Json::Str(s) => escape(s, out),
+            Json::Null => s.serialize_unit(),
+            Json::Bool(b) => s.serialize_bool(*b),
+            Json::Num(n) => s.serialize_i128(*n),
+            Json::Str(v) => s.serialize_str(v),
             Json::Arr(v) => {
-                out.push('[');
-                for (i, x) in v.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    x.write(out);
+                let mut seq = s.serialize_seq(Some(v.len()))?;
+                for x in v {
+                    seq.serialize_element(x)?;
                 }
-                out.push(']');
+                seq.end()
             }
             Json::Obj(v) => {
-                out.push('{');
-                for (i, (k, x)) in v.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    escape(k, out);
-                    out.push(':');
-                    x.write(out);
+                let mut map = s.serialize_map(Some(v.len()))?;
+                for (k, x) in v {
+                    map.serialize_entry(k, x)?;
                 }
-                out.push('}');
+                map.end()
             }
         }
     }
 }
 
-fn escape(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+/// One compact line of JSON, keys in the order the type declares them.
+pub fn to_line(v: &impl Serialize) -> String {
+    serde_json::to_string(v).expect("--json values always serialise")
 }
 
 #[cfg(test)]
@@ -105,5 +86,7 @@ mod tests {
             j.render(),
             r#"{"a":1,"b":"x\"y\\z\n\u0001é","c":[true,null]}"#
         );
+        let big = Json::obj(vec![("n", Json::num(u64::MAX)), ("m", Json::num(-1))]);
+        assert_eq!(big.render(), r#"{"n":18446744073709551615,"m":-1}"#);
     }
 }

@@ -3,7 +3,8 @@
 #![forbid(unsafe_code)]
 
 use super::args::Args;
-use super::json::Json;
+use serde::Serialize;
+
 use super::{cell, exit, fail, open, print_json, table, Opts};
 use crate::error::Error;
 use crate::lease::Holder;
@@ -19,15 +20,44 @@ pub fn holder_text(h: &Holder) -> String {
     )
 }
 
-pub fn holder_json(h: &Holder) -> Json {
-    Json::obj(vec![
-        ("host_id", Json::num(h.host_id)),
-        ("boot_id", Json::str(h.boot_id.clone())),
-        ("pid", Json::num(h.pid)),
-        ("pid_start", Json::num(h.pid_start)),
-        ("domain_uuid", Json::str(h.domain_uuid.clone())),
-        ("domain_name", Json::str(h.domain_name.clone())),
-    ])
+/// One holder in `--json` output (leases, dump, release).
+#[derive(Serialize)]
+pub struct HolderJson {
+    host_id: u16,
+    boot_id: String,
+    pid: u32,
+    pid_start: u64,
+    domain_uuid: String,
+    domain_name: String,
+}
+
+pub fn holder_json(h: &Holder) -> HolderJson {
+    HolderJson {
+        host_id: h.host_id,
+        boot_id: h.boot_id.clone(),
+        pid: h.pid,
+        pid_start: h.pid_start,
+        domain_uuid: h.domain_uuid.clone(),
+        domain_name: h.domain_name.clone(),
+    }
+}
+
+/// One record of `leases --json`: a readable record, or one that is not.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum RecordJson {
+    Record {
+        key: String,
+        resource: String,
+        mode: String,
+        version: u64,
+        holders: Vec<HolderJson>,
+    },
+    Unreadable {
+        key: String,
+        corrupt: bool,
+        error: String,
+    },
 }
 
 pub fn run(opts: &Opts, args: &Args) -> i32 {
@@ -93,16 +123,13 @@ pub fn run(opts: &Opts, args: &Args) -> i32 {
                     r.version.to_string(),
                     holders,
                 ]);
-                js.push(Json::obj(vec![
-                    ("key", Json::str(key)),
-                    ("resource", Json::str(r.resource.clone())),
-                    ("mode", Json::str(mode)),
-                    ("version", Json::num(r.version)),
-                    (
-                        "holders",
-                        Json::Arr(r.holders.iter().map(holder_json).collect()),
-                    ),
-                ]));
+                js.push(RecordJson::Record {
+                    key,
+                    resource: r.resource.clone(),
+                    mode,
+                    version: r.version,
+                    holders: r.holders.iter().map(holder_json).collect(),
+                });
             }
             // Shown even when filtering: it may be one of the wanted ones.
             Err(e) => {
@@ -118,16 +145,16 @@ pub fn run(opts: &Opts, args: &Args) -> i32 {
                     "-".into(),
                     cell(&e.to_string()),
                 ]);
-                js.push(Json::obj(vec![
-                    ("key", Json::str(key)),
-                    ("corrupt", Json::Bool(is_corrupt)),
-                    ("error", Json::str(e.to_string())),
-                ]));
+                js.push(RecordJson::Unreadable {
+                    key,
+                    corrupt: is_corrupt,
+                    error: e.to_string(),
+                });
             }
         }
     }
     if opts.json {
-        print_json(Json::Arr(js));
+        print_json(js);
     } else if rows.is_empty() {
         println!("no lease records");
     } else {

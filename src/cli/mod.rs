@@ -34,7 +34,6 @@ use std::fmt::Display;
 pub use args::Opts;
 use args::{Args, Parsed};
 use help::Command;
-use json::Json;
 
 use crate::config::{self, Config};
 
@@ -131,8 +130,8 @@ fn fail(code: i32, e: impl Display) -> i32 {
     code
 }
 
-fn print_json(j: Json) {
-    println!("{}", j.render());
+fn print_json(j: impl serde::Serialize) {
+    println!("{}", json::to_line(&j));
 }
 
 /// Prints rows as aligned columns (the last column is not padded).

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use super::args::Args;
-use super::json::Json;
+use serde::Serialize;
+
+use super::leases::HolderJson;
 use super::leases::{holder_json, holder_text};
 use super::{cell, exit, fail, open, print_json, Opts};
 use crate::deadline;
@@ -137,29 +139,19 @@ pub fn run(opts: &Opts, args: &Args) -> i32 {
         exit::NO
     };
     if opts.json {
-        print_json(Json::obj(vec![
-            ("domain_uuid", Json::str(domain)),
-            (
-                "released",
-                Json::Arr(
-                    released
-                        .iter()
-                        .map(|(k, r, gone)| {
-                            Json::obj(vec![
-                                ("key", Json::str(k.clone())),
-                                ("resource", Json::str(r.clone())),
-                                ("holders", Json::Arr(gone.iter().map(holder_json).collect())),
-                            ])
-                        })
-                        .collect(),
-                ),
-            ),
-            ("registry_entries_removed", Json::num(removed as u64)),
-            (
-                "problems",
-                Json::Arr(problems.iter().cloned().map(Json::Str).collect()),
-            ),
-        ]));
+        print_json(ReleaseJson {
+            domain_uuid: domain,
+            released: released
+                .iter()
+                .map(|(k, r, gone)| ReleasedJson {
+                    key: k.clone(),
+                    resource: r.clone(),
+                    holders: gone.iter().map(holder_json).collect(),
+                })
+                .collect(),
+            registry_entries_removed: removed as u64,
+            problems,
+        });
         return code;
     }
     for (_, resource, gone) in &released {
@@ -176,4 +168,20 @@ pub fn run(opts: &Opts, args: &Args) -> i32 {
         println!("no lease of domain {domain} is held by this host");
     }
     code
+}
+
+/// `release --json`.
+#[derive(Serialize)]
+struct ReleaseJson {
+    domain_uuid: String,
+    released: Vec<ReleasedJson>,
+    registry_entries_removed: u64,
+    problems: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ReleasedJson {
+    key: String,
+    resource: String,
+    holders: Vec<HolderJson>,
 }

@@ -260,7 +260,7 @@ impl VmMonitor {
     }
 
     fn protected(&self) -> std::result::Result<(), String> {
-        crate::plugin::protected_status(&self.cfg)
+        crate::status::protected_status(&self.cfg)
             .map(|_| ())
             .map_err(|e| e.to_string())
     }

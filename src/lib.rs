@@ -23,6 +23,7 @@ pub mod lease;
 pub mod lockspace;
 pub mod logging;
 pub mod process;
+pub mod rados;
 pub mod registry;
 pub mod resource;
 pub mod sha256;

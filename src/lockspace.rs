@@ -40,6 +40,9 @@ pub struct Lockspace {
     /// same. `None` for a lockspace made by a vmlease without UUIDs (until
     /// `vmlease init` or the daemon adds one, see [`Lockspace::add_uuid`]).
     pub uuid: Option<String>,
+    /// The host table through RADOS instead of this host's CephFS client
+    /// (`liveness_rados`, [`Lockspace::via_rados`]); `None`: through the file.
+    pub rados: Option<crate::rados::RadosTable>,
 }
 
 /// What [`Lockspace::create`] did.
@@ -169,7 +172,83 @@ impl Lockspace {
             dir: dir.to_path_buf(),
             max_hosts: max_hosts as u16,
             uuid,
+            rados: None,
         })
+    }
+
+    /// This lockspace with the host table read and written through RADOS
+    /// (`src/rados.rs`): the same bytes at the same offsets, without the
+    /// CephFS capabilities through which a hung peer stalls the file.
+    pub fn via_rados(self, conf: crate::rados::RadosConf) -> Lockspace {
+        let len = self.max_hosts as usize * SLOT_SIZE;
+        let table = crate::rados::RadosTable::new(conf, &self.hosts_path(), len);
+        Lockspace {
+            rados: Some(table),
+            ..self
+        }
+    }
+
+    /// This host's own CephFS probe file, `probes/<id>/alive`, when the
+    /// host table is on RADOS (`None` otherwise). RADOS I/O proves only
+    /// that this host reaches the OSDs; the renewal must also prove that
+    /// its CephFS client works (its VMs' lease records are there), without
+    /// touching anything another client touches: the file is created once
+    /// at start ([`Lockspace::create_probe`]) and then only rewritten in
+    /// place by its owner; no vmlease reads, stats or lists it, so no
+    /// other client holds capabilities on it (docs/cephfs.md, case (b)).
+    pub fn probe_path(&self, host_id: u16) -> Option<PathBuf> {
+        self.rados.as_ref()?;
+        Some(
+            self.dir
+                .join("probes")
+                .join(host_id.to_string())
+                .join("alive"),
+        )
+    }
+
+    /// Creates this host's probe file (at start, not on the renewal path:
+    /// creating in a directory may wait for another client).
+    pub fn create_probe(&self, host_id: u16) -> Result<()> {
+        let Some(path) = self.probe_path(host_id) else {
+            return Ok(());
+        };
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
+        }
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&path)
+            .map_err(|e| Error::io("create", &path, e))?;
+        Ok(())
+    }
+
+    /// Rewrites this host's probe file in place and syncs it (no-op when
+    /// the host table is in the file: writing it proves the same). Never
+    /// creates it: a missing probe is an error, as a missing table.
+    pub fn write_probe(&self, rec: &HostRecord) -> Result<()> {
+        let Some(path) = self.probe_path(rec.host_id) else {
+            return Ok(());
+        };
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open probe", &path, e))?;
+        f.write_all_at(&rec.encode(), 0)
+            .map_err(|e| Error::io("write probe", &path, e))?;
+        f.sync_data()
+            .map_err(|e| Error::io("fsync probe", &path, e))?;
+        Ok(())
+    }
+
+    /// Where the host table is read and written, for messages.
+    pub fn hosts_location(&self) -> String {
+        match &self.rados {
+            Some(r) => r.describe(),
+            None => self.hosts_path().display().to_string(),
+        }
     }
 
     pub fn hosts_path(&self) -> PathBuf {
@@ -195,8 +274,11 @@ impl Lockspace {
     pub fn read_hosts_raw(&self) -> Result<Vec<u8>> {
         let path = self.hosts_path();
         let len = self.max_hosts as usize * SLOT_SIZE;
-        let mut data =
-            read_uncached(&path, 0, len).map_err(|e| Error::io("read host table", &path, e))?;
+        let mut data = match &self.rados {
+            Some(r) => r.read(0, len),
+            None => read_uncached(&path, 0, len),
+        }
+        .map_err(|e| Error::io("read host table", &path, e))?;
         data.resize(len, 0);
         Ok(data)
     }
@@ -217,8 +299,11 @@ impl Lockspace {
     pub fn read_slot_raw(&self, host_id: u16) -> Result<Vec<u8>> {
         let path = self.hosts_path();
         let offset = (host_id as u64 - 1) * SLOT_SIZE as u64;
-        let mut buf = read_uncached(&path, offset, SLOT_SIZE)
-            .map_err(|e| Error::io("read host record", &path, e))?;
+        let mut buf = match &self.rados {
+            Some(r) => r.read(offset, SLOT_SIZE),
+            None => read_uncached(&path, offset, SLOT_SIZE),
+        }
+        .map_err(|e| Error::io("read host record", &path, e))?;
         buf.resize(SLOT_SIZE, 0);
         Ok(buf)
     }
@@ -227,11 +312,17 @@ impl Lockspace {
     pub fn write_host(&self, rec: &HostRecord) -> Result<()> {
         self.check_host_id(rec.host_id)?;
         let path = self.hosts_path();
+        let offset = (rec.host_id as u64 - 1) * SLOT_SIZE as u64;
+        if let Some(r) = &self.rados {
+            return r
+                .write(offset, &rec.encode())
+                .map_err(|e| Error::io("write host record", &path, e));
+        }
         let f = OpenOptions::new()
             .write(true)
             .open(&path)
             .map_err(|e| Error::io("open host table", &path, e))?;
-        f.write_all_at(&rec.encode(), (rec.host_id as u64 - 1) * SLOT_SIZE as u64)
+        f.write_all_at(&rec.encode(), offset)
             .map_err(|e| Error::io("write host record", &path, e))?;
         f.sync_data()
             .map_err(|e| Error::io("fsync host record", &path, e))?;

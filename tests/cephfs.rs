@@ -406,3 +406,210 @@ fn a_host_whose_client_is_gone_fences() {
         );
     }
 }
+
+/// What host B's daemon did while host A hung, from its status.
+struct Watched {
+    /// Gaps between B's consecutive renewals (ms).
+    gaps: Vec<u64>,
+    /// B's state when it was last not running, with its reason.
+    fenced: Option<String>,
+}
+
+/// Watches host `state_dir`'s status every 20 ms until `stop` is set.
+fn watch_renewals(
+    state_dir: std::path::PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Watched> {
+    std::thread::spawn(move || {
+        let mut w = Watched {
+            gaps: Vec::new(),
+            fenced: None,
+        };
+        let mut last = None;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Ok(Some(st)) = vmlease::status::Status::read(&state_dir) {
+                if !st.state.is_running() && w.fenced.is_none() {
+                    w.fenced = Some(format!("{}: {}", st.state, st.reason));
+                }
+                if let Some(prev) = last {
+                    if st.last_renewal_ms > prev {
+                        w.gaps.push(st.last_renewal_ms - prev);
+                    }
+                }
+                last = Some(st.last_renewal_ms);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        w
+    })
+}
+
+/// Issue 21 on Ceph's default MDS settings (cap-revoke eviction off,
+/// session timeout 60 s): host A's ceph-fuse freezes (SIGSTOP) while A
+/// holds a lease. A fences at F; healthy host B renews throughout - its
+/// renewal touches nothing A's client holds capabilities on: the host
+/// table through RADOS, its own probe file through CephFS - and takes
+/// A's lease over after D (reading the lease record A wrote waits for
+/// the MDS to take A's capabilities back: a takeover may be delayed by a
+/// hung host, a renewal never). With `rados` false (the host table
+/// through the file, as before) B fences: returns what B did.
+fn hung_peer(ceph: &CephCluster, tag: &str, rados: bool) -> (Watched, u64, u64) {
+    let ma = ceph.mount(&format!("a-{tag}"));
+    let mb = ceph.mount(&format!("b-{tag}"));
+    let ls_a = ma.path.join("vmlease");
+    let ls_b = mb.path.join("vmlease");
+    Lockspace::init(&ls_a, 16).unwrap();
+    let s = Scratch::new(&format!("cephfs-{tag}"));
+    let timing = [CR, CF, CK, CW, CD];
+    let extra = |client: &str| {
+        let mut e = "unsafe_no_watchdog = true\nallow_local_lockspace = false\n".to_string();
+        if rados {
+            e += &format!(
+                "liveness_rados = true\nceph_conf = \"{}\"\nceph_client_id = \"{client}\"\n",
+                ceph.conf().display()
+            );
+        }
+        e
+    };
+    let mut a = Host::with_timing(&s, 1, &ls_a, &extra(&format!("a-{tag}")), timing);
+    let mut b = Host::with_timing(
+        &s,
+        2,
+        &ls_b,
+        &format!("{}trust_unsafe_peers = true\n", extra(&format!("b-{tag}"))),
+        timing,
+    );
+    a.start(&[]);
+    b.start(&[]);
+    if rados {
+        a.wait_log("host table through RADOS");
+        b.wait_log("host table through RADOS");
+    }
+    let mut qa = standin_qemu();
+    lease(&a, UUID_A, "web", &qa, Some("/images/web.qcow2")).unwrap();
+    let qb = standin_qemu();
+    let e = lease(&b, UUID_A, "web", &qb, None).unwrap_err();
+    assert!(e.contains("held by host 1 (host-1.test)"), "{e}");
+    // Both hosts see each other renew (through whichever path).
+    wait_until("B to see A renew", 5_000, || {
+        let st = b.status();
+        match st.peers.iter().find(|p| p.host_id == 1) {
+            Some(p) if p.counter > 2 => Ok(()),
+            other => Err(format!("B's view of A: {other:?}")),
+        }
+    });
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_renewals(b.cfg.state_dir.clone(), stop.clone());
+    let a_before = a.status().last_renewal_ms;
+    ma.hang();
+    let hung_at = boottime_ms();
+    let killed = wait_exit(
+        "A to kill its QEMU after its ceph-fuse froze",
+        &mut qa,
+        CF + CK + 5000,
+        || format!("A's status {:?}", a.status().state),
+    );
+    let a_last = a.status().last_renewal_ms.max(a_before);
+    assert!(
+        killed >= a_last + CF,
+        "{tag}: A killed its QEMU {} ms after its last renewal, before F",
+        killed - a_last
+    );
+    // B keeps renewing for the whole time a takeover may take, or fences.
+    let mut took = None;
+    let deadline = a_last + CD + 90_000;
+    let mut last_err = String::new();
+    while boottime_ms() < deadline {
+        if !b.status().state.is_running() {
+            break;
+        }
+        if took.is_none() {
+            match lease(&b, UUID_A, "web", &qb, Some("/images/web.qcow2")) {
+                Ok(()) => {
+                    took = Some(boottime_ms());
+                    // Watch B a while longer: A is still frozen.
+                    std::thread::sleep(std::time::Duration::from_millis(2 * CF));
+                    break;
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let watched = watcher.join().unwrap();
+    ma.resume();
+    a.stop();
+    b.stop();
+    drop(ma);
+    drop(mb);
+    let took = match (took, &watched.fenced) {
+        (Some(t), _) => t,
+        (None, Some(_)) => 0,
+        (None, None) => panic!(
+            "{tag}: B never took over 'web' within D + 90 s of A's last renewal; last refusal: {last_err}"
+        ),
+    };
+    if took > 0 {
+        assert!(
+            took >= a_last + CD,
+            "{tag}: B took over {} ms after A's last renewal, before D",
+            took - a_last
+        );
+    }
+    let _ = hung_at;
+    (watched, killed - a_last, took.saturating_sub(a_last))
+}
+
+#[test]
+fn a_hung_host_makes_no_other_host_fence() {
+    let _g = serial();
+    let ceph = CephCluster::up("hung");
+    // Ceph's defaults, as an operator who tuned nothing has them.
+    assert_eq!(
+        ceph.ceph(&["config", "get", "mds", "mds_cap_revoke_eviction_timeout"])
+            .trim(),
+        "0"
+    );
+    let (w, killed, took) = hung_peer(&ceph, "hung", true);
+    let mut gaps = w.gaps.clone();
+    gaps.sort_unstable();
+    let max = gaps.last().copied().unwrap_or(0);
+    eprintln!(
+        "ceph-fuse frozen on A (Ceph default MDS settings): A's QEMU killed {killed} ms after its \
+         last renewal (F = {CF}); B took over {took} ms after it (D = {CD}); B renewed {} times \
+         meanwhile, gap between renewals median {} ms, max {max} ms (R = {CR}); B fenced: {:?}",
+        gaps.len(),
+        gaps.get(gaps.len() / 2).copied().unwrap_or(0),
+        w.fenced
+    );
+    assert_eq!(w.fenced, None, "healthy host B fenced while A was frozen");
+    assert!(
+        max < CF / 2,
+        "B's renewals stalled for {max} ms while A was frozen (F = {CF})"
+    );
+    assert!(
+        gaps.len() as u64 >= (took / CR) / 2,
+        "B renewed only {} times",
+        gaps.len()
+    );
+}
+
+/// The same with the host table read and written through the file (the
+/// layout before `liveness_rados`): B fences because A froze. Run by hand
+/// to see the cascade: `cargo test --test cephfs the_cascade_through_the_file
+/// -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn the_cascade_through_the_file() {
+    let _g = serial();
+    let ceph = CephCluster::up("cascade");
+    let (w, killed, took) = hung_peer(&ceph, "cascade", false);
+    eprintln!(
+        "through the file: A killed {killed} ms after its last renewal, B took over {took} ms \
+         after it, B fenced: {:?}, B's renewal gaps {:?}",
+        w.fenced, w.gaps
+    );
+    assert!(w.fenced.is_some(), "B did not fence through the file");
+}

@@ -52,7 +52,7 @@ fn world() -> World {
     let writer = support::util::c_helper("sb_writer");
     let w = World::up(writer);
     eprintln!(
-        "splitbrain: R {} F {} K {} W {} D {} ms; ceph-fuse {}; MDS settings: {}",
+        "splitbrain: R {} F {} K {} W {} D {} ms; ceph-fuse {}; host table through {}; MDS settings: {}",
         world::R,
         world::F,
         world::K,
@@ -62,6 +62,11 @@ fn world() -> World {
             "with --fuse_disable_pagecache=true"
         } else {
             "with its default mount options (kernel page cache on)"
+        },
+        if w.liveness_file {
+            "the shared file (VMLEASE_SPLITBRAIN_LIVENESS=file)"
+        } else {
+            "RADOS (liveness_rados)"
         },
         if w.ceph_defaults {
             "Ceph defaults (cap-revoke eviction off, session timeout 60 s, autoclose 300 s)"

@@ -30,6 +30,16 @@ pub const DEFAULT_STATE_DIR: &str = "/run/vmlease";
 pub const DEFAULT_WATCHDOG_DEVICE: &str = "/dev/watchdog";
 pub const MAX_HOST_ID: u16 = 2000;
 
+/// How the daemon reaches RADOS for the host table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RadosSettings {
+    /// `ceph_conf` (default `/etc/ceph/ceph.conf`).
+    pub conf: PathBuf,
+    /// `ceph_client_id` (default `admin`): the identity of the lockspace
+    /// mount, which may read and write the file system's data pool.
+    pub client_id: String,
+}
+
 /// What to do when a (non-storage) network is lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
@@ -81,6 +91,11 @@ pub struct Config {
     /// Accept a lockspace that is not on a shared filesystem (tests and
     /// single-host demos only; loud in logs and status).
     pub allow_local_lockspace: bool,
+    /// Read and write the host table through RADOS (`liveness_rados =
+    /// true`, `ceph_conf`, `ceph_client_id`) instead of through this
+    /// host's CephFS client, so that no other host's hung client can
+    /// stall this host's renewal (src/rados.rs).
+    pub liveness_rados: Option<RadosSettings>,
     pub state_dir: PathBuf,
     pub timing: Timing,
     /// Deadline of one lockspace operation (ms).
@@ -165,6 +180,9 @@ struct Raw {
     host_name: Option<Spanned<String>>,
     lockspace_dir: Option<Spanned<String>>,
     allow_local_lockspace: Option<bool>,
+    liveness_rados: Option<bool>,
+    ceph_conf: Option<Spanned<String>>,
+    ceph_client_id: Option<Spanned<String>>,
     state_dir: Option<Spanned<String>>,
     renew_interval: Option<Spanned<Seconds>>,
     renew_fail_timeout: Option<Spanned<Seconds>>,
@@ -276,6 +294,45 @@ impl Builder<'_> {
                 Ok(ms)
             }
         }
+    }
+
+    fn rados(
+        &self,
+        on: Option<bool>,
+        conf: &Option<Spanned<String>>,
+        client_id: &Option<Spanned<String>>,
+    ) -> Result<Option<RadosSettings>> {
+        if on != Some(true) {
+            for (key, v) in [("ceph_conf", conf), ("ceph_client_id", client_id)] {
+                if let Some(v) = v {
+                    return Err(self.err(key, v.span(), "only used with liveness_rados = true"));
+                }
+            }
+            return Ok(None);
+        }
+        let client_id = match client_id {
+            None => "admin".to_string(),
+            Some(s) => {
+                let id = s.get_ref();
+                if id.is_empty()
+                    || id.starts_with("client.")
+                    || !id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                {
+                    return Err(self.err(
+                        "ceph_client_id",
+                        s.span(),
+                        "must be a Ceph client id without 'client.' (letters, digits, '._-')",
+                    ));
+                }
+                id.clone()
+            }
+        };
+        Ok(Some(RadosSettings {
+            conf: self.abs_path("ceph_conf", conf, "/etc/ceph/ceph.conf")?,
+            client_id,
+        }))
     }
 
     fn abs_path(&self, key: &str, v: &Option<Spanned<String>>, default: &str) -> Result<PathBuf> {
@@ -536,6 +593,7 @@ impl Builder<'_> {
             host_name,
             lockspace_dir: self.abs_path("lockspace_dir", &raw.lockspace_dir, DEFAULT_LOCKSPACE)?,
             allow_local_lockspace: raw.allow_local_lockspace.unwrap_or(false),
+            liveness_rados: self.rados(raw.liveness_rados, &raw.ceph_conf, &raw.ceph_client_id)?,
             state_dir: self.abs_path("state_dir", &raw.state_dir, DEFAULT_STATE_DIR)?,
             timing,
             io_timeout,

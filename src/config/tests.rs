@@ -201,3 +201,38 @@ fn missing_file_gives_defaults_without_host_id() {
         .to_string()
         .contains("host_id is not set"));
 }
+
+#[test]
+fn liveness_rados_keys() {
+    assert_eq!(parse("", "x").unwrap().liveness_rados, None);
+    let c = parse("liveness_rados = true\n", "x").unwrap();
+    assert_eq!(
+        c.liveness_rados,
+        Some(RadosSettings {
+            conf: "/etc/ceph/ceph.conf".into(),
+            client_id: "admin".into()
+        })
+    );
+    let c = parse(
+        "liveness_rados = true\nceph_conf = \"/srv/c.conf\"\nceph_client_id = \"vmlease.h1\"\n",
+        "x",
+    )
+    .unwrap();
+    let r = c.liveness_rados.unwrap();
+    assert_eq!(
+        (r.conf.to_str(), r.client_id.as_str()),
+        (Some("/srv/c.conf"), "vmlease.h1")
+    );
+    let e = err("host_id = 1\nceph_client_id = \"admin\"\n");
+    assert!(
+        e.contains("test.conf:2") && e.contains("only used with liveness_rados = true"),
+        "{e}"
+    );
+    let e = err("liveness_rados = true\nceph_client_id = \"client.admin\"\n");
+    assert!(
+        e.contains("ceph_client_id") && e.contains("without 'client.'"),
+        "{e}"
+    );
+    let e = err("liveness_rados = true\nceph_conf = \"ceph.conf\"\n");
+    assert!(e.contains("ceph_conf") && e.contains("absolute"), "{e}");
+}

@@ -248,6 +248,7 @@ impl Daemon {
         if let Some(why) = &placement.local {
             warn!("LOCAL LOCKSPACE (allow_local_lockspace = true): {why}; it protects nothing across hosts; for tests and demos only");
         }
+        let ls = liveness_path(&cfg, ls, placement.mount.is_cephfs())?;
         if host_id > ls.max_hosts {
             return Err((
                 exit::CONFIG,
@@ -943,6 +944,54 @@ fn host_record(
         mono_ms: boottime_ms(),
         wall: crate::clock::SystemClock.wall_secs(),
     }
+}
+
+/// The lockspace with the host table on the path the config chose:
+/// through RADOS (`liveness_rados = true`, checked here: librados loads
+/// and the table is one object of a CephFS data pool) or through the
+/// file. A CephFS lockspace renewed through the file is said loudly: a
+/// hung client of another host can then stall this host's renewals
+/// (docs/cephfs.md).
+fn liveness_path(
+    cfg: &Config,
+    ls: Lockspace,
+    cephfs: bool,
+) -> std::result::Result<Lockspace, (i32, Error)> {
+    let Some(r) = &cfg.liveness_rados else {
+        if cephfs {
+            warn!(
+                "the lockspace is on CephFS and liveness_rados is not set: another host's hung \
+                 CephFS client can stall this host's renewals until the MDS evicts it \
+                 (docs/cephfs.md, \"Renewal independent of other hosts\")"
+            );
+        }
+        return Ok(ls);
+    };
+    let bad = |e: String| {
+        (
+            exit::CONFIG,
+            Error::Config(format!("liveness_rados = true: {e}")),
+        )
+    };
+    crate::rados::available().map_err(bad)?;
+    let obj =
+        crate::rados::table_object(&ls.hosts_path(), ls.max_hosts as usize * hosts::SLOT_SIZE)
+            .map_err(bad)?;
+    info!(
+        "host table through RADOS: pool {} object {} (client.{}, {})",
+        obj.pool,
+        obj.object,
+        r.client_id,
+        r.conf.display()
+    );
+    let ls = ls.via_rados(crate::rados::RadosConf {
+        conf: r.conf.clone(),
+        client_id: r.client_id.clone(),
+        timeout_ms: cfg.io_timeout,
+    });
+    let id = cfg.require_host_id().map_err(|e| (exit::CONFIG, e))?;
+    ls.create_probe(id).map_err(|e| (exit::LOCKSPACE, e))?;
+    Ok(ls)
 }
 
 fn spawn_renewer(ls: Lockspace, host_id: u16) -> (Sender<RenewReq>, Receiver<Renewed>) {

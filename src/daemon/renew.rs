@@ -12,8 +12,11 @@
 //! A's write covers it, and B's next read (after its write, so after A's
 //! read... and A's write) sees A's record. Either way one of them sees the
 //! other at its next renewal, and it stops writing.
-//! (The read is of the whole table; a per-host file, as issue 21 plans,
-//! would read the own record alone the same way.)
+//!
+//! With `liveness_rados` the read and the write go to the table's RADOS
+//! object, after a write of this host's own CephFS probe file: nothing
+//! in a renewal touches what another host's client touches, so no hung
+//! peer can make it wait (src/rados.rs, docs/cephfs.md).
 #![forbid(unsafe_code)]
 
 use crate::collision::{check_own, Collision};
@@ -40,6 +43,11 @@ pub fn renew_io(
     expect: &[Vec<u8>],
     rec: Option<&HostRecord>,
 ) -> Result<RenewIo> {
+    // With the table on RADOS, first prove this host's CephFS client
+    // (its own probe file, which no other client touches).
+    if let Some(rec) = rec {
+        ls.write_probe(rec)?;
+    }
     let table = ls.read_hosts_raw()?;
     let own = own_slot(&table, host_id);
     let Some(rec) = rec else {

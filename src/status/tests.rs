@@ -170,6 +170,7 @@ fn protection_needs_the_daemon_in_the_configured_lockspace() {
         dir: crate::config::DEFAULT_LOCKSPACE.into(),
         max_hosts: 4,
         uuid: uuid.map(str::to_string),
+        rados: None,
     };
     assert!(st
         .check_same_lockspace(&ls(Some("0b7c5a9e-7f6e-4b1a-9d2c-3e4f5a6b7c8d")))

@@ -260,6 +260,9 @@ pub struct World {
     pub no_page_cache: bool,
     /// The MDS runs with Ceph's default settings (VMLEASE_SPLITBRAIN_CEPH_DEFAULTS=1).
     pub ceph_defaults: bool,
+    /// The daemons renew through the shared `hosts` file, not RADOS
+    /// (VMLEASE_SPLITBRAIN_LIVENESS=file).
+    pub liveness_file: bool,
     /// Had a storage fault: remount before the next schedule.
     pub suspect: [bool; HOSTS],
     pub ceph: CephCluster,
@@ -324,6 +327,7 @@ impl World {
         // (eviction off, session timeout 60 s, autoclose 300 s): a hung
         // host may then stall the others (the needless fences count it).
         let ceph_defaults = std::env::var("VMLEASE_SPLITBRAIN_CEPH_DEFAULTS").as_deref() == Ok("1");
+        let liveness_file = std::env::var("VMLEASE_SPLITBRAIN_LIVENESS").as_deref() == Ok("file");
         if !ceph_defaults {
             ceph.set_mds_option("mds_cap_revoke_eviction_timeout", "1");
             ceph.set_mds_option("mds_tick_interval", "1");
@@ -354,12 +358,25 @@ impl World {
             let c = CString::new(fifo.to_str().unwrap()).unwrap();
             // SAFETY: a valid NUL-terminated path.
             assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+            // The host table through RADOS (the product's setting for
+            // CephFS), as the host's own Ceph client, from its namespace:
+            // a cut storage link cuts it too. VMLEASE_SPLITBRAIN_LIVENESS=file
+            // renews through the shared file instead (before issue 21).
+            let liveness = if liveness_file {
+                String::new()
+            } else {
+                format!(
+                    "liveness_rados = true\nceph_conf = \"{}\"\nceph_client_id = \"sbh{}\"\n",
+                    ceph.conf().display(),
+                    i + 1
+                )
+            };
             let h = Host::with_timing(
                 &scratch,
                 (i + 1) as u16,
                 &m.path.join("ls"),
                 &format!(
-                    "allow_local_lockspace = false\nstorage_fence_addrs = [\"192.0.2.{}\"]\n\
+                    "{liveness}allow_local_lockspace = false\nstorage_fence_addrs = [\"192.0.2.{}\"]\n\
                      watchdog_device = \"{}\"\n[management]\nprobes = [ {{ type = \"icmp\", \
                      target = \"{MGMT_SWITCH}\" }} ]\ntimeout = {MGMT_TIMEOUT_S}\n\
                      probe_timeout = 0.5\npolicy = \"{}\"\n",
@@ -423,6 +440,7 @@ impl World {
             netns,
             no_page_cache,
             ceph_defaults,
+            liveness_file,
             suspect: [false; HOSTS],
             ceph,
             _scratch: scratch,

@@ -103,6 +103,7 @@ fn ctx_with(view: Option<Status>, extra: &str) -> Ctx {
             dir: "/nonexistent".into(),
             max_hosts: 4,
             uuid: None,
+            rados: None,
         },
         view_note: view.is_none().then(|| "no watchdog here".into()),
         view,

@@ -562,6 +562,67 @@ fn hung_peer(ceph: &CephCluster, tag: &str, rados: bool) -> (Watched, u64, u64) 
     (watched, killed - a_last, took.saturating_sub(a_last))
 }
 
+/// Migration: a host renewing through the file and one renewing through
+/// RADOS on one lockspace (no conversion) see each other renew, hold and
+/// refuse leases as usual, and neither fences (a RADOS write clobbered by
+/// a CephFS client's write-back would be a collision fence).
+fn file_and_rados_hosts_share_a_lockspace(ceph: &CephCluster) {
+    let ma = ceph.mount("mix-a");
+    let mb = ceph.mount("mix-b");
+    let ls_a = ma.path.join("vmlease-mix");
+    let ls_b = mb.path.join("vmlease-mix");
+    Lockspace::init(&ls_a, 16).unwrap();
+    let s = Scratch::new("cephfs-mix");
+    let on_ceph = "unsafe_no_watchdog = true\nallow_local_lockspace = false\n";
+    let mut a = Host::with_timing(&s, 1, &ls_a, on_ceph, [CR, CF, CK, CW, CD]);
+    let mut b = Host::with_timing(
+        &s,
+        2,
+        &ls_b,
+        &format!(
+            "{on_ceph}liveness_rados = true\nceph_conf = \"{}\"\nceph_client_id = \"mix-b\"\n",
+            ceph.conf().display()
+        ),
+        [CR, CF, CK, CW, CD],
+    );
+    a.start(&[]);
+    b.start(&[]);
+    b.wait_log("host table through RADOS");
+    let qb = standin_qemu();
+    lease(&b, UUID_A, "web", &qb, Some("/images/web.qcow2")).unwrap();
+    let qa = standin_qemu();
+    let e = lease(&a, UUID_A, "web", &qa, None).unwrap_err();
+    assert!(e.contains("held by host 2 (host-2.test)"), "{e}");
+    for (me, other, h) in [(&a, 2u16, "A (file)"), (&b, 1u16, "B (RADOS)")] {
+        let from = me
+            .status()
+            .peers
+            .iter()
+            .find(|p| p.host_id == other)
+            .map(|p| p.counter)
+            .unwrap_or(0);
+        wait_until(
+            &format!("{h} to see host {other} renew 10 times"),
+            15_000,
+            || {
+                let st = me.status();
+                assert!(st.state.is_running(), "{h} is {}: {}", st.state, st.reason);
+                match st.peers.iter().find(|p| p.host_id == other) {
+                    Some(p) if p.counter >= from + 10 => Ok(()),
+                    p => Err(format!("{h}'s view of host {other}: {p:?}")),
+                }
+            },
+        );
+    }
+    for (h, st) in [("A", a.status()), ("B", b.status())] {
+        assert!(st.state.is_running(), "{h} is {}: {}", st.state, st.reason);
+    }
+    a.stop();
+    b.stop();
+    drop(ma);
+    drop(mb);
+}
+
 #[test]
 fn a_hung_host_makes_no_other_host_fence() {
     let _g = serial();
@@ -572,6 +633,7 @@ fn a_hung_host_makes_no_other_host_fence() {
             .trim(),
         "0"
     );
+    file_and_rados_hosts_share_a_lockspace(&ceph);
     let (w, killed, took) = hung_peer(&ceph, "hung", true);
     let mut gaps = w.gaps.clone();
     gaps.sort_unstable();

@@ -139,7 +139,9 @@ fn s(v: f64) -> String {
 }
 
 /// What does not fit vmlease's timing (R, F, D). Pure: unit-tested.
-pub fn warnings(t: &Timing, c: &Settings) -> Vec<String> {
+/// With `rados` (`liveness_rados = true`) no MDS setting bears on the
+/// renewals: a slow capability revoke only delays takeovers.
+pub fn warnings(t: &Timing, c: &Settings, rados: bool) -> Vec<String> {
     let mut w = Vec::new();
     let (r, f, d) = (
         t.renew_interval as f64 / 1000.0,
@@ -149,12 +151,21 @@ pub fn warnings(t: &Timing, c: &Settings) -> Vec<String> {
     // A healthy host whose renewal waits for a hung client's capabilities
     // fences itself if the wait plus one renew interval reaches F.
     let budget = f - 2.0 * r;
-    if c.cap_revoke_eviction_timeout <= 0.0 {
+    if rados {
+        if c.cap_revoke_eviction_timeout <= 0.0 {
+            w.push(
+                "CephFS: mds_cap_revoke_eviction_timeout is 0 (off): renewals go through RADOS \
+                 (liveness_rados) and do not wait for a hung host, but reading the lease records \
+                 a hung host wrote does, so takeovers of its leases wait up to session_timeout"
+                    .into(),
+            );
+        }
+    } else if c.cap_revoke_eviction_timeout <= 0.0 {
         w.push(format!(
             "CephFS: mds_cap_revoke_eviction_timeout is 0 (off): a hung host keeps its capabilities \
              on the hosts table until its session is closed, and healthy hosts whose renewals wait \
-             for it fence themselves after renew_fail_timeout ({}); set it to at most {} \
-             (renew_fail_timeout - 2 * renew_interval - mds_tick_interval {})",
+             for it fence themselves after renew_fail_timeout ({}); set liveness_rados = true, or \
+             set it to at most {} (renew_fail_timeout - 2 * renew_interval - mds_tick_interval {})",
             secs(t.renew_fail_timeout),
             s((budget - c.tick_interval).max(0.0)),
             s(c.tick_interval)
@@ -316,7 +327,11 @@ mod tests {
     #[test]
     fn ceph_defaults_do_not_fit_the_default_timing() {
         // Ceph's defaults: cap revoke off, tick 5 s, autoclose 300 s.
-        let w = warnings(&timing(2000, 20000, 41000), &settings(0.0, 5.0, 300.0));
+        let w = warnings(
+            &timing(2000, 20000, 41000),
+            &settings(0.0, 5.0, 300.0),
+            false,
+        );
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(
             w[0].contains("mds_cap_revoke_eviction_timeout is 0"),
@@ -324,15 +339,35 @@ mod tests {
         );
         assert!(w[0].contains("at most 11s"), "{w:?}");
         assert!(w[1].contains("session_autoclose 300s exceeds host_dead_timeout 41s"));
+        assert!(w[0].contains("set liveness_rados = true"), "{w:?}");
+        // Through RADOS the renewals do not depend on the MDS: what is
+        // left is the takeover delay.
+        let w = warnings(
+            &timing(2000, 20000, 41000),
+            &settings(0.0, 5.0, 300.0),
+            true,
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("do not wait for a hung host") && w[0].contains("takeovers"),
+            "{w:?}"
+        );
+        assert!(!w[0].contains("fence themselves"), "{w:?}");
+        assert!(warnings(
+            &timing(2000, 20000, 41000),
+            &settings(30.0, 5.0, 40.0),
+            true
+        )
+        .is_empty());
     }
 
     #[test]
     fn a_fitting_cluster_gets_no_warning() {
         let t = timing(2000, 20000, 41000);
-        assert!(warnings(&t, &settings(5.0, 5.0, 40.0)).is_empty());
+        assert!(warnings(&t, &settings(5.0, 5.0, 40.0), false).is_empty());
         // The boundary: cap + tick == F - 2R is fine, a bit more is not.
-        assert!(warnings(&t, &settings(11.0, 5.0, 41.0)).is_empty());
-        let w = warnings(&t, &settings(11.5, 5.0, 41.0));
+        assert!(warnings(&t, &settings(11.0, 5.0, 41.0), false).is_empty());
+        let w = warnings(&t, &settings(11.5, 5.0, 41.0), false);
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("exceeds renew_fail_timeout - 2 * renew_interval = 16s"));
     }
@@ -343,7 +378,7 @@ mod tests {
         c.blocklist_on_timeout = false;
         c.blocklist_on_evict = false;
         c.file_systems[0].session_timeout = 25.0;
-        let w = warnings(&timing(500, 8000, 21000), &c);
+        let w = warnings(&timing(500, 8000, 21000), &c, false);
         assert_eq!(w.len(), 3, "{w:?}");
         assert!(w[0].contains("blocklist_on_timeout is false"));
         assert!(w[1].contains("mds_session_blocklist_on_evict is false"));

@@ -129,7 +129,7 @@ pub fn check_config(opts: &Opts) -> i32 {
         .filter(|m| m.is_cephfs())
         .map(|_| cephfs::query(CEPH_QUERY_TIMEOUT));
     match &ceph {
-        Some(Ok(s)) => warnings.extend(cephfs::warnings(&c.timing, s)),
+        Some(Ok(s)) => warnings.extend(cephfs::warnings(&c.timing, s, c.liveness_rados.is_some())),
         Some(Err(why)) => warnings.push(cephfs::unknown_warning(why)),
         None => {}
     }

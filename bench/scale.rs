@@ -8,7 +8,10 @@
 //!   needs (lock, read, write, fsync, rename), measured in the same run.
 //!
 //! `cargo bench --bench scale` (full: 1000 hosts, 100,000 leases);
-//! `cargo bench --bench scale -- --tiny` (CI).
+//! `cargo bench --bench scale -- --tiny` (CI);
+//! `cargo bench --bench scale -- --ceph` (root, under the heavy-test
+//! lock): one renewal at 1,000 hosts on a real CephFS (tests/ceph), the
+//! host table through the file against through RADOS (`liveness_rados`).
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -17,6 +20,10 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[allow(dead_code)]
+#[path = "../tests/support/ceph.rs"]
+mod ceph;
 
 use vmlease::config::Timing;
 use vmlease::engine::Engine;
@@ -295,7 +302,84 @@ fn cli_at_scale(p: &Params, dir: &Path) -> (f64, f64, f64) {
     (hosts, leases, t.elapsed().as_secs_f64())
 }
 
+/// One renewal's I/O (`renew_io`, as the daemon's renewal thread does
+/// it) at 1,000 hosts on a real CephFS: through the file, and through
+/// RADOS with the probe file. Prints a table.
+fn renewal_on_ceph(samples: usize) {
+    let hosts: u16 = 1000;
+    let cluster = ceph::CephCluster::up("scale");
+    let m = cluster.mount("scale");
+    let dir = m.path.join("ls");
+    Lockspace::init(&dir, hosts).unwrap();
+    let file = Lockspace::open(&dir).unwrap();
+    let rec = |id: u16, counter: u64| HostRecord {
+        host_id: id,
+        host_name: format!("host-{id}"),
+        boot_id: "0b6f5b8e-8f2c-4b59-9d7c-7a1e3a0d9c11".into(),
+        incarnation: 1,
+        counter,
+        state: HostState::Live,
+        timing: timing(),
+        unsafe_no_watchdog: false,
+        mono_ms: 0,
+        wall: 0,
+    };
+    for id in 2..=hosts {
+        file.write_host(&rec(id, 1)).unwrap();
+    }
+    let rados = Lockspace::open(&dir)
+        .unwrap()
+        .via_rados(vmlease::rados::RadosConf {
+            conf: cluster.conf(),
+            client_id: "scale".into(),
+            timeout_ms: 5000,
+        });
+    rados.create_probe(1).unwrap();
+    let mut rows = Vec::new();
+    for (name, ls) in [("file (before)", &file), ("RADOS + probe file", &rados)] {
+        let mut last = ls.read_slot_raw(1).unwrap();
+        let mut lat = Vec::new();
+        let fuse = m.pid() as u32;
+        let cpu0 = cpu_ticks(std::process::id()) + cpu_ticks(fuse);
+        let t0 = Instant::now();
+        for i in 0..samples {
+            let r = rec(1, 10 + i as u64);
+            let t = Instant::now();
+            let io = vmlease::daemon::renew::renew_io(ls, 1, &[last.clone()], Some(&r)).unwrap();
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            assert!(io.wrote && io.collision.is_none(), "{name}: {io:?}");
+            assert_eq!(io.table.len(), hosts as usize * SLOT_SIZE);
+            last = r.encode();
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu = (cpu_ticks(std::process::id()) + cpu_ticks(fuse) - cpu0) as f64 / 100.0;
+        rows.push((
+            name,
+            percentile(&mut lat, 0.5),
+            percentile(&mut lat, 0.99),
+            cpu / wall * 100.0,
+            cpu / samples as f64 * 1000.0,
+        ));
+    }
+    drop(m);
+    println!("## One renewal at {hosts} hosts on CephFS ({samples} samples each, one ceph-fuse client)\n");
+    println!("| host table | I/O per renewal | median ms | p99 ms | CPU per renewal, this process + its ceph-fuse (ms) |");
+    println!("|---|---|---|---|---|");
+    for (name, med, p99, _, cpu_each) in rows {
+        let ops = if name.starts_with("file") {
+            "read 500 KiB + write 512 B (+ fsync), through ceph-fuse"
+        } else {
+            "probe write 512 B (+ fdatasync) through ceph-fuse; RADOS read 500 KiB + write 512 B"
+        };
+        println!("| {name} | {ops} | {med:.2} | {p99:.2} | {cpu_each:.2} |");
+    }
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--ceph") {
+        renewal_on_ceph(200);
+        return;
+    }
     let tiny = std::env::args().any(|a| a == "--tiny");
     let p = if tiny {
         Params {

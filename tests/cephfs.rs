@@ -628,11 +628,8 @@ fn a_hung_host_makes_no_other_host_fence() {
     let _g = serial();
     let ceph = CephCluster::up("hung");
     // Ceph's defaults, as an operator who tuned nothing has them.
-    assert_eq!(
-        ceph.ceph(&["config", "get", "mds", "mds_cap_revoke_eviction_timeout"])
-            .trim(),
-        "0"
-    );
+    let eviction = ceph.ceph(&["config", "get", "mds", "mds_cap_revoke_eviction_timeout"]);
+    assert_eq!(eviction.trim().parse::<f64>(), Ok(0.0), "{eviction}");
     file_and_rados_hosts_share_a_lockspace(&ceph);
     let (w, killed, took) = hung_peer(&ceph, "hung", true);
     let mut gaps = w.gaps.clone();

@@ -79,3 +79,68 @@ pub fn own_slot(table: &[u8], host_id: u16) -> Vec<u8> {
     own.resize(SLOT_SIZE, 0);
     own
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Timing;
+    use crate::hosts::HostState;
+    use crate::rados::RadosConf;
+
+    fn rec(counter: u64) -> HostRecord {
+        HostRecord {
+            host_id: 1,
+            host_name: "h1".into(),
+            boot_id: "b1".into(),
+            incarnation: 7,
+            counter,
+            state: HostState::Live,
+            timing: Timing {
+                renew_interval: 1000,
+                renew_fail_timeout: 8000,
+                kill_timeout: 1000,
+                watchdog_timeout: 1000,
+                host_dead_timeout: 11000,
+                host_dead_derived: false,
+            },
+            unsafe_no_watchdog: false,
+            mono_ms: 0,
+            wall: 0,
+        }
+    }
+
+    /// With the table on RADOS a renewal first rewrites the own probe
+    /// file (never creating it), and a lockspace that is not on CephFS
+    /// fails the renewal: it never falls back to the file quietly.
+    #[test]
+    fn rados_renewal_writes_the_probe_first_and_never_falls_back() {
+        let d = std::env::temp_dir().join(format!(
+            "vmlease-test-renew-{}-{}",
+            std::process::id(),
+            crate::process::random_u64()
+        ));
+        Lockspace::init(&d, 4).unwrap();
+        let ls = Lockspace::open(&d).unwrap().via_rados(RadosConf {
+            conf: "/nonexistent/ceph.conf".into(),
+            client_id: "admin".into(),
+            timeout_ms: 1000,
+        });
+        let e = renew_io(&ls, 1, &[vec![0; SLOT_SIZE]], Some(&rec(1))).unwrap_err();
+        assert!(e.to_string().contains("probes/1/alive"), "{e}");
+        ls.create_probe(1).unwrap();
+        let e = renew_io(&ls, 1, &[vec![0; SLOT_SIZE]], Some(&rec(2))).unwrap_err();
+        assert!(e.to_string().contains("no CephFS layout"), "{e}");
+        assert_eq!(
+            std::fs::read(d.join("probes/1/alive")).unwrap(),
+            rec(2).encode()
+        );
+        // Nothing reached the file.
+        let file = Lockspace::open(&d).unwrap();
+        assert_eq!(file.read_slot_raw(1).unwrap(), vec![0; SLOT_SIZE]);
+        // Without RADOS there is no probe: the table write proves the same.
+        assert_eq!(file.probe_path(1), None);
+        let io = renew_io(&file, 1, &[vec![0; SLOT_SIZE]], Some(&rec(3))).unwrap();
+        assert!(io.wrote);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

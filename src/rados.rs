@@ -136,6 +136,12 @@ impl RadosTable {
         Ok(c)
     }
 
+    /// Connects now (at daemon start, so that the first renewal and the
+    /// claim's reads, which run with the I/O deadline, need no connect).
+    pub fn connect(&self) -> std::io::Result<()> {
+        self.conn().map(|_| ())
+    }
+
     /// `len` bytes at `off`; a missing object or a short one reads as
     /// zeros (the file is sparse until written), exactly as the file.
     pub fn read(&self, off: u64, len: usize) -> std::io::Result<Vec<u8>> {

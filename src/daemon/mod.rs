@@ -990,7 +990,23 @@ fn liveness_path(
         timeout_ms: cfg.io_timeout,
     });
     let id = cfg.require_host_id().map_err(|e| (exit::CONFIG, e))?;
-    ls.create_probe(id).map_err(|e| (exit::LOCKSPACE, e))?;
+    // Both may wait (a create in a directory a hung peer holds; the
+    // cluster's monitors): bounded by F, at start, before any lease.
+    let l = ls.clone();
+    crate::deadline::run(
+        cfg.timing.renew_fail_timeout,
+        "create the probe file and connect to RADOS",
+        &ls.hosts_path(),
+        move || {
+            l.create_probe(id)?;
+            if let Some(r) = &l.rados {
+                r.connect()
+                    .map_err(|e| Error::io("connect to RADOS", l.hosts_path(), e))?;
+            }
+            Ok(())
+        },
+    )
+    .map_err(|e| (exit::LOCKSPACE, e))?;
     Ok(ls)
 }
 

@@ -243,14 +243,6 @@ impl Lockspace {
         Ok(())
     }
 
-    /// Where the host table is read and written, for messages.
-    pub fn hosts_location(&self) -> String {
-        match &self.rados {
-            Some(r) => r.describe(),
-            None => self.hosts_path().display().to_string(),
-        }
-    }
-
     pub fn hosts_path(&self) -> PathBuf {
         self.dir.join("hosts")
     }

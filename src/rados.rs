@@ -158,15 +158,6 @@ impl RadosTable {
     pub fn write(&self, off: u64, data: &[u8]) -> std::io::Result<()> {
         self.conn()?.write(data, off)
     }
-
-    /// Where the table is, for messages (`pool/object`).
-    pub fn describe(&self) -> String {
-        let g = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        match g.as_ref() {
-            Some(c) => format!("rados:{}/{}", c.pool, c.object),
-            None => format!("rados:{}", self.hosts_file.display()),
-        }
-    }
 }
 
 /// Whether librados can be loaded on this host.
@@ -285,8 +276,7 @@ mod sys {
         cluster: *mut c_void,
         ioctx: *mut c_void,
         oid: CString,
-        pub pool: String,
-        pub object: String,
+        object: String,
     }
 
     // SAFETY: librados handles are thread-safe: a rados_t and its
@@ -314,7 +304,6 @@ mod sys {
                 cluster,
                 ioctx: std::ptr::null_mut(),
                 oid: cstr(&obj.object)?,
-                pool: obj.pool.clone(),
                 object: obj.object.clone(),
             };
             // SAFETY: `cluster` was created above and not yet connected.

@@ -407,6 +407,17 @@ fn a_host_whose_client_is_gone_fences() {
     }
 }
 
+/// A host's daemon's resident memory (`VmRSS`; the daemon locks it).
+fn daemon_rss(h: &Host) -> String {
+    let pid = h.daemon.as_ref().map(|d| d.pid()).unwrap_or(0);
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into())
+}
+
 /// What host B's daemon did while host A hung, from its status.
 struct Watched {
     /// Gaps between B's consecutive renewals (ms).
@@ -539,6 +550,7 @@ fn hung_peer(ceph: &CephCluster, tag: &str, rados: bool) -> (Watched, u64, u64) 
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let watched = watcher.join().unwrap();
+    eprintln!("{tag}: B's daemon RSS {} (memory locked)", daemon_rss(&b));
     ma.resume();
     a.stop();
     b.stop();
@@ -617,6 +629,11 @@ fn file_and_rados_hosts_share_a_lockspace(ceph: &CephCluster) {
     for (h, st) in [("A", a.status()), ("B", b.status())] {
         assert!(st.state.is_running(), "{h} is {}: {}", st.state, st.reason);
     }
+    eprintln!(
+        "mixed lockspace: daemon RSS through the file {}, through RADOS {} (memory locked)",
+        daemon_rss(&a),
+        daemon_rss(&b)
+    );
     a.stop();
     b.stop();
     drop(ma);

@@ -149,7 +149,8 @@ impl RadosTable {
         let mut buf = vec![0u8; len];
         match c.read(&mut buf, off) {
             Ok(_) => Ok(buf),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(buf),
+            // Never written yet (a new lockspace): the file reads zeros.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(buf),
             Err(e) => Err(e),
         }
     }
@@ -169,6 +170,8 @@ fn cstr(s: &str) -> std::io::Result<CString> {
     CString::new(s).map_err(|_| std::io::Error::other(format!("'{s}' contains NUL")))
 }
 
+/// The error of a librados call that returned `rc` (-errno). Its kind is
+/// the errno's (`NotFound` for ENOENT), which callers test.
 fn err_of(what: &str, rc: i32) -> std::io::Error {
     let e = std::io::Error::from_raw_os_error(-rc);
     std::io::Error::new(e.kind(), format!("{what}: {e}"))
@@ -448,6 +451,19 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("more than one object"), "{e}");
         assert!(parse_layout("stripe_unit=4194304 object_size=4194304", 1, 512).is_err());
+    }
+
+    #[test]
+    fn a_missing_object_is_told_by_its_kind() {
+        // rados_read of an object never written returns -ENOENT: the
+        // table then reads as zeros, as the sparse file does.
+        let e = err_of("rados read x", -libc::ENOENT);
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+        assert!(e.to_string().contains("rados read x"), "{e}");
+        assert_ne!(
+            err_of("w", -libc::ETIMEDOUT).kind(),
+            std::io::ErrorKind::NotFound
+        );
     }
 
     #[test]

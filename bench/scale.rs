@@ -333,6 +333,7 @@ fn renewal_on_ceph(samples: usize) {
             conf: cluster.conf(),
             client_id: "scale".into(),
             timeout_ms: 5000,
+            worker: env!("CARGO_BIN_EXE_vmlease-watchdog").into(),
         });
     rados.create_probe(1).unwrap();
     let mut rows = Vec::new();

@@ -79,6 +79,9 @@ while leased VMs run (the hardware watchdog stays armed).";
 
 /// Entry point of the `vmlease-watchdog` binary; returns the exit code.
 pub fn main(args: Vec<String>) -> i32 {
+    if args.get(1).map(String::as_str) == Some(crate::rados::worker::ARG) && args.len() == 2 {
+        return crate::rados::worker::main();
+    }
     let mut path = PathBuf::from(config::DEFAULT_PATH);
     let mut level = LevelFilter::Info;
     let mut it = args.into_iter().skip(1);
@@ -973,12 +976,11 @@ fn liveness_path(
             Error::Config(format!("liveness_rados = true: {e}")),
         )
     };
-    crate::rados::available().map_err(bad)?;
     let obj =
         crate::rados::table_object(&ls.hosts_path(), ls.max_hosts as usize * hosts::SLOT_SIZE)
             .map_err(bad)?;
     info!(
-        "host table through RADOS: pool {} object {} (client.{}, {})",
+        "host table through RADOS: pool {} object {} (client.{}, {}; I/O in a worker process)",
         obj.pool,
         obj.object,
         r.client_id,
@@ -988,25 +990,32 @@ fn liveness_path(
         conf: r.conf.clone(),
         client_id: r.client_id.clone(),
         timeout_ms: cfg.io_timeout,
+        worker: crate::rados::RadosConf::DAEMON_EXE.into(),
     });
     let id = cfg.require_host_id().map_err(|e| (exit::CONFIG, e))?;
-    // Both may wait (a create in a directory a hung peer holds; the
-    // cluster's monitors): bounded by F, at start, before any lease.
+    // The probe's create may wait (a directory a hung peer holds): bounded
+    // by F, at start, before any lease.
     let l = ls.clone();
     crate::deadline::run(
         cfg.timing.renew_fail_timeout,
-        "create the probe file and connect to RADOS",
+        "create the probe file",
         &ls.hosts_path(),
-        move || {
-            l.create_probe(id)?;
-            if let Some(r) = &l.rados {
-                r.connect()
-                    .map_err(|e| Error::io("connect to RADOS", l.hosts_path(), e))?;
-            }
-            Ok(())
-        },
+        move || l.create_probe(id),
     )
     .map_err(|e| (exit::LOCKSPACE, e))?;
+    // The worker loads librados and connects to the monitors, bounded by
+    // F too (the daemon's side of the pipe keeps the deadline).
+    if let Some(t) = &ls.rados {
+        if let Err(e) = t.connect(cfg.timing.renew_fail_timeout) {
+            let code = if crate::rados::errno_of(&e) == Some(crate::rados::proto::ELIBACC) {
+                exit::CONFIG
+            } else {
+                exit::LOCKSPACE
+            };
+            return Err((code, Error::io("connect to RADOS", ls.hosts_path(), e)));
+        }
+        info!("RADOS worker pid {} connected", t.worker_pid().unwrap_or(0));
+    }
     Ok(ls)
 }
 

@@ -124,6 +124,7 @@ mod tests {
             conf: "/nonexistent/ceph.conf".into(),
             client_id: "admin".into(),
             timeout_ms: 1000,
+            worker: "/nonexistent/vmlease-watchdog".into(),
         });
         let e = renew_io(&ls, 1, &[vec![0; SLOT_SIZE]], Some(&rec(1))).unwrap_err();
         assert!(e.to_string().contains("probes/1/alive"), "{e}");

@@ -1,0 +1,125 @@
+//! The RADOS worker: `vmlease-watchdog --rados-worker`, a child process
+//! of the daemon that does the daemon's RADOS I/O, so that librados (its
+//! threads, its memory, its network client) never runs inside the
+//! fence-critical daemon. It answers the requests of [`super::proto`]
+//! on stdin/stdout, one at a time, and exits when stdin ends (the daemon
+//! closed it or died). It is not locked in memory and runs at normal
+//! priority: a worker that is paged out, slow or stuck only makes a
+//! renewal late, which the daemon treats as hung storage (the deadline of
+//! each request, then F); the daemon kills it and starts another.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+
+use super::proto::{self, Reply, Request};
+use super::sys;
+use super::TableObject;
+
+/// The argument that makes `vmlease-watchdog` a RADOS worker.
+pub const ARG: &str = "--rados-worker";
+
+/// Runs the worker until stdin ends; returns the exit code.
+pub fn main() -> i32 {
+    sys::normal_scheduling();
+    let mut stdin = std::io::stdin().lock();
+    let mut stdout = std::io::stdout().lock();
+    let mut conn: Option<sys::Conn> = None;
+    loop {
+        let body = match proto::read_frame(&mut stdin) {
+            Ok(Some(b)) => b,
+            Ok(None) => return 0,
+            Err(e) => {
+                eprintln!("vmlease-watchdog --rados-worker: {e}");
+                return 1;
+            }
+        };
+        let reply = match proto::decode_request(&body) {
+            Ok(req) => serve(&mut conn, req),
+            Err(e) => Reply::Err {
+                errno: libc::EINVAL,
+                msg: format!("bad request: {e}"),
+            },
+        };
+        if stdout
+            .write_all(&proto::encode_reply(&reply))
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            return 0;
+        }
+    }
+}
+
+/// A librados error as a reply: its message, and the errno that tells
+/// the daemon what it was (only ENOENT matters to it: a table object
+/// never written reads as zeros).
+fn failed(e: std::io::Error) -> Reply {
+    let errno = match e.kind() {
+        std::io::ErrorKind::NotFound => libc::ENOENT,
+        std::io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+        _ => e.raw_os_error().unwrap_or(libc::EIO),
+    };
+    Reply::Err {
+        errno,
+        msg: e.to_string(),
+    }
+}
+
+fn serve(conn: &mut Option<sys::Conn>, req: Request) -> Reply {
+    match req {
+        Request::Connect {
+            timeout_ms,
+            conf,
+            client_id,
+            pool,
+            namespace,
+            object,
+        } => {
+            if let Err(e) = sys::lib() {
+                return Reply::Err {
+                    errno: proto::ELIBACC,
+                    msg: e,
+                };
+            }
+            *conn = None;
+            let obj = TableObject {
+                pool,
+                namespace,
+                object,
+            };
+            match sys::Conn::connect(&conf, &client_id, timeout_ms, &obj) {
+                Ok(c) => {
+                    *conn = Some(c);
+                    Reply::Ok(Vec::new())
+                }
+                Err(e) => failed(e),
+            }
+        }
+        Request::Read { off, len } => {
+            let Some(c) = conn else {
+                return not_connected();
+            };
+            let mut buf = vec![0u8; len as usize];
+            match c.read(&mut buf, off) {
+                Ok(_) => Reply::Ok(buf),
+                Err(e) => failed(e),
+            }
+        }
+        Request::Write { off, data } => {
+            let Some(c) = conn else {
+                return not_connected();
+            };
+            match c.write(&data, off) {
+                Ok(()) => Reply::Ok(Vec::new()),
+                Err(e) => failed(e),
+            }
+        }
+    }
+}
+
+fn not_connected() -> Reply {
+    Reply::Err {
+        errno: libc::ENOTCONN,
+        msg: "the RADOS worker is not connected".into(),
+    }
+}

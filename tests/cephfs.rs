@@ -424,15 +424,73 @@ fn refused_for_holder(h: &Host, q: &Proc, holder: &str) {
     );
 }
 
-/// A host's daemon's resident memory (`VmRSS`; the daemon locks it).
-fn daemon_rss(h: &Host) -> String {
-    let pid = h.daemon.as_ref().map(|d| d.pid()).unwrap_or(0);
+/// The pid of a host's running daemon.
+fn daemon_pid(h: &Host) -> u32 {
+    h.daemon
+        .as_ref()
+        .map(|d| d.pid())
+        .expect("a running daemon")
+}
+
+/// One `Vm...:` line of /proc/PID/status ("?" when gone).
+fn proc_status(pid: u32, key: &str) -> String {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmRSS"))
+        .find(|l| l.starts_with(key))
         .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|| "?".into())
+}
+
+/// Resident and locked memory of a process, for the log.
+fn mem(pid: u32) -> String {
+    format!(
+        "RSS {}, locked {}",
+        proc_status(pid, "VmRSS"),
+        proc_status(pid, "VmLck")
+    )
+}
+
+/// Whether a shared object whose name contains `lib` is mapped in `pid`.
+fn maps_have(pid: u32, lib: &str) -> bool {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/maps: {e}"));
+    maps.lines().any(|l| l.contains(lib))
+}
+
+/// The RADOS worker (`vmlease-watchdog --rados-worker`) of daemon `pid`.
+fn rados_worker(pid: u32) -> Option<u32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let child: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+        let ppid: u32 = stat
+            .rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let cmd = fs::read(e.path().join("cmdline")).ok()?;
+        (ppid == pid && cmd.split(|b| *b == 0).any(|a| a == b"--rados-worker")).then_some(child)
+    })
+}
+
+/// A worker the test stopped: killed at the end whatever happens (the
+/// daemon kills it itself when the test passes), if it is still that
+/// daemon's worker.
+struct StoppedWorker {
+    daemon: u32,
+    pid: u32,
+}
+
+impl Drop for StoppedWorker {
+    fn drop(&mut self) {
+        if rados_worker(self.daemon) == Some(self.pid) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &self.pid.to_string()])
+                .status();
+        }
+    }
 }
 
 /// What host B's daemon did while host A hung, from its status.
@@ -566,7 +624,17 @@ fn hung_peer(ceph: &CephCluster, tag: &str, rados: bool) -> (Watched, u64, u64) 
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let watched = watcher.join().unwrap();
-    eprintln!("{tag}: B's daemon RSS {} (memory locked)", daemon_rss(&b));
+    let pb = daemon_pid(&b);
+    match rados_worker(pb) {
+        Some(w) => {
+            assert!(
+                !maps_have(pb, "librados"),
+                "{tag}: daemon B has librados mapped"
+            );
+            eprintln!("{tag}: B's daemon {}; its RADOS worker {}", mem(pb), mem(w));
+        }
+        None => eprintln!("{tag}: B's daemon {}", mem(pb)),
+    }
     ma.resume();
     a.stop();
     b.stop();
@@ -644,10 +712,87 @@ fn file_and_rados_hosts_share_a_lockspace(ceph: &CephCluster) {
     for (h, st) in [("A", a.status()), ("B", b.status())] {
         assert!(st.state.is_running(), "{h} is {}: {}", st.state, st.reason);
     }
+    // librados runs in B's worker, never in a daemon: the fence path
+    // links and loads no network client (the worker's maps show it, or
+    // the check would be blind).
+    let (pa, pb) = (daemon_pid(&a), daemon_pid(&b));
+    let w1 = rados_worker(pb).expect("B's RADOS worker");
+    assert!(
+        maps_have(w1, "librados"),
+        "B's worker {w1} has no librados mapped"
+    );
+    for (h, pid) in [("A (file)", pa), ("B (RADOS)", pb)] {
+        assert!(
+            !maps_have(pid, "librados"),
+            "daemon {h} (pid {pid}) has librados mapped"
+        );
+    }
+    assert_eq!(
+        rados_worker(pa),
+        None,
+        "A renews through the file: no worker"
+    );
     eprintln!(
-        "mixed lockspace: daemon RSS through the file {}, through RADOS {} (memory locked)",
-        daemon_rss(&a),
-        daemon_rss(&b)
+        "mixed lockspace: daemon through the file: {}; daemon through RADOS: {}; its RADOS \
+         worker: {}",
+        mem(pa),
+        mem(pb),
+        mem(w1)
+    );
+    // A worker that stops answering is hung storage to B for one request:
+    // killed at io_timeout, replaced, and B renews again well within F.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = watch_renewals(b.cfg.state_dir.clone(), stop.clone());
+    let stopped = StoppedWorker {
+        daemon: pb,
+        pid: w1,
+    };
+    let stopped_at = boottime_ms();
+    let rc = std::process::Command::new("kill")
+        .args(["-STOP", &w1.to_string()])
+        .status()
+        .unwrap();
+    assert!(rc.success(), "kill -STOP {w1}");
+    let (w2, seen) = wait_until("B to replace its stopped RADOS worker", CF + 5_000, || {
+        let st = b.status();
+        assert!(st.state.is_running(), "B is {}: {}", st.state, st.reason);
+        match rados_worker(pb) {
+            Some(w) if w != w1 => Ok((w, boottime_ms())),
+            w => Err(format!("B's worker {w:?} (stopped: {w1})")),
+        }
+    });
+    wait_until("B to renew through its new RADOS worker", CF, || {
+        let st = b.status();
+        assert!(st.state.is_running(), "B is {}: {}", st.state, st.reason);
+        if st.last_renewal_ms > seen {
+            Ok(())
+        } else {
+            Err(format!(
+                "B's last renewal at {} ms, new worker seen at {seen} ms",
+                st.last_renewal_ms
+            ))
+        }
+    });
+    let replaced = boottime_ms() - stopped_at;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let watched = watcher.join().unwrap();
+    drop(stopped);
+    b.wait_log("did not answer within");
+    assert!(
+        maps_have(w2, "librados"),
+        "B's new worker {w2} has no librados"
+    );
+    assert!(!maps_have(pb, "librados"), "daemon B has librados mapped");
+    let max = watched.gaps.iter().copied().max().unwrap_or(0);
+    eprintln!(
+        "RADOS worker {w1} stopped: replaced by {w2} and renewing after {replaced} ms; longest \
+         gap between B's renewals {max} ms (io_timeout {}, F {CF})",
+        b.cfg.io_timeout
+    );
+    assert_eq!(watched.fenced, None, "B fenced because its worker stopped");
+    assert!(
+        max < CF,
+        "B's renewals stalled {max} ms after its worker stopped (F = {CF})"
     );
     a.stop();
     b.stop();

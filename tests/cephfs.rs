@@ -442,10 +442,18 @@ fn proc_status(pid: u32, key: &str) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// Resident and locked memory of a process, for the log.
+/// Resident and locked memory of a process, for the log: `VmLck` is the
+/// size of its locked mappings (address space, reservations included),
+/// `Locked` in smaps_rollup the locked pages actually in memory.
 fn mem(pid: u32) -> String {
+    let locked = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Locked:"))
+        .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into());
     format!(
-        "RSS {}, locked {}",
+        "RSS {}, locked in memory {locked} (locked mappings {})",
         proc_status(pid, "VmRSS"),
         proc_status(pid, "VmLck")
     )

@@ -177,7 +177,7 @@ impl Lockspace {
     }
 
     /// This lockspace with the host table read and written through RADOS
-    /// (`src/rados.rs`): the same bytes at the same offsets, without the
+    /// (`src/rados/`): the same bytes at the same offsets, without the
     /// CephFS capabilities through which a hung peer stalls the file.
     pub fn via_rados(self, conf: crate::rados::RadosConf) -> Lockspace {
         let len = self.max_hosts as usize * SLOT_SIZE;

@@ -94,7 +94,7 @@ pub struct Config {
     /// Read and write the host table through RADOS (`liveness_rados =
     /// true`, `ceph_conf`, `ceph_client_id`) instead of through this
     /// host's CephFS client, so that no other host's hung client can
-    /// stall this host's renewal (src/rados.rs).
+    /// stall this host's renewal (src/rados/).
     pub liveness_rados: Option<RadosSettings>,
     pub state_dir: PathBuf,
     pub timing: Timing,

@@ -16,7 +16,7 @@
 //! With `liveness_rados` the read and the write go to the table's RADOS
 //! object, after a write of this host's own CephFS probe file: nothing
 //! in a renewal touches what another host's client touches, so no hung
-//! peer can make it wait (src/rados.rs, docs/cephfs.md).
+//! peer can make it wait (src/rados/, docs/cephfs.md).
 #![forbid(unsafe_code)]
 
 use crate::collision::{check_own, Collision};

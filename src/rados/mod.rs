@@ -240,11 +240,18 @@ impl RadosTable {
 
     fn request(&self, req: &Request, what: &str) -> std::io::Result<Vec<u8>> {
         let mut w = self.lock();
-        // The deadline counts from the request: a restart of the worker
-        // is inside it.
-        let until = Instant::now() + Duration::from_millis(self.0.conf.timeout_ms);
-        self.ready(&mut w, until)?;
-        self.exchange(&mut w, req, until, &format!("rados {what}"))
+        // A restart of the worker (its connect) has a deadline of its own,
+        // so that a slow connect does not leave the request no time and
+        // get the new worker killed again; the renewal's lateness is F's
+        // business, not the deadlines'.
+        let timeout = Duration::from_millis(self.0.conf.timeout_ms);
+        self.ready(&mut w, Instant::now() + timeout)?;
+        self.exchange(
+            &mut w,
+            req,
+            Instant::now() + timeout,
+            &format!("rados {what}"),
+        )
     }
 
     /// A connected worker, started (and connected) if none runs.

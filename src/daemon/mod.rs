@@ -180,6 +180,10 @@ pub struct Daemon {
     /// The records our slot may hold: the one we wrote last, and those
     /// whose write failed after it (they may have landed).
     expect: Vec<Vec<u8>>,
+    /// The records whose write failed since the last claim (oldest
+    /// first, at most MAX_EXPECT): they may land late, after a later
+    /// write ([`renew::after_write`]).
+    unconfirmed: Vec<Vec<u8>>,
     renew_tx: Sender<RenewReq>,
     renew_rx: Receiver<Renewed>,
     observer: Observer,
@@ -406,6 +410,7 @@ impl Daemon {
             renew_inflight: None,
             next_renew_ms: now,
             expect: vec![written],
+            unconfirmed: Vec::new(),
             renew_tx,
             renew_rx,
             observer: Observer::new(now),
@@ -570,6 +575,7 @@ impl Daemon {
             match self.reclaim.as_mut().map(|c| c.pending_write()) {
                 Some(Some(expect)) => {
                     self.expect = vec![expect];
+                    self.unconfirmed.clear();
                     self.counter = CLAIM_COUNTER;
                     Some(self.record(HostState::Live))
                 }
@@ -693,7 +699,8 @@ impl Daemon {
                                     self.last_renew_error.clear();
                                 }
                                 self.last_renewal_ms = r.issued_ms;
-                                self.expect = vec![written];
+                                self.expect =
+                                    renew::after_write(&self.unconfirmed, written, MAX_EXPECT);
                                 if self.clear_after_renewal {
                                     self.clear_after_renewal = false;
                                     self.clear_ready = true;
@@ -705,6 +712,12 @@ impl Daemon {
                         Err(e) => {
                             // A write that failed may have landed.
                             if let Some(w) = r.written {
+                                if !self.unconfirmed.contains(&w) {
+                                    self.unconfirmed.push(w.clone());
+                                }
+                                if self.unconfirmed.len() > MAX_EXPECT {
+                                    self.unconfirmed.remove(0);
+                                }
                                 if !self.expect.contains(&w) {
                                     self.expect.push(w);
                                 }

@@ -80,6 +80,24 @@ pub fn own_slot(table: &[u8], host_id: u16) -> Vec<u8> {
     own
 }
 
+/// The records the own slot may hold after a renewal wrote `written`:
+/// that one, and the earlier writes that failed (`unconfirmed`, oldest
+/// first), which may still land after it: a write a killed RADOS worker
+/// had sent reaches the OSD when a cut link comes back, possibly after
+/// the new worker's. Such a late write is this host's own record, not
+/// another machine's, so the next renewal must not call it a collision.
+/// At most `max` records, the newest kept.
+pub fn after_write(unconfirmed: &[Vec<u8>], written: Vec<u8>, max: usize) -> Vec<Vec<u8>> {
+    let keep = max.saturating_sub(1);
+    let mut expect = vec![written];
+    for w in unconfirmed.iter().rev().take(keep) {
+        if !expect.contains(w) {
+            expect.push(w.clone());
+        }
+    }
+    expect
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +125,37 @@ mod tests {
             mono_ms: 0,
             wall: 0,
         }
+    }
+
+    /// A failed write that lands after a later successful one is still
+    /// this host's own record: the check before the next write accepts
+    /// it, and it is no collision.
+    #[test]
+    fn a_late_failed_write_is_no_collision() {
+        let (r1, r2, r3, r4) = (
+            rec(1).encode(),
+            rec(2).encode(),
+            rec(3).encode(),
+            rec(4).encode(),
+        );
+        // r2's write failed (the worker was killed), r3's succeeded.
+        let expect = after_write(std::slice::from_ref(&r2), r3.clone(), 32);
+        assert_eq!(expect, vec![r3.clone(), r2.clone()]);
+        // r2 landed late, over r3: the next renewal (r4) writes over it.
+        assert_eq!(check_own(1, &r2, &expect), Ok(()));
+        // Without it (the expectation before), r2 was a collision.
+        assert!(check_own(1, &r2, std::slice::from_ref(&r3)).is_err());
+        // Bounded, newest kept, no duplicates.
+        let failed: Vec<Vec<u8>> = (10..50).map(|c| rec(c).encode()).collect();
+        let e = after_write(&failed, r4.clone(), 32);
+        assert_eq!(e.len(), 32);
+        assert_eq!(e[0], r4);
+        assert_eq!(e[1], rec(49).encode());
+        assert!(!e.contains(&rec(10).encode()));
+        assert_eq!(
+            after_write(&[r1.clone(), r1.clone()], r1.clone(), 32),
+            vec![r1]
+        );
     }
 
     /// With the table on RADOS a renewal first rewrites the own probe

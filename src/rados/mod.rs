@@ -193,8 +193,7 @@ impl RadosTable {
     /// loaded on this host.
     pub fn connect(&self, deadline_ms: u64) -> std::io::Result<()> {
         let mut w = self.lock();
-        self.ready(&mut w, Instant::now() + Duration::from_millis(deadline_ms))
-            .map(|_| ())
+        self.ready(&mut w, Duration::from_millis(deadline_ms))
     }
 
     /// `len` bytes at `off`; a missing object or a short one reads as
@@ -224,7 +223,7 @@ impl RadosTable {
         self.request(&req, "write").map(|_| ())
     }
 
-    /// The pid of the running worker, if one runs (tests, status).
+    /// The pid of the running worker, if one runs (tests, benchmarks).
     pub fn worker_pid(&self) -> Option<u32> {
         self.lock().running.as_ref().map(|r| r.child.id())
     }
@@ -245,17 +244,12 @@ impl RadosTable {
         // get the new worker killed again; the renewal's lateness is F's
         // business, not the deadlines'.
         let timeout = Duration::from_millis(self.0.conf.timeout_ms);
-        self.ready(&mut w, Instant::now() + timeout)?;
-        self.exchange(
-            &mut w,
-            req,
-            Instant::now() + timeout,
-            &format!("rados {what}"),
-        )
+        self.ready(&mut w, timeout)?;
+        self.exchange(&mut w, req, timeout, &format!("rados {what}"))
     }
 
     /// A connected worker, started (and connected) if none runs.
-    fn ready(&self, w: &mut Workers, until: Instant) -> std::io::Result<()> {
+    fn ready(&self, w: &mut Workers, timeout: Duration) -> std::io::Result<()> {
         w.killed
             .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
         if w.running.is_some() {
@@ -280,7 +274,7 @@ impl RadosTable {
             namespace: obj.namespace,
             object: obj.object,
         };
-        self.exchange(w, &req, until, "connect to RADOS")
+        self.exchange(w, &req, timeout, "connect to RADOS")
             .map(|_| ())
             .inspect_err(|_| Self::kill(w))
     }
@@ -335,17 +329,18 @@ impl RadosTable {
         })
     }
 
-    /// Sends one request and waits until `until` for its reply. Any
+    /// Sends one request and waits at most `timeout` for its reply. Any
     /// failure but an error the worker reported (no reply in time, a
     /// broken pipe, a garbled reply) kills the worker.
     fn exchange(
         &self,
         w: &mut Workers,
         req: &Request,
-        until: Instant,
+        timeout: Duration,
         what: &str,
     ) -> std::io::Result<Vec<u8>> {
         let r = w.running.as_mut().expect("a running worker");
+        let until = Instant::now() + timeout;
         let sent = r.stdin.write_all(&proto::encode_request(req));
         let got = match sent {
             Err(e) => Err(std::io::Error::new(
@@ -370,7 +365,7 @@ impl RadosTable {
                     "{what}: the RADOS worker (pid {}) did not answer within {} ms: killed, \
                      another starts at the next request",
                     r.child.id(),
-                    self.0.conf.timeout_ms
+                    timeout.as_millis()
                 ))),
                 Err(RecvTimeoutError::Disconnected) => Err(std::io::Error::new(
                     std::io::ErrorKind::BrokenPipe,

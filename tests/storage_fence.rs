@@ -21,142 +21,29 @@ mod support;
 mod abi;
 #[path = "splitbrain/checker.rs"]
 mod checker;
+#[path = "storage_fence/rig.rs"]
+mod rig;
 #[path = "splitbrain/world.rs"]
 mod world;
 
-use std::ffi::CString;
-use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
+use rig::{ceph_dom, disk, set_links, start, storage_fence};
 use support::daemons;
 use vmlease::clock::boottime_ms;
 use vmlease::hosts::HostState;
-use vmlease::lockspace::Lockspace;
-use world::{World, F, HOSTS, R};
+use world::{World, F, R};
 
 /// host_dead_timeout here: twice the rig's, so that a takeover before it
 /// cannot come from rule 4 (which frees after D from the last renewal).
 const D: u64 = 2 * world::D;
 
-/// `vmlease storage-fence HOST` as host `from` (in its namespace, its
-/// config, the cluster's ceph.conf): (exit code, output).
-fn storage_fence(w: &World, from: usize, host: u16, extra: &[&str]) -> (i32, String) {
-    let net = format!("--net=/run/netns/{}", w.netns[from]);
-    let conf = w.sh.confs[from].display().to_string();
-    let out = Command::new("nsenter")
-        .arg(&net)
-        .arg(daemons::bin("vmlease"))
-        .args([
-            "--config",
-            &conf,
-            "--json",
-            "storage-fence",
-            &host.to_string(),
-        ])
-        .args(extra)
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CEPH_ARGS", format!("-c {}", w.ceph.conf().display()))
-        .output()
-        .expect("run vmlease storage-fence");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
-
-/// vm `v` with its disk lease on CephFS (a path under the test's own
-/// ceph-fuse mount: the fencing host judges it on Ceph).
-fn ceph_dom(w: &World, v: usize) -> abi::Dom {
-    let d = &w.sh.doms[v];
-    let p = w.check_mount.path.join(format!("vm{v}.img"));
-    abi::Dom {
-        uuid: d.uuid,
-        name: d.name.clone(),
-        disk: CString::new(p.display().to_string()).unwrap(),
-    }
-}
-
-/// Starts vm `v` (as `dom`) on host `h` through the plugin ABI; the
-/// writer's pid.
-fn start(w: &World, dom: &abi::Dom, v: usize, h: usize, inc: u32) -> Result<i32, String> {
-    let disk = w.sh.disk_path(h, v);
-    let argv: Vec<CString> = [
-        w.sh.writer.display().to_string(),
-        disk.display().to_string(),
-        (h + 1).to_string(),
-        v.to_string(),
-        inc.to_string(),
-        world::WRITE_INTERVAL_MS.to_string(),
-    ]
-    .into_iter()
-    .map(|s| CString::new(s).unwrap())
-    .collect();
-    match w.sh.plugins[h].start(dom, &argv) {
-        Ok(st) => {
-            let pid = st.pid;
-            w.sh.instances.lock().unwrap().push(world::Instance {
-                vm: v,
-                inc,
-                host: h,
-                pid,
-                escaped: None,
-                started_ms: boottime_ms(),
-                exited_ms: None,
-                escaped_exited: false,
-                killed_by: None,
-            });
-            st.go();
-            Ok(pid)
-        }
-        Err((pid, why)) => {
-            if let Some(p) = pid {
-                // SAFETY: waitpid on our own killed child.
-                unsafe { libc::waitpid(p, std::ptr::null_mut(), 0) };
-            }
-            Err(why)
-        }
-    }
-}
-
-fn disk(w: &World, v: usize) -> Vec<u8> {
-    let p = w
-        .check_mount
-        .path
-        .join(&*w.sh.disks.lock().unwrap())
-        .join(format!("vm{v}"));
-    fs::read(&p).unwrap_or_default()
-}
-
-fn set_links(w: &World, h: usize, state: &str) {
-    for link in ["storage", "mgmt"] {
-        support::netns::set_link(&w.netns[h], link, state);
-    }
-}
-
 #[test]
 fn a_cut_off_host_is_storage_fenced_and_its_vm_runs_elsewhere_before_d() {
     let _g = daemons::serial();
     let mut w = World::up_with_dead(support::util::c_helper("sb_writer"), D);
-    let ls = w.check_mount.path.join("ls");
-    let _ = fs::remove_dir_all(&ls);
-    Lockspace::init(&ls, 16).unwrap();
-    let disks = "disks-stfence".to_string();
-    fs::create_dir_all(w.check_mount.path.join(&disks)).unwrap();
-    *w.sh.disks.lock().unwrap() = disks;
-    for h in 0..HOSTS {
-        w.start_daemon(h);
-    }
-    for h in 0..HOSTS {
-        let cfg = w.hosts[h].cfg.clone();
-        daemons::wait_until(&format!("host {} protected", h + 1), 30_000, || {
-            vmlease::status::protected_status(&cfg)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        });
-    }
+    rig::setup(&mut w, "disks-stfence", 30_000);
     // Host 1's management policy is "fence" (it would fence at once on
     // the cut): the cut-off host is host 2, which reports.
     let a = 1; // host 2: the one cut off

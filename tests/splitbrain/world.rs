@@ -94,6 +94,8 @@ pub struct Shared {
     pub fencing_disabled: AtomicBool,
     /// Hosts the controller cannot reach (a fault on them, or down).
     pub unreachable: Mutex<[bool; HOSTS]>,
+    /// The hosts' watchdog timeout W (ms): the stand-in fires after it.
+    pub watchdog_ms: u64,
 }
 
 fn kill(pid: i32, sig: i32) {
@@ -219,7 +221,7 @@ fn monitor(sh: Arc<Shared>, h: usize) {
                 && hs.down_since.is_none()
                 && hs.last_pet > 0
                 && !hs.disarmed
-                && now - hs.last_pet > W
+                && now - hs.last_pet > sh.watchdog_ms
             {
                 fire = Some(format!(
                     "watchdog stand-in fired ({} ms without a pet)",
@@ -313,6 +315,18 @@ impl World {
             d >= D,
             "host_dead_timeout {d} ms is below the rig's floor {D} ms"
         );
+        World::up_with_timing(writer, [R, F, K, W, d])
+    }
+
+    /// As [`World::up`], with the hosts' timing [R, F, K, W, D] (ms): F at
+    /// least the rig's (above the MDS's cap-revoke eviction), the safety
+    /// inequality checked by the config loader.
+    pub fn up_with_timing(writer: PathBuf, timing: [u64; 5]) -> World {
+        assert!(
+            timing[1] >= F,
+            "renew_fail_timeout {} ms is below the rig's floor {F} ms",
+            timing[1]
+        );
         let no_page_cache = std::env::var_os("VMLEASE_SPLITBRAIN_NO_PAGECACHE").is_some();
         let (ns_guard, sw, netns) = networks();
         let ceph = CephCluster::up_with(CephOptions {
@@ -384,7 +398,7 @@ impl World {
                     fifo.display(),
                     if i == 0 { "fence" } else { "report" }
                 ),
-                [R, F, K, W, d],
+                timing,
             );
             plugins.push(abi::load(&scratch.0, &so, &h.conf).unwrap());
             hosts.push(h);
@@ -423,6 +437,7 @@ impl World {
             disks: Mutex::new(String::new()),
             fencing_disabled: AtomicBool::new(false),
             unreachable: Mutex::new([false; HOSTS]),
+            watchdog_ms: timing[3],
         });
         let monitors = (0..HOSTS)
             .map(|h| {

@@ -23,5 +23,29 @@ case "$action" in
         LIBVIRT_LOCK_MANAGER_PLUGIN_DIR="$h/plugins" libvirtd -d -p /run/libvirt/libvirtd.pid
         ;;
     libvirtd-stop) stop_pid /run/libvirt/libvirtd.pid ;;
+    ceph-mount)
+        # The lockspace through a CephFS client of this host's own, in its
+        # network namespace (VMH_CEPH_CONF: the cluster's ceph.conf;
+        # VMH_CEPH_ROOT: the lockspace's CephFS directory). Again: a new
+        # client in place of the old one (a blocklisted client stays
+        # fenced), as an operator's remount.
+        m=/var/lib/vmlease/lockspace
+        if p=$(pidof_file "$h/ceph-fuse.pid"); then kill -9 "$p" 2>/dev/null || true; fi
+        umount -l "$m" 2>/dev/null || true
+        ceph-fuse -f -c "$VMH_CEPH_CONF" --id "$(hostname -s)" -r "${VMH_CEPH_ROOT:-/}" "$m" </dev/null >>"$h/ceph-fuse.log" 2>&1 &
+        echo $! >"$h/ceph-fuse.pid"
+        i=0
+        # shellcheck disable=SC2016 # awk's own $5
+        until awk -v m="$m" '$5 == m && / - fuse.ceph-fuse / { f = 1 } END { exit !f }' /proc/self/mountinfo &&
+            timeout 10 stat "$m" >/dev/null 2>&1; do
+            if [ "$i" -ge 600 ]; then
+                echo "vmhost-ctl: ceph-fuse did not mount $m within 30 s" >&2
+                tail -n 5 "$h/ceph-fuse.log" >&2
+                exit 1
+            fi
+            sleep 0.05
+            i=$((i + 1))
+        done
+        ;;
     *) echo "vmhost-ctl: unknown action $action" >&2; exit 2 ;;
 esac

@@ -18,7 +18,12 @@ mount --bind "$h/log" /var/log/libvirt
 mount --bind "$h/cache" /var/cache/libvirt
 mount --bind "$h/etc" /etc/libvirt
 mount --bind "$h/state" /run/vmlease
-mount --bind "$ls" /var/lib/vmlease/lockspace
+if [ -n "${VMH_CEPH_CONF:-}" ]; then
+    # The lockspace on a CephFS client of this host's own (vmhosts.sh).
+    sh "$(dirname "$0")/vmhost-ctl.sh" ceph-mount "$h" "$bin"
+else
+    mount --bind "$ls" /var/lib/vmlease/lockspace
+fi
 # A host "rebooted" by vmh_host_boot has a boot id of its own.
 if [ -f "$h/boot_id" ]; then
     mount --bind "$h/boot_id" /proc/sys/kernel/random/boot_id

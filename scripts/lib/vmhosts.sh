@@ -15,6 +15,11 @@
 #               hosts' mount namespaces are copies of ours)
 #   VMH_ALLOW_LOCAL  allow_local_lockspace in the configs (default true:
 #               the default lockspace is a local directory; false on CephFS)
+#   VMH_CEPH_CONF, VMH_CEPH_ROOT  (exported) each host mounts the lockspace
+#               through a ceph-fuse client of its own, in its network
+#               namespace: the cluster's ceph.conf and the lockspace's
+#               directory in the CephFS (a host's link then carries its
+#               storage, and a Ceph blocklist of its address fences it)
 #   VMH_LOCK_MANAGER  qemu.conf's lock_manager for the next vmh_host_up
 #               (vmlease, nop, lockd or sanlock)
 #   VMH_SANLOCK_LEASES  sanlock's shared disk_lease_dir (default
@@ -73,7 +78,7 @@ vmh_cleanup() {
     set +e
     for n in $VMH_HOSTS; do
         h="$VMH_DIR/host-$n"
-        for f in "$h/run/libvirtd.pid" "$h/run/virtlogd.pid" "$h/run/virtlockd.pid" "$h/sanlock/sanlock.pid" "$h/watchdog.pid" "$h"/run/qemu/*.pid "$h/sleep.pid" "$h/anchor.pid"; do
+        for f in "$h/run/libvirtd.pid" "$h/run/virtlogd.pid" "$h/run/virtlockd.pid" "$h/sanlock/sanlock.pid" "$h/watchdog.pid" "$h"/run/qemu/*.pid "$h/sleep.pid" "$h/anchor.pid" "$h/ceph-fuse.pid"; do
             [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null
         done
     done
@@ -170,7 +175,7 @@ EOC
 vmh_host_crash() {
     h="$VMH_DIR/host-$1"
     for f in "$h"/run/qemu/*.pid "$h/run/libvirtd.pid" "$h/run/virtlogd.pid" "$h/run/virtlockd.pid" \
-        "$h/sanlock/sanlock.pid" "$h/watchdog.pid" "$h/sleep.pid" "$h/anchor.pid"; do
+        "$h/sanlock/sanlock.pid" "$h/watchdog.pid" "$h/sleep.pid" "$h/anchor.pid" "$h/ceph-fuse.pid"; do
         # (a pid may be listed twice, e.g. libvirtd as driver.pid)
         if [ -f "$f" ]; then kill -9 "$(cat "$f")" 2>/dev/null || true; fi
     done

@@ -29,6 +29,11 @@ mod abi;
 mod checker;
 #[path = "splitbrain/needless.rs"]
 mod needless;
+#[path = "splitbrain/peer_fence.rs"]
+mod peer_fence;
+#[allow(dead_code)]
+#[path = "storage_fence/rig.rs"]
+mod rig;
 #[path = "splitbrain/schedule.rs"]
 mod schedule;
 #[path = "splitbrain/world.rs"]
@@ -182,6 +187,34 @@ fn splitbrain_ci() {
         eprintln!(
             "fencing disabled: the checker reported {} violation(s), as it must",
             st.violations.len()
+        );
+    }
+    if !replay {
+        // The blocklist fault's self-test (splitbrain/peer_fence.rs has
+        // why a violation cannot show here while the MDS evicts).
+        w.blocklist_noop = true;
+        let st = run(&mut w, 1, 15, false);
+        w.blocklist_noop = false;
+        assert!(
+            st.peer_fences > 0,
+            "the no-op blocklist schedule fenced no host ({})",
+            st.line()
+        );
+        assert!(
+            !st.violations.is_empty() || st.mds_blocklisted == st.peer_fences,
+            "with a no-op blocklist the checker found no violation, and the MDS had not \
+             blocklisted the fenced host's CephFS client at {} of {} fences: the checker \
+             missed two writers, or the fault proves nothing ({})",
+            st.peer_fences - st.mds_blocklisted,
+            st.peer_fences,
+            st.line()
+        );
+        eprintln!(
+            "no-op blocklist: {} violation(s); {} of {} fenced hosts' CephFS clients blocklisted \
+             by the MDS's own eviction before the verdict",
+            st.violations.len(),
+            st.mds_blocklisted,
+            st.peer_fences
         );
     }
     if !replay || !off {

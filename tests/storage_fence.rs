@@ -56,7 +56,7 @@ fn a_cut_off_host_is_storage_fenced_and_its_vm_runs_elsewhere_before_d() {
     let dom1 = abi::Dom {
         uuid: w.sh.doms[1].uuid,
         name: w.sh.doms[1].name.clone(),
-        disk: w.sh.doms[1].disk.clone(),
+        disk: std::ffi::CString::new("/var/lib/vmlease-sb/vm1.img").unwrap(),
     };
     start(&w, &dom1, 1, c, 3).expect("vm1 on host 3");
     daemons::wait_until("vm0 writing on host 2", 10_000, || {

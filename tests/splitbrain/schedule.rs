@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use crate::checker;
 use crate::needless::{self, FaultRec, FenceEvent};
+use crate::peer_fence;
 use crate::support::daemons;
-use crate::world::{Instance, Shared, World, HOSTS, MGMT_TIMEOUT_S, VMS, WRITE_INTERVAL_MS};
+use crate::world::{Instance, Shared, World, HOSTS, MGMT_TIMEOUT_S, R, VMS, WRITE_INTERVAL_MS};
 use vmlease::clock::boottime_ms;
 use vmlease::hosts::HostState;
 use vmlease::lockspace::Lockspace;
@@ -49,6 +50,8 @@ pub enum Kind {
     DaemonStop,
     QemuKill,
     DupStart,
+    /// Cut off (both links), then storage-fenced by a peer (peer_fence.rs).
+    PeerFence,
 }
 
 impl Kind {
@@ -61,16 +64,19 @@ impl Kind {
             Kind::DaemonStop => "daemon-sigstop",
             Kind::QemuKill => "qemu-kill",
             Kind::DupStart => "concurrent-start",
+            Kind::PeerFence => "blocklisted-by-peer",
         }
     }
     pub fn storage(self) -> bool {
-        matches!(self, Kind::CephHang | Kind::LinkDown)
+        matches!(self, Kind::CephHang | Kind::LinkDown | Kind::PeerFence)
     }
     /// Faults of one class do not overlap on a host; of different
     /// classes they may (storage + management lost together).
     fn class(self) -> u8 {
         match self {
             Kind::CephHang | Kind::LinkDown => 0,
+            // Both links.
+            Kind::PeerFence => 0,
             Kind::MgmtDown => 1,
             _ => 2,
         }
@@ -88,6 +94,11 @@ pub struct Stats {
     /// `mgmt-isolated`, or host 1 fenced for "management network lost").
     pub mgmt_noticed: u32,
     pub dup_both: u32,
+    /// Peer storage fences that wrote their verdict, and of those, the
+    /// ones whose host's CephFS client the MDS had blocklisted already
+    /// (its own eviction of a client that holds capabilities others need).
+    pub peer_fences: u32,
+    pub mds_blocklisted: u32,
     pub resets: u32,
     pub reboots: u32,
     pub killed: BTreeMap<&'static str, u32>,
@@ -124,6 +135,8 @@ impl Stats {
         self.evacuate_yes += o.evacuate_yes;
         self.mgmt_noticed += o.mgmt_noticed;
         self.dup_both += o.dup_both;
+        self.peer_fences += o.peer_fences;
+        self.mds_blocklisted += o.mds_blocklisted;
         self.resets += o.resets;
         self.reboots += o.reboots;
         self.records += o.records;
@@ -146,6 +159,7 @@ impl Stats {
         format!(
             "faults {:?}; VMs started {} (refused {}, moved to another host {}), killed {:?}, \
              can-evacuate yes {}, management cuts noticed {}, concurrent starts both ok {}, host resets {}, reboots {}, \
+             peer storage fences {} (client already blocklisted by the MDS {}), \
              fences {}, needless fences {} {:?}, records {} (all-zero {}), violations {}",
             self.faults,
             self.started,
@@ -157,6 +171,8 @@ impl Stats {
             self.dup_both,
             self.resets,
             self.reboots,
+            self.peer_fences,
+            self.mds_blocklisted,
             self.fences,
             self.needless_total(),
             self.needless,
@@ -468,6 +484,9 @@ struct Active {
     pid: i32,
     /// A management cut the host's daemon has reported.
     noticed: bool,
+    /// PeerFence: the fencing host, and when its verdict was written.
+    peer: usize,
+    fenced_at: Option<u64>,
 }
 
 /// Runs one schedule of `secs` seconds; returns its stats.
@@ -569,12 +588,57 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
         (Kind::DaemonStop, 2),
         (Kind::QemuKill, 3),
         (Kind::DupStart, 2),
+        (Kind::PeerFence, 2),
     ];
+    // Hosts storage-fenced by a peer: the blocklist and the verdict go
+    // once the host is down (reset) or the schedule is over.
+    let mut to_clear = [false; HOSTS];
+    let mut first_fence = w.blocklist_noop;
     let total: u64 = kinds.iter().map(|k| k.1).sum();
     loop {
         let now = boottime_ms();
         if now >= end {
             break;
+        }
+        // A peer storage-fences a cut-off host once it has been silent for
+        // 3R + 1 s (the CLI refuses before); its links come back soon after.
+        for i in 0..active.len() {
+            let a = &active[i];
+            let cut = fault_log[a.log].start;
+            if a.kind != Kind::PeerFence || a.fenced_at.is_some() || now - cut < 3 * R + 1000 {
+                continue;
+            }
+            let (h, p) = (a.host, a.peer);
+            match peer_fence::fence(w, p, h, now - cut, w.blocklist_noop) {
+                Ok(()) => {
+                    let t = boottime_ms();
+                    let mds = peer_fence::client_blocklisted(w, h);
+                    {
+                        let mut st = stats.lock().unwrap();
+                        st.peer_fences += 1;
+                        st.mds_blocklisted += u32::from(mds);
+                    }
+                    eprintln!(
+                        "  [{t}] host {} storage-fenced host {} ({} ms after the cut{}; its CephFS \
+                         client blocklisted by the MDS already: {mds})",
+                        p + 1,
+                        h + 1,
+                        t - cut,
+                        if w.blocklist_noop {
+                            "; NO-OP blocklist"
+                        } else {
+                            ""
+                        }
+                    );
+                    to_clear[h] = true;
+                    active[i].fenced_at = Some(t);
+                    active[i].heal_at = t + rng.range(300, 2000);
+                }
+                Err(why) => {
+                    let why = why.lines().next().unwrap_or("").to_string();
+                    eprintln!("  [{now}] storage fence of host {} refused: {why}", h + 1);
+                }
+            }
         }
         // Heal what is due.
         let mut i = 0;
@@ -599,6 +663,20 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
                 r -= wgt;
             }
             let mut h = rng.below(HOSTS as u64) as usize;
+            if first_fence {
+                // The no-op blocklist self-test: a fenced host with a VM.
+                kind = Kind::PeerFence;
+                if let Some(i) = sh
+                    .instances
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|i| i.exited_ms.is_none())
+                {
+                    h = i.host;
+                    first_fence = false;
+                }
+            }
             if first_kill {
                 // Fencing disabled: make sure a QEMU is killed and restarted.
                 kind = Kind::QemuKill;
@@ -699,6 +777,9 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
             if let Some(t) = down {
                 // The monitor may have set it after `now` was read.
                 if !faulty && now.saturating_sub(t) > 1000 {
+                    if std::mem::take(&mut to_clear[h]) {
+                        peer_fence::clear(w, h);
+                    }
                     w.reboot(h);
                     fence_seen[h] = false;
                     stats.lock().unwrap().reboots += 1;
@@ -723,6 +804,11 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
     for a in active.drain(..) {
         heal(w, &a);
         fault_log[a.log].healed = Some(boottime_ms());
+    }
+    for h in 0..HOSTS {
+        if to_clear[h] {
+            peer_fence::clear(w, h);
+        }
     }
     for mut c in stragglers {
         let pid = c.id();
@@ -859,6 +945,8 @@ fn inject(
         pid: 0,
         noticed: false,
         log: 0,
+        peer: 0,
+        fenced_at: None,
     };
     match kind {
         Kind::CephHang => {
@@ -905,6 +993,18 @@ fn inject(
         Kind::DupStart => {
             dup.lock().unwrap().push(rng.below(VMS as u64) as usize);
         }
+        Kind::PeerFence => {
+            // A peer that is up; the fence comes from the schedule's loop.
+            let p = (h + 1 + rng.below(HOSTS as u64 - 1) as usize) % HOSTS;
+            if !up(&sh, p) {
+                return None;
+            }
+            a.peer = p;
+            set_link(w, h, "storage", "down");
+            set_link(w, h, "mgmt", "down");
+            // Healed soon after the verdict; at the latest after this.
+            a.heal_at = now + 20_000;
+        }
     }
     eprintln!("  [{now}] FAULT {} on host {}", kind.name(), h + 1);
     Some(a)
@@ -929,6 +1029,10 @@ fn heal(w: &mut World, a: &Active) {
         }
         Kind::LinkDown => set_link(w, h, "storage", "up"),
         Kind::MgmtDown => set_link(w, h, "mgmt", "up"),
+        Kind::PeerFence => {
+            set_link(w, h, "storage", "up");
+            set_link(w, h, "mgmt", "up");
+        }
         Kind::DaemonKill => {
             if !down && w.sh.hosts[h].lock().unwrap().daemon_pid == Some(a.pid) {
                 w.restart_daemon(h);

@@ -267,6 +267,8 @@ pub struct World {
     pub liveness_file: bool,
     /// Had a storage fault: remount before the next schedule.
     pub suspect: [bool; HOSTS],
+    /// The peer-fence fault's blocklist is a no-op (the self-test).
+    pub blocklist_noop: bool,
     pub ceph: CephCluster,
     _scratch: daemons::Scratch,
     _ns: Namespaces,
@@ -408,7 +410,16 @@ impl World {
             .map(|v| Dom {
                 uuid: [0x50 + v as u8; 16],
                 name: CString::new(format!("vm{v}")).unwrap(),
-                disk: CString::new(format!("/var/lib/vmlease-sb/vm{v}.img")).unwrap(),
+                // On the CephFS (its path on this machine's mount): the
+                // hosts are storage-fenceable (peer_fence.rs).
+                disk: CString::new(
+                    check_mount
+                        .path
+                        .join(format!("vm{v}.img"))
+                        .display()
+                        .to_string(),
+                )
+                .unwrap(),
             })
             .collect();
         let sh = Arc::new(Shared {
@@ -457,6 +468,7 @@ impl World {
             ceph_defaults,
             liveness_file,
             suspect: [false; HOSTS],
+            blocklist_noop: false,
             ceph,
             _scratch: scratch,
             _ns: ns_guard,

@@ -24,6 +24,10 @@ use crate::status::Status;
 /// (a `vmlease ha enable` shows up within this).
 const XML_REFRESH_MS: u128 = 10_000;
 
+/// How often the agent reads its host record back, to write it again if
+/// something else changed it (a corrupt value, a put without its lease).
+const HOST_CHECK_MS: u128 = 5_000;
+
 /// A domain's policy and size with its XML, or why it cannot be managed.
 type Definition = std::result::Result<(DomainInfo, String), String>;
 
@@ -35,6 +39,8 @@ pub struct Agent {
     /// The etcd lease of this host (0: none yet).
     pub lease: i64,
     last_host: Option<HostRecord>,
+    /// When the host record was last read back.
+    host_checked: Option<Instant>,
     published: BTreeMap<String, VmRecord>,
     /// Parsed definitions of running domains, by name, with when read.
     defs: BTreeMap<String, (Instant, Definition)>,
@@ -58,6 +64,7 @@ impl Agent {
             host_id,
             lease: 0,
             last_host: None,
+            host_checked: None,
             published: BTreeMap::new(),
             defs: BTreeMap::new(),
             protected: false,
@@ -120,6 +127,18 @@ impl Agent {
             vcpus: cpus,
             vcpus_used: running.iter().map(|d| d.vcpus).sum(),
         };
+        let due = self
+            .host_checked
+            .is_none_or(|t| t.elapsed().as_millis() >= HOST_CHECK_MS);
+        if let (true, Some(last)) = (due, &self.last_host) {
+            self.host_checked = Some(Instant::now());
+            let key = model::host_key(self.p(), &self.name);
+            let kv = etcd.get(&key)?;
+            if !kv.is_some_and(|kv| kv.value == to_json(last) && kv.lease == self.lease) {
+                log::warn!("vmlease-ha: {key} does not hold this host's record: writing it again");
+                self.last_host = None;
+            }
+        }
         if self.last_host.as_ref() != Some(&host) {
             let key = model::host_key(self.p(), &self.name);
             etcd.put(&key, &to_json(&host), self.lease)?;

@@ -32,6 +32,9 @@ pub struct Controller {
     fence_attempts: super::storage_fence::Attempts,
     events: EventStore,
     hooks: Hooks,
+    /// The corrupt values reported (`KEY: error`), so that each is
+    /// reported once while it stays.
+    reported: std::collections::BTreeSet<String>,
 }
 
 pub fn seen_key(prefix: &str, host: &str) -> String {
@@ -71,12 +74,19 @@ pub fn view_of(prefix: &str, kvs: &[Kv]) -> (ClusterView, Option<String>, Vec<St
         let err = |e: serde_json::Error| format!("{}: {e}", kv.key);
         if rest == "leader" {
             leader = Some(String::from_utf8_lossy(&kv.value).into_owned());
-        } else if rest.starts_with("hosts/") {
+        } else if let Some(name) = rest.strip_prefix("hosts/") {
             match serde_json::from_slice::<HostRecord>(&kv.value) {
-                Ok(h) => {
+                Ok(h) if h.name == name => {
                     v.hosts.insert(h.name.clone(), h);
                 }
-                Err(e) => bad.push(err(e)),
+                Ok(h) => {
+                    v.unreadable.insert(name.to_string());
+                    bad.push(format!("{}: the record names host '{}'", kv.key, h.name));
+                }
+                Err(e) => {
+                    v.unreadable.insert(name.to_string());
+                    bad.push(err(e));
+                }
             }
         } else if rest.starts_with("vms/") {
             match serde_json::from_slice::<VmRecord>(&kv.value) {
@@ -135,6 +145,7 @@ impl Controller {
             name,
             leader: false,
             fence_attempts: Default::default(),
+            reported: Default::default(),
         }
     }
 
@@ -183,11 +194,11 @@ impl Controller {
             self.leader = leading;
         }
         if !leading {
+            self.reported.clear();
             return Ok(());
         }
-        for b in &bad {
-            log::error!("vmlease-ha: ignoring a corrupt value: {b}");
-        }
+        let now = wall_ms();
+        let mut events = self.corrupt_values(&bad, now);
         // Suspects, and failed hosts not yet reported evacuable (for the
         // host-evacuable event).
         let mut judge = decide::suspects(&view);
@@ -203,13 +214,27 @@ impl Controller {
             };
             view.verdicts.insert(host, verdict);
         }
-        let now = wall_ms();
-        let mut events = self.storage_fence(&mut view, now);
+        events.extend(self.storage_fence(&mut view, now));
         events.extend(decide::decide(&view, now, &self.limits()));
         for action in events {
             self.apply(etcd, &lk, action)?;
         }
         Ok(())
+    }
+
+    /// An event for each corrupt value not reported yet (a value that
+    /// changes, or comes back, is reported again).
+    fn corrupt_values(&mut self, bad: &[String], now: u64) -> Vec<Action> {
+        let out = bad
+            .iter()
+            .filter(|b| !self.reported.contains(*b))
+            .map(|b| {
+                let (key, error) = b.split_once(": ").unwrap_or((b, ""));
+                Action::Event(crate::ha::events::corrupt(now, &self.ha.prefix, key, error))
+            })
+            .collect();
+        self.reported = bad.iter().cloned().collect();
+        out
     }
 
     /// Storage-level fencing (`[ha] storage_fence_after`): a suspect that
@@ -337,5 +362,49 @@ impl Controller {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, value: &[u8]) -> Kv {
+        Kv {
+            key: key.into(),
+            value: value.into(),
+            mod_revision: 1,
+            lease: 0,
+        }
+    }
+
+    #[test]
+    fn corrupt_values_are_named_by_key_and_their_hosts_unreadable() {
+        let h = HostRecord {
+            name: "b".into(),
+            host_id: 2,
+            state: "live".into(),
+            protected: true,
+            reason: String::new(),
+            mem_total_kib: 1,
+            mem_used_kib: 0,
+            vcpus: 1,
+            vcpus_used: 0,
+        };
+        let kvs = [
+            kv("/p/hosts/a", b"garbage{"),
+            kv("/p/hosts/b", &to_json(&h)),
+            // Valid, but another host's record under this key.
+            kv("/p/hosts/c", &to_json(&h)),
+            kv("/p/vms/u-1", b"\xff"),
+            kv("/p/leader", b"b"),
+        ];
+        let (v, leader, bad) = view_of("/p/", &kvs);
+        assert_eq!(leader.as_deref(), Some("b"));
+        assert_eq!(v.hosts.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(v.unreadable.iter().collect::<Vec<_>>(), ["a", "c"]);
+        assert!(v.vms.is_empty());
+        let keys: Vec<&str> = bad.iter().map(|b| b.split_once(": ").unwrap().0).collect();
+        assert_eq!(keys, ["/p/hosts/a", "/p/hosts/c", "/p/vms/u-1"], "{bad:?}");
     }
 }

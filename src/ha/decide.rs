@@ -14,7 +14,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::events::{self, kind, Event};
 use super::maintenance::{self, Maintenance, Migration};
@@ -56,6 +56,11 @@ pub struct ClusterView {
     pub migrations: BTreeMap<String, Migration>,
     /// How to reach each host's libvirt for a migration to it.
     pub reach: BTreeMap<String, maintenance::Reach>,
+    /// Hosts whose record (`P/hosts/NAME`) holds a value that does not
+    /// decode: neither present nor gone. Nothing is decided about them
+    /// (no event, no recovery of their VMs, no placement) until their
+    /// agent writes the record again.
+    pub unreadable: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +92,7 @@ pub fn suspects(v: &ClusterView) -> Vec<String> {
         .values()
         .filter(|vm| vm.restart == Restart::Always && vm.state != VmState::Stopped)
         .filter(|vm| !v.hosts.get(&vm.host).is_some_and(|h| h.protected))
+        .filter(|vm| !v.unreadable.contains(&vm.host))
         .map(|vm| vm.host.clone())
         .collect();
     out.sort();
@@ -155,7 +161,8 @@ pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
             }
             RecState::Assigned | RecState::Started => {
                 let target = r.target.clone().unwrap_or_default();
-                let why = if !v.hosts.get(&target).is_some_and(HostRecord::is_target) {
+                let unknown = v.unreadable.contains(&target);
+                let why = if !unknown && !v.hosts.get(&target).is_some_and(HostRecord::is_target) {
                     Some(format!("target {target} is gone or not protected"))
                 } else if now_ms.saturating_sub(r.since_ms) >= lim.start_timeout_ms {
                     Some(format!(

@@ -74,6 +74,10 @@ pub mod kind {
     pub const VM_RESET: &str = "vm-reset";
     /// The guest panicked, or its `<watchdog>` device fired (QEMU acted).
     pub const GUEST_FAILED: &str = "guest-failed";
+    /// A value in etcd does not decode (the key is in the reason): the
+    /// host is neither live nor failed, the VM unmanaged, until the
+    /// value is written again.
+    pub const CORRUPT_VALUE: &str = "corrupt-value";
 }
 
 /// One event, as stored in etcd, printed by `vmlease events --json` and
@@ -147,6 +151,31 @@ impl Event {
     }
 }
 
+/// The event for a value under `prefix` that does not decode: about the
+/// host or the domain its key names.
+pub fn corrupt(now_ms: u64, prefix: &str, key: &str, error: &str) -> Event {
+    let rest = key.strip_prefix(prefix).unwrap_or(key);
+    let (host, uuid, what) = if let Some(h) = rest.strip_prefix("hosts/") {
+        (
+            h,
+            "",
+            "the host is neither live nor failed (no decision about it)",
+        )
+    } else if let Some(u) = rest.strip_prefix("vms/") {
+        ("", u, "the domain is unmanaged (not recovered)")
+    } else {
+        ("", "", "the record is ignored")
+    };
+    Event::vm(
+        kind::CORRUPT_VALUE,
+        now_ms,
+        host,
+        uuid,
+        "",
+        format!("{key}: {error}; {what} until it is written again"),
+    )
+}
+
 /// `2026-12-07T00:01:02.345Z` (UTC) from wall-clock ms.
 pub fn rfc3339(ms: u64) -> String {
     let (y, m, d, hh, mm, ss) = crate::clock::utc_parts(ms / 1000);
@@ -198,6 +227,7 @@ pub fn to_judge(v: &ClusterView) -> Vec<String> {
     v.hosts
         .keys()
         .chain(v.seen.keys())
+        .filter(|n| !v.unreadable.contains(*n))
         .filter(|n| matches!(condition(v, n).0, "failed" | "fenced"))
         .filter(|n| v.seen.get(*n).map(String::as_str) != Some("evacuable"))
         .cloned()
@@ -214,6 +244,9 @@ pub fn host_events(v: &ClusterView, now_ms: u64) -> Vec<Action> {
     names.dedup();
     let mut out = Vec::new();
     for name in names {
+        if v.unreadable.contains(name) {
+            continue;
+        }
         let (cond, why) = condition(v, name);
         let before = v.seen.get(name).map(String::as_str);
         if before == Some(cond) {
@@ -381,6 +414,35 @@ mod tests {
         apply(&mut v, &a);
         v.hosts.insert("a".into(), host("a", "mgmt-isolated", true));
         assert_eq!(kinds(&host_events(&v, 3)), ["host-isolated:a"]);
+    }
+
+    #[test]
+    fn an_unreadable_host_is_not_reported_and_corrupt_values_name_their_key() {
+        let mut v = ClusterView::default();
+        v.seen.insert("a".into(), "live".into());
+        v.unreadable.insert("a".into());
+        assert!(host_events(&v, 1).is_empty(), "{:?}", host_events(&v, 1));
+        assert!(to_judge(&v).is_empty());
+
+        let e = corrupt(5, "/p/", "/p/hosts/a", "expected value at line 1 column 1");
+        assert_eq!(
+            (e.kind.as_str(), e.host.as_str(), e.uuid.as_str()),
+            ("corrupt-value", "a", "")
+        );
+        assert!(
+            e.line()
+                .contains("corrupt-value host=a: /p/hosts/a: expected value"),
+            "{}",
+            e.line()
+        );
+        let e = corrupt(5, "/p/", "/p/vms/u-1", "EOF");
+        assert_eq!((e.host.as_str(), e.uuid.as_str()), ("", "u-1"));
+        assert!(
+            e.reason
+                .starts_with("/p/vms/u-1: EOF; the domain is unmanaged"),
+            "{}",
+            e.reason
+        );
     }
 
     #[test]

@@ -401,3 +401,45 @@ fn random_start_failures_end_in_one_home_or_recovery_failed() {
         assert_eq!(v.vms[&uuid(5)].host, "b");
     }
 }
+
+#[test]
+fn a_host_whose_record_does_not_decode_is_neither_failed_nor_recovered() {
+    // a's record in etcd is garbage: a is not in `hosts`, it is unreadable.
+    let mut v = cluster();
+    v.seen.insert("a".into(), "live".into());
+    v.hosts.remove("a");
+    v.unreadable.insert("a".into());
+    assert!(suspects(&v).is_empty(), "a's VMs are suspects");
+    assert!(crate::ha::events::to_judge(&v).is_empty());
+    // (b and c, seen for the first time, are recorded silently.)
+    let all = super::decide(&v, 0, &LIM);
+    assert!(
+        all.iter()
+            .all(|x| matches!(x, Action::Seen { host, .. } if host != "a")),
+        "decided on an unreadable record: {all:?}"
+    );
+    // Not a target either.
+    v.unreadable.clear();
+    v.hosts.insert("a".into(), host("a", 2048));
+    v.hosts.remove("b");
+    v.hosts.remove("c");
+    v.unreadable.insert("b".into());
+    v.verdicts.insert("c".into(), Verdict::Safe);
+    v.vms.insert(uuid(6), vm(6, "c", Restart::Always, 0));
+    let p = decide(&v, 0, &LIM);
+    let targets: Vec<Option<&str>> = puts(&p).iter().map(|r| r.target.as_deref()).collect();
+    assert_eq!(targets, vec![Some("a")], "{p:?}");
+
+    // A start assigned to a host whose record turns unreadable is waited
+    // for (up to the start timeout), not given up at once.
+    apply(&mut v, &p);
+    v.hosts.remove("a");
+    v.unreadable.insert("a".into());
+    assert!(decide(&v, 1_000, &LIM).is_empty());
+    v.unreadable.remove("a");
+    let a = decide(&v, 1_000, &LIM);
+    assert!(
+        matches!(puts(&a).as_slice(), [r] if matches!(r.state, RecState::Failed { .. })),
+        "{a:?}"
+    );
+}

@@ -126,37 +126,49 @@ pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
     let mut to_place: Vec<(Recovery, &VmRecord)> = Vec::new();
     for r in v.recoveries.values() {
         let vm = v.vms.get(&r.uuid);
-        let on_target = |vm: Option<&VmRecord>| {
-            vm.is_some_and(|vm| Some(&vm.host) == r.target.as_ref() && vm.state == VmState::Running)
-        };
+        // Published running on a host other than the failed one: on its
+        // target, or on an earlier target whose start was carried out but
+        // not reported (its vmlease-ha killed in between, as a leader
+        // that was its own target): either way, it runs.
+        let runs_on = vm
+            .filter(|vm| vm.state == VmState::Running && vm.host != r.from)
+            .map(|vm| vm.host.clone());
         match &r.state {
-            RecState::Assigned | RecState::Started if on_target(vm) => {
+            RecState::Assigned
+            | RecState::Started
+            | RecState::StartFailed
+            | RecState::Pending
+            | RecState::Failed { .. }
+                if runs_on.is_some() =>
+            {
                 // Its slot on the target frees now (its memory is in the
-                // target's own record from now on).
-                let t = r.target.clone().unwrap_or_default();
-                if let Some(n) = inflight.get_mut(&t) {
-                    *n = n.saturating_sub(1);
+                // record of the host it runs on from now on).
+                if matches!(
+                    r.state,
+                    RecState::Assigned | RecState::Started | RecState::StartFailed
+                ) {
+                    let t = r.target.clone().unwrap_or_default();
+                    if let Some(n) = inflight.get_mut(&t) {
+                        *n = n.saturating_sub(1);
+                    }
+                    if let (Some(e), Some(vm)) = (reserved.get_mut(&t), vm) {
+                        e.0 = e.0.saturating_sub(vm.memory_kib);
+                        e.1 = e.1.saturating_sub(vm.vcpus);
+                    }
                 }
-                if let (Some(e), Some(vm)) = (reserved.get_mut(&t), vm) {
-                    e.0 = e.0.saturating_sub(vm.memory_kib);
-                    e.1 = e.1.saturating_sub(vm.vcpus);
-                }
+                let host = runs_on.unwrap_or_default();
                 out.push(Action::Event(Event::vm(
                     kind::VM_RECOVERED,
                     now_ms,
                     &r.from,
                     &r.uuid,
                     &r.name,
-                    format!(
-                        "runs on {} (attempt {})",
-                        r.target.as_deref().unwrap_or("?"),
-                        r.attempt
-                    ),
+                    format!("runs on {host} (attempt {})", r.attempt),
                 )));
                 out.push(Action::Done {
                     uuid: r.uuid.clone(),
                     name: r.name.clone(),
-                    host: r.target.clone().unwrap_or_default(),
+                    host,
                 });
             }
             RecState::Assigned | RecState::Started => {

@@ -443,3 +443,51 @@ fn a_host_whose_record_does_not_decode_is_neither_failed_nor_recovered() {
         "{a:?}"
     );
 }
+
+#[test]
+fn a_start_carried_out_but_not_reported_ends_the_recovery_where_it_runs() {
+    // b was assigned vm1 and started it, but its vmlease-ha died before
+    // reporting (b led and was its own target); the record moved on to
+    // failed (b gone from etcd for a while) and then to c. b's agent,
+    // back, publishes vm1 running on b: the recovery is over, on b, and
+    // c is not asked to start it.
+    let mut v = cluster();
+    v.hosts.remove("a");
+    v.verdicts.insert("a".into(), Verdict::Safe);
+    for state in [
+        RecState::Failed { retry_at_ms: 0 },
+        RecState::Assigned,
+        RecState::StartFailed,
+        RecState::Pending,
+    ] {
+        let mut w = v.clone();
+        w.recoveries.insert(
+            uuid(1),
+            Recovery {
+                uuid: uuid(1),
+                name: "vm1".into(),
+                from: "a".into(),
+                state: state.clone(),
+                attempt: 2,
+                target: Some("c".into()),
+                tried: vec!["b".into(), "c".into()],
+                since_ms: 0,
+                last_error: String::new(),
+            },
+        );
+        w.vms.get_mut(&uuid(1)).unwrap().host = "b".into();
+        let a = decide(&w, 1_000, &LIM);
+        let done: Vec<&str> = a
+            .iter()
+            .filter_map(|a| match a {
+                Action::Done { uuid: u, host, .. } if *u == uuid(1) => Some(host.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(done, ["b"], "{state:?}: {a:?}");
+        assert!(
+            !puts(&a).iter().any(|r| r.uuid == uuid(1)),
+            "{state:?}: vm1 placed again: {a:?}"
+        );
+    }
+}

@@ -311,8 +311,9 @@ w=$(where q1)
 s=$(start_ms "$w" q1)
 [ "$s" -ge "$back" ] || fail "q1's QEMU started $((back - s)) ms before quorum returned"
 [ "$s" -ge $((last + D_MS)) ] || fail "q1 started before b's last renewal + D"
-same_pid c k1 "$pk1" || fail "k1 was restarted"
-same_pid d keep "$pkeep" || fail "keep was restarted"
+hstate() { sed -n 's/^state=//p' "$VMH_DIR/host-$1/state/status"; }
+same_pid c k1 "$pk1" || fail "k1 was restarted (host c: $(hstate c))"
+same_pid d keep "$pkeep" || fail "keep was restarted (host d: $(hstate d); its log: $(tail -n 3 "$VMH_DIR/host-d/watchdog.log"))"
 note "quorum lost for $((back - cut2)) ms after b's storage cut: no decision, k1 and keep ran on; quorum back in $quorum_ms ms; q1 runs on $w $rec_ms ms after the members restarted"
 echo "PASS ha_quorum_loss_no_decisions_then_recovery ($(($(vmh_now_ms) - t2)) ms)"
 

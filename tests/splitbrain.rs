@@ -218,7 +218,7 @@ fn splitbrain_ci() {
         );
     }
     if !replay || !off {
-        let n = env_u64("VMLEASE_SPLITBRAIN_SCHEDULES", 24);
+        let n = env_u64("VMLEASE_SPLITBRAIN_SCHEDULES", 20);
         let secs = env_u64("VMLEASE_SPLITBRAIN_SECS", 15);
         let st = run(&mut w, n, secs, false);
         assert!(

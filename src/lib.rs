@@ -22,6 +22,7 @@ pub mod journal;
 pub mod lease;
 pub mod lockspace;
 pub mod logging;
+pub mod metrics;
 pub mod process;
 pub mod rados;
 pub mod registry;

@@ -124,6 +124,9 @@ pub struct Config {
     /// This host's Ceph client IP addresses (storage network), published
     /// for storage-level fencing; empty: not storage-fenceable.
     pub storage_fence_addrs: Vec<String>,
+    /// Where the daemon writes its Prometheus textfile (`vmlease.prom`)
+    /// for node_exporter's textfile collector; `None`: no metrics.
+    pub metrics_dir: Option<PathBuf>,
 }
 
 // ---------------------------------------------------------------------------
@@ -205,6 +208,7 @@ struct Raw {
     service: Option<RawNetwork>,
     ha: Option<Spanned<ha::RawHa>>,
     storage_fence_addrs: Option<Spanned<Vec<String>>>,
+    metrics_dir: Option<Spanned<String>>,
 }
 
 /// Parses the text of a config file. `origin` names it in errors.
@@ -623,6 +627,10 @@ impl Builder<'_> {
                     }
                     a.into_inner()
                 }
+            },
+            metrics_dir: match &raw.metrics_dir {
+                None => None,
+                Some(_) => Some(self.abs_path("metrics_dir", &raw.metrics_dir, "")?),
             },
         })
     }

@@ -192,6 +192,23 @@ fn shipped_example_config_loads() {
 }
 
 #[test]
+fn metrics_dir_is_optional_and_must_be_absolute() {
+    assert_eq!(parse("", "t").unwrap().metrics_dir, None);
+    let c = parse("metrics_dir = \"/var/lib/prometheus/node-exporter\"\n", "t").unwrap();
+    assert_eq!(
+        c.metrics_dir.as_deref(),
+        Some(Path::new("/var/lib/prometheus/node-exporter"))
+    );
+    let e = parse("\nmetrics_dir = \"textfiles\"\n", "t")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("metrics_dir") && e.contains(":2") && e.contains("absolute"),
+        "{e}"
+    );
+}
+
+#[test]
 fn missing_file_gives_defaults_without_host_id() {
     let c = load(Path::new("/nonexistent/vmlease.conf")).unwrap();
     assert_eq!(c.host_id, None);

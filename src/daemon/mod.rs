@@ -11,6 +11,7 @@ pub mod actions;
 pub mod claim;
 pub mod fence;
 pub mod lockspace_wait;
+pub mod metrics;
 pub mod probes;
 pub mod reaper;
 pub mod renew;
@@ -152,6 +153,8 @@ struct Renewed {
     /// The encoded record it was asked to write.
     written: Option<Vec<u8>>,
     result: Result<renew::RenewIo>,
+    /// How long the I/O took, measured on the storage thread.
+    took_ms: u64,
 }
 
 /// At most this many records the slot may hold while writes fail (each
@@ -214,6 +217,11 @@ pub struct Daemon {
     status_key: (HostState, u64, String),
     /// `STATE_DIR/maintenance` exists: network-policy fences disarmed.
     maintenance: bool,
+    /// What the loop counts for the metrics, and the thread that writes
+    /// them (`metrics_dir`), with when the next snapshot is due.
+    counters: crate::metrics::Counters,
+    metrics: Option<metrics::MetricsWriter>,
+    metrics_due_ms: u64,
     _instance_lock: std::fs::File,
 }
 
@@ -377,6 +385,23 @@ impl Daemon {
         )
         .map_err(|e| (exit::CONFIG, Error::io("start prober", "-", e)))?;
 
+        let metrics = match &cfg.metrics_dir {
+            None => None,
+            Some(dir) => match metrics::MetricsWriter::spawn(dir.clone()) {
+                Ok(w) => {
+                    info!(
+                        "metrics: writing {} for node_exporter's textfile collector",
+                        dir.join(crate::metrics::FILE_NAME).display()
+                    );
+                    Some(w)
+                }
+                Err(e) => {
+                    warn!("metrics: cannot start the metrics thread ({e}); going on without them");
+                    None
+                }
+            },
+        };
+
         let now = boottime_ms();
         let mut fence = Fence::new(cfg.timing, cfg.management.policy, cfg.service.policy);
         // A fence survives a daemon restart (not a reboot: the state dir is
@@ -435,6 +460,9 @@ impl Daemon {
             status_written_ms: 0,
             status_key: (HostState::Live, 0, String::new()),
             maintenance: false,
+            counters: crate::metrics::Counters::default(),
+            metrics,
+            metrics_due_ms: now,
             _instance_lock: instance_lock,
             cfg,
         })
@@ -492,11 +520,20 @@ impl Daemon {
                 alive_leased: alive,
                 clear_requested: clear,
             };
+            let cause_before = fence_cause(&self.fence.phase);
             let reaper = &mut self.reaper;
             let act = self.fence.step_counted(&mut inputs, || {
                 reaper.scan_now();
                 reaper.alive_count()
             });
+            if let (None, Some(c)) = (cause_before, fence_cause(&self.fence.phase)) {
+                if let Some(i) = crate::metrics::FENCE_REASONS
+                    .iter()
+                    .position(|r| *r == c.as_str())
+                {
+                    self.counters.fences[i] += 1;
+                }
+            }
             if let Some(l) = &act.log {
                 if act.kill_all || act.reset {
                     error!(event = "fence", host_id = self.host_id; "{l}");
@@ -507,7 +544,10 @@ impl Daemon {
             if act.kill_all {
                 for (p, what) in self.reaper.alive_processes() {
                     match self.host.kill(p) {
-                        Ok(true) => warn!("fence: killed QEMU pid {} ({what})", p.pid),
+                        Ok(true) => {
+                            self.counters.fence_kills += 1;
+                            warn!("fence: killed QEMU pid {} ({what})", p.pid)
+                        }
                         Ok(false) => {}
                         Err(e) => error!("fence: cannot kill QEMU pid {} ({what}): {e}", p.pid),
                     }
@@ -526,7 +566,13 @@ impl Daemon {
                 continue;
             }
             if act.pet {
-                if let Err(e) = self.watchdog.pet() {
+                let pet = self.watchdog.pet();
+                match (&pet, self.cfg.unsafe_no_watchdog) {
+                    (_, true) => {}
+                    (Ok(()), false) => self.counters.watchdog_pets += 1,
+                    (Err(_), false) => self.counters.watchdog_pet_failures += 1,
+                }
+                if let Err(e) = pet {
                     error!("cannot pet the watchdog {}: {e}", self.watchdog.describe());
                     if !self.watchdog.is_open() {
                         // A deferred open failed: without a watchdog this
@@ -557,6 +603,7 @@ impl Daemon {
                 self.status_written_ms = now;
                 self.status_key = key;
             }
+            self.offer_metrics(now);
             // The loop went round: tell systemd (WatchdogSec=).
             sd_watchdog::keepalive(now);
             self.reaper.wait(tick);
@@ -694,6 +741,8 @@ impl Daemon {
                                 }
                                 self.collision = true;
                             } else if io.wrote {
+                                self.counters.renewals += 1;
+                                self.counters.renewal_latency.observe(r.took_ms);
                                 if self.last_renewal_ms == 0 || !self.last_renew_error.is_empty() {
                                     info!("liveness lease renewed (counter {})", self.counter);
                                     self.last_renew_error.clear();
@@ -710,6 +759,7 @@ impl Daemon {
                             self.observer.update(now, &raw, &slots);
                         }
                         Err(e) => {
+                            self.counters.renewal_failures += 1;
                             // A write that failed may have landed.
                             if let Some(w) = r.written {
                                 if !self.unconfirmed.contains(&w) {
@@ -807,6 +857,64 @@ impl Daemon {
             m,
             s
         );
+    }
+
+    /// Every R (at least 1 s, at most 5 s apart): a snapshot for the
+    /// metrics thread. Building it copies a few fields; the rendering and
+    /// the file I/O happen on that thread.
+    fn offer_metrics(&mut self, now: u64) {
+        let Some(w) = &self.metrics else {
+            return;
+        };
+        if now < self.metrics_due_ms {
+            return;
+        }
+        self.metrics_due_ms = now + self.cfg.timing.renew_interval.clamp(1000, 5000);
+        self.counters.dead_qemu_released = self.reaper.released_total;
+        let t = &self.cfg.timing;
+        let snap = crate::metrics::Snapshot {
+            host_id: self.host_id,
+            host_name: self.host_name.clone(),
+            state: self.last_state,
+            fenced: fence_cause(&self.fence.phase).is_some(),
+            renewal_age_ms: now.saturating_sub(self.last_renewal_ms.max(self.started_ms)),
+            renew_interval_ms: t.renew_interval,
+            renew_fail_timeout_ms: t.renew_fail_timeout,
+            host_dead_timeout_ms: t.host_dead_timeout,
+            watchdog_timeout_ms: t.watchdog_timeout,
+            unsafe_no_watchdog: self.cfg.unsafe_no_watchdog,
+            maintenance: self.maintenance,
+            leased_processes: self.reaper.alive_count(),
+            counters: self.counters.clone(),
+            networks: self
+                .nets
+                .iter()
+                .map(|n| crate::metrics::NetSample {
+                    name: n.name,
+                    state: n.describe(now).0,
+                    probes_up: n.last.as_ref().map(|r| r.up).unwrap_or(0),
+                    probes: n.net.probes.len(),
+                })
+                .collect(),
+            peers: self
+                .observer
+                .peers()
+                .into_iter()
+                .filter(|p| p.host_id != self.host_id && p.kind != crate::status::PeerKind::Empty)
+                .map(|p| crate::metrics::PeerSample {
+                    host_id: p.host_id,
+                    host_name: p.host_name,
+                    published: match (p.kind, p.state) {
+                        (crate::status::PeerKind::Corrupt, _) => "corrupt".into(),
+                        (_, Some(s)) => s.as_str().into(),
+                        (_, None) => "unknown".into(),
+                    },
+                    silent_ms: now.saturating_sub(p.last_change_ms),
+                    dead_timeout_ms: p.dead_timeout_ms,
+                })
+                .collect(),
+        };
+        w.offer(snap);
     }
 
     fn write_status(&self, now: u64) {
@@ -938,6 +1046,16 @@ impl Daemon {
     }
 }
 
+/// The cause of a fence begun or done; `None` while healthy.
+fn fence_cause(p: &Phase) -> Option<fence::Cause> {
+    match p {
+        Phase::Healthy => None,
+        Phase::Fencing { cause, .. } | Phase::Fenced { cause, .. } | Phase::Reset { cause } => {
+            Some(cause.clone())
+        }
+    }
+}
+
 /// One liveness record of this host.
 fn host_record(
     cfg: &Config,
@@ -1040,12 +1158,15 @@ fn spawn_renewer(ls: Lockspace, host_id: u16) -> (Sender<RenewReq>, Receiver<Ren
         .stack_size(THREAD_STACK)
         .spawn(move || {
             for req in rx {
+                let start = boottime_ms();
                 let result = renew::renew_io(&ls, host_id, &req.expect, req.rec.as_ref());
+                let took_ms = boottime_ms().saturating_sub(start);
                 let written = req.rec.as_ref().map(HostRecord::encode);
                 let done = Renewed {
                     issued_ms: req.issued_ms,
                     written,
                     result,
+                    took_ms,
                 };
                 if rtx.send(done).is_err() {
                     return;

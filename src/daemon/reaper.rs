@@ -61,6 +61,8 @@ pub struct Reaper {
     last_full_scan: u64,
     tx: Sender<(ProcId, Entry)>,
     rx: Receiver<(ProcId, Pass)>,
+    /// Exited QEMU processes whose leases were released (metrics).
+    pub released_total: u64,
 }
 
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
@@ -117,6 +119,7 @@ impl Reaper {
             last_full_scan: 0,
             tx,
             rx,
+            released_total: 0,
         }
     }
 
@@ -320,6 +323,7 @@ impl Reaper {
                             keys.join(", ")
                         );
                     } else if !keys.is_empty() {
+                        self.released_total += 1;
                         let (dom, uuid) = t
                             .entry
                             .as_ref()

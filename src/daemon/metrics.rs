@@ -1,0 +1,106 @@
+//! The daemon's metrics thread: renders each snapshot the main loop hands
+//! it and replaces `metrics_dir/vmlease.prom` atomically (a temporary file
+//! in the same directory, then rename), so node_exporter never reads half
+//! a file.
+//!
+//! The main loop only `try_send`s into a one-slot channel: a slow or hung
+//! metrics directory drops snapshots, it never delays a renewal, a pet or
+//! a fence. A failed write is logged (once per distinct error), never
+//! fatal.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+
+use log::{info, warn};
+
+use crate::metrics::{render, Snapshot, FILE_NAME};
+
+pub struct MetricsWriter {
+    tx: SyncSender<Snapshot>,
+}
+
+impl MetricsWriter {
+    /// Starts the thread that writes into `dir`.
+    pub fn spawn(dir: PathBuf) -> std::io::Result<MetricsWriter> {
+        let (tx, rx) = sync_channel::<Snapshot>(1);
+        std::thread::Builder::new()
+            .name("vmlease-metrics".into())
+            .stack_size(super::THREAD_STACK)
+            .spawn(move || {
+                let mut last_err = String::new();
+                for snap in rx {
+                    match write_atomic(&dir, &render(&snap)) {
+                        Ok(()) if !last_err.is_empty() => {
+                            info!("metrics: writing {} again", dir.join(FILE_NAME).display());
+                            last_err.clear();
+                        }
+                        Ok(()) => {}
+                        Err(e) => {
+                            let msg = e.to_string();
+                            if msg != last_err {
+                                warn!("metrics: {msg} (the daemon goes on without them)");
+                                last_err = msg;
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(MetricsWriter { tx })
+    }
+
+    /// Hands a snapshot to the thread; drops it when the thread is still
+    /// busy with the previous one. Never blocks.
+    pub fn offer(&self, snap: Snapshot) {
+        match self.tx.try_send(snap) {
+            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// Writes `text` to `dir/vmlease.prom` through a temporary file and a
+/// rename.
+pub fn write_atomic(dir: &Path, text: &str) -> std::result::Result<(), crate::Error> {
+    let path = dir.join(FILE_NAME);
+    // node_exporter reads only *.prom: the temporary name is not one.
+    let tmp = dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
+    let res = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(crate::Error::io("write metrics", &path, e));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_directory_is_an_error_naming_the_file() {
+        let e = write_atomic(Path::new("/nonexistent/vmlease-metrics"), "x 1\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("/nonexistent/vmlease-metrics/vmlease.prom"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn replaces_the_file_and_leaves_no_temporary() {
+        let d = std::env::temp_dir().join(format!("vmlease-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        write_atomic(&d, "a 1\n").unwrap();
+        write_atomic(&d, "a 2\n").unwrap();
+        assert_eq!(std::fs::read_to_string(d.join(FILE_NAME)).unwrap(), "a 2\n");
+        let names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,287 @@
+//! The daemon's Prometheus metrics, read back through the real
+//! node_exporter (Debian's prometheus-node-exporter, textfile collector
+//! pointed at the daemon's metrics_dir, listening on a loopback port).
+//! The values must follow what happens: renewals counted, a storage probe
+//! that fails, a peer gone silent, a storage cut that fences the host.
+//! A metrics directory that cannot be written is logged, not fatal.
+//!
+//! Timings: see tests/support/daemons.rs.
+
+mod support;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::daemons::*;
+use vmlease::clock::boottime_ms;
+
+const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
+const UUID_A: [u8; 16] = [0xab; 16];
+
+/// node_exporter on a free loopback port, reading only `dir`.
+fn node_exporter(dir: &Path, log: &Path) -> (Proc, u16) {
+    assert!(
+        Path::new(NODE_EXPORTER).exists(),
+        "{NODE_EXPORTER} is missing: install prometheus-node-exporter (scripts/setup-test-env.sh)"
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = fs::File::create(log).unwrap();
+    let child = Command::new(NODE_EXPORTER)
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--collector.disable-defaults")
+        .arg("--collector.textfile")
+        .arg(format!("--collector.textfile.directory={}", dir.display()))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    (
+        Proc {
+            child,
+            what: "node_exporter".into(),
+        },
+        port,
+    )
+}
+
+/// One scrape of /metrics: the body, or why not.
+fn scrape(port: u16) -> Result<String, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .map_err(|e| format!("read: {e}"))?;
+    match resp.split_once("\r\n\r\n") {
+        Some((head, body))
+            if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") =>
+        {
+            Ok(body.to_string())
+        }
+        _ => Err(format!("bad response: {resp}")),
+    }
+}
+
+/// The value of the sample `name` (with its labels exactly as written,
+/// e.g. `vmlease_fences_total{reason="storage"}`).
+fn value(body: &str, sample: &str) -> Option<f64> {
+    body.lines().find_map(|l| {
+        let rest = l.strip_prefix(sample)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
+/// Scrapes until `ok(value)` holds for `sample`; returns the value.
+fn wait_metric(port: u16, sample: &str, timeout_ms: u64, ok: impl Fn(f64) -> bool) -> f64 {
+    wait_until(
+        &format!("{sample} through node_exporter"),
+        timeout_ms,
+        || {
+            let body = scrape(port)?;
+            match value(&body, sample) {
+                Some(v) if ok(v) => Ok(v),
+                Some(v) => Err(format!("{sample} = {v}")),
+                None => Err(format!(
+                    "no {sample} in the scrape:\n{}",
+                    body.lines()
+                        .filter(|l| l.starts_with("vmlease_") || l.starts_with("node_textfile"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )),
+            }
+        },
+    )
+}
+
+#[test]
+fn metrics_read_back_through_node_exporter_follow_renewals_probes_peers_and_a_fence() {
+    let _g = serial();
+    let s = Scratch::new("metrics");
+    let ls = lockspace(&s);
+    let textfiles = s.0.join("textfiles");
+    fs::create_dir_all(&textfiles).unwrap();
+
+    // Host A sees the lockspace through a bind mount in its own mount
+    // namespace (cut below); its storage network has one TCP probe, to a
+    // listener of this test.
+    let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+    let probe_port = probe.local_addr().unwrap().port();
+    let a_view = s.0.join("a-view");
+    fs::create_dir_all(&a_view).unwrap();
+    let mut a = Host::new(
+        &s,
+        1,
+        &a_view,
+        &format!(
+            "unsafe_no_watchdog = true\nmetrics_dir = \"{}\"\n\
+             [storage]\nprobes = [ {{ type = \"tcp\", target = \"127.0.0.1:{probe_port}\" }} ]\n\
+             timeout = 1\nprobe_timeout = 0.2\n",
+            textfiles.display()
+        ),
+    );
+    // Host B's metrics directory does not exist: logged, not fatal.
+    let missing = s.0.join("no-such-dir");
+    let mut b = Host::new(
+        &s,
+        2,
+        &ls,
+        &format!(
+            "unsafe_no_watchdog = true\nmetrics_dir = \"{}\"\n",
+            missing.display()
+        ),
+    );
+    let inner = format!(
+        "mount --bind '{}' '{}' && exec \"$0\" \"$@\"",
+        ls.display(),
+        a_view.display()
+    );
+    a.start(&[
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &inner,
+    ]);
+    b.start(&[]);
+    b.wait_log("metrics: write metrics");
+    b.wait_log("the daemon goes on without them");
+
+    let (_ne, port) = node_exporter(&textfiles, &s.0.join("node_exporter.log"));
+    let t0 = boottime_ms();
+    let first = wait_metric(port, "vmlease_renewals_total", 10_000, |v| v >= 1.0);
+    eprintln!(
+        "first scrape with vmlease metrics after {} ms",
+        boottime_ms() - t0
+    );
+    let body = scrape(port).unwrap();
+    assert_eq!(
+        value(&body, "node_textfile_scrape_error"),
+        Some(0.0),
+        "node_exporter could not parse vmlease.prom:\n{body}"
+    );
+    assert_eq!(
+        value(
+            &body,
+            "vmlease_host_info{host_id=\"1\",host_name=\"host-1.test\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&body, "vmlease_renew_fail_timeout_seconds"),
+        Some(1.5)
+    );
+    assert_eq!(value(&body, "vmlease_host_dead_timeout_seconds"), Some(4.0));
+    assert_eq!(value(&body, "vmlease_fenced"), Some(0.0));
+    // Renewals go on: the counter grows, the age stays below F, and
+    // every renewal is in the histogram.
+    let later = wait_metric(port, "vmlease_renewals_total", 5000, |v| v >= first + 5.0);
+    let body = scrape(port).unwrap();
+    let age = value(&body, "vmlease_last_renewal_age_seconds").unwrap();
+    assert!(age < 1.5, "renewal age {age} s, F is 1.5 s");
+    let count = value(&body, "vmlease_renewal_latency_seconds_count").unwrap();
+    assert!(count >= later, "histogram count {count} < renewals {later}");
+    assert_eq!(
+        value(&body, "vmlease_renewal_latency_seconds_bucket{le=\"+Inf\"}"),
+        Some(count)
+    );
+    eprintln!(
+        "renewals {first} -> {later}; age {age} s; latency sum {:?} s over {count}",
+        value(&body, "vmlease_renewal_latency_seconds_sum")
+    );
+    wait_metric(
+        port,
+        "vmlease_network_state{network=\"storage\",state=\"up\"}",
+        5000,
+        |v| v == 1.0,
+    );
+    wait_metric(
+        port,
+        "vmlease_peer_state{host_id=\"2\",host_name=\"host-2.test\",state=\"live\"}",
+        5000,
+        |v| v == 1.0,
+    );
+
+    // A leased stand-in QEMU on host A (its plugin side writes the real
+    // lockspace path).
+    let mut a_plugin = a.cfg.clone();
+    a_plugin.lockspace_dir = ls.clone();
+    let a_host = Host {
+        cfg: a_plugin,
+        daemon: None,
+        ..Host::new(&s, 1, &a_view, "unsafe_no_watchdog = true\n")
+    };
+    let qa = standin_qemu();
+    lease(&a_host, UUID_A, "web", &qa, None).unwrap();
+    wait_metric(port, "vmlease_leased_processes", 5000, |v| v == 1.0);
+
+    // Fault 1: the storage probe's listener goes away.
+    drop(probe);
+    let lost = wait_metric(
+        port,
+        "vmlease_network_state{network=\"storage\",state=\"lost\"}",
+        8000,
+        |v| v == 1.0,
+    );
+    assert_eq!(lost, 1.0);
+    assert_eq!(
+        value(
+            &scrape(port).unwrap(),
+            "vmlease_network_probes_up{network=\"storage\"}"
+        ),
+        Some(0.0)
+    );
+
+    // Fault 2: peer B stops (SIGSTOP): its silence grows past D.
+    b.daemon.as_ref().unwrap().signal(libc::SIGSTOP);
+    let silent = wait_metric(
+        port,
+        "vmlease_peer_silence_seconds{host_id=\"2\",host_name=\"host-2.test\"}",
+        10_000,
+        |v| v > 4.0,
+    );
+    eprintln!("peer B silent {silent} s through node_exporter");
+    b.daemon.as_ref().unwrap().signal(libc::SIGCONT);
+
+    // Fault 3: A's storage is cut: renewals fail, A fences after F and
+    // kills its QEMU.
+    let apid = a.daemon.as_ref().unwrap().pid();
+    sh(&format!(
+        "nsenter -t {apid} -m umount -l '{}'",
+        a_view.display()
+    ));
+    wait_metric(port, "vmlease_fenced", 10_000, |v| v == 1.0);
+    let body = scrape(port).unwrap();
+    assert_eq!(
+        value(&body, "vmlease_fences_total{reason=\"storage\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        value(&body, "vmlease_fence_kills_total"),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(value(&body, "vmlease_renewal_failures_total").unwrap() >= 1.0);
+    let age = value(&body, "vmlease_last_renewal_age_seconds").unwrap();
+    assert!(age >= 1.5, "fenced with a renewal age of {age} s (< F)");
+    wait_metric(port, "vmlease_leased_processes", 5000, |v| v == 0.0);
+    eprintln!(
+        "fenced: renewal age {age} s, failures {:?}",
+        value(&body, "vmlease_renewal_failures_total")
+    );
+    drop(qa);
+    // B kept running all along despite its unwritable metrics directory.
+    assert!(!b.daemon.as_mut().unwrap().exited(), "{}", b.log_text());
+}

@@ -526,16 +526,16 @@ unsafe extern "C" fn vmlease_drv_acquire(
                 "unsupported acquire flags 0x{flags:x}"
             )));
         }
-        if !(0..=4).contains(&action) {
-            return Err(Error::Invalid(format!(
-                "unknown lock failure action {action}"
-            )));
-        }
+        let on_failure = plugin::lock_failure::LockFailure::from_c(action)?;
         // SAFETY: man comes from libvirt for this call.
         let m = unsafe { manager(man) }?;
+        let note = on_failure.check(&m.name)?;
         let cfg = config()?;
         if register_only {
             return plugin::register(cfg, m);
+        }
+        if let Some(n) = note {
+            warn!("{n}");
         }
         // SAFETY: libvirt passes NULL or a NUL-terminated state.
         let state = unsafe { opt_str(state, "lock state") }?;

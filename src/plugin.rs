@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+pub mod lock_failure;
+
 use log::{info, warn};
 
 use crate::config::Config;

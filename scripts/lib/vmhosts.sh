@@ -237,6 +237,10 @@ vmh_domain() {
     [ -e /dev/kvm ] && type=kvm
     printf "<domain type='%s'>\n  <name>%s</name>\n  <uuid>%s</uuid>\n" "$type" "$name" "$uuid"
     printf "  <memory unit='MiB'>64</memory>\n  <os><type arch='x86_64' machine='pc'>hvm</type></os>\n"
+    # VMH_ON_LOCKFAILURE: the domain's <on_lockfailure> (unset: none).
+    if [ -n "${VMH_ON_LOCKFAILURE:-}" ]; then
+        printf "  <on_lockfailure>%s</on_lockfailure>\n" "$VMH_ON_LOCKFAILURE"
+    fi
     # ACPI: PCI hotplug on the pc machine needs it.
     printf "  <features><acpi/></features>\n  <devices>\n"
     # virtio-scsi: disks on it hot-unplug at once, without guest help.

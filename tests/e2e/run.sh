@@ -264,16 +264,43 @@ s10_reconnect_after_takeover_kills_qemu() {
     note "b took s10 over $(($(vmh_now_ms) - t0)) ms after a's watchdog hung; a's stale QEMU was killed on reconnect"
 }
 
+s11_on_lockfailure() {
+    # restart and ignore are refused at start, poweroff and pause start
+    # (pause acts as poweroff: s9 shows the fence killing such a domain).
+    for act in restart ignore; do
+        vmh_image a "s11$act.qcow2"
+        VMH_ON_LOCKFAILURE=$act define_on a "s11$act" "$(uuid_of "11$(printf %s "$act" | wc -c)")" "s11$act.qcow2"
+        if start_on a "s11$act"; then
+            fail "host a started s11$act with <on_lockfailure>$act"
+        fi
+        out_has "<on_lockfailure>$act</on_lockfailure> is"
+        note "$act refused: $(grep -o 'vmlease:.*' "$VMH_DIR/last.out" | cut -c1-100)..."
+    done
+    for act in poweroff pause; do
+        vmh_image a "s11$act.qcow2"
+        VMH_ON_LOCKFAILURE=$act define_on a "s11$act" "$(uuid_of "11$(printf %s "$act" | wc -c)")" "s11$act.qcow2"
+        start_on a "s11$act" || fail "host a: s11$act did not start: $(cat "$VMH_DIR/last.out")"
+        vmh_virsh a destroy "s11$act" >/dev/null
+    done
+}
+
 s9_storage_fence() {
     u=$(uuid_of 9)
     vmh_image a s9.qcow2; vmh_image b s9.qcow2
     define_on a s9 "$u" s9.qcow2; define_on b s9 "$u" s9.qcow2
     start_on a s9 || fail "host a: s9 did not start"
     pa=$(vmh_qemu_pid a s9)
+    # A second domain asks to be paused on lock failure: killed as well.
+    vmh_image a s9p.qcow2
+    VMH_ON_LOCKFAILURE=pause define_on a s9p "$(uuid_of 99)" s9p.qcow2
+    start_on a s9p || fail "host a: s9p did not start: $(cat "$VMH_DIR/last.out")"
+    pp=$(vmh_qemu_pid a s9p)
     vmh_in a umount -l /var/lib/vmlease/lockspace
     cut=$(vmh_now_ms)
     vmh_wait "host a to kill s9's QEMU (pid $pa) after its storage was cut" 6000 qemu_gone "$pa" ||
         fail "host a did not fence"
+    vmh_wait "host a to kill s9p's QEMU (pid $pp, on_lockfailure pause)" 2000 qemu_gone "$pp" ||
+        fail "host a left s9p (on_lockfailure pause) running: $(vmh_virsh a domstate s9p 2>&1)"
     killed=$(($(vmh_now_ms) - cut))
     last=$(sed -n 's/^last_renewal_ms=//p' "$VMH_DIR/host-a/state/status")
     [ "$((cut - last))" -lt 1000 ] || fail "host a's last renewal is $((cut - last)) ms before the cut"
@@ -298,7 +325,7 @@ vmh_host_up b 2
 
 all="s1_same_uuid_refused s2_shared_and_readonly_disks s3_stop_paths_release_within_1s s4_suspend_resume
 s5_hotplug s6_libvirtd_restart s7_live_migration s8_unprotected_host_refuses s10_reconnect_after_takeover_kills_qemu
-s9_storage_fence"
+s11_on_lockfailure s9_storage_fence"
 list=${*:-$all}
 for s in $list; do
     t0=$(vmh_now_ms)

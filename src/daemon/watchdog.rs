@@ -55,33 +55,23 @@ pub fn open(path: &Path, timeout_ms: u64) -> io::Result<Box<dyn Watchdog>> {
             format!("{} is not a watchdog device", path.display()),
         ));
     }
-    if !timeout_ms.is_multiple_of(1000) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "watchdog_timeout must be whole seconds for a hardware watchdog",
-        ));
-    }
+    let want = device_secs(timeout_ms)?;
     let file = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)?;
-    let mut secs: libc::c_int = (timeout_ms / 1000) as libc::c_int;
-    let want = secs;
+    let mut secs: libc::c_int = want;
     // SAFETY: the fd is open; WDIOC_SETTIMEOUT reads and writes one int.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), WDIOC_SETTIMEOUT, &mut secs) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if secs > want {
-        // The device rounded the timeout up: that would break the safety
-        // inequality.
-        let mut f = file;
-        let _ = f.write_all(b"V");
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("the watchdog device only supports a timeout of {secs} s, more than watchdog_timeout ({want} s)"),
-        ));
-    }
+    let set = if rc == 0 {
+        Ok(secs)
+    } else {
+        Err(io::Error::last_os_error())
+    };
+    // Refused (any way): the device is left as it is, armed, never
+    // magic-closed - a watchdog this daemon could not take over may be
+    // one its predecessor left running over leased VMs.
+    check_set(want, set)?;
     Ok(Box::new(Device {
         file: Some(file),
         path: path.display().to_string(),
@@ -123,6 +113,56 @@ impl Watchdog for Device {
     }
 }
 
+/// The one rule for a hardware watchdog's timeout: `watchdog_timeout` in
+/// whole seconds (WDIOC_SETTIMEOUT takes seconds), checked before the
+/// device is opened, both at a start and for a deferred open.
+pub fn device_secs(timeout_ms: u64) -> io::Result<libc::c_int> {
+    if timeout_ms == 0 || !timeout_ms.is_multiple_of(1000) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "watchdog_timeout must be whole seconds for a hardware watchdog, got {}",
+                crate::config::secs(timeout_ms)
+            ),
+        ));
+    }
+    libc::c_int::try_from(timeout_ms / 1000).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "watchdog_timeout is too large for a hardware watchdog",
+        )
+    })
+}
+
+/// ...and the device must then run with exactly that timeout. Drivers
+/// differ: some refuse a timeout out of their range (EINVAL, e.g.
+/// i6300esb above 2046 s), others round or clamp it (the ioctl returns
+/// the timeout it set). Either way the daemon does not start: rounded up,
+/// a hung host would be reset later than the safety inequality assumes;
+/// rounded down or refused, the configured W is not what runs, and
+/// `vmlease status`, the liveness record and the metrics would say
+/// otherwise.
+pub fn check_set(want: libc::c_int, set: io::Result<libc::c_int>) -> io::Result<()> {
+    match set {
+        Ok(got) if got == want => Ok(()),
+        Ok(got) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the watchdog device set a timeout of {got} s instead of watchdog_timeout ({want} s): \
+                 it must run with exactly watchdog_timeout; set one the driver supports"
+            ),
+        )),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the watchdog device refuses a timeout of {want} s (EINVAL: outside the driver's range); \
+                 set a watchdog_timeout the driver supports"
+            ),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 /// A device opened at its first pet. Opening a watchdog pings it (and
 /// WDIOC_SETTIMEOUT does too): a daemon restarted during a fence must not
 /// extend the watchdog its predecessor left running before the fence lets
@@ -142,6 +182,10 @@ impl Deferred {
                 io::ErrorKind::InvalidInput,
                 format!("{} is not a watchdog device", path.display()),
             ));
+        }
+        // The timeout rule is checked now, not at the first pet.
+        if ft.is_char_device() {
+            device_secs(timeout_ms)?;
         }
         Ok(Deferred {
             path: path.to_path_buf(),
@@ -187,5 +231,53 @@ impl Watchdog for NoWatchdog {
     }
     fn describe(&self) -> String {
         "none (unsafe_no_watchdog = true: UNSAFE, tests and demos only)".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_rule_for_the_device_timeout() {
+        assert_eq!(device_secs(3000).unwrap(), 3);
+        for bad in [0, 1500, 2999] {
+            let e = device_secs(bad).unwrap_err().to_string();
+            assert!(e.contains("whole seconds"), "{bad}: {e}");
+        }
+        assert!(check_set(3, Ok(3)).is_ok());
+        let up = check_set(3, Ok(4)).unwrap_err().to_string();
+        assert!(
+            up.contains("set a timeout of 4 s instead of watchdog_timeout (3 s)"),
+            "{up}"
+        );
+        let down = check_set(3, Ok(2)).unwrap_err().to_string();
+        assert!(down.contains("2 s instead of"), "{down}");
+        let einval = check_set(2047, Err(io::Error::from_raw_os_error(libc::EINVAL)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            einval.contains("refuses a timeout of 2047 s (EINVAL"),
+            "{einval}"
+        );
+        let other = check_set(3, Err(io::Error::from_raw_os_error(libc::ENOTTY))).unwrap_err();
+        assert_eq!(other.raw_os_error(), Some(libc::ENOTTY));
+    }
+
+    #[test]
+    fn a_deferred_open_checks_the_rule_at_start() {
+        // /dev/null is a character device: the rule applies, before any
+        // open.
+        let e = Deferred::new(Path::new("/dev/null"), 1500)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("whole seconds"), "{e}");
+        assert!(Deferred::new(Path::new("/dev/null"), 2000).is_ok());
+        let e = open(Path::new("/dev/null"), 1500)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("whole seconds"), "{e}");
     }
 }

@@ -399,10 +399,15 @@ fn peer_labels(p: &PeerSample) -> String {
 }
 
 #[cfg(test)]
+pub(crate) fn sample() -> Snapshot {
+    tests::snap()
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    fn snap() -> Snapshot {
+    pub(super) fn snap() -> Snapshot {
         Snapshot {
             host_id: 3,
             host_name: "h\"3".into(),

@@ -90,6 +90,44 @@ mod tests {
     }
 
     #[test]
+    fn a_hung_metrics_directory_never_blocks_the_loop() {
+        // The temporary file is a FIFO nobody reads: the metrics thread
+        // hangs in its open(), as on a hung filesystem.
+        let d = std::env::temp_dir().join(format!("vmlease-metrics-hung-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let tmp = d.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
+        let st = std::process::Command::new("mkfifo")
+            .arg(&tmp)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let w = MetricsWriter::spawn(d.clone()).unwrap();
+        let start = std::time::Instant::now();
+        for _ in 0..1000 {
+            w.offer(crate::metrics::sample());
+        }
+        let took = start.elapsed();
+        assert!(took.as_millis() < 200, "1000 offers took {took:?}");
+        assert!(!d.join(FILE_NAME).exists());
+        // Unblock the thread: a reader opens the FIFO.
+        use std::os::unix::fs::OpenOptionsExt;
+        let _r = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&tmp)
+            .unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !d.join(FILE_NAME).exists() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            d.join(FILE_NAME).exists(),
+            "the thread never wrote after the stall"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn replaces_the_file_and_leaves_no_temporary() {
         let d = std::env::temp_dir().join(format!("vmlease-metrics-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();

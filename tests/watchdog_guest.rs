@@ -345,6 +345,7 @@ fn a_timeout_the_driver_cannot_set_is_refused() {
     // exit 4: the watchdog device problem (docs/daemon.md).
     assert_eq!(code, "4", "{log}");
     assert!(log.contains("open hardware watchdog"), "{log}");
+    assert!(log.contains("refuses a timeout of 2047 s (EINVAL"), "{log}");
     assert!(g.event("protected").is_none(), "{log}");
     eprintln!("oversize: exit {code}\n{log}");
     g.wait_exit(30_000);

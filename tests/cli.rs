@@ -346,8 +346,14 @@ fn status_hosts_and_leases_on_a_live_cluster() {
     assert!(header.starts_with("ID  NAME"), "{t}");
     let row1 = t.lines().find(|l| l.contains("host-1.test")).unwrap();
     assert!(row1.contains("live: do not evacuate"), "{t}");
-    // Aligned: every column starts where its header does.
+    // Aligned: every column starts where its header does; a renewing
+    // host's conclusion is its published state.
     assert_eq!(row1.find("live"), header.find("STATE"), "{t}");
+    assert_eq!(
+        row1[header.find("PUBLISHED").unwrap()..].split(' ').next(),
+        Some("live"),
+        "{t}"
+    );
     assert!(t.contains("host-2.test") && t.contains("this host"), "{t}");
     let j = json(&vmlease(&b.conf, &["--json", "hosts"]));
     let h1 = j
@@ -356,6 +362,8 @@ fn status_hosts_and_leases_on_a_live_cluster() {
         .find(|h| h.get("host_id").num() == 1)
         .unwrap();
     assert_eq!(h1.get("verdict").str(), "alive");
+    assert_eq!(h1.get("state").str(), "live");
+    assert_eq!(h1.get("concluded_state").str(), "live");
     assert_eq!(h1.get("observed"), &json::Value::Bool(true));
 
     let o = vmlease(&b.conf, &["leases", "--host", "1"]);
@@ -528,6 +536,20 @@ fn can_evacuate_answers_not_yet_then_yes_across_a_storage_fence() {
     assert!(q.exited(), "A fenced its QEMU long before");
     let o = vmlease(&b.conf, &["hosts"]);
     assert!(text(&o).contains("dead: evacuate"), "{}", text(&o));
+    // STATE says what B concludes (dead), PUBLISHED what A wrote last.
+    let t = text(&o);
+    let header = t.lines().next().unwrap();
+    let row1 = t.lines().find(|l| l.contains("host-1.test")).unwrap();
+    let col = |h: &str| row1[header.find(h).unwrap()..].split(' ').next().unwrap();
+    assert_eq!((col("STATE"), col("PUBLISHED")), ("dead", "live"), "{t}");
+    let j = json(&vmlease(&b.conf, &["--json", "hosts"]));
+    let h1 = j
+        .arr()
+        .iter()
+        .find(|h| h.get("host_id").num() == 1)
+        .unwrap();
+    assert_eq!(h1.get("concluded_state").str(), "dead");
+    assert_eq!(h1.get("state").str(), "live");
     // The same view without trust_unsafe_peers: A runs without a hardware
     // watchdog, so its silence proves nothing, however long.
     let strict = s.0.join("b-strict.conf");

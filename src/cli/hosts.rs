@@ -16,6 +16,7 @@ struct HostJson {
     host_id: u16,
     host_name: String,
     state: String,
+    concluded_state: &'static str,
     boot_id: String,
     counter: Option<u64>,
     observed: bool,
@@ -57,6 +58,7 @@ pub fn run(opts: &Opts) -> i32 {
             HostVerdict::Collision(_) => format!("COLLISION ({state})"),
             _ => state,
         };
+        let concluded = concluded(&v, slot);
         let silent_text = match silence {
             Silence::Unknown => "?".into(),
             Silence::Renewing => "-".into(),
@@ -65,6 +67,7 @@ pub fn run(opts: &Opts) -> i32 {
         rows.push(vec![
             id.to_string(),
             cell(&name),
+            cell(concluded),
             cell(&state),
             silent_text,
             cell(&boot.chars().take(8).collect::<String>()),
@@ -74,6 +77,7 @@ pub fn run(opts: &Opts) -> i32 {
             host_id: id,
             host_name: name,
             state,
+            concluded_state: concluded,
             boot_id: boot,
             counter,
             observed: silence != Silence::Unknown,
@@ -100,9 +104,36 @@ pub fn run(opts: &Opts) -> i32 {
         );
     } else {
         table(
-            &["ID", "NAME", "STATE", "SILENT", "BOOT", "VMS ELSEWHERE?"],
+            &[
+                "ID",
+                "NAME",
+                "STATE",
+                "PUBLISHED",
+                "SILENT",
+                "BOOT",
+                "VMS ELSEWHERE?",
+            ],
             &rows,
         );
     }
     exit::OK
+}
+
+/// What this host concludes about a host (the STATE column): its
+/// published state only while it renews; `silent` once its record stopped
+/// changing, `dead` past its host_dead_timeout. The published state has
+/// its own column (a host silent past D still publishes `live`).
+fn concluded(v: &HostVerdict, slot: &Slot) -> &'static str {
+    match v {
+        HostVerdict::ThisHost | HostVerdict::Alive(_) => match slot {
+            Slot::Record(r) => r.state.as_str(),
+            _ => "changing",
+        },
+        HostVerdict::Safe(w) if w.starts_with("dead") => "dead",
+        HostVerdict::Safe(w) if w == "left" => "leaving",
+        HostVerdict::Safe(_) => "fenced-clean",
+        HostVerdict::NotYet { .. } | HostVerdict::Unwatched { .. } => "silent",
+        HostVerdict::Unknown(_) => "unknown",
+        HostVerdict::Collision(_) => "collision",
+    }
 }

@@ -167,9 +167,24 @@ set -e
 if [ "$rc" -ne 2 ] || ! grep -q 'no \[ha\] section' "$work/no-ha.out"; then
     fail "vmlease-ha without [ha]: exit $rc, $(cat "$work/no-ha.out")"
 fi
+# qemu-vmlease.conf(5) is the shipped example inside a man page; the
+# completions are what the installed command generates.
+zcat /usr/share/man/man5/qemu-vmlease.conf.5.gz | grep -q '^\.TH QEMU\\-VMLEASE.CONF 5' ||
+    fail "qemu-vmlease.conf(5) is not a man page"
+zcat /usr/share/man/man5/qemu-vmlease.conf.5.gz | grep -q '^#metrics_dir = "/var/lib/prometheus/node\\-exporter"$' ||
+    fail "qemu-vmlease.conf(5) lacks the example's keys"
+if command -v man >/dev/null; then
+    man -l /usr/share/man/man5/qemu-vmlease.conf.5.gz 2>"$work/man5.err" | grep -q 'renew_fail_timeout' ||
+        fail "qemu-vmlease.conf(5) does not render: $(cat "$work/man5.err")"
+fi
+/usr/sbin/vmlease completion bash | cmp -s - /usr/share/bash-completion/completions/vmlease ||
+    fail "the bash completion differs from 'vmlease completion bash'"
+head -n 1 /usr/share/zsh/vendor-completions/_vmlease | grep -q '^#compdef vmlease' || fail "the zsh completion lacks #compdef"
+bash -c '. /usr/share/bash-completion/completions/vmlease && complete -p vmlease' | grep -q '_vmlease' ||
+    fail "bash does not load the completion"
 zcat /usr/share/doc/vmlease/changelog.gz | head -n 1 | grep -q "^vmlease ($vn)" || fail "changelog.gz"
 grep -q 'Apache-2.0' /usr/share/doc/vmlease/copyright || fail "copyright names no license"
-ok "the unit passes systemd-analyze verify; man pages, changelog.gz, copyright installed"
+ok "the unit passes systemd-analyze verify; man pages (8, and qemu-vmlease.conf(5) from the example), bash and zsh completions, changelog.gz, copyright installed"
 
 # --- the installed plugin, through the installed header -----------------------------------
 cc -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -rdynamic -o "$work/plugin-check" \

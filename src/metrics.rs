@@ -105,6 +105,8 @@ pub struct Snapshot {
     pub maintenance: bool,
     /// Live QEMU processes holding leases on this host.
     pub leased_processes: usize,
+    /// Leases those processes may hold (registry).
+    pub leases: usize,
     pub counters: Counters,
     pub networks: Vec<NetSample>,
     pub peers: Vec<PeerSample>,
@@ -313,6 +315,12 @@ pub fn render(s: &Snapshot) -> String {
         "Live QEMU processes holding leases on this host.",
         s.leased_processes,
     );
+    o.one(
+        "vmlease_leases",
+        "gauge",
+        "Leases (domain and disk) that live QEMU processes on this host may hold.",
+        s.leases,
+    );
     o.head(
         "vmlease_network_state",
         "gauge",
@@ -421,6 +429,7 @@ mod tests {
             unsafe_no_watchdog: false,
             maintenance: false,
             leased_processes: 2,
+            leases: 3,
             counters: Counters::default(),
             networks: vec![NetSample {
                 name: "storage",
@@ -468,6 +477,7 @@ mod tests {
         assert!(t.contains("vmlease_peer_silence_seconds{host_id=\"7\",host_name=\"b\"} 1.5\n"));
         assert!(t.contains("vmlease_last_renewal_age_seconds 0.25\n"));
         assert!(t.contains("vmlease_leased_processes 2\n"));
+        assert!(t.contains("vmlease_leases 3\n"));
     }
 
     #[test]

@@ -223,8 +223,10 @@ fn metrics_read_back_through_node_exporter_follow_renewals_probes_peers_and_a_fe
         ..Host::new(&s, 1, &a_view, "unsafe_no_watchdog = true\n")
     };
     let qa = standin_qemu();
-    lease(&a_host, UUID_A, "web", &qa, None).unwrap();
+    lease(&a_host, UUID_A, "web", &qa, Some("/images/web.qcow2")).unwrap();
     wait_metric(port, "vmlease_leased_processes", 5000, |v| v == 1.0);
+    // The domain lease and the disk lease.
+    wait_metric(port, "vmlease_leases", 5000, |v| v == 2.0);
 
     // Fault 1: the storage probe's listener goes away.
     drop(probe);
@@ -277,6 +279,7 @@ fn metrics_read_back_through_node_exporter_follow_renewals_probes_peers_and_a_fe
     let age = value(&body, "vmlease_last_renewal_age_seconds").unwrap();
     assert!(age >= 1.5, "fenced with a renewal age of {age} s (< F)");
     wait_metric(port, "vmlease_leased_processes", 5000, |v| v == 0.0);
+    wait_metric(port, "vmlease_leases", 5000, |v| v == 0.0);
     eprintln!(
         "fenced: renewal age {age} s, failures {:?}",
         value(&body, "vmlease_renewal_failures_total")

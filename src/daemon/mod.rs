@@ -885,6 +885,7 @@ impl Daemon {
             unsafe_no_watchdog: self.cfg.unsafe_no_watchdog,
             maintenance: self.maintenance,
             leased_processes: self.reaper.alive_count(),
+            leases: self.reaper.alive_lease_count(),
             counters: self.counters.clone(),
             networks: self
                 .nets

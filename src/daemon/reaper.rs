@@ -285,6 +285,17 @@ impl Reaper {
         self.tracked.get(&p).is_some_and(|t| t.sweeping)
     }
 
+    /// Leases (domain and disk) that live QEMU processes of this host may
+    /// hold, from their registry entries (metrics).
+    pub fn alive_lease_count(&self) -> usize {
+        self.tracked
+            .values()
+            .filter(|t| !t.dead)
+            .filter_map(|t| t.entry.as_ref())
+            .map(|e| e.keys.len())
+            .sum()
+    }
+
     pub fn alive_count(&self) -> usize {
         self.tracked.values().filter(|t| !t.dead).count()
     }

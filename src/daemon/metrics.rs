@@ -17,6 +17,11 @@ use log::{info, warn};
 
 use crate::metrics::{render, Snapshot, FILE_NAME};
 
+/// The metrics thread's stack: its work is shallow (formatting into a
+/// heap string, one file write), and every page of it is locked in memory
+/// with the rest of the daemon (mlockall).
+const STACK: usize = 64 * 1024;
+
 pub struct MetricsWriter {
     tx: SyncSender<Snapshot>,
 }
@@ -27,7 +32,7 @@ impl MetricsWriter {
         let (tx, rx) = sync_channel::<Snapshot>(1);
         std::thread::Builder::new()
             .name("vmlease-metrics".into())
-            .stack_size(super::THREAD_STACK)
+            .stack_size(STACK)
             .spawn(move || {
                 let mut last_err = String::new();
                 for snap in rx {

@@ -444,20 +444,7 @@ fn can_evacuate_answers_not_yet_then_yes_across_a_storage_fence() {
         &ls,
         "unsafe_no_watchdog = true\ntrust_unsafe_peers = true\n",
     );
-    let inner = format!(
-        "mount --bind '{}' '{}' && exec \"$0\" \"$@\"",
-        ls.display(),
-        a_view.display()
-    );
-    a.start(&[
-        "unshare",
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &inner,
-    ]);
+    a.start_with_own_view(&ls, &a_view);
     b.start(&[]);
     let mut a_plugin = Host::new(&s, 1, &a_view, "unsafe_no_watchdog = true\n");
     a_plugin.cfg.lockspace_dir = ls.clone();

@@ -140,20 +140,7 @@ fn metrics_read_back_through_node_exporter_follow_renewals_probes_peers_and_a_fe
             missing.display()
         ),
     );
-    let inner = format!(
-        "mount --bind '{}' '{}' && exec \"$0\" \"$@\"",
-        ls.display(),
-        a_view.display()
-    );
-    a.start(&[
-        "unshare",
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &inner,
-    ]);
+    a.start_with_own_view(&ls, &a_view);
     b.start(&[]);
     b.wait_log("metrics: write metrics");
     b.wait_log("the daemon goes on without them");

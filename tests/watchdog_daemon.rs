@@ -350,20 +350,7 @@ fn storage_cut_fences_after_f_and_the_peer_takes_over_after_d() {
         &ls,
         "unsafe_no_watchdog = true\ntrust_unsafe_peers = true\n",
     );
-    let inner = format!(
-        "mount --bind '{}' '{}' && exec \"$0\" \"$@\"",
-        ls.display(),
-        a_view.display()
-    );
-    a.start(&[
-        "unshare",
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &inner,
-    ]);
+    a.start_with_own_view(&ls, &a_view);
     b.start(&[]);
     // Host A's plugin side writes the real lockspace path.
     let mut a_plugin = a.cfg.clone();
@@ -706,20 +693,7 @@ fn qemu_stuck_in_uninterruptible_io_leads_to_the_recorded_reset() {
     let a_view = s.0.join("a-view");
     fs::create_dir_all(&a_view).unwrap();
     let mut a = Host::new(&s, 1, &a_view, "unsafe_no_watchdog = true\n");
-    let inner = format!(
-        "mount --bind '{}' '{}' && exec \"$0\" \"$@\"",
-        ls.display(),
-        a_view.display()
-    );
-    a.start(&[
-        "unshare",
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &inner,
-    ]);
+    a.start_with_own_view(&ls, &a_view);
     let mut a_plugin = Host::new(&s, 1, &a_view, "unsafe_no_watchdog = true\n");
     a_plugin.cfg.lockspace_dir = ls.clone();
     a_plugin.cfg.state_dir = a.cfg.state_dir.clone();
@@ -1353,20 +1327,7 @@ fn stuck_io_thread_is_not_dead(leader_exits: bool) {
     let extra = format!("watchdog_device = \"{}\"\n", wd.path.display());
     let mut a = Host::new(&s, 1, &a_view, &extra);
     let mut b = Host::new(&s, 2, &ls, "unsafe_no_watchdog = true\n");
-    let inner = format!(
-        "mount --bind '{}' '{}' && exec \"$0\" \"$@\"",
-        ls.display(),
-        a_view.display()
-    );
-    a.start(&[
-        "unshare",
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &inner,
-    ]);
+    a.start_with_own_view(&ls, &a_view);
     b.start(&[]);
     // Host A's plugin side writes the real lockspace path.
     let mut a_plugin = Host::new(&s, 1, &a_view, &extra);

@@ -180,6 +180,27 @@ impl Host {
         });
     }
 
+    /// Starts the daemon (waiting until it is protected) in a private mount
+    /// namespace where `real` is bind-mounted on `view`, the lockspace this
+    /// host's config names: unmounting or freezing `view` in there cuts
+    /// this host's storage only.
+    pub fn start_with_own_view(&mut self, real: &Path, view: &Path) {
+        let inner = format!(
+            "mount --bind '{}' '{}' && exec \"$0\" \"$@\"",
+            real.display(),
+            view.display()
+        );
+        self.start(&[
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &inner,
+        ]);
+    }
+
     /// Starts the daemon without waiting for anything.
     pub fn spawn(&mut self, wrap: &[&str]) {
         let log = fs::OpenOptions::new()

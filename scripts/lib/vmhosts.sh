@@ -74,6 +74,37 @@ vmh_init() {
     "$VMH_BIN/vmlease" --config "$VMH_DIR/init.conf" init >/dev/null
 }
 
+# vmh_stop_pids PID...: processes a test started beside the hosts (etcd,
+# vmlease-ha, watchers): SIGTERM, then SIGKILL after 2 s.
+vmh_stop_pids() {
+    for vmh_p in "$@"; do kill "$vmh_p" 2>/dev/null; done
+    for vmh_p in "$@"; do
+        vmh_i=0
+        while kill -0 "$vmh_p" 2>/dev/null && [ "$vmh_i" -lt 40 ]; do sleep 0.05; vmh_i=$((vmh_i + 1)); done
+        kill -9 "$vmh_p" 2>/dev/null
+    done
+    return 0
+}
+
+# vmh_report_survivors WHO PID...: names each of the processes that is
+# still alive (a zombie is not) after the cleanup.
+vmh_report_survivors() {
+    vmh_who=$1
+    shift
+    for vmh_p in "$@"; do
+        if [ -d "/proc/$vmh_p" ] && ! grep -q '^State:.*Z' "/proc/$vmh_p/status" 2>/dev/null; then
+            echo "$vmh_who: pid $vmh_p ($(readlink "/proc/$vmh_p/exe")) survived the cleanup" >&2
+        fi
+    done
+    return 0
+}
+
+# vmh_etcdctl ARGS...: etcdctl (API 3) against $ETCD_URL, from the switch
+# namespace where the tests run etcd.
+vmh_etcdctl() {
+    ip netns exec "$(vmh_switch)" env ETCDCTL_API=3 etcdctl --endpoints="$ETCD_URL" "$@"
+}
+
 vmh_cleanup() {
     set +e
     for n in $VMH_HOSTS; do

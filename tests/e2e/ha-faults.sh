@@ -51,18 +51,11 @@ note() { printf '    %s\n' "$*"; }
 
 stop_all() {
     set +e
-    for p in $PIDS; do kill "$p" 2>/dev/null; done
-    for p in $PIDS; do
-        i=0
-        while kill -0 "$p" 2>/dev/null && [ "$i" -lt 40 ]; do sleep 0.05; i=$((i + 1)); done
-        kill -9 "$p" 2>/dev/null
-    done
+    # shellcheck disable=SC2086 # a list of pids
+    vmh_stop_pids $PIDS
     vmh_cleanup
-    for p in $PIDS; do
-        if [ -d "/proc/$p" ] && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null; then
-            echo "ha-faults.sh: pid $p ($(readlink "/proc/$p/exe")) survived the cleanup" >&2
-        fi
-    done
+    # shellcheck disable=SC2086 # a list of pids
+    vmh_report_survivors ha-faults.sh $PIDS
 }
 
 # etcd_start I: member I (1-3) in the switch namespace; its pid in E<I>.

@@ -55,12 +55,8 @@ note() { printf '    %s\n' "$*"; }
 
 stop_all() {
     set +e
-    for p in $PIDS; do kill "$p" 2>/dev/null; done
-    for p in $PIDS; do
-        i=0
-        while kill -0 "$p" 2>/dev/null && [ "$i" -lt 40 ]; do sleep 0.05; i=$((i + 1)); done
-        kill -9 "$p" 2>/dev/null
-    done
+    # shellcheck disable=SC2086 # a list of pids
+    vmh_stop_pids $PIDS
     # The hosts (and their ceph-fuse clients) first, then the cluster.
     vmh_cleanup
     [ -z "$ceph_up" ] || sh "$top/tests/ceph/cluster.sh" down "$CEPH_DIR" >/dev/null 2>&1
@@ -68,9 +64,7 @@ stop_all() {
 }
 
 ceph_cli() { sh "$top/tests/ceph/cluster.sh" ceph "$CEPH_DIR" "$@"; }
-etcdctl_sw() {
-    ip netns exec "$(vmh_switch)" env ETCDCTL_API=3 etcdctl --endpoints="$ETCD_URL" "$@"
-}
+etcdctl_sw() { vmh_etcdctl "$@"; }
 running_on() { vmh_virsh "$1" domstate "$2" 2>/dev/null | grep -q '^running'; }
 # start_wall_ms HOST NAME: when the domain's QEMU started, wall-clock ms.
 start_wall_ms() {

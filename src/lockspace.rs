@@ -584,7 +584,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 
 /// Writes `path` atomically for readers on this host (a temp file beside
 /// it, renamed over it) without making it durable: for local state that
-/// means nothing after a power loss (tmpfs under /run).
+/// means nothing after a power loss (tmpfs under /run), and for files
+/// other programs read whole (the metrics). A failed write leaves no
+/// temp file behind.
 pub fn write_atomic_unsynced(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = temp_beside(path);
     let mut f = OpenOptions::new()
@@ -594,9 +596,17 @@ pub fn write_atomic_unsynced(path: &Path, data: &[u8]) -> Result<()> {
         .mode(0o644)
         .open(&tmp)
         .map_err(|e| Error::io("create", &tmp, e))?;
-    f.write_all(data).map_err(|e| Error::io("write", &tmp, e))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))
+    let res = f
+        .write_all(data)
+        .map_err(|e| Error::io("write", &tmp, e))
+        .and_then(|()| {
+            drop(f);
+            fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))
+        });
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
 }
 
 /// A temp file name beside `path`, private to this process.

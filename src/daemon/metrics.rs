@@ -9,7 +9,6 @@
 //! fatal.
 #![forbid(unsafe_code)]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 
@@ -65,19 +64,14 @@ impl MetricsWriter {
 }
 
 /// Writes `text` to `dir/vmlease.prom` through a temporary file and a
-/// rename.
+/// rename (node_exporter reads only `*.prom`: the temporary name is not
+/// one).
 pub fn write_atomic(dir: &Path, text: &str) -> std::result::Result<(), crate::Error> {
     let path = dir.join(FILE_NAME);
-    // node_exporter reads only *.prom: the temporary name is not one.
-    let tmp = dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
-    let res = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .and_then(|()| std::fs::rename(&tmp, &path));
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(crate::Error::io("write metrics", &path, e));
-    }
-    Ok(())
+    crate::lockspace::write_atomic_unsynced(&path, text.as_bytes()).map_err(|e| match e {
+        crate::Error::Io { source, .. } => crate::Error::io("write metrics", &path, source),
+        other => other,
+    })
 }
 
 #[cfg(test)]

@@ -8,8 +8,6 @@
 //! commands to check by hand.
 #![forbid(unsafe_code)]
 
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::json::Json;
@@ -38,43 +36,7 @@ pub struct Settings {
 
 /// Runs `ceph ARGS` with a deadline; stdout, or why not.
 fn ceph(args: &[&str], deadline: Instant) -> Result<String, String> {
-    let what = format!("ceph {}", args.join(" "));
-    let left = deadline.saturating_duration_since(Instant::now());
-    let connect = left.as_secs().max(1).to_string();
-    let mut child = Command::new("ceph")
-        .args(["--connect-timeout", &connect])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{what}: {e}"))?;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                let mut out = String::new();
-                let mut err = String::new();
-                if let Some(mut o) = child.stdout.take() {
-                    let _ = o.read_to_string(&mut out);
-                }
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                if status.success() {
-                    return Ok(out);
-                }
-                let err = err.lines().last().unwrap_or("").trim().to_string();
-                return Err(format!("{what}: {status}: {err}"));
-            }
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{what}: no answer in time"));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("{what}: {e}")),
-        }
-    }
+    crate::storage_fence::ceph::run(args, deadline)
 }
 
 fn number(out: &str, what: &str) -> Result<f64, String> {

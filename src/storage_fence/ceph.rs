@@ -41,51 +41,58 @@ pub struct CephCli {
 
 impl CephCli {
     fn run(&self, args: &[&str]) -> Result<String, String> {
-        let what = format!("ceph {}", args.join(" "));
-        let deadline = Instant::now() + self.timeout;
-        let connect = self.timeout.as_secs().max(1).to_string();
-        let mut child = Command::new("ceph")
-            .args(["--connect-timeout", &connect])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("{what}: {e}"))?;
-        // Drain stdout in a thread: a large `osd dump` fills the pipe.
-        let mut so = child.stdout.take();
-        let reader = std::thread::spawn(move || {
-            let mut out = String::new();
-            if let Some(o) = so.as_mut() {
-                let _ = o.read_to_string(&mut out);
-            }
-            out
-        });
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    let out = reader.join().unwrap_or_default();
-                    let mut err = String::new();
-                    if let Some(mut e) = child.stderr.take() {
-                        let _ = e.read_to_string(&mut err);
-                    }
-                    if status.success() {
-                        return Ok(out);
-                    }
-                    let err = err.lines().last().unwrap_or("").trim().to_string();
-                    return Err(format!("{what}: {status}: {err}"));
+        run(args, Instant::now() + self.timeout)
+    }
+}
+
+/// Runs `ceph ARGS` (the ceph CLI, with the host's own config and
+/// credentials) with a deadline: its stdout, or why not (the last line of
+/// its stderr, or that it did not answer in time, when it is killed).
+pub fn run(args: &[&str], deadline: Instant) -> Result<String, String> {
+    let what = format!("ceph {}", args.join(" "));
+    let budget = deadline.saturating_duration_since(Instant::now());
+    let connect = budget.as_secs().max(1).to_string();
+    let mut child = Command::new("ceph")
+        .args(["--connect-timeout", &connect])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{what}: {e}"))?;
+    // Drain stdout in a thread: a large `osd dump` fills the pipe.
+    let mut so = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        if let Some(o) = so.as_mut() {
+            let _ = o.read_to_string(&mut out);
+        }
+        out
+    });
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let out = reader.join().unwrap_or_default();
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
                 }
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!(
-                        "{what}: no answer within {} s",
-                        self.timeout.as_secs_f64()
-                    ));
+                if status.success() {
+                    return Ok(out);
                 }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(format!("{what}: {e}")),
+                let err = err.lines().last().unwrap_or("").trim().to_string();
+                return Err(format!("{what}: {status}: {err}"));
             }
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{what}: no answer within {} s",
+                    budget.as_secs_f64()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("{what}: {e}")),
         }
     }
 }

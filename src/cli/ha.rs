@@ -62,26 +62,32 @@ fn set(domain: &str, restart: crate::ha::policy::Restart, priority: i32) -> i32 
     }
 }
 
+/// The `[ha]` section and an etcd client for it, or the exit code (the
+/// reason is printed): what every command that reads etcd starts with.
+#[cfg(feature = "ha")]
+pub(super) fn etcd_of(
+    opts: &Opts,
+) -> Result<(crate::config::HaConfig, crate::ha::etcd::Etcd), i32> {
+    let cfg = load(opts)?;
+    let Some(ha) = cfg.ha else {
+        return Err(fail(
+            exit::USAGE,
+            "no [ha] section in the configuration: recovery is not configured",
+        ));
+    };
+    let etcd = crate::ha::etcd::Etcd::new(&ha).map_err(|e| fail(exit::USAGE, e))?;
+    Ok((ha, etcd))
+}
+
 #[cfg(feature = "ha")]
 fn status(opts: &Opts) -> i32 {
     use crate::ha::controller::{view_of, wall_ms};
-    use crate::ha::etcd::Etcd;
     use crate::ha::model::RecState;
     use serde_json::{json, Value};
 
-    let cfg = match load(opts) {
-        Ok(c) => c,
+    let (ha, etcd) = match super::ha::etcd_of(opts) {
+        Ok(he) => he,
         Err(code) => return code,
-    };
-    let Some(ha) = cfg.ha else {
-        return fail(
-            exit::USAGE,
-            "no [ha] section in the configuration: recovery is not configured",
-        );
-    };
-    let etcd = match Etcd::new(&ha) {
-        Ok(e) => e,
-        Err(e) => return fail(exit::USAGE, e),
     };
     let kvs = match crate::ha::controller::list_state(&etcd, &ha.prefix) {
         Ok(k) => k,

@@ -16,23 +16,13 @@ pub fn run(_opts: &Opts, _args: &Args) -> i32 {
 pub fn run(opts: &Opts, args: &Args) -> i32 {
     use std::io::Write;
 
-    use crate::ha::etcd::{Etcd, WatchEvent};
+    use crate::ha::etcd::WatchEvent;
     use crate::ha::event_store::{self, events_prefix};
     use crate::ha::events::Event;
 
-    let cfg = match super::load(opts) {
-        Ok(c) => c,
+    let (ha, etcd) = match super::ha::etcd_of(opts) {
+        Ok(he) => he,
         Err(code) => return code,
-    };
-    let Some(ha) = cfg.ha else {
-        return fail(
-            exit::USAGE,
-            "no [ha] section in the configuration: recovery is not configured",
-        );
-    };
-    let etcd = match Etcd::new(&ha) {
-        Ok(e) => e,
-        Err(e) => return fail(exit::USAGE, e),
     };
     let print = |e: &Event| -> bool {
         let line = if opts.json {

@@ -21,7 +21,7 @@ const STALL_MS: u64 = 300_000;
 #[cfg(feature = "ha")]
 pub fn run(opts: &Opts, args: &Args) -> i32 {
     use crate::ha::controller::{list_state, view_of, wall_ms};
-    use crate::ha::etcd::{Cmp, Etcd, Op};
+    use crate::ha::etcd::{Cmp, Op};
     use crate::ha::maintenance::{maintenance_key, Maintenance};
 
     let (sub, host) = (args.positional[0].as_str(), args.positional[1].as_str());
@@ -29,19 +29,9 @@ pub fn run(opts: &Opts, args: &Args) -> i32 {
         eprintln!("vmlease: usage: vmlease maintenance enter|exit HOST [--wait]");
         return exit::USAGE;
     }
-    let cfg = match super::load(opts) {
-        Ok(c) => c,
+    let (ha, etcd) = match super::ha::etcd_of(opts) {
+        Ok(he) => he,
         Err(code) => return code,
-    };
-    let Some(ha) = cfg.ha else {
-        return fail(
-            exit::USAGE,
-            "no [ha] section in the configuration: recovery is not configured",
-        );
-    };
-    let etcd = match Etcd::new(&ha) {
-        Ok(e) => e,
-        Err(e) => return fail(exit::USAGE, e),
     };
     let unreachable =
         |e: crate::ha::error::Error| fail(exit::UNKNOWN, format!("cannot reach etcd: {e}"));

@@ -3,41 +3,14 @@
 //! with the host recovery's retry, backoff and recovery-failed rules.
 use super::*;
 
-const LIM: Limits = Limits {
-    max_starts_per_host: 2,
-    max_attempts: 3,
-    retry_backoff_ms: 1_000,
-    start_timeout_ms: 10_000,
-};
+use super::tests::{decide, LIM};
 
+/// A live host with all its memory free.
 fn host(name: &str) -> HostRecord {
-    HostRecord {
-        name: name.into(),
-        host_id: name.as_bytes()[0] as u16,
-        state: "live".into(),
-        protected: true,
-        reason: String::new(),
-        mem_total_kib: 4 * 1024 * 1024,
-        mem_used_kib: 0,
-        vcpus: 8,
-        vcpus_used: 0,
-    }
+    super::tests::host(name, 4096)
 }
 
 const U: &str = "00000001-0000-4000-8000-000000000000";
-
-/// The step without its host events and `Seen` records (tests.rs covers
-/// those): what it does about the VM.
-fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
-    super::decide(v, now_ms, lim)
-        .into_iter()
-        .filter(|a| match a {
-            Action::Seen { .. } => false,
-            Action::Event(e) => !e.uuid.is_empty(),
-            _ => true,
-        })
-        .collect()
-}
 
 fn view(state: VmState) -> ClusterView {
     let mut v = ClusterView::default();

@@ -1,13 +1,13 @@
 use super::*;
 
-const LIM: Limits = Limits {
+pub(super) const LIM: Limits = Limits {
     max_starts_per_host: 2,
     max_attempts: 3,
     retry_backoff_ms: 1_000,
     start_timeout_ms: 10_000,
 };
 
-fn host(name: &str, free_mib: u64) -> HostRecord {
+pub(super) fn host(name: &str, free_mib: u64) -> HostRecord {
     HostRecord {
         name: name.into(),
         host_id: name.as_bytes()[0] as u16,
@@ -55,7 +55,7 @@ fn cluster() -> ClusterView {
 
 /// The recovery decisions of a step (host events and their marks are
 /// tested in events.rs).
-fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
+pub(super) fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
     super::decide(v, now_ms, lim)
         .into_iter()
         .filter(|a| match a {

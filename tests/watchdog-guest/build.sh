@@ -1,12 +1,13 @@
 #!/bin/sh
-# Builds the watchdog test guest: a Debian kernel and busybox taken from
-# the package archive (apt-get download + dpkg-deb -x, nothing installed on
-# this host), cached in CACHE, and an initramfs made from STAGE (the test
-# puts /init, /etc and /bin there) plus busybox, the i6300esb driver and
-# the shared libraries of STAGE's binaries (which it strips).
+# Builds the watchdog test guest: a Debian kernel and busybox
+# (scripts/lib/guest-debian.sh fetches them into CACHE), and an initramfs
+# made from STAGE (the test puts /init, /etc and /bin there) plus busybox,
+# the i6300esb driver and the shared libraries of STAGE's binaries (which
+# it strips).
 #
 # usage: build.sh CACHE STAGE OUT    (writes OUT/vmlinuz and OUT/initrd.gz)
 set -eu
+here=$(cd "$(dirname "$0")" && pwd)
 cache=$1
 stage=$2
 out=$3
@@ -17,26 +18,8 @@ first() {
     echo "$1"
 }
 
-mkdir -p "$cache" "$out"
-kernel_pkg() {
-    apt-cache depends linux-image-amd64 2> /dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1
-}
-kpkg=$(kernel_pkg)
-if [ -z "$kpkg" ]; then
-    # No package lists yet (a machine that had everything installed).
-    apt-get update > /dev/null || { echo "build.sh: apt-get update failed" >&2; exit 1; }
-    kpkg=$(kernel_pkg)
-fi
-[ -n "$kpkg" ] || { echo "build.sh: cannot tell the kernel package from linux-image-amd64" >&2; exit 1; }
-for pkg in "$kpkg" busybox-static; do
-    if [ ! -d "$cache/$pkg" ]; then
-        (cd "$cache" && apt-get download "$pkg") || { echo "build.sh: cannot fetch $pkg" >&2; exit 1; }
-        deb=$(first "$cache/${pkg}_"*.deb)
-        rm -rf "$cache/$pkg.tmp"
-        dpkg-deb -x "$deb" "$cache/$pkg.tmp"
-        mv "$cache/$pkg.tmp" "$cache/$pkg"
-    fi
-done
+mkdir -p "$out"
+kpkg=$(sh "$here/../../scripts/lib/guest-debian.sh" "$cache")
 
 kdir=$cache/$kpkg
 cp "$(first "$kdir"/boot/vmlinuz-*)" "$out/vmlinuz"

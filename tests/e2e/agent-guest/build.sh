@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds the guest of tests/e2e/vmfail.sh: Debian's kernel and busybox
-# from the package archive (apt-get download + dpkg-deb -x, nothing is
-# installed on this host; cached in CACHE, shared with the watchdog guest)
+# (scripts/lib/guest-debian.sh fetches them into CACHE, shared with the
+# watchdog guest)
 # and an initramfs with /init (this directory's init), a stand-in for the
 # QEMU guest agent on its virtio-serial port (this directory's agent) and
 # the virtio-console driver.
@@ -17,18 +17,8 @@ first() {
     echo "$1"
 }
 
-mkdir -p "$cache" "$out"
-kpkg=$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n 1)
-[ -n "$kpkg" ] || { echo "build.sh: cannot tell the kernel package from linux-image-amd64" >&2; exit 1; }
-for pkg in "$kpkg" busybox-static; do
-    if [ ! -d "$cache/$pkg" ]; then
-        (cd "$cache" && apt-get download "$pkg") || { echo "build.sh: cannot fetch $pkg" >&2; exit 1; }
-        deb=$(first "$cache/${pkg}_"*.deb)
-        rm -rf "$cache/$pkg.tmp"
-        dpkg-deb -x "$deb" "$cache/$pkg.tmp"
-        mv "$cache/$pkg.tmp" "$cache/$pkg"
-    fi
-done
+mkdir -p "$out"
+kpkg=$(sh "$here/../../../scripts/lib/guest-debian.sh" "$cache")
 
 kdir=$cache/$kpkg
 stage=$out/stage

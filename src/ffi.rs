@@ -529,17 +529,32 @@ unsafe extern "C" fn vmlease_drv_acquire(
         let on_failure = plugin::lock_failure::LockFailure::from_c(action)?;
         // SAFETY: man comes from libvirt for this call.
         let m = unsafe { manager(man) }?;
-        let note = on_failure.check(&m.name)?;
         let cfg = config()?;
-        if register_only {
-            return plugin::register(cfg, m);
+        let started = crate::clock::boottime_ms();
+        let res = on_failure.check(&m.name).and_then(|note| {
+            if register_only {
+                return plugin::register(cfg, m).map(|()| None);
+            }
+            if let Some(n) = note {
+                warn!("{n}");
+            }
+            // SAFETY: libvirt passes NULL or a NUL-terminated state.
+            let state = unsafe { opt_str(state, "lock state") }?;
+            plugin::acquire_counting(cfg, m, state.as_deref()).map(Some)
+        });
+        // Counted in the state directory; never fails the call.
+        let outcome = match &res {
+            Ok(None) => None,
+            Ok(Some(takeovers)) => Some(plugin::counters::Outcome::Acquired {
+                ms: crate::clock::boottime_ms().saturating_sub(started),
+                takeovers: *takeovers,
+            }),
+            Err(e) => Some(plugin::counters::Outcome::Refused(e)),
+        };
+        if let Some(o) = outcome {
+            plugin::counters::record(&cfg.state_dir, o);
         }
-        if let Some(n) = note {
-            warn!("{n}");
-        }
-        // SAFETY: libvirt passes NULL or a NUL-terminated state.
-        let state = unsafe { opt_str(state, "lock state") }?;
-        plugin::acquire(cfg, m, state.as_deref())
+        res.map(|_| ())
     })
 }
 

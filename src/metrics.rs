@@ -124,7 +124,7 @@ const STATES: [HostState; 6] = [
 const NET_STATES: [&str; 5] = ["up", "down", "lost", "unknown", "unmonitored"];
 
 /// Label values are escaped as the exposition format requires.
-fn label(v: &str) -> String {
+pub(crate) fn label(v: &str) -> String {
     let mut s = String::with_capacity(v.len());
     for c in v.chars() {
         match c {
@@ -137,24 +137,31 @@ fn label(v: &str) -> String {
     s
 }
 
-fn secs(ms: u64) -> String {
+pub(crate) fn secs(ms: u64) -> String {
     format!("{}", ms as f64 / 1000.0)
 }
 
-struct Out(String);
+/// A text in the exposition format, being written.
+pub(crate) struct Out(pub String);
 
 impl Out {
-    fn head(&mut self, name: &str, kind: &str, help: &str) {
+    pub(crate) fn head(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
-    fn line(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+    pub(crate) fn line(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
         if labels.is_empty() {
             let _ = writeln!(self.0, "{name} {value}");
         } else {
             let _ = writeln!(self.0, "{name}{{{labels}}} {value}");
         }
     }
-    fn one(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    pub(crate) fn one(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        value: impl std::fmt::Display,
+    ) {
         self.head(name, kind, help);
         self.line(name, "", value);
     }
@@ -251,28 +258,12 @@ pub fn render(s: &Snapshot) -> String {
         "Liveness renewals that failed.",
         c.renewal_failures,
     );
-    let h = &c.renewal_latency;
-    o.head(
+    histogram(
+        &mut o,
         "vmlease_renewal_latency_seconds",
-        "histogram",
         "Duration of successful liveness renewals (one write and one table read).",
+        &c.renewal_latency,
     );
-    let mut cum = 0;
-    for (i, b) in LATENCY_BOUNDS_MS.iter().enumerate() {
-        cum += h.counts[i];
-        o.line(
-            "vmlease_renewal_latency_seconds_bucket",
-            &format!("le=\"{}\"", secs(*b)),
-            cum,
-        );
-    }
-    o.line(
-        "vmlease_renewal_latency_seconds_bucket",
-        "le=\"+Inf\"",
-        h.count,
-    );
-    o.line("vmlease_renewal_latency_seconds_sum", "", secs(h.sum_ms));
-    o.line("vmlease_renewal_latency_seconds_count", "", h.count);
     o.one(
         "vmlease_watchdog_pets_total",
         "counter",
@@ -398,6 +389,50 @@ pub fn render(s: &Snapshot) -> String {
     o.0
 }
 
+/// The plugin's counters (`plugin::counters`), appended to the daemon's
+/// textfile.
+pub fn render_plugin(c: &crate::plugin::counters::PluginCounters) -> String {
+    let mut o = Out(String::with_capacity(1024));
+    histogram(
+        &mut o,
+        "vmlease_plugin_acquire_latency_seconds",
+        "Duration of the plugin's successful lease acquires in libvirtd (every lease of a domain start, resume or incoming migration).",
+        &c.latency,
+    );
+    o.head(
+        "vmlease_plugin_refusals_total",
+        "counter",
+        "Acquires the plugin refused (a start, resume, migration or hotplug failed), by reason.",
+    );
+    for (r, n) in crate::plugin::counters::REASONS.iter().zip(c.refusals) {
+        o.line(
+            "vmlease_plugin_refusals_total",
+            &format!("reason=\"{r}\""),
+            n,
+        );
+    }
+    o.one(
+        "vmlease_plugin_takeovers_total",
+        "counter",
+        "Leases the plugin took over from another holder (a dead, rebooted or fenced host, or an exited QEMU).",
+        c.takeovers,
+    );
+    o.0
+}
+
+fn histogram(o: &mut Out, name: &str, help: &str, h: &Histogram) {
+    o.head(name, "histogram", help);
+    let bucket = format!("{name}_bucket");
+    let mut cum = 0;
+    for (i, b) in LATENCY_BOUNDS_MS.iter().enumerate() {
+        cum += h.counts[i];
+        o.line(&bucket, &format!("le=\"{}\"", secs(*b)), cum);
+    }
+    o.line(&bucket, "le=\"+Inf\"", h.count);
+    o.line(&format!("{name}_sum"), "", secs(h.sum_ms));
+    o.line(&format!("{name}_count"), "", h.count);
+}
+
 fn peer_labels(p: &PeerSample) -> String {
     format!(
         "host_id=\"{}\",host_name=\"{}\"",
@@ -481,8 +516,23 @@ mod tests {
     }
 
     #[test]
+    fn plugin_counters_render_as_a_histogram_refusals_by_reason_and_takeovers() {
+        let mut c = crate::plugin::counters::PluginCounters::default();
+        c.latency.observe(30);
+        c.refusals[1] = 4;
+        c.takeovers = 2;
+        let t = render_plugin(&c);
+        assert!(t.contains("vmlease_plugin_acquire_latency_seconds_bucket{le=\"0.025\"} 0\n"));
+        assert!(t.contains("vmlease_plugin_acquire_latency_seconds_bucket{le=\"0.05\"} 1\n"));
+        assert!(t.contains("vmlease_plugin_acquire_latency_seconds_count 1\n"));
+        assert!(t.contains("vmlease_plugin_refusals_total{reason=\"leased\"} 4\n"));
+        assert!(t.contains("vmlease_plugin_refusals_total{reason=\"unprotected\"} 0\n"));
+        assert!(t.contains("vmlease_plugin_takeovers_total 2\n"));
+    }
+
+    #[test]
     fn every_sample_has_a_type_line_and_no_name_repeats_its_header() {
-        let t = render(&snap());
+        let t = render(&snap()) + &render_plugin(&Default::default());
         let mut typed: Vec<&str> = Vec::new();
         for l in t.lines() {
             if let Some(rest) = l.strip_prefix("# TYPE ") {

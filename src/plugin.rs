@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+pub mod counters;
 pub mod lock_failure;
 
 use log::{info, warn};
@@ -277,6 +278,12 @@ fn engine(cfg: &Config, host_id: u16, boot_id: &str, view: Option<Status>) -> Re
 /// The real acquire in libvirtd, on behalf of QEMU's pid: all resources or
 /// none, every record at once.
 pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
+    acquire_counting(cfg, m, state).map(|_| ())
+}
+
+/// [`acquire`], returning how many leases it took over from another
+/// holder (for the metrics).
+pub fn acquire_counting(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<usize> {
     let (host_id, boot_id, status) = protected_status(cfg)?;
     m.check_disk_policy(cfg)?;
     let expect = match state {
@@ -353,9 +360,11 @@ pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
     }
     let mut newly = Vec::new();
     let mut first_err = None;
+    let mut took_over = 0;
     for (r, started) in calls {
         match started.and_then(deadline::Pending::wait) {
             Ok(a) => {
+                took_over += a.took_over.len();
                 for (h, why) in &a.took_over {
                     warn!(
                         event = "takeover", host_id = host_id, resource:% = r,
@@ -391,7 +400,7 @@ pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
     }
     // A fresh acquisition makes any earlier release state obsolete.
     let _ = reg.set_released(p, &[]);
-    Ok(())
+    Ok(took_over)
 }
 
 /// Releases what a failed acquire took, all records at once (one I/O

@@ -275,3 +275,135 @@ fn metrics_read_back_through_node_exporter_follow_renewals_probes_peers_and_a_fe
     // B kept running all along despite its unwritable metrics directory.
     assert!(!b.daemon.as_mut().unwrap().exited(), "{}", b.log_text());
 }
+
+/// The plugin's metrics through a real libvirtd (tests/support/libvirt)
+/// and the real node_exporter: a start on an unprotected host refused in
+/// the pre-exec child, a start that acquires, and a start refused because
+/// another domain holds its `<lease>`, each read back as
+/// `vmlease_plugin_*` in the daemon's textfile.
+mod real_libvirt {
+    use super::*;
+    use support::libvirt::{Cluster, Disk, Domain, Format, HostSpec, Lease};
+    use support::util::text;
+
+    fn conf(shared: &Path, textfiles: &Path) -> String {
+        format!(
+            "host_id = 1\nhost_name = \"host-a.test\"\nlockspace_dir = \"{}\"\nstate_dir = \"/run/vmlease\"\n\
+             renew_interval = 0.5\nrenew_fail_timeout = 3\nkill_timeout = 1\nwatchdog_timeout = 2\n\
+             host_dead_timeout = 7\nio_timeout = 1\nlock_timeout = 1\nunsafe_no_watchdog = true\n\
+             allow_local_lockspace = true\nmetrics_dir = \"{}\"\n\
+             reset_action = \"record\"\nreset_record_file = \"/run/vmlease/reset\"\n",
+            shared.join("lockspace").display(),
+            textfiles.display()
+        )
+    }
+
+    fn refusals(port: u16, reason: &str, want: f64) {
+        wait_metric(
+            port,
+            &format!("vmlease_plugin_refusals_total{{reason=\"{reason}\"}}"),
+            10_000,
+            |v| v == want,
+        );
+    }
+
+    #[test]
+    fn plugin_acquires_and_refusals_read_back_through_node_exporter() {
+        let _g = serial();
+        let c0 = Cluster::new("metrics-plugin");
+        let shared = c0.shared_dir();
+        let mut c = c0;
+        let textfiles = shared.join("textfiles");
+        fs::create_dir_all(&textfiles).unwrap();
+        vmlease::lockspace::Lockspace::init(&shared.join("lockspace"), 16).unwrap();
+        c.add_host(HostSpec::new("a").vmlease(&conf(&shared, &textfiles)));
+        let a = c.host("a");
+        let lease = Lease::new("ls", "shared-lease", "/dev/null");
+        let img1 = a.create_image("web.qcow2", Format::Qcow2, 16);
+        let img2 = a.create_image("web2.qcow2", Format::Qcow2, 16);
+        let web = Domain::new("web")
+            .tcg()
+            .disk(Disk::new(&img1))
+            .lease(lease.clone());
+        let web2 = Domain::new("web2")
+            .tcg()
+            .disk(Disk::new(&img2))
+            .lease(lease);
+
+        // 1. No watchdog daemon: the plugin refuses in the pre-exec child
+        // (no hook installed here). Counted in /run/vmlease.
+        let o = a.create(&web);
+        assert!(!o.status.success(), "started on an unprotected host");
+        assert!(text(&o).contains("host not protected"), "{}", text(&o));
+        let counted = vmlease::plugin::counters::load(&a.vmlease_state_dir()).unwrap();
+        assert_eq!(
+            counted.refusals,
+            [1, 0, 0, 0, 0, 0],
+            "counters after the refused start: {counted:?}"
+        );
+
+        // 2. The daemon runs (and writes the textfile): a start acquires.
+        let _daemon = a.spawn_in_host(
+            &[
+                bin("vmlease-watchdog").to_str().unwrap(),
+                "--config",
+                "/etc/libvirt/qemu-vmlease.conf",
+            ],
+            &[],
+        );
+        let (_ne, port) = node_exporter(&textfiles, &c.scratch().join("node_exporter.log"));
+        // The refusal made before the daemon started is there.
+        refusals(port, "unprotected", 1.0);
+        let mut cfg = vmlease::config::parse(&conf(&shared, &textfiles), "a.conf").unwrap();
+        cfg.state_dir = a.vmlease_state_dir();
+        wait_until("host a to be protected", 10_000, || {
+            vmlease::status::protected_status(&cfg)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        a.create_ok(&web);
+        let n = wait_metric(
+            port,
+            "vmlease_plugin_acquire_latency_seconds_count",
+            10_000,
+            |v| v == 1.0,
+        );
+        let body = scrape(port).unwrap();
+        assert_eq!(
+            value(&body, "node_textfile_scrape_error"),
+            Some(0.0),
+            "{body}"
+        );
+        let sum = value(&body, "vmlease_plugin_acquire_latency_seconds_sum").unwrap();
+        assert!(sum > 0.0 && sum < 3.0, "acquire took {sum} s");
+        assert_eq!(
+            value(
+                &body,
+                "vmlease_plugin_acquire_latency_seconds_bucket{le=\"+Inf\"}"
+            ),
+            Some(n)
+        );
+        eprintln!("one acquire through libvirtd: {sum} s");
+
+        // 3. web2 wants the lease web holds: refused in libvirtd.
+        let o = a.create(&web2);
+        assert!(!o.status.success(), "web2 started with web's lease");
+        assert!(text(&o).contains("is leased"), "{}", text(&o));
+        refusals(port, "leased", 1.0);
+        let body = scrape(port).unwrap();
+        assert_eq!(
+            value(
+                &body,
+                "vmlease_plugin_refusals_total{reason=\"unprotected\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&body, "vmlease_plugin_acquire_latency_seconds_count"),
+            Some(1.0),
+            "a refused acquire is not in the latency histogram"
+        );
+        assert_eq!(value(&body, "vmlease_plugin_takeovers_total"), Some(0.0));
+        a.destroy_ok("web");
+    }
+}

@@ -3,6 +3,9 @@
 //! in the same directory, then rename), so node_exporter never reads half
 //! a file.
 //!
+//! The plugin's counters (`state_dir/plugin-metrics`, written by the
+//! plugin inside libvirtd) are read here, on this thread, and appended.
+//!
 //! The main loop only `try_send`s into a one-slot channel: a slow or hung
 //! metrics directory drops snapshots, it never delays a renewal, a pet or
 //! a fence. A failed write is logged (once per distinct error), never
@@ -14,7 +17,8 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 
 use log::{info, warn};
 
-use crate::metrics::{render, Snapshot, FILE_NAME};
+use crate::metrics::{render, render_plugin, Snapshot, FILE_NAME};
+use crate::plugin::counters;
 
 /// The metrics thread's stack: its work is shallow (formatting into a
 /// heap string, one file write), and every page of it is locked in memory
@@ -26,16 +30,33 @@ pub struct MetricsWriter {
 }
 
 impl MetricsWriter {
-    /// Starts the thread that writes into `dir`.
-    pub fn spawn(dir: PathBuf) -> std::io::Result<MetricsWriter> {
+    /// Starts the thread that writes into `dir`, with the plugin's
+    /// counters from `state_dir`.
+    pub fn spawn(dir: PathBuf, state_dir: PathBuf) -> std::io::Result<MetricsWriter> {
         let (tx, rx) = sync_channel::<Snapshot>(1);
         std::thread::Builder::new()
             .name("vmlease-metrics".into())
             .stack_size(STACK)
             .spawn(move || {
                 let mut last_err = String::new();
+                let mut last_plugin_err = String::new();
                 for snap in rx {
-                    match write_atomic(&dir, &render(&snap)) {
+                    let mut text = render(&snap);
+                    match counters::load(&state_dir) {
+                        Ok(c) => {
+                            text.push_str(&render_plugin(&c));
+                            last_plugin_err.clear();
+                        }
+                        Err(e) => {
+                            // Left out until the plugin rewrites it.
+                            let msg = e.to_string();
+                            if msg != last_plugin_err {
+                                warn!("metrics: {msg}: the plugin's metrics are left out");
+                                last_plugin_err = msg;
+                            }
+                        }
+                    }
+                    match write_atomic(&dir, &text) {
                         Ok(()) if !last_err.is_empty() => {
                             info!("metrics: writing {} again", dir.join(FILE_NAME).display());
                             last_err.clear();
@@ -100,7 +121,7 @@ mod tests {
             .status()
             .unwrap();
         assert!(st.success());
-        let w = MetricsWriter::spawn(d.clone()).unwrap();
+        let w = MetricsWriter::spawn(d.clone(), d.join("state")).unwrap();
         let start = std::time::Instant::now();
         for _ in 0..1000 {
             w.offer(crate::metrics::sample());

@@ -387,7 +387,7 @@ impl Daemon {
 
         let metrics = match &cfg.metrics_dir {
             None => None,
-            Some(dir) => match metrics::MetricsWriter::spawn(dir.clone()) {
+            Some(dir) => match metrics::MetricsWriter::spawn(dir.clone(), cfg.state_dir.clone()) {
                 Ok(w) => {
                     info!(
                         "metrics: writing {} for node_exporter's textfile collector",

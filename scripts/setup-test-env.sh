@@ -18,7 +18,7 @@ iproute2 iputils-ping util-linux mount e2fsprogs
 gcc libc6-dev shellcheck rpm dpkg-dev sanlock libvirt-sanlock faketime
 ceph-mon ceph-mgr ceph-osd ceph-mds ceph-fuse ceph-common
 etcd-server etcd-client
-prometheus-node-exporter"
+prometheus-node-exporter prometheus"
 
 log=${TMPDIR:-/tmp}/vmlease-setup.log
 

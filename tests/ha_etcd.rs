@@ -6,44 +6,16 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
 use support::util::{wait_until, ProcGuard, Scratch};
 use vmlease::ha::etcd::{Cmp, Etcd, Op};
 
-/// A port nobody listens on now (the kernel's choice).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+use support::etcd::free_port;
 
 fn member(s: &Scratch) -> (ProcGuard, String) {
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let data = s.dir("etcd");
-    let mut c = Command::new("etcd");
-    c.args(["--name", "m1", "--data-dir"])
-        .arg(&data)
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("m1={peer_url}")])
-        .args([
-            "--initial-cluster-token",
-            &format!("vmlease-test-{}", std::process::id()),
-        ]);
-    let g = ProcGuard::spawn_logged(&mut c, "etcd member", &s.path().join("etcd.log"));
-    (g, url)
+    support::etcd::member(s.path())
 }
 
 fn cfg(endpoints: &[&str]) -> vmlease::config::HaConfig {

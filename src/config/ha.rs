@@ -67,6 +67,9 @@ pub struct HaConfig {
     pub crash_restarts: u32,
     /// The crash loop window (ms).
     pub crash_window: u64,
+    /// Where `vmlease-ha` serves `/metrics` over HTTP (Prometheus text);
+    /// None: no listener.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl HaConfig {
@@ -120,6 +123,7 @@ pub(super) struct RawHa {
     migration_options: Option<Spanned<Vec<Spanned<String>>>>,
     crash_restarts: Option<Spanned<i64>>,
     crash_window: Option<Spanned<Seconds>>,
+    metrics_listen: Option<Spanned<String>>,
 }
 
 impl Builder<'_> {
@@ -305,6 +309,19 @@ impl Builder<'_> {
             migration_options,
             crash_restarts: count("ha.crash_restarts", &raw.crash_restarts, 3, 100)?,
             crash_window: self.ms("ha.crash_window", &raw.crash_window, 600_000)?,
+            metrics_listen: match &raw.metrics_listen {
+                None => None,
+                Some(s) => Some(s.get_ref().parse().map_err(|_| {
+                    self.err(
+                        "ha.metrics_listen",
+                        s.span(),
+                        format!(
+                            "'{}' is not an address and port (e.g. \"127.0.0.1:9478\" or \"[::1]:9478\")",
+                            s.get_ref()
+                        ),
+                    )
+                })?),
+            },
         }))
     }
 }
@@ -315,6 +332,23 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse(text, "t.conf").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_must_be_an_address_and_port() {
+        let base = "[ha]\nendpoints = [\"http://127.0.0.1:2379\"]\n";
+        let c = parse(base, "t").unwrap().ha.unwrap();
+        assert_eq!(c.metrics_listen, None);
+        let c = parse(&format!("{base}metrics_listen = \"127.0.0.1:9478\"\n"), "t")
+            .unwrap()
+            .ha
+            .unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9478".parse().unwrap()));
+        let e = err(&format!("{base}metrics_listen = \"localhost\"\n"));
+        assert!(
+            e.contains("ha.metrics_listen") && e.contains(":3") && e.contains("'localhost'"),
+            "{e}"
+        );
     }
 
     #[test]

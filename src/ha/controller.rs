@@ -35,6 +35,40 @@ pub struct Controller {
     /// The corrupt values reported (`KEY: error`), so that each is
     /// reported once while it stays.
     reported: std::collections::BTreeSet<String>,
+    /// What the leader saw at its last step (the metrics; default when
+    /// not leading).
+    pub seen: Seen,
+    /// When this leader decided each recovery in flight (wall ms), and
+    /// how long the finished ones took.
+    started: std::collections::HashMap<String, u64>,
+    pub durations: super::metrics::RecoveryDurations,
+}
+
+/// The leader's view, counted for the metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub hosts: std::collections::BTreeMap<String, usize>,
+    pub suspects: usize,
+    pub vms: usize,
+    pub recoveries: usize,
+}
+
+impl Seen {
+    fn of(view: &ClusterView) -> Seen {
+        let mut hosts = std::collections::BTreeMap::new();
+        for h in view.hosts.values() {
+            *hosts.entry(h.state.clone()).or_default() += 1;
+        }
+        if !view.unreadable.is_empty() {
+            hosts.insert("unreadable".to_string(), view.unreadable.len());
+        }
+        Seen {
+            hosts,
+            suspects: decide::suspects(view).len(),
+            vms: view.vms.len(),
+            recoveries: view.recoveries.len(),
+        }
+    }
 }
 
 pub fn seen_key(prefix: &str, host: &str) -> String {
@@ -146,7 +180,15 @@ impl Controller {
             leader: false,
             fence_attempts: Default::default(),
             reported: Default::default(),
+            seen: Seen::default(),
+            started: Default::default(),
+            durations: Default::default(),
         }
+    }
+
+    /// Events this controller wrote, by kind.
+    pub fn events_written(&self) -> &std::collections::BTreeMap<String, u64> {
+        &self.events.written
     }
 
     fn limits(&self) -> Limits {
@@ -163,6 +205,7 @@ impl Controller {
         let lk = model::leader_key(&self.ha.prefix);
         let me = self.name.as_bytes();
         if !protected {
+            self.seen = Seen::default();
             if self.leader {
                 etcd.txn("resign", &[Cmp::Value(&lk, me)], &[Op::Delete(&lk)])?;
                 self.leader = false;
@@ -195,8 +238,11 @@ impl Controller {
         }
         if !leading {
             self.reported.clear();
+            self.seen = Seen::default();
+            self.started.clear();
             return Ok(());
         }
+        self.seen = Seen::of(&view);
         let now = wall_ms();
         let mut events = self.corrupt_values(&bad, now);
         // Suspects, and failed hosts not yet reported evacuable (for the
@@ -297,6 +343,11 @@ impl Controller {
                 let ok = self.events.write(etcd, lk, &self.name, e)?;
                 if ok {
                     self.hooks.notify(e);
+                    if e.kind == crate::ha::events::kind::RECOVERY_STARTED {
+                        self.started.entry(e.uuid.clone()).or_insert(e.time_ms);
+                    } else if e.kind == crate::ha::events::kind::RECOVERY_FAILED {
+                        self.started.remove(&e.uuid);
+                    }
                 }
                 ok
             }
@@ -350,6 +401,9 @@ impl Controller {
                 )?;
                 if ok {
                     log::warn!("vmlease-ha: recovered '{name}' ({uuid}): it runs on {host}");
+                    if let Some(t) = self.started.remove(uuid) {
+                        self.durations.observe(wall_ms().saturating_sub(t));
+                    }
                 }
                 ok
             }

@@ -26,6 +26,8 @@ pub struct EventStore {
     lease: i64,
     granted: Option<Instant>,
     seq: u32,
+    /// Events this store wrote, by kind (the metrics).
+    pub written: std::collections::BTreeMap<String, u64>,
 }
 
 /// Decodes stored events; a value that does not decode is named by key.
@@ -50,12 +52,21 @@ impl EventStore {
             lease: 0,
             granted: None,
             seq: 0,
+            written: Default::default(),
         }
     }
 
     /// Stores `e` while `leader_key` holds `me`; false when it does not.
     pub fn write(&mut self, etcd: &Etcd, leader_key: &str, me: &str, e: &Event) -> Result<bool> {
-        self.put(etcd, Some(leader_key), me, e)
+        let ok = self.put(etcd, Some(leader_key), me, e)?;
+        self.count(ok, e);
+        Ok(ok)
+    }
+
+    fn count(&mut self, ok: bool, e: &Event) {
+        if ok {
+            *self.written.entry(e.kind.clone()).or_default() += 1;
+        }
     }
 
     /// Stores an event of host `me` about its own VMs (a dead QEMU, a
@@ -64,6 +75,7 @@ impl EventStore {
     pub fn write_own(&mut self, etcd: &Etcd, me: &str, e: &Event) -> Result<bool> {
         for _ in 0..3 {
             if self.put(etcd, None, me, e)? {
+                self.count(true, e);
                 return Ok(true);
             }
         }

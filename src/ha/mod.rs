@@ -13,6 +13,7 @@
 pub mod decide;
 pub mod events;
 pub mod maintenance;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod storage_fence;
@@ -32,6 +33,8 @@ pub mod event_store;
 pub mod hooks;
 #[cfg(feature = "ha")]
 pub mod maintenance_agent;
+#[cfg(feature = "ha")]
+pub mod metrics_http;
 #[cfg(feature = "ha")]
 pub mod run;
 #[cfg(feature = "ha")]

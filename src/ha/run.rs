@@ -11,6 +11,8 @@ use super::controller::Controller;
 use super::error::Error;
 use super::etcd::Etcd;
 use super::maintenance_agent::MaintenanceAgent;
+use super::metrics::{render, Sample};
+use super::metrics_http::{self, Text};
 use super::vmmon::VmMonitor;
 use crate::config;
 use crate::daemon::signals;
@@ -73,6 +75,30 @@ fn run(cfg: config::Config, ha: config::HaConfig) -> Result<(), Error> {
     let interval = Duration::from_millis(ha.interval);
     let mut failing: Option<String> = None;
     let mut backoff = interval;
+    let metrics = match ha.metrics_listen {
+        None => None,
+        Some(addr) => {
+            // Recovery matters more than its metrics: a listener that
+            // cannot start is logged, not fatal.
+            let text = Text::default();
+            match metrics_http::serve(addr, text.clone()) {
+                Ok(bound) => {
+                    log::info!("vmlease-ha: serving /metrics on http://{bound}/metrics");
+                    Some(text)
+                }
+                Err(e) => {
+                    log::error!(
+                        "vmlease-ha: [ha] metrics_listen {addr}: {e}; going on without /metrics"
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let mut sample = Sample {
+        host_name: agent.name.clone(),
+        ..Sample::default()
+    };
     log::info!(
         "vmlease-ha: host {} starting; etcd {}",
         agent.name,
@@ -86,6 +112,14 @@ fn run(cfg: config::Config, ha: config::HaConfig) -> Result<(), Error> {
             .and_then(|()| ctl.tick(&etcd, agent.lease, agent.protected))
             .and_then(|()| agent.execute(&etcd))
             .and_then(|()| maint.step(&etcd, agent.lease, agent.protected));
+        if metrics.is_some() {
+            sample.etcd_up = step.is_ok();
+            match &step {
+                Err(Error::Etcd { .. }) => sample.etcd_errors += 1,
+                Err(_) => sample.other_errors += 1,
+                Ok(()) => {}
+            }
+        }
         match step {
             Ok(()) => {
                 if failing.take().is_some() {
@@ -105,6 +139,20 @@ fn run(cfg: config::Config, ha: config::HaConfig) -> Result<(), Error> {
                     backoff = (backoff * 2).min(Duration::from_millis(ha.host_ttl / 2));
                 }
             }
+        }
+        if let Some(text) = &metrics {
+            sample.leader = ctl.leader;
+            sample.protected = agent.protected;
+            sample.hosts = ctl.seen.hosts.clone();
+            sample.suspects = ctl.seen.suspects;
+            sample.vms = ctl.seen.vms;
+            sample.recoveries = ctl.seen.recoveries;
+            sample.recovery_durations = ctl.durations.clone();
+            sample.events = ctl.events_written().clone();
+            for (k, n) in vms.events_written() {
+                *sample.events.entry(k.clone()).or_default() += n;
+            }
+            text.set(render(&sample));
         }
         let wait = if failing.is_some() { backoff } else { interval };
         let deadline = t0 + wait;

@@ -92,6 +92,11 @@ pub struct VmMonitor {
 }
 
 impl VmMonitor {
+    /// Events this monitor wrote, by kind (the metrics).
+    pub fn events_written(&self) -> &std::collections::BTreeMap<String, u64> {
+        &self.events.written
+    }
+
     pub fn new(cfg: Config, ha: HaConfig, host: String) -> VmMonitor {
         let (tx, rx) = channel();
         let events = EventStore::new(&ha.prefix, ha.event_ttl, ha.max_events as usize);

@@ -3,6 +3,7 @@
 
 pub mod ceph;
 pub mod daemons;
+pub mod etcd;
 pub mod frozen;
 pub mod libvirt;
 pub mod lockabi;

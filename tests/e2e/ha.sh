@@ -85,6 +85,20 @@ only_bad_failed() {
     echo "recoveries: $r"
     return 1
 }
+# ha_metric HOST METRIC: METRIC's value in HOST's vmlease-ha /metrics
+# ([ha] metrics_listen, on the host's own address), 0 when absent.
+ha_metric() {
+    vmh_in "$1" curl -sf --max-time 5 "http://$(vmh_host_addr "$1"):9478/metrics" |
+        awk -v m="$2" '$1 == m { v = $2 } END { print v + 0 }'
+}
+# ha_metric_sum_is METRIC WANT: its sum over b and c (whichever leads
+# counts) is WANT.
+ha_metric_sum_is() {
+    sum=$(($(ha_metric b "$1") + $(ha_metric c "$1")))
+    [ "$sum" -eq "$2" ] && return 0
+    echo "$1: b + c = $sum, expected $2"
+    return 1
+}
 # start_ms HOST NAME: when the domain's QEMU process started (boot-time ms).
 start_ms() {
     pid=$(vmh_qemu_pid "$1" "$2")
@@ -129,6 +143,7 @@ max_attempts = 3
 retry_backoff = 1
 start_timeout = 20
 hooks_dir = "$VMH_DIR/hooks"
+metrics_listen = "$(vmh_addr "$2"):9478"
 migration_uri = "qemu+unix:///system?socket=$VMH_DIR/host-$1/run/libvirt-sock"
 migration_address = "$(vmh_addr "$2")"
 # A plain directory is not known to libvirt as shared storage.
@@ -195,6 +210,14 @@ for v in ha1 ha2; do
     eval "took_$v=\$(( \$(vmh_now_ms) - cut ))"
 done
 vmh_wait "the recoveries to be over in etcd, bad's as recovery-failed" 30000 only_bad_failed || fail "recoveries still in flight"
+# The same through vmlease-ha's /metrics: one leader, two recoveries
+# finished (with their durations), one out of attempts, no storage fence.
+for m in vmlease_ha_leader:1 vmlease_ha_recoveries_succeeded_total:2 \
+    vmlease_ha_recovery_duration_seconds_count:2 vmlease_ha_recoveries_failed_total:1 \
+    'vmlease_ha_storage_fences_total{result="fenced"}:0'; do
+    vmh_wait "/metrics of b and c: $m" 5000 ha_metric_sum_is "${m%:*}" "${m##*:}" ||
+        fail "vmlease-ha's /metrics: $m"
+done
 
 # Exactly once: each runs on one host, was started once by an agent, and
 # its domain lease has one holder (that host's QEMU).

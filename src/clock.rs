@@ -5,6 +5,7 @@
 //! this host (so the plugin can age the daemon's published status), and it
 //! keeps counting while the machine is suspended, so a host that wakes up
 //! from a suspend sees at once that its renewals are stale.
+#![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,17 +32,7 @@ pub struct SystemClock;
 
 /// Read `CLOCK_BOOTTIME` in milliseconds.
 pub fn boottime_ms() -> MonoMs {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes
-    // into it. CLOCK_BOOTTIME exists on every Linux since 2.6.39.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+    crate::sys::clock::boottime_ms()
 }
 
 impl Clock for SystemClock {

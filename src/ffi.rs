@@ -12,6 +12,7 @@
 //! - the pre-exec child (REGISTER_ONLY) takes no lock another thread could
 //!   hold and starts no thread: errors go to stderr as one line.
 #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals)]
+#![allow(unsafe_code)]
 
 // The boundary catches panics; with `panic = "abort"` a panic in any
 // callback would abort libvirtd with every VM of the host in it.

@@ -12,6 +12,7 @@
 //! `error!(event = "fence", host_id = 3; "...")` becomes
 //! `MESSAGE_ID=<fence's id>`, `VMLEASE_EVENT=fence` and
 //! `VMLEASE_HOST_ID=3`.
+#![forbid(unsafe_code)]
 
 use std::io;
 use std::os::unix::net::UnixDatagram;

@@ -7,6 +7,11 @@
 //! Everything that decides - the lease protocol, the takeover rules, the
 //! timing inequality, the fence policy - lives in safe Rust modules that
 //! tests drive with a fake clock and a temporary lockspace.
+//!
+//! `unsafe` lives in three places: the C ABI boundary (`ffi`), the system
+//! calls (`sys`), and librados's dlopen'ed functions (`rados::sys`); the
+//! lint below refuses it anywhere else.
+#![deny(unsafe_code)]
 
 pub mod checksum;
 pub mod clock;
@@ -42,5 +47,6 @@ pub mod hook;
 pub mod plugin;
 
 mod ffi;
+mod sys;
 
 pub use error::{Error, Result};

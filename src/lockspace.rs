@@ -15,7 +15,7 @@
 //! read on one host was seen returning another host's renewal of more
 //! than 50 s ago while that host renewed every 2 s - a live host would
 //! look dead for longer than host_dead_timeout (docs/cephfs.md).
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -409,7 +409,7 @@ fn lock_file(path: &Path, what: &str, timeout_ms: u64) -> Result<RecordLock> {
     let start = crate::clock::boottime_ms();
     let mut pause = 1u64;
     loop {
-        match ofd_lock::try_lock(&file) {
+        match crate::sys::ofd_lock::try_lock(&file) {
             Ok(true) => return Ok(RecordLock { _file: file }),
             Ok(false) => {}
             Err(e) => return Err(Error::io("lock record", path, e)),
@@ -536,7 +536,7 @@ pub fn read_uncached_whole(path: &Path) -> io::Result<Vec<u8>> {
 }
 
 fn read_cached_if_local(path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    let fs_type = uncached::fs_type(path)?;
+    let fs_type = crate::sys::statfs::fs_type(path)?;
     if !uncached::is_local(fs_type) {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -620,38 +620,18 @@ fn temp_beside(path: &Path) -> PathBuf {
 
 /// Tries to take an exclusive OFD lock on `file` without waiting.
 pub fn ofd_try_lock(file: &File) -> io::Result<bool> {
-    ofd_lock::try_lock(file)
+    crate::sys::ofd_lock::try_lock(file)
 }
 
 /// Takes an exclusive OFD lock on `file`, waiting as long as it takes.
 /// Only for local files (the state dir), never for shared storage.
 pub fn ofd_lock_wait(file: &File) -> io::Result<()> {
-    ofd_lock::lock_wait(file)
+    crate::sys::ofd_lock::lock_wait(file)
 }
 
 mod uncached {
-    //! The filesystem type, to tell local filesystems from shared ones.
-    #![allow(unsafe_code)]
-
-    use std::ffi::CString;
-    use std::io;
-    use std::os::unix::ffi::OsStrExt;
-    use std::path::Path;
-
-    /// statfs(2)'s f_type of the filesystem holding `path`.
-    pub fn fs_type(path: &Path) -> io::Result<i64> {
-        let c = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-        // SAFETY: an all-zero statfs is a valid value of this plain C struct.
-        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-        // SAFETY: `c` is a NUL-terminated path and `st` a writable statfs
-        // the kernel fills.
-        if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        #[allow(clippy::unnecessary_cast)] // f_type's C type differs by arch
-        Ok(st.f_type as i64)
-    }
+    //! Which filesystem types are local (statfs(2)'s f_type, read by
+    //! `crate::sys::statfs`).
 
     /// Filesystems of one machine: their page cache is the only view of
     /// the data, so it cannot be stale.
@@ -667,57 +647,6 @@ mod uncached {
             0x2fc1_2fc1, // zfs
         ];
         LOCAL.contains(&fs_type)
-    }
-}
-
-mod ofd_lock {
-    //! Open-file-description locks (F_OFD_SETLK): per open file, not per
-    //! process, and honoured across CephFS clients.
-    #![allow(unsafe_code)]
-
-    use std::fs::File;
-    use std::io;
-    use std::os::fd::AsRawFd;
-
-    fn whole_file() -> libc::flock {
-        // SAFETY: an all-zero flock is a valid value of this plain C struct.
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = libc::F_WRLCK as libc::c_short;
-        fl.l_whence = libc::SEEK_SET as libc::c_short;
-        fl
-    }
-
-    /// Takes an exclusive lock on the whole file, waiting.
-    pub fn lock_wait(file: &File) -> io::Result<()> {
-        let fl = whole_file();
-        loop {
-            // SAFETY: the fd is open for the lifetime of `file`, and `fl` is
-            // a valid flock the kernel reads for F_OFD_SETLKW.
-            let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLKW, &fl) };
-            if rc == 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-
-    /// Tries to take an exclusive lock on the whole file without waiting.
-    pub fn try_lock(file: &File) -> io::Result<bool> {
-        let fl = whole_file();
-        // SAFETY: the fd is open for the lifetime of `file`, and `fl` is a
-        // valid flock the kernel reads for F_OFD_SETLK.
-        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
-        if rc == 0 {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
-            _ => Err(e),
-        }
     }
 }
 
@@ -775,7 +704,7 @@ mod tests {
         assert!(!uncached::is_local(0x0065_735546)); // fuse
         assert!(!uncached::is_local(0x00c3_6400)); // ceph
         assert!(!uncached::is_local(0x6969)); // nfs
-        let t = uncached::fs_type(&std::env::temp_dir()).unwrap();
+        let t = crate::sys::statfs::fs_type(&std::env::temp_dir()).unwrap();
         assert!(uncached::is_local(t), "temp dir on {t:#x}");
     }
 

@@ -17,6 +17,7 @@
 //! write again. Only the daemon starts that thread and uses that queue
 //! (never the plugin: no thread may exist in libvirtd's pre-exec child).
 //! The CLI writes stderr directly.
+#![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
 use std::io::Write;

@@ -19,18 +19,9 @@ pub struct RealHost {
     pub reset_action: ResetAction,
 }
 
-fn pidfd_open(pid: u32) -> io::Result<libc::c_int> {
-    // SAFETY: pidfd_open takes a pid and flags and returns an fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd as libc::c_int)
-}
-
 impl HostActions for RealHost {
     fn kill(&mut self, p: ProcId) -> io::Result<bool> {
-        let fd = match pidfd_open(p.pid) {
+        let fd = match crate::sys::pidfd::open(p.pid) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
             Err(e) => return Err(e),
@@ -39,33 +30,11 @@ impl HostActions for RealHost {
         // signal reaches it and nothing else. A process whose main thread
         // has exited is still alive (its other threads may write): the
         // signal reaches them through the zombie leader's pidfd.
-        let result = if p.is_alive() {
-            // SAFETY: fd is a valid pidfd; a NULL siginfo is allowed.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd,
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                )
-            };
-            if rc == 0 {
-                Ok(true)
-            } else {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::ESRCH) {
-                    Ok(false)
-                } else {
-                    Err(e)
-                }
-            }
+        if p.is_alive() {
+            crate::sys::pidfd::kill(&fd)
         } else {
             Ok(false)
-        };
-        // SAFETY: fd was returned by pidfd_open and is closed once.
-        unsafe { libc::close(fd) };
-        result
+        }
     }
 
     fn reset(&mut self, why: &str) -> io::Result<()> {

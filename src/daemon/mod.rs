@@ -6,6 +6,7 @@
 //! write + one table read per tick) run on a storage thread, lease releases
 //! on another, probes on a third. The loop only looks at their results, so
 //! a hung CephFS cannot stall fencing.
+#![forbid(unsafe_code)]
 
 pub mod actions;
 pub mod claim;
@@ -1204,20 +1205,11 @@ fn single_instance(state_dir: &Path) -> Result<std::fs::File> {
 
 /// Locks memory and asks for a realtime priority; warns when not allowed.
 fn try_realtime() {
-    // SAFETY: mlockall has no memory preconditions.
-    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
-        warn!(
-            "mlockall failed ({}): the daemon may be paged out under memory pressure",
-            std::io::Error::last_os_error()
-        );
+    if let Err(e) = crate::sys::sched::lock_memory() {
+        warn!("mlockall failed ({e}): the daemon may be paged out under memory pressure");
     }
-    let param = libc::sched_param { sched_priority: 1 };
-    // SAFETY: valid sched_param for this process (pid 0).
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) } != 0 {
-        warn!(
-            "no realtime priority ({}): heavy load may delay renewals",
-            std::io::Error::last_os_error()
-        );
+    if let Err(e) = crate::sys::sched::realtime() {
+        warn!("no realtime priority ({e}): heavy load may delay renewals");
     }
 }
 

@@ -51,7 +51,8 @@ pub fn run_probe(p: &ProbeKind, timeout_ms: u64) -> Result<(), String> {
 mod icmp {
     //! ICMP echo over a raw socket (the daemon runs as root).
     use super::*;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use crate::sys::icmp_socket;
+    use std::os::fd::AsFd;
 
     fn checksum(data: &[u8]) -> u16 {
         let mut sum = 0u32;
@@ -73,19 +74,7 @@ mod icmp {
         let IpAddr::V4(v4) = ip else {
             return Err(io::Error::other("only IPv4 is supported for icmp probes"));
         };
-        // SAFETY: socket() has no memory preconditions.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_ICMP,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh socket we own.
-        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let sock = icmp_socket::open()?;
         let id = (std::process::id() & 0xffff) as u16;
         let seq = (crate::process::random_u64() & 0xffff) as u16;
         let mut pkt = [0u8; 16];
@@ -94,24 +83,7 @@ mod icmp {
         pkt[6..8].copy_from_slice(&seq.to_be_bytes());
         let c = checksum(&pkt);
         pkt[2..4].copy_from_slice(&c.to_be_bytes());
-        // SAFETY: zeroed sockaddr_in is valid; fields set below.
-        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        sa.sin_family = libc::AF_INET as libc::sa_family_t;
-        sa.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
-        // SAFETY: pkt and sa are valid for the lengths given.
-        let rc = unsafe {
-            libc::sendto(
-                sock.as_raw_fd(),
-                pkt.as_ptr().cast(),
-                pkt.len(),
-                0,
-                (&sa as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        icmp_socket::send_to(&sock, &pkt, v4)?;
         let deadline = crate::clock::boottime_ms() + timeout.as_millis() as u64;
         let mut buf = [0u8; 1500];
         loop {
@@ -119,30 +91,13 @@ mod icmp {
             if now >= deadline {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "no reply"));
             }
-            let mut pfd = libc::pollfd {
-                fd: sock.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&mut pfd, 1, (deadline - now) as libc::c_int) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
+            match crate::sys::poll::readable(&[sock.as_fd()], deadline - now) {
+                Ok(r) if r[0] => {}
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             }
-            if n == 0 {
-                continue;
-            }
-            // SAFETY: buf is valid for its length.
-            let got =
-                unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if got < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let got = got as usize;
+            let got = icmp_socket::recv_into(&sock, &mut buf)?;
             if got < 20 {
                 continue;
             }

@@ -18,7 +18,7 @@
 //! signals agree, so a leader's exit is never taken for death here.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::SystemTime;
 
@@ -63,16 +63,6 @@ pub struct Reaper {
     rx: Receiver<(ProcId, Pass)>,
     /// Exited QEMU processes whose leases were released (metrics).
     pub released_total: u64,
-}
-
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags; returns an fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn parse_name(name: &str) -> Option<ProcId> {
@@ -169,7 +159,7 @@ impl Reaper {
                     }
                 }
                 None => {
-                    let pidfd = pidfd_open(p.pid);
+                    let pidfd = crate::sys::pidfd::open(p.pid).ok();
                     // The pidfd pins the process; check it is the one
                     // registered (pid reuse).
                     let dead = pidfd.is_none() || !p.is_alive();
@@ -206,15 +196,11 @@ impl Reaper {
 
     /// Waits up to `ms` for a watched process to exit.
     pub fn wait(&mut self, ms: u64) {
-        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut fds = Vec::new();
         let mut ids = Vec::new();
         for (p, t) in &self.tracked {
             if let (false, Some(fd)) = (t.dead, &t.pidfd) {
-                fds.push(libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
+                fds.push(fd.as_fd());
                 ids.push(*p);
             }
         }
@@ -222,20 +208,13 @@ impl Reaper {
             std::thread::sleep(std::time::Duration::from_millis(ms));
             return;
         }
-        // SAFETY: fds is a valid array of fds.len() pollfds.
-        let n = unsafe {
-            libc::poll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                ms as libc::c_int,
-            )
+        // Readable: every thread of that process has exited.
+        let Ok(ready) = crate::sys::poll::readable(&fds, ms) else {
+            return;
         };
-        if n > 0 {
-            // POLLIN: every thread of that process has exited.
-            for (i, f) in fds.iter().enumerate() {
-                if f.revents != 0 {
-                    self.mark_dead(ids[i]);
-                }
+        for (i, r) in ready.into_iter().enumerate() {
+            if r {
+                self.mark_dead(ids[i]);
             }
         }
     }

@@ -7,12 +7,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
-
-const WDIOC_KEEPALIVE: libc::c_ulong = 0x8004_5705;
-const WDIOC_SETTIMEOUT: libc::c_ulong = 0xC004_5706;
 
 pub trait Watchdog: Send {
     fn pet(&mut self) -> io::Result<()>;
@@ -60,14 +56,7 @@ pub fn open(path: &Path, timeout_ms: u64) -> io::Result<Box<dyn Watchdog>> {
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)?;
-    let mut secs: libc::c_int = want;
-    // SAFETY: the fd is open; WDIOC_SETTIMEOUT reads and writes one int.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), WDIOC_SETTIMEOUT, &mut secs) };
-    let set = if rc == 0 {
-        Ok(secs)
-    } else {
-        Err(io::Error::last_os_error())
-    };
+    let set = crate::sys::watchdog::set_timeout(&file, want);
     // Refused (any way): the device is left as it is, armed, never
     // magic-closed - a watchdog this daemon could not take over may be
     // one its predecessor left running over leased VMs.
@@ -88,13 +77,7 @@ impl Watchdog for Device {
         if self.stand_in {
             return f.write_all(b".");
         }
-        let mut dummy: libc::c_int = 0;
-        // SAFETY: the fd is open; WDIOC_KEEPALIVE ignores/writes one int.
-        let rc = unsafe { libc::ioctl(f.as_raw_fd(), WDIOC_KEEPALIVE, &mut dummy) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        crate::sys::watchdog::keepalive(f)
     }
 
     fn disarm(&mut self) -> io::Result<()> {

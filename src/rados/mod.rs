@@ -83,7 +83,7 @@ pub struct TableObject {
 /// (a file on CephFS) from its inode number and its `ceph.file.layout`.
 pub fn table_object(file: &Path, len: usize) -> Result<TableObject, String> {
     let meta = std::fs::metadata(file).map_err(|e| format!("stat {}: {e}", file.display()))?;
-    let layout = sys::getxattr(file, "ceph.file.layout").map_err(|e| {
+    let layout = crate::sys::xattr::get(file, "ceph.file.layout").map_err(|e| {
         format!(
             "{}: no CephFS layout ({e}): liveness_rados needs the lockspace on CephFS",
             file.display()

@@ -1,13 +1,12 @@
 //! The system calls of the RADOS path: librados through dlopen (the
 //! calls vmlease needs; only ever loaded in the worker process,
-//! [`super::worker`]), the worker's scheduling reset, and `getxattr`
-//! (the daemon's, for the table's layout).
+//! [`super::worker`]). The other system calls of the RADOS path (the
+//! worker's scheduling reset, the layout's getxattr) are in `crate::sys`.
 #![allow(unsafe_code)]
 
 use super::{cstr, err_of, TableObject};
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int, c_void};
-use std::path::Path;
 use std::sync::OnceLock;
 
 type Create2 = unsafe extern "C" fn(*mut *mut c_void, *const c_char, *const c_char, u64) -> c_int;
@@ -220,30 +219,4 @@ impl Drop for Conn {
             (self.lib.shutdown)(self.cluster);
         }
     }
-}
-
-/// One extended attribute of `path` as text.
-pub fn getxattr(path: &Path, name: &str) -> std::io::Result<String> {
-    use std::os::unix::ffi::OsStrExt;
-    let p = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::other("path contains NUL"))?;
-    let n = cstr(name)?;
-    let mut buf = vec![0u8; 1024];
-    // SAFETY: NUL-terminated path and name; `buf` writable for its length.
-    let rc = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(rc as usize);
-    Ok(String::from_utf8_lossy(&buf).into_owned())
-}
-
-/// Puts this process back to the normal scheduling class: the worker is
-/// started by the daemon, which runs SCHED_RR, and librados's threads
-/// must not compete with the daemon (or starve the host) at a realtime
-/// priority. A late worker only makes a renewal late.
-pub fn normal_scheduling() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: valid sched_param for this process (pid 0).
-    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
 }

@@ -20,7 +20,10 @@ pub const ARG: &str = "--rados-worker";
 
 /// Runs the worker until stdin ends; returns the exit code.
 pub fn main() -> i32 {
-    sys::normal_scheduling();
+    // Started by the daemon, which runs SCHED_RR: librados's threads must
+    // not compete with the daemon (or starve the host) at a realtime
+    // priority. A late worker only makes a renewal late.
+    let _ = crate::sys::sched::normal();
     let mut stdin = std::io::stdin().lock();
     let mut stdout = std::io::stdout().lock();
     let mut conn: Option<sys::Conn> = None;

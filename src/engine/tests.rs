@@ -345,6 +345,32 @@ fn rule1_fenced_clean_frees_only_qemus_started_before_the_record() {
     assert!(got.took_over[0].1.contains("fenced-clean"));
 }
 
+/// KB5 for `leaving`: a host that left cleanly vouches only for the QEMUs
+/// that started before its leaving record, not for one started after it
+/// (a record read before the host rejoined and started a VM).
+#[test]
+fn rule1_leaving_frees_only_qemus_started_before_the_record() {
+    let w = World::new("leaving-old");
+    let disk = Resource::disk("/images/a", false);
+    w.engine(1, Some(w.view(1, &[0], 0)))
+        .acquire(&disk, &holder(1, 10, "web"), None)
+        .unwrap();
+    // The holder started at tick 100 (1.0 s); the record is from 0.99 s.
+    let mut old = record(1, "boot-1", 3, HostState::Leaving);
+    old.mono_ms = 990;
+    w.ls.write_host(&old).unwrap();
+    let b = w.engine(2, Some(w.view(2, &[0], 0)));
+    let err = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap_err();
+    assert!(
+        err.is_busy(),
+        "a leaving record older than the QEMU freed it: {err}"
+    );
+    old.mono_ms = 1_010;
+    w.ls.write_host(&old).unwrap();
+    let got = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap();
+    assert!(got.took_over[0].1.contains("left the lockspace"), "{got:?}");
+}
+
 #[test]
 fn rule3_local_process_gone() {
     let w = World::new("local");
@@ -365,6 +391,36 @@ fn rule3_local_process_gone() {
         .acquire(&disk, &holder(2, 20, "web"), None)
         .unwrap_err()
         .is_busy());
+}
+
+/// Rule 3 is for this host's own QEMUs: a holder with this host's id but
+/// another boot (a previous boot, or another machine that uses the same
+/// id) is not judged by the local process table, where its pid means
+/// nothing. Here rule 2 cannot free it either: the slot shows a claim.
+#[test]
+fn rule3_needs_this_boot_not_only_this_host_id() {
+    let w = World::new("other-boot");
+    let disk = Resource::disk("/images/a", false);
+    let mut prev = holder(2, 20, "web");
+    prev.boot_id = "boot-prev".into();
+    w.engine(1, Some(w.view(1, &[0], 0)))
+        .acquire(&disk, &prev, None)
+        .unwrap();
+    w.ls.write_host(&record(
+        2,
+        "boot-2",
+        crate::collision::CLAIM_COUNTER,
+        HostState::Live,
+    ))
+    .unwrap();
+    // pid 20 is not alive here: rule 3 would free it.
+    let b = w.engine(2, Some(w.view(2, &[0], 0)));
+    let e = b.acquire(&disk, &holder(2, 21, "web"), None).unwrap_err();
+    assert!(
+        e.is_busy(),
+        "a holder of another boot was judged by local pids: {e}"
+    );
+    assert!(e.to_string().contains("still claiming host id 2"), "{e}");
 }
 
 #[test]

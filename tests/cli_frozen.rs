@@ -1,7 +1,8 @@
 //! The operator's commands answer during a storage incident, on a real
 //! Ceph cluster (tests/ceph/cluster.sh) with Ceph's default MDS settings:
-//! `vmlease status`, `hosts`, `leases` and `can-evacuate` print an answer
-//! and exit within their documented deadline (docs/cli.md, "Deadlines")
+//! `vmlease status`, `hosts`, `leases`, `can-evacuate` and
+//! `storage-fence` print an answer and exit within their documented
+//! deadline (docs/cli.md, "Deadlines")
 //!
 //! - on host B whose own ceph-fuse is healthy while host A's is frozen
 //!   (SIGSTOP) after writing the host table and a lease record: B's reads
@@ -75,13 +76,19 @@ fn run(conf: &Path, args: &[&str], limit: Duration) -> Ran {
     }
 }
 
+/// The fence's `--timeout` in these runs (s).
+const FENCE_TIMEOUT_S: u64 = 2;
+
 /// The documented deadline of a command (docs/cli.md, "Deadlines").
 fn deadline(h: &Host, command: &str) -> Duration {
     let io = h.cfg.io_timeout;
+    let t = FENCE_TIMEOUT_S * 1000;
     Duration::from_millis(
         1000 + match command {
             "status" => io + 1000,
             "hosts" => 2 * io,
+            // The wait for the blocklist and two ceph commands.
+            "storage-fence" => 4 * io + t + 2 * t,
             _ => 7 * io,
         },
     )
@@ -89,14 +96,18 @@ fn deadline(h: &Host, command: &str) -> Duration {
 
 /// Each command on `h` returns within its deadline with the expected
 /// exit code; the times, for the record.
-fn commands_answer(h: &Host, who: &str) -> Vec<String> {
+/// `peer`: the host `storage-fence` is asked to fence (last: it never
+/// gets as far as a blocklist here, the host table read hangs first).
+fn commands_answer(h: &Host, who: &str, peer: &str) -> Vec<String> {
     let mut failures = Vec::new();
+    let timeout = FENCE_TIMEOUT_S.to_string();
     for (args, want) in [
         (&["status"][..], 1),
         (&["hosts"][..], 3),
         (&["leases"][..], 3),
         (&["can-evacuate", "1"][..], 3),
         (&["--json", "can-evacuate", "1"][..], 3),
+        (&["storage-fence", peer, "--timeout", &timeout][..], 3),
     ] {
         let command = args.iter().find(|a| !a.starts_with("--")).unwrap();
         let limit = deadline(h, command);
@@ -175,8 +186,8 @@ fn commands_answer_while_a_ceph_client_is_frozen() {
     la.write_lease(&LeaseRecord::free(&key, "x"), 1).unwrap();
 
     ma.hang();
-    let mut failures = commands_answer(&b, "B (healthy client; A frozen)");
-    failures.extend(commands_answer(&a, "A (its own client frozen)"));
+    let mut failures = commands_answer(&b, "B (healthy client; A frozen)", "1");
+    failures.extend(commands_answer(&a, "A (its own client frozen)", "2"));
     ma.resume();
     // The workers left behind finish once A answers.
     drop(ma);

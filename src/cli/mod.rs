@@ -80,7 +80,13 @@ pub fn main(argv: Vec<String>) -> i32 {
     crate::logging::init(false, log::LevelFilter::Info);
     if worker::applies(command.command) && !worker::WORKER.is_this_process() {
         if let Ok(cfg) = config::load(&opts.config) {
-            return worker::supervise(&opts, command, &cfg, argv.get(1..).unwrap_or_default());
+            return worker::supervise(
+                &opts,
+                command,
+                &cfg,
+                &args,
+                argv.get(1..).unwrap_or_default(),
+            );
         }
     }
     let code = run(&opts, command.command, &args);

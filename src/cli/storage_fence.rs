@@ -19,6 +19,15 @@ use crate::takeover::host::Silence;
 /// the fenced host's host_dead_timeout; `clear-fence` removes them).
 pub const DEFAULT_EXPIRE_S: u64 = 7 * 86_400;
 
+/// How long the fence waits for the blocklist to be committed and
+/// delivered, by default (`--timeout`).
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+
+/// The deadline of each ceph command of a fence with `--timeout` `t` ms.
+pub fn ceph_timeout_ms(t: u64) -> u64 {
+    t.min(10_000)
+}
+
 /// The least silence that allows a fence, by default: three renewals and
 /// a margin (a host one renewal late is slow, not gone).
 pub fn default_min_silence_ms(ctx: &Ctx) -> u64 {
@@ -52,7 +61,7 @@ pub fn run(opts: &Opts, args: &Args) -> i32 {
         Ok(v) => v,
         Err(c) => return c,
     };
-    let timeout_ms = match num("--timeout", 30_000) {
+    let timeout_ms = match num("--timeout", DEFAULT_TIMEOUT_MS) {
         Ok(v) => v,
         Err(c) => return c,
     };
@@ -87,7 +96,7 @@ pub fn run(opts: &Opts, args: &Args) -> i32 {
         wall: crate::clock::Clock::wall_secs(&crate::clock::SystemClock),
     };
     let ceph = CephCli {
-        timeout: Duration::from_millis(timeout_ms.min(10_000)),
+        timeout: Duration::from_millis(ceph_timeout_ms(timeout_ms)),
     };
     match fence_host(&ctx.ls, &ceph, host, &o) {
         Ok(f) => {

@@ -321,8 +321,10 @@ osd crush chooseleaf type = 0
 mon allow pool size one = true
 mon allow pool delete = true
 mon warn on pool no redundancy = false
-mon data avail warn = 2
-mon data avail crit = 1
+# A test mon store is tiny: a nearly full shared disk (under 1% free,
+# which rounds to 0%) must not stop the mon (-1: never).
+mon data avail warn = 1
+mon data avail crit = -1
 osd objectstore = $store
 memstore device bytes = 2147483648
 bluestore block path = $dir/osd.0.bluestore

@@ -160,6 +160,26 @@ fn splitbrain_ci() {
     let mut w = world();
     let replay = std::env::var_os("VMLEASE_SPLITBRAIN_SEED").is_some();
     let off = std::env::var("VMLEASE_SPLITBRAIN_FENCING").as_deref() == Ok("off");
+    // VMLEASE_SPLITBRAIN_ONLY=noop: only the no-op blocklist self-test;
+    // =rados: only the fenced schedule with RADOS disks (both replayable
+    // with VMLEASE_SPLITBRAIN_SEED).
+    let only = std::env::var("VMLEASE_SPLITBRAIN_ONLY").unwrap_or_default();
+    assert!(
+        ["", "noop", "rados"].contains(&only.as_str()),
+        "VMLEASE_SPLITBRAIN_ONLY={only}: noop or rados"
+    );
+    if !only.is_empty() {
+        let noop = only == "noop";
+        w.blocklist_noop = noop;
+        w.rados_disks = true;
+        let st = run(&mut w, 1, 15, false);
+        if noop {
+            assert_noop_caught(&st);
+        } else {
+            assert_rados_fenced(&st);
+        }
+        return;
+    }
     if !replay || off {
         // Two live writers do not always overlap on the disk: CephFS can
         // keep the second writer's open/append waiting until the first is
@@ -190,37 +210,31 @@ fn splitbrain_ci() {
         );
     }
     if !replay {
-        // The blocklist fault's self-test (splitbrain/peer_fence.rs has
-        // why a violation cannot show here while the MDS evicts).
+        // The blocklist fault's self-test: the stand-ins also write RADOS
+        // disks (librados, no MDS session, as QEMU's librbd), which only
+        // the blocklist can stop (splitbrain/peer_fence.rs).
         w.blocklist_noop = true;
+        w.rados_disks = true;
         let st = run(&mut w, 1, 15, false);
         w.blocklist_noop = false;
-        assert!(
-            st.peer_fences > 0,
-            "the no-op blocklist schedule fenced no host ({})",
-            st.line()
-        );
-        assert!(
-            !st.violations.is_empty() || st.mds_blocklisted == st.peer_fences,
-            "with a no-op blocklist the checker found no violation, and the MDS had not \
-             blocklisted the fenced host's CephFS client at {} of {} fences: the checker \
-             missed two writers, or the fault proves nothing ({})",
-            st.peer_fences - st.mds_blocklisted,
-            st.peer_fences,
-            st.line()
-        );
-        eprintln!(
-            "no-op blocklist: {} violation(s); {} of {} fenced hosts' CephFS clients blocklisted \
-             by the MDS's own eviction before the verdict",
-            st.violations.len(),
-            st.mds_blocklisted,
-            st.peer_fences
-        );
+        w.rados_disks = false;
+        assert_noop_caught(&st);
     }
     if !replay || !off {
         let n = env_u64("VMLEASE_SPLITBRAIN_SCHEDULES", 20);
         let secs = env_u64("VMLEASE_SPLITBRAIN_SECS", 15);
-        let st = run(&mut w, n, secs, false);
+        // The first one with RADOS disks and the real blocklist: the
+        // fenced host's RADOS writes must all be refused.
+        let mut st = Stats::default();
+        if !replay && n > 0 {
+            w.rados_disks = true;
+            let first = run(&mut w, 1, secs, false);
+            w.rados_disks = false;
+            assert_rados_fenced(&first);
+            st.add(&first);
+        }
+        let rest = if replay { 1 } else { n.saturating_sub(1) };
+        st.add(&run(&mut w, rest, secs, false));
         assert!(
             st.violations.is_empty(),
             "split brain with fencing on ({} violations; the first ones):\n{}",
@@ -238,6 +252,54 @@ fn splitbrain_ci() {
         );
     }
     eprintln!("splitbrain_ci took {:.0} s", t.elapsed().as_secs_f64());
+}
+
+/// The no-op blocklist schedule: the cut host's RADOS writes landed
+/// after the verdict, and the checker saw two writers.
+fn assert_noop_caught(st: &Stats) {
+    assert!(
+        st.peer_fences > 0,
+        "the no-op blocklist schedule fenced no host ({})",
+        st.line()
+    );
+    assert!(
+        st.rados_violations > 0,
+        "with a no-op blocklist the checker found no two writers on the RADOS disks: the \
+         self-test proves nothing ({})",
+        st.line()
+    );
+    eprintln!(
+        "no-op blocklist: {} violation(s) ({} on RADOS disks; {} RADOS records from the fenced \
+         host after its verdict); {} of {} fenced hosts' CephFS clients blocklisted by the MDS's \
+         own eviction before the verdict",
+        st.violations.len(),
+        st.rados_violations,
+        st.rados_after_verdict,
+        st.mds_blocklisted,
+        st.peer_fences
+    );
+}
+
+/// The real blocklist with RADOS disks: a host was fenced, no RADOS
+/// record of its instances was issued after the verdict, no violation.
+fn assert_rados_fenced(st: &Stats) {
+    assert!(
+        st.peer_fences > 0 && st.rados_records > 0,
+        "the RADOS schedule storage-fenced no host or wrote no RADOS record ({})",
+        st.line()
+    );
+    assert!(
+        st.rados_after_verdict == 0 && st.violations.is_empty(),
+        "with the real blocklist a storage-fenced host wrote its RADOS disk after the verdict \
+         ({} records) or there were two writers ({:?})",
+        st.rados_after_verdict,
+        st.violations
+    );
+    eprintln!(
+        "real blocklist, RADOS disks: {} peer fence(s), {} RADOS records, none from a fenced \
+         host after its verdict, 0 violations",
+        st.peer_fences, st.rados_records
+    );
 }
 
 #[test]

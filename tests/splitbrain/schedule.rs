@@ -99,6 +99,13 @@ pub struct Stats {
     /// (its own eviction of a client that holds capabilities others need).
     pub peer_fences: u32,
     pub mds_blocklisted: u32,
+    /// RADOS disks (schedules with `rados_disks`): records checked, the
+    /// violations found on them (also in `violations`), and the records
+    /// a storage-fenced host's instances issued after the verdict (each
+    /// a write the blocklist should have refused).
+    pub rados_records: usize,
+    pub rados_violations: usize,
+    pub rados_after_verdict: usize,
     pub resets: u32,
     pub reboots: u32,
     pub killed: BTreeMap<&'static str, u32>,
@@ -137,6 +144,9 @@ impl Stats {
         self.dup_both += o.dup_both;
         self.peer_fences += o.peer_fences;
         self.mds_blocklisted += o.mds_blocklisted;
+        self.rados_records += o.rados_records;
+        self.rados_violations += o.rados_violations;
+        self.rados_after_verdict += o.rados_after_verdict;
         self.resets += o.resets;
         self.reboots += o.reboots;
         self.records += o.records;
@@ -160,7 +170,8 @@ impl Stats {
             "faults {:?}; VMs started {} (refused {}, moved to another host {}), killed {:?}, \
              can-evacuate yes {}, management cuts noticed {}, concurrent starts both ok {}, host resets {}, reboots {}, \
              peer storage fences {} (client already blocklisted by the MDS {}), \
-             fences {}, needless fences {} {:?}, records {} (all-zero {}), violations {}",
+             fences {}, needless fences {} {:?}, records {} (all-zero {}), RADOS disk records {} \
+             (violations {}, from a storage-fenced host after its verdict {}), violations {}",
             self.faults,
             self.started,
             self.refused,
@@ -178,9 +189,86 @@ impl Stats {
             self.needless,
             self.records,
             self.holes,
+            self.rados_records,
+            self.rados_violations,
+            self.rados_after_verdict,
             self.violations.len()
         )
     }
+}
+
+/// The stand-in's option for VM `v`'s RADOS disk, written from host
+/// `h`'s network namespace as its own Ceph client.
+fn rados_arg(sh: &Shared, h: usize, v: usize) -> String {
+    format!(
+        "rados={}:{}:sbh{}:{}:{}",
+        sh.netns[h],
+        sh.ceph_conf.display(),
+        h + 1,
+        crate::world::RADOS_POOL,
+        sh.rados_object(v)
+    )
+}
+
+/// With RADOS disks, when host `h` is cut off for a peer's storage fence:
+/// for each of its VMs running, a writer of that instance's RADOS disk
+/// that neither its daemon nor its reset stops, from `h`'s namespace:
+/// the host going on writing whatever it does, which rule 5 says the
+/// blocklist makes harmless (every write after the verdict refused). It
+/// is stopped before the links come back when no verdict was written (then
+/// only rule 4 frees the VM, which needs the host to stop its writers), and
+/// before the operator removes the blocklist entry. With the no-op
+/// blocklist its writes land after the VM was started elsewhere.
+fn writers_beyond_fence(sh: &Shared, h: usize) -> Vec<(usize, i32)> {
+    if !sh.rados.load(Ordering::SeqCst) {
+        return Vec::new();
+    }
+    let insts = sh.instances.lock().unwrap();
+    let mut out = Vec::new();
+    for i in insts
+        .iter()
+        .filter(|i| i.host == h && i.exited_ms.is_none())
+    {
+        let pid = Command::new(&sh.writer)
+            .args([
+                "/nonexistent".to_string(),
+                (h + 1).to_string(),
+                i.vm.to_string(),
+                i.inc.to_string(),
+                WRITE_INTERVAL_MS.to_string(),
+                "now".into(),
+                rados_arg(sh, h, i.vm),
+                "rados-only".into(),
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn a RADOS writer beyond the fence")
+            .id() as i32;
+        eprintln!(
+            "  [{}] vm{} (incarnation {}) on host {}: a RADOS writer that only the blocklist stops (pid {pid})",
+            boottime_ms(),
+            i.vm,
+            i.inc,
+            h + 1
+        );
+        out.push((h, pid));
+    }
+    out
+}
+
+/// Stops (SIGKILL, reaped) the writers beyond the fence of host `h`.
+fn stop_writers(w: &mut Vec<(usize, i32)>, h: usize) {
+    w.retain(|&(host, pid)| {
+        if host != h {
+            return true;
+        }
+        // SAFETY: our own child, not reaped yet; reaped right after.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        false
+    });
 }
 
 /// libvirt's start of VM `v` on host `h` through the plugin ABI; Ok when
@@ -199,6 +287,9 @@ fn start(sh: &Shared, v: usize, h: usize, stats: &Mutex<Stats>) -> bool {
         inc.to_string(),
         WRITE_INTERVAL_MS.to_string(),
     ];
+    if sh.rados.load(Ordering::SeqCst) && !disabled {
+        args.push(rados_arg(sh, h, v));
+    }
     if inc % 2 == 1 {
         // Every other instance writes on after its main thread (the
         // registered pid) has exited: a zombie leader is not a dead QEMU.
@@ -580,9 +671,15 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
     let mut fence_seen = [false; HOSTS];
     let mut resets_seen = [0usize; HOSTS];
     let mut fence_log: Vec<FenceEvent> = Vec::new();
+    // With RADOS disks, no storage-link cut without a blocklist: a writer
+    // killed while its link is down leaves its last append in the kernel's
+    // socket buffer, and TCP delivers it when the link comes back, after a
+    // takeover by rule 4 (D) if the cut lasted that long; nothing in RADOS
+    // refuses it (on CephFS the MDS's eviction does). The schedules without
+    // RADOS disks keep the fault.
     let kinds = [
         (Kind::CephHang, 3),
-        (Kind::LinkDown, 3),
+        (Kind::LinkDown, if w.rados_disks { 0 } else { 3 }),
         (Kind::MgmtDown, 3),
         (Kind::DaemonKill, 2),
         (Kind::DaemonStop, 2),
@@ -593,7 +690,12 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
     // Hosts storage-fenced by a peer: the blocklist and the verdict go
     // once the host is down (reset) or the schedule is over.
     let mut to_clear = [false; HOSTS];
-    let mut first_fence = w.blocklist_noop;
+    let mut first_fence = w.blocklist_noop || w.rados_disks;
+    sh.rados.store(w.rados_disks && !disabled, Ordering::SeqCst);
+    // Verdicts written: (host, when).
+    let mut verdicts: Vec<(usize, u64)> = Vec::new();
+    // RADOS writers that only a blocklist stops: (host, pid).
+    let mut beyond: Vec<(usize, i32)> = Vec::new();
     let total: u64 = kinds.iter().map(|k| k.1).sum();
     loop {
         let now = boottime_ms();
@@ -631,6 +733,7 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
                         }
                     );
                     to_clear[h] = true;
+                    verdicts.push((h, t));
                     active[i].fenced_at = Some(t);
                     active[i].heal_at = t + rng.range(300, 2000);
                 }
@@ -645,6 +748,9 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
         while i < active.len() {
             if active[i].heal_at <= now {
                 let a = active.remove(i);
+                if a.kind == Kind::PeerFence && a.fenced_at.is_none() {
+                    stop_writers(&mut beyond, a.host);
+                }
                 heal(w, &a);
                 fault_log[a.log].healed = Some(boottime_ms());
             } else {
@@ -666,14 +772,18 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
             if first_fence {
                 // The no-op blocklist self-test: a fenced host with a VM.
                 kind = Kind::PeerFence;
-                if let Some(i) = sh
-                    .instances
-                    .lock()
-                    .unwrap()
+                // Preferably a host whose management policy is `report`
+                // (host 1 fences at the management timeout, before any
+                // verdict, so its VMs are dead by then).
+                let insts = sh.instances.lock().unwrap();
+                let live: Vec<usize> = insts
                     .iter()
-                    .find(|i| i.exited_ms.is_none())
-                {
-                    h = i.host;
+                    .filter(|i| i.exited_ms.is_none())
+                    .map(|i| i.host)
+                    .collect();
+                drop(insts);
+                if let Some(&x) = live.iter().find(|&&x| x != 0).or(live.first()) {
+                    h = x;
                     first_fence = false;
                 }
             }
@@ -710,6 +820,9 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
                         fence_events.push((h, now, true));
                     } else if kind == Kind::MgmtDown && h == 0 {
                         fence_events.push((h, now, false));
+                    }
+                    if kind == Kind::PeerFence {
+                        beyond.extend(writers_beyond_fence(&sh, h));
                     }
                     if a.heal_at > 0 {
                         active.push(a);
@@ -778,6 +891,7 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
                 // The monitor may have set it after `now` was read.
                 if !faulty && now.saturating_sub(t) > 1000 {
                     if std::mem::take(&mut to_clear[h]) {
+                        stop_writers(&mut beyond, h);
                         peer_fence::clear(w, h);
                     }
                     w.reboot(h);
@@ -802,13 +916,11 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
     let stragglers = ctl.stop();
     *sh.unreachable.lock().unwrap() = [false; HOSTS];
     for a in active.drain(..) {
+        if a.kind == Kind::PeerFence && a.fenced_at.is_none() {
+            stop_writers(&mut beyond, a.host);
+        }
         heal(w, &a);
         fault_log[a.log].healed = Some(boottime_ms());
-    }
-    for h in 0..HOSTS {
-        if to_clear[h] {
-            peer_fence::clear(w, h);
-        }
     }
     for mut c in stragglers {
         let pid = c.id();
@@ -822,6 +934,14 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
         }
     }
     sh.kill_all("end");
+    // The blocklist entries go once nothing of the fenced hosts writes any
+    // more (a RADOS writer beyond the fence would write again).
+    for h in 0..HOSTS {
+        stop_writers(&mut beyond, h);
+        if to_clear[h] {
+            peer_fence::clear(w, h);
+        }
+    }
     w.stop_daemons();
     let mut st = std::mem::take(&mut *stats.lock().unwrap());
     st.resets = sh
@@ -917,6 +1037,10 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
             st.violations.push(msg);
         }
     }
+    if w.rados_disks && !disabled {
+        check_rados(w, seed, &insts, &verdicts, &mut st);
+    }
+    sh.rados.store(false, Ordering::SeqCst);
     if st.violations.is_empty() && !disabled {
         let _ = fs::remove_dir_all(w.check_mount.path.join(&disks));
     } else {
@@ -927,6 +1051,58 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
     }
     eprintln!("--- schedule {n} seed={seed}: {}", st.line());
     st
+}
+
+/// The RADOS disks: two live writers (the checker's rules, on the
+/// object's append order), and the records that an instance running on a
+/// storage-fenced host issued after the verdict (a write the blocklist
+/// did not refuse: with the real one there is none).
+fn check_rados(
+    w: &World,
+    seed: u64,
+    insts: &[Instance],
+    verdicts: &[(usize, u64)],
+    st: &mut Stats,
+) {
+    for v in 0..VMS {
+        let obj = w.sh.rados_object(v);
+        let data = w.rados_get(&obj);
+        let (n, viol) = checker::check(&data);
+        st.rados_records += n;
+        st.rados_violations += viol.len();
+        let (recs, _, _) = checker::records(&data);
+        for &(h, t) in verdicts {
+            // The instances started on h before its verdict (their
+            // writers beyond the fence too).
+            let fenced = |r: &checker::Record| {
+                r.host as usize == h + 1
+                    && insts
+                        .iter()
+                        .any(|i| i.inc == r.inc && i.host == h && i.started_ms < t)
+            };
+            let late: Vec<&checker::Record> =
+                recs.iter().filter(|r| fenced(r) && r.t_ms > t).collect();
+            if let Some(r) = late.first() {
+                eprintln!(
+                    "  RADOS vm{v}: {} record(s) from host {} issued after its verdict at {t}, \
+                     the first: [{r}]",
+                    late.len(),
+                    h + 1
+                );
+            }
+            st.rados_after_verdict += late.len();
+        }
+        eprintln!("  vm{v} RADOS disk {obj}: {}", checker::summary(&data));
+        for (k, x) in viol.iter().enumerate() {
+            let msg = format!("seed {seed} RADOS disk {obj}: {x}");
+            if k < 5 {
+                eprintln!("  VIOLATION {msg}");
+            } else if k == 5 {
+                eprintln!("  ... {} more violations on this disk", viol.len() - 5);
+            }
+            st.violations.push(msg);
+        }
+    }
 }
 
 fn inject(

@@ -96,7 +96,18 @@ pub struct Shared {
     pub unreachable: Mutex<[bool; HOSTS]>,
     /// The hosts' watchdog timeout W (ms): the stand-in fires after it.
     pub watchdog_ms: u64,
+    /// Stand-ins also write a RADOS disk (see [`RADOS_POOL`]).
+    pub rados: AtomicBool,
+    /// The hosts' network namespaces and the cluster's ceph.conf: a
+    /// stand-in's librados client runs in its host's namespace.
+    pub netns: Vec<String>,
+    pub ceph_conf: PathBuf,
 }
+
+/// The pool of the stand-ins' RADOS disks (objects named
+/// [`Shared::rados_object`], beside CephFS's data objects, whose names
+/// are inode numbers).
+pub const RADOS_POOL: &str = "cephfs_data";
 
 fn kill(pid: i32, sig: i32) {
     // SAFETY: kill(2) of a process this test started and has not reaped
@@ -113,6 +124,14 @@ pub fn reaped(pid: i32) -> bool {
 }
 
 impl Shared {
+    /// VM `vm`'s RADOS disk in the current schedule: the object every
+    /// instance of the VM appends its records to through librados, as
+    /// QEMU writes an RBD image (no MDS session: a blocklist of the
+    /// host's address is the only thing that stops a cut-off host's).
+    pub fn rados_object(&self, vm: usize) -> String {
+        format!("sbdisk.{}.vm{vm}", self.disks.lock().unwrap())
+    }
+
     pub fn disk_path(&self, host: usize, vm: usize) -> PathBuf {
         self.mountpoints[host]
             .join(&*self.disks.lock().unwrap())
@@ -269,6 +288,11 @@ pub struct World {
     pub suspect: [bool; HOSTS],
     /// The peer-fence fault's blocklist is a no-op (the self-test).
     pub blocklist_noop: bool,
+    /// The schedule's stand-ins also write RADOS disks, and its first
+    /// fault is a peer storage fence (the blocklist's test).
+    pub rados_disks: bool,
+    /// The switch's network namespace (the cluster's, never faulted).
+    pub switch: String,
     pub ceph: CephCluster,
     _scratch: daemons::Scratch,
     _ns: Namespaces,
@@ -449,6 +473,9 @@ impl World {
             fencing_disabled: AtomicBool::new(false),
             unreachable: Mutex::new([false; HOSTS]),
             watchdog_ms: timing[3],
+            rados: AtomicBool::new(false),
+            netns: netns.clone(),
+            ceph_conf: ceph.conf(),
         });
         let monitors = (0..HOSTS)
             .map(|h| {
@@ -469,6 +496,8 @@ impl World {
             liveness_file,
             suspect: [false; HOSTS],
             blocklist_noop: false,
+            rados_disks: false,
+            switch: sw,
             ceph,
             _scratch: scratch,
             _ns: ns_guard,
@@ -542,6 +571,30 @@ impl World {
             }
             self.hosts[h].daemon = None;
         }
+    }
+
+    /// The content of RADOS object `obj` of [`RADOS_POOL`], read from the
+    /// switch (a client that was never faulted); empty when it does not
+    /// exist (no instance ever wrote it).
+    pub fn rados_get(&self, obj: &str) -> Vec<u8> {
+        let o = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.switch))
+            .args(["timeout", "60", "rados", "-c"])
+            .arg(self.ceph.conf())
+            .args(["-p", RADOS_POOL, "get", obj, "-"])
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .output()
+            .expect("run rados get");
+        let err = String::from_utf8_lossy(&o.stderr);
+        if !o.status.success() {
+            assert!(
+                err.contains("No such file"),
+                "rados get {obj}: {} {err}",
+                o.status
+            );
+            return Vec::new();
+        }
+        o.stdout
     }
 
     pub fn status(&self, h: usize) -> Option<Status> {

@@ -44,7 +44,13 @@ impl Histogram {
 }
 
 /// The fence causes, in the order of [`Counters::fences`].
-pub const FENCE_REASONS: [&str; 4] = ["storage", "management", "service", "host-id-collision"];
+pub const FENCE_REASONS: [&str; 5] = [
+    "storage",
+    "management",
+    "service",
+    "host-id-collision",
+    "storage-fenced",
+];
 
 /// What the daemon's loop counts (plain integers: counting costs the
 /// fence path nothing).
@@ -56,7 +62,7 @@ pub struct Counters {
     pub watchdog_pets: u64,
     pub watchdog_pet_failures: u64,
     /// Fences begun, by cause ([`FENCE_REASONS`]).
-    pub fences: [u64; 4],
+    pub fences: [u64; 5],
     /// QEMU processes killed by a fence.
     pub fence_kills: u64,
     /// Dead QEMU processes whose leases were released.

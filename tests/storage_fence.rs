@@ -8,7 +8,9 @@
 //!   storage-fence` (run in that host's namespace) has blocklisted it:
 //!   well before host_dead_timeout;
 //! - once its links are back, none of its writes lands (blocklisted), its
-//!   daemon fences, and it stays fenced;
+//!   daemon fences as soon as Ceph refuses a renewal (EBLOCKLISTED), long
+//!   before renew_fail_timeout, says so in `vmlease status` with the
+//!   fencing host, and stays fenced;
 //! - a host that renews is refused (never blocklisted).
 
 // The rig's modules are shared with tests/splitbrain.rs, which uses more
@@ -33,16 +35,21 @@ use rig::{ceph_dom, disk, set_links, start, storage_fence};
 use support::daemons;
 use vmlease::clock::boottime_ms;
 use vmlease::hosts::HostState;
-use world::{World, F, R};
+use world::{World, K, R, W};
 
-/// host_dead_timeout here: twice the rig's, so that a takeover before it
-/// cannot come from rule 4 (which frees after D from the last renewal).
-const D: u64 = 2 * world::D;
+/// renew_fail_timeout here: long (the rig's is 6 s), so that a fence of
+/// the blocklisted host soon after its links are back cannot be the one
+/// at F after its last renewal.
+const F: u64 = 20_000;
+/// host_dead_timeout here: above max(F + K, F + W) + 2R (23 s), so that a
+/// takeover before it cannot come from rule 4 (which frees after D from
+/// the last renewal).
+const D: u64 = 25_000;
 
 #[test]
 fn a_cut_off_host_is_storage_fenced_and_its_vm_runs_elsewhere_before_d() {
     let _g = daemons::serial();
-    let mut w = World::up_with_dead(support::util::c_helper("sb_writer"), D);
+    let mut w = World::up_with_timing(support::util::c_helper("sb_writer"), [R, F, K, W, D]);
     rig::setup(&mut w, "disks-stfence", 30_000);
     // Host 1's management policy is "fence" (it would fence at once on
     // the cut): the cut-off host is host 2, which reports.
@@ -154,21 +161,54 @@ fn a_cut_off_host_is_storage_fenced_and_its_vm_runs_elsewhere_before_d() {
             .then_some(())
             .ok_or(format!("{n} records from host 1"))
     });
-    // Host 2: its daemon fences (renewals fail since the cut) and its VM
-    // dies - killed, or, when the kill cannot finish within K (its writer
-    // hangs in a write on the cut mount), by the (stand-in) reset.
-    daemons::wait_until("host 2 fenced and its VM dead", 3 * F, || {
-        let st = w.status(a).map(|s| s.state);
-        let dead =
-            w.sh.instances
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|i| i.pid == pa && i.exited_ms.is_some());
-        (matches!(st, Some(HostState::FencedClean | HostState::Fencing)) && dead)
-            .then_some(())
-            .ok_or(format!("host 2 state {st:?}, its writer exited: {dead}"))
-    });
+    // Host 2: its daemon fences as soon as a renewal is refused with
+    // EBLOCKLISTED (not only at F after its last renewal, about the cut)
+    // and its VM dies - killed, or, when the kill cannot finish within K
+    // (its writer hangs in a write on the cut mount), by the (stand-in)
+    // reset.
+    let budget = t_back + F / 2;
+    let mut t_self = None;
+    daemons::wait_until(
+        "host 2 fenced for the blocklist (storage-fenced) and its VM dead",
+        budget.saturating_sub(boottime_ms()),
+        || {
+            let st = w.status(a);
+            let fencing = st.as_ref().is_some_and(|s| {
+                matches!(s.state, HostState::FencedClean | HostState::Fencing)
+                    && s.reason.starts_with("storage-fenced")
+            });
+            if fencing && t_self.is_none() {
+                t_self = Some(boottime_ms());
+            }
+            let dead =
+                w.sh.instances
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|i| i.pid == pa && i.exited_ms.is_some());
+            (fencing && dead).then_some(()).ok_or(format!(
+                "{} ms after its links came back (F {F} ms): host 2 state {:?}, reason {:?}, its \
+                 writer exited: {dead}",
+                boottime_ms() - t_back,
+                st.as_ref().map(|s| s.state),
+                st.as_ref().map(|s| s.reason.clone())
+            ))
+        },
+    );
+    let t_self = t_self.unwrap_or_else(boottime_ms);
+    eprintln!(
+        "host 2 fenced itself (storage-fenced) {} ms after its links came back, {} ms after the \
+         verdict, {} ms after the cut (F {F} ms)",
+        t_self - t_back,
+        t_self - t_fenced,
+        t_self - t_fault
+    );
+    // `vmlease status` on host 2 names the fence and the fencing host.
+    let (_, status) = rig::vmlease(&w, a, &["status"]);
+    assert!(
+        status.contains("storage-fenced by host 1"),
+        "vmlease status on host 2 does not say who storage-fenced it:\n{status}"
+    );
     let resets = w.sh.hosts[a].lock().unwrap().resets.clone();
     // Its address stays blocklisted: a new Ceph client from host 2's
     // namespace is refused by the OSD (host 1's, the control, is not).

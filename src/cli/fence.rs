@@ -47,7 +47,7 @@ pub fn clear(opts: &Opts) -> i32 {
     };
     // Storage-fenced by another host: the blocklist and the verdict go
     // first (the daemon's renewals cannot succeed before).
-    if cause == crate::daemon::fence::Cause::Storage {
+    if matches!(cause, Cause::Storage | Cause::StorageFenced) {
         match super::storage_fence::clear(&cfg) {
             super::storage_fence::Cleared::NotStorageFenced => {}
             super::storage_fence::Cleared::Done(msg) if opts.json => eprintln!("{msg}"),

@@ -170,7 +170,10 @@ fn show(opts: &Opts, no_lockspace: Option<String>) -> i32 {
     };
     // A fenced host: was it storage-fenced (blocklisted) by another host?
     let storage_fenced: Option<String> = match (&fenced, daemon_uuid(&st)) {
-        (Some(crate::daemon::fence::Cause::Storage), uuid) => {
+        (
+            Some(crate::daemon::fence::Cause::Storage | crate::daemon::fence::Cause::StorageFenced),
+            uuid,
+        ) => {
             match super::storage_fence::own_verdict(&cfg, &uuid, shared.is_ok()) {
                 Ok(Some((v, from))) => {
                     Some(format!("{} (verdict read from the {from})", v.describe()))

@@ -20,6 +20,12 @@ pub enum Cause {
     Service,
     /// Another machine writes this host id's slot.
     HostIdCollision,
+    /// A Ceph request of this host failed with EBLOCKLISTED: its client
+    /// address is blocklisted (another host's `vmlease storage-fence`, or
+    /// the MDS's eviction of its CephFS client), so it cannot renew until
+    /// an operator removes the entry and remounts. Fences at once rather
+    /// than at renew_fail_timeout.
+    StorageFenced,
 }
 
 impl Cause {
@@ -29,6 +35,7 @@ impl Cause {
             Cause::Management => "management",
             Cause::Service => "service",
             Cause::HostIdCollision => "host-id-collision",
+            Cause::StorageFenced => "storage-fenced",
         }
     }
 
@@ -38,6 +45,9 @@ impl Cause {
             Cause::Management => "management network lost",
             Cause::Service => "service network lost",
             Cause::HostIdCollision => "another machine writes this host id's liveness record",
+            Cause::StorageFenced => {
+                "storage-fenced: Ceph refuses this host's requests (its client is blocklisted)"
+            }
         }
     }
 }
@@ -66,6 +76,7 @@ pub fn load_marker(state_dir: &std::path::Path) -> Option<Cause> {
         "management" => Cause::Management,
         "service" => Cause::Service,
         "host-id-collision" => Cause::HostIdCollision,
+        "storage-fenced" => Cause::StorageFenced,
         // "storage" and anything unreadable: the strictest cause.
         _ => Cause::Storage,
     })
@@ -132,6 +143,9 @@ pub struct Inputs {
     pub mgmt_down: bool,
     pub service_down: bool,
     pub collision: bool,
+    /// A renewal failed with EBLOCKLISTED since the last successful one
+    /// (this host's Ceph client is blocklisted).
+    pub blocklisted: bool,
     /// Leased (registered) QEMU processes still alive.
     pub alive_leased: usize,
     /// An operator asked to clear a fence.
@@ -228,6 +242,8 @@ impl Fence {
         if self.phase == Phase::Healthy {
             let cause = if i.collision {
                 Some(Cause::HostIdCollision)
+            } else if i.blocklisted {
+                Some(Cause::StorageFenced)
             } else if !storage_ok {
                 Some(Cause::Storage)
             } else if i.mgmt_lost && self.mgmt_policy == Policy::Fence {
@@ -285,9 +301,9 @@ impl Fence {
                 let still_lost = match cause {
                     Cause::Management => i.mgmt_lost || i.mgmt_down,
                     Cause::Service => i.service_lost || i.service_down,
-                    Cause::Storage | Cause::HostIdCollision => false,
+                    Cause::Storage | Cause::HostIdCollision | Cause::StorageFenced => false,
                 };
-                let healed = storage_ok && !i.collision && !still_lost;
+                let healed = storage_ok && !i.collision && !i.blocklisted && !still_lost;
                 if healed {
                     log = Some(format!(
                         "fence cleared by the operator ({} is over)",
@@ -316,7 +332,12 @@ impl Fence {
             }
             // Petting stops while leased processes may still write and
             // renewals are not healthy: a hung daemon then resets the host.
-            Phase::Fencing { .. } => (HostState::Fencing, true, false, storage_ok && !i.collision),
+            Phase::Fencing { .. } => (
+                HostState::Fencing,
+                true,
+                false,
+                storage_ok && !i.collision && !i.blocklisted,
+            ),
             Phase::Fenced { .. } => (HostState::FencedClean, false, false, true),
             Phase::Reset { .. } => (HostState::Fencing, true, true, false),
         };
@@ -362,6 +383,54 @@ mod tests {
         let a = f.step(&inputs(1700, 0, 0));
         assert_eq!(a.state, HostState::FencedClean);
         assert!(a.pet && !a.kill_all);
+    }
+
+    /// A renewal refused with EBLOCKLISTED fences at once, long before F
+    /// (the renewal 0.2 s old), kills, stops petting while a QEMU lives,
+    /// and is cleared only by a renewal that succeeds again.
+    #[test]
+    fn blocklisted_fences_at_once_and_stays() {
+        let mut f = Fence::new(timing(), Policy::Report, Policy::Report);
+        let mut i = inputs(200, 0, 1);
+        i.blocklisted = true;
+        let a = f.step(&i);
+        assert_eq!(a.state, HostState::Fencing);
+        assert!(a.kill_all && !a.pet && !a.reset);
+        assert!(a.log.unwrap().contains("blocklisted"));
+        assert_eq!(
+            f.phase,
+            Phase::Fencing {
+                cause: Cause::StorageFenced,
+                since: 200
+            }
+        );
+        i.now = 300;
+        i.alive_leased = 0;
+        let a = f.step(&i);
+        assert_eq!(a.state, HostState::FencedClean);
+        // Cleared only once the host can renew again.
+        i.now = 400;
+        i.clear_requested = true;
+        assert_eq!(f.step(&i).state, HostState::FencedClean);
+        let mut ok = inputs(500, 450, 0);
+        ok.clear_requested = true;
+        assert_eq!(f.step(&ok).state, HostState::Live);
+        // The marker keeps the cause across a daemon restart.
+        let d = std::env::temp_dir().join(format!(
+            "vmlease-test-fence-marker-{}-{}",
+            std::process::id(),
+            crate::process::random_u64()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        store_marker(
+            &d,
+            &Phase::Fenced {
+                cause: Cause::StorageFenced,
+                since: 1,
+            },
+        );
+        assert_eq!(load_marker(&d), Some(Cause::StorageFenced));
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

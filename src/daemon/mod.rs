@@ -200,6 +200,9 @@ pub struct Daemon {
     /// Another machine wrote our slot: we write it no more until a
     /// re-claim (`vmlease clear-fence`) succeeds.
     collision: bool,
+    /// A renewal failed with EBLOCKLISTED since the last one that wrote
+    /// (`renew::blocklisted`): Ceph refuses this host; it fences at once.
+    blocklisted: bool,
     /// Why the lockspace is not really shared (allow_local_lockspace).
     local_lockspace: Option<String>,
     collision_msg: String,
@@ -449,6 +452,7 @@ impl Daemon {
             nets,
             probe_out,
             collision: false,
+            blocklisted: false,
             local_lockspace: placement.local,
             collision_msg: String::new(),
             reclaim: None,
@@ -518,6 +522,7 @@ impl Daemon {
                 mgmt_down: self.nets.management.down(),
                 service_down: self.nets.service.down(),
                 collision: self.collision,
+                blocklisted: self.blocklisted,
                 alive_leased: alive,
                 clear_requested: clear,
             };
@@ -749,6 +754,7 @@ impl Daemon {
                                     self.last_renew_error.clear();
                                 }
                                 self.last_renewal_ms = r.issued_ms;
+                                self.blocklisted = false;
                                 self.expect =
                                     renew::after_write(&self.unconfirmed, written, MAX_EXPECT);
                                 if self.clear_after_renewal {
@@ -777,6 +783,13 @@ impl Daemon {
                                 }
                             }
                             let msg = e.to_string();
+                            if renew::blocklisted(&e) && !self.blocklisted {
+                                error!(
+                                    "renewal refused by Ceph: {msg}; this host's client is \
+                                     blocklisted (storage-fenced): fencing now"
+                                );
+                                self.blocklisted = true;
+                            }
                             if msg != self.last_renew_error {
                                 warn!("renewal failed: {msg}");
                                 self.last_renew_error = msg;

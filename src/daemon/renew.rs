@@ -72,6 +72,24 @@ pub fn renew_io(
     })
 }
 
+/// Whether a renewal failed because Ceph refuses this host: a request
+/// answered EBLOCKLISTED (ESHUTDOWN, 108: "Cannot send after transport
+/// endpoint shutdown"), from the RADOS worker (librados) or from the
+/// CephFS mount (ceph-fuse and the kernel client answer every call so
+/// once the client is blocklisted). Nothing else returns it: a dead
+/// ceph-fuse gives ENOTCONN, a cut link a deadline. It does not pass:
+/// only an operator's `vmlease clear-fence` (the entry removed, a new
+/// client) ends it.
+pub fn blocklisted(e: &crate::error::Error) -> bool {
+    match e {
+        crate::error::Error::Io { source, .. } => {
+            source.raw_os_error() == Some(libc::ESHUTDOWN)
+                || crate::rados::errno_of(source) == Some(libc::ESHUTDOWN)
+        }
+        _ => false,
+    }
+}
+
 /// The own slot out of a table read.
 pub fn own_slot(table: &[u8], host_id: u16) -> Vec<u8> {
     let off = (host_id as usize - 1) * SLOT_SIZE;
@@ -156,6 +174,27 @@ mod tests {
             after_write(&[r1.clone(), r1.clone()], r1.clone(), 32),
             vec![r1]
         );
+    }
+
+    /// EBLOCKLISTED from the mount or from the RADOS worker is a
+    /// blocklist; other errors (a dead ceph-fuse, a deadline) are not.
+    #[test]
+    fn blocklisted_is_eshutdown_only() {
+        use crate::error::Error;
+        let io = |e: std::io::Error| Error::io("write probe", "/ls/probes/1/alive", e);
+        let fuse = std::io::Error::from_raw_os_error(libc::ESHUTDOWN);
+        assert!(blocklisted(&io(fuse)));
+        assert!(!blocklisted(&io(std::io::Error::from_raw_os_error(
+            libc::ENOTCONN
+        ))));
+        assert!(!blocklisted(&io(std::io::Error::from_raw_os_error(
+            libc::EIO
+        ))));
+        assert!(!blocklisted(&Error::Timeout {
+            op: "renew",
+            path: "/ls/hosts".into(),
+            after_ms: 2000
+        }));
     }
 
     /// With the table on RADOS a renewal first rewrites the own probe

@@ -434,15 +434,40 @@ fn cstr(s: &str) -> std::io::Result<CString> {
 }
 
 /// The error of a librados call that returned `rc` (-errno). Its kind is
-/// the errno's (`NotFound` for ENOENT), which callers test.
+/// the errno's (`NotFound` for ENOENT), which callers test; the errno
+/// itself is kept ([`errno_of`]): EBLOCKLISTED (ESHUTDOWN) has no kind of
+/// its own, and the worker's reply must carry it to the daemon.
 fn err_of(what: &str, rc: i32) -> std::io::Error {
     let e = std::io::Error::from_raw_os_error(-rc);
-    std::io::Error::new(e.kind(), format!("{what}: {e}"))
+    std::io::Error::new(
+        e.kind(),
+        ErrnoMsg {
+            errno: -rc,
+            msg: format!("{what}: {e}"),
+        },
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A librados error keeps its errno through the worker's reply:
+    /// EBLOCKLISTED (108, ESHUTDOWN) reaches the daemon as 108.
+    #[test]
+    fn a_blocklisted_error_keeps_its_errno() {
+        let e = err_of("rados write 1.00000000", -libc::ESHUTDOWN);
+        assert_eq!(errno_of(&e), Some(libc::ESHUTDOWN));
+        assert!(e.to_string().starts_with("rados write 1.00000000: "), "{e}");
+        let Reply::Err { errno, .. } = worker::failed(e) else {
+            panic!("an error reply")
+        };
+        assert_eq!(errno, libc::ESHUTDOWN);
+        let Reply::Err { errno, .. } = worker::failed(err_of("read", -libc::ENOENT)) else {
+            panic!("an error reply")
+        };
+        assert_eq!(errno, libc::ENOENT);
+    }
 
     #[test]
     fn layout_to_object() {

@@ -54,13 +54,14 @@ pub fn main() -> i32 {
 }
 
 /// A librados error as a reply: its message, and the errno that tells
-/// the daemon what it was (only ENOENT matters to it: a table object
-/// never written reads as zeros).
-fn failed(e: std::io::Error) -> Reply {
-    let errno = match e.kind() {
-        std::io::ErrorKind::NotFound => libc::ENOENT,
-        std::io::ErrorKind::TimedOut => libc::ETIMEDOUT,
-        _ => e.raw_os_error().unwrap_or(libc::EIO),
+/// the daemon what it was (ENOENT: a table object never written reads as
+/// zeros; EBLOCKLISTED: this host was blocklisted, it fences at once).
+pub(super) fn failed(e: std::io::Error) -> Reply {
+    let errno = match (super::errno_of(&e), e.kind()) {
+        (Some(n), _) => n,
+        (None, std::io::ErrorKind::NotFound) => libc::ENOENT,
+        (None, std::io::ErrorKind::TimedOut) => libc::ETIMEDOUT,
+        (None, _) => e.raw_os_error().unwrap_or(libc::EIO),
     };
     Reply::Err {
         errno,

@@ -782,6 +782,8 @@ impl World {
             mgmt_down: d.mgmt.down(),
             service_down: d.service.down(),
             collision: d.collision,
+            // EBLOCKLISTED is not modelled: the simulated host fences at F.
+            blocklisted: false,
             alive_leased: alive,
             clear_requested: clear,
         };

@@ -9,10 +9,13 @@
 
 use std::sync::Arc;
 
+pub mod acquire;
 pub mod counters;
+pub mod host;
 pub mod lock_failure;
+pub mod release;
 
-use log::{info, warn};
+use log::warn;
 
 use crate::config::Config;
 use crate::deadline;
@@ -20,11 +23,14 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::lease::Holder;
 use crate::lockspace::Lockspace;
-use crate::process::{self, ProcId};
-use crate::registry::{Entry, Registry};
+use crate::process::ProcId;
+use crate::registry::{Entries, Entry};
 use crate::resource::{Kind, Resource};
-use crate::state_string::LockState;
-use crate::status::{self, protected_status, Status};
+use crate::status::Status;
+
+use acquire::Acquire;
+pub use host::{Host, Libvirtd};
+use release::{Inquire, Release};
 
 /// libvirt flag values (lock_driver.h).
 pub const NEW_STARTED: u32 = 1;
@@ -177,11 +183,11 @@ impl Manager {
         v
     }
 
-    fn base_entry(&self, p: ProcId) -> Entry {
+    pub fn base_entry(&self, p: ProcId) -> Entry {
         Entry::new(p, &self.uuid, &self.name)
     }
 
-    fn holder(&self, host_id: u16, boot_id: &str, p: ProcId) -> Holder {
+    pub fn holder(&self, host_id: u16, boot_id: &str, p: ProcId) -> Holder {
         Holder {
             host_id,
             boot_id: boot_id.to_string(),
@@ -192,7 +198,7 @@ impl Manager {
         }
     }
 
-    fn check_disk_policy(&self, cfg: &Config) -> Result<()> {
+    pub fn check_disk_policy(&self, cfg: &Config) -> Result<()> {
         if cfg.require_lease_for_disks
             && !self.unleased_rw_disks.is_empty()
             && !cfg.domain_lease
@@ -241,10 +247,16 @@ fn as_u32(v: &Value, what: &str) -> Result<u32> {
 /// process that is about to become QEMU. No threads, no locks, no shared
 /// storage: local files only.
 pub fn register(cfg: &Config, m: &Manager) -> Result<()> {
-    protected_status(cfg)?;
+    register_on(&Libvirtd::new(cfg), cfg, m)
+}
+
+/// [`register`] on `host`.
+pub fn register_on<H: Host>(host: &H, cfg: &Config, m: &Manager) -> Result<()> {
+    host.protected(cfg)?;
     m.check_disk_policy(cfg)?;
     m.check_something_leased(cfg)?;
-    let p = ProcId::of(m.pid)
+    let p = host
+        .proc_id(m.pid)
         .map_err(|e| Error::io("identify process", format!("/proc/{}", m.pid), e))?;
     let mut e = m.base_entry(p);
     e.keys = m
@@ -252,8 +264,7 @@ pub fn register(cfg: &Config, m: &Manager) -> Result<()> {
         .iter()
         .map(|r| (r.key(), r.name.clone()))
         .collect();
-    Registry::new(&cfg.state_dir).write(&e)?;
-    Ok(())
+    host.registry().write(&e)
 }
 
 /// An engine on the configured lockspace (opened with a deadline). `view`:
@@ -276,7 +287,7 @@ fn engine(cfg: &Config, host_id: u16, boot_id: &str, view: Option<Status>) -> Re
 }
 
 /// The real acquire in libvirtd, on behalf of QEMU's pid: all resources or
-/// none, every record at once.
+/// none, every record at once ([`acquire::Acquire`] decides).
 pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
     acquire_counting(cfg, m, state).map(|_| ())
 }
@@ -284,123 +295,35 @@ pub fn acquire(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<()> {
 /// [`acquire`], returning how many leases it took over from another
 /// holder (for the metrics).
 pub fn acquire_counting(cfg: &Config, m: &Manager, state: Option<&str>) -> Result<usize> {
-    let (host_id, boot_id, status) = protected_status(cfg)?;
-    m.check_disk_policy(cfg)?;
-    let expect = match state {
-        Some(s) => LockState::parse(s)?,
-        None => LockState::default(),
-    };
-    let p = ProcId::of(m.pid)
-        .map_err(|e| Error::io("identify QEMU process", format!("/proc/{}", m.pid), e))?;
-    let mut resources = m.all_resources(cfg, true);
-    resources.sort_by_key(|r| r.key());
-    resources.dedup_by_key(|r| r.key());
-    let reg = Registry::new(&cfg.state_dir);
-    // Without a state (a start, a hotplug, or a resume after a pause whose
-    // release failed: libvirt then keeps none), a lease this QEMU held
-    // before must still have the version it held it at.
-    let held_before: Vec<(String, u64)> = match (state, reg.read(p)?) {
-        (None, Some(e)) => e.acquired,
-        _ => Vec::new(),
-    };
-    let keys: Vec<(String, String)> = resources
-        .iter()
-        .map(|r| (r.key(), r.name.clone()))
-        .collect();
-    reg.add_keys(&m.base_entry(p), &keys)?;
-
-    let eng = engine(cfg, host_id, &boot_id, Some(status))?;
-    if let Some(st) = &eng.view {
-        // Our lockspace_dir must hold the lockspace the daemon renews in.
-        st.check_same_lockspace(&eng.ls)
-            .map_err(Error::Unprotected)?;
-    }
-    let me = m.holder(host_id, &boot_id, p);
+    let host = Libvirtd::new(cfg);
+    let mut op = Acquire::begin(&host, cfg, m, state)?;
+    let eng = engine(cfg, op.host_id, &op.boot_id, Some(op.view.clone()))?;
+    op.opened(&host, &eng.ls)?;
     let budget = cfg.io_timeout + cfg.lock_timeout;
-    // libvirtd: the process whose I/O threads may outlive our deadline.
-    let caller = ProcId::of(std::process::id())
-        .map_err(|e| Error::io("identify libvirtd", "/proc/self", e))?;
-    let base = m.base_entry(p);
-    // One intent per record, all noted (in one registry write) before the
-    // lockspace is touched: the daemon keeps sweeping this QEMU's leases
-    // after it exits while any of these calls may still write.
-    let ids: Vec<u64> = resources.iter().map(|_| process::random_u64()).collect();
-    reg.begin_acquires(&base, &ids, caller)?;
     // Every record's read-modify-write starts at once, each on its own I/O
     // thread under its own record lock, deadline and cancel token: the
     // domain pays about one storage round trip, not one per resource.
-    let mut calls = Vec::with_capacity(resources.len());
-    for (r, &id) in resources.iter().zip(&ids) {
-        let (e2, r2, me2, reg2) = (eng.clone(), r.clone(), me.clone(), reg.clone());
-        let want = expect.versions.get(&r.key()).copied().or_else(|| {
-            held_before
-                .iter()
-                .find(|(k, _)| *k == r.key())
-                .map(|(_, v)| *v)
-        });
-        let path = eng.ls.lease_path(&r.key());
-        let started = deadline::start_cancellable(budget, "acquire lease", &path, move |c| {
-            let res = e2.acquire_for(&r2, &me2, want, c);
-            let done = res.as_ref().ok().map(|a| (r2.key(), a.version));
-            if let Err(e) = &res {
-                if c.is_abandoned() {
-                    warn!("abandoned acquire of {r2} for QEMU pid {}: {e}", me2.pid);
-                }
-            }
-            if let Err(e) = reg2.end_acquire(me2.proc_id(), id, done) {
-                warn!("{e}");
-            }
-            res
+    let mut calls = Vec::with_capacity(op.calls.len());
+    for c in &op.calls {
+        let (e2, c2, me2, reg2) = (eng.clone(), c.clone(), op.me.clone(), host.registry.clone());
+        let path = eng.ls.lease_path(&c.resource.key());
+        let started = deadline::start_cancellable(budget, "acquire lease", &path, move |cancel| {
+            acquire::acquire_record(&e2, &reg2, &c2, &me2, cancel)
         });
         if started.is_err() {
             // Never started (an earlier call is stuck, or no thread).
-            let _ = reg.end_acquire(p, id, None);
+            let _ = host.registry.end_acquire(op.p, c.intent, None);
         }
-        calls.push((r, started));
+        calls.push(started);
     }
-    let mut newly = Vec::new();
-    let mut first_err = None;
-    let mut took_over = 0;
-    for (r, started) in calls {
-        match started.and_then(deadline::Pending::wait) {
-            Ok(a) => {
-                took_over += a.took_over.len();
-                for (h, why) in &a.took_over {
-                    warn!(
-                        event = "takeover", host_id = host_id, resource:% = r,
-                        holder_host = h.host_id, domain = m.name.as_str(),
-                        domain_uuid = m.uuid.as_str();
-                        "took over {r} from host {} (domain '{}' pid {}): {why}",
-                        h.host_id, h.domain_name, h.pid
-                    );
-                }
-                if a.changed {
-                    info!(
-                        "acquired {r} ({}) for domain '{}' ({}) pid {} version {}",
-                        r.mode, m.name, m.uuid, m.pid, a.version
-                    );
-                    newly.push(r.clone());
-                }
-            }
-            Err(e) => {
-                warn!(
-                    event = "lease-refused", host_id = host_id, resource:% = r,
-                    domain = m.name.as_str(), domain_uuid = m.uuid.as_str();
-                    "acquire of {r} for domain '{}' ({}) failed: {e}",
-                    m.name, m.uuid
-                );
-                first_err.get_or_insert(e);
-            }
-        }
+    for (i, started) in calls.into_iter().enumerate() {
+        op.record_done(i, started.and_then(deadline::Pending::wait));
     }
-    if let Some(e) = first_err {
-        // All or nothing: give back what this call took.
-        rollback(&eng, budget, &newly, &me);
-        return Err(e);
-    }
-    // A fresh acquisition makes any earlier release state obsolete.
-    let _ = reg.set_released(p, &[]);
-    Ok(took_over)
+    let me = op.me.clone();
+    op.finish(&host).map_err(|rb| {
+        rollback(&eng, budget, &rb.newly, &me);
+        rb.error
+    })
 }
 
 /// Releases what a failed acquire took, all records at once (one I/O
@@ -418,129 +341,38 @@ fn rollback(eng: &Engine, budget: u64, newly: &[Resource], me: &Holder) {
         })
         .collect();
     for (r, started) in calls {
-        match started.and_then(deadline::Pending::wait) {
-            Ok(_) => info!("rolled back {r}"),
-            Err(e) => warn!(
-                "could not roll back {r}: {e}; the watchdog daemon releases it when QEMU exits"
-            ),
-        }
-    }
-}
-
-/// Finds the holder identity of `pid`: from /proc while it runs, else from
-/// the registry (a process that already died).
-fn proc_of(cfg: &Config, pid: u32) -> Result<ProcId> {
-    if let Ok(p) = ProcId::of(pid) {
-        return Ok(p);
-    }
-    let reg = Registry::new(&cfg.state_dir);
-    let found: Vec<ProcId> = reg
-        .list()?
-        .into_iter()
-        .filter_map(|e| e.ok())
-        .map(|e| e.proc_id)
-        .filter(|p| p.pid == pid)
-        .collect();
-    match found.as_slice() {
-        [p] => Ok(*p),
-        [] => Err(Error::Invalid(format!(
-            "QEMU pid {pid} is neither running nor registered"
-        ))),
-        _ => Err(Error::Invalid(format!(
-            "QEMU pid {pid} is registered more than once"
-        ))),
+        acquire::rolled_back(r, &started.and_then(deadline::Pending::wait));
     }
 }
 
 /// Release: with `want_state` (pause, migration) every lease of the domain
 /// including the domain lease, returning the state; without (hot-unplug)
-/// only the listed resources.
+/// only the listed resources ([`release::Release`] decides).
 pub fn release(cfg: &Config, m: &Manager, want_state: bool) -> Result<Option<String>> {
-    let host_id = cfg.require_host_id()?;
-    let boot_id = status::local_boot_id()?;
-    let p = proc_of(cfg, m.pid)?;
-    let me = m.holder(host_id, &boot_id, p);
-    let eng = engine(cfg, host_id, &boot_id, None)?;
+    let host = Libvirtd::new(cfg);
+    let mut op = Release::begin(&host, cfg, m, want_state)?;
+    let eng = engine(cfg, op.me.host_id, &op.me.boot_id, None)?;
     let budget = cfg.io_timeout + cfg.lock_timeout;
-    let reg = Registry::new(&cfg.state_dir);
-    let earlier: Vec<(String, u64)> = reg
-        .read(p)
-        .ok()
-        .flatten()
-        .map(|e| e.released)
-        .unwrap_or_default();
-    let mut state = LockState::default();
-    let mut released = Vec::new();
-    let mut first_err = None;
-    for r in m.all_resources(cfg, want_state) {
-        let (e2, key, name, me2) = (eng.clone(), r.key(), r.name.clone(), me.clone());
+    op.opened(&host);
+    while let Some(r) = op.next() {
+        let (e2, key, name, me2) = (eng.clone(), r.key(), r.name.clone(), op.me.clone());
         let path = eng.ls.lease_path(&key);
-        match deadline::run(budget, "release lease", &path, move || {
+        let res = deadline::run(budget, "release lease", &path, move || {
             e2.release(&key, &name, &me2)
-        }) {
-            Ok(Some(v)) => {
-                info!(
-                    "released {r} of domain '{}' ({}) pid {} at version {v}",
-                    m.name, m.uuid, m.pid
-                );
-                state.versions.insert(r.key(), v);
-                released.push(r.key());
-            }
-            Ok(None) => {
-                // Released a moment ago by this process (libvirt releases
-                // twice on some pauses): hand out the same version again.
-                if let Some((_, v)) = earlier.iter().find(|(k, _)| *k == r.key()) {
-                    state.versions.insert(r.key(), *v);
-                }
-            }
-            Err(e) => {
-                warn!("release of {r} of domain '{}' failed: {e}", m.name);
-                first_err.get_or_insert(e);
-            }
-        }
+        });
+        op.record_done(res);
     }
-    let _ = reg.remove_keys(p, &released);
-    if !want_state {
-        // A hot-unplug: plugging the disk in again later is a new
-        // attachment, not a resume.
-        let _ = reg.forget_acquired(p, &released);
-    }
-    if want_state {
-        let versions: Vec<(String, u64)> = state
-            .versions
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        if let Err(e) = reg.set_released(p, &versions) {
-            warn!(
-                "cannot remember the released lease versions of pid {}: {e}",
-                m.pid
-            );
-        }
-    }
-    if let Some(e) = first_err {
-        return Err(e);
-    }
-    Ok(want_state.then(|| state.encode()))
+    op.finish(&host)
 }
 
 /// Inquire: the state of every lease the domain holds now.
 pub fn inquire(cfg: &Config, m: &Manager) -> Result<String> {
-    let host_id = cfg.require_host_id()?;
-    let boot_id = status::local_boot_id()?;
-    let p = proc_of(cfg, m.pid)?;
-    let me = m.holder(host_id, &boot_id, p);
-    let resources = m.all_resources(cfg, true);
-    let eng = engine(cfg, host_id, &boot_id, None)?;
+    let host = Libvirtd::new(cfg);
+    let op = Inquire::begin(&host, cfg, m)?;
+    let eng = engine(cfg, op.me.host_id, &op.me.boot_id, None)?;
     let dir = cfg.lockspace_dir.clone();
     let versions = deadline::run(cfg.io_timeout, "inquire leases", &dir, move || {
-        let mut st = LockState::default();
-        for r in resources {
-            if let Some(v) = eng.held_version(&r.key(), &r.name, &me)? {
-                st.versions.insert(r.key(), v);
-            }
-        }
-        Ok(st)
+        release::held_versions(&eng, &op.keys, &op.me)
     })?;
     Ok(versions.encode())
 }

@@ -247,80 +247,14 @@ impl Registry {
         Ok(out)
     }
 
-    /// Adds keys to an entry (creating it if needed), under the registry
-    /// lock. Used by the plugin in libvirtd before acquiring.
-    pub fn add_keys(&self, base: &Entry, keys: &[(String, String)]) -> Result<()> {
-        let _g = self.lock()?;
-        let mut e = self.read(base.proc_id)?.unwrap_or_else(|| base.clone());
-        for k in keys {
-            if !e.keys.contains(k) {
-                e.keys.push(k.clone());
-            }
-        }
-        self.write(&e)
-    }
-
-    /// Remembers the versions a release handed to libvirt (see `released`).
-    pub fn set_released(&self, p: ProcId, versions: &[(String, u64)]) -> Result<()> {
-        let _g = self.lock()?;
-        if let Some(mut e) = self.read(p)? {
-            e.released = versions.to_vec();
-            self.write(&e)?;
-        }
-        Ok(())
-    }
-
-    /// Notes an acquire about to start (before any lockspace write), on
-    /// behalf of `base`'s process by `caller`.
+    /// [`Entries::begin_acquires`] for one call.
     pub fn begin_acquire(&self, base: &Entry, id: u64, caller: ProcId) -> Result<()> {
-        self.begin_acquires(base, &[id], caller)
+        Entries::begin_acquires(self, base, &[id], caller)
     }
 
-    /// [`Registry::begin_acquire`] for several calls at once (one per
-    /// record of a domain), in one write.
-    pub fn begin_acquires(&self, base: &Entry, ids: &[u64], caller: ProcId) -> Result<()> {
-        let _g = self.lock()?;
-        let mut e = self.read(base.proc_id)?.unwrap_or_else(|| base.clone());
-        e.acquiring
-            .extend(ids.iter().map(|&id| Intent { id, caller }));
-        self.write(&e)
-    }
-
-    /// Ends an acquire noted by [`Registry::begin_acquire`]; `acquired`:
-    /// the key and version it took. Called by the I/O thread itself, when
-    /// the call is over, whether or not its caller still waits.
+    /// [`Entries::end_acquire`].
     pub fn end_acquire(&self, p: ProcId, id: u64, acquired: Option<(String, u64)>) -> Result<()> {
-        let _g = self.lock()?;
-        if let Some(mut e) = self.read(p)? {
-            e.acquiring.retain(|i| i.id != id);
-            if let Some((k, v)) = acquired {
-                e.acquired.retain(|(x, _)| *x != k);
-                e.acquired.push((k, v));
-            }
-            self.write(&e)?;
-        }
-        Ok(())
-    }
-
-    /// Forgets the acquired versions of `keys` (a hot-unplug: a later
-    /// hotplug of the same disk is a new attachment).
-    pub fn forget_acquired(&self, p: ProcId, keys: &[String]) -> Result<()> {
-        let _g = self.lock()?;
-        if let Some(mut e) = self.read(p)? {
-            e.acquired.retain(|(k, _)| !keys.contains(k));
-            self.write(&e)?;
-        }
-        Ok(())
-    }
-
-    /// Removes keys after a confirmed release.
-    pub fn remove_keys(&self, p: ProcId, keys: &[String]) -> Result<()> {
-        let _g = self.lock()?;
-        if let Some(mut e) = self.read(p)? {
-            e.keys.retain(|(k, _)| !keys.contains(k));
-            self.write(&e)?;
-        }
-        Ok(())
+        Entries::end_acquire(self, p, id, acquired)
     }
 
     /// The registry lock (an OFD lock on `procs/.lock`), serialising the
@@ -337,6 +271,101 @@ impl Registry {
             .map_err(|e| Error::io("open registry lock", &path, e))?;
         crate::lockspace::ofd_lock_wait(&f).map_err(|e| Error::io("lock registry", &path, e))?;
         Ok(RegistryLock { _f: f })
+    }
+}
+
+/// The registry as the plugin uses it: the entries and one
+/// read-modify-write under the registry lock, on which the plugin's
+/// changes are built. [`Registry`] (a directory on tmpfs) is the real one;
+/// the simulator (`tests/sim`) keeps its entries in memory.
+pub trait Entries {
+    /// One process's entry.
+    fn read(&self, p: ProcId) -> Result<Option<Entry>>;
+
+    /// Every entry (damaged ones as errors).
+    fn list(&self) -> Result<Vec<std::result::Result<Entry, Error>>>;
+
+    /// Writes an entry without the registry lock (the pre-exec child).
+    fn write(&self, e: &Entry) -> Result<()>;
+
+    /// Under the registry lock: applies `f` to `p`'s entry and writes it.
+    /// A missing entry starts from `base` (when given) or is left alone.
+    fn update(&self, p: ProcId, base: Option<&Entry>, f: &mut dyn FnMut(&mut Entry)) -> Result<()>;
+
+    /// Adds keys to an entry (creating it if needed). Used by the plugin
+    /// in libvirtd before acquiring.
+    fn add_keys(&self, base: &Entry, keys: &[(String, String)]) -> Result<()> {
+        self.update(base.proc_id, Some(base), &mut |e| {
+            for k in keys {
+                if !e.keys.contains(k) {
+                    e.keys.push(k.clone());
+                }
+            }
+        })
+    }
+
+    /// Remembers the versions a release handed to libvirt (see `released`).
+    fn set_released(&self, p: ProcId, versions: &[(String, u64)]) -> Result<()> {
+        self.update(p, None, &mut |e| e.released = versions.to_vec())
+    }
+
+    /// Notes acquires about to start (before any lockspace write), one per
+    /// record of a domain, on behalf of `base`'s process by `caller`, in
+    /// one write.
+    fn begin_acquires(&self, base: &Entry, ids: &[u64], caller: ProcId) -> Result<()> {
+        self.update(base.proc_id, Some(base), &mut |e| {
+            e.acquiring
+                .extend(ids.iter().map(|&id| Intent { id, caller }))
+        })
+    }
+
+    /// Ends an acquire noted by [`Entries::begin_acquires`]; `acquired`:
+    /// the key and version it took. Called by the I/O thread itself, when
+    /// the call is over, whether or not its caller still waits.
+    fn end_acquire(&self, p: ProcId, id: u64, acquired: Option<(String, u64)>) -> Result<()> {
+        self.update(p, None, &mut |e| {
+            e.acquiring.retain(|i| i.id != id);
+            if let Some((k, v)) = &acquired {
+                e.acquired.retain(|(x, _)| x != k);
+                e.acquired.push((k.clone(), *v));
+            }
+        })
+    }
+
+    /// Forgets the acquired versions of `keys` (a hot-unplug: a later
+    /// hotplug of the same disk is a new attachment).
+    fn forget_acquired(&self, p: ProcId, keys: &[String]) -> Result<()> {
+        self.update(p, None, &mut |e| {
+            e.acquired.retain(|(k, _)| !keys.contains(k))
+        })
+    }
+
+    /// Removes keys after a confirmed release.
+    fn remove_keys(&self, p: ProcId, keys: &[String]) -> Result<()> {
+        self.update(p, None, &mut |e| e.keys.retain(|(k, _)| !keys.contains(k)))
+    }
+}
+
+impl Entries for Registry {
+    fn read(&self, p: ProcId) -> Result<Option<Entry>> {
+        Registry::read(self, p)
+    }
+
+    fn list(&self) -> Result<Vec<std::result::Result<Entry, Error>>> {
+        Registry::list(self)
+    }
+
+    fn write(&self, e: &Entry) -> Result<()> {
+        Registry::write(self, e)
+    }
+
+    fn update(&self, p: ProcId, base: Option<&Entry>, f: &mut dyn FnMut(&mut Entry)) -> Result<()> {
+        let _g = self.lock()?;
+        let Some(mut e) = self.read(p)?.or_else(|| base.cloned()) else {
+            return Ok(());
+        };
+        f(&mut e);
+        self.write(&e)
     }
 }
 

@@ -375,7 +375,17 @@ impl Status {
     /// mount namespace, a mount made or replaced since, a re-initialised
     /// directory.
     pub fn check_same_lockspace(&self, ls: &Lockspace) -> std::result::Result<(), String> {
-        if ls.uuid.as_deref() == Some(self.lockspace_uuid.as_str()) {
+        self.check_same_uuid(&ls.dir, ls.uuid.as_deref())
+    }
+
+    /// [`Status::check_same_lockspace`] for the lockspace at `dir` with
+    /// `uuid` (any store: [`crate::store::Store::identity`]).
+    pub fn check_same_uuid(
+        &self,
+        dir: &std::path::Path,
+        uuid: Option<&str>,
+    ) -> std::result::Result<(), String> {
+        if uuid == Some(self.lockspace_uuid.as_str()) {
             return Ok(());
         }
         Err(format!(
@@ -384,11 +394,11 @@ impl Status {
              view, or a config changed since libvirtd started); check that {} is the shared \
              filesystem for both, then restart libvirtd so that its lock plugin reads the \
              current config",
-            ls.dir.display(),
-            ls.uuid.as_deref().unwrap_or("(none)"),
+            dir.display(),
+            uuid.unwrap_or("(none)"),
             self.lockspace_dir,
             self.lockspace_uuid,
-            ls.dir.display(),
+            dir.display(),
         ))
     }
 }
@@ -503,7 +513,7 @@ impl Observer {
 }
 
 mod protected;
-pub use protected::{local_boot_id, protected_status};
+pub use protected::{local_boot_id, protected_status, protected_status_on, StatusSource, ThisHost};
 
 #[cfg(test)]
 mod tests;

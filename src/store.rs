@@ -19,6 +19,8 @@
 //!   which ceph-fuse's default mounts would otherwise serve stale.
 #![forbid(unsafe_code)]
 
+use std::path::PathBuf;
+
 use crate::error::Result;
 use crate::hosts::HostRecord;
 use crate::lease::LeaseRecord;
@@ -58,6 +60,10 @@ pub trait Store {
     fn read_storage_fence_raw(&self, _host_id: u16) -> Result<Option<Vec<u8>>> {
         Ok(None)
     }
+
+    /// Where the lockspace is and the UUID it was initialised with (None:
+    /// it has none), to compare with the one the daemon renews in.
+    fn identity(&self) -> (PathBuf, Option<String>);
 }
 
 impl Store for Lockspace {
@@ -93,6 +99,10 @@ impl Store for Lockspace {
 
     fn read_storage_fence_raw(&self, host_id: u16) -> Result<Option<Vec<u8>>> {
         Lockspace::read_storage_fence_raw(self, host_id)
+    }
+
+    fn identity(&self) -> (PathBuf, Option<String>) {
+        (self.dir.clone(), self.uuid.clone())
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::status::protected_status;
 
 fn params(uuid: [u8; 16], name: &str, pid: u64) -> Vec<Param> {
     vec![

@@ -13,12 +13,15 @@ use vmlease::engine::{Acquired, Engine};
 use vmlease::error::{Error, Result};
 use vmlease::hosts::HostRecord;
 use vmlease::lease::Holder;
+use vmlease::plugin::acquire::{self, RecordCall};
+use vmlease::plugin::release;
 use vmlease::process::ProcId;
-use vmlease::resource::Resource;
+use vmlease::registry::Entries;
 use vmlease::status::Status;
 
 use crate::mutation::Mutation;
 use crate::params::{Us, MS};
+use crate::plugin_host::SimRegistry;
 use crate::schedule::Link;
 use crate::store::{SimIo, Write};
 use crate::world::{Ev, World};
@@ -47,10 +50,12 @@ pub enum Job {
     OldRenewRead,
     /// The leaving record before issue 14 (same mutation): written blind.
     WriteHost(HostRecord),
+    /// One record of `plugin::acquire::Acquire` (`acquire_record`): call
+    /// `idx` of the op's calls.
     Acquire {
-        res: Resource,
+        idx: usize,
+        call: RecordCall,
         me: Holder,
-        want: Option<u64>,
         view: Option<Arc<Status>>,
     },
     Release {
@@ -71,7 +76,7 @@ pub enum Job {
 impl Job {
     fn lock(&self) -> Option<String> {
         match self {
-            Job::Acquire { res, .. } => Some(res.key()),
+            Job::Acquire { call, .. } => Some(call.resource.key()),
             Job::Release { key, .. } | Job::ReleaseMatching { key, .. } => Some(key.clone()),
             _ => None,
         }
@@ -100,7 +105,8 @@ pub enum Outcome {
     Table(Result<(Vec<u8>, Vec<u64>)>),
     /// What `renew_io` did (`Job::Renew`).
     Renewed(Result<RenewDone>),
-    Acquired(Result<Acquired>),
+    /// Call `idx` of an acquire.
+    Acquired(usize, Result<Acquired>),
     Released(Result<Option<u64>>),
     Matched(Result<Vec<Holder>>),
     Versions(Result<BTreeMap<String, u64>>),
@@ -113,7 +119,7 @@ impl Outcome {
             Job::ReadSlot(_) => Outcome::Bytes(Err(e)),
             Job::Renew { .. } | Job::RenewWrite { .. } => Outcome::Renewed(Err(e)),
             Job::OldRenew(_) | Job::OldRenewRead => Outcome::Table(Err(e)),
-            Job::Acquire { .. } => Outcome::Acquired(Err(e)),
+            Job::Acquire { idx, .. } => Outcome::Acquired(*idx, Err(e)),
             Job::Release { .. } => Outcome::Released(Err(e)),
             Job::ReleaseMatching { .. } => Outcome::Matched(Err(e)),
             Job::Inquire { .. } => Outcome::Versions(Err(e)),
@@ -300,26 +306,30 @@ impl World {
                 Outcome::Unit(vmlease::store::Store::write_host(&io, rec))
             }
             Job::Acquire {
-                res,
+                idx,
+                call,
                 me,
-                want,
                 view,
             } => {
-                // The plugin's acquire_for: under the record lock it
-                // writes nothing for a caller that gave up at its deadline
-                // or for a QEMU that exited meanwhile.
+                // The plugin's I/O thread: under the record lock it writes
+                // nothing for a caller that gave up at its deadline or for
+                // a QEMU that exited meanwhile, then ends its intent.
                 let eng = self.engine(h, io, view.clone());
                 let cancel = vmlease::deadline::Cancel::new();
                 if c.timed_out {
                     cancel.abandon();
                 }
+                let reg = SimRegistry::of(&mut self.hosts[h as usize - 1]);
                 let r = if mutation == Mutation::AbandonedAcquireWrites {
-                    eng.acquire(res, me, *want)
+                    let r = eng.acquire(&call.resource, me, call.want);
+                    let done = r.as_ref().ok().map(|a| (call.resource.key(), a.version));
+                    let _ = reg.end_acquire(me.proc_id(), call.intent, done);
+                    r
                 } else {
-                    eng.acquire_for(res, me, *want, &cancel)
+                    acquire::acquire_record(&eng, &reg, call, me, &cancel)
                 };
                 io = eng.ls;
-                Outcome::Acquired(r)
+                Outcome::Acquired(*idx, r)
             }
             Job::Release { key, name, me } => {
                 let eng = self.engine(h, io, None);
@@ -341,23 +351,9 @@ impl World {
             }
             Job::Inquire { keys, me } => {
                 let eng = self.engine(h, io, None);
-                let mut out = Ok(BTreeMap::new());
-                for (k, name) in keys {
-                    match eng.held_version(k, name, me) {
-                        Ok(Some(v)) => {
-                            if let Ok(m) = out.as_mut() {
-                                m.insert(k.clone(), v);
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            out = Err(e);
-                            break;
-                        }
-                    }
-                }
+                let r = release::held_versions(&eng, keys, me).map(|s| s.versions);
                 io = eng.ls;
-                Outcome::Versions(out)
+                Outcome::Versions(r)
             }
         };
         let nops = io.ops.get().max(1);
@@ -365,10 +361,10 @@ impl World {
         let writes = io.writes.into_inner();
         let versions = io.table_versions.into_inner();
         let mut c = c;
-        if let Outcome::Acquired(Ok(a)) = &outcome {
-            if let Job::Acquire { res, me, .. } = &c.job {
+        if let Outcome::Acquired(_, Ok(a)) = &outcome {
+            if let Job::Acquire { call, me, .. } = &c.job {
                 let took = a.took_over.clone();
-                let (res, me) = (res.clone(), me.clone());
+                let (res, me) = (call.resource.clone(), me.clone());
                 for (holder, why) in took {
                     self.check_takeover(h, &res, &me, &holder, &why);
                 }

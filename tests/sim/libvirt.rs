@@ -1,17 +1,21 @@
 //! libvirt and the lock-driver plugin on one simulated host, and the QEMU
 //! stand-ins.
 //!
-//! The plugin's calls are `plugin::acquire`, `plugin::release` and
-//! `plugin::inquire` step by step (src/plugin.rs): the protected check is
-//! the real `Status::check_protected`, the lock state is the real
-//! `LockState`, every lockspace operation is a storage call with the
-//! plugin's deadline that runs the real `Engine`. libvirt's side follows
-//! the call sequences in reference/libvirt-lock-abi.md: a start is the
-//! prepare hook, the pre-exec registration and the acquire when the CPUs
-//! start; a pause releases with a state after the CPUs stop (a failed
-//! release leaves libvirt with no state); a migration inquires on the
-//! source, releases at switch-over and acquires on the destination with
-//! the source's state, and resumes the source if that fails.
+//! The plugin is the production code: `plugin::acquire::Acquire`,
+//! `plugin::release::{Release, Inquire}` and `plugin::register_on` make
+//! every decision (the protected check, the state string, the registry,
+//! the same-lockspace check, the parallel acquire, the rollback on part
+//! failure) on a [`SimHost`] (this host's status, processes and registry)
+//! and the simulated store; this file only carries their calls out as
+//! libvirtd's threads would: every lockspace operation is a storage call
+//! with the plugin's deadline, the acquire's records all at once.
+//! libvirt's side follows the call sequences in
+//! reference/libvirt-lock-abi.md: a start is the prepare hook, the
+//! pre-exec registration and the acquire when the CPUs start; a pause
+//! releases with a state after the CPUs stop (a failed release leaves
+//! libvirt with no state); a migration inquires on the source, releases at
+//! switch-over and acquires on the destination with the source's state,
+//! and resumes the source if that fails.
 //!
 //! A QEMU "writes" its disk while its CPUs run; each write lands after the
 //! storage latency, or when a stalled data path comes back, or never if
@@ -20,18 +24,17 @@
 
 use std::sync::Arc;
 
-use vmlease::lease::Holder;
+use vmlease::plugin::acquire::{self, Acquire};
+use vmlease::plugin::release::{Inquire, Release};
+use vmlease::plugin::{self, Host as _, Manager};
 use vmlease::process::{Liveness, ProcId, Stat};
-use vmlease::registry::Entry as RegEntry;
-use vmlease::resource::Resource;
 use vmlease::state_string::LockState;
-use vmlease::status::Status;
 
 use crate::calls::{Job, Outcome, Owner};
 use crate::mutation::Mutation;
 use crate::params::{Us, MS};
 use crate::schedule::Link;
-use crate::world::{pk, Ev, Lineage, World};
+use crate::world::{Ev, Lineage, World};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QState {
@@ -108,34 +111,22 @@ pub enum Proc {
 
 pub struct AcqProc {
     pub q: usize,
-    pub res: Vec<Resource>,
-    pub idx: usize,
-    pub newly: Vec<Resource>,
-    pub me: Holder,
-    pub expect: LockState,
-    pub view: Arc<Status>,
+    pub op: Option<Acquire>,
     pub opened: bool,
-    pub rollback: Option<usize>,
-    pub error: Option<String>,
+    /// A failed acquire's rollback: what it took, releases still out,
+    /// the error for libvirt.
+    pub rollback: Option<(Vec<vmlease::resource::Resource>, usize, String)>,
 }
 
 pub struct RelProc {
     pub q: usize,
-    pub res: Vec<Resource>,
-    pub idx: usize,
-    pub me: Holder,
-    pub want_state: bool,
+    pub op: Option<Release>,
     pub opened: bool,
-    pub state: LockState,
-    pub released: Vec<String>,
-    pub earlier: Vec<(String, u64)>,
-    pub first_err: Option<String>,
 }
 
 pub struct InqProc {
+    pub op: Inquire,
     pub opened: bool,
-    pub keys: Vec<(String, String)>,
-    pub me: Holder,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,55 +364,29 @@ impl World {
         }
     }
 
-    // ---------------------------------------------------------------
-    // The plugin's protected check.
-
-    /// `status::protected_status`: the daemon's status, checked.
-    fn protected(&self, h: u16) -> std::result::Result<Status, String> {
-        let hs = self.host(h);
-        let status = hs.status.clone();
-        if self.mutation == Mutation::NoProtectedCheck {
-            return Ok(status.unwrap_or_else(|| empty_status(hs.host_id, &hs.boot_id)));
-        }
-        let Some(st) = status else {
-            return Err("the vmlease-watchdog daemon is not running (no status)".into());
-        };
-        let daemon_alive = hs.daemon.as_ref().map(|d| d.pid) == Some(st.daemon_pid);
-        let now = if self.mutation == Mutation::StaleStatusAccepted {
-            st.written_ms
-        } else {
-            hs.local_ms(self.now)
-        };
-        st.check_protected(&hs.cfg, &hs.boot_id, now, daemon_alive)?;
-        Ok(st)
+    /// The protected check (`status::protected_status`) on host `h`.
+    fn protected(&mut self, h: u16) -> std::result::Result<(), String> {
+        self.with_plugin(h, 0, |host, _, cfg| host.protected(cfg).map(|_| ()))
+            .map_err(|e| e.to_string())
     }
 
-    fn holder(&self, q: usize) -> Holder {
+    /// What libvirt tells the plugin about QEMU `q` (its domain's
+    /// `<lease>`s and disks; the domain lease comes from the config).
+    fn manager(&self, q: usize) -> Manager {
         let qm = &self.qemus[q];
         let vm = &self.vms[qm.vm];
-        Holder {
-            host_id: self.host(qm.host).host_id,
-            boot_id: self.host(qm.host).boot_id.clone(),
+        Manager {
+            uuid: vm.uuid.clone(),
+            name: vm.name.clone(),
             pid: qm.proc_id.pid,
-            pid_start: qm.proc_id.start,
-            domain_uuid: vm.uuid.clone(),
-            domain_name: vm.name.clone(),
+            resources: vm
+                .resources
+                .iter()
+                .filter(|r| r.kind != vmlease::resource::Kind::Domain)
+                .cloned()
+                .collect(),
+            ..Manager::default()
         }
-    }
-
-    fn keys_of(&self, vm: usize) -> Vec<(String, String)> {
-        let v = &self.vms[vm];
-        v.keys
-            .iter()
-            .zip(&v.resources)
-            .map(|(k, r)| (k.clone(), r.name.clone()))
-            .collect()
-    }
-
-    fn base_entry(&self, q: usize) -> RegEntry {
-        let qm = &self.qemus[q];
-        let vm = &self.vms[qm.vm];
-        RegEntry::new(qm.proc_id, &vm.uuid, &vm.name)
     }
 
     // ---------------------------------------------------------------
@@ -585,22 +550,27 @@ impl World {
                 self.op_proc(id, Proc::HookOpen);
             }
             Phase::Register | Phase::DstRegister => {
-                // The pre-exec child: protected check, register, exec.
+                // The pre-exec child: `plugin::register` (protected check,
+                // registry entry), then exec. A failed child exits.
+                let lineage = match self.ops.get(&id).map(|o| &o.kind) {
+                    Some(Kind::Migrate { src, .. }) => Some(self.qemus[*src].lineage),
+                    _ => None,
+                };
                 if let Err(e) = self.protected(h) {
                     self.op_done(id, false, &format!("register: {e}"));
                     self.migrate_cleanup_on_fail(id);
                     return;
                 }
-                let lineage = match self.ops.get(&id).map(|o| &o.kind) {
-                    Some(Kind::Migrate { src, .. }) => Some(self.qemus[*src].lineage),
-                    _ => None,
-                };
                 let nq = self.spawn_qemu(h, vm, lineage);
-                let mut e = self.base_entry(nq);
-                e.keys = self.keys_of(vm);
-                let hs = self.host_mut(h);
-                hs.registry.insert(pk(e.proc_id), e);
-                hs.registry_version += 1;
+                let m = self.manager(nq);
+                let reg =
+                    self.with_plugin(h, id, |host, _, cfg| plugin::register_on(host, cfg, &m));
+                if let Err(e) = reg {
+                    self.kill_qemu(nq);
+                    self.op_done(id, false, &format!("register: {e}"));
+                    self.migrate_cleanup_on_fail(id);
+                    return;
+                }
                 let d = self.libvirt_delay();
                 let op = self.ops.get_mut(&id).unwrap();
                 if phase == Phase::Register {
@@ -664,16 +634,11 @@ impl World {
                     self.op_done(id, false, "the domain is not running");
                     return;
                 }
-                let keys = self.keys_of(vm);
-                let me = self.holder(q);
-                self.op_proc(
-                    id,
-                    Proc::Inquire(InqProc {
-                        opened: false,
-                        keys,
-                        me,
-                    }),
-                );
+                let m = self.manager(q);
+                match self.with_plugin(h, id, |host, _, cfg| Inquire::begin(host, cfg, &m)) {
+                    Ok(op) => self.op_proc(id, Proc::Inquire(InqProc { op, opened: false })),
+                    Err(e) => self.op_done(id, false, &format!("inquire: {e}")),
+                }
             }
             Phase::DstPrepare => {
                 if let Err(e) = self.protected(h) {
@@ -774,48 +739,35 @@ impl World {
     /// `plugin::acquire` with `state`, for the QEMU `q`.
     fn begin_acquire(&mut self, id: u64, q: usize, state: Option<String>) {
         let h = self.qemus[q].host;
-        let status = match self.protected(h) {
-            Ok(s) => s,
-            Err(e) => return self.acquire_finished(id, Err(format!("host not protected: {e}"))),
+        let m = self.manager(q);
+        let begun = self.with_plugin(h, id, |host, _, cfg| {
+            Acquire::begin(host, cfg, &m, state.as_deref())
+        });
+        let mut op = match begun {
+            Ok(op) => op,
+            Err(e) => {
+                let ap = AcqProc {
+                    q,
+                    op: None,
+                    opened: false,
+                    rollback: None,
+                };
+                return self.acquire_done(id, ap, Err(e.to_string()));
+            }
         };
-        let expect = match state.as_deref().map(LockState::parse) {
-            None => LockState::default(),
-            Some(Ok(s)) => s,
-            Some(Err(e)) => return self.acquire_finished(id, Err(e.to_string())),
-        };
-        if !self.qemus[q].alive() {
-            return self.acquire_finished(id, Err("identify QEMU process: gone".into()));
+        if self.mutation == Mutation::TakeoverAtHalfD {
+            op.view.written_ms += self.p.cfg.timing.host_dead_timeout / 2;
         }
-        let vm = self.qemus[q].vm;
-        let mut res = self.vms[vm].resources.clone();
-        res.sort_by_key(|r| r.key());
-        res.dedup_by_key(|r| r.key());
-        let keys: Vec<(String, String)> = res.iter().map(|r| (r.key(), r.name.clone())).collect();
-        let base = self.base_entry(q);
-        let hs = self.host_mut(h);
-        hs.registry_version += 1;
-        let e = hs.registry.entry(pk(base.proc_id)).or_insert(base);
-        for k in keys {
-            if !e.keys.contains(&k) {
-                e.keys.push(k);
+        if self.mutation == Mutation::NoVersionCheckOnHandover {
+            for c in &mut op.calls {
+                c.want = None;
             }
         }
-        let mut view = status;
-        if self.mutation == Mutation::TakeoverAtHalfD {
-            view.written_ms += self.p.cfg.timing.host_dead_timeout / 2;
-        }
-        let me = self.holder(q);
         self.ops.get_mut(&id).unwrap().proc_ = Some(Proc::Acquire(AcqProc {
             q,
-            res,
-            idx: 0,
-            newly: Vec::new(),
-            me,
-            expect,
-            view: Arc::new(view),
+            op: Some(op),
             opened: false,
             rollback: None,
-            error: None,
         }));
         let io = self.p.cfg.io_timeout;
         self.issue(h, Job::Open, Owner::Op(id), Some(io));
@@ -824,29 +776,18 @@ impl World {
     /// `plugin::release` with or without a state, for `q`.
     fn begin_release(&mut self, id: u64, q: usize, want_state: bool) {
         let h = self.qemus[q].host;
-        let p = self.qemus[q].proc_id;
-        if !self.qemus[q].alive() && !self.host(h).registry.contains_key(&pk(p)) {
-            return self.release_finished(id, Err("QEMU is neither running nor registered".into()));
-        }
-        let vm = self.qemus[q].vm;
-        let res: Vec<Resource> = self.vms[vm]
-            .resources
-            .iter()
-            .filter(|r| want_state || r.kind != vmlease::resource::Kind::Domain)
-            .cloned()
-            .collect();
-        let me = self.holder(q);
+        let m = self.manager(q);
+        let begun = self.with_plugin(h, id, |host, _, cfg| {
+            Release::begin(host, cfg, &m, want_state)
+        });
+        let op = match begun {
+            Ok(op) => op,
+            Err(e) => return self.release_finished(id, Err(e.to_string())),
+        };
         self.ops.get_mut(&id).unwrap().proc_ = Some(Proc::Release(RelProc {
             q,
-            res,
-            idx: 0,
-            me,
-            want_state,
+            op: Some(op),
             opened: false,
-            state: LockState::default(),
-            released: Vec::new(),
-            earlier: Vec::new(),
-            first_err: None,
         }));
         let io = self.p.cfg.io_timeout;
         self.issue(h, Job::Open, Owner::Op(id), Some(io));
@@ -857,42 +798,38 @@ impl World {
             return;
         };
         let h = op.host;
-        let budget = self.p.cfg.io_timeout + self.p.cfg.lock_timeout;
-        let Some(proc_) = op.proc_.as_mut() else {
+        let Some(proc_) = op.proc_.take() else {
             return;
         };
         match proc_ {
-            Proc::HookOpen => {
-                op.proc_ = None;
-                match out {
-                    Outcome::Unit(Ok(())) => {
-                        let phase = op.phase;
-                        op.phase = if phase == Phase::Prepare {
-                            Phase::Register
-                        } else {
-                            Phase::DstRegister
-                        };
-                        let d = self.libvirt_delay();
-                        self.after(d, Ev::OpStep(id));
-                    }
-                    Outcome::Unit(Err(e)) => {
-                        self.op_done(id, false, &format!("hook: {e}"));
-                    }
-                    _ => unreachable!(),
+            Proc::HookOpen => match out {
+                Outcome::Unit(Ok(())) => {
+                    let phase = op.phase;
+                    op.phase = if phase == Phase::Prepare {
+                        Phase::Register
+                    } else {
+                        Phase::DstRegister
+                    };
+                    let d = self.libvirt_delay();
+                    self.after(d, Ev::OpStep(id));
                 }
-            }
-            Proc::Inquire(ip) => match out {
+                Outcome::Unit(Err(e)) => {
+                    self.op_done(id, false, &format!("hook: {e}"));
+                }
+                _ => unreachable!(),
+            },
+            Proc::Inquire(mut ip) => match out {
                 Outcome::Unit(Ok(())) if !ip.opened => {
                     ip.opened = true;
                     let job = Job::Inquire {
-                        keys: ip.keys.clone(),
-                        me: ip.me.clone(),
+                        keys: ip.op.keys.clone(),
+                        me: ip.op.me.clone(),
                     };
+                    op.proc_ = Some(Proc::Inquire(ip));
                     let io = self.p.cfg.io_timeout;
                     self.issue(h, job, Owner::Op(id), Some(io));
                 }
                 Outcome::Versions(Ok(v)) => {
-                    op.proc_ = None;
                     let st = LockState { versions: v };
                     if let Kind::Migrate {
                         begin_state,
@@ -908,149 +845,135 @@ impl World {
                     self.after(d, Ev::OpStep(id));
                 }
                 Outcome::Unit(Err(e)) | Outcome::Versions(Err(e)) => {
-                    op.proc_ = None;
                     self.op_done(id, false, &format!("inquire: {e}"));
                 }
                 _ => unreachable!(),
             },
-            Proc::Acquire(ap) => {
-                match out {
-                    Outcome::Unit(Ok(())) if !ap.opened => {
-                        ap.opened = true;
-                    }
-                    Outcome::Unit(Err(e)) => {
-                        return self.acquire_finished(id, Err(e.to_string()));
-                    }
-                    Outcome::Acquired(r) => match r {
-                        Ok(a) => {
-                            self.stats.takeovers += a.took_over.len() as u64;
-                            if a.changed {
-                                ap.newly.push(ap.res[ap.idx].clone());
-                            }
-                            ap.idx += 1;
-                        }
-                        Err(e) => {
-                            if ap.error.is_none() {
-                                ap.error = Some(e.to_string());
-                                ap.rollback = Some(0);
-                            }
-                        }
-                    },
-                    Outcome::Released(_) => {
-                        if let Some(i) = ap.rollback.as_mut() {
-                            *i += 1;
-                        }
-                    }
-                    _ => unreachable!(),
-                }
-                // Next call.
-                if let Some(i) = ap.rollback {
-                    if i < ap.newly.len() {
-                        let r = &ap.newly[i];
-                        let job = Job::Release {
-                            key: r.key(),
-                            name: r.name.clone(),
-                            me: ap.me.clone(),
-                        };
-                        self.issue(h, job, Owner::Op(id), Some(budget));
-                    } else {
-                        let e = ap.error.clone().unwrap();
-                        self.acquire_finished(id, Err(e));
-                    }
-                    return;
-                }
-                if ap.idx < ap.res.len() {
-                    let r = ap.res[ap.idx].clone();
-                    let mut want = ap.expect.versions.get(&r.key()).copied();
-                    if self.mutation == Mutation::NoVersionCheckOnHandover {
-                        want = None;
-                    }
-                    let job = Job::Acquire {
-                        res: r,
-                        me: ap.me.clone(),
-                        want,
-                        view: Some(ap.view.clone()),
-                    };
-                    self.issue(h, job, Owner::Op(id), Some(budget));
-                } else {
-                    let q = ap.q;
-                    let p = self.qemus[q].proc_id;
-                    let hs = self.host_mut(h);
-                    hs.registry_version += 1;
-                    if let Some(e) = hs.registry.get_mut(&pk(p)) {
-                        e.released.clear();
-                    }
-                    self.acquire_finished(id, Ok(None));
-                }
-            }
-            Proc::Release(rp) => {
-                match out {
-                    Outcome::Unit(Ok(())) if !rp.opened => {
-                        rp.opened = true;
-                        let p = self.qemus[rp.q].proc_id;
-                        rp.earlier = self.hosts[h as usize - 1]
-                            .registry
-                            .get(&pk(p))
-                            .map(|e| e.released.clone())
-                            .unwrap_or_default();
-                    }
-                    Outcome::Unit(Err(e)) => {
-                        return self.release_finished(id, Err(e.to_string()));
-                    }
-                    Outcome::Released(r) => {
-                        let r_key = rp.res[rp.idx].key();
-                        match r {
-                            Ok(Some(v)) => {
-                                rp.state.versions.insert(r_key.clone(), v);
-                                rp.released.push(r_key);
-                            }
-                            Ok(None) => {
-                                if let Some((_, v)) = rp.earlier.iter().find(|(k, _)| *k == r_key) {
-                                    rp.state.versions.insert(r_key, *v);
-                                }
-                            }
-                            Err(e) => {
-                                rp.first_err.get_or_insert(e.to_string());
-                            }
-                        }
-                        rp.idx += 1;
-                    }
-                    _ => unreachable!(),
-                }
-                if rp.idx < rp.res.len() {
-                    let r = &rp.res[rp.idx];
-                    let job = Job::Release {
-                        key: r.key(),
-                        name: r.name.clone(),
-                        me: rp.me.clone(),
-                    };
-                    self.issue(h, job, Owner::Op(id), Some(budget));
-                    return;
-                }
-                let p = self.qemus[rp.q].proc_id;
-                let released = std::mem::take(&mut rp.released);
-                let versions: Vec<(String, u64)> = rp
-                    .state
-                    .versions
-                    .iter()
-                    .map(|(k, v)| (k.clone(), *v))
-                    .collect();
-                let want = rp.want_state;
-                let res = match rp.first_err.take() {
-                    Some(e) => Err(e),
-                    None => Ok(want.then(|| rp.state.encode())),
-                };
-                let hs = self.host_mut(h);
-                hs.registry_version += 1;
-                if let Some(e) = hs.registry.get_mut(&pk(p)) {
-                    e.keys.retain(|(k, _)| !released.contains(k));
-                    if want {
-                        e.released = versions;
-                    }
-                }
-                self.release_finished(id, res);
-            }
+            Proc::Acquire(ap) => self.acquire_step(id, h, ap, out),
+            Proc::Release(rp) => self.release_step(id, h, rp, out),
         }
+    }
+
+    /// `plugin::acquire`'s driver: open, every record at once, then the
+    /// verdict and, on a part failure, the rollback (all at once).
+    fn acquire_step(&mut self, id: u64, h: u16, mut ap: AcqProc, out: Outcome) {
+        let budget = self.p.cfg.io_timeout + self.p.cfg.lock_timeout;
+        match out {
+            Outcome::Unit(Ok(())) if !ap.opened => {
+                ap.opened = true;
+                let mut op = ap.op.take().unwrap();
+                if let Err(e) = self.with_plugin(h, id, |host, io, _| op.opened(host, io)) {
+                    return self.acquire_done(id, ap, Err(e.to_string()));
+                }
+                let view = Arc::new(op.view.clone());
+                let jobs: Vec<Job> = op
+                    .calls
+                    .iter()
+                    .enumerate()
+                    .map(|(idx, c)| Job::Acquire {
+                        idx,
+                        call: c.clone(),
+                        me: op.me.clone(),
+                        view: Some(view.clone()),
+                    })
+                    .collect();
+                ap.op = Some(op);
+                self.put_proc(id, Proc::Acquire(ap));
+                for job in jobs {
+                    self.issue(h, job, Owner::Op(id), Some(budget));
+                }
+            }
+            Outcome::Unit(Err(e)) => self.acquire_done(id, ap, Err(e.to_string())),
+            Outcome::Acquired(idx, r) => {
+                if let Ok(a) = &r {
+                    self.stats.takeovers += a.took_over.len() as u64;
+                }
+                let mut op = ap.op.take().unwrap();
+                op.record_done(idx, r);
+                if op.waiting() > 0 {
+                    ap.op = Some(op);
+                    return self.put_proc(id, Proc::Acquire(ap));
+                }
+                let me = op.me.clone();
+                match self.with_plugin(h, id, |host, _, _| op.finish(host)) {
+                    Ok(_) => self.acquire_done(id, ap, Ok(None)),
+                    Err(rb) if rb.newly.is_empty() => {
+                        self.acquire_done(id, ap, Err(rb.error.to_string()))
+                    }
+                    Err(rb) => {
+                        let jobs: Vec<Job> = rb
+                            .newly
+                            .iter()
+                            .map(|r| Job::Release {
+                                key: r.key(),
+                                name: r.name.clone(),
+                                me: me.clone(),
+                            })
+                            .collect();
+                        ap.rollback = Some((rb.newly, 0, rb.error.to_string()));
+                        self.put_proc(id, Proc::Acquire(ap));
+                        for job in jobs {
+                            self.issue(h, job, Owner::Op(id), Some(budget));
+                        }
+                    }
+                }
+            }
+            Outcome::Released(r) => {
+                let (newly, done, _) = ap.rollback.as_mut().unwrap();
+                acquire::rolled_back(&newly[*done], &r);
+                *done += 1;
+                if *done < newly.len() {
+                    return self.put_proc(id, Proc::Acquire(ap));
+                }
+                let e = ap.rollback.as_ref().unwrap().2.clone();
+                self.acquire_done(id, ap, Err(e));
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    /// `plugin::release`'s driver: open, then one record after the other.
+    fn release_step(&mut self, id: u64, h: u16, mut rp: RelProc, out: Outcome) {
+        let mut op = rp.op.take().unwrap();
+        match out {
+            Outcome::Unit(Ok(())) if !rp.opened => {
+                rp.opened = true;
+                self.with_plugin(h, id, |host, _, _| op.opened(host));
+            }
+            Outcome::Unit(Err(e)) => {
+                self.put_proc(id, Proc::Release(rp));
+                return self.release_finished(id, Err(e.to_string()));
+            }
+            Outcome::Released(r) => op.record_done(r),
+            _ => unreachable!(),
+        }
+        if let Some(r) = op.next() {
+            let job = Job::Release {
+                key: r.key(),
+                name: r.name.clone(),
+                me: op.me.clone(),
+            };
+            rp.op = Some(op);
+            self.put_proc(id, Proc::Release(rp));
+            let budget = self.p.cfg.io_timeout + self.p.cfg.lock_timeout;
+            self.issue(h, job, Owner::Op(id), Some(budget));
+            return;
+        }
+        let res = self.with_plugin(h, id, |host, _, _| op.finish(host));
+        self.put_proc(id, Proc::Release(rp));
+        self.release_finished(id, res.map_err(|e| e.to_string()));
+    }
+
+    fn put_proc(&mut self, id: u64, p: Proc) {
+        if let Some(op) = self.ops.get_mut(&id) {
+            op.proc_ = Some(p);
+        }
+    }
+
+    /// The acquire of `ap.q` is over.
+    fn acquire_done(&mut self, id: u64, ap: AcqProc, r: ProcResult) {
+        self.put_proc(id, Proc::Acquire(ap));
+        self.acquire_finished(id, r);
     }
 
     fn acquire_finished(&mut self, id: u64, r: ProcResult) {
@@ -1141,29 +1064,5 @@ impl World {
             }
             _ => self.op_done(id, r.is_ok(), ""),
         }
-    }
-}
-
-fn empty_status(host_id: u16, boot: &str) -> Status {
-    Status {
-        daemon_pid: 0,
-        host_id,
-        boot_id: boot.to_string(),
-        incarnation: 0,
-        written_ms: 0,
-        last_renewal_ms: 0,
-        state: vmlease::hosts::HostState::Live,
-        reason: String::new(),
-        unsafe_no_watchdog: false,
-        lockspace_dir: String::new(),
-        lockspace_uuid: String::new(),
-        allow_local_lockspace: false,
-        local_lockspace: String::new(),
-        observing_since_ms: 0,
-        renew_interval_ms: 0,
-        renew_fail_timeout_ms: 0,
-        host_dead_timeout_ms: 0,
-        networks: Vec::new(),
-        peers: Vec::new(),
     }
 }

@@ -20,6 +20,7 @@ mod daemon;
 mod libvirt;
 mod mutation;
 mod params;
+mod plugin_host;
 mod rng;
 mod scenarios;
 mod schedule;

@@ -218,6 +218,11 @@ impl<'a> SimIo<'a> {
 impl Store for SimIo<'_> {
     type Guard = ();
 
+    /// The simulated daemons publish this UUID in their status.
+    fn identity(&self) -> (std::path::PathBuf, Option<String>) {
+        ("/sim/lockspace".into(), Some("sim-lockspace".into()))
+    }
+
     fn read_storage_fence_raw(&self, host_id: u16) -> Result<Option<Vec<u8>>> {
         Ok(self.st.fences.get(&host_id).cloned())
     }

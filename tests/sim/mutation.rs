@@ -1,6 +1,10 @@
 //! Safety rules the simulator can switch off, one at a time, to show that
 //! it notices. Every mutation lives in the simulator (a view, a store or a
-//! check that lies); production code has no knob for any of them.
+//! check that lies); production code has no knob for any of them. The
+//! plugin's are seams into its production code: the simulated host
+//! (`plugin_host::SimHost`) answers the protected check or its clock as
+//! the mutation says, or the acquire's own data (its view, the versions
+//! its records require) is changed between its steps.
 
 use std::fmt;
 
@@ -11,7 +15,7 @@ use vmlease::process::{Liveness, ProcId, Stat};
 pub enum Mutation {
     None,
     /// "No watchdog, no leases" off: the plugin's protected check
-    /// (`Status::check_protected`) always passes.
+    /// (`Host::protected`, i.e. `protected_status`) always passes.
     NoProtectedCheck,
     /// The protected check judges the daemon's status as of the moment it
     /// was written, so a stale status from a hung daemon looks fresh.
@@ -19,7 +23,8 @@ pub enum Mutation {
     /// Rule 4 at D/2: the engine's view claims twice the observed time.
     TakeoverAtHalfD,
     /// Resume and migration finish acquire without the handed-over lease
-    /// versions.
+    /// versions (nor those the registry remembers from an earlier acquire
+    /// of the same QEMU): `RecordCall::want` cleared.
     NoVersionCheckOnHandover,
     /// The record lock does not exclude anyone.
     NoRecordLock,

@@ -406,7 +406,7 @@ const SCAN_FROM: [(Mutation, u64); 5] = [
     // Since issue 14 a joining host writes a claim record that its peers
     // see change at its first renewal; the old observer's mistake needs a
     // first sight after the observer's reads failed since its start.
-    (Mutation::FirstSightDatedToStart, 12953),
+    (Mutation::FirstSightDatedToStart, 67956),
 ];
 
 /// The first seed from 0 that catches `claim-without-read-back`: a clone

@@ -1,12 +1,11 @@
 //! Joining the lockspace in the simulated daemon: `daemon::claim::claim`
 //! (the real `Claim` stepped with each read of the slot, its claim write
-//! and its delayed read-back), the claim before issue 14 for the mutation
-//! `claim-without-read-back`, and the re-claim that `vmlease clear-fence`
-//! starts after a host id collision (src/daemon/mod.rs `clear_input`,
-//! `step_reclaim`).
+//! and its delayed read-back), and the claim before issue 14 for the
+//! mutation `claim-without-read-back`. The re-claim that `vmlease
+//! clear-fence` starts after a host id collision is the core's.
 
 use vmlease::collision::CLAIM_COUNTER;
-use vmlease::daemon::claim::{watch_time, Claim, ClaimStep};
+use vmlease::daemon::claim::{watch_time, ClaimStep};
 use vmlease::hosts::HostState;
 
 use crate::calls::{DaemonCall, Job, Owner};
@@ -183,82 +182,6 @@ impl World {
     pub fn claim_poll(&mut self, h: u16, gen: u64) {
         if self.daemon_gen_ok(h, gen) {
             self.claim_read(h, gen);
-        }
-    }
-
-    /// The clear request as the fence sees it (src/daemon/mod.rs
-    /// `clear_input`): a collision fence is cleared only through a new
-    /// claim of the slot, with the rules of the claim at start.
-    pub(crate) fn clear_input(&mut self, h: u16) -> bool {
-        let asked = std::mem::take(&mut self.host_mut(h).clear_request);
-        if self.mutation == Mutation::ClaimWithoutReadBack {
-            return asked;
-        }
-        let hs = self.host(h);
-        let (host_id, name, boot) = (hs.host_id, hs.name.clone(), hs.boot_id.clone());
-        let t = self.p.cfg.timing;
-        let io = self.p.cfg.io_timeout;
-        let d = self.host_mut(h).daemon.as_mut().unwrap();
-        if std::mem::take(&mut d.clear_ready) {
-            d.reclaim_note.clear();
-            return true;
-        }
-        if asked && d.collision {
-            if d.reclaim.is_none() {
-                d.reclaim_note = "re-claiming the host id".into();
-                d.reclaim = Some(Claim::new(
-                    host_id,
-                    &name,
-                    &boot,
-                    t.host_dead_timeout,
-                    io,
-                    t.renew_interval,
-                    true,
-                ));
-                // Read the slot at once.
-                d.next_renew_ms = 0;
-                self.log(
-                    &format!("h{h}"),
-                    format!("host id {host_id}: re-claiming the slot before clearing the collision fence"),
-                );
-            }
-            return false;
-        }
-        asked
-    }
-
-    /// Feeds a re-claim with our slot as read at `now`
-    /// (src/daemon/mod.rs `step_reclaim`).
-    pub(crate) fn step_reclaim(&mut self, h: u16, now: u64, own: &[u8], wrote: Option<Vec<u8>>) {
-        let d = self.host_mut(h).daemon.as_mut().unwrap();
-        let Some(c) = d.reclaim.as_mut() else {
-            return;
-        };
-        let step = match wrote {
-            Some(rec) => c.wrote(now, rec),
-            None => c.step(now, own),
-        };
-        match step {
-            ClaimStep::ReadAt(at) => d.next_renew_ms = at,
-            ClaimStep::Write { .. } => d.next_renew_ms = 0,
-            ClaimStep::Joined | ClaimStep::Rejoined => {
-                d.reclaim = None;
-                d.reclaim_note =
-                    "re-claiming the host id: claimed; clearing at the next renewal".into();
-                d.collision = false;
-                d.collision_msg.clear();
-                d.clear_after_renewal = true;
-                d.next_renew_ms = 0;
-                self.log(
-                    &format!("h{h}"),
-                    "slot claimed again; the collision is over".into(),
-                );
-            }
-            ClaimStep::Refused(why) => {
-                d.reclaim = None;
-                d.reclaim_note = format!("fence not cleared: {why}");
-                self.log(&format!("h{h}"), format!("fence not cleared: {why}"));
-            }
         }
     }
 }

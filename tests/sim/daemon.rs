@@ -1,32 +1,31 @@
-//! The watchdog daemon of one simulated host: `Daemon::start` (open the
-//! lockspace, claim the host id, open the hardware watchdog), the main
-//! loop of `Daemon::run` (collect the renewal, probe, reap, fence, kill,
-//! pet, renew, release, write the status) and `Daemon::stop`, step by step
-//! as in src/daemon/mod.rs, src/daemon/claim.rs, src/daemon/renew.rs and
-//! src/daemon/reaper.rs, with the threads replaced by storage calls and
-//! events.
+//! The watchdog daemon of one simulated host, driving the production
+//! core (`vmlease::daemon::core::Core`): this file is its driver as
+//! src/daemon/mod.rs is in production, with the threads replaced by
+//! storage calls and events. The start (open the lockspace, claim the host
+//! id: tests/sim/claim.rs), the prober and the reaper (src/daemon/reaper.rs:
+//! registry scans, pidfd notices, the release worker through the real
+//! `Engine::release_matching`) are simulated here; every decision of the
+//! loop - renewals, the records the slot may hold, collisions and the
+//! re-claim, the fence and the order of kill, reset, pet and renew, the
+//! status, the stop path - is the core's.
 //!
-//! The decisions are the real ones: `Fence::step`, `Observer::update`,
-//! `claim::Claim` (the claim, its write and its delayed read-back:
-//! tests/sim/claim.rs),
-//! `collision::check_own` (before every write of the slot), `NetState`,
-//! `HostRecord::encode`, `hosts::decode_slot`, and the release goes
-//! through the real `Engine::release_matching`.
+//! The mutations of daemon rules go through the core's test-only seam
+//! (`core::Tamper`); those of what the daemon observes (a QEMU dead once
+//! killed, the old observer's dates) stay here.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use vmlease::collision::CLAIM_COUNTER;
-use vmlease::config::Network;
-use vmlease::daemon::claim::Claim;
-use vmlease::daemon::fence::{self, Fence, Inputs, Phase};
-use vmlease::daemon::probes::{NetState, Round};
-use vmlease::daemon::renew::own_slot;
+use vmlease::collision::{Collision, CLAIM_COUNTER};
+use vmlease::daemon::core::{self, Command, Core, RenewReq, Renewed, StopNext, Tamper, TickIn};
+use vmlease::daemon::fence::{self, Actions, Fence, Inputs, Phase};
+use vmlease::daemon::probes::Round;
+use vmlease::daemon::renew::{own_slot, RenewIo};
 use vmlease::error::Result;
 use vmlease::hosts::{HostRecord, HostState, Slot};
 use vmlease::lease::Holder;
 use vmlease::process::ProcId;
 use vmlease::registry::Entry as RegEntry;
-use vmlease::status::{Observer, Status};
+use vmlease::status::Status;
 
 use crate::calls::{DaemonCall, Job, Outcome, Owner, RenewDone};
 use crate::mutation::Mutation;
@@ -39,10 +38,6 @@ pub enum RenewResult {
     Io(Result<RenewDone>),
     Old(Result<(Vec<u8>, Vec<u64>)>),
 }
-
-/// At most this many records the slot may hold while writes fail
-/// (src/daemon/mod.rs `MAX_EXPECT`).
-const MAX_EXPECT: usize = 32;
 
 pub struct Tracked {
     pub entry: Option<RegEntry>,
@@ -68,6 +63,8 @@ pub enum DPhase {
     Stopping,
 }
 
+use vmlease::daemon::claim::Claim;
+
 pub struct ReleaseJob {
     pub p: ProcId,
     pub entry: RegEntry,
@@ -80,38 +77,18 @@ pub struct Daemon {
     pub pid: u32,
     pub incarnation: u64,
     pub phase: DPhase,
-    pub counter: u64,
-    pub started_ms: u64,
-    pub last_renewal_ms: u64,
-    pub renew_inflight: Option<u64>,
-    pub next_renew_ms: u64,
-    /// The records our slot may hold: the one we wrote last, and those
-    /// whose write failed after it (they may have landed).
+    /// The loop's state and decisions, from the claim's end on.
+    pub core: Option<Core>,
+    /// During the claim: the record our slot holds.
     pub expect: Vec<Vec<u8>>,
-    /// The record the renewal (or claim write) in flight asked to write.
+    /// The record the claim write (or, for the mutation, the old renewal)
+    /// in flight asked to write.
     pub pending_written: Option<Vec<u8>>,
-    pub observer: Observer,
-    pub fence: Fence,
-    pub mgmt: NetState,
-    pub service: NetState,
     pub probe_out: Option<Round>,
-    /// Another machine wrote our slot: we write it no more until a
-    /// re-claim succeeds.
-    pub collision: bool,
-    pub collision_msg: String,
-    /// A re-claim of the slot after a collision (`vmlease clear-fence`).
-    pub reclaim: Option<Claim>,
-    pub reclaim_note: String,
-    pub clear_after_renewal: bool,
-    pub clear_ready: bool,
-    pub last_state: HostState,
-    pub renew_error: String,
-    pub status_written_ms: u64,
-    pub status_key: (HostState, u64, String),
     pub tracked: BTreeMap<Pk, Tracked>,
     pub jobs: VecDeque<(ProcId, RegEntry)>,
     pub job: Option<ReleaseJob>,
-    pub inbox_renew: Vec<(u64, RenewResult)>,
+    pub inbox_renew: Vec<RenewResult>,
     pub inbox_release: Vec<(ProcId, Result<Vec<String>>)>,
     pub tick_seq: u64,
     /// The last table read fed to the observer (for a mutation).
@@ -122,6 +99,43 @@ pub struct Daemon {
     pub first_sight: BTreeMap<u16, u64>,
     pub registry_seen: Option<u64>,
     pub last_full_scan: u64,
+}
+
+impl Daemon {
+    fn core(&mut self) -> &mut Core {
+        self.core
+            .as_mut()
+            .expect("the core runs once the claim joined")
+    }
+}
+
+/// The daemon mutations, through the core's seam.
+struct SimTamper(Mutation);
+
+impl Tamper for SimTamper {
+    fn fence_clock(&self, clock: u64, now: u64) -> u64 {
+        if self.0 == Mutation::RestartResetsFenceClock {
+            now
+        } else {
+            clock
+        }
+    }
+
+    fn actions(&self, fence: &mut Fence, i: &Inputs, was_fencing: bool, act: &mut Actions) {
+        match self.0 {
+            Mutation::KillTimeoutFromNow if !was_fencing => kill_timeout_from_now(fence, i, act),
+            Mutation::FencedCleanBeforeKill if act.state == HostState::Fencing => {
+                act.state = HostState::FencedClean
+            }
+            Mutation::NoKillOnFence => act.kill_all = false,
+            Mutation::AlwaysPetWatchdog => act.pet = true,
+            _ => {}
+        }
+    }
+
+    fn old_collision_rules(&self) -> bool {
+        self.0 == Mutation::ClaimWithoutReadBack
+    }
 }
 
 impl World {
@@ -139,35 +153,15 @@ impl World {
             hs.daemon_gen = gen;
             hs.next_pid
         };
-        let t = self.p.cfg.timing;
-        let cfg = &self.p.cfg;
         let d = Daemon {
             gen,
             pid,
             incarnation: self.rng.next_u64(),
             phase: DPhase::Opening,
-            counter: CLAIM_COUNTER,
-            started_ms: now,
-            last_renewal_ms: 0,
-            renew_inflight: None,
-            next_renew_ms: now,
+            core: None,
             expect: Vec::new(),
             pending_written: None,
-            observer: Observer::new(now),
-            fence: Fence::new(t, cfg.management.policy, cfg.service.policy),
-            mgmt: NetState::new("management", cfg.management.clone()),
-            service: NetState::new("service", cfg.service.clone()),
             probe_out: None,
-            collision: false,
-            collision_msg: String::new(),
-            reclaim: None,
-            reclaim_note: String::new(),
-            clear_after_renewal: false,
-            clear_ready: false,
-            last_state: HostState::Live,
-            renew_error: String::new(),
-            status_written_ms: 0,
-            status_key: (HostState::Live, 0, String::new()),
             tracked: BTreeMap::new(),
             jobs: VecDeque::new(),
             job: None,
@@ -246,13 +240,13 @@ impl World {
                 }
                 Err(e) => self.daemon_exit(h, &format!("claim: {e}"), true),
             },
-            (DaemonCall::Renew { issued_ms }, Outcome::Renewed(r)) => {
+            (DaemonCall::Renew { .. }, Outcome::Renewed(r)) => {
                 let d = self.host_mut(h).daemon.as_mut().unwrap();
-                d.inbox_renew.push((issued_ms, RenewResult::Io(r)));
+                d.inbox_renew.push(RenewResult::Io(r));
             }
-            (DaemonCall::Renew { issued_ms }, Outcome::Table(r)) => {
+            (DaemonCall::Renew { .. }, Outcome::Table(r)) => {
                 let d = self.host_mut(h).daemon.as_mut().unwrap();
-                d.inbox_renew.push((issued_ms, RenewResult::Old(r)));
+                d.inbox_renew.push(RenewResult::Old(r));
             }
             (DaemonCall::Release, Outcome::Matched(r)) => self.release_job_step(h, r),
             (DaemonCall::Leave, out) => {
@@ -277,11 +271,23 @@ impl World {
     /// slot as the claim read it (unchanged while watched).
     pub(crate) fn daemon_run(&mut self, h: u16, own: Option<Slot>) {
         let now = self.local(h);
-        let (name, boot) = (self.host(h).name.clone(), self.host(h).boot_id.clone());
-        let mut clock = fence::clock_start(own.as_ref(), &name, &boot, now);
-        if self.mutation == Mutation::RestartResetsFenceClock {
-            clock = now;
-        }
+        let hs = self.host(h);
+        let d = hs.daemon.as_ref().unwrap();
+        let mut setup = core::Setup::new(
+            &self.p.cfg,
+            hs.host_id,
+            &hs.name,
+            &hs.boot_id,
+            d.incarnation,
+        );
+        setup.lockspace_uuid = "sim-lockspace".into();
+        let written = d.expect.first().cloned().unwrap_or_default();
+        let tamper: Option<Box<dyn Tamper>> = match self.mutation {
+            Mutation::None => None,
+            m => Some(Box::new(SimTamper(m))),
+        };
+        let mut core = Core::new(setup, own.as_ref(), written, now, tamper);
+        let clock = core.fence_clock();
         if clock < now {
             self.log(
                 &format!("h{h}"),
@@ -293,15 +299,10 @@ impl World {
         }
         // Opening the watchdog sets its timeout, which pings it.
         self.wd_arm(h);
-        let marker = self.host(h).marker.clone();
+        core.begin(now, self.host(h).marker.clone());
         let d = self.host_mut(h).daemon.as_mut().unwrap();
-        if let Some(cause) = marker {
-            d.fence.phase = Phase::Fenced { cause, since: now };
-        }
+        d.core = Some(core);
         d.phase = DPhase::Running;
-        d.started_ms = clock;
-        d.next_renew_ms = now;
-        d.observer = Observer::new(now);
         d.observer_made_ms = now;
         d.first_sight.clear();
         let gen = d.gen;
@@ -388,7 +389,8 @@ impl World {
         }
     }
 
-    /// SIGTERM: `Daemon::stop`, then (for a restart) a new start.
+    /// SIGTERM: `Daemon::stop` (the core's stop path), then (for a
+    /// restart) a new start.
     pub fn daemon_sigterm(&mut self, h: u16, restart: bool) {
         let hs = self.host(h);
         if !hs.up || hs.frozen(self.now) {
@@ -407,64 +409,98 @@ impl World {
             &format!("h{h}"),
             "watchdog daemon stopping (SIGTERM)".into(),
         );
-        self.host_mut(h).status = None;
-        self.reaper_scan_now(h);
-        let alive = self.alive_processes(h).len();
-        if alive > 0 {
-            self.log(
-                &format!("h{h}"),
-                format!("stopping with {alive} leased QEMU(s) running: the watchdog stays armed"),
-            );
-            self.daemon_gone(h);
-        } else {
-            let old = self.mutation == Mutation::ClaimWithoutReadBack;
-            let d = self.host(h).daemon.as_ref().unwrap();
-            // After a collision the slot is not ours: nothing is written;
-            // else only over the record we wrote last (the renewal's
-            // check), under twice the I/O deadline.
-            if d.last_renewal_ms > 0 && d.renew_inflight.is_none() && (!d.collision || old) {
-                let gen = d.gen;
-                let rec = {
-                    let d = self.host_mut(h).daemon.as_mut().unwrap();
-                    d.counter += 1;
-                    d.phase = DPhase::Stopping;
-                    self.record(h, HostState::Leaving)
-                };
-                let io = self.p.cfg.io_timeout;
-                let d = self.host(h).daemon.as_ref().unwrap();
-                let (job, deadline) = if old {
-                    (Job::WriteHost(rec), io)
-                } else {
-                    let job = Job::Renew {
-                        host_id: rec.host_id,
-                        expect: d.expect.clone(),
-                        rec: Some(rec),
-                    };
-                    (job, 2 * io)
-                };
-                self.issue(
-                    h,
-                    job,
-                    Owner::Daemon {
-                        h,
-                        gen,
-                        what: DaemonCall::Leave,
-                    },
-                    Some(deadline),
-                );
-                if restart {
-                    self.schedule_restart(h);
-                }
-                return;
-            }
-            self.host_mut(h).wd_armed = false;
-            self.daemon_gone(h);
-        }
+        let d = self.host_mut(h).daemon.as_mut().unwrap();
+        d.phase = DPhase::Stopping;
+        d.tick_seq += 1;
         if restart {
+            // systemd starts the new one once this one has exited.
             self.schedule_restart(h);
+        }
+        self.daemon_stop_step(h);
+    }
+
+    /// The stop path, as far as it goes without waiting.
+    fn daemon_stop_step(&mut self, h: u16) {
+        let now = self.local(h);
+        let wall = self.wall_secs(h);
+        self.collect_renewal(h, now);
+        let mut leased = None;
+        loop {
+            let d = self.host_mut(h).daemon.as_mut().unwrap();
+            match d.core().stop(now, wall, leased.take()) {
+                StopNext::Withdraw => {
+                    self.host_mut(h).status = None;
+                    self.reaper_scan_now(h);
+                    leased = Some(self.alive_processes(h).len());
+                }
+                StopNext::Count => {
+                    self.reaper_scan_now(h);
+                    leased = Some(self.alive_processes(h).len());
+                }
+                StopNext::WaitRenewal => {
+                    let d = self.host_mut(h).daemon.as_mut().unwrap();
+                    d.tick_seq += 1;
+                    let (gen, seq) = (d.gen, d.tick_seq);
+                    let dt = self.host(h).real(5);
+                    self.after(dt, Ev::Tick { h, gen, seq });
+                    return;
+                }
+                StopNext::StayArmed(alive) => {
+                    self.log(
+                        &format!("h{h}"),
+                        format!("stopping with {alive} leased QEMU(s) running: the watchdog stays armed"),
+                    );
+                    self.daemon_gone(h);
+                    return;
+                }
+                StopNext::Leave(req) => {
+                    self.leave(h, req);
+                    return;
+                }
+                StopNext::Disarm => {
+                    self.host_mut(h).wd_armed = false;
+                    self.daemon_gone(h);
+                    return;
+                }
+            }
         }
     }
 
+    /// Publishes 'leaving' under twice the I/O deadline (before issue 14,
+    /// for the mutation: a plain write under the I/O deadline).
+    fn leave(&mut self, h: u16, req: RenewReq) {
+        let rec = req.rec.expect("'leaving' is a write");
+        let io = self.p.cfg.io_timeout;
+        let (job, deadline) = if self.mutation == Mutation::ClaimWithoutReadBack {
+            (Job::WriteHost(rec), io)
+        } else {
+            let job = Job::Renew {
+                host_id: rec.host_id,
+                expect: req.expect,
+                rec: Some(rec),
+            };
+            (job, 2 * io)
+        };
+        let gen = self.host(h).daemon.as_ref().unwrap().gen;
+        self.issue(
+            h,
+            job,
+            Owner::Daemon {
+                h,
+                gen,
+                what: DaemonCall::Leave,
+            },
+            Some(deadline),
+        );
+    }
+
+    /// This host's wall clock in seconds.
+    fn wall_secs(&self, h: u16) -> u64 {
+        let hs = self.host(h);
+        (1_700_000_000 + hs.wall_skew_s + (self.now / 1_000_000) as i64) as u64
+    }
+
+    /// A record of this host (the claim's).
     pub(crate) fn record(&self, h: u16, state: HostState) -> HostRecord {
         let hs = self.host(h);
         let d = hs.daemon.as_ref().unwrap();
@@ -473,12 +509,12 @@ impl World {
             host_name: hs.name.clone(),
             boot_id: hs.boot_id.clone(),
             incarnation: d.incarnation,
-            counter: d.counter,
+            counter: CLAIM_COUNTER,
             state,
             timing: self.p.cfg.timing,
             unsafe_no_watchdog: false,
             mono_ms: hs.local_ms(self.now),
-            wall: (1_700_000_000 + hs.wall_skew_s + (self.now / 1_000_000) as i64) as u64,
+            wall: self.wall_secs(h),
         }
     }
 
@@ -745,108 +781,7 @@ impl World {
     }
 
     // ---------------------------------------------------------------
-    // The main loop.
-
-    pub fn daemon_tick(&mut self, h: u16, gen: u64, seq: u64) {
-        if !self.daemon_gen_ok(h, gen) {
-            return;
-        }
-        {
-            let d = self.host(h).daemon.as_ref().unwrap();
-            if d.tick_seq != seq || d.phase != DPhase::Running {
-                return;
-            }
-        }
-        let now = self.local(h);
-        let hs_name = format!("h{h}");
-        self.collect_renewal(h, now);
-        // collect_probes
-        let d = self.host_mut(h).daemon.as_mut().unwrap();
-        if let Some(r) = d.probe_out.take() {
-            d.mgmt.feed(r);
-        }
-        self.reaper_scan(h);
-        let alive = {
-            let d = self.host(h).daemon.as_ref().unwrap();
-            d.tracked.values().filter(|t| !t.dead).count()
-        };
-        let clear = self.clear_input(h);
-        let mutation = self.mutation;
-        let d = self.host_mut(h).daemon.as_mut().unwrap();
-        let inputs = Inputs {
-            now,
-            last_renewal: d.last_renewal_ms,
-            started: d.started_ms,
-            mgmt_lost: d.mgmt.lost(now),
-            service_lost: d.service.lost(now),
-            mgmt_down: d.mgmt.down(),
-            service_down: d.service.down(),
-            collision: d.collision,
-            // EBLOCKLISTED is not modelled: the simulated host fences at F.
-            blocklisted: false,
-            alive_leased: alive,
-            clear_requested: clear,
-        };
-        let was_fencing = matches!(d.fence.phase, Phase::Fencing { .. });
-        let mut act = d.fence.step(&inputs);
-        if mutation == Mutation::KillTimeoutFromNow && !was_fencing {
-            kill_timeout_from_now(&mut d.fence, &inputs, &mut act);
-        }
-        if self.mutation == Mutation::FencedCleanBeforeKill && act.state == HostState::Fencing {
-            act.state = HostState::FencedClean;
-        }
-        if let Some(l) = &act.log {
-            if l.starts_with("FENCING") {
-                self.stats.fences += 1;
-            }
-            let l = l.clone();
-            self.log(&hs_name, l);
-        }
-        if act.kill_all && self.mutation != Mutation::NoKillOnFence {
-            for p in self.alive_processes(h) {
-                if let Some(q) = self.qemu_by_proc(h, p) {
-                    self.log(&hs_name, format!("fence: SIGKILL QEMU pid {}", p.pid));
-                    self.kill_qemu(q);
-                }
-            }
-        }
-        if act.reset {
-            self.reset(h, "fence: a leased QEMU survived kill_timeout");
-            return;
-        }
-        if act.pet || self.mutation == Mutation::AlwaysPetWatchdog {
-            self.wd_pet(h);
-        }
-        let d = self.host_mut(h).daemon.as_mut().unwrap();
-        if act.state != d.last_state {
-            let from = d.last_state;
-            d.last_state = act.state;
-            let phase = d.fence.phase.clone();
-            self.host_mut(h).marker = match &phase {
-                Phase::Healthy => None,
-                Phase::Fencing { cause, .. }
-                | Phase::Fenced { cause, .. }
-                | Phase::Reset { cause } => Some(cause.clone()),
-            };
-            let _ = fence::marker_path;
-            self.log(&hs_name, format!("host state {from} -> {}", act.state));
-        }
-        self.maybe_renew(h, now, act.state);
-        self.release_dead(h);
-        // Status: on change and every R/2.
-        let d = self.host(h).daemon.as_ref().unwrap();
-        let key = (d.last_state, d.last_renewal_ms, d.renew_error.clone());
-        let every = (self.p.cfg.timing.renew_interval / 2).clamp(50, 1000);
-        if key != d.status_key || now.saturating_sub(d.status_written_ms) >= every {
-            self.write_status(h, now);
-            let d = self.host_mut(h).daemon.as_mut().unwrap();
-            d.status_written_ms = now;
-            d.status_key = key;
-        }
-        let tick = self.p.tick_ms;
-        let dt = self.host(h).real(tick);
-        self.after(dt, Ev::Tick { h, gen, seq });
-    }
+    // The main loop (src/daemon/mod.rs `Daemon::run`).
 
     fn qemu_by_proc(&self, h: u16, p: ProcId) -> Option<usize> {
         let boot = self.host(h).boot_no;
@@ -856,141 +791,122 @@ impl World {
             .map(|q| q.id)
     }
 
-    fn collect_renewal(&mut self, h: u16, now: u64) {
-        let inbox = std::mem::take(&mut self.host_mut(h).daemon.as_mut().unwrap().inbox_renew);
-        for (issued, r) in inbox {
-            let (raw, versions) = match r {
-                RenewResult::Io(Ok(io)) => {
-                    self.renewed(h, now, issued, &io);
-                    (io.raw, io.versions)
-                }
-                RenewResult::Old(Ok((raw, versions))) => {
-                    // Before issue 14: a collision is seen only if another
-                    // write landed between ours and this read.
-                    let host_id = self.host(h).host_id;
-                    let d = self.host_mut(h).daemon.as_mut().unwrap();
-                    d.renew_inflight = None;
-                    let written = d.pending_written.take().unwrap_or_default();
-                    if own_slot(&raw, host_id) != written {
-                        d.collision = true;
-                    } else {
-                        d.renew_error.clear();
-                        d.last_renewal_ms = issued;
-                    }
-                    (raw, versions)
-                }
-                RenewResult::Io(Err(e)) | RenewResult::Old(Err(e)) => {
-                    let d = self.host_mut(h).daemon.as_mut().unwrap();
-                    d.renew_inflight = None;
-                    // A write that failed may have landed.
-                    if let Some(w) = d.pending_written.take() {
-                        if !d.expect.contains(&w) {
-                            d.expect.push(w);
-                        }
-                        if d.expect.len() > MAX_EXPECT {
-                            d.expect.remove(0);
-                        }
-                    }
-                    d.renew_error = e.to_string();
-                    continue;
-                }
-            };
-            let slots = self.decode_table(&raw, &versions);
-            let d = self.host_mut(h).daemon.as_mut().unwrap();
-            for (i, s) in slots.iter().enumerate() {
-                let id = i as u16 + 1;
-                if d.observer.get(id).is_none() && !matches!(s, Slot::Empty) {
-                    d.first_sight.insert(id, now);
-                }
-            }
-            d.observer.update(now, &raw, &slots);
-            d.last_table = Some(raw);
-        }
-        let io = self.p.cfg.io_timeout;
-        let d = self.host_mut(h).daemon.as_mut().unwrap();
-        if let Some(issued) = d.renew_inflight {
-            let age = now.saturating_sub(issued);
-            if age > io {
-                d.renew_error = "renewal I/O has not completed (storage hung?)".into();
-            }
-        }
-    }
-
-    /// One renewal's `RenewIo` (src/daemon/mod.rs `collect_renewal`).
-    fn renewed(&mut self, h: u16, now: u64, issued: u64, io: &RenewDone) {
-        let hs = self.host(h);
-        let (host_id, name, boot) = (hs.host_id, hs.name.clone(), hs.boot_id.clone());
-        let own = own_slot(&io.raw, host_id);
-        let d = self.host_mut(h).daemon.as_mut().unwrap();
-        d.renew_inflight = None;
-        let written = d.pending_written.take().unwrap_or_default();
-        if d.reclaim.is_some() {
-            // A re-claim's read, its claim write, or the claim write
-            // refused (the slot changed).
-            if io.wrote {
-                d.expect = vec![written.clone()];
-                self.step_reclaim(h, now, &own, Some(written));
-            } else {
-                self.step_reclaim(h, now, &own, None);
-            }
-        } else if let Some(c) = &io.collision {
-            if !d.collision {
-                d.collision_msg = c.to_string();
-                d.collision = true;
-                self.log(
-                    &format!("h{h}"),
-                    format!(
-                        "{c}; this host ('{name}', boot {}) fences and stops writing the slot",
-                        vmlease::collision::short(&boot)
-                    ),
-                );
-            }
-        } else if io.wrote {
-            d.renew_error.clear();
-            d.last_renewal_ms = issued;
-            d.expect = vec![written];
-            if d.clear_after_renewal {
-                d.clear_after_renewal = false;
-                d.clear_ready = true;
-            }
-        }
-    }
-
-    fn maybe_renew(&mut self, h: u16, now: u64, state: HostState) {
-        let d = self.host(h).daemon.as_ref().unwrap();
-        if d.renew_inflight.is_some() || now < d.next_renew_ms {
+    pub fn daemon_tick(&mut self, h: u16, gen: u64, seq: u64) {
+        if !self.daemon_gen_ok(h, gen) {
             return;
         }
-        let r = self.p.cfg.timing.renew_interval;
-        let old = self.mutation == Mutation::ClaimWithoutReadBack;
-        let d = self.host_mut(h).daemon.as_mut().unwrap();
-        d.next_renew_ms = now + r;
-        // After a collision the slot is not ours: read the table only (to
-        // observe the others, and for a re-claim), write nothing - unless
-        // the re-claim asks for its claim write.
-        let rec = if d.collision && !old {
-            match d.reclaim.as_ref().map(|c| c.pending_write()) {
-                Some(Some(expect)) => {
-                    d.expect = vec![expect];
-                    d.counter = CLAIM_COUNTER;
-                    Some(self.record(h, HostState::Live))
-                }
-                _ => None,
+        let phase = {
+            let d = self.host(h).daemon.as_ref().unwrap();
+            if d.tick_seq != seq {
+                return;
             }
-        } else {
-            d.counter += 1;
-            Some(self.record(h, state))
+            d.phase.clone()
         };
+        match phase {
+            DPhase::Running => {}
+            DPhase::Stopping => return self.daemon_stop_step(h),
+            _ => return,
+        }
+        let now = self.local(h);
+        self.collect_renewal(h, now);
+        let d = self.host_mut(h).daemon.as_mut().unwrap();
+        if let Some(r) = d.probe_out.take() {
+            d.core().probe_round("management", r);
+        }
+        self.reaper_scan(h);
+        let input = TickIn {
+            now,
+            wall_secs: self.wall_secs(h),
+            alive_leased: {
+                let d = self.host(h).daemon.as_ref().unwrap();
+                d.tracked.values().filter(|t| !t.dead).count()
+            },
+            clear_asked: std::mem::take(&mut self.host_mut(h).clear_request),
+            maintenance: false,
+        };
+        // The core is lent out while it runs, so that its fresh count can
+        // scan the registry.
+        let mut core = self
+            .host_mut(h)
+            .daemon
+            .as_mut()
+            .unwrap()
+            .core
+            .take()
+            .unwrap();
+        let cmds = core.tick(input, || {
+            self.reaper_scan_now(h);
+            let d = self.host(h).daemon.as_ref().unwrap();
+            d.tracked.values().filter(|t| !t.dead).count()
+        });
+        self.host_mut(h).daemon.as_mut().unwrap().core = Some(core);
+        for c in cmds {
+            if !self.daemon_command(h, now, c) {
+                return;
+            }
+        }
+        self.release_dead(h);
+        let tick = self.p.tick_ms;
+        let dt = self.host(h).real(tick);
+        self.after(dt, Ev::Tick { h, gen, seq });
+    }
+
+    /// Does one command of the core; false when the host went down.
+    fn daemon_command(&mut self, h: u16, now: u64, c: Command) -> bool {
+        let who = format!("h{h}");
+        match c {
+            Command::FenceLog { line, .. } => {
+                if line.starts_with("FENCING") {
+                    self.stats.fences += 1;
+                }
+                self.log(&who, line);
+            }
+            Command::KillAll => {
+                for p in self.alive_processes(h) {
+                    if let Some(q) = self.qemu_by_proc(h, p) {
+                        self.log(&who, format!("fence: SIGKILL QEMU pid {}", p.pid));
+                        self.kill_qemu(q);
+                    }
+                }
+            }
+            Command::Reset { .. } => {
+                self.reset(h, "fence: a leased QEMU survived kill_timeout");
+                return false;
+            }
+            Command::Pet => self.wd_pet(h),
+            Command::State { from, to } => {
+                let d = self.host_mut(h).daemon.as_mut().unwrap();
+                let marker = d.core().fence_cause();
+                self.host_mut(h).marker = marker;
+                self.log(&who, format!("host state {from} -> {to}"));
+            }
+            Command::Renew(req) => self.renew(h, req),
+            Command::WriteStatus => {
+                let mutation = self.mutation;
+                let d = self.host(h).daemon.as_ref().unwrap();
+                let st = d.core.as_ref().unwrap().status(now, d.pid);
+                let st = if mutation == Mutation::FirstSightDatedToStart {
+                    first_sight_dated_to_start(st, d)
+                } else {
+                    st
+                };
+                self.host_mut(h).status = Some(st);
+            }
+        }
+        true
+    }
+
+    /// Hands a renewal to the (simulated) renewal thread.
+    fn renew(&mut self, h: u16, req: RenewReq) {
         let host_id = self.host(h).host_id;
         let d = self.host_mut(h).daemon.as_mut().unwrap();
-        d.pending_written = rec.as_ref().map(HostRecord::encode);
-        d.renew_inflight = Some(now);
+        d.pending_written = req.rec.as_ref().map(HostRecord::encode);
         let gen = d.gen;
-        let job = match rec {
-            Some(rec) if old => Job::OldRenew(rec),
+        let job = match req.rec {
+            Some(rec) if self.mutation == Mutation::ClaimWithoutReadBack => Job::OldRenew(rec),
             rec => Job::Renew {
                 host_id,
-                expect: d.expect.clone(),
+                expect: req.expect,
                 rec,
             },
         };
@@ -1000,56 +916,79 @@ impl World {
             Owner::Daemon {
                 h,
                 gen,
-                what: DaemonCall::Renew { issued_ms: now },
+                what: DaemonCall::Renew {
+                    issued_ms: req.issued_ms,
+                },
             },
             None,
         );
     }
 
-    fn write_status(&mut self, h: u16, now: u64) {
-        let hs = self.host(h);
-        let d = hs.daemon.as_ref().unwrap();
-        let reason = match &d.fence.phase {
-            Phase::Healthy => d.renew_error.clone(),
-            Phase::Fencing { cause, .. } | Phase::Fenced { cause, .. } | Phase::Reset { cause } => {
-                let mut r = cause.describe().to_string();
-                if *cause == fence::Cause::HostIdCollision && !d.collision_msg.is_empty() {
-                    r = format!("{r}: {}", d.collision_msg);
+    /// The renewal thread's results, fed to the core.
+    fn collect_renewal(&mut self, h: u16, now: u64) {
+        let host_id = self.host(h).host_id;
+        let inbox = std::mem::take(&mut self.host_mut(h).daemon.as_mut().unwrap().inbox_renew);
+        for r in inbox {
+            let written = self
+                .host_mut(h)
+                .daemon
+                .as_mut()
+                .unwrap()
+                .pending_written
+                .take();
+            let (result, versions) = match r {
+                RenewResult::Io(Ok(io)) => (
+                    Ok(RenewIo {
+                        table: io.raw,
+                        wrote: io.wrote,
+                        collision: io.collision,
+                    }),
+                    io.versions,
+                ),
+                RenewResult::Old(Ok((raw, versions))) => {
+                    // Before issue 14: a collision is seen only if another
+                    // write landed between ours and this read.
+                    let own = own_slot(&raw, host_id);
+                    let collision = (Some(&own) != written.as_ref()).then(|| Collision {
+                        host_id,
+                        found: "another record".into(),
+                    });
+                    let io = RenewIo {
+                        table: raw,
+                        wrote: collision.is_none(),
+                        collision,
+                    };
+                    (Ok(io), versions)
                 }
-                if !d.reclaim_note.is_empty() {
-                    r = format!("{r}; {}", d.reclaim_note);
+                RenewResult::Io(Err(e)) | RenewResult::Old(Err(e)) => (Err(e), Vec::new()),
+            };
+            let slots = match &result {
+                Ok(io) => self.decode_table(&io.table, &versions),
+                Err(_) => Vec::new(),
+            };
+            let d = self.host_mut(h).daemon.as_mut().unwrap();
+            let core = d.core.as_mut().unwrap();
+            for (i, s) in slots.iter().enumerate() {
+                let id = i as u16 + 1;
+                if core.observer.get(id).is_none() && !matches!(s, Slot::Empty) {
+                    d.first_sight.insert(id, now);
                 }
-                r
             }
-        };
-        let t = self.p.cfg.timing;
-        let st = Status {
-            daemon_pid: d.pid,
-            host_id: hs.host_id,
-            boot_id: hs.boot_id.clone(),
-            incarnation: d.incarnation,
-            written_ms: now,
-            last_renewal_ms: d.last_renewal_ms,
-            state: d.last_state,
-            reason,
-            unsafe_no_watchdog: false,
-            lockspace_dir: self.p.cfg.lockspace_dir.display().to_string(),
-            lockspace_uuid: "sim-lockspace".into(),
-            allow_local_lockspace: false,
-            local_lockspace: String::new(),
-            observing_since_ms: d.observer.since_ms,
-            renew_interval_ms: t.renew_interval,
-            renew_fail_timeout_ms: t.renew_fail_timeout,
-            host_dead_timeout_ms: t.host_dead_timeout,
-            networks: Vec::new(),
-            peers: d.observer.peers(),
-        };
-        let st = if self.mutation == Mutation::FirstSightDatedToStart {
-            first_sight_dated_to_start(st, d)
-        } else {
-            st
-        };
-        self.host_mut(h).status = Some(st);
+            if let Ok(io) = &result {
+                d.last_table = Some(io.table.clone());
+            }
+            let core = d.core.as_mut().unwrap();
+            core.renewed(
+                now,
+                Renewed {
+                    result,
+                    slots,
+                    took_ms: 0,
+                },
+            );
+        }
+        let d = self.host_mut(h).daemon.as_mut().unwrap();
+        d.core().check_late(now);
     }
 }
 
@@ -1070,7 +1009,7 @@ fn first_sight_dated_to_start(mut st: Status, d: &Daemon) -> Status {
 /// fix started K when it began killing - a tick late, or a whole daemon
 /// lifetime late for a daemon restarted in the middle of a fence - and
 /// never reset in the step that (re)started it.
-fn kill_timeout_from_now(fence: &mut Fence, i: &Inputs, act: &mut fence::Actions) {
+fn kill_timeout_from_now(fence: &mut Fence, i: &Inputs, act: &mut Actions) {
     let cause = match &fence.phase {
         Phase::Fencing { cause, .. } | Phase::Reset { cause } => cause.clone(),
         _ => return,
@@ -1085,6 +1024,3 @@ fn kill_timeout_from_now(fence: &mut Fence, i: &Inputs, act: &mut fence::Actions
     act.reset = false;
     act.pet = storage_ok && !i.collision;
 }
-
-#[allow(dead_code)]
-fn unused(_: Network) {}

@@ -5,7 +5,9 @@
 //! One main loop that never touches shared storage itself: renewals (one
 //! write + one table read per tick) run on a storage thread, lease releases
 //! on another, probes on a third. The loop only looks at their results, so
-//! a hung CephFS cannot stall fencing.
+//! a hung CephFS cannot stall fencing. What the loop decides is decided by
+//! the pure [`core::Core`]; this file is its driver (threads, the reaper's
+//! pidfds, the watchdog device, the lockspace I/O, the state files).
 #![forbid(unsafe_code)]
 
 pub mod actions;
@@ -414,7 +416,7 @@ impl Daemon {
                 reaper.alive_count()
             });
             for c in cmds {
-                if let Some(code) = self.execute(c) {
+                if let Some(code) = self.execute(now, c) {
                     return code;
                 }
             }
@@ -430,7 +432,7 @@ impl Daemon {
     }
 
     /// Does one command of the core; `Some(exit code)` ends the loop.
-    fn execute(&mut self, c: Command) -> Option<i32> {
+    fn execute(&mut self, now: u64, c: Command) -> Option<i32> {
         let host_id = self.core.setup.host_id;
         match c {
             Command::FenceLog { line, fence: true } => {
@@ -484,7 +486,7 @@ impl Daemon {
                 }
             }
             Command::WriteStatus => {
-                let st = self.core.status(boottime_ms(), std::process::id());
+                let st = self.core.status(now, std::process::id());
                 if let Err(e) = st.write(&self.cfg.state_dir) {
                     warn!("cannot write status: {e}");
                 }

@@ -4,7 +4,10 @@
 //! plugin's are seams into its production code: the simulated host
 //! (`plugin_host::SimHost`) answers the protected check or its clock as
 //! the mutation says, or the acquire's own data (its view, the versions
-//! its records require) is changed between its steps.
+//! its records require) is changed between its steps. Those of the
+//! daemon's own rules reach the production core through its test-only
+//! seam (`daemon::core::Tamper`, tests/sim/daemon.rs `SimTamper`), which
+//! production never installs.
 
 use std::fmt;
 

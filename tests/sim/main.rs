@@ -21,6 +21,7 @@ mod libvirt;
 mod mutation;
 mod params;
 mod plugin_host;
+mod reaper;
 mod rng;
 mod scenarios;
 mod schedule;

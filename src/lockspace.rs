@@ -176,6 +176,42 @@ impl Lockspace {
         })
     }
 
+    /// [`Lockspace::open`] for a long-lived process that opens the same
+    /// lockspace for every call (the plugin in libvirtd): the header is read
+    /// again only when it is not the file this process read before (its
+    /// device, inode, size, mtime or ctime differ: the header is only ever
+    /// replaced by rename, never rewritten in place), or when the UUID read
+    /// then is not `expect_uuid`. A missing header, an unmounted or another
+    /// filesystem, a lockspace made anew or given a UUID since: all read
+    /// the header again, with the errors of [`Lockspace::open`]. Saves the
+    /// uncached open and read of the header (two storage round trips on
+    /// CephFS) before every acquire; the stat is answered from the
+    /// client's capabilities.
+    pub fn open_cached(dir: &Path, expect_uuid: Option<&str>) -> Result<Lockspace> {
+        let header = dir.join("VMLEASE");
+        let id = HeaderId::of(&header);
+        if let Some(id) = &id {
+            let known = opened();
+            if let Some((_, _, ls)) = known.iter().find(|(d, i, ls)| {
+                d == dir && i == id && expect_uuid.is_none_or(|u| ls.uuid.as_deref() == Some(u))
+            }) {
+                return Ok(ls.clone());
+            }
+        }
+        let ls = Lockspace::open(dir)?;
+        // Identified before the read: a header replaced in between is read
+        // again next time (its identity is not the one remembered).
+        if let Some(id) = id {
+            let mut known = opened();
+            known.retain(|(d, _, _)| d != dir);
+            if known.len() >= OPENED_MAX {
+                known.remove(0);
+            }
+            known.push((dir.to_path_buf(), id, ls.clone()));
+        }
+        Ok(ls)
+    }
+
     /// This lockspace with the host table read and written through RADOS
     /// (`src/rados/`): the same bytes at the same offsets, without the
     /// CephFS capabilities through which a hung peer stalls the file.
@@ -387,6 +423,41 @@ impl Lockspace {
         keys.sort();
         Ok(keys)
     }
+}
+
+/// What identifies one version of a header file: it is replaced by rename
+/// (a new inode) or, when damaged or rewritten by hand, changes size,
+/// mtime or ctime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HeaderId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl HeaderId {
+    fn of(path: &Path) -> Option<HeaderId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path).ok()?;
+        Some(HeaderId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// Lockspaces this process opened with [`Lockspace::open_cached`].
+static OPENED: std::sync::Mutex<Vec<(PathBuf, HeaderId, Lockspace)>> =
+    std::sync::Mutex::new(Vec::new());
+const OPENED_MAX: usize = 8;
+
+fn opened() -> std::sync::MutexGuard<'static, Vec<(PathBuf, HeaderId, Lockspace)>> {
+    OPENED.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Holds a record lock until dropped (closing the file releases it).
@@ -774,6 +845,32 @@ mod tests {
         assert_eq!(Lockspace::create(&d, 4).unwrap(), Made::AddedUuid);
         assert!(Lockspace::open(&d).unwrap().uuid.is_some());
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_cached_header_is_read_again_when_it_is_another_file() {
+        let d = tempdir("cached");
+        Lockspace::init(&d, 4).unwrap();
+        let first = Lockspace::open_cached(&d, None).unwrap();
+        let u = first.uuid.clone().unwrap();
+        assert_eq!(
+            Lockspace::open_cached(&d, Some(&u)).unwrap().uuid,
+            Some(u.clone())
+        );
+        // Made anew (another UUID, a new header file): read again.
+        write_header(&d, 3, &new_uuid()).unwrap();
+        let again = Lockspace::open_cached(&d, Some(&u)).unwrap();
+        assert_ne!(again.uuid, Some(u.clone()));
+        assert_eq!(again.max_hosts, 3);
+        // Rewritten in place (same inode, other size): read again.
+        let mut w = codec::Writer::new(HEADER_MAGIC);
+        w.field("max_hosts", 2).field("slot_size", SLOT_SIZE);
+        fs::write(d.join("VMLEASE"), w.finish()).unwrap();
+        assert_eq!(Lockspace::open_cached(&d, None).unwrap().uuid, None);
+        // Gone (unmounted): the error of open, never the remembered header.
+        fs::remove_dir_all(&d).unwrap();
+        let e = Lockspace::open_cached(&d, None).unwrap_err().to_string();
+        assert!(e.contains("directory missing"), "{e}");
     }
 
     #[test]

@@ -271,8 +271,9 @@ pub fn register_on<H: Host>(host: &H, cfg: &Config, m: &Manager) -> Result<()> {
 /// the daemon's observations, needed only to judge other holders.
 fn engine(cfg: &Config, host_id: u16, boot_id: &str, view: Option<Status>) -> Result<Engine> {
     let dir = cfg.lockspace_dir.clone();
+    let expect = view.as_ref().map(|s| s.lockspace_uuid.clone());
     let ls = deadline::run(cfg.io_timeout, "open lockspace", &dir.clone(), move || {
-        Lockspace::open(&dir)
+        Lockspace::open_cached(&dir, expect.as_deref())
     })?;
     Ok(Engine {
         ls,

@@ -312,9 +312,12 @@ vmh_vmlease "$m" status | grep -q "fence disarmed: maintenance" || fail "host $m
 # No recovery (no virsh start) moved them: the agents started nothing more.
 starts=$(cat "$VMH_DIR"/host-*/ha.log | grep -c "started '" || true)
 [ "$starts" -eq 2 ] || fail "$starts starts by the agents (2 expected: the recoveries)"
-vmh_vmlease "$o" events >"$VMH_DIR/events2.txt"
+# The leader writes the events after its step that saw the host drained,
+# which may come after 'enter --wait' saw it: wait for them.
+events2_have() { vmh_vmlease "$o" events >"$VMH_DIR/events2.txt" && grep -q "$1" "$VMH_DIR/events2.txt"; }
 for want in "maintenance-entered host=host-$m.test" "host-drained host=host-$m.test"; do
-    grep -q "$want" "$VMH_DIR/events2.txt" || fail "no event '$want': $(cat "$VMH_DIR/events2.txt")"
+    vmh_wait "event '$want'" 10000 events2_have "$want" ||
+        fail "no event '$want' within 10 s: $(cat "$VMH_DIR/events2.txt")"
 done
 [ "$(grep -c "vm-migrated host=host-$m.test" "$VMH_DIR/events2.txt")" -eq "$n_drained" ] ||
     fail "expected $n_drained vm-migrated events: $(cat "$VMH_DIR/events2.txt")"

@@ -34,6 +34,19 @@ pub fn default_min_silence_ms(ctx: &Ctx) -> u64 {
     3 * ctx.cfg.timing.renew_interval + 1000
 }
 
+/// A flag given in seconds, in ms; `default` when absent.
+pub fn secs_flag_ms(args: &Args, flag: &str, default: u64) -> Result<u64, String> {
+    match args.flag(flag) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite() && *x >= 0.0)
+            .map(|x| (x * 1000.0) as u64)
+            .ok_or_else(|| format!("{flag} {v}: not a number of seconds")),
+    }
+}
+
 pub fn run(opts: &Opts, args: &Args) -> i32 {
     let ctx = match open(opts) {
         Ok(c) => c,
@@ -43,15 +56,7 @@ pub fn run(opts: &Opts, args: &Args) -> i32 {
         return fail(exit::USAGE, "host_id is not set in the configuration");
     };
     let num = |flag: &str, default: u64| -> Result<u64, i32> {
-        match args.flag(flag) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<f64>()
-                .ok()
-                .filter(|x| x.is_finite() && *x >= 0.0)
-                .map(|x| (x * 1000.0) as u64)
-                .ok_or_else(|| fail(exit::USAGE, format!("{flag} {v}: not a number of seconds"))),
-        }
+        secs_flag_ms(args, flag, default).map_err(|e| fail(exit::USAGE, e))
     };
     let expire_ms = match num("--expire", DEFAULT_EXPIRE_S * 1000) {
         Ok(v) => v,

@@ -41,11 +41,8 @@ pub fn applies(command: Command) -> bool {
 /// it; its default when absent or not a number (the worker then refuses
 /// the flag itself, at once).
 fn fence_timeout_ms(args: &Args) -> u64 {
-    args.flag("--timeout")
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|x| x.is_finite() && *x >= 0.0)
-        .map(|x| (x * 1000.0) as u64)
-        .unwrap_or(super::storage_fence::DEFAULT_TIMEOUT_MS)
+    use super::storage_fence::{secs_flag_ms, DEFAULT_TIMEOUT_MS};
+    secs_flag_ms(args, "--timeout", DEFAULT_TIMEOUT_MS).unwrap_or(DEFAULT_TIMEOUT_MS)
 }
 
 /// The deadline of `command`, in ms, from the I/O deadline `io_timeout`

@@ -105,15 +105,7 @@ fn daemon_events_carry_message_ids_and_fields() {
         view.display(),
         j.path.display()
     );
-    a.start(&[
-        "unshare",
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &inner,
-    ]);
+    a.start_in_own_mount_ns(&inner, &[]);
     let apid = a.daemon.as_ref().unwrap().pid();
     // The plugin side of host A writes the real lockspace path.
     let mut plug = a.cfg.clone();

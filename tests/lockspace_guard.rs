@@ -108,16 +108,7 @@ fn plugin_refuses_when_the_same_path_holds_another_lockspace_for_the_daemon() {
         cli = bin("vmlease").display(),
         conf = a.conf.display()
     );
-    a.start(&[
-        "unshare",
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &script,
-        "sh",
-    ]);
+    a.start_in_own_mount_ns(&script, &["sh"]);
     let q = standin_qemu();
     let e = lease_with(&a.cfg, &q)
         .expect_err("the plugin leased in a lockspace the daemon does not renew in");

@@ -190,15 +190,24 @@ impl Host {
             real.display(),
             view.display()
         );
-        self.start(&[
+        self.start_in_own_mount_ns(&inner, &[]);
+    }
+
+    /// Starts the daemon (waiting until it is protected) under `sh -c
+    /// SCRIPT ARGS...` in a private mount namespace; `script` sets up the
+    /// mounts and ends with an exec of the daemon's command line.
+    pub fn start_in_own_mount_ns(&mut self, script: &str, args: &[&str]) {
+        let mut wrap = vec![
             "unshare",
             "-m",
             "--propagation",
             "private",
             "sh",
             "-c",
-            &inner,
-        ]);
+            script,
+        ];
+        wrap.extend_from_slice(args);
+        self.start(&wrap);
     }
 
     /// Starts the daemon without waiting for anything.

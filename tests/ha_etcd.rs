@@ -12,7 +12,7 @@ use std::time::Duration;
 use support::util::{wait_until, ProcGuard, Scratch};
 use vmlease::ha::etcd::{Cmp, Etcd, Op};
 
-use support::etcd::free_port;
+use support::etcd::{free_port, member_with};
 
 fn member(s: &Scratch) -> (ProcGuard, String) {
     support::etcd::member(s.path())
@@ -272,29 +272,7 @@ fn etcd_over_tls_with_client_certificates() {
           openssl x509 -req -in $n.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile $n.ext -out $n.pem 2>/dev/null
         done
         openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=other-ca -keyout other.key -out other.pem 2>/dev/null");
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("https://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut c = Command::new("etcd");
-    c.args(["--name", "m1", "--data-dir"])
-        .arg(d.join("etcd"))
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("m1={peer_url}")])
-        .arg("--cert-file")
-        .arg(d.join("server.pem"))
-        .arg("--key-file")
-        .arg(d.join("server.key"))
-        .arg("--trusted-ca-file")
-        .arg(d.join("ca.pem"))
-        .arg("--client-cert-auth");
-    let etcd_proc = ProcGuard::spawn_logged(&mut c, "etcd member (TLS)", &d.join("etcd.log"));
+    let (etcd_proc, url) = member_with(&d, Some(&d));
     let conf = |extra: &str| {
         let text = format!(
             "[ha]\nendpoints = [\"{url}\"]\nrequest_timeout = 2\nca_file = \"{}\"\n{extra}",

@@ -18,8 +18,16 @@ pub fn free_port() -> u16 {
 /// A one-member etcd cluster with its data and log in `dir`; its client
 /// URL.
 pub fn member(dir: &Path) -> (ProcGuard, String) {
+    member_with(dir, None)
+}
+
+/// [`member`], serving its clients over TLS when `tls` names a directory
+/// with `server.pem`, `server.key` and the CA `ca.pem` that client
+/// certificates must be signed by.
+pub fn member_with(dir: &Path, tls: Option<&Path>) -> (ProcGuard, String) {
     let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let data = dir.join("etcd");
     std::fs::create_dir_all(&data).unwrap();
@@ -39,6 +47,15 @@ pub fn member(dir: &Path) -> (ProcGuard, String) {
             "--initial-cluster-token",
             &format!("vmlease-test-{}", std::process::id()),
         ]);
+    if let Some(t) = tls {
+        c.arg("--cert-file")
+            .arg(t.join("server.pem"))
+            .arg("--key-file")
+            .arg(t.join("server.key"))
+            .arg("--trusted-ca-file")
+            .arg(t.join("ca.pem"))
+            .arg("--client-cert-auth");
+    }
     let g = ProcGuard::spawn_logged(&mut c, "etcd member", &dir.join("etcd.log"));
     (g, url)
 }

@@ -30,6 +30,9 @@ const BLOCK: usize = 4096;
 enum Expect {
     Done,
     Blocked,
+    /// Seen both ways on this machine; measured and printed, not asserted.
+    /// No design decision rests on such a row.
+    Either,
 }
 
 /// One measured case.
@@ -394,14 +397,18 @@ fn layouts(r: &mut Rig) {
         Expect::Blocked,
         move || write_buffered(&f, "B 4"),
     );
-    // A frozen again, without having read the file since it resumed: the
-    // MDS took A's capabilities when A answered after its resume, so B's
-    // next renewal needs nothing from A (until A reads the file again).
+    // A frozen again, without having read the file since it resumed. Most
+    // runs find B's next renewal free (the MDS took A's capabilities when A
+    // answered after its resume); one CI run found it blocked again (A's
+    // client had not given everything back, or was granted capabilities
+    // again, in the moment between its resume and the next freeze). The
+    // per-host layout through CephFS is rejected by the row above either
+    // way, so this row is printed, not asserted.
     let f = b.join("host-2");
     r.measure(
         "(layout)",
         "per-host files: B's next renewal, A not having read the file since".into(),
-        Expect::Done,
+        Expect::Either,
         move || write_buffered(&f, "B 5"),
     );
     // Peers read B's file around CephFS: the file's first RADOS object
@@ -496,7 +503,11 @@ fn frozen_peer() {
     let wrong: Vec<String> = r
         .rows
         .iter()
-        .filter(|row| (row.done.is_some()) != (row.expect == Expect::Done))
+        .filter(|row| match row.expect {
+            Expect::Done => row.done.is_none(),
+            Expect::Blocked => row.done.is_some(),
+            Expect::Either => false,
+        })
         .map(|row| format!("expected {:?}: {}", row.expect, row.line()))
         .collect();
     drop(r);

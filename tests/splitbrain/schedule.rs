@@ -740,6 +740,11 @@ pub fn run(w: &mut World, n: usize, seed: u64, secs: u64, disabled: bool) -> Sta
                 Err(why) => {
                     let why = why.lines().next().unwrap_or("").to_string();
                     eprintln!("  [{now}] storage fence of host {} refused: {why}", h + 1);
+                    // A fence that failed after its blocklist step (e.g. no
+                    // answer in time) may have left the entry: the operator
+                    // removes it with the host's reboot, as after a verdict
+                    // (removing an absent entry is harmless).
+                    to_clear[h] = true;
                 }
             }
         }

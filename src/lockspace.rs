@@ -316,6 +316,46 @@ impl Lockspace {
         Ok(hosts::decode_table(&self.read_hosts_raw()?))
     }
 
+    /// Small records of `dir` that other hosts write (storage-fence
+    /// targets, lease records), by file name, read without waiting for
+    /// those hosts' CephFS capabilities when the host table is on RADOS:
+    /// each file's inode number from the directory listing (a listing
+    /// waits for nobody, docs/cephfs.md case (d)) and its data from the
+    /// object `<inode hex>.00000000` of the host table's pool, i.e. the
+    /// last data its writer made durable (records are written whole,
+    /// synced, and renamed into place). Through the files otherwise. A
+    /// name that is not in `dir` is absent from the answer; a file whose
+    /// object does not exist reads as empty.
+    pub fn peek_records(&self, dir: &Path, names: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let Some(r) = &self.rados else {
+            for n in names {
+                let p = dir.join(n);
+                match read_uncached_whole(&p) {
+                    Ok(d) => out.push((n.clone(), d)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("read", p, e)),
+                }
+            }
+            return Ok(out);
+        };
+        use std::os::unix::fs::DirEntryExt;
+        let mut inodes = std::collections::HashMap::new();
+        for e in fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
+            let e = e.map_err(|e| Error::io("list", dir, e))?;
+            inodes.insert(e.file_name().to_string_lossy().into_owned(), e.ino());
+        }
+        for n in names {
+            let Some(ino) = inodes.get(n) else { continue };
+            let obj = format!("{ino:x}.00000000");
+            let data = r
+                .read_object(&obj, MAX_RECORD)
+                .map_err(|e| Error::io("read (RADOS object)", dir.join(n), e))?;
+            out.push((n.clone(), data.unwrap_or_default()));
+        }
+        Ok(out)
+    }
+
     /// Reads one host's slot.
     pub fn read_host(&self, host_id: u16) -> Result<Slot> {
         self.check_host_id(host_id)?;

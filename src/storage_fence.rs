@@ -242,6 +242,27 @@ pub fn remove_verdict(ls_dir: &Path, host_id: u16) -> Result<bool> {
     }
 }
 
+/// Host `host_id`'s storage-fence target as the fence reads it: around
+/// the MDS when the lockspace's host table is on RADOS
+/// ([`Lockspace::peek_records`]), so that a cut-off host's capabilities
+/// on the file cannot hold the fence until its session times out.
+pub fn peek_target(ls: &crate::lockspace::Lockspace, host_id: u16) -> Result<Found<Target>> {
+    let name = format!("target-{host_id}");
+    let d = dir(&ls.dir);
+    if !d.exists() {
+        return Ok(Found::None);
+    }
+    let raw = ls.peek_records(&d, std::slice::from_ref(&name))?;
+    Ok(match raw.first() {
+        None => Found::None,
+        Some((_, data)) => match Target::decode(data) {
+            Ok(t) if t.host_id == host_id => Found::Valid(t),
+            Ok(t) => Found::Damaged(format!("names host {}", t.host_id)),
+            Err(e) => Found::Damaged(e),
+        },
+    })
+}
+
 pub fn read_target(ls_dir: &Path, host_id: u16) -> Result<Found<Target>> {
     read_record(
         &target_path(ls_dir, host_id),

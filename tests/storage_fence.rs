@@ -11,7 +11,10 @@
 //!   daemon fences as soon as Ceph refuses a renewal (EBLOCKLISTED), long
 //!   before renew_fail_timeout, says so in `vmlease status` with the
 //!   fencing host, and stays fenced;
-//! - a host that renews is refused (never blocklisted).
+//! - a host that renews is refused (never blocklisted);
+//! - all of it on Ceph's default MDS settings, where the cut-off host's
+//!   client keeps its capabilities for the 60 s session timeout: the
+//!   fence reads that host's records around the MDS (RADOS).
 
 // The rig's modules are shared with tests/splitbrain.rs, which uses more
 // of them than this test does.
@@ -49,7 +52,13 @@ const D: u64 = 25_000;
 #[test]
 fn a_cut_off_host_is_storage_fenced_and_its_vm_runs_elsewhere_before_d() {
     let _g = daemons::serial();
-    let mut w = World::up_with_timing(support::util::c_helper("sb_writer"), [R, F, K, W, D]);
+    // On Ceph's default MDS settings (no cap-revoke eviction, 60 s session
+    // timeout): the cut-off host's client keeps its capabilities on the
+    // records it wrote (its storage target, its leases) until the MDS
+    // times its session out, so a fence that read them through CephFS
+    // waited about 62 s and vm0 moved after 74 s, past D; read around the
+    // MDS (through RADOS) the fence takes about a second.
+    let mut w = World::up_on(support::util::c_helper("sb_writer"), [R, F, K, W, D], true);
     rig::setup(&mut w, "disks-stfence", 30_000);
     // Host 1's management policy is "fence" (it would fence at once on
     // the cut): the cut-off host is host 2, which reports.

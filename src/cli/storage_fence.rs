@@ -103,7 +103,7 @@ pub fn run(opts: &Opts, args: &Args) -> i32 {
     let ceph = CephCli {
         timeout: Duration::from_millis(ceph_timeout_ms(timeout_ms)),
     };
-    match fence_host(&ctx.ls, &ceph, host, &o) {
+    match fence_host(&fence_view(&ctx), &ceph, host, &o) {
         Ok(f) => {
             let v = &f.verdict;
             // A copy the fenced host can read while blocklisted.
@@ -152,6 +152,22 @@ pub fn run(opts: &Opts, args: &Args) -> i32 {
                 fail(exit::NO, e)
             }
         }
+    }
+}
+
+/// The lockspace as the fence reads it: with `liveness_rados`, the
+/// silent host's records are read around the MDS (through RADOS, in a
+/// worker child of this program, as the daemon's renewals), so that its
+/// CephFS capabilities cannot hold the fence until its session times out.
+fn fence_view(ctx: &Ctx) -> crate::lockspace::Lockspace {
+    match &ctx.cfg.liveness_rados {
+        Some(r) => ctx.ls.clone().via_rados(crate::rados::RadosConf {
+            conf: r.conf.clone(),
+            client_id: r.client_id.clone(),
+            timeout_ms: ctx.cfg.io_timeout,
+            worker: crate::rados::RadosConf::DAEMON_EXE.into(),
+        }),
+        None => ctx.ls.clone(),
     }
 }
 
@@ -337,7 +353,7 @@ pub fn fence_named(
     let ceph = CephCli {
         timeout: Duration::from_secs(10),
     };
-    let f = fence_host(&ctx.ls, &ceph, id, &o).map_err(|e| e.to_string())?;
+    let f = fence_host(&fence_view(&ctx), &ceph, id, &o).map_err(|e| e.to_string())?;
     let v = &f.verdict;
     let key = verdict_key(ctx.ls.uuid.as_deref().unwrap_or("-"), v.host_id);
     let _ = ceph.config_key_set(&key, &String::from_utf8_lossy(&v.encode()));

@@ -214,6 +214,22 @@ impl RadosTable {
         }
     }
 
+    /// The first `len` bytes of another object of the table's pool and
+    /// namespace (only those that exist); `None` when there is no such
+    /// object.
+    pub fn read_object(&self, object: &str, len: usize) -> std::io::Result<Option<Vec<u8>>> {
+        let req = Request::ReadObject {
+            object: object.to_string(),
+            off: 0,
+            len: len as u32,
+        };
+        match self.request(&req, &format!("read {object}")) {
+            Ok(buf) => Ok(Some(buf)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes `data` at `off`; durable on every replica when it returns.
     pub fn write(&self, off: u64, data: &[u8]) -> std::io::Result<()> {
         let req = Request::Write {

@@ -8,7 +8,10 @@
 //! Request bodies: `C` connect (`u64` timeout in ms, then the
 //! configuration path, the client id, the pool, the namespace and the
 //! object, each a `u32` length and its bytes); `R` read (`u64` offset,
-//! `u32` length); `W` write (`u64` offset, then the data). Reply bodies:
+//! `u32` length); `B` read of another object of the same pool and
+//! namespace (`u64` offset, `u32` length, then the object's name; the
+//! reply holds only the bytes that exist); `W` write (`u64` offset, then
+//! the data). Reply bodies:
 //! `O` then the data (empty but for a read), or `E`, an `i32` errno and
 //! the message in UTF-8.
 #![forbid(unsafe_code)]
@@ -34,6 +37,13 @@ pub enum Request {
         object: String,
     },
     Read {
+        off: u64,
+        len: u32,
+    },
+    /// Another object of the connected pool and namespace (a small file
+    /// of the lockspace read around the MDS).
+    ReadObject {
+        object: String,
         off: u64,
         len: u32,
     },
@@ -82,6 +92,12 @@ pub fn encode_request(r: &Request) -> Vec<u8> {
             b.push(b'R');
             b.extend_from_slice(&off.to_le_bytes());
             b.extend_from_slice(&len.to_le_bytes());
+        }
+        Request::ReadObject { object, off, len } => {
+            b.push(b'B');
+            b.extend_from_slice(&off.to_le_bytes());
+            b.extend_from_slice(&len.to_le_bytes());
+            b.extend_from_slice(object.as_bytes());
         }
         Request::Write { off, data } => {
             b.push(b'W');
@@ -159,6 +175,14 @@ pub fn decode_request(body: &[u8]) -> Result<Request, String> {
             off: c.u64()?,
             len: c.u32()?,
         },
+        b'B' => {
+            let off = c.u64()?;
+            let len = c.u32()?;
+            let object = String::from_utf8(c.0.to_vec())
+                .map_err(|_| "an object name is not UTF-8".to_string())?;
+            c.0 = &[];
+            Request::ReadObject { object, off, len }
+        }
         b'W' => {
             let off = c.u64()?;
             let data = c.0.to_vec();
@@ -230,6 +254,11 @@ mod tests {
             Request::Read {
                 off: 512,
                 len: 1_024_000,
+            },
+            Request::ReadObject {
+                object: "10000000001.00000000".into(),
+                off: 0,
+                len: 4096,
             },
             Request::Write {
                 off: u64::MAX,

@@ -174,18 +174,34 @@ impl Conn {
     }
 
     pub fn read(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
-        // SAFETY: live ioctx; `buf` is writable for its length.
+        self.read_oid(&self.oid, &self.object, buf, off)
+    }
+
+    /// A read of another object of the same pool and namespace.
+    pub fn read_object(&self, object: &str, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+        self.read_oid(&cstr(object)?, object, buf, off)
+    }
+
+    fn read_oid(
+        &self,
+        oid: &CString,
+        object: &str,
+        buf: &mut [u8],
+        off: u64,
+    ) -> std::io::Result<usize> {
+        // SAFETY: live ioctx; NUL-terminated oid; `buf` is writable for
+        // its length.
         let rc = unsafe {
             (self.lib.read)(
                 self.ioctx,
-                self.oid.as_ptr(),
+                oid.as_ptr(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
                 off,
             )
         };
         if rc < 0 {
-            return Err(err_of(&format!("rados read {}", self.object), rc));
+            return Err(err_of(&format!("rados read {object}"), rc));
         }
         Ok(rc as usize)
     }

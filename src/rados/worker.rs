@@ -109,6 +109,19 @@ fn serve(conn: &mut Option<sys::Conn>, req: Request) -> Reply {
                 Err(e) => failed(e),
             }
         }
+        Request::ReadObject { object, off, len } => {
+            let Some(c) = conn else {
+                return not_connected();
+            };
+            let mut buf = vec![0u8; len as usize];
+            match c.read_object(&object, &mut buf, off) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    Reply::Ok(buf)
+                }
+                Err(e) => failed(e),
+            }
+        }
         Request::Write { off, data } => {
             let Some(c) = conn else {
                 return not_connected();

@@ -12,9 +12,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::ceph::{whole_ip_entry, Ceph};
-use super::{read_target, write_verdict, Found, Verdict};
+use super::{peek_target, write_verdict, Found, Verdict};
 use crate::config::secs;
 use crate::hosts::{HostState, Slot};
+use crate::lease::LeaseRecord;
 use crate::lockspace::Lockspace;
 use crate::resource::Kind;
 
@@ -92,11 +93,24 @@ pub struct Fenced {
 /// Resources of host `host_id` that are not on Ceph (a storage fence would
 /// not stop their writes). Disk paths are judged by this host's mount
 /// table, lexically (no `stat`: a dead mount must not hang the fence).
+///
+/// The records are read around the MDS when the host table is on RADOS
+/// ([`Lockspace::peek_records`]): the silent host wrote them, and its
+/// CephFS client may hold capabilities on them until its session times
+/// out. A record that does not decode is an error (never "not held").
 pub fn not_on_ceph(ls: &Lockspace, host_id: u16) -> crate::error::Result<Vec<String>> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut out = Vec::new();
-    for key in ls.list_leases()? {
-        let rec = ls.read_lease(&key, "")?;
+    let dir = ls.dir.join("leases");
+    for (key, data) in ls.peek_records(&dir, &ls.list_leases()?)? {
+        let corrupt = |reason: String| crate::error::Error::Corrupt {
+            path: dir.join(&key),
+            reason,
+        };
+        let rec = LeaseRecord::decode(&data).map_err(corrupt)?;
+        if rec.key != key {
+            return Err(corrupt(format!("record names key '{}'", rec.key)));
+        }
         if !rec.holders.iter().any(|h| h.host_id == host_id) {
             continue;
         }
@@ -172,7 +186,7 @@ pub fn fence_host(
             secs(before.timing.host_dead_timeout)
         ));
     }
-    let target = match read_target(&ls.dir, host_id).map_err(|e| io("read target", e))? {
+    let target = match peek_target(ls, host_id).map_err(|e| io("read target", e))? {
         Found::Valid(t) => t,
         Found::None => {
             return refuse(format!(

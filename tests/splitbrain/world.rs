@@ -348,6 +348,14 @@ impl World {
     /// least the rig's (above the MDS's cap-revoke eviction), the safety
     /// inequality checked by the config loader.
     pub fn up_with_timing(writer: PathBuf, timing: [u64; 5]) -> World {
+        // VMLEASE_SPLITBRAIN_CEPH_DEFAULTS=1 the MDS keeps Ceph's defaults.
+        let ceph_defaults = std::env::var("VMLEASE_SPLITBRAIN_CEPH_DEFAULTS").as_deref() == Ok("1");
+        World::up_on(writer, timing, ceph_defaults)
+    }
+
+    /// As [`World::up_with_timing`], the MDS on Ceph's default settings
+    /// (`ceph_defaults`) or on the rig's tuned ones.
+    pub fn up_on(writer: PathBuf, timing: [u64; 5], ceph_defaults: bool) -> World {
         assert!(
             timing[1] >= F,
             "renew_fail_timeout {} ms is below the rig's floor {F} ms",
@@ -363,10 +371,9 @@ impl World {
         });
         // A client that keeps capabilities others need is evicted after
         // 1 s (acted on at the next 1 s MDS tick): well below F. With
-        // VMLEASE_SPLITBRAIN_CEPH_DEFAULTS=1 the MDS keeps Ceph's defaults
-        // (eviction off, session timeout 60 s, autoclose 300 s): a hung
-        // host may then stall the others (the needless fences count it).
-        let ceph_defaults = std::env::var("VMLEASE_SPLITBRAIN_CEPH_DEFAULTS").as_deref() == Ok("1");
+        // `ceph_defaults` the MDS keeps Ceph's defaults (eviction off,
+        // session timeout 60 s, autoclose 300 s): a hung host may then
+        // stall the others (the needless fences count it).
         let liveness_file = std::env::var("VMLEASE_SPLITBRAIN_LIVENESS").as_deref() == Ok("file");
         if !ceph_defaults {
             ceph.set_mds_option("mds_cap_revoke_eviction_timeout", "1");

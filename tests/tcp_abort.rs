@@ -516,3 +516,97 @@ fn snapshot_and_abort_cost_with_1000_other_sockets() {
     assert!(all >= 1000, "{all} sockets");
     drop(noise);
 }
+
+/// A real vmlease-watchdog in the writer's namespace fences by its
+/// management policy when the link is cut (its probe target is the
+/// peer): the leased stand-in holds a connection with N bytes queued.
+/// When the daemon reports `fenced-clean` the orphan is already gone, the
+/// log says what was aborted, and the bytes never arrive.
+#[test]
+fn a_fencing_daemon_aborts_the_killed_qemus_sockets_before_fenced_clean() {
+    use support::daemons::{lockspace, manager, Host, Scratch};
+    use vmlease::hosts::HostState;
+    support::util::require_root();
+    let _g = serial();
+    let link = Link::new("d");
+    let l = Listener::start(&link);
+    let s = Scratch::new("tcpabort");
+    let ls = lockspace(&s);
+    let extra = format!(
+        "unsafe_no_watchdog = true\n[management]\nprobes = [ {{ type = \"icmp\", target = \"{PEER_IP}\" }} ]\n\
+         min_up = 1\ntimeout = 1\nprobe_timeout = 0.3\npolicy = \"fence\"\n"
+    );
+    let mut a = Host::new(&s, 1, &ls, &extra);
+    a.start(&["ip", "netns", "exec", &link.w]);
+    wait("the daemon's management network to be up", 5000, || {
+        let st = a.status();
+        match st.networks.iter().find(|n| n.name == "management") {
+            Some(n) if n.state == "up" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let mut w = Writer::spawn(&link);
+    let local = w.connect();
+    l.wait_total(1, 3000, "the stand-in's hello");
+    let m = manager([0xab; 16], "web", w.pid());
+    vmlease::plugin::register(&a.cfg, &m).unwrap();
+    vmlease::plugin::acquire(&a.cfg, &m, None).unwrap();
+
+    link.cut();
+    let cut = boottime_ms();
+    w.write(0);
+    let st = wait("the daemon to fence and report fenced-clean", 8000, || {
+        let st = a.status();
+        if st.state == HostState::FencedClean {
+            Ok(st)
+        } else {
+            Err(format!("state {}; log:\n{}", st.state, a.log_text()))
+        }
+    });
+    // Seen at once: nothing of the stand-in may still send.
+    let left: Vec<String> = link
+        .dump()
+        .iter()
+        .filter(|s| s.local == local && tcp_abort::may_send(s.state))
+        .map(show)
+        .collect();
+    assert!(
+        left.is_empty(),
+        "fenced-clean ({}) while the killed stand-in's socket lives: {left:?}; log:\n{}",
+        st.state,
+        a.log_text()
+    );
+    a.wait_log(&format!(
+        "fence: aborted 1 TCP socket(s) of the killed QEMU processes (0 orphan(s) matched by endpoint), \
+         dropping {N} unsent byte(s); remote endpoints: {PEER_IP}:{PORT}"
+    ));
+    let line = a
+        .log_text()
+        .lines()
+        .find(|l| l.contains("fence: aborted"))
+        .unwrap_or_default()
+        .to_string();
+    eprintln!("daemon: {line}");
+    assert!(
+        w.child.try_wait().unwrap().is_some(),
+        "the fence killed the stand-in"
+    );
+    link.heal();
+    let down = boottime_ms() - cut;
+    let window = (2 * (down + 200)).clamp(3000, 15_000);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(window) {
+        assert_eq!(
+            l.total(),
+            1,
+            "the killed stand-in's bytes arrived {:?} after the link came back",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("daemon: link down {down} ms; nothing arrived in {window} ms after it came back");
+    let mut w2 = Writer::spawn(&link);
+    w2.connect();
+    l.wait_total(2, 3000, "a new writer's hello after the link came back");
+    a.stop();
+}

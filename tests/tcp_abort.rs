@@ -538,6 +538,7 @@ fn a_fencing_daemon_aborts_the_killed_qemus_sockets_before_fenced_clean() {
     );
     let mut a = Host::new(&s, 1, &ls, &extra);
     a.start(&["ip", "netns", "exec", &link.w]);
+    a.wait_log("fence: TCP abort available");
     wait("the daemon's management network to be up", 5000, || {
         let st = a.status();
         match st.networks.iter().find(|n| n.name == "management") {

@@ -317,6 +317,14 @@ impl Daemon {
         };
         info!("watchdog: {}", watchdog.describe());
         try_realtime();
+        match tcp_abort::self_check() {
+            Ok(()) => info!("fence: TCP abort available (sock_diag SOCK_DESTROY)"),
+            Err(e) => warn!(
+                "fence: this host cannot abort TCP sockets ({e}): the unsent writes of a QEMU the \
+                 fence kills may still reach the storage after its leases were taken over; needs \
+                 CAP_NET_ADMIN and a kernel with CONFIG_INET_DIAG_DESTROY"
+            ),
+        }
 
         let (renew_tx, renew_rx) = spawn_renewer(ls.clone(), host_id);
         let reaper = Reaper::new(&cfg, ls.clone(), host_id, &boot_id);

@@ -33,6 +33,10 @@ pub use crate::sys::tcp_diag::{state, TcpSock};
 /// once; sock_diag never waits on the network).
 pub const NETLINK_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A note before the kills waits at most this long for the kernel: the
+/// kill is delayed by the note, never by more than this.
+pub const NOTE_TIMEOUT: Duration = Duration::from_millis(250);
+
 /// States in which a socket may still put data on the wire: the ones the
 /// abort destroys. Not listen, time-wait, close, syn-recv (nothing of
 /// ours queued) nor fin-wait-2 (everything acknowledged).
@@ -114,7 +118,7 @@ pub fn snapshot(pids: &[u32]) -> io::Result<Vec<TcpSock>> {
     if inodes.is_empty() {
         return Ok(Vec::new());
     }
-    let all = dump(may_send_mask())?;
+    let all = Diag::open(NOTE_TIMEOUT)?.dump(may_send_mask())?;
     Ok(all
         .into_iter()
         .filter(|s| s.inode != 0 && inodes.contains(&s.inode))
@@ -216,6 +220,36 @@ pub fn abort(snap: &[TcpSock]) -> io::Result<Aborted> {
     }
     a.gone += snap.iter().filter(|s| !seen.contains(&s.cookie)).count();
     Ok(a)
+}
+
+/// Whether this host can abort TCP sockets: a loopback connection of our
+/// own is found in a dump (by its inode) and destroyed. Err: why not
+/// (no CAP_NET_ADMIN, a kernel without CONFIG_INET_DIAG_DESTROY, no
+/// loopback in this network namespace).
+pub fn self_check() -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let l =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1: {e}"))?;
+    let addr = l.local_addr().map_err(|e| e.to_string())?;
+    let c = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    let _peer = l.accept().map_err(|e| format!("accept: {e}"))?;
+    let ino = std::fs::metadata(format!("/proc/self/fd/{}", c.as_raw_fd()))
+        .map_err(|e| format!("stat own socket: {e}"))?
+        .ino();
+    let mut d = Diag::open(NETLINK_TIMEOUT).map_err(|e| format!("open sock_diag: {e}"))?;
+    let all = d
+        .dump(may_send_mask())
+        .map_err(|e| format!("sock_diag dump: {e}"))?;
+    let me = all
+        .iter()
+        .find(|s| u64::from(s.inode) == ino)
+        .ok_or_else(|| "own test connection missing from the sock_diag dump".to_string())?;
+    match d.destroy(me) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("SOCK_DESTROY did not find its own test connection".into()),
+        Err(e) => Err(format!("SOCK_DESTROY: {e}")),
+    }
 }
 
 /// The driver's side: the sockets noted before the kills of one fence,
@@ -336,6 +370,11 @@ mod tests {
         assert_ne!(m & (1 << state::FIN_WAIT1), 0);
         assert_eq!(m & (1 << state::LISTEN), 0);
         assert_eq!(m & (1 << state::TIME_WAIT), 0);
+    }
+
+    #[test]
+    fn this_host_can_abort_tcp_sockets() {
+        self_check().unwrap();
     }
 
     /// A real process's sockets are found through /proc/PID/fd and the

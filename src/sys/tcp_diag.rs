@@ -128,11 +128,13 @@ pub struct Diag {
     fd: OwnedFd,
     seq: u32,
     buf: Vec<u8>,
+    timeout: Duration,
 }
 
 impl Diag {
-    /// Opens the socket; every receive waits at most `timeout` (the
-    /// kernel answers at once; the bound is for the unforeseen).
+    /// Opens the socket; every receive waits at most `timeout`, and so
+    /// does a whole dump (the kernel answers at once; the bound is for
+    /// the unforeseen).
     pub fn open(timeout: Duration) -> io::Result<Diag> {
         let fd = socket(
             AddressFamily::Netlink,
@@ -150,12 +152,14 @@ impl Diag {
             fd,
             seq: 0,
             buf: vec![0u8; 64 * 1024],
+            timeout,
         })
     }
 
     /// Every TCP socket (IPv4, then IPv6) whose state is in `states` (a
     /// bit mask of `1 << state`; `u32::MAX` for all).
     pub fn dump(&mut self, states: u32) -> io::Result<Vec<TcpSock>> {
+        let start = std::time::Instant::now();
         let mut out = Vec::new();
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             let seq = self.send(
@@ -169,6 +173,12 @@ impl Diag {
                 let n = self.recv()?;
                 if parse_dump(&self.buf[..n], seq, &mut out)? {
                     break;
+                }
+                if start.elapsed() > self.timeout {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "sock_diag: the dump took too long",
+                    ));
                 }
             }
         }

@@ -162,7 +162,8 @@ pub struct Aborted {
     pub bytes: u64,
     /// Their remote endpoints.
     pub remotes: BTreeSet<SocketAddr>,
-    /// Snapshot sockets already closed (nothing left to drop).
+    /// Noted sockets already closed, or in a state with nothing left to
+    /// send (fin-wait-2, time-wait): nothing to drop.
     pub gone: usize,
     /// Destroys that failed, with why.
     pub errors: Vec<String>,
@@ -181,7 +182,10 @@ impl Aborted {
             if to.is_empty() { "none".into() } else { to.join(" ") }
         );
         if self.gone > 0 {
-            s.push_str(&format!("; {} already closed", self.gone));
+            s.push_str(&format!(
+                "; {} noted socket(s) already closed or with nothing left to send",
+                self.gone
+            ));
         }
         if !self.errors.is_empty() {
             s.push_str(&format!("; FAILED: {}", self.errors.join("; ")));

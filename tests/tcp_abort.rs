@@ -213,10 +213,15 @@ struct Writer {
 
 impl Writer {
     fn spawn(link: &Link) -> Writer {
+        Writer::spawn_with(link, &[])
+    }
+
+    fn spawn_with(link: &Link, extra: &[&str]) -> Writer {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &link.w])
             .arg(support::util::c_helper("tcp_writer"))
             .args([PEER_IP, &PORT.to_string()])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -434,6 +439,40 @@ fn a_killed_writers_queued_bytes_arrive_later_unless_the_fence_aborts_them() {
         3000,
         "a new writer's hello after the link came back",
     );
+}
+
+/// A QEMU whose main thread exited while another thread runs shows no
+/// fds under /proc/PID/fd: the note finds its sockets through the
+/// threads' fd tables.
+#[test]
+fn the_sockets_of_a_process_whose_leader_exited_are_noted() {
+    support::util::require_root();
+    let _g = serial();
+    let link = Link::new("z");
+    let l = Listener::start(&link);
+    let mut w = Writer::spawn_with(&link, &["leader-exits"]);
+    let local = w.connect();
+    l.wait_total(1, 3000, "the hello");
+    let pid = w.pid();
+    wait("the writer's leader thread to be a zombie", 3000, || {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+        let st = stat.rsplit(')').next().unwrap_or("").trim_start();
+        if st.starts_with('Z') {
+            Ok(())
+        } else {
+            Err(stat)
+        }
+    });
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(fds, 0, "the exited leader's /proc/PID/fd lists no fds");
+    let id = ProcId::of(pid).unwrap();
+    let mut sockets = Sockets::default();
+    in_ns(&link.w, || sockets.before_kill(&[id])).expect("note the writer's sockets");
+    let noted: Vec<SocketAddr> = sockets.noted().iter().map(|s| s.local).collect();
+    assert_eq!(noted, vec![local], "found through /proc/PID/task/*/fd");
 }
 
 /// The cost of the fence's note (before the kills) and of the abort,

@@ -11,13 +11,19 @@
  * started it is gone (reparented), so that a test killed without running
  * its destructors leaves no writer.
  *
- * usage: tcp_writer ADDR PORT
+ * With "leader-exits" the main thread (the thread-group leader) hands the
+ * work to a second thread and exits: /proc/PID/fd is then empty (as for a
+ * QEMU whose main thread exited while an I/O thread runs) and the fds
+ * show only under /proc/PID/task/TID/fd.
+ *
+ * usage: tcp_writer ADDR PORT [leader-exits]
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,27 +32,19 @@
 
 #define MAX_CONN 8
 
-int main(int argc, char **argv)
+static struct sockaddr_in to;
+static pid_t parent;
+
+static void *serve(void *unused)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: tcp_writer ADDR PORT\n");
-        return 2;
-    }
-    struct sockaddr_in to = { .sin_family = AF_INET,
-                              .sin_port = htons((unsigned short)atoi(argv[2])) };
-    if (inet_pton(AF_INET, argv[1], &to.sin_addr) != 1) {
-        fprintf(stderr, "tcp_writer: bad address %s\n", argv[1]);
-        return 2;
-    }
-    pid_t parent = getppid();
+    (void)unused;
     int conns[MAX_CONN];
     int n = 0;
     char line[256];
     size_t have = 0;
-    setvbuf(stdout, NULL, _IOLBF, 0);
     for (;;) {
         if (getppid() != parent)
-            return 0;
+            exit(0);
         struct pollfd p = { .fd = 0, .events = POLLIN };
         int r = poll(&p, 1, 200);
         if (r <= 0 || !(p.revents & (POLLIN | POLLHUP)))
@@ -56,7 +54,7 @@ int main(int argc, char **argv)
             /* stdin closed: only wait now. */
             while (getppid() == parent)
                 usleep(200 * 1000);
-            return 0;
+            exit(0);
         }
         have += (size_t)got;
         line[have] = 0;
@@ -98,4 +96,30 @@ int main(int argc, char **argv)
         if (have >= sizeof line - 1)
             have = 0;
     }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3 || argc > 4 || (argc == 4 && strcmp(argv[3], "leader-exits") != 0)) {
+        fprintf(stderr, "usage: tcp_writer ADDR PORT [leader-exits]\n");
+        return 2;
+    }
+    to.sin_family = AF_INET;
+    to.sin_port = htons((unsigned short)atoi(argv[2]));
+    if (inet_pton(AF_INET, argv[1], &to.sin_addr) != 1) {
+        fprintf(stderr, "tcp_writer: bad address %s\n", argv[1]);
+        return 2;
+    }
+    parent = getppid();
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc == 4) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, serve, NULL) != 0) {
+            fprintf(stderr, "tcp_writer: pthread_create failed\n");
+            return 1;
+        }
+        pthread_exit(NULL);
+    }
+    serve(NULL);
+    return 0;
 }

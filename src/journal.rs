@@ -59,6 +59,11 @@ pub const EVENTS: &[(&str, &str, &str)] = &[
         "the operator cleared this host's fence",
     ),
     (
+        "fence-tcp-abort",
+        "8382f07b40a2447c8e32fc2dd344178b",
+        "the fence destroyed the killed VMs' TCP sockets (their unsent writes)",
+    ),
+    (
         "stopped-with-leases",
         "3c5e7a9b1d2f4c6e8a0b2d4f6a8c0e17",
         "the daemon stopped while leased VMs run: the host resets unless it is started again",

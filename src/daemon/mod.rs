@@ -22,6 +22,7 @@ pub mod renew;
 pub mod sd_watchdog;
 pub mod signals;
 pub mod softdog;
+pub mod tcp_abort;
 pub mod watchdog;
 
 use std::path::{Path, PathBuf};
@@ -158,6 +159,8 @@ pub struct Daemon {
     reaper: Reaper,
     watchdog: Box<dyn Watchdog>,
     host: Box<dyn HostActions>,
+    /// The TCP sockets noted before the fence's kills, for the abort.
+    sockets: tcp_abort::Sockets,
     probe_out: Arc<Mutex<Vec<(&'static str, Round)>>>,
     /// The thread that writes the metrics (`metrics_dir`), and when the
     /// next snapshot is due.
@@ -314,6 +317,14 @@ impl Daemon {
         };
         info!("watchdog: {}", watchdog.describe());
         try_realtime();
+        match tcp_abort::self_check() {
+            Ok(()) => info!("fence: TCP abort available (sock_diag SOCK_DESTROY)"),
+            Err(e) => warn!(
+                "fence: this host cannot abort TCP sockets ({e}): the unsent writes of a QEMU the \
+                 fence kills may still reach the storage after its leases were taken over; needs \
+                 CAP_NET_ADMIN and a kernel with CONFIG_INET_DIAG_DESTROY"
+            ),
+        }
 
         let (renew_tx, renew_rx) = spawn_renewer(ls.clone(), host_id);
         let reaper = Reaper::new(&cfg, ls.clone(), host_id, &boot_id);
@@ -373,6 +384,7 @@ impl Daemon {
             host: Box::new(RealHost {
                 reset_action: cfg.reset_action.clone(),
             }),
+            sockets: tcp_abort::Sockets::default(),
             probe_out,
             metrics,
             metrics_due_ms: now,
@@ -440,7 +452,18 @@ impl Daemon {
             }
             Command::FenceLog { line, fence: false } => warn!("{line}"),
             Command::KillAll => {
-                for (p, what) in self.reaper.alive_processes() {
+                let procs = self.reaper.alive_processes();
+                // The sockets first (a few ms): once killed, a process's
+                // sockets can no longer be told from others'.
+                let ids: Vec<process::ProcId> = procs.iter().map(|(p, _)| *p).collect();
+                match self.sockets.before_kill(&ids) {
+                    Ok(()) => {}
+                    Err(e) => error!(
+                        "fence: cannot list the TCP sockets of the leased QEMU processes ({e}); \
+                         killing them anyway, only orphans to endpoints noted before are aborted"
+                    ),
+                }
+                for (p, what) in procs {
                     match self.host.kill(p) {
                         Ok(true) => {
                             self.core.counters.fence_kills += 1;
@@ -451,6 +474,7 @@ impl Daemon {
                     }
                 }
             }
+            Command::AbortSockets => self.abort_sockets(host_id),
             Command::Reset { why } => {
                 error!(event = "fence", host_id = host_id; "resetting the host: {why}");
                 if let Err(e) = self.host.reset(why) {
@@ -493,6 +517,33 @@ impl Daemon {
             }
         }
         None
+    }
+
+    /// Destroys the TCP sockets noted before the kills (and the orphans
+    /// to their endpoints), and says so in the journal.
+    fn abort_sockets(&mut self, host_id: u16) {
+        let snap_ms = self.sockets.last_snapshot_ms;
+        let t0 = boottime_ms();
+        match self.sockets.abort() {
+            None => info!("fence: no TCP socket of a killed QEMU process to abort"),
+            Some(Ok(a)) => {
+                let line = format!(
+                    "{} (snapshot {snap_ms} ms before the kill, abort {} ms)",
+                    a.describe(),
+                    boottime_ms().saturating_sub(t0)
+                );
+                if a.errors.is_empty() {
+                    warn!(event = "fence-tcp-abort", host_id = host_id; "{line}")
+                } else {
+                    error!(event = "fence-tcp-abort", host_id = host_id; "{line}")
+                }
+            }
+            Some(Err(e)) => error!(
+                event = "fence-tcp-abort", host_id = host_id;
+                "fence: cannot abort the killed QEMU processes' TCP sockets: {e}; \
+                 their unsent writes may still reach the storage"
+            ),
+        }
     }
 
     fn collect_renewal(&mut self, now: u64) {

@@ -4,7 +4,7 @@
 //! `#![forbid(unsafe_code)]` and calls these safe functions.
 //!
 //! Through `nix` where it wraps the call (OFD locks, statfs, poll,
-//! signals, mlockall, clock_gettime, the ICMP socket, the watchdog's ioctl
+//! signals, mlockall, clock_gettime, the ICMP socket, the sock_diag netlink socket, the watchdog's ioctl
 //! numbers); through `libc` where it does not (pidfd_open,
 //! pidfd_send_signal, sched_setscheduler, getxattr). Each `unsafe` block
 //! here says why it holds.
@@ -18,6 +18,7 @@ pub mod poll;
 pub mod sched;
 pub mod signal;
 pub mod statfs;
+pub mod tcp_diag;
 pub mod watchdog;
 pub mod xattr;
 

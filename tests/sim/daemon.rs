@@ -646,6 +646,11 @@ impl World {
                     }
                 }
             }
+            // The simulated QEMUs write through the store, not TCP: the
+            // abort has nothing to drop here (tests/tcp_abort.rs tests it).
+            Command::AbortSockets => {
+                self.log(&who, "fence: abort the killed QEMUs' TCP sockets".into())
+            }
             Command::Reset { .. } => {
                 self.reset(h, "fence: a leased QEMU survived kill_timeout");
                 return false;

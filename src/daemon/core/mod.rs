@@ -58,8 +58,15 @@ pub struct TickIn {
 pub enum Command {
     /// The fence's log line; `fence` when this step kills or resets.
     FenceLog { line: String, fence: bool },
-    /// SIGKILL every leased QEMU that is alive.
+    /// SIGKILL every leased QEMU that is alive, each after a note of its
+    /// TCP sockets (`daemon::tcp_abort`).
     KillAll,
+    /// Every leased QEMU is dead: destroy the TCP sockets noted before
+    /// the kills and the orphans to their remote endpoints, so that no
+    /// write a killed QEMU left in a send queue reaches the storage later.
+    /// Comes before the step's `State` and `Renew`: `fenced-clean` is
+    /// published only after it ran.
+    AbortSockets,
     /// Reset the host (the loop then only waits).
     Reset { why: &'static str },
     /// Pet the hardware watchdog.
@@ -274,6 +281,7 @@ impl Core {
         };
         let cause_before = self.fence_cause();
         let was_fencing = matches!(self.fence.phase, Phase::Fencing { .. });
+        let was_fenced = matches!(self.fence.phase, Phase::Fenced { .. });
         let mut act = self.fence.step_counted(&mut inputs, fresh_count);
         if let Some(t) = &self.tamper {
             t.actions(&mut self.fence, &inputs, was_fencing, &mut act);
@@ -294,6 +302,9 @@ impl Core {
         }
         if act.kill_all {
             out.push(Command::KillAll);
+        }
+        if !was_fenced && matches!(self.fence.phase, Phase::Fenced { .. }) {
+            out.push(Command::AbortSockets);
         }
         if act.reset {
             let why = match &self.fence.phase {

@@ -218,3 +218,58 @@ fn after_a_collision_the_slot_is_only_read_and_never_left() {
     assert_eq!(c.stop(3 * R, 1, Some(0)), StopNext::Count);
     assert_eq!(c.stop(3 * R, 1, Some(0)), StopNext::Disarm);
 }
+
+/// The fence destroys the killed QEMUs' TCP sockets once every leased
+/// QEMU is dead, in the step that publishes `fenced-clean` and before
+/// it: a write left in a send queue must not reach the storage after
+/// another host took the lease over. Once per fence, and again for a
+/// QEMU killed later by the fenced host.
+#[test]
+fn the_sockets_are_aborted_after_the_kills_and_before_fenced_clean() {
+    let mut c = core_at(0);
+    let req = renew_of(&tick(&mut c, 0, 1)).unwrap();
+    c.renewed(5, landed(&req));
+    let cmds = tick(&mut c, F + 1, 1);
+    assert!(cmds.contains(&Command::KillAll), "{cmds:?}");
+    assert!(
+        !cmds.contains(&Command::AbortSockets),
+        "not while a killed QEMU may still be exiting: {cmds:?}"
+    );
+    // Still alive a tick later: killed again, nothing aborted yet.
+    let cmds = tick(&mut c, F + 100, 1);
+    assert!(cmds.contains(&Command::KillAll), "{cmds:?}");
+    assert!(!cmds.contains(&Command::AbortSockets), "{cmds:?}");
+    // Dead: the abort, then the state change, the status, the renewal.
+    let cmds = tick(&mut c, F + 200, 0);
+    let abort = cmds
+        .iter()
+        .position(|c| *c == Command::AbortSockets)
+        .unwrap_or_else(|| panic!("no abort when the fence completed: {cmds:?}"));
+    let clean = cmds
+        .iter()
+        .position(|c| {
+            matches!(
+                c,
+                Command::State {
+                    to: HostState::FencedClean,
+                    ..
+                }
+            )
+        })
+        .unwrap_or_else(|| panic!("no fenced-clean: {cmds:?}"));
+    assert!(abort < clean, "abort before fenced-clean: {cmds:?}");
+    for (i, cmd) in cmds.iter().enumerate() {
+        if matches!(cmd, Command::WriteStatus | Command::Renew(_)) {
+            assert!(i > abort, "published before the abort: {cmds:?}");
+        }
+    }
+    assert_eq!(c.last_state(), HostState::FencedClean);
+    // Once per fence.
+    let cmds = tick(&mut c, F + 300, 0);
+    assert!(!cmds.contains(&Command::AbortSockets), "{cmds:?}");
+    // A leased QEMU appears on the fenced host: killed, then aborted.
+    let cmds = tick(&mut c, F + 400, 1);
+    assert!(cmds.contains(&Command::KillAll), "{cmds:?}");
+    let cmds = tick(&mut c, F + 500, 0);
+    assert!(cmds.contains(&Command::AbortSockets), "{cmds:?}");
+}

@@ -304,21 +304,27 @@ pub fn acquire_counting(cfg: &Config, m: &Manager, state: Option<&str>) -> Resul
     // Every record's read-modify-write starts at once, each on its own I/O
     // thread under its own record lock, deadline and cancel token: the
     // domain pays about one storage round trip, not one per resource.
+    // Each call hands its intent's end to this thread while it waits
+    // (`Acquire::finish` writes them all at once); a call still running
+    // after that ends its own.
     let mut calls = Vec::with_capacity(op.calls.len());
     for c in &op.calls {
         let (e2, c2, me2, reg2) = (eng.clone(), c.clone(), op.me.clone(), host.registry.clone());
+        let ends2 = op.ends.clone();
         let path = eng.ls.lease_path(&c.resource.key());
-        let started = deadline::start_cancellable(budget, "acquire lease", &path, move |cancel| {
-            acquire::acquire_record(&e2, &reg2, &c2, &me2, cancel)
-        });
-        if started.is_err() {
-            // Never started (an earlier call is stuck, or no thread).
-            let _ = host.registry.end_acquire(op.p, c.intent, None);
-        }
-        calls.push(started);
+        calls.push(deadline::start_cancellable(
+            budget,
+            "acquire lease",
+            &path,
+            move |cancel| acquire::run_record(&e2, &reg2, &ends2, &c2, &me2, cancel),
+        ));
     }
     for (i, started) in calls.into_iter().enumerate() {
-        op.record_done(i, started.and_then(deadline::Pending::wait));
+        match started {
+            Ok(pending) => op.record_done(i, pending.wait()),
+            // Never started (an earlier call is stuck, or no thread).
+            Err(e) => op.not_started(&host, i, e),
+        }
     }
     let me = op.me.clone();
     op.finish(&host).map_err(|rb| {

@@ -11,6 +11,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::codec;
 use crate::error::{Error, Result};
@@ -319,15 +320,50 @@ pub trait Entries {
         })
     }
 
+    /// What the plugin notes before a domain's acquire touches the
+    /// lockspace, in one write: the keys it may take (as
+    /// [`Entries::add_keys`]) and one intent per record (as
+    /// [`Entries::begin_acquires`]).
+    fn begin_domain_acquire(
+        &self,
+        base: &Entry,
+        keys: &[(String, String)],
+        ids: &[u64],
+        caller: ProcId,
+    ) -> Result<()> {
+        self.update(base.proc_id, Some(base), &mut |e| {
+            for k in keys {
+                if !e.keys.contains(k) {
+                    e.keys.push(k.clone());
+                }
+            }
+            e.acquiring
+                .extend(ids.iter().map(|&id| Intent { id, caller }))
+        })
+    }
+
     /// Ends an acquire noted by [`Entries::begin_acquires`]; `acquired`:
-    /// the key and version it took. Called by the I/O thread itself, when
-    /// the call is over, whether or not its caller still waits.
+    /// the key and version it took. Written once the call is over (its
+    /// last lockspace write done), by its I/O thread when its caller no
+    /// longer waits for it ([`IntentEnds`]).
     fn end_acquire(&self, p: ProcId, id: u64, acquired: Option<(String, u64)>) -> Result<()> {
+        self.end_acquires(p, &[(id, acquired)], false)
+    }
+
+    /// Ends several acquires in one write, as [`Entries::end_acquire`]
+    /// each; with `clear_released`, also forgets the last release state (a
+    /// fresh acquisition makes it obsolete).
+    fn end_acquires(&self, p: ProcId, ends: &[End], clear_released: bool) -> Result<()> {
         self.update(p, None, &mut |e| {
-            e.acquiring.retain(|i| i.id != id);
-            if let Some((k, v)) = &acquired {
-                e.acquired.retain(|(x, _)| x != k);
-                e.acquired.push((k.clone(), *v));
+            for (id, acquired) in ends {
+                e.acquiring.retain(|i| i.id != *id);
+                if let Some((k, v)) = acquired {
+                    e.acquired.retain(|(x, _)| x != k);
+                    e.acquired.push((k.clone(), *v));
+                }
+            }
+            if clear_released {
+                e.released.clear();
             }
         })
     }
@@ -372,6 +408,65 @@ impl Entries for Registry {
 #[derive(Debug)]
 pub struct RegistryLock {
     _f: fs::File,
+}
+
+/// The end of one acquire call: its intent id and, when it took the lease,
+/// the key and version.
+pub type End = (u64, Option<(String, u64)>);
+
+/// Where the I/O threads of one domain's acquire leave the ends of their
+/// intents while their caller still waits, so that the caller writes them
+/// all in one registry write ([`Entries::end_acquires`]) instead of one
+/// locked write per record. Once the caller has stopped waiting
+/// ([`IntentEnds::close`]), a call still running (abandoned at its
+/// deadline, stuck on storage) ends its own intent: each end is written
+/// exactly once, by whoever holds it, and only after the call's last
+/// write to the lockspace, so the daemon's reaper sees the intent while
+/// any of the call's record writes may still land.
+#[derive(Debug, Clone, Default)]
+pub struct IntentEnds(Arc<Mutex<Handover>>);
+
+#[derive(Debug, Default)]
+struct Handover {
+    closed: bool,
+    ends: Vec<End>,
+}
+
+impl IntentEnds {
+    fn state(&self) -> MutexGuard<'_, Handover> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends the intent `id` of `p`'s acquire (the call is over): handed to
+    /// the caller while it collects, else written here.
+    pub fn end<R: Entries + ?Sized>(
+        &self,
+        reg: &R,
+        p: ProcId,
+        id: u64,
+        acquired: Option<(String, u64)>,
+    ) -> Result<()> {
+        let mut s = self.state();
+        if !s.closed {
+            s.ends.push((id, acquired));
+            return Ok(());
+        }
+        drop(s);
+        reg.end_acquire(p, id, acquired)
+    }
+
+    /// The caller stops collecting: returns the ends handed over so far
+    /// (the caller writes them); later ones are written by their calls.
+    pub fn close(&self) -> Vec<End> {
+        let mut s = self.state();
+        s.closed = true;
+        std::mem::take(&mut s.ends)
+    }
+
+    /// Closed: the caller no longer collects.
+    pub fn is_closed(&self) -> bool {
+        self.state().closed
+    }
 }
 
 #[cfg(test)]
@@ -426,6 +521,31 @@ mod tests {
         );
         reg.remove_keys(e.proc_id, &["disk-a".into()]).unwrap();
         assert_eq!(reg.read(e.proc_id).unwrap().unwrap().keys.len(), 1);
+        // A domain's acquire: keys and intents in one write, ends in one.
+        reg.begin_domain_acquire(&e, &[("disk-b".into(), "/b".into())], &[6, 7], caller)
+            .unwrap();
+        let got = reg.read(e.proc_id).unwrap().unwrap();
+        assert_eq!(got.keys.len(), 2);
+        assert_eq!(got.acquiring.len(), 2);
+        assert_eq!(got.released, vec![("domain-u".to_string(), 4)]);
+        let ends = IntentEnds::default();
+        ends.end(&reg, e.proc_id, 6, Some(("disk-b".into(), 9)))
+            .unwrap();
+        // Handed over, not written yet: the intent stays until the caller writes.
+        assert_eq!(reg.read(e.proc_id).unwrap().unwrap().acquiring.len(), 2);
+        let handed = ends.close();
+        assert!(ends.is_closed());
+        assert_eq!(handed, vec![(6, Some(("disk-b".to_string(), 9)))]);
+        reg.end_acquires(e.proc_id, &handed, true).unwrap();
+        let got = reg.read(e.proc_id).unwrap().unwrap();
+        assert_eq!(got.acquiring, vec![Intent { id: 7, caller }]);
+        assert_eq!(got.acquired_version("disk-b"), Some(9));
+        assert!(got.released.is_empty());
+        // After close, a late call ends its own intent.
+        ends.end(&reg, e.proc_id, 7, None).unwrap();
+        assert!(reg.read(e.proc_id).unwrap().unwrap().acquiring.is_empty());
+        assert!(ends.close().is_empty());
+        reg.remove_keys(e.proc_id, &["disk-b".into()]).unwrap();
         fs::write(reg.dir.join("9-9"), b"junk").unwrap();
         let all = reg.list().unwrap();
         assert_eq!(all.len(), 2);

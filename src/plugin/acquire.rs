@@ -1,10 +1,12 @@
 //! The plugin's acquire, as decisions a driver runs step by step: the
-//! checks and the registry before the lockspace is touched
-//! ([`Acquire::begin`]), the lockspace check and the intents once it is
-//! open ([`Acquire::opened`]), one read-modify-write per record
+//! checks before the lockspace is touched ([`Acquire::begin`]), the
+//! lockspace check, then the keys and intents in one registry write once
+//! it is open ([`Acquire::opened`]), one read-modify-write per record
 //! ([`acquire_record`], on its own I/O thread in libvirtd, all at once),
-//! and the verdict once every record answered ([`Acquire::finish`]): all
-//! or nothing, so a part failure rolls back what this call took.
+//! each call's intent end handed to the waiting caller once the call is
+//! over ([`end_record`]), and the verdict once every record answered
+//! ([`Acquire::finish`]): the handed-over ends in one registry write, and
+//! all or nothing, so a part failure rolls back what this call took.
 //!
 //! Generic over the store and the [`Host`]: libvirtd runs it on the
 //! lockspace with threads and deadlines (`plugin::acquire`), the simulator
@@ -19,7 +21,7 @@ use crate::engine::{Acquired, Engine};
 use crate::error::{Error, Result};
 use crate::lease::Holder;
 use crate::process::ProcId;
-use crate::registry::{Entries, Entry};
+use crate::registry::{Entries, Entry, IntentEnds};
 use crate::resource::Resource;
 use crate::state_string::LockState;
 use crate::status::Status;
@@ -50,6 +52,9 @@ pub struct Acquire {
     pub me: Holder,
     /// One call per record, sorted by key, no key twice.
     pub calls: Vec<RecordCall>,
+    /// Where the calls leave their intents' ends while this acquire
+    /// waits for them (each call's driver gets a clone).
+    pub ends: IntentEnds,
     results: Vec<Option<Result<Acquired>>>,
 }
 
@@ -64,7 +69,7 @@ pub struct Rollback {
 impl Acquire {
     /// The real acquire in libvirtd, on behalf of QEMU's pid, up to the
     /// lockspace: the protected check, the disk policy, the state, the
-    /// registry's keys.
+    /// versions an earlier acquire of this QEMU took (the registry, read).
     pub fn begin<H: Host>(
         host: &H,
         cfg: &Config,
@@ -91,11 +96,6 @@ impl Acquire {
             (None, Some(e)) => e.acquired,
             _ => Vec::new(),
         };
-        let keys: Vec<(String, String)> = resources
-            .iter()
-            .map(|r| (r.key(), r.name.clone()))
-            .collect();
-        reg.add_keys(&m.base_entry(p), &keys)?;
         let calls: Vec<RecordCall> = resources
             .into_iter()
             .map(|r| {
@@ -120,14 +120,15 @@ impl Acquire {
             view: status,
             results: calls.iter().map(|_| None).collect(),
             calls,
+            ends: IntentEnds::default(),
         })
     }
 
     /// The lockspace `ls` is open. It must hold the lockspace the daemon
-    /// renews in. Then one intent per record, all noted (in one registry
-    /// write) before the lockspace is touched: the daemon keeps sweeping
-    /// this QEMU's leases after it exits while any of these calls may
-    /// still write.
+    /// renews in. Then the keys and one intent per record, all noted in
+    /// one registry write before the lockspace is touched: the daemon
+    /// keeps sweeping this QEMU's leases after it exits while any of these
+    /// calls may still write.
     pub fn opened<H: Host, S: Store>(&mut self, host: &H, ls: &S) -> Result<()> {
         let (dir, uuid) = ls.identity();
         self.view
@@ -138,17 +139,30 @@ impl Acquire {
             c.intent = host.intent_id();
         }
         let ids: Vec<u64> = self.calls.iter().map(|c| c.intent).collect();
+        let keys: Vec<(String, String)> = self
+            .calls
+            .iter()
+            .map(|c| (c.resource.key(), c.resource.name.clone()))
+            .collect();
         host.registry()
-            .begin_acquires(&self.base_entry(), &ids, caller)
+            .begin_domain_acquire(&self.base_entry(), &keys, &ids, caller)
     }
 
     fn base_entry(&self) -> Entry {
         Entry::new(self.p, &self.me.domain_uuid, &self.me.domain_name)
     }
 
-    /// Call `i` answered (or never started, or its caller gave up).
+    /// Call `i` answered (or its caller gave up on it).
     pub fn record_done(&mut self, i: usize, r: Result<Acquired>) {
         self.results[i] = Some(r);
+    }
+
+    /// Call `i` never started (an earlier call is stuck, or no thread):
+    /// its intent ends with the others, and `e` is its answer.
+    pub fn not_started<H: Host>(&mut self, host: &H, i: usize, e: Error) {
+        let c = &self.calls[i];
+        let _ = self.ends.end(host.registry(), self.p, c.intent, None);
+        self.record_done(i, Err(e));
     }
 
     /// Calls not answered yet.
@@ -156,11 +170,20 @@ impl Acquire {
         self.results.iter().filter(|r| r.is_none()).count()
     }
 
-    /// Every call answered: Ok when all took their record (the release
-    /// state is then obsolete), with how many leases were taken over from
+    /// Every call answered: the intents' ends handed over so far in one
+    /// registry write (calls still running end their own later). Ok when
+    /// all took their record (the release state is then obsolete, and
+    /// cleared in that write), with how many leases were taken over from
     /// another holder; else what to roll back and the first error (in key
     /// order).
     pub fn finish<H: Host>(self, host: &H) -> std::result::Result<usize, Rollback> {
+        let ends = self.ends.close();
+        let all_ok = self.results.iter().all(|r| matches!(r, Some(Ok(_))));
+        if !ends.is_empty() || all_ok {
+            if let Err(e) = host.registry().end_acquires(self.p, &ends, all_ok) {
+                warn!("{e}");
+            }
+        }
         let (host_id, me) = (self.host_id, &self.me);
         let (name, uuid) = (me.domain_name.as_str(), me.domain_uuid.as_str());
         let mut newly = Vec::new();
@@ -205,25 +228,21 @@ impl Acquire {
             // All or nothing: give back what this call took.
             return Err(Rollback { error, newly });
         }
-        // A fresh acquisition makes any earlier release state obsolete.
-        let _ = host.registry().set_released(self.p, &[]);
         Ok(took_over)
     }
 }
 
 /// One record's acquire, as its I/O thread runs it: the engine's
 /// `acquire_for` (nothing written for a caller that gave up or a QEMU that
-/// exited), then the end of its intent in the registry, whether or not
-/// the caller still waits.
-pub fn acquire_record<S: Store, R: Entries>(
+/// exited). Once it returned (its last lockspace write done), the call
+/// ends its intent with [`end_record`].
+pub fn acquire_record<S: Store>(
     eng: &Engine<S>,
-    reg: &R,
     c: &RecordCall,
     me: &Holder,
     cancel: &Cancel,
 ) -> Result<Acquired> {
     let res = eng.acquire_for(&c.resource, me, c.want, cancel);
-    let done = res.as_ref().ok().map(|a| (c.resource.key(), a.version));
     if let Err(e) = &res {
         if cancel.is_abandoned() {
             warn!(
@@ -232,9 +251,37 @@ pub fn acquire_record<S: Store, R: Entries>(
             );
         }
     }
-    if let Err(e) = reg.end_acquire(me.proc_id(), c.intent, done) {
+    res
+}
+
+/// The end of a record call's intent, once the call is over: handed to
+/// the caller while it waits (it writes every end in one registry write,
+/// [`Acquire::finish`]), else written here, whether or not the caller
+/// still waits.
+pub fn end_record<R: Entries>(
+    ends: &IntentEnds,
+    reg: &R,
+    c: &RecordCall,
+    me: &Holder,
+    res: &Result<Acquired>,
+) {
+    let done = res.as_ref().ok().map(|a| (c.resource.key(), a.version));
+    if let Err(e) = ends.end(reg, me.proc_id(), c.intent, done) {
         warn!("{e}");
     }
+}
+
+/// [`acquire_record`] then [`end_record`]: what one I/O thread runs.
+pub fn run_record<S: Store, R: Entries>(
+    eng: &Engine<S>,
+    reg: &R,
+    ends: &IntentEnds,
+    c: &RecordCall,
+    me: &Holder,
+    cancel: &Cancel,
+) -> Result<Acquired> {
+    let res = acquire_record(eng, c, me, cancel);
+    end_record(ends, reg, c, me, &res);
     res
 }
 

@@ -16,7 +16,7 @@ use vmlease::lease::Holder;
 use vmlease::plugin::acquire::{self, RecordCall};
 use vmlease::plugin::release;
 use vmlease::process::ProcId;
-use vmlease::registry::Entries;
+use vmlease::registry::IntentEnds;
 use vmlease::status::Status;
 
 use crate::mutation::Mutation;
@@ -51,12 +51,14 @@ pub enum Job {
     /// The leaving record before issue 14 (same mutation): written blind.
     WriteHost(HostRecord),
     /// One record of `plugin::acquire::Acquire` (`acquire_record`): call
-    /// `idx` of the op's calls.
+    /// `idx` of the op's calls. `ends`: the op's hand-over of intent
+    /// ends (`end_record` when the call is over: landed or failed).
     Acquire {
         idx: usize,
         call: RecordCall,
         me: Holder,
         view: Option<Arc<Status>>,
+        ends: IntentEnds,
     },
     Release {
         key: String,
@@ -310,23 +312,21 @@ impl World {
                 call,
                 me,
                 view,
+                ..
             } => {
                 // The plugin's I/O thread: under the record lock it writes
                 // nothing for a caller that gave up at its deadline or for
-                // a QEMU that exited meanwhile, then ends its intent.
+                // a QEMU that exited meanwhile. Its intent ends when the
+                // call is over (`acquire_over`).
                 let eng = self.engine(h, io, view.clone());
                 let cancel = vmlease::deadline::Cancel::new();
                 if c.timed_out {
                     cancel.abandon();
                 }
-                let reg = SimRegistry::of(&mut self.hosts[h as usize - 1]);
                 let r = if mutation == Mutation::AbandonedAcquireWrites {
-                    let r = eng.acquire(&call.resource, me, call.want);
-                    let done = r.as_ref().ok().map(|a| (call.resource.key(), a.version));
-                    let _ = reg.end_acquire(me.proc_id(), call.intent, done);
-                    r
+                    eng.acquire(&call.resource, me, call.want)
                 } else {
-                    acquire::acquire_record(&eng, &reg, call, me, &cancel)
+                    acquire::acquire_record(&eng, call, me, &cancel)
                 };
                 io = eng.ls;
                 Outcome::Acquired(*idx, r)
@@ -444,10 +444,14 @@ impl World {
         };
         let writes = std::mem::take(&mut c.writes);
         let h = c.host;
+        if !writes.is_empty() {
+            self.check_intent_kept(id);
+        }
         for w in &writes {
             self.land_write(h, w);
         }
         self.free_lock_of(id);
+        self.acquire_over(id, true);
         if self.renew_next_step(id) {
             return;
         }
@@ -580,6 +584,8 @@ impl World {
     }
 
     fn fail(&mut self, id: u64, e: Error) {
+        // The I/O thread's call failed (its write, if any, never lands).
+        self.acquire_over(id, false);
         let Some(c) = self.calls.remove(&id) else {
             return;
         };
@@ -703,6 +709,38 @@ impl World {
             } else {
                 self.lock_release(&key, id);
             }
+        }
+    }
+
+    /// An acquire call is over (landed, or failed without writing): the
+    /// plugin's I/O thread ends its intent (`acquire::end_record`), handing
+    /// it to its caller while the caller still waits, else writing it.
+    fn acquire_over(&mut self, id: u64, landed: bool) {
+        let Some(c) = self.calls.get(&id) else { return };
+        let Job::Acquire { call, me, ends, .. } = &c.job else {
+            return;
+        };
+        let h = c.host;
+        if !self.host(h).up || self.host(h).boot_no != c.boot {
+            return;
+        }
+        let res = match &c.pending {
+            Some(Outcome::Acquired(_, Ok(a))) if landed => Ok(a.clone()),
+            _ => Err(Error::Invalid("the call failed".into())),
+        };
+        let (call, me, ends) = (call.clone(), me.clone(), ends.clone());
+        let late = ends.is_closed();
+        let reg = SimRegistry::of(&mut self.hosts[h as usize - 1]);
+        acquire::end_record(&ends, &reg, &call, &me, &res);
+        if late {
+            self.log(
+                &format!("h{h}"),
+                format!(
+                    "acquire of {} for pid {} ends its own intent (its caller stopped waiting)",
+                    call.resource, me.pid
+                ),
+            );
+            self.check_intents(h);
         }
     }
 

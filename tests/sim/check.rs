@@ -15,15 +15,25 @@
 //! 5. handover: a resumed or migrated VM writes only if nobody else wrote
 //!    its disk since it stopped (what the lease version protects);
 //! 6. liveness (at the end): every VM runs somewhere once the faults have
-//!    healed for the promised time.
+//!    healed for the promised time;
+//! 7. intent-kept: the plugin's registry notes an acquire call in flight
+//!    (its intent) from before the call touches the lockspace until its
+//!    last write there landed, and no longer: a lease write never lands
+//!    after its intent ended (the daemon's reaper keeps sweeping an exited
+//!    QEMU only while an intent says a write may still land), and an
+//!    intent whose call is over is ended (handed to the waiting caller,
+//!    which writes every end in one write, or written by the call itself
+//!    once the caller stopped waiting).
 
 use std::fmt;
 
 use vmlease::lease::Holder;
 use vmlease::resource::Resource;
 
+use crate::calls::Job;
+use crate::libvirt::Proc;
 use crate::params::{Us, MS};
-use crate::world::World;
+use crate::world::{pk, World};
 
 #[derive(Debug, Clone)]
 pub struct Violation {
@@ -342,5 +352,65 @@ impl World {
             }
         }
         self.stats.recovery_ms = worst / MS;
+    }
+
+    /// Acquire call `id` is about to land its writes: its intent must
+    /// still be in the registry (invariant 7).
+    pub fn check_intent_kept(&mut self, id: u64) {
+        let Some(c) = self.calls.get(&id) else { return };
+        let Job::Acquire { call, me, .. } = &c.job else {
+            return;
+        };
+        let h = c.host;
+        if self.host(h).boot_no != c.boot {
+            return;
+        }
+        let Some(e) = self.host(h).registry.get(&pk(me.proc_id())) else {
+            // The reaper dropped the entry of an exited QEMU.
+            return;
+        };
+        if e.acquiring.iter().any(|i| i.id == call.intent) {
+            return;
+        }
+        let text = format!(
+            "a write of the acquire of {} for pid {} on h{h} lands after its intent {} ended in the registry",
+            call.resource, me.pid, call.intent
+        );
+        self.violate_on("intent-kept", text, &[h]);
+    }
+
+    /// Every intent in `h`'s registry belongs to a call still in flight,
+    /// or to an acquire whose caller still collects its calls' ends
+    /// (invariant 7: no end is lost).
+    pub fn check_intents(&mut self, h: u16) {
+        let boot = self.host(h).boot_no;
+        let mut open: Vec<u64> = self
+            .calls
+            .values()
+            .filter(|c| c.host == h && c.boot == boot)
+            .filter_map(|c| match &c.job {
+                Job::Acquire { call, .. } => Some(call.intent),
+                _ => None,
+            })
+            .collect();
+        for op in self.ops.values() {
+            if let Some(Proc::Acquire(ap)) = &op.proc_ {
+                if let Some(aop) = ap.op.as_ref().filter(|a| !a.ends.is_closed()) {
+                    open.extend(aop.calls.iter().map(|c| c.intent));
+                }
+            }
+        }
+        let lost = self.host(h).registry.values().find_map(|e| {
+            e.acquiring
+                .iter()
+                .find(|i| !open.contains(&i.id))
+                .map(|i| (e.proc_id.pid, i.id))
+        });
+        if let Some((pid, id)) = lost {
+            let text = format!(
+                "h{h}'s registry notes acquire intent {id} for pid {pid}, whose call is over"
+            );
+            self.violate_on("intent-kept", text, &[h]);
+        }
     }
 }

@@ -28,6 +28,7 @@ use vmlease::plugin::acquire::{self, Acquire};
 use vmlease::plugin::release::{Inquire, Release};
 use vmlease::plugin::{self, Host as _, Manager};
 use vmlease::process::{Liveness, ProcId, Stat};
+use vmlease::registry::Entries as _;
 use vmlease::state_string::LockState;
 
 use crate::calls::{Job, Outcome, Owner};
@@ -875,6 +876,7 @@ impl World {
                         call: c.clone(),
                         me: op.me.clone(),
                         view: Some(view.clone()),
+                        ends: op.ends.clone(),
                     })
                     .collect();
                 ap.op = Some(op);
@@ -895,7 +897,18 @@ impl World {
                     return self.put_proc(id, Proc::Acquire(ap));
                 }
                 let me = op.me.clone();
-                match self.with_plugin(h, id, |host, _, _| op.finish(host)) {
+                if self.mutation == Mutation::CallerEndsEveryIntent {
+                    // The caller ends the intents of the calls it stopped
+                    // waiting for too, as if they were over.
+                    let (p, ids) = (op.p, op.calls.iter().map(|c| c.intent).collect::<Vec<_>>());
+                    self.with_plugin(h, id, |host, _, _| {
+                        let ends: Vec<_> = ids.iter().map(|&i| (i, None)).collect();
+                        let _ = host.registry().end_acquires(p, &ends, false);
+                    });
+                }
+                let done = self.with_plugin(h, id, |host, _, _| op.finish(host));
+                self.check_intents(h);
+                match done {
                     Ok(_) => self.acquire_done(id, ap, Ok(None)),
                     Err(rb) if rb.newly.is_empty() => {
                         self.acquire_done(id, ap, Err(rb.error.to_string()))

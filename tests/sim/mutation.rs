@@ -64,6 +64,12 @@ pub enum Mutation {
     /// the hand-written scenario produces its fault (`AcquireStall`), so it
     /// is not in `ALL`.
     AbandonedAcquireWrites,
+    /// The intents' ends written too early: the caller of an acquire ends
+    /// the intents of every call in its one write, also those of calls it
+    /// stopped waiting for at their deadline, whose writes may still land.
+    /// Only the hand-written scenario (`a_late_acquire_ends_its_own_intent`)
+    /// makes a write land that late on purpose, so it is not in `ALL`.
+    CallerEndsEveryIntent,
     /// The old `ProcId::liveness` (issue 14, item 1): a process counts as
     /// dead once its main thread is a zombie, though another thread (a
     /// killed QEMU's I/O thread in uninterruptible sleep) still exists
@@ -155,6 +161,7 @@ impl Mutation {
             Mutation::KillTimeoutFromNow => "kill-timeout-from-now",
             Mutation::FencedCleanVouchesForAll => "fenced-clean-vouches-for-all",
             Mutation::AbandonedAcquireWrites => "abandoned-acquire-writes",
+            Mutation::CallerEndsEveryIntent => "caller-ends-every-intent",
             Mutation::LeaderExitIsDeath => "leader-exit-is-death",
             Mutation::ClaimWithoutReadBack => "claim-without-read-back",
         }

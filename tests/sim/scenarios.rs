@@ -831,3 +831,80 @@ fn rule5_with_a_noop_blocklist_is_caught() {
     );
     println!("caught: {}", w.violations[0]);
 }
+
+/// Issue 19: a domain's acquire writes the intents' ends of its calls in
+/// one registry write, and a call its caller stopped waiting for ends its
+/// own intent once it is over. h1's lockspace turns slow right before
+/// vm0's acquire: opening the lockspace still answers within io_timeout,
+/// the record calls land after their deadline. libvirt gives up on them
+/// and the start fails; the calls' writes land later, while their intents
+/// are still noted (so the daemon would keep sweeping the exited QEMU),
+/// and each call then ends its own intent (invariant 7, intent-kept).
+pub fn late_acquire_world(mutation: Mutation) -> World {
+    let p = Params::fixed(2, 1, 200, 3000, 400, 600);
+    let (io, budget) = (p.cfg.io_timeout, p.cfg.io_timeout + p.cfg.lock_timeout);
+    let j = cw(&p);
+    let mut w = World::custom_mutated(19, p, Vec::new(), &[0, 0], false, true, mutation);
+    w.run_until((j + 500) * MS);
+    w.start_vm(0, 1, false);
+    let acquiring = |w: &World| {
+        w.ops
+            .values()
+            .any(|o| o.phase == crate::libvirt::Phase::Acquire)
+    };
+    run_while(&mut w, (j + 2000) * MS, acquiring);
+    assert!(acquiring(&w), "vm0's start reached its acquire");
+    // One operation takes `extra` longer: the open (one operation) answers
+    // within io_timeout, a record's read-modify-write (several) does not
+    // within its deadline.
+    let extra = io - 300;
+    assert!(2 * extra > budget);
+    let now = w.now;
+    inject(
+        &mut w,
+        Fault::SlowIo {
+            hosts: vec![1],
+            at: now,
+            dur: (extra + 100) * MS,
+            extra_ms: extra,
+        },
+    );
+    let t = w.now + 4 * budget * MS;
+    w.run_until(t);
+    w
+}
+
+#[test]
+fn a_late_acquire_ends_its_own_intent() {
+    let w = late_acquire_world(Mutation::None);
+    print_trace(&w);
+    assert!(w.violation.is_none(), "{}", w.violation.unwrap());
+    assert!(
+        w.trace.iter().any(|l| l.contains("start of vm0 failed")),
+        "vm0's start must fail (its acquire timed out)"
+    );
+    assert!(
+        w.trace
+            .iter()
+            .any(|l| l.contains("ends its own intent (its caller stopped waiting)")),
+        "a call must end its own intent after its caller stopped waiting"
+    );
+    let left: Vec<_> = w
+        .host(1)
+        .registry
+        .values()
+        .filter(|e| !e.acquiring.is_empty())
+        .collect();
+    assert!(left.is_empty(), "intents left: {left:?}");
+}
+
+/// Ends written too early (the mutation `caller-ends-every-intent`: the
+/// caller ends its abandoned calls' intents too) are caught.
+#[test]
+fn an_intent_ended_before_its_write_landed_is_caught() {
+    let w = late_acquire_world(Mutation::CallerEndsEveryIntent);
+    print_trace(&w);
+    let v = w.violation.expect("an intent-kept violation");
+    assert_eq!(v.invariant, "intent-kept", "{v}");
+    assert!(v.text.contains("lands after its intent"), "{v}");
+}

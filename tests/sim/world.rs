@@ -596,6 +596,9 @@ impl World {
             }
         }
         self.now = self.now.max(self.heal);
+        for h in 1..=self.hosts.len() as u16 {
+            self.check_intents(h);
+        }
         self.check_liveness();
         self.violation.clone()
     }

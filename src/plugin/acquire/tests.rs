@@ -145,7 +145,7 @@ impl Host for Fake {
 fn run_calls(f: &Fake, op: &mut Acquire) {
     let eng = f.engine(&op.view);
     for (i, c) in op.calls.clone().iter().enumerate() {
-        let r = acquire_record(&eng, &f.registry, c, &op.me, &Cancel::new());
+        let r = run_record(&eng, &f.registry, &op.ends, c, &op.me, &Cancel::new());
         op.record_done(i, r);
     }
 }
@@ -206,8 +206,8 @@ fn another_lockspace_than_the_daemons_is_refused_before_any_intent() {
     let e = op.opened(&f, &f.ls).unwrap_err();
     assert!(matches!(e, Error::Unprotected(_)), "{e}");
     assert!(e.to_string().contains("not the same lockspace"), "{e}");
-    let entry = f.registry.read(f.qemu).unwrap().unwrap();
-    assert!(entry.acquiring.is_empty(), "{entry:?}");
+    let entry = f.registry.read(f.qemu).unwrap();
+    assert!(entry.is_none(), "{entry:?}");
 }
 
 #[test]
@@ -223,4 +223,49 @@ fn a_handover_state_sets_the_version_each_record_requires() {
         assert_eq!(c.want, want, "{}", c.resource);
     }
     assert!(Acquire::begin(&f, &f.cfg, &m, Some("garbage")).is_err());
+}
+
+#[test]
+fn intents_end_in_one_write_and_a_call_still_running_ends_its_own() {
+    let f = Fake::new("ends");
+    let m = f.manager();
+    let mut op = Acquire::begin(&f, &f.cfg, &m, None).unwrap();
+    op.opened(&f, &f.ls).unwrap();
+    let eng = f.engine(&op.view);
+    let calls = op.calls.clone();
+    let (last, first) = calls.split_last().unwrap();
+    for (i, c) in first.iter().enumerate() {
+        let r = run_record(&eng, &f.registry, &op.ends, c, &op.me, &Cancel::new());
+        op.record_done(i, r);
+    }
+    // Handed to the waiting caller, not written yet.
+    let e = f.registry.read(f.qemu).unwrap().unwrap();
+    assert_eq!(e.acquiring.len(), calls.len(), "{e:?}");
+    // The caller gives up on the last call at its deadline.
+    let timeout = Error::Timeout {
+        op: "acquire lease",
+        path: "/x".into(),
+        after_ms: 1,
+    };
+    op.record_done(calls.len() - 1, Err(timeout));
+    let me = op.me.clone();
+    let ends = op.ends.clone();
+    let rb = op.finish(&f).unwrap_err();
+    assert_eq!(rb.newly.len(), calls.len() - 1);
+    // One write ended the others; the call still running keeps its intent.
+    let e = f.registry.read(f.qemu).unwrap().unwrap();
+    assert_eq!(
+        e.acquiring.iter().map(|i| i.id).collect::<Vec<_>>(),
+        vec![last.intent],
+        "{e:?}"
+    );
+    assert_eq!(e.acquired.len(), calls.len() - 1, "{e:?}");
+    // It runs late, abandoned: writes nothing, then ends its own intent.
+    let cancel = Cancel::new();
+    cancel.abandon();
+    let r = run_record(&eng, &f.registry, &ends, last, &me, &cancel);
+    assert!(r.is_err());
+    let e = f.registry.read(f.qemu).unwrap().unwrap();
+    assert!(e.acquiring.is_empty(), "{e:?}");
+    assert_eq!(e.acquired.len(), calls.len() - 1, "{e:?}");
 }

@@ -24,10 +24,6 @@ use crate::status::Status;
 /// (a `vmlease ha enable` shows up within this).
 const XML_REFRESH_MS: u128 = 10_000;
 
-/// How often the agent reads its host record back, to write it again if
-/// something else changed it (a corrupt value, a put without its lease).
-const HOST_CHECK_MS: u128 = 5_000;
-
 /// A domain's policy and size with its XML, or why it cannot be managed.
 type Definition = std::result::Result<(DomainInfo, String), String>;
 
@@ -39,8 +35,6 @@ pub struct Agent {
     /// The etcd lease of this host (0: none yet).
     pub lease: i64,
     last_host: Option<HostRecord>,
-    /// When the host record was last read back.
-    host_checked: Option<Instant>,
     published: BTreeMap<String, VmRecord>,
     /// Parsed definitions of running domains, by name, with when read.
     defs: BTreeMap<String, (Instant, Definition)>,
@@ -64,7 +58,6 @@ impl Agent {
             host_id,
             lease: 0,
             last_host: None,
-            host_checked: None,
             published: BTreeMap::new(),
             defs: BTreeMap::new(),
             protected: false,
@@ -92,8 +85,12 @@ impl Agent {
         Ok(())
     }
 
-    /// Publishes the host record and the HA domains.
-    pub fn publish(&mut self, etcd: &Etcd) -> Result<()> {
+    /// Publishes the host record and the HA domains, each only when it
+    /// differs from what this agent last wrote. With `check`, reads the
+    /// host record back first and writes it again if it is not this
+    /// host's (a corrupt value, a put without its lease): the loop asks
+    /// for it when etcd changed and at every resync.
+    pub fn publish(&mut self, etcd: &Etcd, check: bool) -> Result<()> {
         let (protected, reason) = match crate::status::protected_status(&self.cfg) {
             Ok(_) => (true, String::new()),
             Err(e) => (false, e.to_string()),
@@ -127,11 +124,7 @@ impl Agent {
             vcpus: cpus,
             vcpus_used: running.iter().map(|d| d.vcpus).sum(),
         };
-        let due = self
-            .host_checked
-            .is_none_or(|t| t.elapsed().as_millis() >= HOST_CHECK_MS);
-        if let (true, Some(last)) = (due, &self.last_host) {
-            self.host_checked = Some(Instant::now());
+        if let (true, Some(last)) = (check, &self.last_host) {
             let key = model::host_key(self.p(), &self.name);
             let kv = etcd.get(&key)?;
             if !kv.is_some_and(|kv| kv.value == to_json(last) && kv.lease == self.lease) {

@@ -28,6 +28,9 @@ pub struct Controller {
     ha: HaConfig,
     name: String,
     pub leader: bool,
+    /// Leading, and waiting for something that comes with time or from
+    /// the lockspace (`decide::needs_timer`): step every `interval`.
+    pub busy: bool,
     /// Storage fences that failed, by host (not retried for a while).
     fence_attempts: super::storage_fence::Attempts,
     events: EventStore,
@@ -178,6 +181,7 @@ impl Controller {
             ha,
             name,
             leader: false,
+            busy: false,
             fence_attempts: Default::default(),
             reported: Default::default(),
             seen: Seen::default(),
@@ -204,6 +208,7 @@ impl Controller {
     pub fn tick(&mut self, etcd: &Etcd, lease: i64, protected: bool) -> Result<()> {
         let lk = model::leader_key(&self.ha.prefix);
         let me = self.name.as_bytes();
+        self.busy = false;
         if !protected {
             self.seen = Seen::default();
             if self.leader {
@@ -243,6 +248,7 @@ impl Controller {
             return Ok(());
         }
         self.seen = Seen::of(&view);
+        self.busy = decide::needs_timer(&view);
         let now = wall_ms();
         let mut events = self.corrupt_values(&bad, now);
         // Suspects, and failed hosts not yet reported evacuable (for the

@@ -100,6 +100,24 @@ pub fn suspects(v: &ClusterView) -> Vec<String> {
     out
 }
 
+/// Must the leader step again after `interval` even if nothing in etcd
+/// changes? Yes while something it waits for comes with time or from the
+/// lockspace rather than from etcd: a suspect host (its verdict), a failed
+/// host not yet reported evacuable, a recovery in flight (the retry and
+/// start timers), a drain migration, a host in maintenance. Otherwise it
+/// steps when etcd changes (a watch) and at the periodic full read.
+pub fn needs_timer(v: &ClusterView) -> bool {
+    !suspects(v).is_empty()
+        || !events::to_judge(v).is_empty()
+        || v.recoveries
+            .values()
+            .any(|r| r.state != RecState::RecoveryFailed)
+        || v.migrations
+            .values()
+            .any(|m| m.state != maintenance::MigState::GaveUp)
+        || !v.maintenance.is_empty()
+}
+
 /// One step of the controller.
 pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
     // Host events first (events.rs): a host is reported failed or

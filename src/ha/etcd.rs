@@ -209,6 +209,18 @@ impl Etcd {
         Ok((Self::kvs(&v), rev))
     }
 
+    /// The store's revision now (from a count-only range of `prefix`: a
+    /// few bytes whatever the prefix holds).
+    pub fn revision(&self, prefix: &str) -> Result<i64> {
+        let v = self.call(
+            &format!("revision {prefix}*"),
+            "/v3/kv/range",
+            json!({"key": b64(prefix.as_bytes()), "range_end": b64(&prefix_end(prefix)),
+                   "count_only": true}),
+        )?;
+        Ok(num(v.pointer("/header/revision").unwrap_or(&Value::Null)))
+    }
+
     /// How many keys start with `prefix`, and the first `limit` of them.
     pub fn first_keys(&self, prefix: &str, limit: usize) -> Result<(i64, Vec<String>)> {
         let v = self.call(

@@ -37,6 +37,9 @@ pub struct MaintenanceAgent {
     name: String,
     reach_lease: i64,
     running: BTreeMap<String, Running>,
+    /// In maintenance, and the watchdog daemon has not disarmed yet (its
+    /// status file is watched at every step meanwhile).
+    disarming: bool,
 }
 
 impl MaintenanceAgent {
@@ -47,7 +50,14 @@ impl MaintenanceAgent {
             name,
             reach_lease: 0,
             running: BTreeMap::new(),
+            disarming: false,
         }
+    }
+
+    /// Must it step every `interval` (not only when etcd changes)? While
+    /// a migration runs here or the daemon has yet to disarm.
+    pub fn busy(&self) -> bool {
+        !self.running.is_empty() || self.disarming
     }
 
     pub fn step(&mut self, etcd: &Etcd, lease: i64, protected: bool) -> Result<()> {
@@ -68,7 +78,8 @@ impl MaintenanceAgent {
         self.migrations(etcd, protected)
     }
 
-    fn marker(&self, etcd: &Etcd) -> Result<()> {
+    fn marker(&mut self, etcd: &Etcd) -> Result<()> {
+        self.disarming = false;
         let key = maintenance_key(&self.ha.prefix, &self.name);
         let path = self.cfg.state_dir.join(MAINTENANCE_MARKER);
         let Some(kv) = etcd.get(&key)? else {
@@ -96,7 +107,11 @@ impl MaintenanceAgent {
         let Ok(mut m) = serde_json::from_slice::<super::maintenance::Maintenance>(&kv.value) else {
             return Ok(()); // the controller reports corrupt records
         };
-        if m.disarmed || !self.disarmed() {
+        if m.disarmed {
+            return Ok(());
+        }
+        if !self.disarmed() {
+            self.disarming = true;
             return Ok(());
         }
         m.disarmed = true;

@@ -16,6 +16,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod schedule;
 pub mod storage_fence;
 pub mod vmwatch;
 
@@ -41,3 +42,5 @@ pub mod run;
 pub mod virsh;
 #[cfg(feature = "ha")]
 pub mod vmmon;
+#[cfg(feature = "ha")]
+pub mod watch;

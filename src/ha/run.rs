@@ -1,6 +1,11 @@
 //! `vmlease-ha`'s main loop: the agent and the controller candidate, one
-//! step every `[ha] interval`. etcd unreachable: log once, retry with
-//! backoff (up to the lease TTL), never exit; running VMs are untouched.
+//! step every `[ha] interval`. Each step reads the local state (the
+//! watchdog's status, libvirt) and publishes what changed; it reads etcd
+//! and decides only when etcd changed (a watch of the prefix, watch.rs),
+//! something local changed, a part waits for time, or at the periodic
+//! resync (schedule.rs). A change reported by the watch ends the wait for
+//! the next step at once. etcd unreachable: log once, retry with backoff
+//! (up to the lease TTL), never exit; running VMs are untouched.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -13,9 +18,14 @@ use super::etcd::Etcd;
 use super::maintenance_agent::MaintenanceAgent;
 use super::metrics::{render, Sample};
 use super::metrics_http::{self, Text};
+use super::schedule::{Schedule, Wake};
 use super::vmmon::VmMonitor;
+use super::watch::Watcher;
 use crate::config;
 use crate::daemon::signals;
+
+/// The shortest time between two steps when etcd changes.
+const MIN_GAP: Duration = Duration::from_millis(100);
 
 const USAGE: &str = "usage: vmlease-ha [--config FILE]";
 
@@ -108,14 +118,47 @@ fn run(cfg: config::Config, ha: config::HaConfig) -> Result<(), Error> {
         agent.name,
         ha.endpoints.join(",")
     );
+    let watcher = Watcher::start(&ha);
+    let mut sched = Schedule::new(ha.interval, ha.host_ttl);
+    let origin = Instant::now();
+    let ms = |t: Instant| t.duration_since(origin).as_millis() as u64;
+    // What the last read of etcd was made with.
+    let mut read_with = (false, 0i64);
     while !signals::stop_requested() {
         let t0 = Instant::now();
-        let step = agent
-            .presence(&etcd)
-            .and_then(|()| agent.publish(&etcd))
-            .and_then(|()| ctl.tick(&etcd, agent.lease, agent.protected))
-            .and_then(|()| agent.execute(&etcd))
-            .and_then(|()| maint.step(&etcd, agent.lease, agent.protected));
+        let step = if sched.keepalive_due(ms(t0)) {
+            agent.presence(&etcd).map(|()| sched.kept_alive(ms(t0)))
+        } else {
+            Ok(())
+        };
+        let mut read_rev = None;
+        let step = step.and_then(|()| {
+            let mut etcd_changed = watcher.take_changed();
+            if !etcd_changed && sched.resync_due(ms(t0)) {
+                etcd_changed = sched.moved(ms(t0), etcd.revision(&ha.prefix)?);
+            }
+            // The local state first: whether this host is protected.
+            agent.publish(&etcd, etcd_changed)?;
+            let wake = Wake {
+                etcd_changed,
+                local_changed: read_with != (agent.protected, agent.lease),
+                busy: ctl.busy || maint.busy(),
+                failing: failing.is_some(),
+            };
+            if !sched.read_due(wake) {
+                return Ok(());
+            }
+            let rev = etcd.revision(&ha.prefix)?;
+            ctl.tick(&etcd, agent.lease, agent.protected)?;
+            agent.execute(&etcd)?;
+            maint.step(&etcd, agent.lease, agent.protected)?;
+            read_rev = Some(rev);
+            Ok(())
+        });
+        if let Some(rev) = read_rev {
+            sched.read_done(ms(t0), rev);
+            read_with = (agent.protected, agent.lease);
+        }
         if metrics.is_some() {
             sample.etcd_up = step.is_ok();
             match &step {
@@ -128,6 +171,9 @@ fn run(cfg: config::Config, ha: config::HaConfig) -> Result<(), Error> {
             Ok(()) => {
                 if failing.take().is_some() {
                     log::warn!("vmlease-ha: etcd and libvirt answer again");
+                    // A stream through a member that was cut off may hang
+                    // without breaking: a new one, on a member that answers.
+                    watcher.restart();
                 }
                 backoff = interval;
             }
@@ -160,8 +206,14 @@ fn run(cfg: config::Config, ha: config::HaConfig) -> Result<(), Error> {
         }
         let wait = if failing.is_some() { backoff } else { interval };
         let deadline = t0 + wait;
+        // A change in etcd ends the wait (not before MIN_GAP: a burst of
+        // changes is read once).
+        let early = t0 + MIN_GAP.min(wait);
         // Domain events (a crashed QEMU) are handled as they come.
         while !signals::stop_requested() && Instant::now() < deadline {
+            if failing.is_none() && Instant::now() >= early && watcher.changed() {
+                break;
+            }
             vms.wait(
                 &etcd,
                 deadline.min(Instant::now() + Duration::from_millis(50)),

@@ -491,3 +491,46 @@ fn a_start_carried_out_but_not_reported_ends_the_recovery_where_it_runs() {
         );
     }
 }
+
+#[test]
+fn the_leader_steps_on_a_timer_only_while_time_or_the_lockspace_can_change_a_decision() {
+    let mut v = cluster();
+    assert!(!needs_timer(&v), "a healthy cluster: only etcd changes");
+    // a's lease expired: its verdict comes with time, not through etcd.
+    v.hosts.remove("a");
+    assert!(needs_timer(&v), "a suspect host");
+    // Its VMs run elsewhere now and a was reported evacuable: nothing left.
+    for m in v.vms.values_mut() {
+        m.host = "b".into();
+    }
+    v.seen.insert("a".into(), "evacuable".into());
+    assert!(!needs_timer(&v), "a failed host already judged");
+    v.seen.insert("a".into(), "failed".into());
+    assert!(needs_timer(&v), "a failed host not yet reported evacuable");
+    v.seen.insert("a".into(), "evacuable".into());
+    let mut r = Recovery {
+        uuid: uuid(1),
+        name: "vm1".into(),
+        from: "a".into(),
+        state: RecState::Failed { retry_at_ms: 5_000 },
+        attempt: 1,
+        target: None,
+        tried: vec!["b".into()],
+        since_ms: 0,
+        last_error: String::new(),
+    };
+    v.recoveries.insert(r.uuid.clone(), r.clone());
+    assert!(needs_timer(&v), "a retry timer");
+    r.state = RecState::RecoveryFailed;
+    v.recoveries.insert(r.uuid.clone(), r);
+    assert!(!needs_timer(&v), "left to the operator: nothing runs out");
+    v.maintenance.insert(
+        "c".into(),
+        crate::ha::maintenance::Maintenance {
+            host: "c".into(),
+            since_ms: 0,
+            disarmed: false,
+        },
+    );
+    assert!(needs_timer(&v), "a host in maintenance (its drain)");
+}

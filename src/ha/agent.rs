@@ -24,6 +24,11 @@ use crate::status::Status;
 /// (a `vmlease ha enable` shows up within this).
 const XML_REFRESH_MS: u128 = 10_000;
 
+/// How often at most the agent reads its host record back (when etcd
+/// changed since), to write it again if something else changed it (a
+/// corrupt value, a put without its lease).
+const HOST_CHECK_MS: u128 = 5_000;
+
 /// A domain's policy and size with its XML, or why it cannot be managed.
 type Definition = std::result::Result<(DomainInfo, String), String>;
 
@@ -35,6 +40,10 @@ pub struct Agent {
     /// The etcd lease of this host (0: none yet).
     pub lease: i64,
     last_host: Option<HostRecord>,
+    /// When the host record was last read back, and whether etcd changed
+    /// since.
+    host_checked: Option<Instant>,
+    etcd_changed: bool,
     published: BTreeMap<String, VmRecord>,
     /// Parsed definitions of running domains, by name, with when read.
     defs: BTreeMap<String, (Instant, Definition)>,
@@ -58,6 +67,8 @@ impl Agent {
             host_id,
             lease: 0,
             last_host: None,
+            host_checked: None,
+            etcd_changed: false,
             published: BTreeMap::new(),
             defs: BTreeMap::new(),
             protected: false,
@@ -85,12 +96,22 @@ impl Agent {
         Ok(())
     }
 
+    /// etcd changed (seen by a step that did not publish).
+    pub fn saw_change(&mut self) {
+        self.etcd_changed = true;
+    }
+
     /// Publishes the host record and the HA domains, each only when it
-    /// differs from what this agent last wrote. With `check`, reads the
-    /// host record back first and writes it again if it is not this
-    /// host's (a corrupt value, a put without its lease): the loop asks
-    /// for it when etcd changed and at every resync.
-    pub fn publish(&mut self, etcd: &Etcd, check: bool) -> Result<()> {
+    /// differs from what this agent last wrote. When etcd changed
+    /// (`etcd_changed`, now or at an earlier call), reads the host record
+    /// back, at most every 5 s, and writes it again if it is not this
+    /// host's (a corrupt value, a put without its lease).
+    pub fn publish(&mut self, etcd: &Etcd, etcd_changed: bool) -> Result<()> {
+        self.etcd_changed |= etcd_changed;
+        let check = self.etcd_changed
+            && self
+                .host_checked
+                .is_none_or(|t| t.elapsed().as_millis() >= HOST_CHECK_MS);
         let (protected, reason) = match crate::status::protected_status(&self.cfg) {
             Ok(_) => (true, String::new()),
             Err(e) => (false, e.to_string()),
@@ -125,6 +146,8 @@ impl Agent {
             vcpus_used: running.iter().map(|d| d.vcpus).sum(),
         };
         if let (true, Some(last)) = (check, &self.last_host) {
+            self.host_checked = Some(Instant::now());
+            self.etcd_changed = false;
             let key = model::host_key(self.p(), &self.name);
             let kv = etcd.get(&key)?;
             if !kv.is_some_and(|kv| kv.value == to_json(last) && kv.lease == self.lease) {

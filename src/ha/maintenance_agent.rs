@@ -60,7 +60,11 @@ impl MaintenanceAgent {
         !self.running.is_empty() || self.disarming
     }
 
-    pub fn step(&mut self, etcd: &Etcd, lease: i64, protected: bool) -> Result<()> {
+    /// One step. `poll`: also look at the migrations running here (their
+    /// `virsh` child, `virsh domjobinfo`): the loop asks for it every
+    /// `interval`, not at a step woken early by a change in etcd (a
+    /// progress report is one, and must not make the next).
+    pub fn step(&mut self, etcd: &Etcd, lease: i64, protected: bool, poll: bool) -> Result<()> {
         if lease != self.reach_lease {
             let r = Reach {
                 host: self.name.clone(),
@@ -75,7 +79,7 @@ impl MaintenanceAgent {
             self.reach_lease = lease;
         }
         self.marker(etcd)?;
-        self.migrations(etcd, protected)
+        self.migrations(etcd, protected, poll)
     }
 
     fn marker(&mut self, etcd: &Etcd) -> Result<()> {
@@ -150,7 +154,7 @@ impl MaintenanceAgent {
         })
     }
 
-    fn migrations(&mut self, etcd: &Etcd, protected: bool) -> Result<()> {
+    fn migrations(&mut self, etcd: &Etcd, protected: bool, poll: bool) -> Result<()> {
         let prefix = format!("{}migration/", self.ha.prefix);
         let kvs = etcd.list(&prefix)?;
         let reaches: BTreeMap<String, Reach> = etcd
@@ -220,6 +224,7 @@ impl MaintenanceAgent {
                         }
                     }
                 }
+                (MigState::Migrating, Some(_)) if !poll => {}
                 (MigState::Migrating, Some(r)) => match r.child.try_wait() {
                     Ok(None) => {
                         let p = super::virsh::job_progress(&m.name);

@@ -124,8 +124,15 @@ fn run(cfg: config::Config, ha: config::HaConfig) -> Result<(), Error> {
     let ms = |t: Instant| t.duration_since(origin).as_millis() as u64;
     // What the last read of etcd was made with.
     let mut read_with = (false, 0i64);
+    let mut next_local = Instant::now();
     while !signals::stop_requested() {
         let t0 = Instant::now();
+        // The local state (libvirt, the status file) every `interval`; a
+        // step woken early by a change in etcd only reads etcd.
+        let local = t0 >= next_local;
+        if local {
+            next_local = t0 + interval;
+        }
         let step = if sched.keepalive_due(ms(t0)) {
             agent.presence(&etcd).map(|()| sched.kept_alive(ms(t0)))
         } else {
@@ -138,7 +145,11 @@ fn run(cfg: config::Config, ha: config::HaConfig) -> Result<(), Error> {
                 etcd_changed = sched.moved(ms(t0), etcd.revision(&ha.prefix)?);
             }
             // The local state first: whether this host is protected.
-            agent.publish(&etcd, etcd_changed)?;
+            if local {
+                agent.publish(&etcd, etcd_changed)?;
+            } else if etcd_changed {
+                agent.saw_change();
+            }
             let wake = Wake {
                 etcd_changed,
                 local_changed: read_with != (agent.protected, agent.lease),
@@ -151,7 +162,7 @@ fn run(cfg: config::Config, ha: config::HaConfig) -> Result<(), Error> {
             let rev = etcd.revision(&ha.prefix)?;
             ctl.tick(&etcd, agent.lease, agent.protected)?;
             agent.execute(&etcd)?;
-            maint.step(&etcd, agent.lease, agent.protected)?;
+            maint.step(&etcd, agent.lease, agent.protected, local)?;
             read_rev = Some(rev);
             Ok(())
         });
@@ -204,11 +215,13 @@ fn run(cfg: config::Config, ha: config::HaConfig) -> Result<(), Error> {
             }
             text.set(render(&sample));
         }
-        let wait = if failing.is_some() { backoff } else { interval };
-        let deadline = t0 + wait;
+        if failing.is_some() {
+            next_local = t0 + backoff;
+        }
+        let deadline = next_local;
         // A change in etcd ends the wait (not before MIN_GAP: a burst of
         // changes is read once).
-        let early = t0 + MIN_GAP.min(wait);
+        let early = t0 + MIN_GAP;
         // Domain events (a crashed QEMU) are handled as they come.
         while !signals::stop_requested() && Instant::now() < deadline {
             if failing.is_none() && Instant::now() >= early && watcher.changed() {

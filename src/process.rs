@@ -7,7 +7,7 @@ use std::fs;
 use std::io;
 
 /// A process of this boot: pid + start time (clock ticks since boot).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProcId {
     pub pid: u32,
     pub start: u64,

@@ -34,9 +34,13 @@ use log::{info, warn};
 
 use crate::collision::{claim_wait_ms, describe, short};
 use crate::config::secs;
+use crate::daemon::core::Tamper;
 use crate::error::{Error, Result};
 use crate::hosts::{self, HostRecord, HostState, Slot};
 use crate::lockspace::Lockspace;
+
+mod join;
+pub use join::{Join, JoinIo};
 
 /// How long to watch `slot` before claiming it, and why (None: claim now).
 pub fn watch_time(
@@ -123,6 +127,9 @@ pub struct Claim {
     /// The slot as first read (a restarted daemon continues its fence
     /// clock from it, `fence::clock_start`).
     pub first: Option<Slot>,
+    /// How long the slot is watched before the write, and why (set by
+    /// the first step; None: no watch).
+    pub watching: Option<(u64, String)>,
     wait_after_write: u64,
 }
 
@@ -146,12 +153,18 @@ impl Claim {
             careful,
             phase: Phase::Start,
             first: None,
+            watching: None,
             wait_after_write: 0,
         }
     }
 
     /// Feeds the slot as read at `now`.
     pub fn step(&mut self, now: u64, own: &[u8]) -> ClaimStep {
+        self.step_with(now, own, None)
+    }
+
+    /// [`Claim::step`], with the test-only seam's watch rule.
+    pub fn step_with(&mut self, now: u64, own: &[u8], tamper: Option<&dyn Tamper>) -> ClaimStep {
         match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::Start => {
                 let slot = hosts::decode_slot(self.host_id, own);
@@ -163,14 +176,13 @@ impl Claim {
                 } else {
                     claim_wait_ms(self.io_ms, self.my_renew_ms, seen_renew)
                 };
-                let watch = watch_time(
-                    &slot,
-                    &self.my_name,
-                    &self.my_boot,
-                    self.my_dead_ms,
-                    self.io_ms,
-                );
+                let (name, boot) = (&self.my_name, &self.my_boot);
+                let watch = match tamper {
+                    None => watch_time(&slot, name, boot, self.my_dead_ms, self.io_ms),
+                    Some(t) => t.watch_time(&slot, name, boot, self.my_dead_ms, self.io_ms),
+                };
                 self.first = Some(slot);
+                self.watching = watch.clone();
                 if restart && !self.careful {
                     return ClaimStep::Rejoined;
                 }
@@ -279,31 +291,28 @@ impl Claim {
 }
 
 /// Claims `host_id` at daemon start, blocking (the loop is not running
-/// yet): every read and the write run with the I/O deadline. `make` builds
-/// the claim record. Returns the slot as first read and the record written.
+/// yet): the claim loop ([`Join`]) decides, this does its reads and its
+/// write, each under its deadline. `make` builds the claim record.
+/// Returns the slot as first read and the record it holds now.
 pub fn claim(
     ls: &Lockspace,
-    mut c: Claim,
-    io_ms: u64,
+    mut j: Join,
     make: impl Fn() -> HostRecord,
 ) -> Result<(Slot, Vec<u8>)> {
-    let host_id = c.host_id;
-    let read = |ls: &Lockspace| -> Result<Vec<u8>> {
+    let host_id = j.host_id();
+    let read = |ls: &Lockspace, ms: u64| -> Result<Vec<u8>> {
         let l = ls.clone();
-        crate::deadline::run(io_ms, "read host slot", &ls.hosts_path(), move || {
+        crate::deadline::run(ms, "read host slot", &ls.hosts_path(), move || {
             l.read_slot_raw(host_id)
         })
     };
-    let mut own = read(ls)?;
-    let mut step = c.step(crate::clock::boottime_ms(), &own);
-    let mut written = Vec::new();
-    if step == ClaimStep::Rejoined {
-        info!("host id {host_id}: our own record of this boot (a daemon restart): joined");
-        return Ok((c.first.unwrap_or(Slot::Empty), own));
-    }
+    let mut io = j.read(
+        crate::clock::boottime_ms(),
+        &read(ls, j.read_deadline_ms())?,
+    );
     loop {
-        match step {
-            ClaimStep::ReadAt(at) => {
+        io = match io {
+            JoinIo::Read { at } => {
                 // In steps, telling systemd the claim goes on (WatchdogSec).
                 loop {
                     let now = crate::clock::boottime_ms();
@@ -313,196 +322,31 @@ pub fn claim(
                     }
                     std::thread::sleep(Duration::from_millis((at - now).min(200)));
                 }
-                own = read(ls)?;
-                step = c.step(crate::clock::boottime_ms(), &own);
+                let own = read(ls, j.read_deadline_ms())?;
+                j.read(crate::clock::boottime_ms(), &own)
             }
-            ClaimStep::Write { expect } => {
+            JoinIo::Write { expect } => {
                 let rec = make();
                 let l = ls.clone();
                 let r = rec.clone();
-                let io = crate::deadline::run(
-                    2 * io_ms,
+                let done = crate::deadline::run(
+                    j.write_deadline_ms(),
                     "write claim record",
                     &ls.hosts_path(),
                     move || super::renew::renew_io(&l, host_id, &[expect], Some(&r)),
                 )?;
-                if io.wrote {
-                    written = rec.encode();
-                    step = c.wrote(crate::clock::boottime_ms(), written.clone());
-                } else {
-                    step = c.step(
-                        crate::clock::boottime_ms(),
-                        &super::renew::own_slot(&io.table, host_id),
-                    );
-                }
+                let own = super::renew::own_slot(&done.table, host_id);
+                j.wrote(
+                    crate::clock::boottime_ms(),
+                    done.wrote.then(|| rec.encode()),
+                    &own,
+                )
             }
-            ClaimStep::Joined | ClaimStep::Rejoined => {
-                info!("host id {host_id}: claimed");
-                return Ok((c.first.unwrap_or(Slot::Empty), written));
-            }
-            ClaimStep::Refused(why) => return Err(Error::Config(why)),
+            JoinIo::Joined { first, written, .. } => return Ok((first, written)),
+            JoinIo::Refused(why) => return Err(Error::Config(why)),
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Timing;
-    use crate::hosts::HostRecord;
-
-    fn rec(name: &str, boot: &str, state: HostState) -> Slot {
-        Slot::Record(HostRecord {
-            host_id: 1,
-            host_name: name.into(),
-            boot_id: boot.into(),
-            incarnation: 1,
-            counter: 1,
-            state,
-            timing: Timing {
-                renew_interval: 2000,
-                renew_fail_timeout: 20000,
-                kill_timeout: 10000,
-                watchdog_timeout: 15000,
-                host_dead_timeout: 41000,
-                host_dead_derived: false,
-            },
-            unsafe_no_watchdog: false,
-            mono_ms: 0,
-            wall: 0,
-        })
-    }
-
-    #[test]
-    fn watch_rules() {
-        assert_eq!(watch_time(&Slot::Empty, "a", "b1", 4000, 100), None);
-        assert_eq!(
-            watch_time(&rec("a", "b1", HostState::Live), "a", "b1", 4000, 100),
-            None
-        );
-        assert_eq!(
-            watch_time(&rec("a", "b0", HostState::Leaving), "a", "b1", 4000, 100),
-            None
-        );
-        // Our name from another boot: a reboot, or a clone that may be
-        // alive with stalled renewals: its D, as for any other record.
-        assert_eq!(
-            watch_time(&rec("a", "b0", HostState::Live), "a", "b1", 4000, 100)
-                .unwrap()
-                .0,
-            41000
-        );
-        assert_eq!(
-            watch_time(&rec("x", "b0", HostState::Live), "a", "b1", 4000, 100)
-                .unwrap()
-                .0,
-            41000
-        );
-        assert_eq!(
-            watch_time(&rec("x", "b0", HostState::Leaving), "a", "b1", 50000, 100)
-                .unwrap()
-                .0,
-            50000
-        );
-        assert_eq!(
-            watch_time(&Slot::Corrupt("x".into()), "a", "b1", 4000, 100)
-                .unwrap()
-                .0,
-            4000
-        );
-    }
-
-    fn raw(s: &Slot) -> Vec<u8> {
-        match s {
-            Slot::Record(r) => r.encode(),
-            _ => vec![0u8; hosts::SLOT_SIZE],
-        }
-    }
-
-    fn mine(counter: u64) -> Vec<u8> {
-        let mut r = rec("a", "b1", HostState::Live).record().unwrap().clone();
-        r.counter = counter;
-        r.encode()
-    }
-
-    fn new(careful: bool) -> Claim {
-        Claim::new(1, "a", "b1", 4000, 500, 200, careful)
-    }
-
-    #[test]
-    fn an_empty_slot_is_written_then_read_back_after_the_claim_wait() {
-        let empty = vec![0u8; hosts::SLOT_SIZE];
-        let mut c = new(false);
-        assert_eq!(
-            c.step(0, &empty),
-            ClaimStep::Write {
-                expect: empty.clone()
-            }
-        );
-        assert_eq!(c.pending_write(), Some(empty));
-        let wait = crate::collision::claim_wait_ms(500, 200, None);
-        assert_eq!(c.wrote(10, mine(0)), ClaimStep::ReadAt(210));
-        assert_eq!(c.step(210, &mine(0)), ClaimStep::ReadAt(410));
-        assert_eq!(c.step(10 + wait, &mine(0)), ClaimStep::Joined);
-    }
-
-    #[test]
-    fn a_racing_claimer_refuses_the_one_that_wrote_first() {
-        let empty = vec![0u8; hosts::SLOT_SIZE];
-        let mut c = new(false);
-        c.step(0, &empty);
-        c.wrote(10, mine(0));
-        // The other machine's claim landed after ours.
-        let other = raw(&rec("x", "b9", HostState::Live));
-        match c.step(500, &other) {
-            ClaimStep::Refused(why) => {
-                assert!(why.contains("host id 1 collision"), "{why}");
-                assert!(
-                    why.contains("this host ('a', boot b1)") && why.contains("host 'x'"),
-                    "{why}"
-                );
-            }
-            s => panic!("{s:?}"),
-        }
-    }
-
-    #[test]
-    fn a_record_that_changes_while_watched_refuses_the_claim() {
-        let r0 = rec("a", "b0", HostState::Live);
-        let mut c = new(false);
-        assert_eq!(c.step(0, &raw(&r0)), ClaimStep::ReadAt(200));
-        assert_eq!(c.step(200, &raw(&r0)), ClaimStep::ReadAt(400));
-        let mut r1 = r0.record().unwrap().clone();
-        r1.counter += 1;
-        match c.step(400, &r1.encode()) {
-            ClaimStep::Refused(why) => assert!(why.contains("in use by live host 'a'"), "{why}"),
-            s => panic!("{s:?}"),
-        }
-        // Unchanged for its D: claimed, over exactly what was watched.
-        let mut c = new(false);
-        c.step(0, &raw(&r0));
-        assert_eq!(
-            c.step(41000, &raw(&r0)),
-            ClaimStep::Write { expect: raw(&r0) }
-        );
-        // The conditional write found it changed after all.
-        assert!(matches!(c.step(41010, &r1.encode()), ClaimStep::Refused(_)));
-    }
-
-    #[test]
-    fn a_restart_on_this_boot_joins_at_once_unless_after_a_collision() {
-        let own = mine(7);
-        let mut c = new(false);
-        assert_eq!(c.step(0, &own), ClaimStep::Rejoined);
-        let mut c = new(true);
-        assert_eq!(
-            c.step(0, &own),
-            ClaimStep::Write {
-                expect: own.clone()
-            }
-        );
-        let mut c = new(true);
-        c.step(0, &own);
-        assert_eq!(c.wrote(5, mine(0)), ClaimStep::ReadAt(205));
-    }
-}
+mod tests;

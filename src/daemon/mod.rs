@@ -223,16 +223,19 @@ impl Daemon {
         let incarnation = process::random_u64();
         let (own, written) = claim::claim(
             &ls,
-            claim::Claim::new(
-                host_id,
-                &host_name,
-                &boot_id,
-                cfg.timing.host_dead_timeout,
+            claim::Join::new(
+                claim::Claim::new(
+                    host_id,
+                    &host_name,
+                    &boot_id,
+                    cfg.timing.host_dead_timeout,
+                    cfg.io_timeout,
+                    cfg.timing.renew_interval,
+                    careful,
+                ),
                 cfg.io_timeout,
-                cfg.timing.renew_interval,
-                careful,
+                None,
             ),
-            cfg.io_timeout,
             || {
                 host_record(
                     &cfg,
@@ -589,7 +592,7 @@ impl Daemon {
             return;
         }
         self.metrics_due_ms = now + self.cfg.timing.renew_interval.clamp(1000, 5000);
-        self.core.counters.dead_qemu_released = self.reaper.released_total;
+        self.core.counters.dead_qemu_released = self.reaper.released_total();
         w.offer(self.core.snapshot(
             now,
             self.reaper.alive_count(),

@@ -17,52 +17,34 @@
 //! another thread (a killed QEMU's I/O thread in D) still runs. Both
 //! signals agree, so a leader's exit is never taken for death here.
 
-use std::collections::HashMap;
+pub mod tracker;
+
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
 
-use log::{error, info, warn};
+use log::{error, warn};
 
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::error::Result;
 use crate::lockspace::Lockspace;
 use crate::process::ProcId;
-use crate::registry::{Entry, Intent, Registry};
+use crate::registry::{Entry, Registry};
+use tracker::{Finished, Pass, ReleasePass, Tracker};
 
 /// How often the leases of an exited QEMU with an acquire still in flight
 /// are released again.
 pub const SWEEP_MS: u64 = 5_000;
 
-struct Tracked {
-    entry: Option<Entry>,
-    pidfd: Option<OwnedFd>,
-    dead: bool,
-    releasing: bool,
-    retry_at: u64,
-    last_error: String,
-    /// Kept because an acquire for it was in flight at the last pass.
-    sweeping: bool,
-}
-
-/// One release pass over an exited QEMU's leases.
-struct Pass {
-    /// Keys released (this pass found the QEMU among their holders).
-    released: Result<Vec<String>>,
-    /// Acquires in flight when the pass began, by live callers.
-    in_flight: Vec<Intent>,
-}
-
+/// The reaper's I/O: the registry directory, the pidfds, the release
+/// thread; its bookkeeping is the [`Tracker`].
 pub struct Reaper {
     reg: Registry,
-    tracked: HashMap<ProcId, Tracked>,
-    dir_mtime: Option<SystemTime>,
-    last_full_scan: u64,
+    track: Tracker,
+    pidfds: BTreeMap<ProcId, OwnedFd>,
     tx: Sender<(ProcId, Entry)>,
     rx: Receiver<(ProcId, Pass)>,
-    /// Exited QEMU processes whose leases were released (metrics).
-    pub released_total: u64,
 }
 
 fn parse_name(name: &str) -> Option<ProcId> {
@@ -104,13 +86,16 @@ impl Reaper {
             .expect("spawn the release thread");
         Reaper {
             reg,
-            tracked: HashMap::new(),
-            dir_mtime: None,
-            last_full_scan: 0,
+            track: Tracker::new(),
+            pidfds: BTreeMap::new(),
             tx,
             rx,
-            released_total: 0,
         }
+    }
+
+    /// Exited QEMU processes whose leases were released (metrics).
+    pub fn released_total(&self) -> u64 {
+        self.track.released_total
     }
 
     /// Picks up new and removed registry entries (cheap when nothing
@@ -129,12 +114,14 @@ impl Reaper {
         let now = crate::clock::boottime_ms();
         let mtime = std::fs::metadata(&self.reg.dir)
             .and_then(|m| m.modified())
-            .ok();
-        if !force && mtime == self.dir_mtime && now.saturating_sub(self.last_full_scan) < 1000 {
+            .ok()
+            .map(|t| match t.duration_since(UNIX_EPOCH) {
+                Ok(d) => d.as_nanos() as u64,
+                Err(e) => u64::MAX - e.duration().as_nanos() as u64,
+            });
+        if !self.track.scan_due(now, mtime, force) {
             return;
         }
-        self.dir_mtime = mtime;
-        self.last_full_scan = now;
         let Ok(rd) = std::fs::read_dir(&self.reg.dir) else {
             return;
         };
@@ -144,7 +131,6 @@ impl Reaper {
             let Some(p) = parse_name(&name) else {
                 continue;
             };
-            present.push(p);
             let entry = match self.reg.read(p) {
                 Ok(e) => e,
                 Err(e) => {
@@ -152,56 +138,37 @@ impl Reaper {
                     None
                 }
             };
-            match self.tracked.get_mut(&p) {
-                Some(t) => {
-                    if entry.is_some() {
-                        t.entry = entry;
-                    }
-                }
-                None => {
-                    let pidfd = crate::sys::pidfd::open(p.pid).ok();
-                    // The pidfd pins the process; check it is the one
-                    // registered (pid reuse).
-                    let dead = pidfd.is_none() || !p.is_alive();
-                    if !dead {
-                        if let Some(e) = &entry {
-                            info!(
-                                "watching QEMU pid {} of domain '{}' ({})",
-                                p.pid, e.domain_name, e.domain_uuid
-                            );
-                        }
-                    }
-                    self.tracked.insert(
-                        p,
-                        Tracked {
-                            entry,
-                            pidfd: if dead { None } else { pidfd },
-                            dead: false,
-                            releasing: false,
-                            retry_at: 0,
-                            last_error: String::new(),
-                            sweeping: false,
-                        },
-                    );
-                    if dead {
-                        // Exited before we first saw it.
-                        self.mark_dead(p);
-                    }
-                }
-            }
+            present.push((p, entry));
         }
-        self.tracked
-            .retain(|p, t| present.contains(p) || t.releasing);
+        let pidfds = &mut self.pidfds;
+        self.track.scanned(present, |p| {
+            // The pidfd pins the process; check it is the one
+            // registered (pid reuse).
+            match crate::sys::pidfd::open(p.pid) {
+                Ok(fd) if p.is_alive() => {
+                    pidfds.insert(p, fd);
+                    true
+                }
+                _ => false,
+            }
+        });
+        self.forget_pidfds();
+    }
+
+    /// Drops the pidfds of processes no longer watched.
+    fn forget_pidfds(&mut self) {
+        let track = &self.track;
+        self.pidfds.retain(|p, _| track.is_watched(*p));
     }
 
     /// Waits up to `ms` for a watched process to exit.
     pub fn wait(&mut self, ms: u64) {
         let mut fds = Vec::new();
         let mut ids = Vec::new();
-        for (p, t) in &self.tracked {
-            if let (false, Some(fd)) = (t.dead, &t.pidfd) {
+        for p in self.track.watched() {
+            if let Some(fd) = self.pidfds.get(&p) {
                 fds.push(fd.as_fd());
-                ids.push(*p);
+                ids.push(p);
             }
         }
         if fds.is_empty() {
@@ -214,198 +181,65 @@ impl Reaper {
         };
         for (i, r) in ready.into_iter().enumerate() {
             if r {
-                self.mark_dead(ids[i]);
+                self.track.mark_dead(ids[i]);
             }
         }
-    }
-
-    fn mark_dead(&mut self, p: ProcId) {
-        if let Some(t) = self.tracked.get_mut(&p) {
-            if !t.dead {
-                t.dead = true;
-                t.pidfd = None;
-                let what = t
-                    .entry
-                    .as_ref()
-                    .map(|e| format!("domain '{}' ({})", e.domain_name, e.domain_uuid))
-                    .unwrap_or_else(|| "unknown domain".into());
-                info!("QEMU pid {} of {what} exited; releasing its leases", p.pid);
-            }
-        }
+        self.forget_pidfds();
     }
 
     /// Live leased processes (some thread left), re-checked against /proc.
     pub fn alive_processes(&mut self) -> Vec<(ProcId, String)> {
-        let ids: Vec<ProcId> = self
-            .tracked
-            .iter()
-            .filter(|(_, t)| !t.dead)
-            .map(|(p, _)| *p)
-            .collect();
-        let mut out = Vec::new();
-        for p in ids {
-            if p.is_alive() {
-                let what = self.tracked[&p]
-                    .entry
-                    .as_ref()
-                    .map(|e| format!("domain '{}' ({})", e.domain_name, e.domain_uuid))
-                    .unwrap_or_else(|| "unknown domain".into());
-                out.push((p, what));
-            } else {
-                self.mark_dead(p);
-            }
-        }
+        let out = self.track.alive(|p| p.is_alive());
+        self.forget_pidfds();
         out
     }
 
     /// True while an exited QEMU's leases are swept (an acquire for it
     /// was still in flight at the last pass).
     pub fn is_sweeping(&self, p: ProcId) -> bool {
-        self.tracked.get(&p).is_some_and(|t| t.sweeping)
+        self.track.is_sweeping(p)
     }
 
     /// Leases (domain and disk) that live QEMU processes of this host may
     /// hold, from their registry entries (metrics).
     pub fn alive_lease_count(&self) -> usize {
-        self.tracked
-            .values()
-            .filter(|t| !t.dead)
-            .filter_map(|t| t.entry.as_ref())
-            .map(|e| e.keys.len())
-            .sum()
+        self.track.alive_lease_count()
     }
 
     pub fn alive_count(&self) -> usize {
-        self.tracked.values().filter(|t| !t.dead).count()
+        self.track.alive_count()
     }
 
     /// Hands dead processes to the release thread and collects results.
     pub fn release_dead(&mut self) {
         while let Ok((p, res)) = self.rx.try_recv() {
-            let Some(t) = self.tracked.get_mut(&p) else {
-                continue;
-            };
-            t.releasing = false;
-            let was_sweeping = t.sweeping;
-            if !res.in_flight.is_empty() && !t.sweeping {
-                let callers: Vec<String> = res
-                    .in_flight
-                    .iter()
-                    .map(|i| i.caller.pid.to_string())
-                    .collect();
-                warn!(
-                    "QEMU pid {} exited while an acquire for it is still in flight in process {} \
-                     (stuck on storage?): its leases are swept every {} s until that acquire ends",
-                    p.pid,
-                    callers.join(", "),
-                    SWEEP_MS / 1000
-                );
-                t.sweeping = true;
-            }
-            match res.released {
-                Ok(keys) => {
-                    if !keys.is_empty() && was_sweeping {
-                        warn!(
-                            "sweep: released {} lease(s) of exited QEMU pid {}: {}; an acquire that was \
-                             still in flight when the QEMU exited wrote them afterwards (storage stall?)",
-                            keys.len(),
-                            p.pid,
-                            keys.join(", ")
-                        );
-                    } else if !keys.is_empty() {
-                        self.released_total += 1;
-                        let (dom, uuid) = t
-                            .entry
-                            .as_ref()
-                            .map(|e| (e.domain_name.as_str(), e.domain_uuid.as_str()))
-                            .unwrap_or(("", ""));
-                        info!(
-                            event = "dead-qemu-release",
-                            domain = dom, domain_uuid = uuid, resource = keys.join(" ").as_str();
-                            "released {} lease(s) of exited QEMU pid {}: {}",
-                            keys.len(),
-                            p.pid,
-                            keys.join(", ")
-                        );
-                    }
-                    if !res.in_flight.is_empty() {
-                        t.retry_at = crate::clock::boottime_ms() + SWEEP_MS;
-                        continue;
-                    }
-                    if t.sweeping {
-                        info!(
-                            "sweep of exited QEMU pid {} done: no acquire for it is in flight any more",
-                            p.pid
-                        );
-                    }
-                    if let Err(e) = self.reg.remove(p) {
-                        error!("{e}");
-                    }
-                    self.tracked.remove(&p);
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    if msg != t.last_error {
-                        error!(
-                            "cannot release the leases of exited QEMU pid {}: {msg} (retrying)",
-                            p.pid
-                        );
-                        t.last_error = msg;
-                    }
-                    t.retry_at = crate::clock::boottime_ms() + 1000;
+            let now = crate::clock::boottime_ms();
+            if self.track.finished(now, p, res) == Finished::Released {
+                if let Err(e) = self.reg.remove(p) {
+                    error!("{e}");
                 }
             }
         }
-        let now = crate::clock::boottime_ms();
-        for (p, t) in self.tracked.iter_mut() {
-            if t.dead && !t.releasing && now >= t.retry_at {
-                match &t.entry {
-                    Some(e) => {
-                        if self.tx.send((*p, e.clone())).is_ok() {
-                            t.releasing = true;
-                        }
-                    }
-                    None => {
-                        if t.last_error.is_empty() {
-                            error!("exited QEMU pid {} has a damaged registry entry: its leases must be released by hand ('vmlease release')", p.pid);
-                            t.last_error = "damaged entry".into();
-                        }
-                    }
-                }
-            }
+        for job in self.track.due(crate::clock::boottime_ms()) {
+            // The release thread ends only with the daemon.
+            let _ = self.tx.send(job);
         }
     }
 }
 
-/// Notes the in-flight acquires first, then releases: a write that lands
-/// after the release was issued by an acquire noted here, and the entry
-/// is kept for the next sweep.
-fn release_pass(eng: &Engine, reg: &Registry, p: ProcId, fallback: Entry) -> Pass {
-    let e = match reg.read(p) {
-        Ok(Some(e)) => e,
-        _ => fallback,
-    };
-    let in_flight = e.live_intents(&|c| c.is_alive());
-    Pass {
-        released: release_all(eng, p, &e),
-        in_flight,
-    }
-}
-
-fn release_all(eng: &Engine, p: ProcId, e: &Entry) -> Result<Vec<String>> {
-    let mut done = Vec::new();
-    for (key, _resource) in &e.keys {
-        let gone = eng.release_matching(key, &|h| {
-            h.host_id == eng.host_id
-                && h.boot_id == eng.boot_id
-                && h.pid == p.pid
-                && h.pid_start == p.start
-        })?;
-        if !gone.is_empty() {
-            done.push(key.clone());
+/// One pass of the release thread over an exited QEMU's leases.
+fn release_pass(eng: &Engine, reg: &Registry, p: ProcId, handed: Entry) -> Pass {
+    let current = reg.read(p).ok().flatten();
+    let mut pass = ReleasePass::new(p, handed, current, &|c| c.is_alive());
+    while let Some(key) = pass.next_key().map(str::to_string) {
+        match eng.release_matching(&key, &|h| {
+            ReleasePass::owns(p, eng.host_id, &eng.boot_id, h)
+        }) {
+            Ok(gone) => pass.released(&gone),
+            Err(e) => return pass.end(Some(e)),
         }
     }
-    Ok(done)
+    pass.end(None)
 }
 
 #[cfg(test)]

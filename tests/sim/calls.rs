@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use vmlease::collision::Collision;
+use vmlease::daemon::reaper::tracker::ReleasePass;
 use vmlease::engine::{Acquired, Engine};
 use vmlease::error::{Error, Result};
 use vmlease::hosts::HostRecord;
@@ -65,9 +66,13 @@ pub enum Job {
         name: String,
         me: Holder,
     },
+    /// The reaper's release of one key of an exited QEMU `p` of this
+    /// host and boot (`ReleasePass::owns` picks its holders).
     ReleaseMatching {
         key: String,
-        me: Holder,
+        p: ProcId,
+        host_id: u16,
+        boot_id: String,
     },
     Inquire {
         keys: Vec<(String, String)>,
@@ -337,14 +342,15 @@ impl World {
                 io = eng.ls;
                 Outcome::Released(r)
             }
-            Job::ReleaseMatching { key, me } => {
+            Job::ReleaseMatching {
+                key,
+                p,
+                host_id,
+                boot_id,
+            } => {
                 let eng = self.engine(h, io, None);
-                let m = me.clone();
-                let r = eng.release_matching(key, &move |x: &Holder| {
-                    x.host_id == m.host_id
-                        && x.boot_id == m.boot_id
-                        && x.pid == m.pid
-                        && x.pid_start == m.pid_start
+                let r = eng.release_matching(key, &|x: &Holder| {
+                    ReleasePass::owns(*p, *host_id, boot_id, x)
                 });
                 io = eng.ls;
                 Outcome::Matched(r)

@@ -1,27 +1,37 @@
-//! Joining the lockspace in the simulated daemon: `daemon::claim::claim`
-//! (the real `Claim` stepped with each read of the slot, its claim write
-//! and its delayed read-back), and the claim before issue 14 for the
-//! mutation `claim-without-read-back`. The re-claim that `vmlease
-//! clear-fence` starts after a host id collision is the core's.
+//! Joining the lockspace in the simulated daemon: the production claim
+//! loop (`daemon::claim::Join` around the real `Claim`) decides; this
+//! carries out its reads and its claim write as storage calls. The claim
+//! before issue 14 (mutation `claim-without-read-back`) comes through the
+//! core's seam (`SimTamper`: the old watch rule, no claim write). The
+//! re-claim that `vmlease clear-fence` starts after a host id collision is
+//! the core's.
 
+use crate::calls::RenewDone;
 use vmlease::collision::CLAIM_COUNTER;
-use vmlease::daemon::claim::{watch_time, ClaimStep};
+use vmlease::daemon::claim::JoinIo;
 use vmlease::hosts::HostState;
 
 use crate::calls::{DaemonCall, Job, Owner};
 use crate::daemon::DPhase;
-use crate::mutation::{self, Mutation};
+use crate::mutation::Mutation;
 use crate::world::{Ev, World};
 
 impl World {
     pub(crate) fn claim_read(&mut self, h: u16, gen: u64) {
-        // Each read of the claim runs under the I/O deadline
-        // (`claim::claim`); a failed or late one ends the start (exit 3,
-        // systemd restarts the daemon). Before issue 14 it had none: a
-        // hung storage hung the start.
-        let old = self.mutation == Mutation::ClaimWithoutReadBack;
-        let io = (!old).then_some(self.p.cfg.io_timeout);
-        let host_id = self.host(h).host_id;
+        // Each read of the claim runs under the I/O deadline; a failed or
+        // late one ends the start (exit 3, systemd restarts the daemon).
+        // Before issue 14 it had none: a hung storage hung the start.
+        let hs = self.host(h);
+        let host_id = hs.host_id;
+        let deadline = hs
+            .daemon
+            .as_ref()
+            .unwrap()
+            .join
+            .as_ref()
+            .unwrap()
+            .read_deadline_ms();
+        let io = (self.mutation != Mutation::ClaimWithoutReadBack).then_some(deadline);
         self.issue(
             h,
             Job::ReadSlot(host_id),
@@ -34,59 +44,65 @@ impl World {
         );
     }
 
-    /// `claim::claim`'s loop, the real `Claim` deciding: `own` is the
-    /// slot as read; `written` the claim record when the claim write wrote
-    /// it.
-    pub(crate) fn claim_step(&mut self, h: u16, own: &[u8], written: Option<Vec<u8>>) {
+    /// The slot as read.
+    pub(crate) fn claim_got(&mut self, h: u16, own: &[u8]) {
         let now = self.local(h);
-        let d = self.host(h).daemon.as_ref().unwrap();
-        let gen = d.gen;
-        let mut claim = match d.phase.clone() {
-            DPhase::Claiming(c) => c,
-            DPhase::OldClaiming { .. } => return self.old_claim_step(h, own),
-            _ => return,
-        };
-        let starting = claim.first.is_none();
-        let step = match &written {
-            Some(rec) => claim.wrote(now, rec.clone()),
-            None => claim.step(now, own),
-        };
-        let first = claim.first.clone();
-        let hs = self.host(h);
-        let (host_id, name, boot) = (hs.host_id, hs.name.clone(), hs.boot_id.clone());
-        let t = self.p.cfg.timing;
-        let io = self.p.cfg.io_timeout;
-        if let (true, Some(slot), ClaimStep::ReadAt(_)) = (starting, &first, &step) {
-            if let Some((wait, why)) = watch_time(slot, &name, &boot, t.host_dead_timeout, io) {
-                self.log(
-                    &format!("h{h}"),
-                    format!("host id {host_id}: {why}; watching the slot for {wait} ms before claiming it"),
-                );
-            }
+        let join = self.join(h);
+        let starting = join.claim().first.is_none();
+        let io = join.read(now, own);
+        if let (true, Some((wait, why)), JoinIo::Read { .. }) =
+            (starting, join.claim().watching.clone(), &io)
+        {
+            let host_id = self.host(h).host_id;
+            self.log(
+                &format!("h{h}"),
+                format!(
+                    "host id {host_id}: {why}; watching the slot for {wait} ms before claiming it"
+                ),
+            );
         }
+        self.claim_next(h, io);
+    }
+
+    /// The claim write ended.
+    pub(crate) fn claim_wrote(&mut self, h: u16, io: RenewDone) {
+        let now = self.local(h);
+        let host_id = self.host(h).host_id;
+        let own = vmlease::daemon::renew::own_slot(&io.raw, host_id);
+        let d = self.host_mut(h).daemon.as_mut().unwrap();
+        let written = d.pending_written.take().filter(|_| io.wrote);
         if written.is_some() {
             self.log(
                 &format!("h{h}"),
                 format!("host id {host_id}: claim written; reading it back after the claim wait"),
             );
         }
+        let next = self.join(h).wrote(now, written, &own);
+        self.claim_next(h, next);
+    }
+
+    fn join(&mut self, h: u16) -> &mut vmlease::daemon::claim::Join {
         let d = self.host_mut(h).daemon.as_mut().unwrap();
-        d.phase = DPhase::Claiming(claim);
-        if let Some(w) = written {
-            // The record written last, until a renewal writes the next.
-            d.expect = vec![w];
-        }
+        assert_eq!(d.phase, DPhase::Claiming);
+        d.join.as_mut().unwrap()
+    }
+
+    fn claim_next(&mut self, h: u16, io: JoinIo) {
+        let now = self.local(h);
         let who = format!("h{h}");
-        match step {
-            ClaimStep::ReadAt(at) => {
+        let host_id = self.host(h).host_id;
+        let gen = self.host(h).daemon.as_ref().unwrap().gen;
+        match io {
+            JoinIo::Read { at } => {
                 let d = self.host(h).real(at.saturating_sub(now));
                 self.after(d, Ev::ClaimPoll { h, gen });
             }
-            ClaimStep::Write { expect } => {
+            JoinIo::Write { expect } => {
                 let rec = self.record(h, HostState::Live);
                 debug_assert_eq!(rec.counter, CLAIM_COUNTER);
                 let d = self.host_mut(h).daemon.as_mut().unwrap();
                 d.pending_written = Some(rec.encode());
+                let deadline = d.join.as_ref().unwrap().write_deadline_ms();
                 self.issue(
                     h,
                     Job::Renew {
@@ -99,83 +115,24 @@ impl World {
                         gen,
                         what: DaemonCall::ClaimWrite,
                     },
-                    Some(2 * io),
+                    Some(deadline),
                 );
             }
-            ClaimStep::Rejoined => {
-                self.log(
-                    &who,
-                    format!(
-                        "host id {host_id}: our own record of this boot (a daemon restart): joined"
-                    ),
-                );
-                self.host_mut(h).daemon.as_mut().unwrap().expect = vec![own.to_vec()];
-                self.daemon_run(h, first);
-            }
-            ClaimStep::Joined => {
-                self.log(&who, format!("host id {host_id}: claimed"));
-                self.daemon_run(h, first);
-            }
-            ClaimStep::Refused(why) => self.daemon_exit(h, &why, true),
-        }
-    }
-
-    /// The claim before issue 14 (mutation `claim-without-read-back`):
-    /// watch the slot as the old `watch_time` said, then join without
-    /// writing; the first renewal writes.
-    fn old_claim_step(&mut self, h: u16, raw: &[u8]) {
-        let hs = self.host(h);
-        let slot = vmlease::hosts::decode_slot(hs.host_id, raw);
-        let now = self.local(h);
-        let (name, boot) = (hs.name.clone(), hs.boot_id.clone());
-        let d_ms = self.p.cfg.timing.host_dead_timeout;
-        let io = self.p.cfg.io_timeout;
-        let d = hs.daemon.as_ref().unwrap();
-        let gen = d.gen;
-        let DPhase::OldClaiming {
-            first,
-            wait,
-            start_ms,
-        } = d.phase.clone()
-        else {
-            return;
-        };
-        match first {
-            None => match mutation::old_watch_time(&slot, &name, &boot, d_ms, io) {
-                None => self.daemon_run(h, Some(slot)),
-                Some((wait, why)) => {
-                    self.log(
-                        &format!("h{h}"),
-                        format!(
-                            "host id {}: {why}; watching the slot for {wait} ms",
-                            hs.host_id
-                        ),
-                    );
-                    self.host_mut(h).daemon.as_mut().unwrap().phase = DPhase::OldClaiming {
-                        first: Some(slot),
-                        wait,
-                        start_ms: now,
-                    };
-                    let pause = 200.min(wait.max(10));
-                    let d = self.host(h).real(pause);
-                    self.after(d, Ev::ClaimPoll { h, gen });
-                }
-            },
-            Some(first) => {
-                if slot != first {
-                    self.daemon_exit(
-                        h,
-                        "host id in use: its record changed while we watched",
-                        true,
-                    );
-                } else if now.saturating_sub(start_ms) >= wait {
-                    self.daemon_run(h, Some(slot));
+            JoinIo::Joined {
+                first,
+                written,
+                rejoined,
+            } => {
+                let line = if rejoined {
+                    "our own record of this boot (a daemon restart): joined"
                 } else {
-                    let pause = 200.min(wait.max(10));
-                    let d = self.host(h).real(pause);
-                    self.after(d, Ev::ClaimPoll { h, gen });
-                }
+                    "claimed"
+                };
+                self.log(&who, format!("host id {host_id}: {line}"));
+                self.host_mut(h).daemon.as_mut().unwrap().join = None;
+                self.daemon_run(h, first, written);
             }
+            JoinIo::Refused(why) => self.daemon_exit(h, &why, true),
         }
     }
 

@@ -1,13 +1,13 @@
 //! The watchdog daemon of one simulated host, driving the production
 //! core (`vmlease::daemon::core::Core`): this file is its driver as
 //! src/daemon/mod.rs is in production, with the threads replaced by
-//! storage calls and events. The start (open the lockspace, claim the host
-//! id: tests/sim/claim.rs), the prober and the reaper (src/daemon/reaper.rs:
-//! registry scans, pidfd notices, the release worker through the real
-//! `Engine::release_matching`) are simulated here; every decision of the
-//! loop - renewals, the records the slot may hold, collisions and the
-//! re-claim, the fence and the order of kill, reset, pet and renew, the
-//! status, the stop path - is the core's.
+//! storage calls and events. The start's claim loop (`claim::Join`,
+//! tests/sim/claim.rs) and the reaper's bookkeeping and release passes
+//! (`reaper::tracker`, tests/sim/reaper.rs) are production code too; the
+//! prober is simulated. Every decision of the loop - renewals, the records
+//! the slot may hold, collisions and the re-claim, the fence and the order
+//! of kill, reset, pet and renew, the status, the stop path - is the
+//! core's.
 //!
 //! The mutations of daemon rules go through the core's test-only seam
 //! (`core::Tamper`); those of what the daemon observes (a QEMU dead once
@@ -16,9 +16,11 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use vmlease::collision::{Collision, CLAIM_COUNTER};
+use vmlease::daemon::claim::{watch_time, Claim, Join};
 use vmlease::daemon::core::{self, Command, Core, RenewReq, Renewed, StopNext, Tamper, TickIn};
 use vmlease::daemon::fence::{self, Actions, Fence, Inputs, Phase};
 use vmlease::daemon::probes::Round;
+use vmlease::daemon::reaper::tracker::{Pass, ReleasePass, Tracker};
 use vmlease::daemon::renew::{own_slot, RenewIo};
 use vmlease::error::Result;
 use vmlease::hosts::{HostRecord, HostState, Slot};
@@ -29,7 +31,7 @@ use vmlease::status::Status;
 use crate::calls::{DaemonCall, Job, Outcome, Owner, RenewDone};
 use crate::mutation::Mutation;
 use crate::params::MS;
-use crate::world::{Ev, Pk, World};
+use crate::world::{Ev, World};
 
 /// What a renewal returned: `renew_io`'s result, or (mutation
 /// `claim-without-read-back`) the table read after the write.
@@ -38,37 +40,14 @@ pub enum RenewResult {
     Old(Result<(Vec<u8>, Vec<u64>)>),
 }
 
-pub struct Tracked {
-    pub entry: Option<RegEntry>,
-    pub dead: bool,
-    pub releasing: bool,
-    pub retry_at: u64,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DPhase {
     Opening,
-    /// `claim::claim`: the real `Claim`, stepped with each read of the
-    /// slot and with its write.
-    Claiming(Box<Claim>),
-    /// The claim before issue 14 (mutation `claim-without-read-back`):
-    /// watch the slot, write nothing.
-    OldClaiming {
-        first: Option<Slot>,
-        wait: u64,
-        start_ms: u64,
-    },
+    /// `claim::claim`: the production claim loop (`Daemon::join`),
+    /// stepped with each read of the slot and with its write.
+    Claiming,
     Running,
     Stopping,
-}
-
-use vmlease::daemon::claim::Claim;
-
-pub struct ReleaseJob {
-    pub p: ProcId,
-    pub entry: RegEntry,
-    pub idx: usize,
-    pub done: Vec<String>,
 }
 
 pub struct Daemon {
@@ -76,19 +55,21 @@ pub struct Daemon {
     pub pid: u32,
     pub incarnation: u64,
     pub phase: DPhase,
+    /// The claim loop, until it joins.
+    pub join: Option<Join>,
     /// The loop's state and decisions, from the claim's end on.
     pub core: Option<Core>,
-    /// During the claim: the record our slot holds.
-    pub expect: Vec<Vec<u8>>,
     /// The record the claim write (or, for the mutation, the old renewal)
     /// in flight asked to write.
     pub pending_written: Option<Vec<u8>>,
     pub probe_out: Option<Round>,
-    pub tracked: BTreeMap<Pk, Tracked>,
+    /// The reaper's bookkeeping.
+    pub reaper: Tracker,
+    /// The release thread's queue and its pass in progress.
     pub jobs: VecDeque<(ProcId, RegEntry)>,
-    pub job: Option<ReleaseJob>,
+    pub job: Option<ReleasePass>,
     pub inbox_renew: Vec<RenewResult>,
-    pub inbox_release: Vec<(ProcId, Result<Vec<String>>)>,
+    pub inbox_release: Vec<(ProcId, Pass)>,
     pub tick_seq: u64,
     /// The last table read fed to the observer (for a mutation).
     pub last_table: Option<Vec<u8>>,
@@ -96,8 +77,6 @@ pub struct Daemon {
     /// slot: the mutation `first-sight-dated-to-start` (KB2) uses them.
     pub observer_made_ms: u64,
     pub first_sight: BTreeMap<u16, u64>,
-    pub registry_seen: Option<u64>,
-    pub last_full_scan: u64,
 }
 
 impl Daemon {
@@ -135,6 +114,21 @@ impl Tamper for SimTamper {
     fn old_collision_rules(&self) -> bool {
         self.0 == Mutation::ClaimWithoutReadBack
     }
+
+    fn watch_time(
+        &self,
+        slot: &Slot,
+        my_name: &str,
+        my_boot: &str,
+        my_dead_ms: u64,
+        io_ms: u64,
+    ) -> Option<(u64, String)> {
+        if self.0 == Mutation::ClaimWithoutReadBack {
+            crate::mutation::old_watch_time(slot, my_name, my_boot, my_dead_ms, io_ms)
+        } else {
+            watch_time(slot, my_name, my_boot, my_dead_ms, io_ms)
+        }
+    }
 }
 
 impl World {
@@ -157,11 +151,11 @@ impl World {
             pid,
             incarnation: self.rng.next_u64(),
             phase: DPhase::Opening,
+            join: None,
             core: None,
-            expect: Vec::new(),
             pending_written: None,
             probe_out: None,
-            tracked: BTreeMap::new(),
+            reaper: Tracker::new(),
             jobs: VecDeque::new(),
             job: None,
             inbox_renew: Vec::new(),
@@ -170,8 +164,6 @@ impl World {
             last_table: None,
             observer_made_ms: now,
             first_sight: BTreeMap::new(),
-            registry_seen: None,
-            last_full_scan: 0,
         };
         self.host_mut(h).daemon = Some(d);
         self.log(
@@ -198,45 +190,35 @@ impl World {
         match (what, out) {
             (DaemonCall::Open, Outcome::Unit(r)) => match r {
                 Ok(()) => {
-                    let phase = if self.mutation == Mutation::ClaimWithoutReadBack {
-                        DPhase::OldClaiming {
-                            first: None,
-                            wait: 0,
-                            start_ms: 0,
-                        }
-                    } else {
-                        // After a collision fence, even our own record of
-                        // this boot gets the claim delay.
-                        let hs = self.host(h);
-                        let t = self.p.cfg.timing;
-                        let careful = hs.marker == Some(fence::Cause::HostIdCollision);
-                        DPhase::Claiming(Box::new(Claim::new(
-                            hs.host_id,
-                            &hs.name,
-                            &hs.boot_id,
-                            t.host_dead_timeout,
-                            self.p.cfg.io_timeout,
-                            t.renew_interval,
-                            careful,
-                        )))
-                    };
-                    self.host_mut(h).daemon.as_mut().unwrap().phase = phase;
+                    // After a collision fence, even our own record of
+                    // this boot gets the claim delay.
+                    let hs = self.host(h);
+                    let t = self.p.cfg.timing;
+                    let io = self.p.cfg.io_timeout;
+                    let careful = hs.marker == Some(fence::Cause::HostIdCollision);
+                    let claim = Claim::new(
+                        hs.host_id,
+                        &hs.name,
+                        &hs.boot_id,
+                        t.host_dead_timeout,
+                        io,
+                        t.renew_interval,
+                        careful,
+                    );
+                    let join = Join::new(claim, io, self.tamper());
+                    let d = self.host_mut(h).daemon.as_mut().unwrap();
+                    d.phase = DPhase::Claiming;
+                    d.join = Some(join);
                     self.claim_read(h, gen);
                 }
                 Err(e) => self.daemon_exit(h, &format!("cannot open the lockspace: {e}"), true),
             },
             (DaemonCall::Claim, Outcome::Bytes(r)) => match r {
-                Ok(raw) => self.claim_step(h, &raw, None),
+                Ok(raw) => self.claim_got(h, &raw),
                 Err(e) => self.daemon_exit(h, &format!("claim: {e}"), true),
             },
             (DaemonCall::ClaimWrite, Outcome::Renewed(r)) => match r {
-                Ok(io) => {
-                    let host_id = self.host(h).host_id;
-                    let own = own_slot(&io.raw, host_id);
-                    let d = self.host_mut(h).daemon.as_mut().unwrap();
-                    let written = d.pending_written.take().filter(|_| io.wrote);
-                    self.claim_step(h, &own, written);
-                }
+                Ok(io) => self.claim_wrote(h, io),
                 Err(e) => self.daemon_exit(h, &format!("claim: {e}"), true),
             },
             (DaemonCall::Renew { .. }, Outcome::Renewed(r)) => {
@@ -266,9 +248,18 @@ impl World {
         }
     }
 
+    /// The daemon mutations' seam, for the claim and the core.
+    fn tamper(&self) -> Option<Box<dyn Tamper>> {
+        match self.mutation {
+            Mutation::None => None,
+            m => Some(Box::new(SimTamper(m))),
+        }
+    }
+
     /// The end of `Daemon::start` and the start of `run`: `own` is our
-    /// slot as the claim read it (unchanged while watched).
-    pub(crate) fn daemon_run(&mut self, h: u16, own: Option<Slot>) {
+    /// slot as the claim first read it, `written` the record it holds
+    /// now (`JoinIo::Joined`).
+    pub(crate) fn daemon_run(&mut self, h: u16, own: Slot, written: Vec<u8>) {
         let now = self.local(h);
         let hs = self.host(h);
         let d = hs.daemon.as_ref().unwrap();
@@ -280,12 +271,7 @@ impl World {
             d.incarnation,
         );
         setup.lockspace_uuid = "sim-lockspace".into();
-        let written = d.expect.first().cloned().unwrap_or_default();
-        let tamper: Option<Box<dyn Tamper>> = match self.mutation {
-            Mutation::None => None,
-            m => Some(Box::new(SimTamper(m))),
-        };
-        let mut core = Core::new(setup, own.as_ref(), written, now, tamper);
+        let mut core = Core::new(setup, Some(&own), written, now, self.tamper());
         let clock = core.fence_clock();
         if clock < now {
             self.log(
@@ -594,10 +580,7 @@ impl World {
         let input = TickIn {
             now,
             wall_secs: self.wall_secs(h),
-            alive_leased: {
-                let d = self.host(h).daemon.as_ref().unwrap();
-                d.tracked.values().filter(|t| !t.dead).count()
-            },
+            alive_leased: self.host(h).daemon.as_ref().unwrap().reaper.alive_count(),
             clear_asked: std::mem::take(&mut self.host_mut(h).clear_request),
             maintenance: false,
         };
@@ -613,8 +596,7 @@ impl World {
             .unwrap();
         let cmds = core.tick(input, || {
             self.reaper_scan_now(h);
-            let d = self.host(h).daemon.as_ref().unwrap();
-            d.tracked.values().filter(|t| !t.dead).count()
+            self.host(h).daemon.as_ref().unwrap().reaper.alive_count()
         });
         self.host_mut(h).daemon.as_mut().unwrap().core = Some(core);
         for c in cmds {

@@ -1,18 +1,25 @@
-//! The simulated daemon's reaper (src/daemon/reaper.rs): the registry
-//! scan (cheap when nothing changed, a full reread at least every second),
-//! the pidfd notice of a QEMU's exit, the list of live leased QEMUs for the
-//! fence, and the release thread (one job at a time, one key after the
-//! other, through the real `Engine::release_matching`).
+//! The simulated daemon's reaper: the production bookkeeping
+//! (`daemon::reaper::tracker::Tracker`: when to reread the registry, which
+//! QEMUs are watched and which have exited, which are due for a release
+//! pass and when a failed one is retried) and the release thread's pass
+//! (`ReleasePass`: one key after the other through the real
+//! `Engine::release_matching`, the holders of this QEMU only), driven with
+//! the simulated registry, `/proc` and storage calls.
+//!
+//! The sweep of an exited QEMU whose acquire is still in flight is not
+//! exercised: the intents name libvirtd, which is no simulated process,
+//! so none counts as in flight (src/daemon/reaper.rs has its unit test).
 
+use vmlease::daemon::reaper::tracker::{Finished, ReleasePass};
 use vmlease::error::Result;
 use vmlease::lease::Holder;
 use vmlease::process::ProcId;
 use vmlease::registry::Entry as RegEntry;
 
 use crate::calls::{DaemonCall, Job, Owner};
-use crate::daemon::{DPhase, ReleaseJob, Tracked};
+use crate::daemon::DPhase;
 use crate::mutation::Mutation;
-use crate::world::{pk, proc_id, Ev, World};
+use crate::world::{pk, Ev, World};
 
 impl World {
     /// `ProcId::is_alive` as the daemon sees it (`proc_alive`: the
@@ -29,78 +36,53 @@ impl World {
         self.proc_alive(h, p) && !dead_on_kill
     }
 
-    /// `Reaper::scan`: cheap when nothing changed (one stat of the
-    /// directory), a full reread at least every second.
+    /// `Reaper::scan`: cheap when nothing changed, a full reread at
+    /// least every second.
     pub(crate) fn reaper_scan(&mut self, h: u16) {
+        self.reaper_scan_inner(h, false)
+    }
+
+    /// `Reaper::scan_now`.
+    pub(crate) fn reaper_scan_now(&mut self, h: u16) {
+        self.reaper_scan_inner(h, true)
+    }
+
+    fn reaper_scan_inner(&mut self, h: u16, force: bool) {
         let now = self.local(h);
         let version = self.host(h).registry_version;
         let d = self.host_mut(h).daemon.as_mut().unwrap();
-        if d.registry_seen == Some(version) && now.saturating_sub(d.last_full_scan) < 1000 {
+        if !d.reaper.scan_due(now, Some(version), force) {
             return;
         }
-        d.registry_seen = Some(version);
-        d.last_full_scan = now;
-        self.reaper_scan_now(h);
-    }
-
-    pub(crate) fn reaper_scan_now(&mut self, h: u16) {
-        let entries: Vec<(ProcId, RegEntry)> = self
+        let present: Vec<(ProcId, Option<RegEntry>)> = self
             .host(h)
             .registry
             .values()
-            .map(|e| (e.proc_id, e.clone()))
+            .map(|e| (e.proc_id, Some(e.clone())))
             .collect();
-        let mut newly_dead = Vec::new();
-        for (p, e) in &entries {
-            let alive = self.qemu_alive(h, *p);
-            let d = self.host_mut(h).daemon.as_mut().unwrap();
-            match d.tracked.get_mut(&pk(*p)) {
-                Some(t) => t.entry = Some(e.clone()),
-                None => {
-                    d.tracked.insert(
-                        pk(*p),
-                        Tracked {
-                            entry: Some(e.clone()),
-                            dead: false,
-                            releasing: false,
-                            retry_at: 0,
-                        },
-                    );
-                    if !alive {
-                        newly_dead.push(*p);
-                    }
-                }
-            }
-        }
+        let alive: Vec<ProcId> = present
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| self.qemu_alive(h, *p))
+            .collect();
         let d = self.host_mut(h).daemon.as_mut().unwrap();
-        for p in newly_dead {
-            d.tracked.get_mut(&pk(p)).unwrap().dead = true;
-        }
-        d.tracked
-            .retain(|p, t| entries.iter().any(|(q, _)| pk(*q) == *p) || t.releasing);
+        d.reaper.scanned(present, |p| alive.contains(&p));
     }
 
+    /// `Reaper::alive_processes`.
     pub(crate) fn alive_processes(&mut self, h: u16) -> Vec<ProcId> {
-        let ids: Vec<ProcId> = self
-            .host(h)
-            .daemon
-            .as_ref()
-            .unwrap()
-            .tracked
-            .iter()
-            .filter(|(_, t)| !t.dead)
-            .map(|(p, _)| proc_id(*p))
+        let d = self.host(h).daemon.as_ref().unwrap();
+        let alive: Vec<ProcId> = d
+            .reaper
+            .watched()
+            .filter(|p| self.qemu_alive(h, *p))
             .collect();
-        let mut out = Vec::new();
-        for p in ids {
-            if self.qemu_alive(h, p) {
-                out.push(p);
-            } else {
-                let d = self.host_mut(h).daemon.as_mut().unwrap();
-                d.tracked.get_mut(&pk(p)).unwrap().dead = true;
-            }
-        }
-        out
+        let d = self.host_mut(h).daemon.as_mut().unwrap();
+        d.reaper
+            .alive(|p| alive.contains(&p))
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
     }
 
     /// A pidfd became readable: the loop wakes at once.
@@ -110,60 +92,39 @@ impl World {
         if d.phase != DPhase::Running {
             return;
         }
-        if let Some(t) = d.tracked.get_mut(&pk(p)) {
-            if !t.dead {
-                t.dead = true;
-                d.tick_seq += 1;
-                let (gen, seq) = (d.gen, d.tick_seq);
-                self.at(self.now, Ev::Tick { h, gen, seq });
-            }
+        if d.reaper.mark_dead(p) {
+            d.tick_seq += 1;
+            let (gen, seq) = (d.gen, d.tick_seq);
+            self.at(self.now, Ev::Tick { h, gen, seq });
         }
     }
 
+    /// `Reaper::release_dead`: the passes that ended, then those due.
     pub(crate) fn release_dead(&mut self, h: u16) {
         let now = self.local(h);
         let inbox = std::mem::take(&mut self.host_mut(h).daemon.as_mut().unwrap().inbox_release);
-        for (p, res) in inbox {
+        for (p, pass) in inbox {
+            let n = pass.released.as_ref().map_or(0, Vec::len);
             let hs = self.host_mut(h);
             let d = hs.daemon.as_mut().unwrap();
-            let Some(t) = d.tracked.get_mut(&pk(p)) else {
-                continue;
-            };
-            t.releasing = false;
-            match res {
-                Ok(keys) => {
-                    d.tracked.remove(&pk(p));
-                    hs.registry.remove(&pk(p));
-                    hs.registry_version += 1;
-                    if !keys.is_empty() {
-                        self.log(
-                            &format!("h{h}"),
-                            format!(
-                                "released {} lease(s) of exited QEMU pid {}",
-                                keys.len(),
-                                p.pid
-                            ),
-                        );
-                    }
+            if d.reaper.finished(now, p, pass) == Finished::Released {
+                hs.registry.remove(&pk(p));
+                hs.registry_version += 1;
+                if n > 0 {
+                    self.log(
+                        &format!("h{h}"),
+                        format!("released {n} lease(s) of exited QEMU pid {}", p.pid),
+                    );
                 }
-                Err(_) => t.retry_at = now + 1000,
             }
         }
         let d = self.host_mut(h).daemon.as_mut().unwrap();
-        let mut send = Vec::new();
-        for (p, t) in d.tracked.iter_mut() {
-            if t.dead && !t.releasing && now >= t.retry_at {
-                if let Some(e) = &t.entry {
-                    send.push((proc_id(*p), e.clone()));
-                    t.releasing = true;
-                }
-            }
-        }
-        d.jobs.extend(send);
+        let due = d.reaper.due(now);
+        d.jobs.extend(due);
         self.release_worker(h);
     }
 
-    /// The release thread: one job at a time, one key after the other.
+    /// The release thread: one pass at a time.
     pub(crate) fn release_worker(&mut self, h: u16) {
         let d = self.host_mut(h).daemon.as_mut().unwrap();
         if d.job.is_some() {
@@ -172,39 +133,33 @@ impl World {
         let Some((p, entry)) = d.jobs.pop_front() else {
             return;
         };
-        d.job = Some(ReleaseJob {
-            p,
-            entry,
-            idx: 0,
-            done: Vec::new(),
-        });
+        let current = self.host(h).registry.get(&pk(p)).cloned();
+        let pass = ReleasePass::new(p, entry, current, &|c| self.proc_alive(h, c));
+        self.host_mut(h).daemon.as_mut().unwrap().job = Some(pass);
         self.release_next_key(h);
     }
 
-    pub(crate) fn release_next_key(&mut self, h: u16) {
+    fn release_next_key(&mut self, h: u16) {
         let hs = self.host(h);
         let d = hs.daemon.as_ref().unwrap();
-        let job = d.job.as_ref().unwrap();
-        if job.idx >= job.entry.keys.len() {
+        let pass = d.job.as_ref().unwrap();
+        let Some(key) = pass.next_key().map(str::to_string) else {
             let d = self.host_mut(h).daemon.as_mut().unwrap();
-            let job = d.job.take().unwrap();
-            d.inbox_release.push((job.p, Ok(job.done)));
+            let pass = d.job.take().unwrap();
+            d.inbox_release.push((pass.proc_id(), pass.end(None)));
             self.release_worker(h);
             return;
-        }
-        let key = job.entry.keys[job.idx].0.clone();
-        let me = Holder {
-            host_id: hs.host_id,
-            boot_id: hs.boot_id.clone(),
-            pid: job.p.pid,
-            pid_start: job.p.start,
-            domain_uuid: String::new(),
-            domain_name: String::new(),
         };
         let gen = d.gen;
+        let job = Job::ReleaseMatching {
+            key,
+            p: pass.proc_id(),
+            host_id: hs.host_id,
+            boot_id: hs.boot_id.clone(),
+        };
         self.issue(
             h,
-            Job::ReleaseMatching { key, me },
+            job,
             Owner::Daemon {
                 h,
                 gen,
@@ -216,19 +171,15 @@ impl World {
 
     pub(crate) fn release_job_step(&mut self, h: u16, r: Result<Vec<Holder>>) {
         let d = self.host_mut(h).daemon.as_mut().unwrap();
-        let Some(job) = d.job.as_mut() else { return };
+        let Some(pass) = d.job.as_mut() else { return };
         match r {
             Ok(gone) => {
-                if !gone.is_empty() {
-                    let k = job.entry.keys[job.idx].0.clone();
-                    job.done.push(k);
-                }
-                job.idx += 1;
+                pass.released(&gone);
                 self.release_next_key(h);
             }
             Err(e) => {
-                let job = d.job.take().unwrap();
-                d.inbox_release.push((job.p, Err(e)));
+                let pass = d.job.take().unwrap();
+                d.inbox_release.push((pass.proc_id(), pass.end(Some(e))));
                 self.release_worker(h);
             }
         }

@@ -256,18 +256,11 @@ pub struct World {
 
 pub const STEP_CAP: u64 = 3_000_000;
 
-/// A process as a map key (`ProcId` is not ordered).
+/// A process as a map key of the simulated registry.
 pub type Pk = (u32, u64);
 
 pub fn pk(p: ProcId) -> Pk {
     (p.pid, p.start)
-}
-
-pub fn proc_id(k: Pk) -> ProcId {
-    ProcId {
-        pid: k.0,
-        start: k.1,
-    }
 }
 
 impl World {

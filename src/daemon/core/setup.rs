@@ -4,6 +4,7 @@
 
 use crate::config::{Config, Network, Timing};
 use crate::daemon::fence::{Actions, Fence, Inputs};
+use crate::hosts::Slot;
 
 /// What the core needs to know of this host and its config.
 #[derive(Debug, Clone)]
@@ -55,7 +56,7 @@ impl Setup {
 
 /// A test-only seam: the simulator's mutation check breaks one rule at a
 /// time through it, to show that it notices. Production installs none.
-pub trait Tamper: Send {
+pub trait Tamper: Send + Sync {
     /// The fence clock a restarted daemon starts with.
     fn fence_clock(&self, clock: u64, _now: u64) -> u64 {
         clock
@@ -67,5 +68,18 @@ pub trait Tamper: Send {
     /// clears it without a re-claim.
     fn old_collision_rules(&self) -> bool {
         false
+    }
+    /// How long the claim watches a slot before writing
+    /// (`claim::watch_time`); the claim also joins without its write and
+    /// read-back under [`Tamper::old_collision_rules`].
+    fn watch_time(
+        &self,
+        slot: &Slot,
+        my_name: &str,
+        my_boot: &str,
+        my_dead_ms: u64,
+        io_ms: u64,
+    ) -> Option<(u64, String)> {
+        crate::daemon::claim::watch_time(slot, my_name, my_boot, my_dead_ms, io_ms)
     }
 }

@@ -708,3 +708,59 @@ fn rule5_a_storage_fence_verdict_frees_at_once_a_damaged_or_stale_one_does_not()
         got.took_over
     );
 }
+
+/// The last slot of the lockspace is a host like any other; only a host
+/// id beyond it is "outside this lockspace" (held, never judged).
+#[test]
+fn the_last_slot_is_judged_and_an_id_beyond_it_is_held() {
+    let w = World::new("lastslot");
+    let last = w.ls.max_hosts;
+    let disk = Resource::disk("/images/last", false);
+    w.ls.write_host(&record(last, &format!("boot-{last}"), 1, HostState::Live))
+        .unwrap();
+    w.engine(last, Some(w.view(last, &[0], 0)))
+        .acquire(&disk, &holder(last, 10, "web"), None)
+        .unwrap();
+    // The last host rebooted: rule 2 frees its holder at once.
+    w.ls.write_host(&record(last, "boot-new", 1, HostState::Live))
+        .unwrap();
+    let b = w.engine(2, Some(w.view(2, &[0], 0)));
+    let got = b.acquire(&disk, &holder(2, 20, "web"), None).unwrap();
+    assert_eq!(got.took_over.len(), 1, "{:?}", got.took_over);
+    // A record naming a host id beyond the table holds.
+    let other = Resource::disk("/images/beyond", false);
+    let mut rec = crate::lease::LeaseRecord::free(&other.key(), &other.name);
+    rec.holders.push(holder(last + 1, 30, "ghost"));
+    rec.mode = Some(Mode::Exclusive);
+    rec.version = 1;
+    w.ls.write_lease(&rec, last + 1).unwrap();
+    let e = b
+        .acquire(&other, &holder(2, 21, "ghost"), None)
+        .unwrap_err();
+    assert!(e.to_string().contains("outside this lockspace"), "{e}");
+}
+
+/// A re-acquire by the process that already holds the lease (a resume)
+/// through `acquire_for`: done unchanged while its caller waits, refused
+/// once the caller gave up (the caller must not count on it).
+#[test]
+fn acquire_for_a_holder_already_named_honours_its_caller() {
+    let w = World::new("reacqfor");
+    let disk = Resource::disk("/images/re.qcow2", false);
+    let eng = w.engine(1, Some(w.view(1, &[0], 0)));
+    let me = holder(1, 12, "web");
+    w.alive.lock().unwrap().insert(12);
+    let first = crate::deadline::Cancel::new();
+    assert_eq!(
+        eng.acquire_for(&disk, &me, None, &first).unwrap().version,
+        1
+    );
+    let again = crate::deadline::Cancel::new();
+    let got = eng.acquire_for(&disk, &me, None, &again).unwrap();
+    assert!(!got.changed && got.version == 1, "{got:?}");
+    assert!(!again.abandon(), "the re-acquire committed");
+    let gave_up = crate::deadline::Cancel::new();
+    assert!(gave_up.abandon());
+    let e = eng.acquire_for(&disk, &me, None, &gave_up).unwrap_err();
+    assert!(e.to_string().contains("its caller gave up"), "{e}");
+}

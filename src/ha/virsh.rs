@@ -143,8 +143,22 @@ pub fn domstate(name: &str) -> Option<String> {
 }
 
 /// Defines the domain from `xml` (the failed host's definition) and
-/// starts it. An existing definition with the same UUID is replaced.
+/// starts it. An existing definition with the same UUID is replaced; an
+/// inactive one is undefined first (its NVRAM kept): a domain that was
+/// live-migrated away from this host keeps, in libvirt's memory, the lock
+/// state of its migration's switch-over, which libvirt hands to the next
+/// start and the lock plugin refuses as stale ("lease version is 3,
+/// expected 2"); `define` alone does not drop it.
 pub fn define_and_start(name: &str, xml: &str) -> Result<()> {
+    if domstate(name).as_deref() == Some("shut off") {
+        // Best effort: a domain that cannot be undefined (snapshots, a
+        // managed save) is defined over, as before.
+        let _ = virsh(
+            &format!("undefine {name}"),
+            &["undefine", "--keep-nvram", "--", name],
+            None,
+        );
+    }
     let file = std::env::temp_dir().join(format!(
         "vmlease-ha-{}-{}.xml",
         std::process::id(),

@@ -569,14 +569,51 @@ impl World {
     }
 
     /// Stops every daemon without a reset being played.
+    ///
+    /// A daemon whose threads wait in a CephFS client that will never
+    /// answer (blocklisted by a peer's fence, or evicted) cannot be reaped
+    /// until that client goes: after 5 s its FUSE connection is aborted,
+    /// as a reset would, and the host is remounted before its next
+    /// schedule.
     pub fn stop_daemons(&mut self) {
         for h in 0..HOSTS {
-            {
+            let conn = {
                 let mut hs = self.sh.hosts[h].lock().unwrap();
                 hs.armed = false;
                 hs.daemon_pid = None;
+                hs.fuse_conn
+            };
+            let Some(mut d) = self.hosts[h].daemon.take() else {
+                continue;
+            };
+            d.signal(libc::SIGCONT);
+            d.signal(libc::SIGKILL);
+            let t = boottime_ms();
+            let mut aborted = false;
+            while !d.exited() {
+                let waited = boottime_ms() - t;
+                if waited > 5000 && !aborted {
+                    eprintln!(
+                        "  host {}'s daemon (pid {}) not reaped 5 s after SIGKILL (threads in its \
+                         CephFS client): aborting that client",
+                        h + 1,
+                        d.pid()
+                    );
+                    if let Some(c) = conn {
+                        let _ = fs::write(format!("/sys/fs/fuse/connections/{c}/abort"), "1");
+                    }
+                    self.suspect[h] = true;
+                    aborted = true;
+                }
+                assert!(
+                    waited < 60_000,
+                    "host {}'s daemon (pid {}) still not reaped 60 s after SIGKILL, its CephFS \
+                     client (FUSE connection {conn:?}) aborted",
+                    h + 1,
+                    d.pid()
+                );
+                std::thread::sleep(Duration::from_millis(50));
             }
-            self.hosts[h].daemon = None;
         }
     }
 

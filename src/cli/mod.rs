@@ -51,10 +51,8 @@ pub mod exit {
 
 /// Entry point of the `vmlease` binary; returns the exit code.
 pub fn main(argv: Vec<String>) -> i32 {
-    // The storage fence's RADOS reads run in a child, as the daemon's do
-    // (src/rados/worker.rs): `vmlease --rados-worker`, not a command.
-    if argv.get(1).map(String::as_str) == Some(crate::rados::worker::ARG) && argv.len() == 2 {
-        return crate::rados::worker::main();
+    if let Some(code) = crate::rados::worker::run_if_asked(&argv) {
+        return code;
     }
     let parsed = match args::parse(argv.get(1..).unwrap_or_default()) {
         Ok(p) => p,

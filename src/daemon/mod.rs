@@ -85,8 +85,8 @@ while leased VMs run (the hardware watchdog stays armed).";
 
 /// Entry point of the `vmlease-watchdog` binary; returns the exit code.
 pub fn main(args: Vec<String>) -> i32 {
-    if args.get(1).map(String::as_str) == Some(crate::rados::worker::ARG) && args.len() == 2 {
-        return crate::rados::worker::main();
+    if let Some(code) = crate::rados::worker::run_if_asked(&args) {
+        return code;
     }
     let mut path = PathBuf::from(config::DEFAULT_PATH);
     let mut level = LevelFilter::Info;

@@ -30,9 +30,8 @@ const MIN_GAP: Duration = Duration::from_millis(100);
 const USAGE: &str = "usage: vmlease-ha [--config FILE]";
 
 pub fn main(argv: Vec<String>) -> i32 {
-    // The storage fence's RADOS reads run in a child (src/rados/worker.rs).
-    if argv.get(1).map(String::as_str) == Some(crate::rados::worker::ARG) && argv.len() == 2 {
-        return crate::rados::worker::main();
+    if let Some(code) = crate::rados::worker::run_if_asked(&argv) {
+        return code;
     }
     let mut path = PathBuf::from(config::DEFAULT_PATH);
     let mut it = argv.into_iter().skip(1);

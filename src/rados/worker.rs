@@ -18,6 +18,13 @@ use super::TableObject;
 /// The argument that makes `vmlease-watchdog` a RADOS worker.
 pub const ARG: &str = "--rados-worker";
 
+/// When the program was started as a RADOS worker (`PROGRAM
+/// --rados-worker`, by [`super::RadosTable`]): runs it and returns its
+/// exit code. Every vmlease program that reads RADOS calls this first.
+pub fn run_if_asked(argv: &[String]) -> Option<i32> {
+    (argv.len() == 2 && argv[1] == ARG).then(main)
+}
+
 /// Runs the worker until stdin ends; returns the exit code.
 pub fn main() -> i32 {
     // Started by the daemon, which runs SCHED_RR: librados's threads must

@@ -308,6 +308,13 @@ impl World {
     }
 
     pub fn check_liveness(&mut self) {
+        if self.hosts.iter().all(|h| !h.up || h.retired || h.abandoned) {
+            // Every host was left without a daemon (killed before it armed
+            // its watchdog, and not restarted): nothing may run anywhere
+            // until an operator starts one; nothing is promised.
+            self.stats.unpromised += 1;
+            return;
+        }
         let mut worst = 0;
         for vm in 0..self.vms.len() {
             match self.running_qemu_of(vm) {

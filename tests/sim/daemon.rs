@@ -166,6 +166,7 @@ impl World {
             first_sight: BTreeMap::new(),
         };
         self.host_mut(h).daemon = Some(d);
+        self.host_mut(h).abandoned = false;
         self.log(
             &format!("h{h}"),
             format!("watchdog daemon starts (pid {pid})"),
@@ -371,6 +372,9 @@ impl World {
         self.daemon_gone(h);
         if restart {
             self.schedule_restart(h);
+        } else if !self.host(h).wd_armed {
+            // No systemd restart and no watchdog to reboot the host.
+            self.host_mut(h).abandoned = true;
         }
     }
 

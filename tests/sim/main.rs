@@ -95,6 +95,8 @@ struct Summary {
     fences: u64,
     takeovers: u64,
     resets: u64,
+    /// Schedules that left no host able to run a VM (liveness not promised).
+    unpromised: u64,
 }
 
 /// Runs `count` seeds from `start` on `threads` threads. Stops early after
@@ -135,6 +137,7 @@ fn run_range(
                     local.fences += stats.fences;
                     local.takeovers += stats.takeovers;
                     local.resets += stats.resets;
+                    local.unpromised += stats.unpromised;
                     local.worst_recovery_ms = local.worst_recovery_ms.max(stats.recovery_ms);
                     if let Some(v) = v {
                         if progress {
@@ -224,6 +227,7 @@ fn merge(t: &mut Summary, l: &mut Summary) {
     t.fences += l.fences;
     t.takeovers += l.takeovers;
     t.resets += l.resets;
+    t.unpromised += l.unpromised;
     t.worst_recovery_ms = t.worst_recovery_ms.max(l.worst_recovery_ms);
     t.failures.append(&mut l.failures);
     *l = Summary {
@@ -369,7 +373,8 @@ fn long_run() {
     let secs = t0.elapsed().as_secs_f64();
     println!(
         "sim long run: seeds {start}..{} on {th} thread(s): {} schedules in {secs:.0} s = {:.0} schedules/s \
-         ({:.0} simulated s/s, {} events, {} fences, {} takeovers, {} resets, worst recovery {} ms); \
+         ({:.0} simulated s/s, {} events, {} fences, {} takeovers, {} resets, worst recovery {} ms, \
+         {} with no host left able to run a VM); \
          {} new violation(s), {} schedule(s) hit known bugs\n{}",
         start + count,
         s.runs,
@@ -380,6 +385,7 @@ fn long_run() {
         s.takeovers,
         s.resets,
         s.worst_recovery_ms,
+        s.unpromised,
         s.unknown().count(),
         s.failures.iter().filter(|(_, v)| v.known.is_some()).count(),
         s.known_report()
@@ -434,6 +440,20 @@ fn clone_seed_fails_only_with_the_old_claim() {
     assert!(v.is_none(), "{}", v.unwrap());
     let rep = report(CLONE_SEED, Profile::Ci, Mutation::None, None);
     assert!(rep.contains("a clone of h2"), "{rep}");
+}
+
+/// Found by the long run: both hosts' daemons SIGKILLed in their claim
+/// wait (no watchdog armed yet) and not restarted, so no host can run a
+/// VM and nothing brings a daemon back without an operator. Liveness is
+/// not promised for such a schedule; every other invariant still holds.
+#[test]
+fn every_daemon_killed_before_arming_and_not_restarted_promises_no_liveness() {
+    let (v, stats, _) = run_one(1_000_119_090, Profile::Long, Mutation::None, None);
+    assert!(v.is_none(), "{}", v.unwrap());
+    assert_eq!(
+        stats.unpromised, 1,
+        "the schedule was expected to leave no host able to run a VM"
+    );
 }
 
 /// Each safety rule switched off in turn must be caught.

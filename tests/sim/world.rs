@@ -145,6 +145,11 @@ pub struct Host {
     pub wd_expires: Us,
     pub wd_check_at: Us,
     pub daemon: Option<Daemon>,
+    /// Its daemon was SIGKILLed and not restarted while no watchdog was
+    /// armed (before the daemon joined, e.g. in its claim wait): nothing
+    /// starts a daemon here again until an operator does, so no VM can
+    /// run here. Cleared when a daemon starts.
+    pub abandoned: bool,
     pub daemon_gen: u64,
     pub daemon_hung_until: Us,
     /// libvirtd's lease acquires issued before this hang until then
@@ -220,6 +225,9 @@ pub struct Stats {
     pub resets: u64,
     pub qemu_writes: u64,
     pub recovery_ms: u64,
+    /// 1 when liveness was not promised: no host was left that could
+    /// start a daemon (`Host::abandoned`).
+    pub unpromised: u64,
 }
 
 pub struct World {
@@ -380,6 +388,7 @@ impl World {
                 wd_expires: 0,
                 wd_check_at: 0,
                 daemon: None,
+                abandoned: false,
                 daemon_gen: 0,
                 daemon_hung_until: 0,
                 acquire_stall_until: 0,

@@ -93,7 +93,19 @@ fn run(w: &mut World, n: u64, secs: u64, disabled: bool) -> Stats {
     eprintln!("splitbrain: {n} schedule(s) of {secs} s from seed {base}");
     let mut total = Stats::default();
     let t = std::time::Instant::now();
+    // A long run stops cleanly (its worlds torn down) after the schedule
+    // in progress once this file exists (bench/splitbrain-long sets it).
+    let stop_file = std::env::var_os("VMLEASE_SPLITBRAIN_STOP_FILE").map(std::path::PathBuf::from);
+    let mut n = n;
     for i in 0..n {
+        if let Some(f) = stop_file.as_ref().filter(|f| f.exists()) {
+            eprintln!(
+                "splitbrain: {} exists: stopping after {i} schedule(s)",
+                f.display()
+            );
+            n = i;
+            break;
+        }
         let st = schedule::run(w, i as usize, base + i, secs, disabled);
         total.add(&st);
     }

@@ -27,6 +27,8 @@ use std::sync::{Condvar, Mutex};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 static STDERR: AtomicBool = AtomicBool::new(false);
+/// Each stderr line starts with CLOCK_BOOTTIME in ms (`--log-boottime`).
+static BOOTTIME: AtomicBool = AtomicBool::new(false);
 static LOGGER: Logger = Logger;
 
 struct Logger;
@@ -103,6 +105,13 @@ pub fn init_daemon(level: LevelFilter) {
             );
         }
     }
+}
+
+/// Starts each stderr line with `[MS] `, CLOCK_BOOTTIME in ms: the clock
+/// of the split-brain rig's event lines and of the liveness records, so
+/// that a daemon's log lines up with them (journald dates its own lines).
+pub fn set_boottime_prefix() {
+    BOOTTIME.store(true, Ordering::Relaxed);
 }
 
 /// Log lines dropped because stderr did not keep up, since start.
@@ -213,8 +222,13 @@ impl Log for Logger {
         let _ = r.key_values().visit(&mut fields);
         crate::journal::send(r.level(), ident(), &msg, &fields.0);
         if STDERR.load(Ordering::Relaxed) {
+            let at = if BOOTTIME.load(Ordering::Relaxed) {
+                format!("[{}] ", crate::clock::boottime_ms())
+            } else {
+                String::new()
+            };
             let line = format!(
-                "{}: {}: {msg}\n",
+                "{at}{}: {}: {msg}\n",
                 ident(),
                 r.level().as_str().to_lowercase()
             );

@@ -250,9 +250,12 @@ impl Status {
         })
     }
 
-    /// Writes the status atomically into the (local) state dir.
+    /// Writes the status atomically into the (local) state dir: a
+    /// temporary file renamed over it, not fsynced (a status means
+    /// nothing after a crash: readers check its age on the boot clock,
+    /// and the state dir is a tmpfs; an fsync on a busy disk took 2 s).
     pub fn write(&self, state_dir: &Path) -> Result<()> {
-        crate::lockspace::write_atomic(&Status::path(state_dir), &self.encode())
+        crate::lockspace::write_atomic_unsynced(&Status::path(state_dir), &self.encode())
     }
 
     /// Reads the status; `Ok(None)` when no daemon has written one.

@@ -1072,6 +1072,108 @@ fn a_full_stderr_pipe_stops_neither_renewals_nor_pets() {
     drop(unread);
 }
 
+/// The status file's write hangs (its temporary file is a pipe nobody
+/// drains): in the split-brain rig a healthy host's main loop sat 2 s in
+/// the fsync of its status on a busy local disk and its watchdog fired.
+/// Renewals and pets must go on past F and the host must not fence; the
+/// status goes stale meanwhile and is written again once the write
+/// returns.
+#[test]
+fn a_hung_status_write_stops_neither_renewals_nor_pets() {
+    use std::io::Write;
+    let _g = serial();
+    let s = Scratch::new("status-hang");
+    let ls = lockspace(&s);
+    let wd = FakeWatchdog::new(&s.0);
+    let mut a = Host::new(
+        &s,
+        1,
+        &ls,
+        &format!("watchdog_device = \"{}\"\n", wd.path.display()),
+    );
+    a.start(&[]);
+    let pid = a.daemon.as_ref().unwrap().pid();
+    let status = Status::path(&a.cfg.state_dir);
+    // The daemon's next status goes to this temporary name: a FIFO, its
+    // pipe full, so that the write blocks as on a stalled disk.
+    let tmp = a.cfg.state_dir.join(format!(".status.{pid}.tmp"));
+    let c = std::ffi::CString::new(tmp.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let mut reader = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&tmp)
+        .unwrap();
+    let mut filler = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&tmp)
+        .unwrap();
+    let mut filled = 0usize;
+    for chunk in [4096usize, 1] {
+        while let Ok(n) = filler.write(&vec![b'x'; chunk]) {
+            filled += n;
+        }
+    }
+    let before = fs::read(&status).unwrap();
+    let counter = || {
+        Lockspace::open(&ls)
+            .unwrap()
+            .read_host(1)
+            .unwrap()
+            .record()
+            .map(|r| r.counter)
+            .unwrap_or(0)
+    };
+    let t0 = boottime_ms();
+    let (mut last, mut changed_at, mut renewals) = (counter(), t0, 0u32);
+    while boottime_ms() - t0 < 2 * F {
+        let now = boottime_ms();
+        let c = counter();
+        if c != last {
+            (last, changed_at, renewals) = (c, now, renewals + 1);
+        }
+        let pet_age = now.saturating_sub(wd.last_pet.load(Ordering::SeqCst));
+        assert!(
+            now - changed_at < F && pet_age < W,
+            "with its status write hung ({filled} bytes in the pipe) the daemon stalled: no \
+             renewal for {} ms (counter {last}, {renewals} renewals since), last pet {pet_age} \
+             ms ago (W = {W} ms)",
+            now - changed_at
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The write did hang all along: the status is the one from before.
+    assert_eq!(
+        fs::read(&status).unwrap(),
+        before,
+        "the status changed: its write did not hang"
+    );
+    assert_eq!(wd.fired_at.load(Ordering::SeqCst), 0, "the watchdog fired");
+    assert_eq!(a.reset_record(), None, "the host reset itself");
+    eprintln!(
+        "status write hung for {} ms: {renewals} renewals, pets on, no fence",
+        boottime_ms() - t0
+    );
+    // The hang ends: the name goes first (the pending write's rename
+    // fails), then the pipe drains; the next status is written.
+    fs::remove_file(&tmp).unwrap();
+    let mut buf = vec![0u8; 65536];
+    wait_until("a fresh status once the write returns", 5000, || {
+        while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+        let now = fs::read(&status).unwrap_or_default();
+        if now != before && vmlease::status::protected_status(&a.cfg).is_ok() {
+            Ok(())
+        } else {
+            Err(format!("status unchanged; log: {}", a.log_text()))
+        }
+    });
+    let st = a.status();
+    assert_eq!(st.state, vmlease::hosts::HostState::Live, "{st:?}");
+    drop(filler);
+}
+
 // ---------------------------------------------------------------------------
 // A QEMU is dead only when its whole thread group is gone (issue 14, item 1).
 

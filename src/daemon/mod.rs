@@ -22,6 +22,7 @@ pub mod renew;
 pub mod sd_watchdog;
 pub mod signals;
 pub mod softdog;
+pub mod status_writer;
 pub mod tcp_abort;
 pub mod watchdog;
 
@@ -38,7 +39,6 @@ use crate::error::{Error, Result};
 use crate::hosts::{self, HostRecord, HostState};
 use crate::lockspace::Lockspace;
 use crate::process;
-use crate::status::Status;
 
 use self::core::{Command, Core, RenewReq, Renewed, StopNext, TickIn};
 use actions::{HostActions, RealHost};
@@ -68,7 +68,7 @@ pub mod exit {
     pub const STOPPED_LEASED: i32 = 6;
 }
 
-const USAGE: &str = "usage: vmlease-watchdog [--config FILE] [--verbose]
+const USAGE: &str = "usage: vmlease-watchdog [--config FILE] [--verbose] [--log-boottime]
 
 Renews this host's liveness lease in the vmlease lockspace, watches the
 networks and the other hosts, releases the leases of QEMU processes that
@@ -78,6 +78,7 @@ Runs in the foreground; SIGTERM stops it.
 
   --config FILE   configuration (default /etc/libvirt/qemu-vmlease.conf)
   --verbose       log debug messages
+  --log-boottime  start each line on stderr with CLOCK_BOOTTIME in ms
 
 Exit codes: 0 clean stop, 1 bad configuration, 2 usage, 3 lockspace or
 host id problem, 4 watchdog device problem, 5 already running, 6 stopped
@@ -101,6 +102,7 @@ pub fn main(args: Vec<String>) -> i32 {
                 }
             },
             "--verbose" | "-v" => level = LevelFilter::Debug,
+            "--log-boottime" => crate::logging::set_boottime_prefix(),
             "--help" | "-h" => {
                 println!("{USAGE}");
                 return exit::OK;
@@ -162,6 +164,8 @@ pub struct Daemon {
     /// The TCP sockets noted before the fence's kills, for the abort.
     sockets: tcp_abort::Sockets,
     probe_out: Arc<Mutex<Vec<(&'static str, Round)>>>,
+    /// The thread that writes the status file.
+    status: status_writer::StatusWriter,
     /// The thread that writes the metrics (`metrics_dir`), and when the
     /// next snapshot is due.
     metrics: Option<metrics::MetricsWriter>,
@@ -339,6 +343,9 @@ impl Daemon {
         )
         .map_err(|e| (exit::CONFIG, Error::io("start prober", "-", e)))?;
 
+        let status = status_writer::StatusWriter::spawn(cfg.state_dir.clone())
+            .map_err(|e| (exit::CONFIG, Error::io("start status writer", "-", e)))?;
+
         let metrics = match &cfg.metrics_dir {
             None => None,
             Some(dir) => match metrics::MetricsWriter::spawn(dir.clone(), cfg.state_dir.clone()) {
@@ -389,6 +396,7 @@ impl Daemon {
             }),
             sockets: tcp_abort::Sockets::default(),
             probe_out,
+            status,
             metrics,
             metrics_due_ms: now,
             _instance_lock: instance_lock,
@@ -513,10 +521,9 @@ impl Daemon {
                 }
             }
             Command::WriteStatus => {
-                let st = self.core.status(now, std::process::id());
-                if let Err(e) = st.write(&self.cfg.state_dir) {
-                    warn!("cannot write status: {e}");
-                }
+                // Written by the status thread: this loop pets the
+                // watchdog and must never wait for a file system.
+                self.status.offer(self.core.status(now, std::process::id()));
             }
         }
         None
@@ -627,7 +634,14 @@ impl Daemon {
             let wall = crate::clock::SystemClock.wall_secs();
             match self.core.stop(now, wall, leased.take()) {
                 StopNext::Withdraw => {
-                    let _ = std::fs::remove_file(Status::path(&self.cfg.state_dir));
+                    let wait = std::time::Duration::from_millis(self.cfg.io_timeout);
+                    if !self.status.withdraw(wait) {
+                        warn!(
+                            "the status file could not be removed within {} (its write hangs): \
+                             it may stay behind, stale, which readers take for 'not protected'",
+                            secs(self.cfg.io_timeout)
+                        );
+                    }
                     leased = Some(self.leased_running_at_stop());
                 }
                 StopNext::Count => leased = Some(self.leased_running_at_stop()),

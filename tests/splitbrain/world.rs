@@ -23,6 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+#[path = "stall.rs"]
+mod stall;
+
 use crate::abi::{self, Dom};
 use crate::support::ceph::{CephCluster, CephMount, CephOptions, MountOptions};
 use crate::support::daemons::{self, Host};
@@ -74,6 +77,8 @@ pub struct HostState2 {
     pub disarmed: bool,
     pub armed: bool,
     pub reset_seen: u64,
+    /// The last pet whose gap has had its W/2 snapshot ([`stall`]).
+    pub stall_seen: u64,
 }
 
 pub struct Shared {
@@ -102,6 +107,8 @@ pub struct Shared {
     /// stand-in's librados client runs in its host's namespace.
     pub netns: Vec<String>,
     pub ceph_conf: PathBuf,
+    /// The hosts' daemon logs (printed with a stall snapshot).
+    pub logs: Vec<PathBuf>,
 }
 
 /// The pool of the stand-ins' RADOS disks (objects named
@@ -236,16 +243,23 @@ fn monitor(sh: Arc<Shared>, h: usize) {
                 hs.last_pet = now;
                 hs.disarmed = buf[..n].ends_with(b"V");
             }
-            if hs.armed
-                && hs.down_since.is_none()
-                && hs.last_pet > 0
-                && !hs.disarmed
-                && now - hs.last_pet > sh.watchdog_ms
-            {
-                fire = Some(format!(
-                    "watchdog stand-in fired ({} ms without a pet)",
-                    now - hs.last_pet
-                ));
+            let watched = hs.armed && hs.down_since.is_none() && hs.last_pet > 0 && !hs.disarmed;
+            let gap = now.saturating_sub(hs.last_pet);
+            if watched && gap > sh.watchdog_ms {
+                fire = Some(format!("watchdog stand-in fired ({gap} ms without a pet)"));
+            }
+            // What the daemon does instead of petting: its threads at W/2
+            // and again when the stand-in fires (before the reset's kill;
+            // that one may race with it).
+            if let (true, Some(pid)) = (watched, hs.daemon_pid) {
+                if fire.is_some() || (gap > sh.watchdog_ms / 2 && hs.stall_seen != hs.last_pet) {
+                    hs.stall_seen = hs.last_pet;
+                    let why = match &fire {
+                        Some(f) => f.clone(),
+                        None => format!("{gap} ms without a pet (W/2 passed)"),
+                    };
+                    stall::snapshot(h, pid, why, sh.logs[h].clone());
+                }
             }
             let len = fs::metadata(&reset_file).map(|m| m.len()).unwrap_or(0);
             if len > hs.reset_seen {
@@ -418,7 +432,7 @@ impl World {
                     i + 1
                 )
             };
-            let h = Host::with_timing(
+            let mut h = Host::with_timing(
                 &scratch,
                 (i + 1) as u16,
                 &m.path.join("ls"),
@@ -433,6 +447,9 @@ impl World {
                 ),
                 timing,
             );
+            // Its log lines carry CLOCK_BOOTTIME, the clock of the
+            // schedule's event lines.
+            h.extra_args.push("--log-boottime".into());
             plugins.push(abi::load(&scratch.0, &so, &h.conf).unwrap());
             hosts.push(h);
             mounts.push(Some(m));
@@ -483,6 +500,7 @@ impl World {
             rados: AtomicBool::new(false),
             netns: netns.clone(),
             ceph_conf: ceph.conf(),
+            logs: hosts.iter().map(|h| h.log.clone()).collect(),
         });
         let monitors = (0..HOSTS)
             .map(|h| {

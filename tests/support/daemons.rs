@@ -119,6 +119,8 @@ pub struct Host {
     pub cfg: Config,
     pub daemon: Option<Proc>,
     pub log: PathBuf,
+    /// Arguments added after `--config FILE` (e.g. `--log-boottime`).
+    pub extra_args: Vec<String>,
 }
 
 impl Host {
@@ -164,6 +166,7 @@ impl Host {
             conf,
             cfg,
             daemon: None,
+            extra_args: Vec::new(),
         }
     }
 
@@ -221,6 +224,7 @@ impl Host {
         argv.push(bin("vmlease-watchdog").display().to_string());
         argv.push("--config".into());
         argv.push(self.conf.display().to_string());
+        argv.extend(self.extra_args.iter().cloned());
         let child = Command::new(&argv[0])
             .args(&argv[1..])
             .stdin(Stdio::null())
@@ -406,6 +410,7 @@ impl Host {
             conf,
             cfg,
             daemon: None,
+            extra_args: Vec::new(),
         }
     }
 

@@ -1174,6 +1174,55 @@ fn a_hung_status_write_stops_neither_renewals_nor_pets() {
     drop(filler);
 }
 
+/// The storage-fence target is written into the shared lockspace after
+/// the watchdog is armed. In the split-brain rig on Ceph's default MDS
+/// settings a restarted daemon's create of it waited for a peer's frozen
+/// CephFS client while its watchdog, opened, went unpetted. Here the create
+/// hangs (the temporary name is a FIFO nobody opens) for longer than W
+/// (io_timeout = F/3 = 1.5 s, W = 1 s): the first pets must not wait for
+/// it.
+#[test]
+fn a_hung_target_publish_does_not_delay_the_first_pets() {
+    let _g = serial();
+    let s = Scratch::new("target-hang");
+    let ls = lockspace(&s);
+    let wd = FakeWatchdog::new(&s.0);
+    let mut a = Host::with_timing(
+        &s,
+        1,
+        &ls,
+        &format!("watchdog_device = \"{}\"\n", wd.path.display()),
+        [R, 4500, K, W, 7000],
+    );
+    assert!(a.cfg.io_timeout > W, "io_timeout {}", a.cfg.io_timeout);
+    let fences = vmlease::storage_fence::dir(&ls);
+    // The daemon's pid is the shell's (exec): its temporary name is known
+    // before it starts.
+    a.start(&[
+        "sh",
+        "-c",
+        "mkdir -p \"$0\" && mkfifo \"$0/.target-1.$$.tmp\" && exec \"$@\"",
+        fences.to_str().unwrap(),
+    ]);
+    // The publish did hang (and gave up at its deadline).
+    wait_until("the publish to give up", 5000, || {
+        let log = a.log_text();
+        if log.contains("cannot publish the storage-fence target") {
+            Ok(())
+        } else {
+            Err(format!("log: {log}"))
+        }
+    });
+    assert_eq!(
+        wd.fired_at.load(Ordering::SeqCst),
+        0,
+        "the watchdog stand-in fired (no pet for W = {W} ms) while the target's create hung; \
+         log: {}",
+        a.log_text()
+    );
+    assert_eq!(a.reset_record(), None, "the host reset itself");
+}
+
 // ---------------------------------------------------------------------------
 // A QEMU is dead only when its whole thread group is gone (issue 14, item 1).
 

@@ -374,7 +374,18 @@ impl Daemon {
         }
         let now = boottime_ms();
         core.begin(now, marker);
-        crate::storage_fence::publish_target(&ls, &cfg, host_id, &boot_id);
+        // Into the shared lockspace, after the watchdog is armed: on a
+        // thread of its own, so that a create that waits for a peer's hung
+        // client (up to io_timeout, which may exceed W) never delays the
+        // first pets. Until it lands, peers wait host_dead_timeout.
+        {
+            let (ls, cfg, boot_id) = (ls.clone(), cfg.clone(), boot_id.clone());
+            std::thread::Builder::new()
+                .name("vmlease-target".into())
+                .stack_size(THREAD_STACK)
+                .spawn(move || crate::storage_fence::publish_target(&ls, &cfg, host_id, &boot_id))
+                .map_err(|e| (exit::CONFIG, Error::io("start target publisher", "-", e)))?;
+        }
         info!(
             "host {host_id} ({host_name}) joined lockspace {} (UUID {}) on {}; renew every {}, fence after {}, takeover by others after {}",
             cfg.lockspace_dir.display(),

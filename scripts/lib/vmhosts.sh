@@ -261,11 +261,14 @@ vmh_image() {
 }
 
 # vmh_domain NAME UUID DISK...: domain XML; a DISK is FILE[:ro|:shared].
+# VMH_DOMAIN_TYPE: the domain type (default kvm when /dev/kvm exists, else
+# qemu; many domains with no OS: qemu, TCG, whose BIOS costs little CPU).
 vmh_domain() {
     name=$1 uuid=$2
     shift 2
     type=qemu
     [ -e /dev/kvm ] && type=kvm
+    type=${VMH_DOMAIN_TYPE:-$type}
     printf "<domain type='%s'>\n  <name>%s</name>\n  <uuid>%s</uuid>\n" "$type" "$name" "$uuid"
     printf "  <memory unit='MiB'>64</memory>\n  <os><type arch='x86_64' machine='pc'>hvm</type></os>\n"
     # VMH_ON_LOCKFAILURE: the domain's <on_lockfailure> (unset: none).

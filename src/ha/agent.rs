@@ -16,13 +16,21 @@ use super::error::{Error, Result};
 use super::etcd::{Cmp, Etcd, Op};
 use super::model::{self, HostRecord, RecState, Recovery, VmRecord, VmState};
 use super::policy::{self, DomainInfo};
+use super::starts::{Finished, Starts};
 use super::virsh;
 use crate::config::{Config, HaConfig};
 use crate::status::Status;
 
 /// How long a domain's parsed definition is reused before it is read again
-/// (a `vmlease ha enable` shows up within this).
+/// (a `vmlease ha enable` shows up within this, or a few steps later on a
+/// host with more than REFRESH_PER_STEP domains per 10 s of steps).
 const XML_REFRESH_MS: u128 = 10_000;
+
+/// At most this many definitions already read are read again per step
+/// (the stalest first): with many domains, a step that read them all at
+/// once outlasted the host's etcd lease on a loaded machine. New domains
+/// are always read.
+const REFRESH_PER_STEP: usize = 4;
 
 /// How often at most the agent reads its host record back (when etcd
 /// changed since), to write it again if something else changed it (a
@@ -37,8 +45,10 @@ pub struct Agent {
     ha: HaConfig,
     pub name: String,
     host_id: u16,
-    /// The etcd lease of this host (0: none yet).
+    /// The etcd lease of this host (0: none yet), and when it was last
+    /// granted or kept alive.
     pub lease: i64,
+    kept: Option<Instant>,
     last_host: Option<HostRecord>,
     /// When the host record was last read back, and whether etcd changed
     /// since.
@@ -49,6 +59,12 @@ pub struct Agent {
     defs: BTreeMap<String, (Instant, Definition)>,
     /// Is this host protected now (from the last tick)?
     pub protected: bool,
+    /// The starts assigned to this host under way or not reported yet, by
+    /// UUID: the recovery record's key, its revision when read, the record.
+    starting: BTreeMap<String, (String, i64, Recovery)>,
+    starts: Starts,
+    /// Finished starts whose report failed (etcd): reported next step.
+    unreported: Vec<Finished>,
 }
 
 impl Agent {
@@ -66,12 +82,16 @@ impl Agent {
             name,
             host_id,
             lease: 0,
+            kept: None,
             last_host: None,
             host_checked: None,
             etcd_changed: false,
             published: BTreeMap::new(),
             defs: BTreeMap::new(),
             protected: false,
+            starting: BTreeMap::new(),
+            starts: Starts::default(),
+            unreported: Vec::new(),
         })
     }
 
@@ -82,10 +102,12 @@ impl Agent {
     /// Keeps this host's etcd lease alive (a new one if it expired).
     pub fn presence(&mut self, etcd: &Etcd) -> Result<()> {
         if self.lease != 0 && etcd.keepalive(self.lease)? > 0 {
+            self.kept = Some(Instant::now());
             return Ok(());
         }
         let ttl = self.ha.host_ttl.div_ceil(1000);
         self.lease = etcd.grant(ttl)?;
+        self.kept = Some(Instant::now());
         log::info!(
             "vmlease-ha: etcd lease {:x} ({ttl} s) for host {}",
             self.lease,
@@ -93,6 +115,18 @@ impl Agent {
         );
         // Everything bound to the old lease is gone: publish again.
         self.last_host = None;
+        Ok(())
+    }
+
+    /// Keeps the lease alive within a long step (many domains' definitions
+    /// to read), when a quarter of its TTL passed since the last keepalive.
+    fn keep_alive(&mut self, etcd: &Etcd) -> Result<()> {
+        let due = self
+            .kept
+            .is_some_and(|t| t.elapsed().as_millis() >= u128::from(self.ha.host_ttl / 4));
+        if self.lease != 0 && due {
+            self.presence(etcd)?;
+        }
         Ok(())
     }
 
@@ -167,12 +201,21 @@ impl Agent {
         let names: BTreeSet<&str> = running.iter().map(|d| d.name.as_str()).collect();
         self.defs.retain(|n, _| names.contains(n.as_str()));
         let mut now_running = BTreeSet::new();
+        // The stalest definitions are read again, a few per step.
+        let mut stale: Vec<(Instant, &str)> = running
+            .iter()
+            .filter_map(|d| self.defs.get(&d.name).map(|(at, _)| (*at, d.name.as_str())))
+            .filter(|(at, _)| at.elapsed().as_millis() >= XML_REFRESH_MS)
+            .collect();
+        stale.sort();
+        let refresh: BTreeSet<String> = stale
+            .iter()
+            .take(REFRESH_PER_STEP)
+            .map(|(_, n)| n.to_string())
+            .collect();
         for d in &running {
-            let fresh = self
-                .defs
-                .get(&d.name)
-                .is_some_and(|(at, _)| at.elapsed().as_millis() < XML_REFRESH_MS);
-            if !fresh {
+            if !self.defs.contains_key(&d.name) || refresh.contains(&d.name) {
+                self.keep_alive(etcd)?;
                 let def = virsh::definition(&d.name)
                     .map_err(|e| e.to_string())
                     .and_then(|xml| policy::parse(&xml).map(|i| (i, xml)));
@@ -249,8 +292,12 @@ impl Agent {
         Ok(())
     }
 
-    /// Carries out the starts assigned to this host, and reports each.
+    /// Carries out the starts assigned to this host, each on a thread of
+    /// its own (starts.rs: several at once, and the loop goes on
+    /// meanwhile), at most `max_starts_per_host` at a time, and reports
+    /// each one that finished since the last call.
     pub fn execute(&mut self, etcd: &Etcd) -> Result<()> {
+        self.report(etcd)?;
         if !self.protected {
             return Ok(());
         }
@@ -259,13 +306,56 @@ impl Agent {
             let Ok(r) = serde_json::from_slice::<Recovery>(&kv.value) else {
                 continue; // the controller reports corrupt records
             };
-            if r.state != RecState::Assigned || r.target.as_deref() != Some(&self.name) {
+            if r.state != RecState::Assigned
+                || r.target.as_deref() != Some(&self.name)
+                || self.starting.contains_key(&r.uuid)
+            {
                 continue;
             }
-            // Starts take a while: keep the presence alive between them.
-            self.presence(etcd)?;
+            if self.starting.len() >= self.ha.max_starts_per_host as usize {
+                break;
+            }
+            let key = model::vm_key(self.p(), &r.uuid);
+            match vm_record(etcd, &key) {
+                Ok(vm) => self.starts.spawn(&r.uuid, &vm.name, &vm.xml),
+                // Idempotent: a start carried out before a crash is not
+                // repeated, even without the record.
+                Err(_) if virsh::domstate(&r.name).as_deref() == Some("running") => {
+                    self.starts.spawn(&r.uuid, &r.name, "")
+                }
+                Err(e) => {
+                    self.unreported.push((r.uuid.clone(), Err(e.to_string())));
+                }
+            }
+            self.starting
+                .insert(r.uuid.clone(), (kv.key, kv.mod_revision, r));
+        }
+        self.report(etcd)
+    }
+
+    /// Starts under way here (or finished and not reported yet).
+    pub fn starting(&self) -> bool {
+        !self.starting.is_empty()
+    }
+
+    /// Has a start finished since the last step?
+    pub fn start_finished(&self) -> bool {
+        self.starts.finished()
+    }
+
+    /// Reports the finished starts: `started` or `start-failed`, each in a
+    /// transaction on the revision of the record it was assigned with (a
+    /// record the controller changed meanwhile is left alone: a later
+    /// assignment finds the VM running and reports it started).
+    fn report(&mut self, etcd: &Etcd) -> Result<()> {
+        let mut todo = std::mem::take(&mut self.unreported);
+        todo.extend(self.starts.collect());
+        while let Some((uuid, res)) = todo.pop() {
+            let Some((key, rev, r)) = self.starting.get(&uuid).cloned() else {
+                continue;
+            };
             let mut done = r.clone();
-            match self.start(etcd, &r) {
+            match &res {
                 Ok(()) => {
                     done.state = RecState::Started;
                     log::warn!(
@@ -277,39 +367,41 @@ impl Agent {
                 }
                 Err(e) => {
                     done.state = RecState::StartFailed;
-                    done.last_error = e.to_string();
+                    done.last_error = e.clone();
                     log::error!("vmlease-ha: could not start '{}': {e}", r.name);
                 }
             }
-            etcd.txn(
-                &format!("report {}", kv.key),
-                &[Cmp::ModRevision(&kv.key, kv.mod_revision)],
+            let sent = etcd.txn(
+                &format!("report {key}"),
+                &[Cmp::ModRevision(&key, rev)],
                 &[Op::Put {
-                    key: &kv.key,
+                    key: &key,
                     value: &to_json(&done),
                     lease: 0,
                 }],
-            )?;
+            );
+            if let Err(e) = sent {
+                // Reported at the next step (logged again then).
+                todo.push((uuid, res));
+                self.unreported = todo;
+                return Err(e);
+            }
+            self.starting.remove(&uuid);
         }
         Ok(())
     }
+}
 
-    fn start(&self, etcd: &Etcd, r: &Recovery) -> Result<()> {
-        // Idempotent: a start carried out before a crash is not repeated.
-        if virsh::domstate(&r.name).as_deref() == Some("running") {
-            return Ok(());
-        }
-        let key = model::vm_key(self.p(), &r.uuid);
-        let kv = etcd.get(&key)?.ok_or_else(|| Error::Corrupt {
-            key: key.clone(),
-            reason: "no VM record to take the definition from".into(),
-        })?;
-        let vm: VmRecord = serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt {
-            key: key.clone(),
-            reason: e.to_string(),
-        })?;
-        virsh::define_and_start(&vm.name, &vm.xml)
-    }
+/// A VM's record, to take its definition from.
+fn vm_record(etcd: &Etcd, key: &str) -> Result<VmRecord> {
+    let kv = etcd.get(key)?.ok_or_else(|| Error::Corrupt {
+        key: key.to_string(),
+        reason: "no VM record to take the definition from".into(),
+    })?;
+    serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 pub fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {

@@ -39,6 +39,8 @@ pub mod metrics_http;
 #[cfg(feature = "ha")]
 pub mod run;
 #[cfg(feature = "ha")]
+pub mod starts;
+#[cfg(feature = "ha")]
 pub mod virsh;
 #[cfg(feature = "ha")]
 pub mod vmmon;

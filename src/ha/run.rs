@@ -152,7 +152,7 @@ fn run(cfg: config::Config, ha: config::HaConfig) -> Result<(), Error> {
             let wake = Wake {
                 etcd_changed,
                 local_changed: read_with != (agent.protected, agent.lease),
-                busy: ctl.busy || maint.busy(),
+                busy: ctl.busy || maint.busy() || agent.starting(),
                 failing: failing.is_some(),
             };
             if !sched.read_due(wake) {
@@ -218,12 +218,15 @@ fn run(cfg: config::Config, ha: config::HaConfig) -> Result<(), Error> {
             next_local = t0 + backoff;
         }
         let deadline = next_local;
-        // A change in etcd ends the wait (not before MIN_GAP: a burst of
-        // changes is read once).
+        // A change in etcd or a finished start ends the wait (not before
+        // MIN_GAP: a burst of changes is read once).
         let early = t0 + MIN_GAP;
         // Domain events (a crashed QEMU) are handled as they come.
         while !signals::stop_requested() && Instant::now() < deadline {
-            if failing.is_none() && Instant::now() >= early && watcher.changed() {
+            if failing.is_none()
+                && Instant::now() >= early
+                && (watcher.changed() || agent.start_finished())
+            {
                 break;
             }
             vms.wait(

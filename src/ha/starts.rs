@@ -1,0 +1,62 @@
+//! The recovery starts this host carries out, each on a thread of its own
+//! (`virsh define` + `virsh start`), so that several run at once and the
+//! loop goes on meanwhile: the presence keepalive, the controller's steps
+//! (the leader is often a target too), the reports of the starts already
+//! done. How many run at once is bounded by the controller's
+//! `max_starts_per_host` (it assigns no more to a host) and again here.
+//! The lock plugin takes each domain's leases at its start, as before.
+#![forbid(unsafe_code)]
+
+use std::sync::{Arc, Mutex};
+
+use super::virsh;
+
+/// A finished start: the domain's UUID and what happened.
+pub type Finished = (String, Result<(), String>);
+
+/// The caller keeps track of which starts are under way.
+#[derive(Default)]
+pub struct Starts {
+    done: Arc<Mutex<Vec<Finished>>>,
+}
+
+impl Starts {
+    /// Starts `name` (of `uuid`) from `xml` on a new thread, unless it
+    /// already runs here (a start carried out before a crash is not
+    /// repeated); [`Starts::collect`] hands over the result.
+    pub fn spawn(&self, uuid: &str, name: &str, xml: &str) {
+        let (id, name, xml) = (uuid.to_string(), name.to_string(), xml.to_string());
+        let done = Arc::clone(&self.done);
+        let job = move || {
+            let r = if virsh::domstate(&name).as_deref() == Some("running") {
+                Ok(())
+            } else {
+                virsh::define_and_start(&name, &xml).map_err(|e| e.to_string())
+            };
+            lock(&done).push((id, r));
+        };
+        let spawned = std::thread::Builder::new()
+            .name("vmlease-ha-start".into())
+            .spawn(job);
+        if let Err(e) = spawned {
+            // No thread: reported as a failed start, retried elsewhere.
+            lock(&self.done).push((uuid.to_string(), Err(format!("cannot start a thread: {e}"))));
+        }
+    }
+
+    /// Has a start finished since the last [`Starts::collect`]?
+    pub fn finished(&self) -> bool {
+        !lock(&self.done).is_empty()
+    }
+
+    /// The starts that finished since the last call.
+    pub fn collect(&self) -> Vec<Finished> {
+        std::mem::take(&mut *lock(&self.done))
+    }
+}
+
+/// The list of finished starts (a thread that panicked while holding it
+/// left only complete entries).
+fn lock(m: &Mutex<Vec<Finished>>) -> std::sync::MutexGuard<'_, Vec<Finished>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,3 +1,4 @@
+use super::file_io::{uncached, MAX_RECORD};
 use super::*;
 
 pub fn tempdir(name: &str) -> PathBuf {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Builder, Seconds};
+use super::parse::{Builder, Seconds};
 use crate::error::Result;
 
 pub const DEFAULT_PREFIX: &str = "/vmlease/";

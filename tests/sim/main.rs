@@ -22,6 +22,7 @@ mod mutation;
 mod params;
 mod plugin_host;
 mod reaper;
+#[path = "../support/rng.rs"]
 mod rng;
 mod scenarios;
 mod schedule;

@@ -14,32 +14,11 @@ use crate::checker;
 use crate::needless::{self, FaultRec, FenceEvent};
 use crate::peer_fence;
 use crate::support::daemons;
+use crate::support::rng::Rng;
 use crate::world::{Instance, Shared, World, HOSTS, MGMT_TIMEOUT_S, R, VMS, WRITE_INTERVAL_MS};
 use vmlease::clock::boottime_ms;
 use vmlease::hosts::HostState;
 use vmlease::lockspace::Lockspace;
-
-/// SplitMix64: small, seedable, good enough to pick faults.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {

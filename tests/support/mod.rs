@@ -8,4 +8,5 @@ pub mod frozen;
 pub mod libvirt;
 pub mod lockabi;
 pub mod netns;
+pub mod rng;
 pub mod util;

@@ -1,5 +1,6 @@
 //! A tiny deterministic PRNG (SplitMix64): every run is a function of its
-//! seed, on every machine and every Rust version.
+//! seed, on every machine and every Rust version. The one generator of the
+//! simulator (tests/sim) and the split-brain checker (tests/splitbrain).
 
 #[derive(Debug, Clone)]
 pub struct Rng(u64);

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use log::{error, info, warn};
 
-use super::{exit, notify_systemd, signals};
+use super::{exit, notify_systemd, signals, StartError};
 use crate::clock::boottime_ms;
 use crate::config::{secs, Config};
 use crate::error::Error;
@@ -82,7 +82,7 @@ pub fn wait(
     cfg: &Config,
     host_id: u16,
     boot_id: &str,
-) -> std::result::Result<(Lockspace, Placement), (i32, Error)> {
+) -> std::result::Result<(Lockspace, Placement), StartError> {
     // The checks run on their own thread: resolving a path on a hung
     // filesystem blocks, and the status must stay fresh meanwhile.
     let (tx, rx) = mpsc::channel::<Look>();
@@ -99,7 +99,7 @@ pub fn wait(
             }
             std::thread::sleep(Duration::from_millis(every));
         })
-        .map_err(|e| (exit::CONFIG, Error::io("start lockspace check", "-", e)))?;
+        .map_err(|e| StartError::new(exit::CONFIG, Error::io("start lockspace check", "-", e)))?;
 
     let tick = (cfg.timing.renew_interval / 2).clamp(50, 1000);
     let since = boottime_ms();
@@ -110,7 +110,7 @@ pub fn wait(
     loop {
         if signals::stop_requested() {
             let _ = std::fs::remove_file(Status::path(&cfg.state_dir));
-            return Err((
+            return Err(StartError::new(
                 exit::OK,
                 Error::Unprotected("stopped while waiting for the lockspace".into()),
             ));
@@ -127,7 +127,7 @@ pub fn wait(
                 }
                 return Ok((ls, placement));
             }
-            Ok(Look::Fatal(e)) => return Err((exit::LOCKSPACE, e)),
+            Ok(Look::Fatal(e)) => return Err(StartError::new(exit::LOCKSPACE, e)),
             Ok(Look::Waiting(why)) => {
                 last_answer = now;
                 reason = why;
@@ -143,7 +143,7 @@ pub fn wait(
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err((
+                return Err(StartError::new(
                     exit::LOCKSPACE,
                     Error::Unprotected("the lockspace check stopped".into()),
                 ))

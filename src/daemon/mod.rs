@@ -23,6 +23,7 @@ pub mod sd_watchdog;
 pub mod signals;
 pub mod softdog;
 mod start;
+pub use start::StartError;
 pub mod status_writer;
 pub mod tcp_abort;
 pub mod watchdog;
@@ -136,13 +137,13 @@ fn load_and_run(path: &Path) -> i32 {
     }
     match Daemon::start(cfg) {
         Ok(mut d) => d.run(),
-        Err((exit::OK, e)) => {
-            info!("{e}");
+        Err(e) if e.exit_code() == exit::OK => {
+            info!("{}", e.error());
             exit::OK
         }
-        Err((code, e)) => {
-            error!("{e}");
-            code
+        Err(e) => {
+            error!("{}", e.error());
+            e.exit_code()
         }
     }
 }

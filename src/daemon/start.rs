@@ -4,18 +4,46 @@
 
 use super::*;
 
+/// Why the daemon did not start: the error, and the exit code that tells
+/// systemd and the operator which kind of failure it was (`exit`).
+#[derive(Debug)]
+pub struct StartError {
+    code: i32,
+    error: Error,
+}
+
+impl StartError {
+    pub fn new(code: i32, error: Error) -> StartError {
+        StartError { code, error }
+    }
+
+    /// The process's exit code (`exit::*`): `exit::OK` when a stop was
+    /// requested before the daemon joined.
+    pub fn exit_code(&self) -> i32 {
+        self.code
+    }
+
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+}
+
 impl Daemon {
-    pub fn start(cfg: Config) -> std::result::Result<Daemon, (i32, Error)> {
-        let host_id = cfg.require_host_id().map_err(|e| (exit::CONFIG, e))?;
+    pub fn start(cfg: Config) -> std::result::Result<Daemon, StartError> {
+        let host_id = cfg
+            .require_host_id()
+            .map_err(|e| StartError::new(exit::CONFIG, e))?;
         for w in cfg.warnings() {
             warn!("{w}");
         }
         let state_dir = cfg.state_dir.clone();
-        std::fs::create_dir_all(&state_dir)
-            .map_err(|e| (exit::CONFIG, Error::io("create state dir", &state_dir, e)))?;
-        let instance_lock = single_instance(&state_dir).map_err(|e| (exit::RUNNING, e))?;
+        std::fs::create_dir_all(&state_dir).map_err(|e| {
+            StartError::new(exit::CONFIG, Error::io("create state dir", &state_dir, e))
+        })?;
+        let instance_lock =
+            single_instance(&state_dir).map_err(|e| StartError::new(exit::RUNNING, e))?;
         let boot_id = process::boot_id().map_err(|e| {
-            (
+            StartError::new(
                 exit::CONFIG,
                 Error::io("read boot id", "/proc/sys/kernel/random/boot_id", e),
             )
@@ -24,7 +52,7 @@ impl Daemon {
         // The config checked a configured name; the kernel's may be any
         // 64 bytes, which the liveness slot may not hold.
         if let Err(why) = crate::hosts::check_host_name(&host_name) {
-            return Err((
+            return Err(StartError::new(
                 exit::CONFIG,
                 Error::Config(format!(
                     "the host name '{host_name}' {why}: set host_name in the config"
@@ -44,7 +72,7 @@ impl Daemon {
         }
         let ls = liveness_path(&cfg, ls, placement.mount.is_cephfs())?;
         if host_id > ls.max_hosts {
-            return Err((
+            return Err(StartError::new(
                 exit::CONFIG,
                 Error::Config(format!(
                     "host_id {host_id} is larger than the lockspace's {} slots",
@@ -87,7 +115,7 @@ impl Daemon {
             if matches!(e, Error::Config(_)) {
                 crate::collision::store_refusal(&cfg.state_dir, Some(&e.to_string()));
             }
-            (exit::LOCKSPACE, e)
+            StartError::new(exit::LOCKSPACE, e)
         })?;
         crate::collision::store_refusal(&cfg.state_dir, None);
         // A restart on the same boot continues the fence clock of the
@@ -116,7 +144,7 @@ impl Daemon {
         if !cfg.unsafe_no_watchdog {
             if let Err(why) = softdog::check(Path::new("/"), &cfg.watchdog_device) {
                 if !matches!(cfg.reset_action, ResetAction::Record(_)) {
-                    return Err((
+                    return Err(StartError::new(
                         exit::WATCHDOG,
                         Error::io(
                             "check hardware watchdog",
@@ -139,7 +167,7 @@ impl Daemon {
             Box::new(
                 watchdog::Deferred::new(&cfg.watchdog_device, cfg.timing.watchdog_timeout)
                     .map_err(|e| {
-                        (
+                        StartError::new(
                             exit::WATCHDOG,
                             Error::io("check hardware watchdog", &cfg.watchdog_device, e),
                         )
@@ -147,7 +175,7 @@ impl Daemon {
             )
         } else {
             watchdog::open(&cfg.watchdog_device, cfg.timing.watchdog_timeout).map_err(|e| {
-                (
+                StartError::new(
                     exit::WATCHDOG,
                     Error::io("open hardware watchdog", &cfg.watchdog_device, e),
                 )
@@ -172,10 +200,10 @@ impl Daemon {
             cfg.timing.renew_interval,
             probe_out.clone(),
         )
-        .map_err(|e| (exit::CONFIG, Error::io("start prober", "-", e)))?;
+        .map_err(|e| StartError::new(exit::CONFIG, Error::io("start prober", "-", e)))?;
 
         let status = status_writer::StatusWriter::spawn(cfg.state_dir.clone())
-            .map_err(|e| (exit::CONFIG, Error::io("start status writer", "-", e)))?;
+            .map_err(|e| StartError::new(exit::CONFIG, Error::io("start status writer", "-", e)))?;
 
         let metrics = match &cfg.metrics_dir {
             None => None,
@@ -215,7 +243,9 @@ impl Daemon {
                 .name("vmlease-target".into())
                 .stack_size(THREAD_STACK)
                 .spawn(move || crate::storage_fence::publish_target(&ls, &cfg, host_id, &boot_id))
-                .map_err(|e| (exit::CONFIG, Error::io("start target publisher", "-", e)))?;
+                .map_err(|e| {
+                    StartError::new(exit::CONFIG, Error::io("start target publisher", "-", e))
+                })?;
         }
         info!(
             "host {host_id} ({host_name}) joined lockspace {} (UUID {}) on {}; renew every {}, fence after {}, takeover by others after {}",
@@ -281,7 +311,7 @@ fn liveness_path(
     cfg: &Config,
     ls: Lockspace,
     cephfs: bool,
-) -> std::result::Result<Lockspace, (i32, Error)> {
+) -> std::result::Result<Lockspace, StartError> {
     let Some(r) = &cfg.liveness_rados else {
         if cephfs {
             warn!(
@@ -293,7 +323,7 @@ fn liveness_path(
         return Ok(ls);
     };
     let bad = |e: String| {
-        (
+        StartError::new(
             exit::CONFIG,
             Error::Config(format!("liveness_rados = true: {e}")),
         )
@@ -314,7 +344,9 @@ fn liveness_path(
         timeout_ms: cfg.io_timeout,
         worker: crate::rados::RadosConf::DAEMON_EXE.into(),
     });
-    let id = cfg.require_host_id().map_err(|e| (exit::CONFIG, e))?;
+    let id = cfg
+        .require_host_id()
+        .map_err(|e| StartError::new(exit::CONFIG, e))?;
     // The probe's create may wait (a directory a hung peer holds): bounded
     // by F, at start, before any lease.
     let l = ls.clone();
@@ -324,7 +356,7 @@ fn liveness_path(
         &ls.hosts_path(),
         move || l.create_probe(id),
     )
-    .map_err(|e| (exit::LOCKSPACE, e))?;
+    .map_err(|e| StartError::new(exit::LOCKSPACE, e))?;
     // The worker loads librados and connects to the monitors, bounded by
     // F too (the daemon's side of the pipe keeps the deadline).
     if let Some(t) = &ls.rados {
@@ -334,7 +366,10 @@ fn liveness_path(
             } else {
                 exit::LOCKSPACE
             };
-            return Err((code, Error::io("connect to RADOS", ls.hosts_path(), e)));
+            return Err(StartError::new(
+                code,
+                Error::io("connect to RADOS", ls.hosts_path(), e),
+            ));
         }
         info!("RADOS worker pid {} connected", t.worker_pid().unwrap_or(0));
     }

@@ -2,11 +2,11 @@
 //! with a stand-in for systemd: a datagram socket bound at
 //! `NOTIFY_SOCKET` that records what the daemon says, and `WATCHDOG_USEC`
 //! in its environment as systemd sets it. The keep-alives must come from
-//! the main loop: a loop hung in a real kernel wait (its state_dir on an
-//! ext4 that is frozen, so the status write blocks in D state) must stop
-//! them, while the daemon's other threads run on.
+//! the main loop: a hung loop (its thread stopped through ptrace; the
+//! loop itself waits for no file system any more) must stop them, while
+//! the daemon's other threads run on.
 //!
-//! Heavy (daemons, a loop mount): run under the shared lock.
+//! Heavy (daemons): run under the shared lock.
 
 mod support;
 
@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::daemons::{lease, lockspace, serial, standin_qemu, wait_until, Host, Scratch, W};
-use support::frozen::Frozen;
 use vmlease::clock::boottime_ms;
 
 /// systemd's WatchdogSec for these tests: W / 2, the largest the daemon
@@ -101,24 +100,54 @@ fn spawn_with(a: &mut Host, n: &Notify) {
     a.start(&["env", &env[0], &env[1]]);
 }
 
+/// Stops one thread of another process (a ptrace stop of that thread
+/// only; the process's other threads run on), as a main loop that hangs
+/// does. The daemon's main loop no longer waits for any file system (its
+/// status is written by a thread of its own), so the test makes it hang
+/// this way. Resumed (detached) on drop, also when the test fails.
+struct ThreadStop(libc::pid_t);
+
+impl ThreadStop {
+    fn new(tid: u32) -> ThreadStop {
+        let tid = tid as libc::pid_t;
+        let null = std::ptr::null_mut::<libc::c_void>();
+        // SAFETY: ptrace on a thread id with null address and data, as
+        // PTRACE_SEIZE and PTRACE_INTERRUPT take them; waitpid with a
+        // valid status pointer.
+        unsafe {
+            if libc::ptrace(libc::PTRACE_SEIZE, tid, null, null) != 0 {
+                panic!("PTRACE_SEIZE {tid}: {}", std::io::Error::last_os_error());
+            }
+            let stop = ThreadStop(tid);
+            if libc::ptrace(libc::PTRACE_INTERRUPT, tid, null, null) != 0 {
+                panic!(
+                    "PTRACE_INTERRUPT {tid}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            let mut status = 0;
+            if libc::waitpid(tid, &mut status, libc::__WALL) != tid {
+                panic!("waitpid {tid}: {}", std::io::Error::last_os_error());
+            }
+            stop
+        }
+    }
+}
+
+impl Drop for ThreadStop {
+    fn drop(&mut self) {
+        let null = std::ptr::null_mut::<libc::c_void>();
+        // SAFETY: detaches the thread this test seized; resumes it.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, null, null) };
+    }
+}
+
 #[test]
 fn a_hung_main_loop_stops_the_systemd_keepalives() {
     let _g = serial();
     let s = Scratch::new("sdwd-hung");
     let ls = lockspace(&s);
     let mut a = Host::new(&s, 1, &ls, "unsafe_no_watchdog = true\n");
-    // Declared after the host: dropped (thawed) first, so that a failure
-    // while frozen does not leave the daemon's reap waiting on D state.
-    let mut fz = Frozen::new(&s);
-    // The daemon's state_dir on the freezable filesystem.
-    let run = fz.mnt.join("run");
-    let text = fs::read_to_string(&a.conf).unwrap().replace(
-        &format!("state_dir = \"{}\"", a.cfg.state_dir.display()),
-        &format!("state_dir = \"{}\"", run.display()),
-    );
-    fs::write(&a.conf, text).unwrap();
-    a.cfg = vmlease::config::load(&a.conf).unwrap();
-    assert_eq!(a.cfg.state_dir, run);
     let n = Notify::new(&s.0);
     spawn_with(&mut a, &n);
     let pid = a.daemon.as_ref().unwrap().pid();
@@ -146,14 +175,14 @@ fn a_hung_main_loop_stops_the_systemd_keepalives() {
         n.messages()
     );
 
-    // The main loop hangs in its status write on the frozen filesystem.
-    fz.freeze();
-    let frozen_at = boottime_ms();
+    // The main loop hangs; the other threads run on.
+    let hang = ThreadStop::new(pid);
+    let hung_at = boottime_ms();
     wait_until(
-        "the daemon's main thread to block (D state)",
+        "the daemon's main thread to stop (t: tracing stop)",
         5000,
         || match thread_state(pid, pid).as_str() {
-            "D" => Ok(()),
+            "t" => Ok(()),
             s => Err(format!("main thread state {s}")),
         },
     );
@@ -162,8 +191,8 @@ fn a_hung_main_loop_stops_the_systemd_keepalives() {
         "the keep-alives to stop for longer than WatchdogSec",
         5000,
         || {
-            let k = n.keepalives(frozen_at);
-            let last = k.last().copied().unwrap_or(frozen_at);
+            let k = n.keepalives(hung_at);
+            let last = k.last().copied().unwrap_or(hung_at);
             let now = boottime_ms();
             if now - last > 3 * SD_TIMEOUT_MS {
                 Ok(last)
@@ -175,23 +204,34 @@ fn a_hung_main_loop_stops_the_systemd_keepalives() {
     // Only the loop is hung: the process lives, other threads run.
     assert!(!a.daemon.as_mut().unwrap().exited(), "{}", a.log_text());
     let threads = fs::read_dir(format!("/proc/{pid}/task")).unwrap().count();
+    let running = fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| t.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&t| t != pid && thread_state(pid, t) != "t")
+        .count();
     eprintln!(
-        "frozen: last keep-alive {} ms after the freeze, none for {} ms since; main thread D, {threads} threads",
-        quiet_from.saturating_sub(frozen_at),
+        "hung: last keep-alive {} ms after the main thread stopped, none for {} ms since; {threads} threads, {running} of the others not stopped",
+        quiet_from.saturating_sub(hung_at),
         boottime_ms() - quiet_from
     );
-    assert!(threads > 1, "{threads} threads");
+    assert!(
+        threads > 1 && running == threads - 1,
+        "{threads} threads, {running} others not stopped"
+    );
 
-    // Thawed: the loop goes on and so do the keep-alives.
-    fz.thaw();
-    let thawed = boottime_ms();
+    // Resumed: the loop goes on and so do the keep-alives.
+    drop(hang);
+    let resumed = boottime_ms();
     let back = wait_until("the keep-alives to resume", 5000, || {
-        n.keepalives(thawed)
+        n.keepalives(resumed)
             .first()
             .copied()
             .ok_or_else(|| "none yet".to_string())
     });
-    eprintln!("thawed: keep-alive {} ms after the thaw", back - thawed);
+    eprintln!(
+        "resumed: keep-alive {} ms after the main thread",
+        back - resumed
+    );
     a.stop();
 }
 

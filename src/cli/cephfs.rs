@@ -5,8 +5,11 @@
 //! The settings come from the `ceph` CLI as this host's default client
 //! (`CEPH_ARGS`, e.g. `--id vmlease -c /etc/ceph/ceph.conf`, selects
 //! another); when it cannot be asked, that is a warning too, with the
-//! commands to check by hand.
+//! commands to check by hand. Its answers are read as JSON
+//! (`--format json`, parsed in [`answers`]), never scraped from its text.
 #![forbid(unsafe_code)]
+
+mod answers;
 
 use std::time::{Duration, Instant};
 
@@ -34,57 +37,30 @@ pub struct Settings {
     pub file_systems: Vec<FileSystem>,
 }
 
-/// Runs `ceph ARGS` with a deadline; stdout, or why not.
+/// Runs `ceph ARGS --format json` with a deadline; stdout, or why not.
 fn ceph(args: &[&str], deadline: Instant) -> Result<String, String> {
-    crate::storage_fence::ceph::run(args, deadline)
-}
-
-fn number(out: &str, what: &str) -> Result<f64, String> {
-    out.trim()
-        .parse::<f64>()
-        .map_err(|_| format!("{what}: not a number: {:?}", out.trim()))
-}
-
-/// The names in `ceph fs ls` output ("name: NAME, metadata pool: ...").
-pub fn parse_fs_ls(out: &str) -> Vec<String> {
-    out.lines()
-        .filter_map(|l| l.trim().strip_prefix("name: "))
-        .filter_map(|l| l.split(',').next())
-        .map(|n| n.trim().to_string())
-        .filter(|n| !n.is_empty())
-        .collect()
-}
-
-/// A key's value in `ceph fs get NAME` output ("key", whitespace, "value").
-pub fn parse_fs_get(out: &str, key: &str) -> Option<f64> {
-    out.lines().find_map(|l| {
-        let mut w = l.split_whitespace();
-        (w.next() == Some(key))
-            .then(|| w.next()?.parse().ok())
-            .flatten()
-    })
+    let args: Vec<&str> = args.iter().copied().chain(["--format", "json"]).collect();
+    crate::storage_fence::ceph::run(&args, deadline)
 }
 
 /// Asks the cluster, within `timeout`.
 pub fn query(timeout: Duration) -> Result<Settings, String> {
     let deadline = Instant::now() + timeout;
     let get = |name: &str| ceph(&["config", "get", "mds", name], deadline);
-    let cap = number(
-        &get("mds_cap_revoke_eviction_timeout")?,
-        "mds_cap_revoke_eviction_timeout",
-    )?;
-    let tick = number(&get("mds_tick_interval")?, "mds_tick_interval")?;
-    let blocklist = get("mds_session_blocklist_on_timeout")?.trim() == "true";
-    let blocklist_evict = get("mds_session_blocklist_on_evict")?.trim() == "true";
+    let number = |name: &str| answers::config_number(&get(name)?, name);
+    let flag = |name: &str| answers::config_bool(&get(name)?, name);
+    let cap = number("mds_cap_revoke_eviction_timeout")?;
+    let tick = number("mds_tick_interval")?;
+    let blocklist = flag("mds_session_blocklist_on_timeout")?;
+    let blocklist_evict = flag("mds_session_blocklist_on_evict")?;
     let mut file_systems = Vec::new();
-    for name in parse_fs_ls(&ceph(&["fs", "ls"], deadline)?) {
+    for name in answers::fs_names(&ceph(&["fs", "ls"], deadline)?)? {
         let out = ceph(&["fs", "get", &name], deadline)?;
-        let val =
-            |k: &str| parse_fs_get(&out, k).ok_or_else(|| format!("ceph fs get {name}: no {k}"));
+        let (session_timeout, session_autoclose) = answers::session_timers(&out, &name)?;
         file_systems.push(FileSystem {
-            session_timeout: val("session_timeout")?,
-            session_autoclose: val("session_autoclose")?,
             name,
+            session_timeout,
+            session_autoclose,
         });
     }
     Ok(Settings {
@@ -345,18 +321,5 @@ mod tests {
         assert!(w[0].contains("blocklist_on_timeout is false"));
         assert!(w[1].contains("mds_session_blocklist_on_evict is false"));
         assert!(w[2].contains("session_timeout 25s exceeds session_autoclose 20s"));
-    }
-
-    #[test]
-    fn parses_the_ceph_cli_output() {
-        let ls = "name: cephfs, metadata pool: cephfs_metadata, data pools: [cephfs_data ]\n\
-                  name: other, metadata pool: m2, data pools: [d2 ]\n";
-        assert_eq!(parse_fs_ls(ls), ["cephfs", "other"]);
-        assert!(parse_fs_ls("No filesystems enabled\n").is_empty());
-        let get = "Filesystem 'cephfs' (1)\nfs_name\tcephfs\nepoch\t12\n\
-                   session_timeout\t60\nsession_autoclose\t300\nmax_file_size\t1099511627776\n";
-        assert_eq!(parse_fs_get(get, "session_timeout"), Some(60.0));
-        assert_eq!(parse_fs_get(get, "session_autoclose"), Some(300.0));
-        assert_eq!(parse_fs_get(get, "session"), None);
     }
 }

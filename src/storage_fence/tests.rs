@@ -1,7 +1,7 @@
 use std::cell::RefCell;
 use std::time::Duration;
 
-use super::ceph::{parse_osd_dump, Ceph, OsdMap};
+use super::ceph::{parse_client_status, parse_osd_dump, parse_osd_status, Ceph, OsdMap};
 use super::*;
 use crate::config::Timing;
 use crate::hosts::{HostRecord, HostState};
@@ -282,8 +282,23 @@ fn a_short_blocklist_lifetime_is_refused() {
     assert!(e.to_string().contains("lifetime"), "{e}");
 }
 
+/// A sample captured from the real cluster of tests/ceph/cluster.sh.
+macro_rules! sample {
+    ($name:literal) => {
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/ceph/json/",
+            $name
+        ))
+    };
+}
+
 #[test]
 fn osd_dump_json_of_pacific_and_later() {
+    let m = parse_osd_dump(sample!("osd-dump.json")).unwrap();
+    assert_eq!(m.epoch, 11);
+    assert_eq!(m.blocklist, vec!["192.0.2.9:0/0"]);
+    assert_eq!(m.up_osds, vec![0]);
     let m = parse_osd_dump(
         r#"{"epoch":8,"osds":[{"osd":0,"up":1},{"osd":1,"up":0}],
            "blocklist":{"192.0.2.77:0/0":"2026-12-07T23:10:43.895170+0000"}}"#,
@@ -297,5 +312,30 @@ fn osd_dump_json_of_pacific_and_later() {
     )
     .unwrap();
     assert_eq!(m.blocklist, vec!["192.0.2.7:0/0"]);
-    assert!(parse_osd_dump("not json").is_err());
+}
+
+#[test]
+fn osd_and_client_status_json() {
+    assert_eq!(parse_osd_status(sample!("tell-osd-status.json")), Ok(11));
+    assert_eq!(parse_client_status(sample!("client-status.json")), Ok(7));
+}
+
+#[test]
+fn a_malformed_or_incomplete_ceph_answer_is_a_clear_error() {
+    let e = parse_osd_dump("not json").unwrap_err();
+    assert!(e.starts_with("ceph osd dump: unreadable answer: "), "{e}");
+    let e = parse_osd_dump(r#"{"osds":[]}"#).unwrap_err();
+    assert!(e.contains("missing field `epoch`"), "{e}");
+    let e = parse_osd_dump(r#"{"epoch":3,"osds":[{"osd":0}]}"#).unwrap_err();
+    assert!(e.contains("missing field `up`"), "{e}");
+    // A blocklist of neither known shape is not read as an empty one.
+    let e = parse_osd_dump(r#"{"epoch":3,"blocklist":"192.0.2.7:0/0"}"#).unwrap_err();
+    assert!(e.starts_with("ceph osd dump: unreadable answer: "), "{e}");
+    let e = parse_osd_status(r#"{"whoami":0,"state":"active"}"#).unwrap_err();
+    assert_eq!(
+        e,
+        "ceph tell osd status: unreadable answer: missing field `newest_map` at line 1 column 29"
+    );
+    let e = parse_client_status(sample!("tell-osd-status.json")).unwrap_err();
+    assert!(e.contains("missing field `osd_epoch`"), "{e}");
 }

@@ -9,8 +9,8 @@
 //!     in a row, on a busy machine (reported, not asserted: it is a race);
 //!     two hosts renewing neighbouring slots never undo each other's writes;
 //! (b) a record replaced by rename is seen by the other host on open;
-//! (c) OFD locks exclude across clients and are handed over on unlock or
-//!     close;
+//! (c) OFD locks exclude across clients and are handed over on close (as
+//!     vmlease releases them);
 //! (d) a hung client (ceph-fuse SIGSTOPped): calls on its mount hang,
 //!     while B keeps working - except on files A holds capabilities for:
 //!     B's renewal in the shared table waits for A;
@@ -33,7 +33,6 @@ mod support;
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -42,6 +41,11 @@ use std::time::{Duration, Instant};
 
 use support::ceph::*;
 use support::netns;
+use vmlease::lockspace;
+// The record lock as vmlease takes it: the lockspace's own OFD lock calls
+// on the whole file. vmlease releases it by closing the file (dropping
+// it), and so do these tests; there is no separate unlock.
+use vmlease::lockspace::{ofd_lock_wait as lock_wait, ofd_try_lock as try_lock};
 
 /// A host's slot in the shared host table.
 const SLOT: u64 = 512;
@@ -130,51 +134,10 @@ fn write_slot(table: &Path, slot: u64, data: &[u8]) -> io::Result<()> {
     f.sync_all()
 }
 
-/// A record replaced as vmlease does: temp file, fsync, rename over.
+/// A record replaced as vmlease does it: the lockspace's own routine
+/// (a temp file beside it, fsync, rename over).
 fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)?;
-    f.write_all_at(data, 0)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)
-}
-
-fn ofd(file: &File, cmd: libc::c_int, kind: libc::c_int) -> io::Result<()> {
-    // SAFETY: flock is plain old data; all-zero is a valid value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    // l_start = l_len = 0: the whole file; l_pid must be 0 for OFD locks.
-    // SAFETY: the fd is open for the lifetime of `file`; `fl` is a valid
-    // flock the kernel only reads for F_OFD_SETLK/F_OFD_SETLKW.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &fl) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// F_OFD_SETLK write lock: Ok(true) taken, Ok(false) held by another.
-fn try_lock(file: &File) -> io::Result<bool> {
-    match ofd(file, libc::F_OFD_SETLK, libc::F_WRLCK) {
-        Ok(()) => Ok(true),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-fn lock_wait(file: &File) -> io::Result<()> {
-    ofd(file, libc::F_OFD_SETLKW, libc::F_WRLCK)
-}
-
-fn unlock(file: &File) -> io::Result<()> {
-    ofd(file, libc::F_OFD_SETLK, libc::F_UNLCK)
+    lockspace::write_atomic(path, data).map_err(|e| io::Error::other(e.to_string()))
 }
 
 fn open_lock(path: &Path) -> File {
@@ -674,49 +637,52 @@ fn rename_over_is_seen_on_open(ma: &CephMount, mb: &CephMount) {
     assert_eq!(stale, 0, "B read a replaced record");
 }
 
-/// (c) OFD locks exclude across clients; unlock and close hand over.
+/// (c) OFD locks exclude across clients; closing the file hands over.
 fn ofd_locks_exclude_across_clients(ma: &CephMount, mb: &CephMount) {
     let p = Pair::new(ma, mb, "c-locks");
-    let la = open_lock(&p.a.join("rec.lock"));
-    let lb = open_lock(&p.b.join("rec.lock"));
+    let (path_a, path_b) = (p.a.join("rec.lock"), p.b.join("rec.lock"));
+    let la = open_lock(&path_a);
+    let lb = open_lock(&path_b);
     assert!(try_lock(&la).unwrap(), "A could not take a free lock");
     assert!(!try_lock(&lb).unwrap(), "B got the lock A holds");
-    unlock(&la).unwrap();
+    // Closing the file description releases its lock.
+    drop(la);
     let t = Instant::now();
-    poll_until("B to get the lock A released", BOUND, || {
+    poll_until("B to get the lock after A closed its file", BOUND, || {
         try_lock(&lb).map_err(|e| e.to_string())
     });
     let handover = t.elapsed();
+    let la = open_lock(&path_a);
     assert!(!try_lock(&la).unwrap(), "A got the lock B holds");
-    // Closing the file description releases its lock.
     drop(lb);
     let t = Instant::now();
     poll_until("A to get the lock after B closed its file", BOUND, || {
         try_lock(&la).map_err(|e| e.to_string())
     });
-    let close_handover = t.elapsed();
-    unlock(&la).unwrap();
+    let back = t.elapsed();
+    drop(la);
     eprintln!(
-        "(c) lock handed over to the other client {:.2} ms after unlock (try-lock polling), \
-         {:.2} ms after close",
+        "(c) lock handed over to the other client {:.2} ms after A closed its file, {:.2} ms \
+         after B closed its file (try-lock polling)",
         ms(handover),
-        ms(close_handover)
+        ms(back)
     );
 
-    let mut lu = Lat::new("OFD lock + unlock, one client, uncontended");
+    let mut lu = Lat::new("open + OFD lock + close, one client, uncontended");
     for _ in 0..N {
         lu.time(|| {
-            assert!(try_lock(&la).unwrap());
-            unlock(&la).unwrap();
+            let l = open_lock(&path_a);
+            assert!(try_lock(&l).unwrap());
+            drop(l);
         });
     }
     eprintln!("(c) {}", lu.report());
 
     // Blocking handover: B waits in F_OFD_SETLKW while A holds the lock.
-    let mut bh = Lat::new("F_OFD_SETLKW wakes on the other client after unlock");
-    let path_b = p.b.join("rec.lock");
+    let mut bh = Lat::new("F_OFD_SETLKW wakes on the other client after close");
     for _ in 0..20 {
         // B's close released its lock; the MDS may take a moment.
+        let la = open_lock(&path_a);
         poll_until("A to get the lock B closed", BOUND, || {
             try_lock(&la).map_err(|e| e.to_string())
         });
@@ -730,7 +696,7 @@ fn ofd_locks_exclude_across_clients(ma: &CephMount, mb: &CephMount) {
             Ok(matches!(waiter.state(), Some('S')) && !waiter.wchan().is_empty())
         });
         let t = Instant::now();
-        unlock(&la).unwrap();
+        drop(la);
         let (r, _) = waiter.expect_done(BOUND);
         let (fb, acquired) = r.unwrap_or_else(|e| panic!("B's F_OFD_SETLKW: {e}"));
         bh.v.push(acquired.duration_since(t));
@@ -739,10 +705,10 @@ fn ofd_locks_exclude_across_clients(ma: &CephMount, mb: &CephMount) {
     eprintln!("(c) {}", bh.report());
 
     // A whole record update as vmlease does it, alternating hosts: lock,
-    // read the record, replace it by rename, unlock.
-    let mut upd = Lat::new("record update (lock, read, replace, unlock), alternating hosts");
+    // read the record, replace it by rename, close the lock file.
+    let mut upd = Lat::new("record update (lock, read, replace, close), alternating hosts");
     let rec = [p.a.join("rec"), p.b.join("rec")];
-    let locks = [p.a.join("rec.lock"), p.b.join("rec.lock")];
+    let locks = [path_a, path_b];
     write_atomic(&rec[0], b"0").unwrap();
     for i in 0..N_RENAME {
         let h = i % 2;
@@ -755,7 +721,7 @@ fn ofd_locks_exclude_across_clients(ma: &CephMount, mb: &CephMount) {
                 .unwrap();
             assert_eq!(v, i, "host {h} read a stale record");
             write_atomic(&rec[h], (v + 1).to_string().as_bytes()).unwrap();
-            unlock(&l).unwrap();
+            drop(l);
         });
     }
     eprintln!("(c) {}", upd.report());
@@ -788,7 +754,7 @@ fn hung_client(ma: &CephMount, mb: &CephMount) {
     write_slot(&b_own.join("file"), 0, &slot_bytes("B", 1)).unwrap();
     let l = open_lock(&b_own.join("x.lock"));
     assert!(try_lock(&l).unwrap());
-    unlock(&l).unwrap();
+    drop(l);
     let table = fs::read(p.b.join("hosts")).unwrap();
     assert_eq!(slot_counter(&table, 1), Some(5));
     eprintln!(

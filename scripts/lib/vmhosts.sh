@@ -69,7 +69,8 @@ vmh_init() {
     VMH_LOCKSPACE=${VMH_LOCKSPACE:-$VMH_DIR/lockspace}
     VMH_SANLOCK_LEASES=${VMH_SANLOCK_LEASES:-$VMH_DIR/sanlock-leases}
     mkdir -p "$VMH_DIR" "$VMH_LOCKSPACE"
-    cc -O2 -o "$VMH_DIR/subreaper" "$VMH_LIBDIR/subreaper.c"
+    # The hosts' anchor, built as tests/support/util.rs builds it (C_FLAGS).
+    cc -O2 -Wall -pthread -o "$VMH_DIR/subreaper" "$VMH_LIBDIR/subreaper.c"
     printf 'lockspace_dir = "%s"\nallow_local_lockspace = %s\n' "$VMH_LOCKSPACE" "${VMH_ALLOW_LOCAL:-true}" >"$VMH_DIR/init.conf"
     "$VMH_BIN/vmlease" --config "$VMH_DIR/init.conf" init >/dev/null
 }

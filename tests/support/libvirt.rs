@@ -9,7 +9,8 @@
 //!   /var/log/libvirt, /var/cache/libvirt, /etc/libvirt and /run/vmlease,
 //!   and without the machine's /run/netns mounts (they would pin every
 //!   test's network namespaces);
-//! - an anchor: a child subreaper (`subreaper.c`) running a shell that
+//! - an anchor: a child subreaper (`scripts/lib/subreaper.c`, shared
+//!   with the shell harness) running a shell that
 //!   starts the host's daemons in the background on request. Daemons and
 //!   the QEMUs libvirt double-forks are orphans of the anchor, which reaps
 //!   them at once (PID 1 here reaps late, and libvirt waits for a killed

@@ -119,34 +119,49 @@ pub fn plugin_dir() -> PathBuf {
 /// Compiles a C helper from `tests/support/NAME.c` once per test process
 /// into `target/vmlease-test/NAME` and returns its path.
 pub fn c_helper(name: &str) -> PathBuf {
+    c_program(&format!("tests/support/{name}.c"))
+}
+
+/// The C compiler's flags for every helper program, also those the shell
+/// harness builds (`scripts/lib/vmhosts.sh`): one build, whoever builds.
+pub const C_FLAGS: [&str; 3] = ["-O2", "-Wall", "-pthread"];
+
+/// Compiles the C program `src` (a path in the repository, e.g.
+/// `scripts/lib/subreaper.c`) once per test process into
+/// `target/vmlease-test/STEM` and returns its path.
+pub fn c_program(src: &str) -> PathBuf {
     static BUILT: OnceLock<std::sync::Mutex<Vec<(String, PathBuf)>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, p)) = built.iter().find(|(n, _)| n == name) {
+    if let Some((_, p)) = built.iter().find(|(n, _)| n == src) {
         return p.clone();
     }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/support")
-        .join(format!("{name}.c"));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(src);
+    let name = path
+        .file_stem()
+        .unwrap_or_else(|| panic!("{src}: no file name"))
+        .to_string_lossy()
+        .into_owned();
     let dir = cargo_target_dir().join("vmlease-test");
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-    let out = dir.join(name);
+    let out = dir.join(&name);
     let tmp = dir.join(format!(".{name}.{}", std::process::id()));
     let o = Command::new("cc")
-        .args(["-O2", "-Wall", "-pthread", "-o"])
+        .args(C_FLAGS)
+        .arg("-o")
         .arg(&tmp)
-        .arg(&src)
+        .arg(&path)
         .output()
         .unwrap_or_else(|e| {
             panic!(
                 "cc (to build {}): {e}; run scripts/setup-test-env.sh",
-                src.display()
+                path.display()
             )
         });
-    assert!(o.status.success(), "cc {}: {}", src.display(), text(&o));
+    assert!(o.status.success(), "cc {}: {}", path.display(), text(&o));
     // Atomic: a running copy keeps its old inode.
     fs::rename(&tmp, &out).unwrap_or_else(|e| panic!("rename {}: {e}", out.display()));
-    built.push((name.into(), out.clone()));
+    built.push((src.into(), out.clone()));
     out
 }
 

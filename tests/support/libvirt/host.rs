@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::super::util::{c_helper, run_ok, sh_quote, tail, text, wait_until, ProcGuard};
+use super::super::util::{c_program, run_ok, sh_quote, tail, text, wait_until, ProcGuard};
 use super::domain::{create_image, Domain, Format};
 use super::files::{save_capabilities, seed_capabilities, setup_script, write_etc};
 use super::net::{Link, Netns, Switch};
@@ -96,7 +96,7 @@ impl Host {
                 "private",
                 "--",
             ])
-            .arg(c_helper("subreaper"))
+            .arg(c_program("scripts/lib/subreaper.c"))
             .args(["sh", "-c", "sh \"$0\" && exec sh -s"])
             .arg(&setup)
             .env("PATH", daemon_path());

@@ -12,6 +12,11 @@
 //!                                  |   |           v
 //!                                  +---+---- Failed(retry_at) --(attempts used up)--> RecoveryFailed
 //! ```
+//!
+//! A start takes one of its target's `max_starts_per_host` slots while
+//! `Assigned`; the target's report (`Started` or `StartFailed`) frees it.
+//! The VM's memory and vCPUs stay reserved on the target until the VM is
+//! published running (done), when the target's host record counts them.
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -123,7 +128,11 @@ pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
     // Host events first (events.rs): a host is reported failed or
     // evacuable before anything is done about its VMs.
     let mut out = events::host_events(v, now_ms);
-    // Starts in flight per target, including the ones decided this step.
+    // Starts in flight per target, including the ones decided this step:
+    // a start holds its target's slot (`max_starts_per_host`) from its
+    // assignment until the target reports it done (`started` or
+    // `start-failed`), and the VM's memory and vCPUs until the VM is
+    // published running somewhere (the host record counts them then).
     let mut inflight: Inflight = BTreeMap::new();
     let mut reserved: Reserved = BTreeMap::new();
     maintenance::reserve(v, &mut inflight, &mut reserved);
@@ -131,7 +140,9 @@ pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
         if let (RecState::Assigned | RecState::Started | RecState::StartFailed, Some(t)) =
             (&r.state, &r.target)
         {
-            *inflight.entry(t.clone()).or_default() += 1;
+            if r.state == RecState::Assigned {
+                *inflight.entry(t.clone()).or_default() += 1;
+            }
             if let Some(vm) = v.vms.get(&r.uuid) {
                 let e = reserved.entry(t.clone()).or_default();
                 e.0 += vm.memory_kib;
@@ -159,15 +170,18 @@ pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
             | RecState::Failed { .. }
                 if runs_on.is_some() =>
             {
-                // Its slot on the target frees now (its memory is in the
-                // record of the host it runs on from now on).
+                // Its reservation on the target frees now (its memory is in
+                // the record of the host it runs on from now on), and its
+                // slot if no report of the start came first.
                 if matches!(
                     r.state,
                     RecState::Assigned | RecState::Started | RecState::StartFailed
                 ) {
                     let t = r.target.clone().unwrap_or_default();
-                    if let Some(n) = inflight.get_mut(&t) {
-                        *n = n.saturating_sub(1);
+                    if r.state == RecState::Assigned {
+                        if let Some(n) = inflight.get_mut(&t) {
+                            *n = n.saturating_sub(1);
+                        }
                     }
                     if let (Some(e), Some(vm)) = (reserved.get_mut(&t), vm) {
                         e.0 = e.0.saturating_sub(vm.memory_kib);
@@ -208,9 +222,6 @@ pub fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
             }
             RecState::StartFailed => {
                 let t = r.target.clone().unwrap_or_default();
-                if let Some(n) = inflight.get_mut(&t) {
-                    *n = n.saturating_sub(1);
-                }
                 out.extend(failed(r, format!("{t}: {}", r.last_error), now_ms, lim));
             }
             // A crash recovery (its first attempt was on its own host)

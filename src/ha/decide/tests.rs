@@ -1,6 +1,7 @@
 use super::*;
 
 mod faults;
+mod slots;
 
 pub(super) const LIM: Limits = Limits {
     max_starts_per_host: 2,

@@ -315,6 +315,12 @@ impl Agent {
             if self.starting.len() >= self.ha.max_starts_per_host as usize {
                 break;
             }
+            log::info!(
+                "vmlease-ha: starting '{}' (from {}), attempt {}",
+                r.name,
+                r.from,
+                r.attempt
+            );
             let key = model::vm_key(self.p(), &r.uuid);
             match vm_record(etcd, &key) {
                 Ok(vm) => self.starts.spawn(&r.uuid, &vm.name, &vm.xml),

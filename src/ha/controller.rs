@@ -268,8 +268,15 @@ impl Controller {
         }
         events.extend(self.storage_fence(&mut view, now));
         events.extend(decide::decide(&view, now, &self.limits()));
+        let (n, t0) = (events.len(), std::time::Instant::now());
         for action in events {
             self.apply(etcd, &lk, action)?;
+        }
+        if n > 0 {
+            log::info!(
+                "vmlease-ha: {n} decision(s) written in {} ms",
+                t0.elapsed().as_millis()
+            );
         }
         Ok(())
     }

@@ -27,13 +27,14 @@ use crate::daemon::signals;
 /// The shortest time between two steps when etcd changes.
 const MIN_GAP: Duration = Duration::from_millis(100);
 
-const USAGE: &str = "usage: vmlease-ha [--config FILE]";
+const USAGE: &str = "usage: vmlease-ha [--config FILE] [--log-boottime]";
 
 pub fn main(argv: Vec<String>) -> i32 {
     if let Some(code) = crate::rados::worker::run_if_asked(&argv) {
         return code;
     }
     let mut path = PathBuf::from(config::DEFAULT_PATH);
+    let mut boottime = false;
     let mut it = argv.into_iter().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -44,8 +45,12 @@ pub fn main(argv: Vec<String>) -> i32 {
                     return 2;
                 }
             },
+            "--log-boottime" => boottime = true,
             "--help" | "-h" => {
-                println!("{USAGE}\nThe recovery agent and controller (see docs/ha.md).");
+                println!(
+                    "{USAGE}\nThe recovery agent and controller (see docs/ha.md).\n  \
+                     --log-boottime  start each line on stderr with CLOCK_BOOTTIME in ms"
+                );
                 return 0;
             }
             other => {
@@ -55,6 +60,9 @@ pub fn main(argv: Vec<String>) -> i32 {
         }
     }
     crate::logging::init(true, log::LevelFilter::Info);
+    if boottime {
+        crate::logging::set_boottime_prefix();
+    }
     let cfg = match config::load(&path) {
         Ok(c) => c,
         Err(e) => {

@@ -16,7 +16,7 @@ use super::error::{Error, Result};
 use super::etcd::{Cmp, Etcd, Op};
 use super::model::{self, HostRecord, RecState, Recovery, VmRecord, VmState};
 use super::policy::{self, DomainInfo};
-use super::starts::{Finished, Starts};
+use super::starts::{Finished, Report, Starts};
 use super::virsh;
 use crate::config::{Config, HaConfig};
 use crate::status::Status;
@@ -36,6 +36,11 @@ const REFRESH_PER_STEP: usize = 4;
 /// changed since), to write it again if something else changed it (a
 /// corrupt value, a put without its lease).
 const HOST_CHECK_MS: u128 = 5_000;
+
+/// A step that reads and publishes the local state for this long or more
+/// is logged (libvirt slow to answer: its steps, and a leader's decisions,
+/// wait for it).
+const SLOW_PUBLISH_MS: u128 = 300;
 
 /// A domain's policy and size with its XML, or why it cannot be managed.
 type Definition = std::result::Result<(DomainInfo, String), String>;
@@ -63,8 +68,10 @@ pub struct Agent {
     /// UUID: the recovery record's key, its revision when read, the record.
     starting: BTreeMap<String, (String, i64, Recovery)>,
     starts: Starts,
-    /// Finished starts whose report failed (etcd): reported next step.
+    /// Finished starts not reported yet (etcd): reported next step.
     unreported: Vec<Finished>,
+    /// Domain definitions read since start (the slow-step log line).
+    defs_read: u64,
 }
 
 impl Agent {
@@ -92,6 +99,7 @@ impl Agent {
             starting: BTreeMap::new(),
             starts: Starts::default(),
             unreported: Vec::new(),
+            defs_read: 0,
         })
     }
 
@@ -141,6 +149,20 @@ impl Agent {
     /// back, at most every 5 s, and writes it again if it is not this
     /// host's (a corrupt value, a put without its lease).
     pub fn publish(&mut self, etcd: &Etcd, etcd_changed: bool) -> Result<()> {
+        let t0 = Instant::now();
+        let defs = self.defs_read;
+        let r = self.publish_now(etcd, etcd_changed);
+        let ms = t0.elapsed().as_millis();
+        if ms >= SLOW_PUBLISH_MS {
+            log::info!(
+                "vmlease-ha: the local state took {ms} ms to read and publish ({} definition(s) read)",
+                self.defs_read - defs
+            );
+        }
+        r
+    }
+
+    fn publish_now(&mut self, etcd: &Etcd, etcd_changed: bool) -> Result<()> {
         self.etcd_changed |= etcd_changed;
         let check = self.etcd_changed
             && self
@@ -216,6 +238,7 @@ impl Agent {
         for d in &running {
             if !self.defs.contains_key(&d.name) || refresh.contains(&d.name) {
                 self.keep_alive(etcd)?;
+                self.defs_read += 1;
                 let def = virsh::definition(&d.name)
                     .map_err(|e| e.to_string())
                     .and_then(|xml| policy::parse(&xml).map(|i| (i, xml)));
@@ -322,15 +345,18 @@ impl Agent {
                 r.attempt
             );
             let key = model::vm_key(self.p(), &r.uuid);
+            let report = self.reporter(&kv.key, kv.mod_revision, &r);
             match vm_record(etcd, &key) {
-                Ok(vm) => self.starts.spawn(&r.uuid, &vm.name, &vm.xml),
+                Ok(vm) => self.starts.spawn(&r.uuid, &vm.name, &vm.xml, report),
                 // Idempotent: a start carried out before a crash is not
                 // repeated, even without the record.
                 Err(_) if virsh::domstate(&r.name).as_deref() == Some("running") => {
-                    self.starts.spawn(&r.uuid, &r.name, "")
+                    self.starts.spawn(&r.uuid, &r.name, "", report)
                 }
                 Err(e) => {
-                    self.unreported.push((r.uuid.clone(), Err(e.to_string())));
+                    let e = Err(e.to_string());
+                    log_outcome(&r, &e);
+                    self.unreported.push((r.uuid.clone(), e, false));
                 }
             }
             self.starting
@@ -349,53 +375,85 @@ impl Agent {
         self.starts.finished()
     }
 
-    /// Reports the finished starts: `started` or `start-failed`, each in a
-    /// transaction on the revision of the record it was assigned with (a
-    /// record the controller changed meanwhile is left alone: a later
-    /// assignment finds the VM running and reports it started).
+    /// What a start's thread calls when its `virsh start` returned: logs
+    /// the outcome and reports it at once, through an etcd client of its
+    /// own (the loop's may be in use); false when it could not (the loop
+    /// reports it then).
+    fn reporter(&self, key: &str, rev: i64, r: &Recovery) -> Report {
+        let (ha, key, r) = (self.ha.clone(), key.to_string(), r.clone());
+        Box::new(move |res: &std::result::Result<(), String>| {
+            log_outcome(&r, res);
+            Etcd::new(&ha)
+                .and_then(|etcd| send_report(&etcd, &key, rev, &r, res))
+                .is_ok()
+        })
+    }
+
+    /// Writes the reports of the finished starts that their threads could
+    /// not write, and forgets the starts reported.
     fn report(&mut self, etcd: &Etcd) -> Result<()> {
         let mut todo = std::mem::take(&mut self.unreported);
         todo.extend(self.starts.collect());
-        while let Some((uuid, res)) = todo.pop() {
+        while let Some((uuid, res, reported)) = todo.pop() {
             let Some((key, rev, r)) = self.starting.get(&uuid).cloned() else {
                 continue;
             };
-            let mut done = r.clone();
-            match &res {
-                Ok(()) => {
-                    done.state = RecState::Started;
-                    log::warn!(
-                        "vmlease-ha: started '{}' (from {}), attempt {}",
-                        r.name,
-                        r.from,
-                        r.attempt
-                    );
+            if !reported {
+                if let Err(e) = send_report(etcd, &key, rev, &r, &res) {
+                    // Reported at the next step.
+                    todo.push((uuid, res, false));
+                    self.unreported = todo;
+                    return Err(e);
                 }
-                Err(e) => {
-                    done.state = RecState::StartFailed;
-                    done.last_error = e.clone();
-                    log::error!("vmlease-ha: could not start '{}': {e}", r.name);
-                }
-            }
-            let sent = etcd.txn(
-                &format!("report {key}"),
-                &[Cmp::ModRevision(&key, rev)],
-                &[Op::Put {
-                    key: &key,
-                    value: &to_json(&done),
-                    lease: 0,
-                }],
-            );
-            if let Err(e) = sent {
-                // Reported at the next step (logged again then).
-                todo.push((uuid, res));
-                self.unreported = todo;
-                return Err(e);
             }
             self.starting.remove(&uuid);
         }
         Ok(())
     }
+}
+
+/// The log line of a finished start (one per start: the bench and the
+/// tests count them).
+fn log_outcome(r: &Recovery, res: &std::result::Result<(), String>) {
+    match res {
+        Ok(()) => log::warn!(
+            "vmlease-ha: started '{}' (from {}), attempt {}",
+            r.name,
+            r.from,
+            r.attempt
+        ),
+        Err(e) => log::error!("vmlease-ha: could not start '{}': {e}", r.name),
+    }
+}
+
+/// Reports a finished start: `started` or `start-failed`, in a
+/// transaction on the revision of the record it was assigned with (a
+/// record the controller changed meanwhile is left alone: a later
+/// assignment finds the VM running and reports it started).
+fn send_report(
+    etcd: &Etcd,
+    key: &str,
+    rev: i64,
+    r: &Recovery,
+    res: &std::result::Result<(), String>,
+) -> Result<bool> {
+    let mut done = r.clone();
+    match res {
+        Ok(()) => done.state = RecState::Started,
+        Err(e) => {
+            done.state = RecState::StartFailed;
+            done.last_error = e.clone();
+        }
+    }
+    etcd.txn(
+        &format!("report {key}"),
+        &[Cmp::ModRevision(key, rev)],
+        &[Op::Put {
+            key,
+            value: &to_json(&done),
+            lease: 0,
+        }],
+    )
 }
 
 /// A VM's record, to take its definition from.

@@ -230,6 +230,13 @@ impl Controller {
                 lease,
             }],
         )?;
+        // Another host leads: its key is all a follower's step needs (the
+        // full read, every VM's definition with it, is the leader's; on a
+        // target host it delayed the starts assigned to it).
+        if !won && !self.leader && etcd.get(&lk)?.is_none_or(|kv| kv.value != me) {
+            self.follow();
+            return Ok(());
+        }
         let kvs = list_state(etcd, &self.ha.prefix)?;
         let (mut view, leader, bad) = view_of(&self.ha.prefix, &kvs);
         let leading = won || leader.as_deref() == Some(&self.name);
@@ -242,9 +249,7 @@ impl Controller {
             self.leader = leading;
         }
         if !leading {
-            self.reported.clear();
-            self.seen = Seen::default();
-            self.started.clear();
+            self.follow();
             return Ok(());
         }
         self.seen = Seen::of(&view);
@@ -279,6 +284,13 @@ impl Controller {
             );
         }
         Ok(())
+    }
+
+    /// Not leading: nothing of a leader's is kept.
+    fn follow(&mut self) {
+        self.reported.clear();
+        self.seen = Seen::default();
+        self.started.clear();
     }
 
     /// An event for each corrupt value not reported yet (a value that

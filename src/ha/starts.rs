@@ -5,14 +5,24 @@
 //! done. How many run at once is bounded by the controller's
 //! `max_starts_per_host` (it assigns no more to a host) and again here.
 //! The lock plugin takes each domain's leases at its start, as before.
+//!
+//! Each thread reports its start to etcd itself as soon as `virsh start`
+//! returns (the `report` given to [`Starts::spawn`]): the controller frees
+//! the target's start slot on that report, and the loop may be busy for a
+//! while (a `virsh domstats` waits for the domains being started). A
+//! report the thread could not write is written by the loop.
 #![forbid(unsafe_code)]
 
 use std::sync::{Arc, Mutex};
 
 use super::virsh;
 
-/// A finished start: the domain's UUID and what happened.
-pub type Finished = (String, Result<(), String>);
+/// A finished start: the domain's UUID, what happened, and whether its
+/// report is written already.
+pub type Finished = (String, Result<(), String>, bool);
+
+/// Logs a finished start and writes its report; true when written.
+pub type Report = Box<dyn FnOnce(&Result<(), String>) -> bool + Send>;
 
 /// The caller keeps track of which starts are under way.
 #[derive(Default)]
@@ -23,24 +33,28 @@ pub struct Starts {
 impl Starts {
     /// Starts `name` (of `uuid`) from `xml` on a new thread, unless it
     /// already runs here (a start carried out before a crash is not
-    /// repeated); [`Starts::collect`] hands over the result.
-    pub fn spawn(&self, uuid: &str, name: &str, xml: &str) {
-        let (id, name, xml) = (uuid.to_string(), name.to_string(), xml.to_string());
+    /// repeated), then calls `report` on that thread; [`Starts::collect`]
+    /// hands over the result.
+    pub fn spawn(&self, uuid: &str, name: &str, xml: &str, report: Report) {
+        let (id, owned, xml) = (uuid.to_string(), name.to_string(), xml.to_string());
         let done = Arc::clone(&self.done);
         let job = move || {
-            let r = if virsh::domstate(&name).as_deref() == Some("running") {
+            let r = if virsh::domstate(&owned).as_deref() == Some("running") {
                 Ok(())
             } else {
-                virsh::define_and_start(&name, &xml).map_err(|e| e.to_string())
+                virsh::define_and_start(&owned, &xml).map_err(|e| e.to_string())
             };
-            lock(&done).push((id, r));
+            let reported = report(&r);
+            lock(&done).push((id, r, reported));
         };
         let spawned = std::thread::Builder::new()
             .name("vmlease-ha-start".into())
             .spawn(job);
         if let Err(e) = spawned {
             // No thread: reported as a failed start, retried elsewhere.
-            lock(&self.done).push((uuid.to_string(), Err(format!("cannot start a thread: {e}"))));
+            let e = format!("cannot start a thread: {e}");
+            log::error!("vmlease-ha: could not start '{name}': {e}");
+            lock(&self.done).push((uuid.to_string(), Err(e), false));
         }
     }
 

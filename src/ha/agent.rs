@@ -10,10 +10,12 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::error::{Error, Result};
 use super::etcd::{Cmp, Etcd, Op};
+use super::libvirt_reader::LibvirtReader;
 use super::model::{self, HostRecord, RecState, Recovery, VmRecord, VmState};
 use super::policy::{self, DomainInfo};
 use super::starts::{Finished, Report, Starts};
@@ -72,10 +74,12 @@ pub struct Agent {
     unreported: Vec<Finished>,
     /// Domain definitions read since start (the slow-step log line).
     defs_read: u64,
+    /// Reads libvirt's running domains on a thread of its own.
+    libvirt: Arc<LibvirtReader>,
 }
 
 impl Agent {
-    pub fn new(cfg: Config, ha: HaConfig) -> Result<Agent> {
+    pub fn new(cfg: Config, ha: HaConfig, libvirt: Arc<LibvirtReader>) -> Result<Agent> {
         let host_id = cfg
             .require_host_id()
             .map_err(|e| Error::Setup(e.to_string()))?;
@@ -100,6 +104,7 @@ impl Agent {
             starts: Starts::default(),
             unreported: Vec::new(),
             defs_read: 0,
+            libvirt,
         })
     }
 
@@ -188,8 +193,9 @@ impl Agent {
             );
         }
         self.protected = protected;
-        let running = virsh::running()?;
-        let (cpus, mem) = virsh::node()?;
+        // libvirt as its reader thread last saw it (libvirt_reader.rs).
+        let reading = self.libvirt.latest()?;
+        let (running, (cpus, mem)) = (reading.running, reading.node);
         let host = HostRecord {
             name: self.name.clone(),
             host_id: self.host_id,
@@ -285,10 +291,13 @@ impl Agent {
             let mut rec = self.published.remove(&uuid).expect("listed");
             let key = model::vm_key(self.p(), &uuid);
             // A dead QEMU (libvirt: `shut off (crashed)`) is not a stop on
-            // purpose: the VM monitor restarts it or marks it crashed.
-            if virsh::domstate_reason(&rec.name)
-                .is_some_and(|r| super::vmwatch::reason_is_crash(&r))
-            {
+            // purpose: the VM monitor restarts it or marks it crashed. Nor
+            // is a domain that runs again since the reading (restarted).
+            if virsh::domstate_reason(&rec.name).is_some_and(|r| {
+                super::vmwatch::reason_is_crash(&r)
+                    || r.starts_with("running")
+                    || r.starts_with("paused")
+            }) {
                 continue;
             }
             if let Some(kv) = etcd.get(&key)? {

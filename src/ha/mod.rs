@@ -33,6 +33,8 @@ pub mod event_store;
 #[cfg(feature = "ha")]
 pub mod hooks;
 #[cfg(feature = "ha")]
+pub mod libvirt_reader;
+#[cfg(feature = "ha")]
 pub mod maintenance_agent;
 #[cfg(feature = "ha")]
 pub mod metrics_http;

@@ -9,12 +9,14 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::agent::Agent;
 use super::controller::Controller;
 use super::error::Error;
 use super::etcd::Etcd;
+use super::libvirt_reader::LibvirtReader;
 use super::maintenance_agent::MaintenanceAgent;
 use super::metrics::{render, Sample};
 use super::metrics_http::{self, Text};
@@ -89,10 +91,14 @@ pub fn main(argv: Vec<String>) -> i32 {
 fn run(cfg: config::Config, ha: config::HaConfig) -> Result<(), Error> {
     signals::install();
     let etcd = Etcd::new(&ha)?;
-    let mut agent = Agent::new(cfg.clone(), ha.clone())?;
+    let libvirt = Arc::new(LibvirtReader::start(
+        Duration::from_millis(ha.interval),
+        Duration::from_millis(ha.host_ttl),
+    )?);
+    let mut agent = Agent::new(cfg.clone(), ha.clone(), Arc::clone(&libvirt))?;
     let mut maint = MaintenanceAgent::new(cfg.clone(), ha.clone(), agent.name.clone());
     let mut ctl = Controller::new(cfg.clone(), ha.clone(), agent.name.clone());
-    let mut vms = VmMonitor::new(cfg, ha.clone(), agent.name.clone());
+    let mut vms = VmMonitor::new(cfg, ha.clone(), agent.name.clone(), libvirt);
     let interval = Duration::from_millis(ha.interval);
     let mut failing: Option<String> = None;
     let mut backoff = interval;

@@ -25,6 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Child;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::controller::wall_ms;
@@ -32,6 +33,7 @@ use super::etcd::Etcd;
 use super::event_store::EventStore;
 use super::events::Event;
 use super::hooks::Hooks;
+use super::libvirt_reader::LibvirtReader;
 use super::policy::{self, DomainInfo, Restart};
 use super::virsh;
 use super::vmwatch::{self, CrashHistory, Heartbeats};
@@ -43,6 +45,11 @@ mod stream;
 
 /// How often the heartbeat VMs are looked up again (besides start events).
 const SCAN_MS: u128 = 5_000;
+/// A running domain's definition is read again by the scan after this
+/// long, at most DEF_REFRESH_PER_SCAN per scan (the stalest first): with
+/// many domains, reading every one at every scan held the loop seconds.
+const DEF_REFRESH_MS: u128 = 10_000;
+const DEF_REFRESH_PER_SCAN: usize = 4;
 /// One ping per VM at most this often.
 const PING_EVERY: Duration = Duration::from_millis(1_000);
 /// Wait before reconnecting the event stream.
@@ -85,6 +92,12 @@ pub struct VmMonitor {
     /// The UUIDs of the heartbeat VMs (for their events).
     uuids: BTreeMap<String, String>,
     scanned: Option<Instant>,
+    /// libvirt's running domains, read on a thread of its own.
+    libvirt: Arc<LibvirtReader>,
+    /// The scan's parsed definitions of running domains, with when read
+    /// (`managed`): new domains are read at once, the others again after
+    /// DEF_REFRESH_MS, a few per scan.
+    defs: BTreeMap<String, (Instant, Option<(DomainInfo, String)>)>,
     events: EventStore,
     hooks: Hooks,
     /// Events of the actions taken, to write to etcd.
@@ -97,7 +110,7 @@ impl VmMonitor {
         &self.events.written
     }
 
-    pub fn new(cfg: Config, ha: HaConfig, host: String) -> VmMonitor {
+    pub fn new(cfg: Config, ha: HaConfig, host: String, libvirt: Arc<LibvirtReader>) -> VmMonitor {
         let (tx, rx) = channel();
         let events = EventStore::new(&ha.prefix, ha.event_ttl, ha.max_events as usize);
         let hooks = match &ha.hooks_dir {
@@ -124,6 +137,8 @@ impl VmMonitor {
             answering: BTreeSet::new(),
             uuids: BTreeMap::new(),
             scanned: None,
+            libvirt,
+            defs: BTreeMap::new(),
             events,
             hooks,
             pending: Vec::new(),

@@ -1,10 +1,10 @@
 //! The guest heartbeat: `guest-ping` through `virsh qemu-agent-command`,
 //! armed at the agent's first answer, `virsh reset` after the VM's timeout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use super::{Ping, VmMonitor, PING_EVERY, SCAN_MS};
+use super::{Ping, VmMonitor, DEF_REFRESH_MS, DEF_REFRESH_PER_SCAN, PING_EVERY, SCAN_MS};
 use crate::clock::boottime_ms;
 use crate::ha::events::kind;
 use crate::ha::virsh;
@@ -31,9 +31,26 @@ impl VmMonitor {
         {
             self.scanned = Some(now);
             let mut watch = BTreeMap::new();
-            if let Ok(running) = virsh::running() {
-                for d in running {
-                    let Some((info, xml)) = self.managed(&d.name) else {
+            if let Ok(reading) = self.libvirt.latest() {
+                let names: BTreeSet<String> =
+                    reading.running.iter().map(|d| d.name.clone()).collect();
+                self.defs.retain(|n, _| names.contains(n));
+                let mut stale: Vec<(Instant, String)> = self
+                    .defs
+                    .iter()
+                    .filter(|(_, (at, _))| at.elapsed().as_millis() >= DEF_REFRESH_MS)
+                    .map(|(n, (at, _))| (*at, n.clone()))
+                    .collect();
+                stale.sort();
+                for (_, n) in stale.into_iter().take(DEF_REFRESH_PER_SCAN) {
+                    self.defs.remove(&n);
+                }
+                for d in reading.running {
+                    if !self.defs.contains_key(&d.name) {
+                        let def = self.managed(&d.name);
+                        self.defs.insert(d.name.clone(), (Instant::now(), def));
+                    }
+                    let Some((_, Some((info, xml)))) = self.defs.get(&d.name).cloned() else {
                         continue;
                     };
                     match vmwatch::heartbeat(&xml) {

@@ -194,7 +194,27 @@ impl Agent {
         }
         self.protected = protected;
         // libvirt as its reader thread last saw it (libvirt_reader.rs).
-        let reading = self.libvirt.latest()?;
+        let reading = match self.libvirt.latest() {
+            Ok(r) => r,
+            Err(e) => {
+                // Whether this host is protected is published all the
+                // same, with the last size known: a host whose libvirt
+                // does not answer (a storage cut can hang it) must not
+                // stay "protected" in etcd while its lease is kept alive.
+                if let Some(mut h) = self.last_host.clone() {
+                    (h.state, h.protected, h.reason) = (state, protected, reason);
+                    if self.last_host.as_ref() != Some(&h) {
+                        etcd.put(
+                            &model::host_key(self.p(), &self.name),
+                            &to_json(&h),
+                            self.lease,
+                        )?;
+                        self.last_host = Some(h);
+                    }
+                }
+                return Err(e);
+            }
+        };
         let (running, (cpus, mem)) = (reading.running, reading.node);
         let host = HostRecord {
             name: self.name.clone(),

@@ -9,8 +9,8 @@
 //! Each thread reports its start to etcd itself as soon as `virsh start`
 //! returns (the `report` given to [`Starts::spawn`]): the controller frees
 //! the target's start slot on that report, and the loop may be busy for a
-//! while (a `virsh domstats` waits for the domains being started). A
-//! report the thread could not write is written by the loop.
+//! while (its step, the lifecycle events of the starts). A report the
+//! thread could not write is written by the loop.
 #![forbid(unsafe_code)]
 
 use std::sync::{Arc, Mutex};

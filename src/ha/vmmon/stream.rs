@@ -91,6 +91,8 @@ impl VmMonitor {
             Meaning::Nothing => {}
             Meaning::Started => {
                 self.scanned = None;
+                // Its definition may have changed while it was stopped.
+                self.defs.remove(d);
                 self.disarm(d);
                 if let Some((info, _)) = self.managed(d) {
                     if self.gave_up.remove(&info.uuid) {

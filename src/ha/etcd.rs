@@ -49,6 +49,9 @@ pub enum Op<'a> {
     DeleteRange(&'a str, &'a [u8]),
 }
 
+/// A clone shares the connections and the TLS set-up (a start's thread
+/// reports through one).
+#[derive(Clone)]
 pub struct Etcd {
     agent: ureq::Agent,
     /// Without a read timeout, for watch streams.

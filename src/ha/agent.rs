@@ -13,26 +13,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::definitions::{self, Definitions};
 use super::error::{Error, Result};
 use super::etcd::{Cmp, Etcd, Op};
 use super::libvirt_reader::LibvirtReader;
 use super::model::{self, HostRecord, RecState, Recovery, VmRecord, VmState};
-use super::policy::{self, DomainInfo};
 use super::starts::{Finished, Report, Starts};
 use super::virsh;
 use crate::config::{Config, HaConfig};
 use crate::status::Status;
-
-/// How long a domain's parsed definition is reused before it is read again
-/// (a `vmlease ha enable` shows up within this, or a few steps later on a
-/// host with more than REFRESH_PER_STEP domains per 10 s of steps).
-const XML_REFRESH_MS: u128 = 10_000;
-
-/// At most this many definitions already read are read again per step
-/// (the stalest first): with many domains, a step that read them all at
-/// once outlasted the host's etcd lease on a loaded machine. New domains
-/// are always read.
-const REFRESH_PER_STEP: usize = 4;
 
 /// How often at most the agent reads its host record back (when etcd
 /// changed since), to write it again if something else changed it (a
@@ -43,9 +32,6 @@ const HOST_CHECK_MS: u128 = 5_000;
 /// is logged (libvirt slow to answer: its steps, and a leader's decisions,
 /// wait for it).
 const SLOW_PUBLISH_MS: u128 = 300;
-
-/// A domain's policy and size with its XML, or why it cannot be managed.
-type Definition = std::result::Result<(DomainInfo, String), String>;
 
 pub struct Agent {
     cfg: Config,
@@ -62,8 +48,8 @@ pub struct Agent {
     host_checked: Option<Instant>,
     etcd_changed: bool,
     published: BTreeMap<String, VmRecord>,
-    /// Parsed definitions of running domains, by name, with when read.
-    defs: BTreeMap<String, (Instant, Definition)>,
+    /// Parsed definitions of running domains.
+    defs: Definitions,
     /// Is this host protected now (from the last tick)?
     pub protected: bool,
     /// The starts assigned to this host under way or not reported yet, by
@@ -98,7 +84,7 @@ impl Agent {
             host_checked: None,
             etcd_changed: false,
             published: BTreeMap::new(),
-            defs: BTreeMap::new(),
+            defs: Definitions::default(),
             protected: false,
             starting: BTreeMap::new(),
             starts: Starts::default(),
@@ -246,39 +232,25 @@ impl Agent {
             return Ok(());
         }
 
-        let names: BTreeSet<&str> = running.iter().map(|d| d.name.as_str()).collect();
-        self.defs.retain(|n, _| names.contains(n.as_str()));
         let mut now_running = BTreeSet::new();
-        // The stalest definitions are read again, a few per step.
-        let mut stale: Vec<(Instant, &str)> = running
-            .iter()
-            .filter_map(|d| self.defs.get(&d.name).map(|(at, _)| (*at, d.name.as_str())))
-            .filter(|(at, _)| at.elapsed().as_millis() >= XML_REFRESH_MS)
-            .collect();
-        stale.sort();
-        let refresh: BTreeSet<String> = stale
-            .iter()
-            .take(REFRESH_PER_STEP)
-            .map(|(_, n)| n.to_string())
-            .collect();
+        // New domains' definitions, and the stalest few, are read now.
+        let due = self.defs.due(&running);
         for d in &running {
-            if !self.defs.contains_key(&d.name) || refresh.contains(&d.name) {
+            if due.contains(&d.name) {
                 self.keep_alive(etcd)?;
                 self.defs_read += 1;
-                let def = virsh::definition(&d.name)
-                    .map_err(|e| e.to_string())
-                    .and_then(|xml| policy::parse(&xml).map(|i| (i, xml)));
+                let def = definitions::read(&d.name);
                 if let Err(e) = &def {
-                    if !matches!(self.defs.get(&d.name), Some((_, Err(old))) if old == e) {
+                    if !matches!(self.defs.get(&d.name), Some(Err(old)) if old == e) {
                         log::error!(
                             "vmlease-ha: domain '{}' is treated as unmanaged: {e}",
                             d.name
                         );
                     }
                 }
-                self.defs.insert(d.name.clone(), (Instant::now(), def));
+                self.defs.insert(&d.name, def);
             }
-            let Some((_, Ok((info, xml)))) = self.defs.get(&d.name) else {
+            let Some(Ok((info, xml))) = self.defs.get(&d.name) else {
                 continue;
             };
             let Some(pol) = info.policy else { continue };
@@ -374,7 +346,7 @@ impl Agent {
                 r.attempt
             );
             let key = model::vm_key(self.p(), &r.uuid);
-            let report = self.reporter(&kv.key, kv.mod_revision, &r);
+            let report = reporter(etcd, &kv.key, kv.mod_revision, &r);
             match vm_record(etcd, &key) {
                 Ok(vm) => self.starts.spawn(&r.uuid, &vm.name, &vm.xml, report),
                 // Idempotent: a start carried out before a crash is not
@@ -404,20 +376,6 @@ impl Agent {
         self.starts.finished()
     }
 
-    /// What a start's thread calls when its `virsh start` returned: logs
-    /// the outcome and reports it at once, through an etcd client of its
-    /// own (the loop's may be in use); false when it could not (the loop
-    /// reports it then).
-    fn reporter(&self, key: &str, rev: i64, r: &Recovery) -> Report {
-        let (ha, key, r) = (self.ha.clone(), key.to_string(), r.clone());
-        Box::new(move |res: &std::result::Result<(), String>| {
-            log_outcome(&r, res);
-            Etcd::new(&ha)
-                .and_then(|etcd| send_report(&etcd, &key, rev, &r, res))
-                .is_ok()
-        })
-    }
-
     /// Writes the reports of the finished starts that their threads could
     /// not write, and forgets the starts reported.
     fn report(&mut self, etcd: &Etcd) -> Result<()> {
@@ -439,6 +397,18 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// What a start's thread calls when its `virsh start` returned: logs the
+/// outcome and reports it at once, through a clone of the loop's etcd
+/// client (the loop's own may be in use); false when it could not (the
+/// loop reports it then).
+fn reporter(etcd: &Etcd, key: &str, rev: i64, r: &Recovery) -> Report {
+    let (etcd, key, r) = (etcd.clone(), key.to_string(), r.clone());
+    Box::new(move |res: &std::result::Result<(), String>| {
+        log_outcome(&r, res);
+        send_report(&etcd, &key, rev, &r, res).is_ok()
+    })
 }
 
 /// The log line of a finished start (one per start: the bench and the

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod decide;
+pub mod definitions;
 pub mod events;
 pub mod maintenance;
 pub mod metrics;

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::controller::wall_ms;
+use super::definitions::Definitions;
 use super::etcd::Etcd;
 use super::event_store::EventStore;
 use super::events::Event;
@@ -45,11 +46,6 @@ mod stream;
 
 /// How often the heartbeat VMs are looked up again (besides start events).
 const SCAN_MS: u128 = 5_000;
-/// A running domain's definition is read again by the scan after this
-/// long, at most DEF_REFRESH_PER_SCAN per scan (the stalest first): with
-/// many domains, reading every one at every scan held the loop seconds.
-const DEF_REFRESH_MS: u128 = 10_000;
-const DEF_REFRESH_PER_SCAN: usize = 4;
 /// One ping per VM at most this often.
 const PING_EVERY: Duration = Duration::from_millis(1_000);
 /// Wait before reconnecting the event stream.
@@ -94,10 +90,8 @@ pub struct VmMonitor {
     scanned: Option<Instant>,
     /// libvirt's running domains, read on a thread of its own.
     libvirt: Arc<LibvirtReader>,
-    /// The scan's parsed definitions of running domains, with when read
-    /// (`managed`): new domains are read at once, the others again after
-    /// DEF_REFRESH_MS, a few per scan.
-    defs: BTreeMap<String, (Instant, Option<(DomainInfo, String)>)>,
+    /// The scan's parsed definitions of running domains.
+    defs: Definitions,
     events: EventStore,
     hooks: Hooks,
     /// Events of the actions taken, to write to etcd.
@@ -138,7 +132,7 @@ impl VmMonitor {
             uuids: BTreeMap::new(),
             scanned: None,
             libvirt,
-            defs: BTreeMap::new(),
+            defs: Definitions::default(),
             events,
             hooks,
             pending: Vec::new(),

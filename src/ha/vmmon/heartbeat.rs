@@ -1,12 +1,14 @@
 //! The guest heartbeat: `guest-ping` through `virsh qemu-agent-command`,
 //! armed at the agent's first answer, `virsh reset` after the VM's timeout.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::{Ping, VmMonitor, DEF_REFRESH_MS, DEF_REFRESH_PER_SCAN, PING_EVERY, SCAN_MS};
+use super::{Ping, VmMonitor, PING_EVERY, SCAN_MS};
 use crate::clock::boottime_ms;
+use crate::ha::definitions;
 use crate::ha::events::kind;
+use crate::ha::policy::Restart;
 use crate::ha::virsh;
 use crate::ha::vmwatch::{self, Heartbeat};
 
@@ -32,27 +34,21 @@ impl VmMonitor {
             self.scanned = Some(now);
             let mut watch = BTreeMap::new();
             if let Ok(reading) = self.libvirt.latest() {
-                let names: BTreeSet<String> =
-                    reading.running.iter().map(|d| d.name.clone()).collect();
-                self.defs.retain(|n, _| names.contains(n));
-                let mut stale: Vec<(Instant, String)> = self
-                    .defs
-                    .iter()
-                    .filter(|(_, (at, _))| at.elapsed().as_millis() >= DEF_REFRESH_MS)
-                    .map(|(n, (at, _))| (*at, n.clone()))
-                    .collect();
-                stale.sort();
-                for (_, n) in stale.into_iter().take(DEF_REFRESH_PER_SCAN) {
-                    self.defs.remove(&n);
-                }
+                let due = self.defs.due(&reading.running);
                 for d in reading.running {
-                    if !self.defs.contains_key(&d.name) {
-                        let def = self.managed(&d.name);
-                        self.defs.insert(d.name.clone(), (Instant::now(), def));
+                    if due.contains(&d.name) {
+                        self.defs.insert(&d.name, definitions::read(&d.name));
                     }
-                    let Some((_, Some((info, xml)))) = self.defs.get(&d.name).cloned() else {
+                    let Some(Ok((info, xml))) = self.defs.get(&d.name).cloned() else {
                         continue;
                     };
+                    if info
+                        .policy
+                        .as_ref()
+                        .is_none_or(|p| p.restart != Restart::Always)
+                    {
+                        continue;
+                    }
                     match vmwatch::heartbeat(&xml) {
                         Ok(Some(hb)) => {
                             self.uuids.insert(d.name.clone(), info.uuid);

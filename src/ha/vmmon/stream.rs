@@ -92,7 +92,7 @@ impl VmMonitor {
             Meaning::Started => {
                 self.scanned = None;
                 // Its definition may have changed while it was stopped.
-                self.defs.remove(d);
+                self.defs.forget(d);
                 self.disarm(d);
                 if let Some((info, _)) = self.managed(d) {
                     if self.gave_up.remove(&info.uuid) {

@@ -202,8 +202,20 @@ struct ClientStatus {
     osd_epoch: u64,
 }
 
-fn parse<T: DeserializeOwned>(out: &str, what: &str) -> Result<T, String> {
+/// Parses a `--format json` answer as `T`; `what` (the command) names it
+/// in the error.
+pub(crate) fn parse<T: DeserializeOwned>(out: &str, what: &str) -> Result<T, String> {
     serde_json::from_str(out.trim()).map_err(|e| format!("{what}: unreadable answer: {e}"))
+}
+
+/// A `ceph` answer captured from the real cluster of tests/ceph/cluster.sh
+/// (tests/ceph/json/NAME).
+#[cfg(test)]
+pub(crate) fn sample(name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/ceph/json")
+        .join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 /// The newest OSD map epoch in an OSD's `status`.

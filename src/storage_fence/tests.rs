@@ -282,20 +282,11 @@ fn a_short_blocklist_lifetime_is_refused() {
     assert!(e.to_string().contains("lifetime"), "{e}");
 }
 
-/// A sample captured from the real cluster of tests/ceph/cluster.sh.
-macro_rules! sample {
-    ($name:literal) => {
-        include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/ceph/json/",
-            $name
-        ))
-    };
-}
+use super::ceph::sample;
 
 #[test]
 fn osd_dump_json_of_pacific_and_later() {
-    let m = parse_osd_dump(sample!("osd-dump.json")).unwrap();
+    let m = parse_osd_dump(&sample("osd-dump.json")).unwrap();
     assert_eq!(m.epoch, 11);
     assert_eq!(m.blocklist, vec!["192.0.2.9:0/0"]);
     assert_eq!(m.up_osds, vec![0]);
@@ -316,8 +307,8 @@ fn osd_dump_json_of_pacific_and_later() {
 
 #[test]
 fn osd_and_client_status_json() {
-    assert_eq!(parse_osd_status(sample!("tell-osd-status.json")), Ok(11));
-    assert_eq!(parse_client_status(sample!("client-status.json")), Ok(7));
+    assert_eq!(parse_osd_status(&sample("tell-osd-status.json")), Ok(11));
+    assert_eq!(parse_client_status(&sample("client-status.json")), Ok(7));
 }
 
 #[test]
@@ -336,6 +327,6 @@ fn a_malformed_or_incomplete_ceph_answer_is_a_clear_error() {
         e,
         "ceph tell osd status: unreadable answer: missing field `newest_map` at line 1 column 29"
     );
-    let e = parse_client_status(sample!("tell-osd-status.json")).unwrap_err();
+    let e = parse_client_status(&sample("tell-osd-status.json")).unwrap_err();
     assert!(e.contains("missing field `osd_epoch`"), "{e}");
 }

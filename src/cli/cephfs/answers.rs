@@ -4,13 +4,9 @@
 //! tests/ceph/json/ and parsed by the tests below.
 #![forbid(unsafe_code)]
 
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-/// Parses `out` as `T`; `what` (the command) names the answer in the error.
-fn parse<T: DeserializeOwned>(out: &str, what: &str) -> Result<T, String> {
-    serde_json::from_str(out.trim()).map_err(|e| format!("{what}: unreadable answer: {e}"))
-}
+use crate::storage_fence::ceph::parse;
 
 /// One entry of `ceph fs ls --format json` (an array, `[]` when there is
 /// no file system).
@@ -85,32 +81,23 @@ fn not_a(key: &str, kind: &str, got: &str) -> String {
 mod tests {
     use super::*;
 
-    /// A sample captured from the real cluster of tests/ceph/cluster.sh.
-    macro_rules! sample {
-        ($name:literal) => {
-            include_str!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/ceph/json/",
-                $name
-            ))
-        };
-    }
+    use crate::storage_fence::ceph::sample;
 
     #[test]
     fn reads_the_answers_of_a_real_cluster() {
-        assert_eq!(fs_names(sample!("fs-ls.json")).unwrap(), ["cephfs"]);
-        assert!(fs_names(sample!("fs-ls-none.json")).unwrap().is_empty());
+        assert_eq!(fs_names(&sample("fs-ls.json")).unwrap(), ["cephfs"]);
+        assert!(fs_names(&sample("fs-ls-none.json")).unwrap().is_empty());
         assert_eq!(
-            session_timers(sample!("fs-get.json"), "cephfs").unwrap(),
+            session_timers(&sample("fs-get.json"), "cephfs").unwrap(),
             (60.0, 300.0)
         );
         let n = config_number(
-            sample!("config-get-number.json"),
+            &sample("config-get-number.json"),
             "mds_cap_revoke_eviction_timeout",
         );
         assert_eq!(n, Ok(6.5));
         let b = config_bool(
-            sample!("config-get-bool.json"),
+            &sample("config-get-bool.json"),
             "mds_session_blocklist_on_evict",
         );
         assert_eq!(b, Ok(true));

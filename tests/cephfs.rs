@@ -854,6 +854,86 @@ fn a_hung_host_makes_no_other_host_fence() {
         "B renewed only {} times",
         gaps.len()
     );
+    a_start_waits_out_a_hung_client(&ceph);
+}
+
+/// A daemon whose ceph-fuse hangs while it claims its host id waits (its
+/// reads of the slot miss their deadline and are done again) instead of
+/// exiting, and joins once the client answers. The slot holds a record of
+/// another machine, so the claim watches it for that record's D: the
+/// client is frozen during the watch.
+fn a_start_waits_out_a_hung_client(ceph: &CephCluster) {
+    let mc = ceph.mount("slow-claim");
+    let ls = mc.path.join("vmlease-slow");
+    Lockspace::init(&ls, 16).unwrap();
+    let s = Scratch::new("cephfs-slow-claim");
+    // The small timing of the local suites: io_timeout F/3 = 0.5 s, the
+    // watch D = 4 s. No lease is taken, so the MDS timing does not matter.
+    let on_ceph = "unsafe_no_watchdog = true\nallow_local_lockspace = false\n";
+    let mut c = Host::new(&s, 1, &ls, on_ceph);
+    let gone = HostRecord {
+        host_id: 1,
+        host_name: "gone-machine".into(),
+        boot_id: "an-old-boot".into(),
+        incarnation: 1,
+        counter: 9,
+        state: HostState::Live,
+        timing: c.cfg.timing,
+        unsafe_no_watchdog: true,
+        mono_ms: 0,
+        wall: 0,
+    };
+    Lockspace::open(&ls).unwrap().write_host(&gone).unwrap();
+    c.spawn(&[]);
+    c.wait_log("watching the slot for");
+    mc.hang();
+    let hung_at = boottime_ms();
+    let slow = "joining the lockspace: the storage is slow";
+    wait_until(&format!("the daemon to log '{slow}'"), 10_000, || {
+        let t = c.log_text();
+        if t.contains(slow) {
+            Ok(())
+        } else if c.exit_code().is_some() {
+            Err(format!("the daemon exited: {t}"))
+        } else {
+            Err(t)
+        }
+    });
+    // Frozen for longer than the watch: the daemon stays, unprotected.
+    while boottime_ms() < hung_at + D + 1000 {
+        assert_eq!(c.exit_code(), None, "the daemon exited: {}", c.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let st = c.status();
+    assert!(st.reason.contains(slow), "status while frozen: {st:?}");
+    assert!(vmlease::status::protected_status(&c.cfg).is_err());
+    mc.resume();
+    let resumed_at = boottime_ms();
+    wait_until("the daemon to join once its client answers", 15_000, || {
+        vmlease::status::protected_status(&c.cfg)
+            .map(|_| ())
+            .map_err(|e| format!("{e}; log: {}", c.log_text()))
+    });
+    let joined_at = boottime_ms();
+    let log = c.log_text();
+    let (slow_at, claimed_at) = (log.find(slow), log.find("host id 1: claimed"));
+    assert!(
+        matches!((slow_at, claimed_at), (Some(a), Some(b)) if a < b),
+        "the log should tell of the slow storage, then of the claim: {log}"
+    );
+    let now = Lockspace::open(&ls).unwrap().read_hosts().unwrap();
+    let rec = now[0].record().expect("a record in slot 1");
+    assert_eq!(
+        rec.host_name, "host-1.test",
+        "slot 1 after the claim: {rec:?}"
+    );
+    eprintln!(
+        "ceph-fuse frozen during the claim's watch for {} ms: the daemon waited, protected {} ms after the client went on",
+        resumed_at - hung_at,
+        joined_at - resumed_at
+    );
+    c.stop();
+    drop(mc);
 }
 
 /// The same with the host table read and written through the file (the

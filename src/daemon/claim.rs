@@ -292,12 +292,17 @@ impl Claim {
 
 /// Claims `host_id` at daemon start, blocking (the loop is not running
 /// yet): the claim loop ([`Join`]) decides, this does its reads and its
-/// write, each under its deadline. `make` builds the claim record.
-/// Returns the slot as first read and the record it holds now.
+/// write, each under its deadline. A read or write that misses its
+/// deadline is reported to the claim loop, which tries again (slow
+/// storage does not end the start); `slow` is told why, at most once per
+/// `RELOG_MS` while it lasts. Any other storage error ends the start, and
+/// so does a stop request. `make` builds the claim record. Returns the
+/// slot as first read and the record it holds now.
 pub fn claim(
     ls: &Lockspace,
     mut j: Join,
     make: impl Fn() -> HostRecord,
+    mut slow: impl FnMut(&Error),
 ) -> Result<(Slot, Vec<u8>)> {
     let host_id = j.host_id();
     let read = |ls: &Lockspace, ms: u64| -> Result<Vec<u8>> {
@@ -306,15 +311,25 @@ pub fn claim(
             l.read_slot_raw(host_id)
         })
     };
-    let mut io = j.read(
-        crate::clock::boottime_ms(),
-        &read(ls, j.read_deadline_ms())?,
-    );
+    let mut last_told: Option<u64> = None;
+    let mut tell = |e: &Error| {
+        let now = crate::clock::boottime_ms();
+        if last_told.is_none_or(|t| now.saturating_sub(t) >= RELOG_MS) {
+            slow(e);
+            last_told = Some(now);
+        }
+    };
+    let mut io = JoinIo::Read { at: 0 };
     loop {
         io = match io {
             JoinIo::Read { at } => {
                 // In steps, telling systemd the claim goes on (WatchdogSec).
                 loop {
+                    if super::signals::stop_requested() {
+                        return Err(Error::Unprotected(
+                            "stopped while claiming the host id".into(),
+                        ));
+                    }
                     let now = crate::clock::boottime_ms();
                     super::sd_watchdog::keepalive(now);
                     if at <= now {
@@ -322,8 +337,14 @@ pub fn claim(
                     }
                     std::thread::sleep(Duration::from_millis((at - now).min(200)));
                 }
-                let own = read(ls, j.read_deadline_ms())?;
-                j.read(crate::clock::boottime_ms(), &own)
+                match read(ls, j.read_deadline_ms()) {
+                    Ok(own) => j.read(crate::clock::boottime_ms(), &own),
+                    Err(e) if slow_storage(&e) => {
+                        tell(&e);
+                        j.read_failed(crate::clock::boottime_ms())
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             JoinIo::Write { expect } => {
                 let rec = make();
@@ -334,18 +355,36 @@ pub fn claim(
                     "write claim record",
                     &ls.hosts_path(),
                     move || super::renew::renew_io(&l, host_id, &[expect], Some(&r)),
-                )?;
-                let own = super::renew::own_slot(&done.table, host_id);
-                j.wrote(
-                    crate::clock::boottime_ms(),
-                    done.wrote.then(|| rec.encode()),
-                    &own,
-                )
+                );
+                match done {
+                    Ok(done) => {
+                        let own = super::renew::own_slot(&done.table, host_id);
+                        j.wrote(
+                            crate::clock::boottime_ms(),
+                            done.wrote.then(|| rec.encode()),
+                            &own,
+                        )
+                    }
+                    Err(e) if slow_storage(&e) => {
+                        tell(&e);
+                        j.write_failed(crate::clock::boottime_ms(), rec.encode())
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             JoinIo::Joined { first, written, .. } => return Ok((first, written)),
             JoinIo::Refused(why) => return Err(Error::Config(why)),
         }
     }
+}
+
+/// How often `claim` tells of slow storage again while it lasts.
+const RELOG_MS: u64 = 60_000;
+
+/// The storage did not answer in time, or an earlier call is still stuck:
+/// worth trying again.
+fn slow_storage(e: &Error) -> bool {
+    matches!(e, Error::Timeout { .. } | Error::Stuck { .. })
 }
 
 #[cfg(test)]

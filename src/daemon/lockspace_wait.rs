@@ -170,9 +170,10 @@ pub fn wait(
     }
 }
 
-/// The status while waiting: fresh, never renewed, no lockspace UUID, so
-/// that the plugin refuses with the reason.
-fn write_waiting(cfg: &Config, host_id: u16, boot_id: &str, since: u64, reason: &str) {
+/// The status while waiting (here, and while the claim waits for slow
+/// storage): fresh, never renewed, no lockspace UUID, so that the plugin
+/// refuses with the reason.
+pub(super) fn write_waiting(cfg: &Config, host_id: u16, boot_id: &str, since: u64, reason: &str) {
     let t = cfg.timing;
     let st = Status {
         daemon_pid: std::process::id(),

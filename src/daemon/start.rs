@@ -84,6 +84,7 @@ impl Daemon {
         // the claim delay: the other machine may still be about.
         let careful = fence::load_marker(&cfg.state_dir) == Some(fence::Cause::HostIdCollision);
         let incarnation = process::random_u64();
+        let now_start = boottime_ms();
         let (own, written) = claim::claim(
             &ls,
             claim::Join::new(
@@ -110,10 +111,23 @@ impl Daemon {
                     HostState::Live,
                 )
             },
+            |e| {
+                let reason =
+                    format!("joining the lockspace: the storage is slow ({e}); trying again");
+                warn!(
+                    "{reason}; this host is not protected and leases nothing until it has joined"
+                );
+                notify_systemd(&format!("STATUS={reason}"));
+                lockspace_wait::write_waiting(&cfg, host_id, &boot_id, now_start, &reason);
+            },
         )
         .map_err(|e| {
             if matches!(e, Error::Config(_)) {
                 crate::collision::store_refusal(&cfg.state_dir, Some(&e.to_string()));
+            }
+            if signals::stop_requested() {
+                let _ = std::fs::remove_file(crate::status::Status::path(&cfg.state_dir));
+                return StartError::new(exit::OK, e);
             }
             StartError::new(exit::LOCKSPACE, e)
         })?;

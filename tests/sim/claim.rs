@@ -9,6 +9,7 @@
 use crate::calls::RenewDone;
 use vmlease::collision::CLAIM_COUNTER;
 use vmlease::daemon::claim::JoinIo;
+use vmlease::error::Error;
 use vmlease::hosts::HostState;
 
 use crate::calls::{DaemonCall, Job, Owner};
@@ -18,9 +19,9 @@ use crate::world::{Ev, World};
 
 impl World {
     pub(crate) fn claim_read(&mut self, h: u16, gen: u64) {
-        // Each read of the claim runs under the I/O deadline; a failed or
-        // late one ends the start (exit 3, systemd restarts the daemon).
-        // Before issue 14 it had none: a hung storage hung the start.
+        // Each read of the claim runs under the I/O deadline; a late one
+        // is read again (`Join::read_failed`). Before issue 14 it had
+        // none: a hung storage hung the start.
         let hs = self.host(h);
         let host_id = hs.host_id;
         let deadline = hs
@@ -78,6 +79,28 @@ impl World {
             );
         }
         let next = self.join(h).wrote(now, written, &own);
+        self.claim_next(h, next);
+    }
+
+    /// A claim read missed its deadline: the claim loop reads again.
+    pub(crate) fn claim_slow(&mut self, h: u16, e: Error) {
+        let now = self.local(h);
+        self.log(&format!("h{h}"), format!("claim: {e}; reading again"));
+        let next = self.join(h).read_failed(now);
+        self.claim_next(h, next);
+    }
+
+    /// The claim write missed its deadline: it may still land; the claim
+    /// loop reads the slot to see.
+    pub(crate) fn claim_write_slow(&mut self, h: u16, e: Error) {
+        let now = self.local(h);
+        self.log(
+            &format!("h{h}"),
+            format!("claim: {e}; reading the slot to see"),
+        );
+        let d = self.host_mut(h).daemon.as_mut().unwrap();
+        let rec = d.pending_written.take().unwrap_or_default();
+        let next = self.join(h).write_failed(now, rec);
         self.claim_next(h, next);
     }
 

@@ -22,7 +22,7 @@ use vmlease::daemon::fence::{self, Actions, Fence, Inputs, Phase};
 use vmlease::daemon::probes::Round;
 use vmlease::daemon::reaper::tracker::{Pass, ReleasePass, Tracker};
 use vmlease::daemon::renew::{own_slot, RenewIo};
-use vmlease::error::Result;
+use vmlease::error::{Error, Result};
 use vmlease::hosts::{HostRecord, HostState, Slot};
 use vmlease::process::ProcId;
 use vmlease::registry::Entry as RegEntry;
@@ -216,10 +216,14 @@ impl World {
             },
             (DaemonCall::Claim, Outcome::Bytes(r)) => match r {
                 Ok(raw) => self.claim_got(h, &raw),
+                Err(e @ (Error::Timeout { .. } | Error::Stuck { .. })) => self.claim_slow(h, e),
                 Err(e) => self.daemon_exit(h, &format!("claim: {e}"), true),
             },
             (DaemonCall::ClaimWrite, Outcome::Renewed(r)) => match r {
                 Ok(io) => self.claim_wrote(h, io),
+                Err(e @ (Error::Timeout { .. } | Error::Stuck { .. })) => {
+                    self.claim_write_slow(h, e)
+                }
                 Err(e) => self.daemon_exit(h, &format!("claim: {e}"), true),
             },
             (DaemonCall::Renew { .. }, Outcome::Renewed(r)) => {

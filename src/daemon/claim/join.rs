@@ -2,6 +2,15 @@
 //! comes next, under which deadline, and what the daemon joins with. The
 //! daemon's start (`claim::claim`) and the simulator's daemon drive it,
 //! each with its own storage calls.
+//!
+//! Slow storage does not end the start: a read that misses its deadline
+//! is done again ([`Join::read_failed`]), and so is a claim write whose
+//! outcome is unknown ([`Join::write_failed`]), once a read shows it did
+//! not land. Nothing is leased before the claim joins, so waiting costs
+//! nothing but time; exiting instead would put the start at the mercy of
+//! systemd's start limit while the storage is slow, e.g. when every host
+//! boots at once. A late answer is never used: the claim's times hold for
+//! answers within the deadline only.
 
 use log::info;
 
@@ -33,12 +42,18 @@ pub enum JoinIo {
     Refused(String),
 }
 
+/// How long after a failed read or write the slot is read again.
+pub const RETRY_MS: u64 = 200;
+
 /// The claim loop around [`Claim`].
 pub struct Join {
     claim: Claim,
     written: Vec<u8>,
     io_ms: u64,
     tamper: Option<Box<dyn Tamper>>,
+    /// Claim records (encoded) whose write missed its deadline: each may
+    /// still land. The slot holding one of them is our claim, written.
+    unsure: Vec<Vec<u8>>,
 }
 
 impl Join {
@@ -49,6 +64,7 @@ impl Join {
             written: Vec::new(),
             io_ms,
             tamper,
+            unsure: Vec::new(),
         }
     }
 
@@ -61,8 +77,8 @@ impl Join {
         &self.claim
     }
 
-    /// Each read of the slot: a failed or late one ends the start (the
-    /// daemon exits, systemd restarts it).
+    /// Each read of the slot; a late one is abandoned and reported with
+    /// [`Join::read_failed`].
     pub fn read_deadline_ms(&self) -> u64 {
         self.io_ms
     }
@@ -80,13 +96,43 @@ impl Join {
 
     /// The slot `own` as read at `now`; the first read starts the claim.
     pub fn read(&mut self, now: u64, own: &[u8]) -> JoinIo {
+        if let Some(expect) = self.claim.pending_write() {
+            // A claim write missed its deadline: the slot says how it went.
+            if own == expect.as_slice() {
+                return JoinIo::Write { expect };
+            }
+            return self.wrote(now, None, own);
+        }
         let step = self.claim.step_with(now, own, self.tamper.as_deref());
         self.next(step, own)
+    }
+
+    /// A read of the slot did not answer within its deadline (or could
+    /// not start: an earlier call is still stuck) at `now`: read again.
+    /// The claim's state is unchanged; its watch and its wait after the
+    /// write go on from the reads that did answer.
+    pub fn read_failed(&mut self, now: u64) -> JoinIo {
+        JoinIo::Read { at: now + RETRY_MS }
+    }
+
+    /// The claim write of `rec` (encoded) did not answer within its
+    /// deadline at `now`: it may still land. The slot is read again; if it
+    /// holds `rec` (or an earlier such record) the claim goes on from that
+    /// read as written, if it holds what the write expected the write is
+    /// done again, anything else is another machine's write.
+    pub fn write_failed(&mut self, now: u64, rec: Vec<u8>) -> JoinIo {
+        self.unsure.push(rec);
+        JoinIo::Read { at: now + RETRY_MS }
     }
 
     /// The claim write ended at `now`: `wrote` holds the record (encoded)
     /// when it was written; else the slot held `own` instead.
     pub fn wrote(&mut self, now: u64, wrote: Option<Vec<u8>>, own: &[u8]) -> JoinIo {
+        // An earlier write of ours that missed its deadline landed after all.
+        let wrote = wrote.or_else(|| self.unsure.iter().find(|r| r.as_slice() == own).cloned());
+        if wrote.is_some() {
+            self.unsure.clear();
+        }
         let step = match wrote {
             Some(rec) => {
                 self.written = rec.clone();
@@ -212,6 +258,83 @@ mod tests {
         j.read(0, &empty);
         assert!(matches!(
             j.wrote(5, None, &mine(3)),
+            JoinIo::Refused(why) if why.contains("wrote the slot just before")
+        ));
+    }
+    #[test]
+    fn a_late_read_is_read_again_and_changes_nothing() {
+        let empty = vec![0u8; SLOT_SIZE];
+        let mut j = join(false);
+        assert_eq!(j.read_failed(7), JoinIo::Read { at: 7 + RETRY_MS });
+        assert_eq!(
+            j.read(300, &empty),
+            JoinIo::Write {
+                expect: empty.clone()
+            }
+        );
+        // While watched for its writer's D: the watch goes on, unchanged.
+        let mut j = join(false);
+        let other = {
+            let mut r = crate::hosts::decode_slot(1, &mine(4))
+                .record()
+                .unwrap()
+                .clone();
+            r.host_name = "z".into();
+            r.encode()
+        };
+        assert!(matches!(j.read(0, &other), JoinIo::Read { .. }));
+        assert_eq!(j.read_failed(900), JoinIo::Read { at: 1100 });
+        assert!(matches!(j.read(1100, &other), JoinIo::Read { .. }));
+        assert!(matches!(j.read(4000, &other), JoinIo::Write { expect } if expect == other));
+    }
+
+    #[test]
+    fn a_late_claim_write_that_landed_counts_from_the_read_that_saw_it() {
+        let empty = vec![0u8; SLOT_SIZE];
+        let wait = crate::collision::claim_wait_ms(500, 200, None);
+        let mut j = join(false);
+        j.read(0, &empty);
+        assert_eq!(j.write_failed(1000, mine(0)), JoinIo::Read { at: 1200 });
+        // Seen at 1300: the wait after the write runs from there.
+        assert_eq!(j.read(1300, &mine(0)), JoinIo::Read { at: 1500 });
+        assert_eq!(
+            j.read(1300 + wait - 1, &mine(0)),
+            JoinIo::Read { at: 1300 + wait }
+        );
+        assert_eq!(
+            j.read(1300 + wait, &mine(0)),
+            JoinIo::Joined {
+                first: Slot::Empty,
+                written: mine(0),
+                rejoined: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_late_claim_write_that_did_not_land_is_done_again() {
+        let empty = vec![0u8; SLOT_SIZE];
+        let mut j = join(false);
+        j.read(0, &empty);
+        j.write_failed(1000, mine(0));
+        assert_eq!(
+            j.read(1200, &empty),
+            JoinIo::Write {
+                expect: empty.clone()
+            }
+        );
+        // The first write landed after all, before the second: ours.
+        assert_eq!(j.wrote(1400, None, &mine(0)), JoinIo::Read { at: 1600 });
+    }
+
+    #[test]
+    fn a_late_claim_write_then_another_record_is_refused() {
+        let empty = vec![0u8; SLOT_SIZE];
+        let mut j = join(false);
+        j.read(0, &empty);
+        j.write_failed(1000, mine(0));
+        assert!(matches!(
+            j.read(1200, &mine(9)),
             JoinIo::Refused(why) if why.contains("wrote the slot just before")
         ));
     }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::daemons::*;
+use support::frozen::Frozen;
 use vmlease::clock::boottime_ms;
 use vmlease::lockspace::Lockspace;
 use vmlease::resource::Resource;
@@ -574,44 +575,6 @@ fn management_link_loss_reports_or_fences_by_policy() {
             );
             lease(&a, [0xcc; 16], "other", &q3, None).unwrap();
         }
-    }
-}
-
-/// A filesystem frozen with fsfreeze: writers block in uninterruptible
-/// sleep (D state) and SIGKILL cannot end them until it is thawed.
-struct Frozen {
-    mnt: PathBuf,
-    frozen: bool,
-}
-
-impl Frozen {
-    fn new(s: &Scratch) -> Frozen {
-        let img = s.0.join("fs.img");
-        let mnt = s.0.join("frozen");
-        fs::create_dir_all(&mnt).unwrap();
-        sh(&format!(
-            "truncate -s 16M '{0}' && mkfs.ext4 -q -F '{0}' && mount -o loop '{0}' '{1}'",
-            img.display(),
-            mnt.display()
-        ));
-        Frozen { mnt, frozen: false }
-    }
-    fn freeze(&mut self) {
-        sh(&format!("fsfreeze -f '{}'", self.mnt.display()));
-        self.frozen = true;
-    }
-    fn thaw(&mut self) {
-        if self.frozen {
-            let _ = Command::new("fsfreeze").arg("-u").arg(&self.mnt).status();
-            self.frozen = false;
-        }
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        self.thaw();
-        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
     }
 }
 

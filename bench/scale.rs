@@ -8,7 +8,8 @@
 //!   needs (lock, read, write, fsync, rename), measured in the same run.
 //!
 //! `cargo bench --bench scale` (full: 1000 hosts, 100,000 leases);
-//! `cargo bench --bench scale -- --tiny` (CI);
+//! `cargo bench --bench scale -- --tiny` (CI; `cargo test --all-targets`,
+//! which runs it without `--bench`, gets the tiny configuration too);
 //! `cargo bench --bench scale -- --ceph` (root, under the heavy-test
 //! lock): one renewal at 1,000 hosts on a real CephFS (tests/ceph), the
 //! host table through the file against through RADOS (`liveness_rados`).
@@ -391,7 +392,9 @@ fn main() {
         renewal_on_ceph(200);
         return;
     }
-    let tiny = std::env::args().any(|a| a == "--tiny");
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this
+    // without it, as a check that it works: the tiny configuration.
+    let tiny = std::env::args().any(|a| a == "--tiny") || !std::env::args().any(|a| a == "--bench");
     let p = if tiny {
         Params {
             hosts: 50,

@@ -94,9 +94,15 @@ impl VmMonitor {
                 // Its definition may have changed while it was stopped.
                 self.defs.forget(d);
                 self.disarm(d);
-                if let Some((info, _)) = self.managed(d) {
-                    if self.gave_up.remove(&info.uuid) {
-                        self.crashes.forget(&info.uuid);
+                // A crash loop given up on ends when the VM is started
+                // again. Its definition is read only when there is one:
+                // a recovery starts many VMs, and a `virsh` call per start
+                // on this loop delays the host's steps (issue 16).
+                if !self.gave_up.is_empty() {
+                    if let Some((info, _)) = self.managed(d) {
+                        if self.gave_up.remove(&info.uuid) {
+                            self.crashes.forget(&info.uuid);
+                        }
                     }
                 }
             }

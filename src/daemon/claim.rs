@@ -382,8 +382,8 @@ pub fn claim(
 const RELOG_MS: u64 = 60_000;
 
 /// The storage did not answer in time, or an earlier call is still stuck:
-/// worth trying again.
-fn slow_storage(e: &Error) -> bool {
+/// the claim loop tries again (the simulator's daemon asks this too).
+pub fn slow_storage(e: &Error) -> bool {
     matches!(e, Error::Timeout { .. } | Error::Stuck { .. })
 }
 

@@ -16,13 +16,13 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use vmlease::collision::{Collision, CLAIM_COUNTER};
-use vmlease::daemon::claim::{watch_time, Claim, Join};
+use vmlease::daemon::claim::{slow_storage, watch_time, Claim, Join};
 use vmlease::daemon::core::{self, Command, Core, RenewReq, Renewed, StopNext, Tamper, TickIn};
 use vmlease::daemon::fence::{self, Actions, Fence, Inputs, Phase};
 use vmlease::daemon::probes::Round;
 use vmlease::daemon::reaper::tracker::{Pass, ReleasePass, Tracker};
 use vmlease::daemon::renew::{own_slot, RenewIo};
-use vmlease::error::{Error, Result};
+use vmlease::error::Result;
 use vmlease::hosts::{HostRecord, HostState, Slot};
 use vmlease::process::ProcId;
 use vmlease::registry::Entry as RegEntry;
@@ -216,14 +216,12 @@ impl World {
             },
             (DaemonCall::Claim, Outcome::Bytes(r)) => match r {
                 Ok(raw) => self.claim_got(h, &raw),
-                Err(e @ (Error::Timeout { .. } | Error::Stuck { .. })) => self.claim_slow(h, e),
+                Err(e) if slow_storage(&e) => self.claim_slow(h, e),
                 Err(e) => self.daemon_exit(h, &format!("claim: {e}"), true),
             },
             (DaemonCall::ClaimWrite, Outcome::Renewed(r)) => match r {
                 Ok(io) => self.claim_wrote(h, io),
-                Err(e @ (Error::Timeout { .. } | Error::Stuck { .. })) => {
-                    self.claim_write_slow(h, e)
-                }
+                Err(e) if slow_storage(&e) => self.claim_write_slow(h, e),
                 Err(e) => self.daemon_exit(h, &format!("claim: {e}"), true),
             },
             (DaemonCall::Renew { .. }, Outcome::Renewed(r)) => {

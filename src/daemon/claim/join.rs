@@ -261,6 +261,7 @@ mod tests {
             JoinIo::Refused(why) if why.contains("wrote the slot just before")
         ));
     }
+
     #[test]
     fn a_late_read_is_read_again_and_changes_nothing() {
         let empty = vec![0u8; SLOT_SIZE];

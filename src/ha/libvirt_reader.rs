@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::error::{Error, Result};
+use super::lock;
 use super::virsh::{self, Running};
 
 /// One reading: when it began, the running domains, (CPUs, memory KiB).
@@ -88,10 +89,4 @@ fn read() -> std::result::Result<Reading, String> {
     let running = virsh::running().map_err(|e| e.to_string())?;
     let node = virsh::node().map_err(|e| e.to_string())?;
     Ok(Reading { at, running, node })
-}
-
-/// The latest reading (a thread that panicked while holding it left a
-/// complete value).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -49,3 +49,11 @@ pub mod virsh;
 pub mod vmmon;
 #[cfg(feature = "ha")]
 pub mod watch;
+
+/// Locks `m` even if a thread panicked while holding it: what the ha
+/// threads share (the finished starts, libvirt's latest reading) is
+/// replaced or appended whole, never left half-written.
+#[cfg(feature = "ha")]
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -15,7 +15,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::virsh;
+use super::{lock, virsh};
 
 /// A finished start: the domain's UUID, what happened, and whether its
 /// report is written already.
@@ -67,10 +67,4 @@ impl Starts {
     pub fn collect(&self) -> Vec<Finished> {
         std::mem::take(&mut *lock(&self.done))
     }
-}
-
-/// The list of finished starts (a thread that panicked while holding it
-/// left only complete entries).
-fn lock(m: &Mutex<Vec<Finished>>) -> std::sync::MutexGuard<'_, Vec<Finished>> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -223,7 +223,7 @@ impl VmMonitor {
     fn managed(&self, name: &str) -> Option<(DomainInfo, String)> {
         let xml = virsh::definition(name).ok()?;
         let info = policy::parse(&xml).ok()?;
-        (info.policy?.restart == Restart::Always).then_some((info, xml))
+        restarts_always(&info).then_some((info, xml))
     }
 
     fn protected(&self) -> std::result::Result<(), String> {
@@ -231,6 +231,13 @@ impl VmMonitor {
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
+}
+
+/// A domain the VM monitor looks after: HA-managed with restart="always".
+fn restarts_always(info: &DomainInfo) -> bool {
+    info.policy
+        .as_ref()
+        .is_some_and(|p| p.restart == Restart::Always)
 }
 
 impl Drop for VmMonitor {

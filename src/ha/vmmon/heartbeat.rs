@@ -8,7 +8,6 @@ use super::{Ping, VmMonitor, PING_EVERY, SCAN_MS};
 use crate::clock::boottime_ms;
 use crate::ha::definitions;
 use crate::ha::events::kind;
-use crate::ha::policy::Restart;
 use crate::ha::virsh;
 use crate::ha::vmwatch::{self, Heartbeat};
 
@@ -42,11 +41,7 @@ impl VmMonitor {
                     let Some(Ok((info, xml))) = self.defs.get(&d.name).cloned() else {
                         continue;
                     };
-                    if info
-                        .policy
-                        .as_ref()
-                        .is_none_or(|p| p.restart != Restart::Always)
-                    {
+                    if !super::restarts_always(&info) {
                         continue;
                     }
                     match vmwatch::heartbeat(&xml) {

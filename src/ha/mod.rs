@@ -11,7 +11,6 @@
 #![forbid(unsafe_code)]
 
 pub mod decide;
-pub mod definitions;
 pub mod events;
 pub mod maintenance;
 pub mod metrics;
@@ -25,6 +24,8 @@ pub mod vmwatch;
 pub mod agent;
 #[cfg(feature = "ha")]
 pub mod controller;
+#[cfg(feature = "ha")]
+pub mod definitions;
 #[cfg(feature = "ha")]
 pub mod error;
 #[cfg(feature = "ha")]

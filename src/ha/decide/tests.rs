@@ -56,6 +56,20 @@ fn cluster() -> ClusterView {
     v
 }
 
+/// a failed (its leases free) and b the only target, with
+/// `max_starts_per_host` slots.
+fn b_alone(max_starts_per_host: u32) -> (ClusterView, Limits) {
+    let mut v = cluster();
+    v.hosts.remove("a");
+    v.hosts.remove("c");
+    v.verdicts.insert("a".into(), Verdict::Safe);
+    let lim = Limits {
+        max_starts_per_host,
+        ..LIM
+    };
+    (v, lim)
+}
+
 /// The recovery decisions of a step (host events and their marks are
 /// tested in events.rs).
 pub(super) fn decide(v: &ClusterView, now_ms: u64, lim: &Limits) -> Vec<Action> {
@@ -146,14 +160,7 @@ fn a_failed_host_is_recovered_only_once_its_leases_may_be_taken() {
 
 #[test]
 fn the_start_limit_leaves_the_rest_pending_until_a_slot_frees() {
-    let mut v = cluster();
-    v.hosts.remove("a");
-    v.hosts.remove("c");
-    v.verdicts.insert("a".into(), Verdict::Safe);
-    let lim = Limits {
-        max_starts_per_host: 1,
-        ..LIM
-    };
+    let (mut v, lim) = b_alone(1);
     let a = decide(&v, 0, &lim);
     apply(&mut v, &a);
     let p = puts(&a);

@@ -8,14 +8,7 @@ use super::*;
 /// a failed (leases free), b the only target, one start at a time: vm2
 /// (the highest priority) is assigned to b, vm1 and vm3 wait.
 fn one_slot() -> (ClusterView, Limits) {
-    let mut v = cluster();
-    v.hosts.remove("a");
-    v.hosts.remove("c");
-    v.verdicts.insert("a".into(), Verdict::Safe);
-    let lim = Limits {
-        max_starts_per_host: 1,
-        ..LIM
-    };
+    let (mut v, lim) = b_alone(1);
     let a = decide(&v, 0, &lim);
     apply(&mut v, &a);
     assert_eq!(v.recoveries[&uuid(2)].state, RecState::Assigned);
@@ -121,16 +114,9 @@ fn a_failed_start_frees_its_slot_and_is_retried_after_the_backoff() {
 
 #[test]
 fn a_started_vm_keeps_its_memory_reserved_until_it_is_published_running() {
-    let mut v = cluster();
-    v.hosts.remove("a");
-    v.hosts.remove("c");
-    v.verdicts.insert("a".into(), Verdict::Safe);
+    let (mut v, lim) = b_alone(4);
     // b has room for two of the three 512 MiB VMs; slots are plenty.
     v.hosts.insert("b".into(), host("b", 1024));
-    let lim = Limits {
-        max_starts_per_host: 4,
-        ..LIM
-    };
     let a = decide(&v, 0, &lim);
     apply(&mut v, &a);
     assert_eq!(v.recoveries[&uuid(2)].state, RecState::Assigned);

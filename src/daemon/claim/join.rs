@@ -312,12 +312,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_late_claim_write_that_did_not_land_is_done_again() {
+    /// An empty slot read at 0, the claim write of mine(0) late at 1000:
+    /// the join and the empty slot.
+    fn late_claim_write() -> (Join, Vec<u8>) {
         let empty = vec![0u8; SLOT_SIZE];
         let mut j = join(false);
         j.read(0, &empty);
         j.write_failed(1000, mine(0));
+        (j, empty)
+    }
+
+    #[test]
+    fn a_late_claim_write_that_did_not_land_is_done_again() {
+        let (mut j, empty) = late_claim_write();
         assert_eq!(
             j.read(1200, &empty),
             JoinIo::Write {
@@ -330,10 +337,7 @@ mod tests {
 
     #[test]
     fn a_late_claim_write_then_another_record_is_refused() {
-        let empty = vec![0u8; SLOT_SIZE];
-        let mut j = join(false);
-        j.read(0, &empty);
-        j.write_failed(1000, mine(0));
+        let (mut j, _) = late_claim_write();
         assert!(matches!(
             j.read(1200, &mine(9)),
             JoinIo::Refused(why) if why.contains("wrote the slot just before")
